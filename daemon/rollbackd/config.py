@@ -1,0 +1,442 @@
+"""The TOML config file of design §4, with ``ROLLBACKD_…`` environment overrides.
+
+``parse_config(text, source, env)`` validates text and an environment mapping
+and touches nothing else; ``load_config(path)`` reads the file and the process
+environment. Any key can be overridden by an environment variable with the
+prefix ``ROLLBACKD_`` and ``__`` between nested keys
+(``ROLLBACKD_PROMETHEUS__URL``); lists take JSON. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from rollbackd.durations import Duration
+from rollbackd.errors import InvalidInput, Problem
+from rollbackd.model import Action, Severity
+from rollbackd.policy import DEFAULT_POLICY, Guards, PolicyEntry, Silence
+from rollbackd.validation import NAME_PATTERN, problems_from
+
+ENV_PREFIX = "ROLLBACKD_"
+DEFAULT_CONFIG_PATH = Path("/etc/rollbackd/config.toml")
+
+Role = Literal["admin", "senior_admin", "team", "database", "ci", "alertmanager", "viewer"]
+ROLES: tuple[str, ...] = ("admin", "senior_admin", "team", "database", "ci", "alertmanager", "viewer")
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonConfig(_Section):
+    """``[daemon]``: how the daemon runs."""
+
+    listen: str = "127.0.0.1:9095"
+    state_dir: Path = Path("/var/lib/rollbackd")
+    poll_interval: Duration = timedelta(seconds=15)
+    rules: list[str] = Field(default_factory=lambda: ["rules/*.toml"])
+    dry_run: bool = False
+    log_format: Literal["auto", "json", "console"] = "auto"
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+            raise ValueError(f"expected HOST:PORT such as '127.0.0.1:9095', got {value!r}")
+        bare = host.strip("[]")
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", bare):
+            try:
+                ipaddress.ip_address(bare)
+            except ValueError:
+                raise ValueError(f"expected HOST:PORT such as '127.0.0.1:9095', got {value!r}") from None
+        return value
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class PrometheusConfig(_Section):
+    """``[prometheus]``: where PromQL rules are queried."""
+
+    url: str = "http://127.0.0.1:9090"
+    timeout: Duration = timedelta(seconds=5)
+
+    _url = field_validator("url")(_http_url)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= timedelta(minutes=5):
+            raise ValueError("must be between 1ms and 5m: every call to Prometheus needs a timeout")
+        return value
+
+
+class ProbeConfig(_Section):
+    """``[[services.probes]]``: a health or smoke check (the playbook's critical path)."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    url: str
+    method: Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"] = "GET"
+    expect_status: list[int] = Field(default_factory=lambda: [200])
+    body_match: str | None = None
+    latency_budget: Duration | None = None
+    timeout: Duration = timedelta(seconds=5)
+
+    _url = field_validator("url")(_http_url)
+
+    @field_validator("expect_status", mode="before")
+    @classmethod
+    def _status_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+    @field_validator("expect_status")
+    @classmethod
+    def _statuses(cls, value: list[int]) -> list[int]:
+        if not value or any(not 100 <= code <= 599 for code in value):
+            raise ValueError(f"expected HTTP status codes 100..599, got {value!r}")
+        return value
+
+    @field_validator("body_match")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= timedelta(minutes=1):
+            raise ValueError("must be between 1ms and 1m")
+        return value
+
+
+class ServiceConfig(_Section):
+    """``[[services]]``: one deployed service and how to roll it back."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    health_url: str | None = None
+    repo: Path | None = None
+    remote: str = Field(default="origin", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    branch: str = Field(default="main", pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]*$")
+    executor: Literal["git", "script", "command"] = "git"
+    strategy: Literal["revert", "reset", "tag"] = "revert"
+    script: Path | None = None
+    command: list[str] | None = None
+    after_rollback: list[list[str]] = Field(default_factory=list)
+    command_timeout: Duration = timedelta(minutes=10)
+    probes: list[ProbeConfig] = Field(default_factory=list)
+
+    _health = field_validator("health_url")(lambda v: None if v is None else _http_url(v))
+
+    @field_validator("after_rollback")
+    @classmethod
+    def _argvs(cls, value: list[list[str]]) -> list[list[str]]:
+        for index, argv in enumerate(value):
+            if not argv or not argv[0]:
+                raise ValueError(f"entry {index} is empty: each command is a list like ['systemctl', 'restart', 'web']")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _argv(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not value[0]):
+            raise ValueError("expected a command as a list like ['/usr/local/bin/rollback', 'web']")
+        return value
+
+    @model_validator(mode="after")
+    def _executor_needs(self) -> ServiceConfig:
+        if self.executor == "git" and self.repo is None:
+            raise ValueError("executor 'git' needs 'repo', the git working copy the service is deployed from")
+        if self.executor == "script" and self.script is None:
+            raise ValueError("executor 'script' needs 'script', the path of the rollback script")
+        if self.executor == "command" and self.command is None:
+            raise ValueError("executor 'command' needs 'command', an argv list")
+        names = [p.name for p in self.probes]
+        if self.health_url is not None:
+            names.append("health")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"probe names must be unique per service ('health' is health_url): {duplicates}")
+        return self
+
+    @property
+    def probe_names(self) -> list[str]:
+        """Names of this service's probes; ``health`` stands for ``health_url``."""
+        names = [p.name for p in self.probes]
+        return ["health", *names] if self.health_url is not None else names
+
+
+class PolicyEntryConfig(_Section):
+    """``[policy.<severity>]``: the action, deadline and approver role for a severity."""
+
+    action: Action
+    deadline: Duration | None = None
+    approver: Role | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> PolicyEntryConfig:
+        if self.action is Action.REQUEST_APPROVAL and self.approver is None:
+            object.__setattr__(self, "approver", "admin")
+        if self.action is Action.ESCALATE and self.approver is None:
+            object.__setattr__(self, "approver", "admin")
+        if self.action is Action.RECORD and (self.deadline or self.approver):
+            raise ValueError("action 'record' takes no deadline or approver")
+        return self
+
+    def entry(self) -> PolicyEntry:
+        return PolicyEntry(self.action, self.deadline or None, self.approver)
+
+
+def _default_entry(severity: Severity) -> PolicyEntryConfig:
+    entry = DEFAULT_POLICY[severity]
+    return PolicyEntryConfig(action=entry.action, deadline=entry.deadline, approver=entry.approver)  # type: ignore[arg-type]
+
+
+class PolicyConfig(_Section):
+    """``[policy]``: one table per severity; a missing table keeps the playbook's default."""
+
+    critical: PolicyEntryConfig = Field(default_factory=lambda: _default_entry(Severity.CRITICAL))
+    high: PolicyEntryConfig = Field(default_factory=lambda: _default_entry(Severity.HIGH))
+    medium: PolicyEntryConfig = Field(default_factory=lambda: _default_entry(Severity.MEDIUM))
+    low: PolicyEntryConfig = Field(default_factory=lambda: _default_entry(Severity.LOW))
+
+    def table(self) -> dict[Severity, PolicyEntry]:
+        return {s: getattr(self, s.value).entry() for s in Severity}
+
+
+class GuardsConfig(_Section):
+    """``[guards]``: limits that keep rollbacks from looping."""
+
+    cooldown: Duration = timedelta(minutes=30)
+    max_rollbacks: int = Field(default=2, ge=0, le=100)
+    window: Duration = timedelta(hours=24)
+
+
+class SilenceConfig(_Section):
+    """``[[silences]]``: a maintenance window during which rollbackd only records."""
+
+    service: str = Field(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]*)$")
+    start: datetime
+    end: datetime
+    reason: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SilenceConfig:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("start and end need a time zone, e.g. 2026-01-01T22:00:00Z")
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class DeploysConfig(_Section):
+    """``[deploys]``: how deploys are recognised and when a version counts as good."""
+
+    version_metric: str | None = Field(default=None, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    version_label: str = Field(default="version", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    attribution_window: Duration = timedelta(hours=2)
+    known_good_after: Duration = timedelta(minutes=30)
+
+
+class RecoveryConfig(_Section):
+    """``[recovery]``: the success criteria after a rollback (the playbook's defaults)."""
+
+    window: Duration = timedelta(minutes=15)
+    max_error_rate: float = Field(default=0.01, ge=0, le=1, allow_inf_nan=False)
+
+
+class AlertsConfig(_Section):
+    """``[alerts]``: how Alertmanager alerts map to services and trigger classes."""
+
+    trigger_label: str = Field(default="rollbackd_trigger", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    service_label: str = Field(default="service", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+class TokenConfig(_Section):
+    """``[[tokens]]``: an API token, stored only as its SHA-256, and its role."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    sha256: str
+    role: Role
+
+    @field_validator("sha256")
+    @classmethod
+    def _hash(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError(
+                "expected the token's SHA-256 as 64 hex digits "
+                "(printf %s \"$TOKEN\" | sha256sum), never the token itself"
+            )
+        return value.lower()
+
+
+class Config(BaseSettings):
+    """The whole config file."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix=ENV_PREFIX, env_nested_delimiter="__"
+    )
+
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
+    services: list[ServiceConfig] = Field(default_factory=list)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    silences: list[SilenceConfig] = Field(default_factory=list)
+    deploys: DeploysConfig = Field(default_factory=DeploysConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    tokens: list[TokenConfig] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only what parse_config passes in: it merges file and environment itself."""
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        names = [s.name for s in self.services]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"services: names must be unique, repeated: {duplicates}")
+        for index, silence in enumerate(self.silences):
+            if silence.service != "*" and silence.service not in names:
+                raise ValueError(
+                    f"silences[{index}].service: no service named {silence.service!r} "
+                    f"(known: {names or 'none'}; '*' means all)"
+                )
+        token_names = [t.name for t in self.tokens]
+        hashes = [t.sha256 for t in self.tokens]
+        if len(set(token_names)) != len(token_names):
+            raise ValueError("tokens: names must be unique")
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("tokens: two tokens have the same sha256")
+        return self
+
+    def service(self, name: str) -> ServiceConfig | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def guards_for_policy(self) -> Guards:
+        """The pure guard settings this config asks for."""
+        return Guards(
+            dry_run=self.daemon.dry_run,
+            cooldown=self.guards.cooldown,
+            max_rollbacks=self.guards.max_rollbacks,
+            rollback_window=self.guards.window,
+            attribution_window=self.deploys.attribution_window,
+            silences=tuple(Silence(s.service, s.start, s.end, s.reason) for s in self.silences),
+        )
+
+
+class _MappingEnv(EnvSettingsSource):
+    """Environment overrides read from a mapping passed in, not from the process."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._given = {k: v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)}
+        super().__init__(settings_cls, case_sensitive=False)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k.lower(): v for k, v in self._given.items()}
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate config text plus ``ROLLBACKD_…`` overrides; raise InvalidInput naming each key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput([Problem(source, "", f"not valid TOML: {exc}")]) from None
+    overrides: dict[str, Any] = {}
+    if env:
+        try:
+            overrides = dict(_MappingEnv(Config, env)())
+        except Exception as exc:  # noqa: BLE001 -- pydantic-settings raises a bare SettingsError for bad JSON
+            raise InvalidInput([Problem("environment", ENV_PREFIX + "…", str(exc))]) from None
+    try:
+        return Config(**_merge(data, overrides))
+    except ValidationError as exc:
+        raise InvalidInput(_locate(problems_from(exc, source), overrides)) from None
+
+
+def _locate(problems: list[Problem], overrides: Mapping[str, Any]) -> list[Problem]:
+    """Blame the environment, not the file, for a key the environment set."""
+    located = []
+    for problem in problems:
+        top = problem.location.split(".", 1)[0].split("[", 1)[0].split(":", 1)[0]
+        if top in overrides and _set_by_env(problem.location, overrides):
+            env_name = ENV_PREFIX + problem.location.replace(".", "__").upper()
+            located.append(Problem(f"environment {env_name}", "", problem.message))
+        else:
+            located.append(problem)
+    return located
+
+
+def _set_by_env(where: str, overrides: Mapping[str, Any]) -> bool:
+    node: Any = overrides
+    for part in where.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file, with overrides from ``env`` (default: the process's)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidInput([Problem(str(path), "", f"cannot read the config file: {reason}")]) from None
+    return parse_config(text, str(path), os.environ if env is None else env)

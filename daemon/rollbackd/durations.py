@@ -1,0 +1,81 @@
+"""Prometheus-style durations: ``15s``, ``2m``, ``1h30m``, ``1d``, ``500ms``.
+
+Pure parsing and formatting. Units must appear largest first, each at most
+once, as Prometheus' own ``model.ParseDuration`` requires; a bare number is
+refused because ``for = "5"`` is ambiguous.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, PlainSerializer
+
+_UNITS: tuple[tuple[str, int], ...] = (
+    ("y", 365 * 24 * 3600 * 1000),
+    ("w", 7 * 24 * 3600 * 1000),
+    ("d", 24 * 3600 * 1000),
+    ("h", 3600 * 1000),
+    ("m", 60 * 1000),
+    ("s", 1000),
+    ("ms", 1),
+)
+_PATTERN = re.compile(
+    r"^(?:(?P<y>\d+)y)?(?:(?P<w>\d+)w)?(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?"
+    r"(?:(?P<m>\d+)m(?!s))?(?:(?P<s>\d+)s)?(?:(?P<ms>\d+)ms)?$"
+)
+_MAX_MS = 100 * 365 * 24 * 3600 * 1000
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse a Prometheus duration; raise ValueError naming the accepted form."""
+    raw = text.strip()
+    match = _PATTERN.match(raw)
+    if not raw or match is None or not any(match.groupdict().values()):
+        raise ValueError(f"expected a duration such as '15s', '2m' or '1h30m', got {text!r}")
+    total_ms = 0
+    for unit, factor in _UNITS:
+        part = match.group(unit)
+        if part is not None:
+            total_ms += int(part) * factor
+    if total_ms > _MAX_MS:
+        raise ValueError(f"duration {text!r} is longer than 100 years")
+    return timedelta(milliseconds=total_ms)
+
+
+def format_duration(value: timedelta) -> str:
+    """Format a duration the way it would be written in config (``1h30m``, ``0s``)."""
+    total_ms = round(value.total_seconds() * 1000)
+    if total_ms == 0:
+        return "0s"
+    sign = "-" if total_ms < 0 else ""
+    total_ms = abs(total_ms)
+    parts: list[str] = []
+    for unit, factor in _UNITS[2:]:  # days and smaller read best in reports
+        count, total_ms = divmod(total_ms, factor)
+        if count:
+            parts.append(f"{count}{unit}")
+    return sign + "".join(parts)
+
+
+def _coerce(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, timedelta):
+        return value
+    raise ValueError(f"expected a duration string such as '15s' or '2m', got {value!r}")
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_coerce),
+    PlainSerializer(format_duration, return_type=str),
+]
+"""A pydantic field type: written as a Prometheus duration, held as a timedelta."""
+
+
+def format_instant(moment: datetime) -> str:
+    """An instant as RFC 3339 UTC to the second (``2026-01-01T12:00:00Z``)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,170 @@
+"""Plain values that flow through the loop: measurements, findings, decisions.
+
+Everything here is immutable data with no behaviour beyond ordering and
+formatting, shared by the pure core and the parts that do I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Self
+
+
+class Severity(str, Enum):
+    """The playbook's severities, ordered from least to most urgent."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+    @classmethod
+    def highest(cls, severities: list[Severity]) -> Severity:
+        return max(severities, key=lambda s: s.rank)
+
+
+_SEVERITY_RANK = {Severity.LOW: 0, Severity.MEDIUM: 1, Severity.HIGH: 2, Severity.CRITICAL: 3}
+
+
+class Trigger(str, Enum):
+    """The playbook's "When to Rollback" triggers; each has a base severity."""
+
+    DATA_LOSS = "data_loss"
+    AUTH_FAILURE = "auth_failure"
+    OUTAGE = "outage"
+    SECURITY_BREACH = "security_breach"
+    CRITICAL_BUSINESS_FUNCTION = "critical_business_function"
+    HIGH_ERROR_RATE = "high_error_rate"
+    PERFORMANCE_DEGRADATION = "performance_degradation"
+    MAJOR_FEATURE_BROKEN = "major_feature_broken"
+    DATA_INTEGRITY = "data_integrity"
+    MINOR_FEATURE_BROKEN = "minor_feature_broken"
+    UI_ISSUE = "ui_issue"
+    NOTICEABLE_SLOWDOWN = "noticeable_slowdown"
+
+
+class Action(str, Enum):
+    """What the policy does about a service's findings."""
+
+    ROLLBACK = "rollback"
+    REQUEST_APPROVAL = "request_approval"
+    ESCALATE = "escalate"
+    RECORD = "record"
+
+    @property
+    def rolls_back(self) -> bool:
+        """Whether this action ends in a rollback without a further human step."""
+        return self in (Action.ROLLBACK, Action.REQUEST_APPROVAL)
+
+
+class FindingState(str, Enum):
+    """Where one rule stands for one service after an evaluation."""
+
+    OK = "ok"
+    PENDING = "pending"
+    FIRING = "firing"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One value of one rule for one service, or the reason there is none.
+
+    A value that is NaN or infinite is not a measurement: use
+    :meth:`missing`. Missing data is inconclusive, never healthy, never failing.
+    """
+
+    value: float | None
+    reason: str = ""
+
+    @classmethod
+    def of(cls, value: float) -> Self:
+        if not math.isfinite(value):
+            return cls(None, f"value is {value}")
+        return cls(float(value))
+
+    @classmethod
+    def missing(cls, reason: str) -> Self:
+        return cls(None, reason)
+
+    @property
+    def is_missing(self) -> bool:
+        return self.value is None or not math.isfinite(self.value)
+
+
+@dataclass(frozen=True)
+class RuleState:
+    """What the evaluation of one (rule, service) remembers between cycles.
+
+    ``pending_since``: when the condition was first seen holding without a
+    break; ``firing_since``: when it had held for the rule's ``for``;
+    ``missing_since``: when the current run of missing data began;
+    ``last_seen``: the time of the last evaluation that had data.
+    """
+
+    pending_since: datetime | None = None
+    firing_since: datetime | None = None
+    missing_since: datetime | None = None
+    last_seen: datetime | None = None
+    last_value: float | None = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The outcome of one rule for one service at one time, with its why.
+
+    ``since`` is when the current state began (pending, firing, or missing
+    data); ``started`` is when the condition first held, which is what the
+    attribution guard compares to the deploy time.
+    """
+
+    rule: str
+    service: str
+    trigger: Trigger
+    state: FindingState
+    time: datetime
+    value: float | None
+    threshold: float | None
+    baseline: float | None
+    condition: str
+    severity: Severity
+    reason: str
+    since: datetime | None = None
+    started: datetime | None = None
+    missing_for: timedelta | None = None
+    impact: float | None = None
+    severity_reason: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def firing(self) -> bool:
+        return self.state is FindingState.FIRING
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the policy decided for one service, and every reason why.
+
+    ``action`` is what will happen; ``proposed`` is what the severity policy
+    asked for before the guards; ``guards`` names each guard that changed it.
+    """
+
+    service: str
+    time: datetime
+    severity: Severity
+    action: Action
+    proposed: Action
+    rules: tuple[str, ...]
+    reason: str
+    approver: str | None = None
+    deadline: datetime | None = None
+    guards: tuple[str, ...] = ()
+    value: float | None = None
+    target: str | None = None

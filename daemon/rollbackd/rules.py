@@ -1,0 +1,409 @@
+"""Rules: parsing rule files and evaluating them, with no I/O.
+
+A rule compares one value per service to an absolute threshold (``> 0.05``)
+or to the service's baseline (``> +50%``), and fires once the condition has
+held at every evaluation for its ``for`` duration. Missing data is
+*inconclusive*: it never fires a rule, never counts as healthy, and never
+turns a pending or firing rule back into "fine". A gap in the data shorter
+than ``for`` is bridged; after a longer one the ``for`` clock of a pending
+rule restarts, because the evidence before the gap is stale.
+
+``parse_rules(text, source)`` reads one rule file's text; :func:`evaluate`
+steps one (rule, service) state machine; :func:`evaluate_cycle` runs a whole
+cycle. Time is always passed in.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rollbackd.durations import Duration, format_duration, format_instant
+from rollbackd.errors import InvalidInput, Problem
+from rollbackd.matrix import assess_severity
+from rollbackd.model import Finding, FindingState, Measurement, RuleState, Severity, Trigger
+from rollbackd.validation import NAME_PATTERN, problems_from
+
+_CONDITION = re.compile(
+    r"^\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<sign>[+-])?\s*"
+    r"(?P<num>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<pct>%)?\s*$"
+)
+_CONDITION_HELP = "expected '> 0.05' or '> +50%'"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``op`` against a number, or against the baseline changed by a percentage.
+
+    For a relative condition ``amount`` is the fraction (``+50%`` is 0.5,
+    ``-30%`` is -0.3) and the threshold is ``baseline * (1 + amount)``.
+    """
+
+    op: str
+    amount: float
+    relative: bool
+    text: str
+
+    def threshold(self, baseline: float | None) -> float:
+        if not self.relative:
+            return self.amount
+        if baseline is None:
+            raise ValueError("a relative condition needs a baseline")
+        return baseline * (1.0 + self.amount)
+
+    def holds(self, value: float, threshold: float) -> bool:
+        match self.op:
+            case ">":
+                return value > threshold
+            case ">=":
+                return value >= threshold
+            case "<":
+                return value < threshold
+            case "<=":
+                return value <= threshold
+            case "==":
+                return value == threshold
+            case _:
+                return value != threshold
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_condition(text: str) -> Condition:
+    """Parse ``> 0.05``, ``<= 3``, ``> +50%`` or ``< -30%``; ValueError says what is accepted."""
+    match = _CONDITION.match(text)
+    if match is None:
+        raise ValueError(f"{_CONDITION_HELP}, got {text!r}")
+    op, sign, num, pct = match.group("op", "sign", "num", "pct")
+    number = float(num)
+    if not math.isfinite(number):
+        raise ValueError(f"{_CONDITION_HELP}, got {text!r}")
+    if pct is None:
+        value = -number if sign == "-" else number
+        return Condition(op, value, relative=False, text=f"{op} {value:g}")
+    if sign is None:
+        raise ValueError(
+            f"a relative condition needs a sign: '{op} +{num}%' (above the baseline) "
+            f"or '{op} -{num}%' (below it), got {text!r}"
+        )
+    if op in ("==", "!="):
+        raise ValueError(f"a relative condition takes > >= < <=, not {op!r}, got {text!r}")
+    if sign == "-" and number >= 100:
+        raise ValueError(f"a value cannot fall {num}% or more below its baseline, got {text!r}")
+    fraction = (number if sign == "+" else -number) / 100.0
+    return Condition(op, fraction, relative=True, text=f"{op} {sign}{num}%")
+
+
+class Rule(BaseModel):
+    """One ``[[rules]]`` table of a rule file, validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=100)
+    trigger: Trigger
+    query: str | None = Field(default=None, min_length=1)
+    probe: str | None = Field(default=None, pattern=NAME_PATTERN)
+    condition: Condition
+    for_: Duration = Field(default=timedelta(0), alias="for")
+    baseline: Literal["before_deploy"] | None = None
+    baseline_window: Duration = timedelta(minutes=30)
+    min_change: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    severity: Severity | None = None
+    impact_query: str | None = Field(default=None, min_length=1)
+    labels: dict[str, str] = Field(default_factory=dict)
+    description: str = ""
+
+    @field_validator("condition", mode="before")
+    @classmethod
+    def _parse_condition(cls, value: Any) -> Condition:
+        if isinstance(value, Condition):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"{_CONDITION_HELP}, got {value!r}")
+        return parse_condition(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rule:
+        if (self.query is None) == (self.probe is None):
+            raise ValueError("a rule takes exactly one of 'query' (PromQL) or 'probe' (a probe name)")
+        if self.condition.relative:
+            if self.probe is not None:
+                raise ValueError("a probe rule compares to a number, not a baseline")
+            if self.baseline is None:
+                object.__setattr__(self, "baseline", "before_deploy")
+        else:
+            if self.baseline is not None:
+                raise ValueError(
+                    f"baseline is used only by relative conditions ('> +50%'), "
+                    f"and condition is {self.condition.text!r}"
+                )
+            if self.min_change is not None:
+                raise ValueError("min_change is used only by relative conditions ('> +50%')")
+        if self.baseline_window <= timedelta(0):
+            raise ValueError("baseline_window must be longer than 0s")
+        return self
+
+    @property
+    def relative(self) -> bool:
+        return self.condition.relative
+
+
+def parse_rules(text: str, source: str) -> list[Rule]:
+    """Parse one rule file's text; raise InvalidInput naming file, rule and key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput([Problem(source, "", f"not valid TOML: {exc}")]) from None
+    problems: list[Problem] = []
+    for key in data:
+        if key != "rules":
+            problems.append(Problem(source, key, "unknown key (a rule file holds [[rules]] tables)"))
+    tables = data.get("rules", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        problems.append(Problem(source, "rules", "expected [[rules]] tables"))
+        raise InvalidInput(problems)
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for index, table in enumerate(tables):
+        name = table.get("name")
+        where = f"rule {name!r}".replace("'", '"') if isinstance(name, str) else f"rules[{index}]"
+        try:
+            rule = Rule.model_validate(table)
+        except ValidationError as exc:
+            problems.extend(problems_from(exc, source, prefix=where))
+            continue
+        if rule.name in seen:
+            problems.append(Problem(source, where, "name: another rule in this file has this name"))
+            continue
+        seen.add(rule.name)
+        rules.append(rule)
+    if problems:
+        raise InvalidInput(problems)
+    return rules
+
+
+Key = tuple[str, str]
+"""(rule name, service name)."""
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """The outcome of one evaluation cycle: the states to keep and the findings."""
+
+    states: dict[Key, RuleState]
+    findings: tuple[Finding, ...]
+
+    def firing(self, service: str | None = None) -> list[Finding]:
+        return [
+            f for f in self.findings if f.firing and (service is None or f.service == service)
+        ]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one evaluation of one (rule, service) concluded, before severity."""
+
+    state: FindingState
+    value: float | None
+    threshold: float | None
+    reason: str
+    since: datetime | None = None
+    started: datetime | None = None
+    missing_for: timedelta | None = None
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+
+
+def _elapsed(now: datetime, since: datetime) -> timedelta:
+    return max(now - since, timedelta(0))
+
+
+def evaluate(
+    rule: Rule,
+    measurement: Measurement,
+    baseline: Measurement | None,
+    previous: RuleState,
+    now: datetime,
+) -> tuple[RuleState, Step]:
+    """Step one (rule, service) state machine to ``now``.
+
+    ``baseline`` is the pre-deploy value for relative rules (None: no deploy
+    known). Returns the state to keep and what this evaluation concluded.
+    """
+    missing_reason = _missing_reason(rule, measurement, baseline)
+    if missing_reason is not None:
+        return _missing(rule, previous, now, missing_reason)
+
+    value = measurement.value
+    assert value is not None  # noqa: S101 -- _missing_reason returned None, so a value is there
+    base = baseline.value if (rule.relative and baseline is not None) else None
+    threshold = rule.condition.threshold(base)
+    comparison = f"{_fmt(value)} {rule.condition.op} {_fmt(threshold)}"
+    if base is not None:
+        comparison += f" ({rule.condition.text[len(rule.condition.op) :].strip()} of baseline {_fmt(base)})"
+    holds = rule.condition.holds(value, threshold)
+    if holds and base is not None and rule.min_change is not None:
+        if abs(value - base) < rule.min_change:
+            holds = False
+            comparison += f", but the change {_fmt(abs(value - base))} is below min_change {_fmt(rule.min_change)}"
+
+    if not holds:
+        was = ""
+        if previous.firing_since is not None:
+            was = f"; resolved (was firing since {format_instant(previous.firing_since)})"
+        elif previous.pending_since is not None:
+            was = f"; pending since {format_instant(previous.pending_since)} is reset"
+        state = RuleState(last_seen=now, last_value=value)
+        reason = f"{comparison} does not hold{was}" if "min_change" not in comparison else comparison
+        return state, Step(FindingState.OK, value, threshold, reason)
+
+    pending_since = previous.pending_since
+    firing_since = previous.firing_since
+    note = ""
+    if previous.missing_since is not None and pending_since is not None and firing_since is None:
+        gap = _elapsed(now, previous.last_seen or previous.missing_since)
+        if gap > rule.for_:
+            note = f"; a {format_duration(gap)} gap in the data restarted the clock"
+            pending_since = None
+    if pending_since is None:
+        pending_since = now
+    held = _elapsed(now, pending_since)
+    if firing_since is None and held >= rule.for_:
+        firing_since = now
+    state = RuleState(
+        pending_since=pending_since,
+        firing_since=firing_since,
+        last_seen=now,
+        last_value=value,
+    )
+    if firing_since is not None:
+        reason = (
+            f"{comparison} held for {format_duration(held)} (for {format_duration(rule.for_)}), "
+            f"firing since {format_instant(firing_since)}{note}"
+        )
+        return state, Step(
+            FindingState.FIRING, value, threshold, reason, since=firing_since, started=pending_since
+        )
+    reason = f"{comparison} for {format_duration(held)} of {format_duration(rule.for_)}{note}"
+    return state, Step(
+        FindingState.PENDING, value, threshold, reason, since=pending_since, started=pending_since
+    )
+
+
+def _missing_reason(rule: Rule, measurement: Measurement, baseline: Measurement | None) -> str | None:
+    if measurement.is_missing:
+        return f"no data: {measurement.reason or 'no value'}"
+    if not rule.relative:
+        return None
+    if baseline is None:
+        return "no baseline: no deploy is known for this service"
+    if baseline.is_missing:
+        return f"no baseline: {baseline.reason or 'no value before the deploy'}"
+    assert baseline.value is not None  # noqa: S101 -- is_missing is False
+    if baseline.value <= 0:
+        return f"no baseline: the value before the deploy is {_fmt(baseline.value)}, so a percentage of it means nothing"
+    return None
+
+
+def _missing(rule: Rule, previous: RuleState, now: datetime, why: str) -> tuple[RuleState, Step]:
+    missing_since = previous.missing_since or now
+    missing_for = _elapsed(now, missing_since)
+    state = replace(previous, missing_since=missing_since)
+    kept = ""
+    if previous.firing_since is not None:
+        kept = f"; was firing since {format_instant(previous.firing_since)}"
+    elif previous.pending_since is not None:
+        kept = f"; was pending since {format_instant(previous.pending_since)}"
+    reason = f"inconclusive for {format_duration(missing_for)}: {why}{kept}"
+    return state, Step(
+        FindingState.INCONCLUSIVE,
+        None,
+        None,
+        reason,
+        since=missing_since,
+        started=previous.pending_since,
+        missing_for=missing_for,
+    )
+
+
+def applies_to(rule: Rule, service_probes: Iterable[str]) -> bool:
+    """Whether a rule concerns a service: PromQL rules all, probe rules those with the probe."""
+    return rule.probe is None or rule.probe in set(service_probes)
+
+
+def evaluate_cycle(
+    rules: Iterable[Rule],
+    services: Mapping[str, Iterable[str]],
+    measurements: Mapping[Key, Measurement],
+    baselines: Mapping[Key, Measurement],
+    impacts: Mapping[Key, Measurement],
+    states: Mapping[Key, RuleState],
+    now: datetime,
+) -> Cycle:
+    """Evaluate every rule for every service it applies to at ``now``.
+
+    ``services`` maps each service to the names of its probes. A (rule,
+    service) with no entry in ``measurements`` has no data this cycle.
+    """
+    new_states: dict[Key, RuleState] = {}
+    findings: list[Finding] = []
+    for rule in rules:
+        for service, probes in services.items():
+            if not applies_to(rule, probes):
+                continue
+            key = (rule.name, service)
+            measurement = measurements.get(key, Measurement.missing("no series for this service"))
+            state, step = evaluate(
+                rule, measurement, baselines.get(key), states.get(key, RuleState()), now
+            )
+            new_states[key] = state
+            impact = impacts.get(key)
+            severity, severity_reason = assess_severity(
+                rule.trigger, rule.severity, None if impact is None else impact.value
+            )
+            findings.append(
+                Finding(
+                    rule=rule.name,
+                    service=service,
+                    trigger=rule.trigger,
+                    state=step.state,
+                    time=now,
+                    value=step.value,
+                    threshold=step.threshold,
+                    baseline=_baseline_value(rule, baselines.get(key)),
+                    condition=rule.condition.text,
+                    severity=severity,
+                    reason=step.reason,
+                    since=step.since,
+                    started=step.started,
+                    missing_for=step.missing_for,
+                    impact=None if impact is None else impact.value,
+                    severity_reason=severity_reason,
+                    labels=dict(rule.labels),
+                )
+            )
+    return Cycle(new_states, tuple(findings))
+
+
+def _baseline_value(rule: Rule, baseline: Measurement | None) -> float | None:
+    if not rule.relative or baseline is None or baseline.is_missing:
+        return None
+    return baseline.value
+
+
+def rule_trigger_severity(rule: Rule) -> Severity:
+    """The severity a rule carries before impact: its override, else its trigger's."""
+    severity, _ = assess_severity(rule.trigger, rule.severity, None)
+    return severity
