@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -57,7 +57,7 @@ def _config_path(option: Path | None) -> Path:
 def _fail(lines: list[str], code: int) -> NoReturn:
     for line in lines:
         typer.echo(line, err=True)
-    raise typer.Exit(code)
+    sys.exit(code)
 
 
 def _load(option: Path | None) -> Loaded:
@@ -82,7 +82,7 @@ def _root(
 
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
-    """Validate the config and every rule file; print a summary (exit 0) or each problem (exit 2)."""
+    """Validate config and every rule file: a summary (exit 0) or each problem (exit 2)."""
     loaded = _load(config)
     _print_summary(loaded, Console(highlight=False))
 
@@ -110,7 +110,7 @@ def backtest(
     step: Annotated[str, typer.Option("--step", help="Evaluation step.")] = "30s",
     json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Replay the rules over Prometheus history and print the actions the daemon would have taken."""
+    """Replay the rules over Prometheus history; print the actions the daemon would have taken."""
     _not_built("backtest", "sources are not connected yet")
 
 
@@ -118,7 +118,9 @@ def backtest(
 def rollback(
     service: Annotated[str, typer.Argument(help="The service to roll back.")],
     config: ConfigOption = None,
-    to: Annotated[str | None, typer.Option("--to", help="Target ref (default: last known good).")] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Target ref (default: last known good).")
+    ] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why, for the journal.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
@@ -174,8 +176,8 @@ def demo(config: ConfigOption = None) -> None:
 def _print_summary(loaded: Loaded, console: Console) -> None:
     cfg = loaded.config
     console.print(
-        f"{shown(loaded.config_path)}: OK — {len(cfg.services)} services, "
-        f"{len(loaded.rules)} rules from {len(loaded.rule_files)} files"
+        f"{shown(loaded.config_path)}: OK — {_count(len(cfg.services), 'service')}, "
+        f"{_count(len(loaded.rules), 'rule')} from {_count(len(loaded.rule_files), 'file')}"
     )
 
     services = Table(title="Services", title_justify="left")
@@ -219,39 +221,43 @@ def _print_summary(loaded: Loaded, console: Console) -> None:
         policy.add_row(
             severity.value,
             action,
-            format_duration(entry.deadline) if entry.deadline else "immediate",
+            _deadline(entry.action.value, entry.deadline),
             entry.approver or "—",
         )
     console.print(policy)
     g = cfg.guards
     console.print(
-        f"Guards: dry_run={'on' if cfg.daemon.dry_run else 'off'}, cooldown {format_duration(g.cooldown)}, "
+        f"Guards: dry_run={'on' if cfg.daemon.dry_run else 'off'}, "
+        f"cooldown {format_duration(g.cooldown)}, "
         f"at most {g.max_rollbacks} rollbacks per service per {format_duration(g.window)}, "
         f"attribution window {format_duration(cfg.deploys.attribution_window)}, "
-        f"{len(cfg.silences)} maintenance silences"
+        f"{_count(len(cfg.silences), 'maintenance silence')}"
     )
     for warning in loaded.warnings:
         console.print(f"warning: {warning}")
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _deadline(action: str, deadline: timedelta | None) -> str:
+    if deadline:
+        return format_duration(deadline)
+    return "immediate" if action == "rollback" else "—"
+
+
 def main() -> None:
     """Console-script entry point: never a traceback for an expected failure."""
     try:
-        code = app(standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        app()
     except NotBuilt as exc:
         _fail([str(exc)], EXIT_RUNTIME)
     except InvalidInput as exc:
         _fail([str(p) for p in exc.problems], EXIT_INVALID)
     except RollbackdError as exc:
         _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, click.Abort):
-        _fail(["rollbackd: aborted"], EXIT_RUNTIME)
-    except Exception as exc:  # noqa: BLE001 -- the last line of defence: one line, not a traceback
+    except Exception as exc:
         if os.environ.get("ROLLBACKD_DEBUG"):
             raise
         _fail(
@@ -261,4 +267,3 @@ def main() -> None:
             ],
             EXIT_RUNTIME,
         )
-    sys.exit(code if isinstance(code, int) else 0)

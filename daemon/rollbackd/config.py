@@ -20,7 +20,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from rollbackd.durations import Duration
 from rollbackd.errors import InvalidInput, Problem
@@ -32,7 +37,15 @@ ENV_PREFIX = "ROLLBACKD_"
 DEFAULT_CONFIG_PATH = Path("/etc/rollbackd/config.toml")
 
 Role = Literal["admin", "senior_admin", "team", "database", "ci", "alertmanager", "viewer"]
-ROLES: tuple[str, ...] = ("admin", "senior_admin", "team", "database", "ci", "alertmanager", "viewer")
+ROLES: tuple[str, ...] = (
+    "admin",
+    "senior_admin",
+    "team",
+    "database",
+    "ci",
+    "alertmanager",
+    "viewer",
+)
 
 
 def _http_url(value: str) -> str:
@@ -68,7 +81,9 @@ class DaemonConfig(_Section):
             try:
                 ipaddress.ip_address(bare)
             except ValueError:
-                raise ValueError(f"expected HOST:PORT such as '127.0.0.1:9095', got {value!r}") from None
+                raise ValueError(
+                    f"expected HOST:PORT such as '127.0.0.1:9095', got {value!r}"
+                ) from None
         return value
 
     @field_validator("poll_interval")
@@ -169,7 +184,10 @@ class ServiceConfig(_Section):
     def _argvs(cls, value: list[list[str]]) -> list[list[str]]:
         for index, argv in enumerate(value):
             if not argv or not argv[0]:
-                raise ValueError(f"entry {index} is empty: each command is a list like ['systemctl', 'restart', 'web']")
+                raise ValueError(
+                    f"entry {index} is empty: each command is an argv list "
+                    "like ['systemctl', 'restart', 'web']"
+                )
         return value
 
     @field_validator("command")
@@ -182,7 +200,9 @@ class ServiceConfig(_Section):
     @model_validator(mode="after")
     def _executor_needs(self) -> ServiceConfig:
         if self.executor == "git" and self.repo is None:
-            raise ValueError("executor 'git' needs 'repo', the git working copy the service is deployed from")
+            raise ValueError(
+                "executor 'git' needs 'repo', the git working copy the service is deployed from"
+            )
         if self.executor == "script" and self.script is None:
             raise ValueError("executor 'script' needs 'script', the path of the rollback script")
         if self.executor == "command" and self.command is None:
@@ -192,7 +212,9 @@ class ServiceConfig(_Section):
             names.append("health")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"probe names must be unique per service ('health' is health_url): {duplicates}")
+            raise ValueError(
+                f"probe names must be unique per service ('health' is health_url): {duplicates}"
+            )
         return self
 
     @property
@@ -225,7 +247,7 @@ class PolicyEntryConfig(_Section):
 
 def _default_entry(severity: Severity) -> PolicyEntryConfig:
     entry = DEFAULT_POLICY[severity]
-    return PolicyEntryConfig(action=entry.action, deadline=entry.deadline, approver=entry.approver)  # type: ignore[arg-type]
+    return PolicyEntryConfig(action=entry.action, deadline=entry.deadline, approver=entry.approver)
 
 
 class PolicyConfig(_Section):
@@ -301,7 +323,7 @@ class TokenConfig(_Section):
         if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
             raise ValueError(
                 "expected the token's SHA-256 as 64 hex digits "
-                "(printf %s \"$TOKEN\" | sha256sum), never the token itself"
+                '(printf %s "$TOKEN" | sha256sum), never the token itself'
             )
         return value.lower()
 
@@ -402,7 +424,7 @@ def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -
     if env:
         try:
             overrides = dict(_MappingEnv(Config, env)())
-        except Exception as exc:  # noqa: BLE001 -- pydantic-settings raises a bare SettingsError for bad JSON
+        except Exception as exc:
             raise InvalidInput([Problem("environment", ENV_PREFIX + "…", str(exc))]) from None
     try:
         return Config(**_merge(data, overrides))
@@ -438,5 +460,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InvalidInput([Problem(str(path), "", f"cannot read the config file: {reason}")]) from None
+        raise InvalidInput(
+            [Problem(str(path), "", f"cannot read the config file: {reason}")]
+        ) from None
     return parse_config(text, str(path), os.environ if env is None else env)

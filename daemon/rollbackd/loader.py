@@ -46,10 +46,13 @@ def rule_files(config: Config, config_path: Path) -> tuple[list[Path], list[Prob
     problems: list[Problem] = []
     for index, pattern in enumerate(config.daemon.rules):
         full = pattern if Path(pattern).is_absolute() else str(base / pattern)
-        matches = sorted(Path(p) for p in glob.glob(full, recursive=True) if Path(p).is_file())
+        found = glob.glob(full, recursive=True)  # noqa: PTH207 -- Path.glob takes no absolute patterns
+        matches = sorted(Path(p) for p in found if Path(p).is_file())
         if not matches:
             problems.append(
-                Problem(shown(config_path), f"daemon.rules[{index}]", f"{pattern!r} matches no file")
+                Problem(
+                    shown(config_path), f"daemon.rules[{index}]", f"{pattern!r} matches no file"
+                )
             )
         files.extend(m for m in matches if m not in files)
     return files, problems

@@ -8,7 +8,7 @@ severity    user impact      triggers
 ==========  ===============  ==========================
 critical    > 50 % of users  data loss, auth failures, outage, security breach,
                              critical business function
-high        10 – 50 %        > 5 % errors, > 50 % slower, major feature, data integrity
+high        10 - 50 %        > 5 % errors, > 50 % slower, major feature, data integrity
 medium      < 10 %           minor feature, UI issue, noticeable slowdown
 low         minimal (< 1 %)  (only through a rule's ``severity``)
 ==========  ===============  ==========================

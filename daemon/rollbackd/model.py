@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import Self
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     """The playbook's severities, ordered from least to most urgent."""
 
     LOW = "low"
@@ -33,7 +33,7 @@ class Severity(str, Enum):
 _SEVERITY_RANK = {Severity.LOW: 0, Severity.MEDIUM: 1, Severity.HIGH: 2, Severity.CRITICAL: 3}
 
 
-class Trigger(str, Enum):
+class Trigger(StrEnum):
     """The playbook's "When to Rollback" triggers; each has a base severity."""
 
     DATA_LOSS = "data_loss"
@@ -50,7 +50,7 @@ class Trigger(str, Enum):
     NOTICEABLE_SLOWDOWN = "noticeable_slowdown"
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """What the policy does about a service's findings."""
 
     ROLLBACK = "rollback"
@@ -64,7 +64,7 @@ class Action(str, Enum):
         return self in (Action.ROLLBACK, Action.REQUEST_APPROVAL)
 
 
-class FindingState(str, Enum):
+class FindingState(StrEnum):
     """Where one rule stands for one service after an evaluation."""
 
     OK = "ok"

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.model import Action, Decision, Finding, Severity
@@ -74,7 +74,7 @@ class Guards:
     silences: tuple[Silence, ...] = ()
 
 
-class GateVerdict(str, Enum):
+class GateVerdict(StrEnum):
     """The migration gate's verdict on rolling back past a deploy's migrations."""
 
     PROCEED = "proceed"
@@ -123,7 +123,7 @@ def decide(
     facts: ServiceFacts,
     now: datetime,
     policy: Mapping[Severity, PolicyEntry] = DEFAULT_POLICY,
-    guards: Guards = Guards(),  # noqa: B008 -- frozen dataclass, safe as a default
+    guards: Guards = Guards(),
 ) -> Decision | None:
     """Decide for one service from its findings at ``now``; None when nothing fires.
 
@@ -171,7 +171,9 @@ def decide(
             trail.reasons.append(f"escalated to {approver} instead of {proposed.value}")
         elif guards.dry_run:
             trail.guards.append("dry_run")
-            trail.reasons.append(f"dry run: would {proposed.value.replace('_', ' ')}; recorded only")
+            trail.reasons.append(
+                f"dry run: would {proposed.value.replace('_', ' ')}; recorded only"
+            )
             action, deadline = Action.RECORD, None
 
     target = facts.last_good_version if action.rolls_back else None

@@ -133,7 +133,9 @@ class Rule(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Rule:
         if (self.query is None) == (self.probe is None):
-            raise ValueError("a rule takes exactly one of 'query' (PromQL) or 'probe' (a probe name)")
+            raise ValueError(
+                "a rule takes exactly one of 'query' (PromQL) or 'probe' (a probe name)"
+            )
         if self.condition.relative:
             if self.probe is not None:
                 raise ValueError("a probe rule compares to a number, not a baseline")
@@ -165,7 +167,9 @@ def parse_rules(text: str, source: str) -> list[Rule]:
     problems: list[Problem] = []
     for key in data:
         if key != "rules":
-            problems.append(Problem(source, key, "unknown key (a rule file holds [[rules]] tables)"))
+            problems.append(
+                Problem(source, key, "unknown key (a rule file holds [[rules]] tables)")
+            )
     tables = data.get("rules", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         problems.append(Problem(source, "rules", "expected [[rules]] tables"))
@@ -202,9 +206,7 @@ class Cycle:
     findings: tuple[Finding, ...]
 
     def firing(self, service: str | None = None) -> list[Finding]:
-        return [
-            f for f in self.findings if f.firing and (service is None or f.service == service)
-        ]
+        return [f for f in self.findings if f.firing and (service is None or f.service == service)]
 
 
 @dataclass(frozen=True)
@@ -222,8 +224,6 @@ class Step:
 
 def _fmt(value: float) -> str:
     return f"{value:.6g}"
-
-
 
 
 def _elapsed(now: datetime, since: datetime) -> timedelta:
@@ -252,12 +252,17 @@ def evaluate(
     threshold = rule.condition.threshold(base)
     comparison = f"{_fmt(value)} {rule.condition.op} {_fmt(threshold)}"
     if base is not None:
-        comparison += f" ({rule.condition.text[len(rule.condition.op) :].strip()} of baseline {_fmt(base)})"
+        relative = rule.condition.text.removeprefix(rule.condition.op).strip()
+        comparison += f" ({relative} of baseline {_fmt(base)})"
     holds = rule.condition.holds(value, threshold)
+    verdict = "does not hold"
     if holds and base is not None and rule.min_change is not None:
-        if abs(value - base) < rule.min_change:
+        change = abs(value - base)
+        if change < rule.min_change:
             holds = False
-            comparison += f", but the change {_fmt(abs(value - base))} is below min_change {_fmt(rule.min_change)}"
+            verdict = (
+                f"holds, but the change {_fmt(change)} is below min_change {_fmt(rule.min_change)}"
+            )
 
     if not holds:
         was = ""
@@ -266,8 +271,7 @@ def evaluate(
         elif previous.pending_since is not None:
             was = f"; pending since {format_instant(previous.pending_since)} is reset"
         state = RuleState(last_seen=now, last_value=value)
-        reason = f"{comparison} does not hold{was}" if "min_change" not in comparison else comparison
-        return state, Step(FindingState.OK, value, threshold, reason)
+        return state, Step(FindingState.OK, value, threshold, f"{comparison} {verdict}{was}")
 
     pending_since = previous.pending_since
     firing_since = previous.firing_since
@@ -302,7 +306,9 @@ def evaluate(
     )
 
 
-def _missing_reason(rule: Rule, measurement: Measurement, baseline: Measurement | None) -> str | None:
+def _missing_reason(
+    rule: Rule, measurement: Measurement, baseline: Measurement | None
+) -> str | None:
     if measurement.is_missing:
         return f"no data: {measurement.reason or 'no value'}"
     if not rule.relative:
@@ -313,7 +319,10 @@ def _missing_reason(rule: Rule, measurement: Measurement, baseline: Measurement 
         return f"no baseline: {baseline.reason or 'no value before the deploy'}"
     assert baseline.value is not None  # noqa: S101 -- is_missing is False
     if baseline.value <= 0:
-        return f"no baseline: the value before the deploy is {_fmt(baseline.value)}, so a percentage of it means nothing"
+        return (
+            f"no baseline: the value before the deploy is {_fmt(baseline.value)}, "
+            "and a percentage of it means nothing"
+        )
     return None
 
 

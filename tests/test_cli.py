@@ -1,0 +1,208 @@
+"""The command line as a user runs it: help, check-config, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunCli
+
+DESIGN_COMMANDS = [
+    "run",
+    "check-config",
+    "evaluate",
+    "backtest",
+    "rollback",
+    "status",
+    "incidents",
+    "report",
+    "approve",
+    "veto",
+    "demo",
+]
+
+
+def copy_example(repo: Path, into: Path) -> Path:
+    """A copy of config.example.toml and rules/ that a test may break."""
+    shutil.copy(repo / "config.example.toml", into / "config.toml")
+    shutil.copytree(repo / "rules", into / "rules")
+    return into / "config.toml"
+
+
+def test_help_lists_every_command_of_the_design(run_cli: RunCli) -> None:
+    """`rollbackd --help` names each command of design §2."""
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in DESIGN_COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run"],
+        ["evaluate"],
+        ["backtest", "--start", "-1h", "--end", "now"],
+        ["rollback", "web", "--yes"],
+        ["status"],
+        ["incidents"],
+        ["report", "1"],
+        ["approve", "1"],
+        ["veto", "1"],
+        ["demo"],
+    ],
+)
+def test_commands_not_built_yet_say_so_and_exit_1(run_cli: RunCli, args: list[str]) -> None:
+    """A command of the contract without its capability says so instead of pretending."""
+    result = run_cli(*args)
+    assert result.returncode == 1
+    assert "not built yet" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_on_the_example_prints_the_summary(run_cli: RunCli, repo: Path) -> None:
+    """The example config and default rules pass, with services, rules and policy shown."""
+    result = run_cli("check-config", "--config", str(repo / "config.example.toml"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "OK" in out
+    assert "1 service," in out
+    assert "web" in out and "git (revert)" in out
+    assert "high_error_rate" in out and "error-rate" in out
+    assert "request_approval" in out and "senior_admin" in out
+    assert "Rules by severity: critical" in out
+
+
+def test_check_config_finds_the_file_through_rollbackd_config(
+    run_cli: RunCli, repo: Path, tmp_path: Path
+) -> None:
+    """Without --config, $ROLLBACKD_CONFIG names the file."""
+    path = copy_example(repo, tmp_path)
+    result = run_cli("check-config", env={"ROLLBACKD_CONFIG": str(path)})
+    assert result.returncode == 0, result.stderr
+
+
+def test_environment_overrides_reach_check_config(
+    run_cli: RunCli, repo: Path, tmp_path: Path
+) -> None:
+    """ROLLBACKD_DAEMON__DRY_RUN=true shows in the guards line."""
+    path = copy_example(repo, tmp_path)
+    result = run_cli("check-config", "--config", str(path), env={"ROLLBACKD_DAEMON__DRY_RUN": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "dry_run=on" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "expected"),
+    [
+        (
+            "rules/high.toml",
+            'condition = "> 0.05"',
+            'condition = ">> 5"',
+            "rules/high.toml: rule \"error-rate\": condition: expected '> 0.05' or '> +50%', "
+            "got '>> 5'",
+        ),
+        (
+            "rules/high.toml",
+            'trigger = "high_error_rate"',
+            'trigger = "errors"',
+            'rules/high.toml: rule "error-rate": trigger: Input should be',
+        ),
+        (
+            "rules/high.toml",
+            'for = "2m"',
+            'for = "2 minutes"',
+            "rules/high.toml: rule \"error-rate\": for: expected a duration such as '15s'",
+        ),
+        (
+            "rules/high.toml",
+            'for = "2m"',
+            'for = "2m"\nthreshold = 3',
+            'rules/high.toml: rule "error-rate": threshold: unknown key',
+        ),
+        (
+            "rules/medium.toml",
+            'name = "ui-errors"',
+            'name = "error-rate"',
+            'rules/medium.toml: rule "error-rate": name: already defined in rules/high.toml',
+        ),
+        (
+            "config.toml",
+            'poll_interval = "15s"',
+            'poll_interval = "soon"',
+            "config.toml: daemon.poll_interval: expected a duration",
+        ),
+        (
+            "config.toml",
+            'strategy = "revert"',
+            'strategy = "rebase"',
+            "config.toml: services[0].strategy: Input should be 'revert', 'reset' or 'tag'",
+        ),
+        (
+            "config.toml",
+            "[guards]",
+            "[guards]\ncooldow = '1m'",
+            "config.toml: guards.cooldow: unknown key",
+        ),
+        (
+            "config.toml",
+            'rules = ["rules/*.toml"]',
+            'rules = ["rules/*.toml", "rulez/*.toml"]',
+            "config.toml: daemon.rules[1]: 'rulez/*.toml' matches no file",
+        ),
+        (
+            "rules/critical.toml",
+            "[[rules]]",
+            "[[rules]",
+            "rules/critical.toml: not valid TOML:",
+        ),
+    ],
+)
+def test_each_malformed_case_exits_2_naming_file_and_rule_or_key(
+    run_cli: RunCli, repo: Path, tmp_path: Path, file: str, old: str, new: str, expected: str
+) -> None:
+    """check-config exits 2 with a line naming the file, the rule or key, and what is wrong."""
+    copy_example(repo, tmp_path)
+    target = tmp_path / file
+    text = target.read_text()
+    assert old in text
+    target.write_text(text.replace(old, new, 1))
+    result = run_cli("check-config", "--config", "config.toml")
+    assert result.returncode == 2
+    assert any(line.startswith(expected) for line in result.stderr.splitlines()), result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_missing_config_file_exits_2(run_cli: RunCli, tmp_path: Path) -> None:
+    """A config path that does not exist is a usage problem, said in one line."""
+    result = run_cli("check-config", "--config", str(tmp_path / "absent.toml"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"{tmp_path / 'absent.toml'}: cannot read the config file: No such file or directory"
+    )
+
+
+def test_problems_in_several_rule_files_are_all_listed(
+    run_cli: RunCli, repo: Path, tmp_path: Path
+) -> None:
+    """One run shows every broken rule file, so fixing is not a loop of reruns."""
+    copy_example(repo, tmp_path)
+    for name in ("high", "medium"):
+        path = tmp_path / "rules" / f"{name}.toml"
+        path.write_text(path.read_text().replace("[[rules]]", "[[rules]]\nbogus = 1", 1))
+    result = run_cli("check-config", "--config", "config.toml")
+    assert result.returncode == 2
+    assert "rules/high.toml: rule" in result.stderr
+    assert "rules/medium.toml: rule" in result.stderr
+
+
+def test_unknown_command_and_bad_usage_exit_2(run_cli: RunCli) -> None:
+    """Usage errors exit 2 with typer's message, never a traceback."""
+    assert run_cli("nope").returncode == 2
+    missing = run_cli("backtest")
+    assert missing.returncode == 2
+    assert "--start" in missing.stderr
+    assert "Traceback" not in missing.stderr
