@@ -30,9 +30,7 @@ def run_cli(tmp_path: Path) -> RunCli:
     def run(
         *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
-        environment = {
-            k: v for k, v in os.environ.items() if not k.startswith("ROLLBACKD_")
-        }
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("ROLLBACKD_")}
         environment.update(env or {})
         return subprocess.run(
             [sys.executable, "-m", "rollbackd", *args],

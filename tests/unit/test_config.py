@@ -149,14 +149,18 @@ def test_the_process_environment_is_read_only_by_load_config(tmp_path: Path) -> 
             "config.toml: daemon.poll_interval: expected a duration such as '15s', '2m' or "
             "'1h30m', got 'fast'",
         ),
-        ('[daemon]\npoll_interval = "500ms"', "config.toml: daemon.poll_interval: must be at least 1s"),
+        (
+            '[daemon]\npoll_interval = "500ms"',
+            "config.toml: daemon.poll_interval: must be at least 1s",
+        ),
         (
             '[daemon]\nlisten = "9095"',
             "config.toml: daemon.listen: expected HOST:PORT such as '127.0.0.1:9095', got '9095'",
         ),
         (
             '[prometheus]\nurl = "localhost:9090"',
-            "config.toml: prometheus.url: expected an http:// or https:// URL, got 'localhost:9090'",
+            "config.toml: prometheus.url: expected an http:// or https:// URL, "
+            "got 'localhost:9090'",
         ),
         (
             '[prometheus]\ntimeout = "0s"',
@@ -222,7 +226,7 @@ def test_the_process_environment_is_read_only_by_load_config(tmp_path: Path) -> 
             "'database', 'ci', 'alertmanager' or 'viewer', got 'boss'",
         ),
         (
-            '[guards]\nmax_rollbacks = -1',
+            "[guards]\nmax_rollbacks = -1",
             "config.toml: guards.max_rollbacks: Input should be greater than or equal to 0, got -1",
         ),
         (
