@@ -9,22 +9,34 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from rollbackd import __version__
 from rollbackd.config import DEFAULT_CONFIG_PATH
-from rollbackd.durations import format_duration
+from rollbackd.durations import format_duration, format_instant, parse_duration, parse_instant
 from rollbackd.errors import InvalidInput, NotBuilt, RollbackdError
+from rollbackd.evaluation import Evaluation, evaluate_now
 from rollbackd.loader import Loaded, load, shown
 from rollbackd.matrix import TRIGGER_SEVERITY
-from rollbackd.model import Severity, Trigger
+from rollbackd.model import FindingState, Severity, Trigger
+from rollbackd.output import (
+    decision_line,
+    decision_record,
+    finding_line,
+    finding_record,
+    json_line,
+    resolution_line,
+)
+from rollbackd.replay import Replay, step_times
 from rollbackd.rules import rule_trigger_severity
+from rollbackd.sources.prometheus import PrometheusSource
 
 EXIT_RUNTIME = 1
 EXIT_INVALID = 2
@@ -99,7 +111,10 @@ def evaluate(
     json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """One evaluation now against live sources; print findings and the actions it would take."""
-    _not_built("evaluate", "sources are not connected yet")
+    loaded = _load(config)
+    now = datetime.now(UTC)
+    result = evaluate_now(loaded.config, loaded.rules, now)
+    _print_evaluation(result, json)
 
 
 @app.command()
@@ -111,7 +126,57 @@ def backtest(
     json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Replay the rules over Prometheus history; print the actions the daemon would have taken."""
-    _not_built("backtest", "sources are not connected yet")
+    now = datetime.now(UTC)
+    problems = []
+    try:
+        start_at = parse_instant(start, now)
+    except ValueError as exc:
+        problems.append(f"--start: {exc}")
+    try:
+        end_at = parse_instant(end, now)
+    except ValueError as exc:
+        problems.append(f"--end: {exc}")
+    try:
+        step_every = parse_duration(step)
+        if step_every < timedelta(seconds=1):
+            problems.append(f"--step: must be at least 1s, got {step!r}")
+    except ValueError as exc:
+        problems.append(f"--step: {exc}")
+    if not problems and end_at <= start_at:
+        problems.append(f"--end: {end!r} is not after --start {start!r}")
+    if problems:
+        _fail(problems, EXIT_INVALID)
+    loaded = _load(config)
+    cfg = loaded.config
+    prometheus = PrometheusSource(
+        cfg.prometheus.url, cfg.prometheus.timeout, cfg.alerts.service_label
+    )
+    replay = Replay(cfg, loaded.rules, prometheus, step_every)
+    err = Console(stderr=True, highlight=False)
+    total = len(step_times(start_at, end_at, step_every))
+    actions = 0
+    with Progress(console=err, transient=True, disable=not err.is_terminal or total < 200) as bar:
+        task = bar.add_task("replaying", total=total)
+        for report in replay.run(
+            start_at, end_at, lambda done, _: bar.update(task, completed=done)
+        ):
+            for decision in report.decisions:
+                actions += 1
+                typer.echo(
+                    json_line(decision_record(decision)) if json else decision_line(decision)
+                )
+            if not json:
+                for resolution in report.resolutions:
+                    typer.echo(resolution_line(resolution))
+    if replay.deploy_error is not None:
+        err.print(f"note: {replay.deploy_error}; relative rules and attribution need deploys")
+    if not json:
+        found = sum(len(replay.history.deploys(s)) for s in replay.history.services())
+        typer.echo(
+            f"{_count(actions, 'action')} from {format_instant(start_at)} to "
+            f"{format_instant(end_at)} every {format_duration(step_every)} "
+            f"({_count(total, 'evaluation')}, {_count(found, 'deploy')} found)"
+        )
 
 
 @app.command()
@@ -245,6 +310,35 @@ def _deadline(action: str, deadline: timedelta | None) -> str:
     if deadline:
         return format_duration(deadline)
     return "immediate" if action == "rollback" else "—"
+
+
+def _print_evaluation(result: Evaluation, as_json: bool) -> None:
+    shown_states = {FindingState.FIRING, FindingState.PENDING, FindingState.INCONCLUSIVE}
+    findings = [f for f in result.report.findings if f.state in shown_states]
+    if as_json:
+        for finding in findings:
+            typer.echo(json_line(finding_record(finding)))
+        for decision in result.decisions:
+            typer.echo(json_line(decision_record(decision)))
+        return
+    by_error: dict[str, list[str]] = {}
+    for rule, error in sorted(result.report.source_errors.items()):
+        by_error.setdefault(error, []).append(rule)
+    for error, rules in by_error.items():
+        typer.echo(f"source error: {error} (rules: {', '.join(rules)})")
+    if result.deploy_error is not None:
+        typer.echo(f"deploys: {result.deploy_error}")
+    ok = len(result.report.findings) - len(findings)
+    typer.echo(
+        f"{format_instant(result.report.time)}: {_count(len(result.report.findings), 'finding')} "
+        f"({ok} ok)"
+    )
+    for finding in sorted(findings, key=lambda f: (f.state.value, f.service, f.rule)):
+        typer.echo(finding_line(finding))
+    if not result.decisions:
+        typer.echo("no action: nothing is firing")
+    for decision in result.decisions:
+        typer.echo(decision_line(decision))
 
 
 def main() -> None:

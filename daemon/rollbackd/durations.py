@@ -79,3 +79,25 @@ Duration = Annotated[
 def format_instant(moment: datetime) -> str:
     """An instant as RFC 3339 UTC to the second (``2026-01-01T12:00:00Z``)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_instant(text: str, now: datetime) -> datetime:
+    """``now``, a relative ``-6h``/``+30m``, RFC 3339 with a zone, or unix seconds."""
+    raw = text.strip()
+    if raw == "now":
+        return now
+    if raw[:1] in ("-", "+"):
+        offset = parse_duration(raw[1:])
+        return now - offset if raw[0] == "-" else now + offset
+    if re.fullmatch(r"\d+(\.\d+)?", raw):
+        return datetime.fromtimestamp(float(raw), tz=UTC)
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(
+            f"expected an RFC 3339 time (2026-01-01T12:00:00Z), a relative time (-6h) "
+            f"or 'now', got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone: add Z or an offset such as +01:00")
+    return moment.astimezone(UTC)

@@ -86,8 +86,11 @@ class Measurement:
 
     @classmethod
     def of(cls, value: float) -> Self:
-        if not math.isfinite(value):
-            return cls(None, f"value is {value}")
+        """A value, or missing if it is not a finite number (NaN, ±Inf)."""
+        if math.isnan(value):
+            return cls(None, "the value is NaN (for a ratio: nothing to divide by)")
+        if math.isinf(value):
+            return cls(None, f"the value is {'+' if value > 0 else '-'}Inf")
         return cls(float(value))
 
     @classmethod

@@ -97,7 +97,7 @@ def parse_condition(text: str) -> Condition:
     if op in ("==", "!="):
         raise ValueError(f"a relative condition takes > >= < <=, not {op!r}, got {text!r}")
     if sign == "-" and number >= 100:
-        raise ValueError(f"a value cannot fall {num}% or more below its baseline, got {text!r}")
+        raise ValueError(f"a value cannot fall by 100% or more below its baseline, got {text!r}")
     fraction = (number if sign == "+" else -number) / 100.0
     return Condition(op, fraction, relative=True, text=f"{op} {sign}{num}%")
 
@@ -178,7 +178,7 @@ def parse_rules(text: str, source: str) -> list[Rule]:
     seen: set[str] = set()
     for index, table in enumerate(tables):
         name = table.get("name")
-        where = f"rule {name!r}".replace("'", '"') if isinstance(name, str) else f"rules[{index}]"
+        where = f'rule "{name}"' if isinstance(name, str) else f"rules[{index}]"
         try:
             rule = Rule.model_validate(table)
         except ValidationError as exc:

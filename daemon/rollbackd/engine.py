@@ -1,0 +1,234 @@
+"""One evaluation cycle: measurements → rules → matrix → policy → proposed actions.
+
+:class:`Engine` holds what persists between cycles (rule states, deploy
+history, open incidents) and turns one cycle's measurements into findings and
+*new* decisions; it does no I/O and is driven by :class:`LiveCycle` (instant
+queries and probes now, for ``run`` and ``evaluate``) or by
+:mod:`rollbackd.replay` (Prometheus history, for ``backtest``).
+
+A service with firing findings gets one decision when its incident opens, and
+another only if the severity rises; the incident closes when every finding of
+the service is OK again (inconclusive keeps it open). So a firing rule does not
+ask for a rollback at every cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from rollbackd.config import Config
+from rollbackd.deploys import Deploy, DeployHistory
+from rollbackd.model import Decision, Finding, FindingState, Measurement, RuleState, Severity
+from rollbackd.policy import ServiceFacts, decide
+from rollbackd.rules import Key, Rule, applies_to, evaluate_cycle
+from rollbackd.sources import MetricSource
+from rollbackd.sources.probes import Prober, ProbeResult
+from rollbackd.sources.prometheus import Vector
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """An incident that ended because every finding of its service is OK again."""
+
+    service: str
+    time: datetime
+    opened: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class CycleReport:
+    """What one cycle found and decided, and what it could not see."""
+
+    time: datetime
+    findings: tuple[Finding, ...]
+    decisions: tuple[Decision, ...]
+    resolutions: tuple[Resolution, ...] = ()
+    deploys: Mapping[str, Deploy | None] = field(default_factory=dict)
+    source_errors: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One cycle's measurements by (rule, service), and the errors behind missing ones."""
+
+    measurements: dict[Key, Measurement] = field(default_factory=dict)
+    baselines: dict[Key, Measurement] = field(default_factory=dict)
+    impacts: dict[Key, Measurement] = field(default_factory=dict)
+    source_errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Incident:
+    opened: datetime
+    decision: Decision
+
+
+class Engine:
+    """The decision loop's memory and its pure step."""
+
+    def __init__(self, config: Config, rules: Iterable[Rule], history: DeployHistory) -> None:
+        self.config = config
+        self.rules = tuple(rules)
+        self.history = history
+        self.states: dict[Key, RuleState] = {}
+        self.rollbacks: dict[str, list[datetime]] = {}
+        self._incidents: dict[str, _Incident] = {}
+        self._services = {s.name: s.probe_names for s in config.services}
+        self._policy = config.policy.table()
+        self._guards = config.guards_for_policy()
+
+    @property
+    def services(self) -> Mapping[str, list[str]]:
+        return self._services
+
+    def step(self, now: datetime, inputs: Inputs) -> CycleReport:
+        """Evaluate every rule at ``now`` and decide for each service whose incident is new."""
+        cycle = evaluate_cycle(
+            self.rules,
+            self._services,
+            inputs.measurements,
+            inputs.baselines,
+            inputs.impacts,
+            self.states,
+            now,
+        )
+        self.states = dict(cycle.states)
+        decisions: list[Decision] = []
+        resolutions: list[Resolution] = []
+        for service in self._services:
+            own = [f for f in cycle.findings if f.service == service]
+            firing = [f for f in own if f.firing]
+            conclusive = any(f.state is not FindingState.INCONCLUSIVE for f in own)
+            started = min((f.started or f.since or now for f in firing), default=None)
+            self.history.note_evaluation(service, now, conclusive, started)
+            incident = self._incidents.get(service)
+            if not firing:
+                if incident is not None and own and all(f.state is FindingState.OK for f in own):
+                    del self._incidents[service]
+                    resolutions.append(
+                        Resolution(service, now, incident.opened, "every rule is OK again")
+                    )
+                continue
+            severity = Severity.highest([f.severity for f in firing])
+            if incident is not None and severity.rank <= incident.decision.severity.rank:
+                continue
+            decision = decide(service, firing, self.facts(service), now, self._policy, self._guards)
+            if decision is None:
+                continue
+            self._incidents[service] = _Incident(incident.opened if incident else now, decision)
+            decisions.append(decision)
+        return CycleReport(
+            time=now,
+            findings=cycle.findings,
+            decisions=tuple(decisions),
+            resolutions=tuple(resolutions),
+            deploys={s: self.history.current(s) for s in self._services},
+            source_errors=dict(inputs.source_errors),
+        )
+
+    def open_decisions(self) -> list[Decision]:
+        """The latest decision of every incident still open, by service."""
+        return [self._incidents[s].decision for s in sorted(self._incidents)]
+
+    def record_rollback(self, service: str, at: datetime) -> None:
+        """A rollback of ``service`` happened at ``at`` (for the cooldown and the limit)."""
+        self.rollbacks.setdefault(service, []).append(at)
+
+    def facts(self, service: str) -> ServiceFacts:
+        """What the guards need about a service, from the deploy history."""
+        current = self.history.current(service)
+        last_good, _ = self.history.last_good(service)
+        return ServiceFacts(
+            current_version=current.version if current else None,
+            deployed_at=current.time if current else None,
+            last_good_version=last_good,
+            rollbacks=tuple(self.rollbacks.get(service, ())),
+        )
+
+
+BASELINE_EDGE = timedelta(seconds=1)
+"""Baselines end this long before the deploy, so no sample of the new version counts."""
+
+
+def baseline_query(rule: Rule) -> str:
+    """The rule's query averaged over its baseline window, as one PromQL subquery."""
+    assert rule.query is not None  # noqa: S101 -- relative rules are PromQL rules (Rule validates)
+    window = rule.baseline_window
+    resolution = max(window / 60, timedelta(seconds=1))
+    return (
+        f"avg_over_time(({rule.query})[{int(window.total_seconds())}s:"
+        f"{int(resolution.total_seconds())}s])"
+    )
+
+
+class BaselineCache:
+    """Baselines per (rule, deploy time): computed once, since history does not change."""
+
+    def __init__(self, source: MetricSource) -> None:
+        self._source = source
+        self._cache: dict[tuple[str, datetime], Vector] = {}
+
+    def get(self, rule: Rule, deploy: Deploy) -> Measurement:
+        key = (rule.name, deploy.time)
+        vector = self._cache.get(key)
+        if vector is None:
+            vector = self._source.instant(baseline_query(rule), deploy.time - BASELINE_EDGE)
+            if vector.error is None:
+                self._cache[key] = vector
+        measurement = vector.get(deploy.service)
+        if measurement.is_missing:
+            return Measurement.missing(
+                f"no value in the {rule.baseline_window} before the deploy of "
+                f"{deploy.version}: {measurement.reason}"
+            )
+        return measurement
+
+
+class LiveCycle:
+    """Gathers one cycle's inputs now: one instant query per rule, and the probes."""
+
+    def __init__(self, engine: Engine, prometheus: MetricSource, prober: Prober | None) -> None:
+        self.engine = engine
+        self.prometheus = prometheus
+        self.prober = prober
+        self.baselines = BaselineCache(prometheus)
+
+    def gather(self, now: datetime) -> Inputs:
+        inputs = Inputs()
+        services = self.engine.services
+        probe_names = {r.probe for r in self.engine.rules if r.probe is not None}
+        results: dict[tuple[str, str], ProbeResult] = {}
+        if self.prober is not None and probe_names:
+            for result in self.prober.probe_all(self.engine.config.services, probe_names):
+                results[(result.service, result.probe)] = result
+        for rule in self.engine.rules:
+            if rule.probe is not None:
+                for service, probes in services.items():
+                    if not applies_to(rule, probes):
+                        continue
+                    found = results.get((service, rule.probe))
+                    inputs.measurements[(rule.name, service)] = (
+                        Measurement(found.value, found.reason)
+                        if found is not None
+                        else Measurement.missing("the probe was not run")
+                    )
+                continue
+            assert rule.query is not None  # noqa: S101 -- a rule has a query or a probe
+            vector = self.prometheus.instant(rule.query, now)
+            if vector.error is not None:
+                inputs.source_errors[rule.name] = vector.error
+            for service in services:
+                inputs.measurements[(rule.name, service)] = vector.get(service)
+                if rule.relative:
+                    deploy = self.engine.history.current(service)
+                    if deploy is not None:
+                        inputs.baselines[(rule.name, service)] = self.baselines.get(rule, deploy)
+            if rule.impact_query is not None:
+                impact = self.prometheus.instant(rule.impact_query, now)
+                for service in services:
+                    if not impact.get(service).is_missing:
+                        inputs.impacts[(rule.name, service)] = impact.get(service)
+        return inputs

@@ -1,0 +1,69 @@
+"""``evaluate``: what the daemon would decide now, from recent history plus live probes.
+
+One instant evaluation cannot tell whether a condition has held for its
+``for``. So the engine is replayed over the recent past (long enough for
+``for``, the attribution window and the known-good time) at the poll
+interval, then stepped once more at ``now`` with live instant queries and
+probes. Nothing is acted on, and no rollback is simulated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from rollbackd.config import Config
+from rollbackd.engine import CycleReport, LiveCycle
+from rollbackd.model import Decision
+from rollbackd.replay import Replay
+from rollbackd.rules import Rule
+from rollbackd.sources import MetricSource
+from rollbackd.sources.probes import Prober
+from rollbackd.sources.prometheus import PrometheusSource
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The last cycle's report and the decisions of the incidents still open."""
+
+    report: CycleReport
+    decisions: tuple[Decision, ...]
+    deploy_error: str | None
+
+
+def lookback(config: Config, rules: tuple[Rule, ...]) -> timedelta:
+    """How much history one evaluation replays."""
+    longest_for = max((r.for_ for r in rules), default=timedelta(0))
+    return (
+        config.deploys.known_good_after
+        + config.deploys.attribution_window
+        + longest_for
+        + config.daemon.poll_interval
+    )
+
+
+def evaluate_now(
+    config: Config,
+    rules: tuple[Rule, ...],
+    now: datetime,
+    prometheus: MetricSource | None = None,
+    prober: Prober | None = None,
+) -> Evaluation:
+    """Replay the recent past, then evaluate once at ``now`` with live sources."""
+    prometheus = prometheus or PrometheusSource(
+        config.prometheus.url, config.prometheus.timeout, config.alerts.service_label
+    )
+    step = config.daemon.poll_interval
+    replay = Replay(config, rules, prometheus, step, simulate_rollbacks=False)
+    for _ in replay.run(now - lookback(config, rules), now - step):
+        pass
+    own_prober = prober is None
+    prober = prober or Prober()
+    try:
+        live = LiveCycle(replay.engine, prometheus, prober)
+        live.baselines = replay.baselines
+        report = replay.engine.step(now, live.gather(now))
+    finally:
+        if own_prober:
+            prober.close()
+    return Evaluation(report, tuple(replay.engine.open_decisions()), replay.deploy_error)

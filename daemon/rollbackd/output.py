@@ -1,0 +1,99 @@
+"""How findings and decisions are shown: JSON lines (design §2) or one readable line each."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from rollbackd.durations import format_duration, format_instant
+from rollbackd.engine import Resolution
+from rollbackd.model import Decision, Finding
+
+
+def _time(moment: datetime | None) -> str | None:
+    return None if moment is None else format_instant(moment)
+
+
+def finding_record(finding: Finding) -> dict[str, Any]:
+    """A finding as one JSON object."""
+    return {
+        "type": "finding",
+        "time": _time(finding.time),
+        "service": finding.service,
+        "rule": finding.rule,
+        "trigger": finding.trigger.value,
+        "state": finding.state.value,
+        "severity": finding.severity.value,
+        "value": finding.value,
+        "condition": finding.condition,
+        "threshold": finding.threshold,
+        "baseline": finding.baseline,
+        "since": _time(finding.since),
+        "missing_for": None
+        if finding.missing_for is None
+        else format_duration(finding.missing_for),
+        "reason": finding.reason,
+        "severity_reason": finding.severity_reason,
+    }
+
+
+def decision_record(decision: Decision) -> dict[str, Any]:
+    """A decision as one JSON object with the fields of design §2 and more."""
+    record: dict[str, Any] = {
+        "type": "action",
+        "time": _time(decision.time),
+        "service": decision.service,
+        "rules": list(decision.rules),
+        "severity": decision.severity.value,
+        "action": decision.action.value,
+        "proposed": decision.proposed.value,
+        "value": decision.value,
+        "reason": decision.reason,
+        "approver": decision.approver,
+        "deadline": _time(decision.deadline),
+        "guards": list(decision.guards),
+        "target": decision.target,
+    }
+    if len(decision.rules) == 1:
+        record["rule"] = decision.rules[0]
+    return record
+
+
+def resolution_record(resolution: Resolution) -> dict[str, Any]:
+    return {
+        "type": "resolved",
+        "time": _time(resolution.time),
+        "service": resolution.service,
+        "opened": _time(resolution.opened),
+        "reason": resolution.reason,
+    }
+
+
+def json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+def finding_line(finding: Finding) -> str:
+    return (
+        f"{format_instant(finding.time)}  {finding.state.value:<12} {finding.service}/"
+        f"{finding.rule} [{finding.severity.value}]: {finding.reason}"
+    )
+
+
+def decision_line(decision: Decision) -> str:
+    extra = ""
+    if decision.approver:
+        extra += f" (approver {decision.approver}"
+        extra += f", deadline {format_instant(decision.deadline)})" if decision.deadline else ")"
+    return (
+        f"{format_instant(decision.time)}  ACTION {decision.action.value.upper()}{extra} "
+        f"{decision.service} [{decision.severity.value}]: {decision.reason}"
+    )
+
+
+def resolution_line(resolution: Resolution) -> str:
+    return (
+        f"{format_instant(resolution.time)}  RESOLVED {resolution.service}: {resolution.reason} "
+        f"(opened {format_instant(resolution.opened)})"
+    )

@@ -1,0 +1,174 @@
+"""Replaying the engine over Prometheus history, for ``backtest`` and ``evaluate``.
+
+The same :class:`~rollbackd.engine.Engine` that runs live is stepped through
+time: each PromQL rule is fetched with range queries (chunked below
+Prometheus' 11,000-points limit), deploys are found in the version metric's
+history, and baselines are the queries' averages before each deploy. Probe
+rules have no history: in a replay they are inconclusive, and ``evaluate``
+runs them live at its last step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from rollbackd.config import Config
+from rollbackd.deploys import Deploy, DeployHistory, deploys_from_presence
+from rollbackd.engine import BaselineCache, CycleReport, Engine, Inputs
+from rollbackd.model import Measurement
+from rollbackd.rules import Rule
+from rollbackd.sources import MetricSource
+from rollbackd.sources.prometheus import Matrix, QueryError
+
+DEPLOY_LOOKBACK = timedelta(hours=24)
+"""How far before a replay's start deploys are looked for, to date the running version."""
+
+
+def step_times(start: datetime, end: datetime, step: timedelta) -> list[datetime]:
+    """The evaluation instants of a replay: start, start + step, ... up to end."""
+    times = []
+    moment = start
+    while moment <= end:
+        times.append(moment)
+        moment += step
+    return times
+
+
+@dataclass(frozen=True)
+class _Series:
+    by_time: dict[int, float]
+    error: str | None
+    ambiguous: str | None
+
+
+def _index(matrix: Matrix, service: str) -> _Series:
+    points = matrix.series.get(service, [])
+    return _Series(
+        {round(t.timestamp() * 1000): v for t, v in points},
+        matrix.error,
+        matrix.ambiguous.get(service),
+    )
+
+
+def find_deploys(
+    config: Config, prometheus: MetricSource, start: datetime, end: datetime, step: timedelta
+) -> tuple[list[Deploy], str | None]:
+    """Deploys in [start - DEPLOY_LOOKBACK, end] from the version metric, or why none."""
+    metric = config.deploys.version_metric
+    if metric is None:
+        return [], "no [deploys] version_metric is configured"
+    label = config.deploys.version_label
+    service_label = config.alerts.service_label
+    query = f"max by ({service_label}, {label}) ({metric})"
+    try:
+        presence = prometheus.labels_over_time(query, label, start - DEPLOY_LOOKBACK, end, step)
+    except QueryError as exc:
+        return [], f"cannot read deploys from {metric}: {exc}"
+    deploys: list[Deploy] = []
+    for service, versions in presence.items():
+        deploys.extend(deploys_from_presence(service, versions, step))
+    deploys.sort(key=lambda d: d.time)
+    return deploys, None
+
+
+class Replay:
+    """Steps an engine through [start, end] on Prometheus history."""
+
+    def __init__(
+        self,
+        config: Config,
+        rules: tuple[Rule, ...],
+        prometheus: MetricSource,
+        step: timedelta,
+        history: DeployHistory | None = None,
+        simulate_rollbacks: bool = True,
+    ) -> None:
+        self.config = config
+        self.prometheus = prometheus
+        self.step = step
+        self.history = history or DeployHistory(config.deploys.known_good_after)
+        self.engine = Engine(config, rules, self.history)
+        self.baselines = BaselineCache(prometheus)
+        self.deploy_error: str | None = None
+        self.simulate_rollbacks = simulate_rollbacks
+
+    def run(
+        self,
+        start: datetime,
+        end: datetime,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Iterator[CycleReport]:
+        """Yield one report per step, in time order."""
+        deploys, self.deploy_error = find_deploys(
+            self.config, self.prometheus, start, end, self.step
+        )
+        rules = self.engine.rules
+        services = list(self.engine.services)
+        values: dict[str, dict[str, _Series]] = {}
+        impacts: dict[str, dict[str, _Series]] = {}
+        for rule in rules:
+            if rule.query is None:
+                continue
+            matrix = self.prometheus.range(rule.query, start, end, self.step)
+            values[rule.name] = {s: _index(matrix, s) for s in services}
+            if rule.impact_query is not None:
+                impact = self.prometheus.range(rule.impact_query, start, end, self.step)
+                impacts[rule.name] = {s: _index(impact, s) for s in services}
+        pending = list(deploys)
+        times = step_times(start, end, self.step)
+        for done, moment in enumerate(times, 1):
+            while pending and pending[0].time <= moment:
+                deploy = pending.pop(0)
+                if deploy.service in self.engine.services:
+                    self.history.record(deploy)
+            inputs = self._inputs(moment, values, impacts)
+            report = self.engine.step(moment, inputs)
+            for decision in report.decisions if self.simulate_rollbacks else ():
+                if decision.action.value == "rollback":
+                    self.engine.record_rollback(decision.service, moment)
+            if progress is not None:
+                progress(done, len(times))
+            yield report
+
+    def _inputs(
+        self,
+        moment: datetime,
+        values: dict[str, dict[str, _Series]],
+        impacts: dict[str, dict[str, _Series]],
+    ) -> Inputs:
+        inputs = Inputs()
+        key_ms = round(moment.timestamp() * 1000)
+        for rule in self.engine.rules:
+            for service in self.engine.services:
+                key = (rule.name, service)
+                if rule.query is None:
+                    inputs.measurements[key] = Measurement.missing(
+                        f"probe {rule.probe!r} has no history; probes are checked live only"
+                    )
+                    continue
+                series = values[rule.name][service]
+                inputs.measurements[key] = _at(series, key_ms)
+                if series.error is not None:
+                    inputs.source_errors[rule.name] = series.error
+                if rule.relative:
+                    deploy = self.history.current(service)
+                    if deploy is not None:
+                        inputs.baselines[key] = self.baselines.get(rule, deploy)
+                if rule.name in impacts:
+                    impact = _at(impacts[rule.name][service], key_ms)
+                    if not impact.is_missing:
+                        inputs.impacts[key] = impact
+        return inputs
+
+
+def _at(series: _Series, key_ms: int) -> Measurement:
+    if series.error is not None:
+        return Measurement.missing(series.error)
+    if series.ambiguous is not None:
+        return Measurement.missing(series.ambiguous)
+    value = series.by_time.get(key_ms)
+    if value is None:
+        return Measurement.missing("no series for this service at this time")
+    return Measurement.of(value)

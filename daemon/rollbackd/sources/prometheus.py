@@ -1,0 +1,231 @@
+"""PromQL queries through prometheus-api-client, with a timeout on every call.
+
+One instant query per rule per cycle whatever the number of services: the
+result is a vector keyed by its ``service`` label. Anything that is not a
+usable number for a service (no series, NaN, ±Inf, a scalar instead of a
+vector, two series for one service, Prometheus down, slow or answering
+garbage) becomes a *missing* measurement with the reason, never a healthy
+value and never a crash. Errors are translated here, at the boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
+
+from rollbackd.durations import format_duration
+from rollbackd.model import Measurement
+
+MAX_POINTS = 11_000
+"""Prometheus refuses range queries of more points than this per series."""
+_CHUNK_POINTS = 10_000
+
+
+@dataclass(frozen=True)
+class Vector:
+    """An instant query's result by service, or why the whole query failed."""
+
+    values: dict[str, Measurement] = field(default_factory=dict)
+    error: str | None = None
+
+    def get(self, service: str) -> Measurement:
+        if self.error is not None:
+            return Measurement.missing(self.error)
+        return self.values.get(service, Measurement.missing("no series for this service"))
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A range query's samples by service, or why the whole query failed."""
+
+    series: dict[str, list[tuple[datetime, float]]] = field(default_factory=dict)
+    error: str | None = None
+    ambiguous: dict[str, str] = field(default_factory=dict)
+
+
+class QueryError(Exception):
+    """Prometheus did not answer usefully; the message says why in a sentence."""
+
+
+class PrometheusSource:
+    """Queries one Prometheus server; every call bounded by ``timeout``."""
+
+    def __init__(self, url: str, timeout: timedelta, service_label: str = "service") -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.service_label = service_label
+        self._client = PrometheusConnect(
+            url=self.url,
+            retry=Retry(total=0, connect=0, read=0, redirect=0, status=0),
+            timeout=timeout.total_seconds(),
+        )
+
+    def instant(self, query: str, at: datetime) -> Vector:
+        """Evaluate ``query`` at ``at``; one Measurement per service."""
+        try:
+            result = self._call(self._client.custom_query, query, params={"time": at.timestamp()})
+        except QueryError as exc:
+            return Vector(error=str(exc))
+        if not isinstance(result, list) or any(
+            not isinstance(item, dict) or "value" not in item for item in result
+        ):
+            return Vector(error="the query does not return an instant vector")
+        values: dict[str, Measurement] = {}
+        seen: dict[str, int] = {}
+        for item in result:
+            service = _label(item, self.service_label)
+            if service is None:
+                continue
+            seen[service] = seen.get(service, 0) + 1
+            values[service] = _sample(item.get("value"))
+        for service, count in seen.items():
+            if count > 1:
+                values[service] = Measurement.missing(
+                    f"{count} series for this service: aggregate the query by {self.service_label}"
+                )
+        if result and not seen:
+            return Vector(error=f"no series in the result has a {self.service_label!r} label")
+        return Vector(values)
+
+    def range(self, query: str, start: datetime, end: datetime, step: timedelta) -> Matrix:
+        """Evaluate ``query`` over [start, end] every ``step``, in chunks Prometheus accepts."""
+        series: dict[str, list[tuple[datetime, float]]] = {}
+        ambiguous: dict[str, str] = {}
+        for chunk_start, chunk_end in chunks(start, end, step):
+            try:
+                result = self._call(
+                    self._client.custom_query_range,
+                    query,
+                    start_time=chunk_start,
+                    end_time=chunk_end,
+                    step=f"{step.total_seconds():g}s",
+                )
+            except QueryError as exc:
+                return Matrix(error=str(exc))
+            if not isinstance(result, list) or any(
+                not isinstance(item, dict) or "values" not in item for item in result
+            ):
+                return Matrix(error="the query does not return a range vector")
+            counts: dict[str, int] = {}
+            for item in result:
+                service = _label(item, self.service_label)
+                if service is None:
+                    continue
+                counts[service] = counts.get(service, 0) + 1
+                points = series.setdefault(service, [])
+                for raw in item.get("values") or []:
+                    point = _point(raw)
+                    if point is not None:
+                        points.append(point)
+            for service, count in counts.items():
+                if count > 1:
+                    ambiguous[service] = (
+                        f"{count} series for this service: aggregate the query by "
+                        f"{self.service_label}"
+                    )
+        for points in series.values():
+            points.sort(key=lambda p: p[0])
+        return Matrix(series, ambiguous=ambiguous)
+
+    def labels_over_time(
+        self, query: str, label: str, start: datetime, end: datetime, step: timedelta
+    ) -> dict[str, dict[str, list[datetime]]]:
+        """For each service, each value of ``label``: the times its series was present.
+
+        Raises QueryError: without this history no deploy can be placed in time.
+        """
+        seen: dict[str, dict[str, list[datetime]]] = {}
+        for chunk_start, chunk_end in chunks(start, end, step):
+            result = self._call(
+                self._client.custom_query_range,
+                query,
+                start_time=chunk_start,
+                end_time=chunk_end,
+                step=f"{step.total_seconds():g}s",
+            )
+            for item in result if isinstance(result, list) else []:
+                if not isinstance(item, dict):
+                    continue
+                service = _label(item, self.service_label)
+                value = _label(item, label)
+                if service is None or value is None:
+                    continue
+                times = seen.setdefault(service, {}).setdefault(value, [])
+                for raw in item.get("values") or []:
+                    if isinstance(raw, list) and raw:
+                        times.append(_instant(raw[0]))
+        return seen
+
+    def _call(self, method: Any, query: str, **kwargs: Any) -> Any:
+        try:
+            return method(query, **kwargs)
+        except requests.Timeout:
+            raise QueryError(
+                f"Prometheus at {self.url} did not answer within {format_duration(self.timeout)}"
+            ) from None
+        except requests.ConnectionError:
+            raise QueryError(f"Prometheus at {self.url} is unreachable") from None
+        except PrometheusApiClientException as exc:
+            raise QueryError(f"Prometheus at {self.url} refused the query: {_short(exc)}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise QueryError(
+                f"Prometheus at {self.url} answered something that is not its API: {_short(exc)}"
+            ) from None
+        except requests.RequestException as exc:
+            raise QueryError(f"Prometheus at {self.url}: {_short(exc)}") from None
+
+
+def chunks(start: datetime, end: datetime, step: timedelta) -> Iterator[tuple[datetime, datetime]]:
+    """Split [start, end] so that no range query asks for more than MAX_POINTS per series."""
+    if step <= timedelta(0):
+        raise ValueError("step must be positive")
+    span = step * (_CHUNK_POINTS - 1)
+    cursor = start
+    while cursor <= end:
+        chunk_end = min(cursor + span, end)
+        yield cursor, chunk_end
+        cursor = chunk_end + step
+
+
+def _label(item: dict[str, Any], name: str) -> str | None:
+    metric = item.get("metric")
+    if not isinstance(metric, dict):
+        return None
+    value = metric.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def _sample(raw: Any) -> Measurement:
+    if not isinstance(raw, list | tuple) or len(raw) != 2:
+        return Measurement.missing("the sample is malformed")
+    try:
+        value = float(raw[1])
+    except (TypeError, ValueError):
+        return Measurement.missing(f"the value {raw[1]!r} is not a number")
+    return Measurement.of(value)
+
+
+def _point(raw: Any) -> tuple[datetime, float] | None:
+    """A range sample as (time, value); NaN and ±Inf are kept for Measurement.of to explain."""
+    if not isinstance(raw, list | tuple) or len(raw) != 2:
+        return None
+    try:
+        return _instant(raw[0]), float(raw[1])
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _instant(raw: Any) -> datetime:
+    return datetime.fromtimestamp(float(raw), tz=UTC)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).replace("\n", " ")
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,267 @@
+"""The engine replayed over scripted history: which actions, when, and why."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from rollbackd.config import Config, parse_config
+from rollbackd.engine import CycleReport
+from rollbackd.evaluation import evaluate_now
+from rollbackd.model import Action, Decision, FindingState, Severity
+from rollbackd.replay import Replay
+from rollbackd.rules import Rule, parse_rules
+from rollbackd.testing import ScriptedMetrics, constant, switch
+
+DAY = datetime(2026, 3, 1, tzinfo=UTC)
+NOON = DAY + timedelta(hours=12)
+ERRORS = "errors"
+LATENCY = "latency"
+OUTAGE = "outage"
+STEP = timedelta(seconds=30)
+
+RULES = f"""
+[[rules]]
+name = "error-rate"
+trigger = "high_error_rate"
+query = "{ERRORS}"
+condition = "> 0.05"
+for = "2m"
+
+[[rules]]
+name = "latency-regression"
+trigger = "performance_degradation"
+query = "{LATENCY}"
+condition = "> +50%"
+baseline_window = "30m"
+min_change = 0.05
+for = "5m"
+
+[[rules]]
+name = "outage"
+trigger = "outage"
+query = "{OUTAGE}"
+condition = "> 0"
+for = "1m"
+"""
+
+
+def config(extra: str = "") -> Config:
+    text = f"""
+[daemon]
+poll_interval = "30s"
+[[services]]
+name = "web"
+repo = "/srv/web"
+[[services]]
+name = "api"
+repo = "/srv/api"
+[deploys]
+version_metric = "app_build_info"
+known_good_after = "30m"
+attribution_window = "2h"
+{extra}
+"""
+    return parse_config(text, "config.toml")
+
+
+def rules() -> tuple[Rule, ...]:
+    return tuple(parse_rules(RULES, "rules.toml"))
+
+
+def healthy_world() -> ScriptedMetrics:
+    metrics = ScriptedMetrics(["web", "api"])
+    metrics.set(ERRORS, constant(0.01))
+    metrics.set(LATENCY, constant(0.2))
+    metrics.set(OUTAGE, constant(0.0))
+    metrics.deploy("web", "v1", DAY)
+    metrics.deploy("api", "a1", DAY)
+    return metrics
+
+
+def replay(
+    metrics: ScriptedMetrics,
+    cfg: Config | None = None,
+    start: datetime = DAY + timedelta(hours=6),
+    end: datetime = DAY + timedelta(hours=18),
+) -> tuple[list[Decision], list[CycleReport]]:
+    run = Replay(cfg or config(), rules(), metrics, STEP)
+    reports = list(run.run(start, end))
+    return [d for r in reports for d in r.decisions], reports
+
+
+def test_a_fault_after_a_deploy_asks_for_approval_once_after_for() -> None:
+    """5xx at 20% from 12:10 after the 12:00 deploy of v2 asks senior_admin at 12:12, once."""
+    metrics = healthy_world()
+    metrics.deploy("web", "v2", NOON)
+    metrics.set(ERRORS, switch(0.01, [("web", NOON + timedelta(minutes=10), None, 0.2)]))
+    decisions, _ = replay(metrics)
+    assert len(decisions) == 1
+    decision = decisions[0]
+    assert decision.service == "web"
+    assert decision.time == NOON + timedelta(minutes=12)
+    assert decision.action is Action.REQUEST_APPROVAL
+    assert decision.severity is Severity.HIGH
+    assert decision.approver == "senior_admin"
+    assert decision.deadline == decision.time + timedelta(minutes=15)
+    assert decision.target == "v1"
+    assert "error-rate" in decision.reason and "0.2 > 0.05" in decision.reason
+
+
+def test_a_spike_shorter_than_for_takes_no_action() -> None:
+    """A 90-second burst of errors under a 2m `for` never becomes an action."""
+    metrics = healthy_world()
+    metrics.deploy("web", "v2", NOON)
+    spike = [("web", NOON + timedelta(minutes=10), NOON + timedelta(minutes=11, seconds=30), 0.5)]
+    metrics.set(ERRORS, switch(0.01, spike))
+    decisions, reports = replay(metrics)
+    assert decisions == []
+    states = {
+        f.state
+        for r in reports
+        for f in r.findings
+        if f.rule == "error-rate" and f.service == "web"
+    }
+    assert FindingState.PENDING in states
+    assert FindingState.FIRING not in states
+
+
+def test_a_metric_gap_is_inconclusive_and_takes_no_action() -> None:
+    """A series that disappears after a deploy is reported inconclusive, never firing."""
+    metrics = healthy_world()
+    metrics.deploy("web", "v2", NOON)
+    gap = [("web", NOON + timedelta(minutes=5), None, None)]
+    metrics.set(ERRORS, switch(0.01, gap))
+    metrics.set(OUTAGE, switch(0.0, gap))
+    decisions, reports = replay(metrics)
+    assert decisions == []
+    last = next(f for f in reports[-1].findings if f.service == "web" and f.rule == "error-rate")
+    assert last.state is FindingState.INCONCLUSIVE
+    assert last.missing_for == timedelta(hours=5, minutes=55)
+    assert "no series for this service" in last.reason
+
+
+def test_prometheus_down_makes_every_rule_inconclusive_with_the_reason() -> None:
+    """No data at all means zero actions, and every finding says why."""
+    metrics = healthy_world()
+    metrics.down = "Prometheus at http://prom:9090 is unreachable"
+    decisions, reports = replay(metrics, start=NOON, end=NOON + timedelta(minutes=30))
+    assert decisions == []
+    for finding in reports[-1].findings:
+        assert finding.state is FindingState.INCONCLUSIVE
+        assert "unreachable" in finding.reason
+    assert set(reports[-1].source_errors) == {"error-rate", "latency-regression", "outage"}
+
+
+def test_a_critical_outage_rolls_back_now_to_the_last_good_version() -> None:
+    """An outage after the deploy of v2 rolls back to v1 at once, approver admin."""
+    metrics = healthy_world()
+    metrics.deploy("web", "v2", NOON)
+    metrics.set(OUTAGE, switch(0.0, [("web", NOON + timedelta(minutes=3), None, 1.0)]))
+    decisions, _ = replay(metrics)
+    assert [(d.time, d.action, d.target) for d in decisions] == [
+        (NOON + timedelta(minutes=4), Action.ROLLBACK, "v1")
+    ]
+
+
+def test_a_second_bad_deploy_inside_the_cooldown_escalates() -> None:
+    """After a rollback, a new fault within the cooldown escalates instead of looping."""
+    metrics = healthy_world()
+    metrics.deploy("web", "v2", NOON)
+    metrics.deploy("web", "v1", NOON + timedelta(minutes=5))
+    metrics.deploy("web", "v3", NOON + timedelta(minutes=10))
+    metrics.set(
+        OUTAGE,
+        switch(
+            0.0,
+            [
+                ("web", NOON + timedelta(minutes=1), NOON + timedelta(minutes=5), 1.0),
+                ("web", NOON + timedelta(minutes=11), None, 1.0),
+            ],
+        ),
+    )
+    decisions, _ = replay(metrics)
+    assert [d.action for d in decisions] == [Action.ROLLBACK, Action.ESCALATE]
+    assert decisions[1].guards == ("cooldown",)
+    assert "cooling down" in decisions[1].reason
+
+
+def test_latency_against_the_pre_deploy_baseline_fires_the_relative_rule() -> None:
+    """p95 going from 0.2s before the deploy to 0.5s after is +150%: a high finding."""
+    metrics = healthy_world()
+    metrics.deploy("web", "v2", NOON)
+    metrics.set(LATENCY, switch(0.2, [("web", NOON, None, 0.5)]))
+    decisions, reports = replay(metrics)
+    assert [(d.service, d.rules, d.time) for d in decisions] == [
+        ("web", ("latency-regression",), NOON + timedelta(minutes=5))
+    ]
+    finding = next(
+        f for f in reports[-1].findings if f.rule == "latency-regression" and f.service == "web"
+    )
+    assert finding.baseline is not None and abs(finding.baseline - 0.2) < 1e-9
+    assert finding.threshold is not None and abs(finding.threshold - 0.3) < 1e-9
+
+
+def test_relative_rules_without_a_deploy_are_inconclusive() -> None:
+    """With no version metric there is no baseline, so the latency rule cannot fire."""
+    metrics = healthy_world()
+    metrics.versions.clear()
+    metrics.set(LATENCY, constant(5.0))
+    decisions, reports = replay(metrics, start=NOON, end=NOON + timedelta(minutes=30))
+    assert decisions == []
+    finding = next(f for f in reports[-1].findings if f.rule == "latency-regression")
+    assert finding.state is FindingState.INCONCLUSIVE
+    assert "no deploy is known" in finding.reason
+
+
+def test_a_fault_long_after_the_deploy_escalates() -> None:
+    """A finding 3h after the deploy is outside the 2h attribution window."""
+    metrics = healthy_world()
+    metrics.deploy("web", "v2", NOON)
+    metrics.set(OUTAGE, switch(0.0, [("web", NOON + timedelta(hours=3), None, 1.0)]))
+    decisions, _ = replay(metrics)
+    assert len(decisions) == 1
+    assert decisions[0].action is Action.ESCALATE
+    assert "attribution" in decisions[0].guards or "nothing_to_roll_back" in decisions[0].guards
+
+
+def test_a_version_that_never_ran_clean_is_not_a_rollback_target() -> None:
+    """If v1 had no data before v2, there is no last known good, and a person is asked."""
+    metrics = healthy_world()
+    metrics.deploy("web", "v2", NOON)
+    metrics.set(ERRORS, switch(None, [("web", NOON + timedelta(minutes=10), None, 0.3)]))
+    metrics.set(OUTAGE, constant(None))
+    metrics.set(LATENCY, constant(None))
+    decisions, _ = replay(metrics)
+    assert len(decisions) == 1
+    assert decisions[0].action is Action.ESCALATE
+    assert "nothing_to_roll_back" in decisions[0].guards
+
+
+def test_a_rolling_deploy_dates_the_deploy_when_the_new_version_first_appears() -> None:
+    """Old and new side by side: the current version is the newest, since it appeared."""
+    metrics = healthy_world()
+    metrics.versions["web"].append((NOON, None, "v2"))  # v1 keeps running beside v2
+    metrics.set(OUTAGE, switch(0.0, [("web", NOON + timedelta(minutes=2), None, 1.0)]))
+    decisions, _ = replay(metrics)
+    assert [(d.action, d.target) for d in decisions] == [(Action.ROLLBACK, "v1")]
+    assert "roll back v2 to v1" in decisions[0].reason
+
+
+def test_evaluate_now_reports_the_open_incident_from_recent_history() -> None:
+    """One `evaluate` sees that the error rate has held for `for` and names the action."""
+    metrics = healthy_world()
+    metrics.deploy("web", "v2", NOON)
+    metrics.set(ERRORS, switch(0.01, [("web", NOON + timedelta(minutes=10), None, 0.2)]))
+    result = evaluate_now(config(), rules(), NOON + timedelta(minutes=20), prometheus=metrics)
+    assert [(d.service, d.action) for d in result.decisions] == [("web", Action.REQUEST_APPROVAL)]
+    firing = [f for f in result.report.findings if f.firing]
+    assert [(f.service, f.rule) for f in firing] == [("web", "error-rate")]
+
+
+def test_evaluate_now_asks_one_instant_query_per_rule() -> None:
+    """The live step queries each PromQL rule once, whatever the number of services."""
+    metrics = healthy_world()
+    now = NOON + timedelta(minutes=20)
+    evaluate_now(config(), rules(), now, prometheus=metrics)
+    instants = [q for kind, q in metrics.calls if kind == "instant" and q in (ERRORS, OUTAGE)]
+    assert sorted(instants) == [ERRORS, OUTAGE]
