@@ -102,7 +102,12 @@ class DeployHistory:
         return True
 
     def observe_versions(
-        self, service: str, versions: Iterable[str], at: datetime, source: str = "metric"
+        self,
+        service: str,
+        versions: Iterable[str],
+        at: datetime,
+        source: str = "metric",
+        refs: Mapping[str, str] | None = None,
     ) -> list[Deploy]:
         """The versions running at ``at`` (from the version metric or git); new ones are deploys."""
         history = self._services.setdefault(service, _ServiceHistory())
@@ -111,10 +116,14 @@ class DeployHistory:
         history.present = now_present
         added = []
         for version in appeared:
-            deploy = Deploy(service, version, at, source)
+            deploy = Deploy(service, version, at, source, ref=(refs or {}).get(version))
             if self.record(deploy):
                 added.append(deploy)
         return added
+
+    def set_present(self, service: str, versions: Iterable[str]) -> None:
+        """The versions seen running last, so that the next observation compares with them."""
+        self._services.setdefault(service, _ServiceHistory()).present = frozenset(versions)
 
     def note_evaluation(
         self, service: str, at: datetime, conclusive: bool, trouble_started: datetime | None

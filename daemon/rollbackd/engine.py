@@ -24,8 +24,9 @@ from rollbackd.model import Decision, Finding, FindingState, Measurement, RuleSt
 from rollbackd.policy import ServiceFacts, decide
 from rollbackd.rules import Key, Rule, applies_to, evaluate_cycle
 from rollbackd.sources import MetricSource
+from rollbackd.sources.deploys import git_head
 from rollbackd.sources.probes import Prober, ProbeResult
-from rollbackd.sources.prometheus import Vector
+from rollbackd.sources.prometheus import QueryError, Vector
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,14 @@ class Engine:
         )
 
 
+def version_query(config: Config) -> str | None:
+    """The PromQL that lists running versions by service, if a version metric is set."""
+    metric = config.deploys.version_metric
+    if metric is None:
+        return None
+    return f"max by ({config.alerts.service_label}, {config.deploys.version_label}) ({metric})"
+
+
 BASELINE_EDGE = timedelta(seconds=1)
 """Baselines end this long before the deploy, so no sample of the new version counts."""
 
@@ -196,8 +205,38 @@ class LiveCycle:
         self.prober = prober
         self.baselines = BaselineCache(prometheus)
 
+    def observe_deploys(self, now: datetime) -> str | None:
+        """Note the versions running now (version metric, else git HEAD); why not, if unknown."""
+        config = self.engine.config
+        history = self.engine.history
+        seen: set[str] = set()
+        problem = None
+        query = version_query(config)
+        if query is not None:
+            step = config.daemon.poll_interval
+            try:
+                running = self.prometheus.labels_over_time(
+                    query, config.deploys.version_label, now, now, step
+                )
+            except QueryError as exc:
+                running, problem = {}, f"cannot read {config.deploys.version_metric}: {exc}"
+            for service, versions in running.items():
+                if service in self.engine.services:
+                    history.observe_versions(service, versions, now)
+                    seen.add(service)
+        for configured in config.services:
+            if configured.name in seen or configured.executor != "git" or configured.repo is None:
+                continue
+            sha = git_head(configured.repo)
+            if sha is not None:
+                history.observe_versions(configured.name, [sha[:12]], now, "git", {sha[:12]: sha})
+        return problem
+
     def gather(self, now: datetime) -> Inputs:
         inputs = Inputs()
+        deploy_problem = self.observe_deploys(now)
+        if deploy_problem is not None:
+            inputs.source_errors["deploys"] = deploy_problem
         services = self.engine.services
         probe_names = {r.probe for r in self.engine.rules if r.probe is not None}
         results: dict[tuple[str, str], ProbeResult] = {}

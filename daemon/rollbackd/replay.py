@@ -16,10 +16,11 @@ from datetime import datetime, timedelta
 
 from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory, deploys_from_presence
-from rollbackd.engine import BaselineCache, CycleReport, Engine, Inputs
+from rollbackd.engine import BaselineCache, CycleReport, Engine, Inputs, version_query
 from rollbackd.model import Measurement
 from rollbackd.rules import Rule
 from rollbackd.sources import MetricSource
+from rollbackd.sources.deploys import git_deploys
 from rollbackd.sources.prometheus import Matrix, QueryError
 
 DEPLOY_LOOKBACK = timedelta(hours=24)
@@ -52,25 +53,43 @@ def _index(matrix: Matrix, service: str) -> _Series:
     )
 
 
+@dataclass(frozen=True)
+class FoundDeploys:
+    """Deploys found in history, the versions running at the end, and any problem."""
+
+    deploys: list[Deploy]
+    present_at_end: dict[str, set[str]]
+    error: str | None
+
+
 def find_deploys(
     config: Config, prometheus: MetricSource, start: datetime, end: datetime, step: timedelta
-) -> tuple[list[Deploy], str | None]:
-    """Deploys in [start - DEPLOY_LOOKBACK, end] from the version metric, or why none."""
-    metric = config.deploys.version_metric
-    if metric is None:
-        return [], "no [deploys] version_metric is configured"
-    label = config.deploys.version_label
-    service_label = config.alerts.service_label
-    query = f"max by ({service_label}, {label}) ({metric})"
-    try:
-        presence = prometheus.labels_over_time(query, label, start - DEPLOY_LOOKBACK, end, step)
-    except QueryError as exc:
-        return [], f"cannot read deploys from {metric}: {exc}"
+) -> FoundDeploys:
+    """Deploys in [start - DEPLOY_LOOKBACK, end]: the version metric, else git reflogs."""
     deploys: list[Deploy] = []
-    for service, versions in presence.items():
-        deploys.extend(deploys_from_presence(service, versions, step))
+    present: dict[str, set[str]] = {}
+    error = None
+    query = version_query(config)
+    if query is None:
+        error = "no [deploys] version_metric is configured"
+    else:
+        label = config.deploys.version_label
+        try:
+            presence = prometheus.labels_over_time(query, label, start - DEPLOY_LOOKBACK, end, step)
+        except QueryError as exc:
+            presence = {}
+            error = f"cannot read deploys from {config.deploys.version_metric}: {exc}"
+        for service, versions in presence.items():
+            deploys.extend(deploys_from_presence(service, versions, step))
+            present[service] = {
+                v for v, times in versions.items() if times and end - max(times) <= 2 * step
+            }
+    for configured in config.services:
+        if configured.name in present or configured.executor != "git" or configured.repo is None:
+            continue
+        deploys.extend(git_deploys(configured.name, configured.repo))
     deploys.sort(key=lambda d: d.time)
-    return deploys, None
+    return FoundDeploys(deploys, present, error if not deploys else None)
 
 
 class Replay:
@@ -101,9 +120,8 @@ class Replay:
         progress: Callable[[int, int], None] | None = None,
     ) -> Iterator[CycleReport]:
         """Yield one report per step, in time order."""
-        deploys, self.deploy_error = find_deploys(
-            self.config, self.prometheus, start, end, self.step
-        )
+        found = find_deploys(self.config, self.prometheus, start, end, self.step)
+        deploys, self.deploy_error = found.deploys, found.error
         rules = self.engine.rules
         services = list(self.engine.services)
         values: dict[str, dict[str, _Series]] = {}
@@ -130,6 +148,9 @@ class Replay:
                     self.engine.record_rollback(decision.service, moment)
             if progress is not None:
                 progress(done, len(times))
+            if done == len(times):
+                for service, versions in found.present_at_end.items():
+                    self.history.set_present(service, versions)
             yield report
 
     def _inputs(

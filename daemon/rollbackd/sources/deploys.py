@@ -1,0 +1,157 @@
+"""Where deploys are learned: events from CI, and the git HEAD of a working copy.
+
+:class:`DeployEvents` is the in-process API that ``POST /api/v1/deploys``
+calls: it validates a deploy event (the request body is untrusted) and records
+it. :func:`git_deploys` reads the HEAD reflog of a service's working copy:
+each time HEAD moved is a deploy of that commit, at the time it moved.
+The version metric is read by the engine's live cycle and by the replay.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import git
+
+from rollbackd.deploys import Deploy, DeployHistory, MigrationFact
+from rollbackd.errors import InvalidInput, Problem
+
+_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
+"""Versions and refs: no leading '-' (never read as an option), no spaces, '..', or '@{'."""
+
+
+def valid_ref(value: str) -> bool:
+    """A version or git ref that is safe to hand to git after ``--`` and to log."""
+    return (
+        bool(_REF.match(value))
+        and ".." not in value
+        and "@{" not in value
+        and not value.endswith((".", "/", ".lock"))
+        and "//" not in value
+    )
+
+
+class DeployEvents:
+    """Deploy events from CI, validated and recorded in the deploy history."""
+
+    def __init__(self, history: DeployHistory, services: Sequence[str]) -> None:
+        self.history = history
+        self.services = set(services)
+
+    def announce(self, body: Mapping[str, Any], now: datetime, source: str = "request") -> Deploy:
+        """Validate one event (design §3) and record it; InvalidInput names each bad field."""
+        deploy = parse_event(body, now, self.services, source)
+        self.history.record(deploy)
+        return deploy
+
+
+def parse_event(
+    body: Mapping[str, Any], now: datetime, services: set[str], source: str = "request"
+) -> Deploy:
+    """A deploy event's fields, checked: ``service`` and ``version`` required."""
+    problems: list[Problem] = []
+
+    def bad(where: str, message: str) -> None:
+        problems.append(Problem(source, where, message))
+
+    allowed = {"service", "version", "ref", "time", "migrations"}
+    for key in body:
+        if key not in allowed:
+            bad(str(key)[:60], "unknown field")
+    service = body.get("service")
+    if not isinstance(service, str) or not service:
+        bad("service", "required, a configured service name")
+    elif service not in services:
+        bad("service", f"no service named {service[:60]!r} is configured")
+    version = body.get("version")
+    if not isinstance(version, str) or not valid_ref(version):
+        bad("version", "required: letters, digits and . _ / + -, not starting with '-'")
+    ref = body.get("ref")
+    if ref is not None and (not isinstance(ref, str) or not valid_ref(ref)):
+        bad("ref", "a git commit or tag: letters, digits and . _ / + -, not starting with '-'")
+    moment = now
+    raw_time = body.get("time")
+    if raw_time is not None:
+        try:
+            if not isinstance(raw_time, str):
+                raise ValueError
+            moment = datetime.fromisoformat(raw_time)
+            if moment.tzinfo is None:
+                raise ValueError
+            moment = moment.astimezone(UTC)
+        except ValueError:
+            bad("time", "an RFC 3339 time with a zone, e.g. 2026-01-01T12:00:00Z")
+    migrations = _migrations(body.get("migrations"), bad)
+    if problems:
+        raise InvalidInput(problems)
+    assert isinstance(service, str) and isinstance(version, str)  # noqa: S101 -- checked above
+    return Deploy(
+        service=service,
+        version=version,
+        time=moment,
+        source="event",
+        ref=ref if isinstance(ref, str) else None,
+        migrations=migrations,
+    )
+
+
+def _migrations(raw: Any, bad: Any) -> tuple[MigrationFact, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        bad("migrations", "a list of {file, backwards_compatible, changes_data}")
+        return ()
+    facts = []
+    for index, item in enumerate(raw):
+        where = f"migrations[{index}]"
+        if not isinstance(item, dict):
+            bad(where, "an object {file, backwards_compatible, changes_data}")
+            continue
+        unknown = set(item) - {"file", "backwards_compatible", "changes_data"}
+        if unknown:
+            bad(f"{where}.{sorted(unknown)[0][:60]}", "unknown field")
+        file = item.get("file")
+        if not isinstance(file, str) or not file or file.startswith("-") or "\x00" in file:
+            bad(f"{where}.file", "required, the migration file's path in the repository")
+            continue
+        flags = {}
+        for flag in ("backwards_compatible", "changes_data"):
+            value = item.get(flag)
+            if value is not None and not isinstance(value, bool):
+                bad(f"{where}.{flag}", "true or false")
+            flags[flag] = value if isinstance(value, bool) else None
+        facts.append(MigrationFact(file, flags["backwards_compatible"], flags["changes_data"]))
+    return tuple(facts)
+
+
+def git_deploys(service: str, repo: Path, since: datetime | None = None) -> list[Deploy]:
+    """Deploys from the HEAD reflog of ``repo``: each move of HEAD, oldest first.
+
+    Returns nothing (rather than failing the cycle) if the repository is
+    missing or unreadable; the caller reports deploys as unknown then.
+    """
+    try:
+        repository = git.Repo(repo)
+        entries = repository.head.log()
+    except (git.exc.GitError, OSError, ValueError):
+        return []
+    deploys: list[Deploy] = []
+    for entry in entries:
+        sha = entry.newhexsha
+        if deploys and deploys[-1].ref == sha:
+            continue
+        moment = datetime.fromtimestamp(entry.time[0], tz=UTC)
+        deploys.append(Deploy(service, sha[:12], moment, "git", ref=sha))
+    return [d for d in deploys if since is None or d.time >= since]
+
+
+def git_head(repo: Path) -> str | None:
+    """The commit HEAD points at, or None if the working copy cannot be read."""
+    try:
+        return str(git.Repo(repo).head.commit.hexsha)
+    except (git.exc.GitError, OSError, ValueError):
+        return None
