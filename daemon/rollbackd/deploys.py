@@ -16,6 +16,7 @@ times are passed in.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -96,7 +97,7 @@ class DeployHistory:
                 return False
         history.runs.append(_Run(deploy))
         history.runs.sort(key=lambda r: r.deploy.time)
-        for earlier, later in zip(history.runs, history.runs[1:], strict=False):
+        for earlier, later in itertools.pairwise(history.runs):
             earlier.ended = later.deploy.time
         history.runs[-1].ended = None
         return True

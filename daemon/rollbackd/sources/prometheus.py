@@ -63,7 +63,7 @@ class PrometheusSource:
         self.service_label = service_label
         self._client = PrometheusConnect(
             url=self.url,
-            retry=Retry(total=0, connect=0, read=0, redirect=0, status=0),
+            retry=Retry(total=0, connect=0, read=False, redirect=0, status=0),
             timeout=timeout.total_seconds(),
         )
 
