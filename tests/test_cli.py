@@ -43,8 +43,6 @@ def test_help_lists_every_command_of_the_design(run_cli: RunCli) -> None:
     "args",
     [
         ["run"],
-        ["evaluate"],
-        ["backtest", "--start", "-1h", "--end", "now"],
         ["rollback", "web", "--yes"],
         ["status"],
         ["incidents"],
@@ -206,3 +204,22 @@ def test_unknown_command_and_bad_usage_exit_2(run_cli: RunCli) -> None:
     assert missing.returncode == 2
     assert "--start" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--start", "yesterday", "--end", "now"], "--start: expected an RFC 3339 time"),
+        (["--start", "-1h", "--end", "2026-01-01T00:00:00"], "--end: '2026-01-01T00:00:00' has no"),
+        (["--start", "-1h", "--end", "now", "--step", "fast"], "--step: expected a duration"),
+        (["--start", "-1h", "--end", "now", "--step", "0s"], "--step: must be at least 1s"),
+        (["--start", "now", "--end", "-1h"], "--end: '-1h' is not after --start 'now'"),
+    ],
+)
+def test_bad_backtest_times_exit_2_naming_the_flag(
+    run_cli: RunCli, repo: Path, args: list[str], expected: str
+) -> None:
+    """A wrong --start, --end or --step is a usage error that names the flag."""
+    result = run_cli("backtest", "--config", str(repo / "config.example.toml"), *args)
+    assert result.returncode == 2
+    assert any(line.startswith(expected) for line in result.stderr.splitlines()), result.stderr
