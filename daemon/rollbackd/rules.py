@@ -5,8 +5,10 @@ or to the service's baseline (``> +50%``), and fires once the condition has
 held at every evaluation for its ``for`` duration. Missing data is
 *inconclusive*: it never fires a rule, never counts as healthy, and never
 turns a pending or firing rule back into "fine". A gap in the data shorter
-than ``for`` is bridged; after a longer one the ``for`` clock of a pending
-rule restarts, because the evidence before the gap is stale.
+than ``for`` is bridged; after one as long as ``for`` or longer the clock of
+a pending rule restarts, because the evidence before the gap is stale. A rule
+that was firing before a gap fires on when the data returns still holding:
+its incident is already open, and the gap is no evidence of recovery.
 
 ``parse_rules(text, source)`` reads one rule file's text; :func:`evaluate`
 steps one (rule, service) state machine; :func:`evaluate_cycle` runs a whole
@@ -88,7 +90,7 @@ def parse_condition(text: str) -> Condition:
         raise ValueError(f"{_CONDITION_HELP}, got {text!r}")
     if pct is None:
         value = -number if sign == "-" else number
-        return Condition(op, value, relative=False, text=f"{op} {value:g}")
+        return Condition(op, value, relative=False, text=f"{op} {value:.15g}")
     if sign is None:
         raise ValueError(
             f"a relative condition needs a sign: '{op} +{num}%' (above the baseline) "
@@ -147,6 +149,8 @@ class Rule(BaseModel):
                     f"baseline is used only by relative conditions ('> +50%'), "
                     f"and condition is {self.condition.text!r}"
                 )
+            if "baseline_window" in self.model_fields_set:
+                raise ValueError("baseline_window is used only by relative conditions ('> +50%')")
             if self.min_change is not None:
                 raise ValueError("min_change is used only by relative conditions ('> +50%')")
         if self.baseline_window <= timedelta(0):
@@ -179,16 +183,15 @@ def parse_rules(text: str, source: str) -> list[Rule]:
     for index, table in enumerate(tables):
         name = table.get("name")
         where = f'rule "{name}"' if isinstance(name, str) else f"rules[{index}]"
-        try:
-            rule = Rule.model_validate(table)
-        except ValidationError as exc:
-            problems.extend(problems_from(exc, source, prefix=where))
-            continue
-        if rule.name in seen:
+        if isinstance(name, str) and name in seen:
             problems.append(Problem(source, where, "name: another rule in this file has this name"))
             continue
-        seen.add(rule.name)
-        rules.append(rule)
+        if isinstance(name, str):
+            seen.add(name)
+        try:
+            rules.append(Rule.model_validate(table))
+        except ValidationError as exc:
+            problems.extend(problems_from(exc, source, prefix=where))
     if problems:
         raise InvalidInput(problems)
     return rules
@@ -223,7 +226,7 @@ class Step:
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.6g}"
+    return f"{value:.10g}"
 
 
 def _elapsed(now: datetime, since: datetime) -> timedelta:
@@ -278,7 +281,7 @@ def evaluate(
     note = ""
     if previous.missing_since is not None and pending_since is not None and firing_since is None:
         gap = _elapsed(now, previous.last_seen or previous.missing_since)
-        if gap > rule.for_:
+        if gap >= rule.for_:
             note = f"; a {format_duration(gap)} gap in the data restarted the clock"
             pending_since = None
     if pending_since is None:
