@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory, deploys_from_presence
@@ -35,6 +35,17 @@ def step_times(start: datetime, end: datetime, step: timedelta) -> list[datetime
         times.append(moment)
         moment += step
     return times
+
+
+def align(moment: datetime, step: timedelta) -> datetime:
+    """``moment`` rounded down to a multiple of ``step`` since the epoch (whole milliseconds).
+
+    Prometheus answers range queries at start + k·step in milliseconds; aligned
+    instants make its samples and the replay's steps the same times.
+    """
+    step_ms = max(round(step.total_seconds() * 1000), 1)
+    moment_ms = int(moment.timestamp() * 1000)
+    return datetime.fromtimestamp((moment_ms - moment_ms % step_ms) / 1000, tz=UTC)
 
 
 @dataclass(frozen=True)
@@ -119,7 +130,8 @@ class Replay:
         end: datetime,
         progress: Callable[[int, int], None] | None = None,
     ) -> Iterator[CycleReport]:
-        """Yield one report per step, in time order."""
+        """Yield one report per step, in time order; steps fall on multiples of the step."""
+        start, end = align(start, self.step), align(end, self.step)
         found = find_deploys(self.config, self.prometheus, start, end, self.step)
         deploys, self.deploy_error = found.deploys, found.error
         rules = self.engine.rules

@@ -257,6 +257,8 @@ def evaluate(
     if base is not None:
         relative = rule.condition.text.removeprefix(rule.condition.op).strip()
         comparison += f" ({relative} of baseline {_fmt(base)})"
+    if measurement.reason:
+        comparison += f" ({measurement.reason})"
     holds = rule.condition.holds(value, threshold)
     verdict = "does not hold"
     if holds and base is not None and rule.min_change is not None:

@@ -19,7 +19,7 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def make_rule(condition: str = "> 0.05", for_: str = "2m", **keys: object) -> Rule:
+def make_rule(condition: str = "> 0.05", for_: str | None = "2m", **keys: object) -> Rule:
     fields: dict[str, object] = {
         "name": "error-rate",
         "trigger": "high_error_rate",

@@ -1,0 +1,660 @@
+"""Real processes for integration tests: the demo app, Prometheus, and promtool backfill.
+
+Everything listens on 127.0.0.1 on a free port, keeps its files in a directory
+the caller owns (pytest's ``tmp_path`` in the fixtures), and is stopped with
+SIGTERM, then SIGKILL when it does not exit in time. Every wait is bounded.
+
+Usage::
+
+    app = DemoApp(tmp_path / "app", service="web").start()
+    app.set_fault(error_rate=0.2)
+    prom = Prometheus(tmp_path / "prom", [("demo", app.target, {})]).start()
+    prom.wait_for("up == 1", lambda result: len(result) == 1)
+    app.stop(); prom.stop()
+
+Prefer the fixtures in :mod:`tests.support.fixtures`, which always stop what
+they started.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent.parent
+PROMETHEUS_BIN = Path("/usr/bin/prometheus")
+PROMTOOL_BIN = Path("/usr/bin/promtool")
+INSTALL_HINT = "install Debian package prometheus (make test does this)"
+LOOPBACK = "127.0.0.1"
+
+Target = tuple[str, str, Mapping[str, str]]
+"""A scrape target: (job name, "host:port", extra target labels)."""
+
+Point = tuple[float, float]
+"""(unix time in seconds, value)."""
+
+QueryResult = list[dict[str, Any]]
+"""The ``data.result`` of a Prometheus query: vectors, or matrices for range queries."""
+
+
+class ProcessError(RuntimeError):
+    """A helper process did not start, did not become ready, or failed."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file, or a note that there is none."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+    return "\n".join(text.splitlines()[-lines:]) or f"({path} is empty)"
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; return the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait(timeout=timeout)
+
+
+def _kill(process: subprocess.Popen[bytes]) -> int:
+    if process.poll() is None:
+        process.kill()
+    return process.wait(timeout=10)
+
+
+class DemoApp:
+    """``python -m rollbackd.demoapp`` as a child process on a free loopback port.
+
+    ``directory`` is the working directory and, unless ``app_dir`` says
+    otherwise, the directory whose ``app.toml`` sets the initial behaviour.
+    Logs (stdout, stderr) go to ``log_dir``, never into ``directory``, so that
+    a git working tree stays clean. The port is kept across :meth:`restart`.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        service: str = "web",
+        traffic: float = 20.0,
+        app_dir: Path | None = None,
+        state_file: Path | None = None,
+        port: int | None = None,
+        log_dir: Path | None = None,
+        start_timeout: float = 15.0,
+    ) -> None:
+        self.directory = directory.absolute()
+        self.service = service
+        self.traffic = traffic
+        self.app_dir = (app_dir or directory).absolute()
+        self.state_file = state_file.absolute() if state_file else None
+        self.port = port or free_port()
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix=f"demoapp-{service}-"))
+        self.start_timeout = start_timeout
+        self.stdout_path = self.log_dir / "stdout.log"
+        self.stderr_path = self.log_dir / "stderr.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``, without a trailing slash."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def target(self) -> str:
+        """``127.0.0.1:PORT``, as a Prometheus scrape target."""
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the process was started and has not exited."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while running."""
+        return self._process.pid if self.running and self._process else None
+
+    def command(self) -> list[str]:
+        """The argv the app is started with."""
+        argv = [
+            sys.executable,
+            "-m",
+            "rollbackd.demoapp",
+            "--port",
+            str(self.port),
+            "--service",
+            self.service,
+            "--app-dir",
+            str(self.app_dir),
+            "--traffic",
+            str(self.traffic),
+        ]
+        if self.state_file is not None:
+            argv += ["--state-file", str(self.state_file)]
+        return argv
+
+    def start(self) -> Self:
+        """Start the app and return once ``/health`` answers (any status) on its port."""
+        if self.running:
+            raise ProcessError(f"demo app {self.service} is already running")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        source = str(REPO / "daemon")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"
+        with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
+            self._process = subprocess.Popen(
+                self.command(), cwd=self.directory, stdout=out, stderr=err, env=env
+            )
+        self._wait_healthy()
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last = "no answer yet"
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                process = self._process
+                if process is None or process.poll() is not None:
+                    code = process.returncode if process else None
+                    raise ProcessError(
+                        f"demo app {self.service} exited with {code} before answering "
+                        f"/health on {self.url}; stderr:\n{tail(self.stderr_path)}"
+                    )
+                try:
+                    client.get(f"{self.url}/health")
+                except httpx.TransportError as error:
+                    last = repr(error)
+                else:
+                    return
+                time.sleep(0.05)
+        self.kill()
+        raise ProcessError(
+            f"demo app {self.service} did not answer /health on {self.url} within "
+            f"{self.start_timeout:g}s (last: {last}); stderr:\n{tail(self.stderr_path)}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; return the exit code (None if never started)."""
+        if self._process is None:
+            return None
+        return terminate(self._process, timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL at once, as a crash would; return the exit code."""
+        if self._process is None:
+            return None
+        return _kill(self._process)
+
+    def restart(self) -> Self:
+        """Stop, then start again on the same port (rereading ``app.toml``)."""
+        self.stop()
+        return self.start()
+
+    def get(self, path: str, timeout: float = 10.0) -> httpx.Response:
+        """A GET request to ``path`` on the app."""
+        return httpx.get(f"{self.url}{path}", timeout=timeout)
+
+    def fault(self) -> dict[str, Any]:
+        """The settings in force (``GET /-/fault``)."""
+        response = httpx.get(f"{self.url}/-/fault", timeout=5.0)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def set_fault(self, **settings: object) -> dict[str, Any]:
+        """Override settings at runtime (``POST /-/fault``); return the settings now in force.
+
+        Raises ProcessError with the app's message when it refuses the settings.
+        """
+        response = httpx.post(f"{self.url}/-/fault", json=settings, timeout=5.0)
+        if response.status_code != httpx.codes.OK:
+            raise ProcessError(f"POST /-/fault {settings}: {response.status_code} {response.text}")
+        result: dict[str, Any] = response.json()
+        return result
+
+    def clear_fault(self) -> dict[str, Any]:
+        """Drop runtime overrides (``DELETE /-/fault``); return the settings now in force."""
+        response = httpx.delete(f"{self.url}/-/fault", timeout=5.0)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def metrics(self) -> str:
+        """The text of ``/metrics``."""
+        response = self.get("/metrics")
+        response.raise_for_status()
+        return response.text
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class Prometheus:
+    """``/usr/bin/prometheus`` on a free loopback port with a generated config.
+
+    Files live in ``workdir``: ``prometheus.yml``, ``rules-N.yml``,
+    ``prometheus.log`` and ``data/`` (the TSDB, unless ``storage_dir`` is
+    given). :meth:`stop` then :meth:`start` reuses the storage and the port.
+    Retention is 3650 days so backfilled history is never deleted as too old.
+
+    ``rule_files`` are the contents of Prometheus rule files (YAML).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        targets: Sequence[Target] = (),
+        *,
+        scrape_interval: str = "1s",
+        evaluation_interval: str = "1s",
+        rule_files: Sequence[str] = (),
+        storage_dir: Path | None = None,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        binary: Path = PROMETHEUS_BIN,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.workdir = workdir.absolute()
+        self.targets: list[Target] = list(targets)
+        self.scrape_interval = scrape_interval
+        self.evaluation_interval = evaluation_interval
+        self.rule_files = list(rule_files)
+        self.storage_dir = (storage_dir or workdir / "data").absolute()
+        self.port = port or free_port()
+        self.extra_args = list(extra_args)
+        self.binary = binary
+        self.start_timeout = start_timeout
+        self.config_path = self.workdir / "prometheus.yml"
+        self.log_path = self.workdir / "prometheus.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``, without a trailing slash."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the process was started and has not exited."""
+        return self._process is not None and self._process.poll() is None
+
+    def config(self) -> dict[str, Any]:
+        """The configuration written to ``prometheus.yml`` (JSON, which is YAML)."""
+        jobs: dict[str, list[dict[str, Any]]] = {}
+        for job, address, labels in self.targets:
+            jobs.setdefault(job, []).append({"targets": [address], "labels": dict(labels)})
+        return {
+            "global": {
+                "scrape_interval": self.scrape_interval,
+                "scrape_timeout": self.scrape_interval,
+                "evaluation_interval": self.evaluation_interval,
+            },
+            "rule_files": [str(self._rule_path(i)) for i in range(len(self.rule_files))],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": groups} for job, groups in jobs.items()
+            ],
+        }
+
+    def _rule_path(self, index: int) -> Path:
+        return self.workdir / f"rules-{index}.yml"
+
+    def write_config(self) -> None:
+        """Write ``prometheus.yml`` and the rule files from the current attributes."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for index, content in enumerate(self.rule_files):
+            self._rule_path(index).write_text(content, encoding="utf-8")
+        self.config_path.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
+
+    def command(self) -> list[str]:
+        """The argv Prometheus is started with."""
+        return [
+            str(self.binary),
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.storage_dir}",
+            "--storage.tsdb.retention.time=3650d",
+            f"--web.listen-address={LOOPBACK}:{self.port}",
+            "--web.enable-lifecycle",
+            *self.extra_args,
+        ]
+
+    def start(self) -> Self:
+        """Start Prometheus and return once ``/-/ready`` answers 200."""
+        if self.running:
+            raise ProcessError("Prometheus is already running")
+        if not self.binary.exists():
+            raise ProcessError(f"{self.binary} is missing: {INSTALL_HINT}")
+        self.write_config()
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
+            )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last = "no answer yet"
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                process = self._process
+                if process is None or process.poll() is not None:
+                    code = process.returncode if process else None
+                    raise ProcessError(
+                        f"Prometheus exited with {code} before it was ready; "
+                        f"log {self.log_path}:\n{tail(self.log_path)}"
+                    )
+                try:
+                    response = client.get(f"{self.url}/-/ready")
+                except httpx.TransportError as error:
+                    last = repr(error)
+                else:
+                    if response.status_code == httpx.codes.OK:
+                        return
+                    last = f"{response.status_code} {response.text.strip()}"
+                time.sleep(0.05)
+        self.kill()
+        raise ProcessError(
+            f"Prometheus at {self.url} not ready within {self.start_timeout:g}s "
+            f"(last: {last}); log {self.log_path}:\n{tail(self.log_path)}"
+        )
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; return the exit code (None if never started)."""
+        if self._process is None:
+            return None
+        return terminate(self._process, timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL at once, as a crash would; the WAL keeps what was scraped."""
+        if self._process is None:
+            return None
+        return _kill(self._process)
+
+    def restart(self) -> Self:
+        """Stop and start again on the same storage and port (sees new backfilled blocks)."""
+        self.stop()
+        return self.start()
+
+    def reload(self, targets: Sequence[Target] | None = None) -> None:
+        """Rewrite the config (optionally with new targets) and ask Prometheus to reload it."""
+        if targets is not None:
+            self.targets = list(targets)
+        self.write_config()
+        response = httpx.post(f"{self.url}/-/reload", timeout=10.0)
+        if response.status_code != httpx.codes.OK:
+            raise ProcessError(
+                f"reload refused: {response.status_code} {response.text}\n{tail(self.log_path)}"
+            )
+
+    def _api(self, endpoint: str, params: Mapping[str, str]) -> QueryResult:
+        response = httpx.get(f"{self.url}/api/v1/{endpoint}", params=params, timeout=10.0)
+        try:
+            document = response.json()
+        except ValueError as error:
+            raise ProcessError(f"{endpoint}: {response.status_code} {response.text}") from error
+        if document.get("status") != "success":
+            raise ProcessError(f"{endpoint} {dict(params)}: {document}")
+        result: QueryResult = document["data"]["result"]
+        return result
+
+    def query(self, query: str, at: float | None = None) -> QueryResult:
+        """An instant query (``/api/v1/query``) at unix time ``at`` (default: now)."""
+        params = {"query": query}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        return self._api("query", params)
+
+    def query_range(self, query: str, start: float, end: float, step: float) -> QueryResult:
+        """A range query (``/api/v1/query_range``); times in unix seconds, step in seconds."""
+        return self._api(
+            "query_range",
+            {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"},
+        )
+
+    def wait_for(
+        self,
+        query: str,
+        predicate: Callable[[QueryResult], bool],
+        timeout: float = 15.0,
+        interval: float = 0.2,
+    ) -> QueryResult:
+        """Poll an instant query until ``predicate(result)`` holds; return that result.
+
+        Raises TimeoutError with the last result (or query error) and the log tail.
+        """
+        deadline = time.monotonic() + timeout
+        last: object = "no answer yet"
+        while True:
+            if not self.running:
+                raise ProcessError(f"Prometheus is not running; log:\n{tail(self.log_path)}")
+            try:
+                result = self.query(query)
+            except (ProcessError, httpx.TransportError) as error:
+                last = error
+            else:
+                if predicate(result):
+                    return result
+                last = result
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"after {timeout:g}s the query {query!r} still does not satisfy the "
+                    f"predicate; last: {last}; log:\n{tail(self.log_path, 15)}"
+                )
+            time.sleep(interval)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# --- backfill -------------------------------------------------------------------------------
+
+_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+Kind = Literal["gauge", "counter"]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _family_name(name: str, kind: Kind) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"{name!r} is not a valid metric name")
+    if kind == "counter" and name.endswith("_total"):
+        return name.removesuffix("_total")
+    return name
+
+
+def openmetrics_series(
+    name: str, labels: Mapping[str, str], points: Iterable[Point], *, kind: Kind = "gauge"
+) -> str:
+    """The sample lines of one series (no TYPE line, no ``# EOF``), sorted by time.
+
+    For a counter, ``name`` may be given with or without ``_total``; samples
+    are written as ``<family>_total``. Raises ValueError on bad names, a
+    repeated timestamp (promtool would silently keep one of them), or a
+    counter that decreases.
+    """
+    family = _family_name(name, kind)
+    sample = f"{family}_total" if kind == "counter" else family
+    for label in labels:
+        if not _LABEL.match(label) or label == "__name__":
+            raise ValueError(f"{label!r} is not a valid label name")
+    rendered = ",".join(f'{key}="{_escape(value)}"' for key, value in sorted(labels.items()))
+    selector = f"{sample}{{{rendered}}}" if rendered else sample
+    lines: list[str] = []
+    previous: Point | None = None
+    for timestamp, value in sorted(points):
+        if not math.isfinite(timestamp):
+            raise ValueError(f"{selector}: timestamp {timestamp!r} is not finite")
+        if previous is not None and timestamp == previous[0]:
+            raise ValueError(f"{selector}: two samples at {timestamp}")
+        if kind == "counter" and previous is not None and value < previous[1]:
+            raise ValueError(f"{selector}: counter decreases at {timestamp}")
+        lines.append(f"{selector} {_number(value)} {timestamp:.3f}")
+        previous = (timestamp, value)
+    return "\n".join(lines)
+
+
+def openmetrics_family(
+    name: str,
+    series: Iterable[tuple[Mapping[str, str], Iterable[Point]]],
+    *,
+    kind: Kind = "gauge",
+    help_text: str = "",
+) -> str:
+    """One metric family: its ``# TYPE`` (and ``# HELP``) line, then every series' samples."""
+    family = _family_name(name, kind)
+    header = [f"# HELP {family} {help_text}"] if help_text else []
+    header.append(f"# TYPE {family} {kind}")
+    bodies = [openmetrics_series(name, labels, points, kind=kind) for labels, points in series]
+    return "\n".join(header + [body for body in bodies if body])
+
+
+def openmetrics_document(*families: str) -> str:
+    """Families joined into a whole OpenMetrics text ending with ``# EOF``."""
+    return "\n".join([*families, "# EOF"]) + "\n"
+
+
+def counter_points(
+    start: float,
+    end: float,
+    step: float,
+    per_second: float | Callable[[float], float],
+    initial: float = 0.0,
+) -> list[Point]:
+    """Samples of a counter from ``start`` to ``end`` (inclusive) every ``step`` seconds.
+
+    ``per_second`` is its rate: a constant, or a function of the time, applied
+    over each step (so ``rate()`` over the result gives it back).
+    """
+    if step <= 0 or end < start:
+        raise ValueError("expected step > 0 and end >= start")
+    points: list[Point] = []
+    value = initial
+    steps = int((end - start) // step)
+    for index in range(steps + 1):
+        timestamp = start + index * step
+        if index:
+            rate = per_second(timestamp) if callable(per_second) else per_second
+            value += rate * step
+        points.append((timestamp, value))
+    return points
+
+
+def gauge_points(
+    start: float, end: float, step: float, value: float | Callable[[float], float]
+) -> list[Point]:
+    """Samples of a gauge from ``start`` to ``end`` (inclusive) every ``step`` seconds."""
+    if step <= 0 or end < start:
+        raise ValueError("expected step > 0 and end >= start")
+    steps = int((end - start) // step)
+    times = [start + index * step for index in range(steps + 1)]
+    return [(t, value(t) if callable(value) else value) for t in times]
+
+
+def backfill(openmetrics_text: str, storage_dir: Path) -> None:
+    """Write ``openmetrics_text`` to a file and turn it into TSDB blocks in ``storage_dir``.
+
+    Runs ``promtool tsdb create-blocks-from openmetrics FILE storage_dir``;
+    raises ProcessError with promtool's output when it fails.
+
+    What promtool 2.42 requires of the text (the helpers above produce it):
+
+    - It must end with a ``# EOF`` line, and contain no blank line (both are
+      errors).
+    - Every sample needs a timestamp, in **seconds** since the epoch (a float
+      is fine: ``1700000000.5``). Milliseconds are *not* rejected: they land
+      ~50,000 years in the future, one block per sample.
+    - Within a series, timestamps must ascend: an out-of-order or repeated
+      sample is dropped *silently* (``openmetrics_series`` sorts, and refuses
+      repeats).
+    - ``# TYPE`` lines are optional for promtool (and interleaved or repeated
+      families are tolerated), but OpenMetrics wants one ``# TYPE family kind``
+      before a family's samples, and counter samples named ``family_total``.
+
+    What Prometheus does with the blocks:
+
+    - Blocks are cut at 2h boundaries of the epoch (UTC even hours), so two
+      hours of history usually become two blocks.
+    - A Prometheus started afterwards on ``storage_dir`` sees them at once. A
+      running one only picks them up at its next block reload, up to a minute
+      later: restart it (``Prometheus.restart``) rather than wait.
+    - Any age is accepted, including the current two hours (overlapping the
+      head, merged at query time); only retention deletes old blocks, and the
+      ``Prometheus`` helper sets it to 3650d.
+    """
+    if not PROMTOOL_BIN.exists():
+        raise ProcessError(f"{PROMTOOL_BIN} is missing: {INSTALL_HINT}")
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="backfill-") as scratch:
+        source = Path(scratch) / "history.om"
+        source.write_text(openmetrics_text, encoding="utf-8")
+        argv = [str(PROMTOOL_BIN), "tsdb", "create-blocks-from", "openmetrics", "--quiet"]
+        result = subprocess.run(
+            [*argv, str(source), str(storage_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise ProcessError(
+            f"promtool tsdb create-blocks-from openmetrics failed ({result.returncode}):\n"
+            f"{result.stdout}{result.stderr}"
+        )
