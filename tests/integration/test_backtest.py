@@ -1,0 +1,191 @@
+"""`rollbackd backtest` over a day of history backfilled into a real Prometheus.
+
+The day: web deploys v2 at 12:00 and from 12:05 one request in five fails,
+until people put v1 back at 12:40; api deploys a2 at 15:00 and fails from
+18:30, long after the attribution window; db is healthy all day. Expected:
+web asks for approval about two and a half minutes after its fault began
+(rate window plus `for`), api escalates, db is quiet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunCli
+from tests.support.fixtures import PrometheusFactory
+from tests.support.processes import (
+    Point,
+    backfill,
+    counter_points,
+    gauge_points,
+    openmetrics_document,
+    openmetrics_family,
+)
+
+pytestmark = pytest.mark.integration
+
+DAY = datetime(2026, 10, 1, tzinfo=UTC)
+STEP = 30.0
+RPS = 10.0
+
+
+def at(hours: float, minutes: float = 0) -> float:
+    return (DAY + timedelta(hours=hours, minutes=minutes)).timestamp()
+
+
+START, END = at(0), at(24)
+FAULTS: dict[str, tuple[float, float]] = {
+    "web": (at(12, 5), at(12, 40)),
+    "api": (at(18, 30), at(19, 0)),
+}
+VERSIONS: dict[str, list[tuple[float, float, str]]] = {
+    "web": [(at(0), at(12), "v1"), (at(12), at(12, 40), "v2"), (at(12, 40), END + 1, "v1")],
+    "api": [(at(0), at(15), "a1"), (at(15), END + 1, "a2")],
+    "db": [(at(0), END + 1, "d1")],
+}
+
+
+def error_ratio(service: str) -> Callable[[float], float]:
+    start, end = FAULTS.get(service, (0.0, 0.0))
+    bad = 0.2 if service == "web" else 0.3
+    return lambda t: bad if start <= t < end else 0.0
+
+
+def requests_per_second(ratio: Callable[[float], float], failing: bool) -> Callable[[float], float]:
+    return lambda t: RPS * ratio(t) if failing else RPS * (1 - ratio(t))
+
+
+def history() -> str:
+    requests: list[tuple[dict[str, str], list[Point]]] = []
+    builds: list[tuple[dict[str, str], list[Point]]] = []
+    for service, spans in VERSIONS.items():
+        ratio = error_ratio(service)
+        requests.append(
+            (
+                {"service": service, "code": "200"},
+                counter_points(START, END, STEP, requests_per_second(ratio, failing=False)),
+            )
+        )
+        requests.append(
+            (
+                {"service": service, "code": "500"},
+                counter_points(START, END, STEP, requests_per_second(ratio, failing=True)),
+            )
+        )
+        for begin, finish, version in spans:
+            points = gauge_points(begin, min(finish - STEP, END), STEP, 1.0)
+            builds.append(({"service": service, "version": version}, points))
+    return openmetrics_document(
+        openmetrics_family("http_requests_total", requests, kind="counter"),
+        openmetrics_family("app_build_info", builds),
+    )
+
+
+RULES = """
+[[rules]]
+name = "error-rate"
+trigger = "high_error_rate"
+query = 'sum by (service) (rate(http_requests_total{code=~"5.."}[2m])) / sum by (service) (rate(http_requests_total[2m]))'
+condition = "> 0.05"
+for = "2m"
+"""  # noqa: E501 -- the rule file as a user writes it, one line per key
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("backfilled")
+    backfill(history(), directory)
+    return directory
+
+
+def write_config(directory: Path, prometheus_url: str) -> Path:
+    (directory / "rules").mkdir(exist_ok=True)
+    (directory / "rules" / "errors.toml").write_text(RULES)
+    services = "".join(
+        f'[[services]]\nname = "{name}"\nrepo = "/srv/{name}"\n' for name in VERSIONS
+    )
+    config = directory / "config.toml"
+    config.write_text(
+        f"""
+[daemon]
+rules = ["rules/*.toml"]
+[prometheus]
+url = "{prometheus_url}"
+timeout = "10s"
+{services}
+[deploys]
+version_metric = "app_build_info"
+known_good_after = "30m"
+attribution_window = "2h"
+"""
+    )
+    return config
+
+
+def test_backtest_prints_the_actions_of_the_day_in_time_order(
+    tmp_path: Path, run_cli: RunCli, prometheus_factory: PrometheusFactory, storage: Path
+) -> None:
+    """Exactly two actions, at the right times (within one step), for the right reasons."""
+    prometheus = prometheus_factory(storage_dir=storage)
+    config = write_config(tmp_path, prometheus.url)
+    result = run_cli(
+        "backtest",
+        "--config",
+        str(config),
+        "--start",
+        "2026-10-01T00:00:00Z",
+        "--end",
+        "2026-10-02T00:00:00Z",
+        "--step",
+        "30s",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    actions = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(a["service"], a["action"]) for a in actions] == [
+        ("web", "request_approval"),
+        ("api", "escalate"),
+    ]
+    web, api = actions
+    expected_web = DAY + timedelta(hours=12, minutes=7, seconds=30)
+    expected_api = DAY + timedelta(hours=18, minutes=32, seconds=30)
+    for action, expected in ((web, expected_web), (api, expected_api)):
+        moment = datetime.fromisoformat(action["time"])
+        assert abs(moment - expected) <= timedelta(seconds=30), (action["time"], expected)
+        assert action["rule"] == "error-rate"
+        assert action["severity"] == "high"
+        assert set(action) >= {"time", "service", "rule", "severity", "action", "value", "reason"}
+    assert web["target"] == "v1"
+    assert web["approver"] == "senior_admin"
+    assert "roll back v2 to v1" in web["reason"]
+    assert web["value"] == pytest.approx(0.2, abs=0.01)
+    assert "attribution" in api["guards"]
+    assert "outside the attribution window" in api["reason"]
+
+
+def test_backtest_human_output_tells_the_story_and_counts(
+    tmp_path: Path, run_cli: RunCli, prometheus_factory: PrometheusFactory, storage: Path
+) -> None:
+    """Piped, the output is plain lines: each action, each resolution, and a summary."""
+    prometheus = prometheus_factory(storage_dir=storage)
+    config = write_config(tmp_path, prometheus.url)
+    result = run_cli(
+        "backtest",
+        "--config",
+        str(config),
+        "--start",
+        "2026-10-01T11:00:00Z",
+        "--end",
+        "2026-10-01T13:00:00Z",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any("ACTION REQUEST_APPROVAL" in line and " web " in line for line in lines)
+    assert any(line.startswith("2026-10-01T12:4") and "RESOLVED web" in line for line in lines)
+    assert lines[-1].startswith("1 action from 2026-10-01T11:00:00Z to 2026-10-01T13:00:00Z")
+    assert "\x1b[" not in result.stdout
