@@ -43,10 +43,7 @@ def test_help_lists_every_command_of_the_design(run_cli: RunCli) -> None:
     "args",
     [
         ["run"],
-        ["rollback", "web", "--yes"],
         ["status"],
-        ["incidents"],
-        ["report", "1"],
         ["approve", "1"],
         ["veto", "1"],
         ["demo"],

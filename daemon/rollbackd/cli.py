@@ -10,6 +10,7 @@ import os
 import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -19,10 +20,13 @@ from rich.progress import Progress
 from rich.table import Table
 
 from rollbackd import __version__
+from rollbackd.actions.checklist import Refused, RollbackRequest
+from rollbackd.assembly import build_checklist, now_utc, open_journal
 from rollbackd.config import DEFAULT_CONFIG_PATH
 from rollbackd.durations import format_duration, format_instant, parse_duration, parse_instant
 from rollbackd.errors import InvalidInput, NotBuilt, RollbackdError
 from rollbackd.evaluation import Evaluation, evaluate_now
+from rollbackd.journal import IncidentState
 from rollbackd.loader import Loaded, load, shown
 from rollbackd.matrix import TRIGGER_SEVERITY
 from rollbackd.model import FindingState, Severity, Trigger
@@ -31,15 +35,26 @@ from rollbackd.output import (
     decision_record,
     finding_line,
     finding_record,
+    incident_record,
     json_line,
     resolution_line,
 )
 from rollbackd.replay import Replay, step_times
+from rollbackd.report import render_report
 from rollbackd.rules import rule_trigger_severity
+from rollbackd.sources.deploys import valid_ref
 from rollbackd.sources.prometheus import PrometheusSource
 
 EXIT_RUNTIME = 1
 EXIT_INVALID = 2
+
+
+class ReportFormat(StrEnum):
+    """Formats of ``report``."""
+
+    MARKDOWN = "markdown"
+    HTML = "html"
+
 
 app = typer.Typer(
     name="rollbackd",
@@ -184,13 +199,93 @@ def rollback(
     service: Annotated[str, typer.Argument(help="The service to roll back.")],
     config: ConfigOption = None,
     to: Annotated[
-        str | None, typer.Option("--to", help="Target ref (default: last known good).")
+        str | None, typer.Option("--to", help="Target ref (default: the last known good).")
     ] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why, for the journal.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Roll back a service by hand, through the same checklist, executor and recovery watch."""
-    _not_built("rollback", "executors are not built yet")
+    loaded = _load(config)
+    cfg = loaded.config
+    if cfg.service(service) is None:
+        known = ", ".join(s.name for s in cfg.services) or "none"
+        _fail([f"SERVICE: no service named {service!r} is configured (known: {known})"], 2)
+    if to is not None and not valid_ref(to):
+        _fail([f"--to: {to!r} is not a git ref or version rollbackd will pass to git"], 2)
+    journal = open_journal(cfg)
+    checklist = build_checklist(
+        cfg, loaded.rules, journal, on_step=lambda name, text: typer.echo(f"  {name}: {text}")
+    )
+    resumable = [
+        i
+        for i in journal.incidents(service=service, active_only=True)
+        if i.state in (IncidentState.ROLLING_BACK, IncidentState.RECOVERING)
+    ]
+    if resumable:
+        incident = resumable[0].id
+        typer.echo(f"resuming incident {incident}, interrupted while {resumable[0].state.value}")
+    else:
+        request = _manual_request(loaded, service, to, reason)
+        question = (
+            f"Roll back {service} from {request.current_version or 'the current version'} "
+            f"to {request.target}?"
+        )
+        if not yes:
+            if not sys.stdin.isatty():
+                _fail(["not on a terminal: pass --yes to confirm the rollback"], 2)
+            if not typer.confirm(question):
+                _fail(["rollbackd: not confirmed; nothing was done"], EXIT_RUNTIME)
+        try:
+            incident = checklist.open(request)
+        except Refused as exc:
+            _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
+        typer.echo(f"incident {incident}: {question.rstrip('?').lower()}")
+    record = checklist.run(incident)
+    typer.echo(f"incident {record.id}: {record.state.value} — {record.summary}")
+    if record.state is not IncidentState.RECOVERED:
+        raise typer.Exit(EXIT_RUNTIME)
+
+
+def _manual_request(
+    loaded: Loaded, service: str, to: str | None, reason: str | None
+) -> RollbackRequest:
+    cfg = loaded.config
+    evaluation = evaluate_now(cfg, loaded.rules, now_utc())
+    history = evaluation.history
+    current = history.current(service)
+    target = to
+    if target is None:
+        good, why = history.last_good(service)
+        if good is None:
+            _fail(
+                [f"rollbackd: no last known good version of {service}: {why}; name one with --to"],
+                EXIT_RUNTIME,
+            )
+        known = [d for d in history.deploys(service) if d.version == good]
+        target = known[-1].target_ref if known else good
+    if current is not None and target in (current.version, current.ref):
+        _fail([f"rollbackd: {service} already runs {target}; nothing to roll back"], 2)
+    own = [f for f in evaluation.report.findings if f.service == service]
+    firing = [f for f in own if f.firing]
+    severity = Severity.highest([f.severity for f in firing]) if firing else Severity.MEDIUM
+    return RollbackRequest(
+        service=service,
+        target=target,
+        reason=reason or "manual rollback",
+        origin="manual",
+        severity=severity,
+        current_version=current.version if current else None,
+        evidence={
+            "findings": [finding_record(f) for f in own if f.state is not FindingState.OK],
+            "deploys": [
+                {"version": d.version, "time": format_instant(d.time), "source": d.source}
+                for d in history.deploys(service)[-5:]
+            ],
+        },
+        baselines={f.rule: f.baseline for f in own if f.baseline is not None},
+        migrations=current.migrations if current else (),
+        deployed_at=current.time if current else None,
+    )
 
 
 @app.command()
@@ -200,18 +295,58 @@ def status(config: ConfigOption = None) -> None:
 
 
 @app.command()
-def incidents(config: ConfigOption = None) -> None:
-    """List incidents from the running daemon."""
-    _not_built("incidents", "the incident journal is not built yet")
+def incidents(
+    config: ConfigOption = None,
+    json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 50,
+) -> None:
+    """List incidents from the journal, newest first."""
+    loaded = _load(config)
+    journal = open_journal(loaded.config)
+    records = journal.incidents(limit=limit)
+    if json:
+        for r in records:
+            typer.echo(json_line(incident_record(r)))
+        return
+    table = Table(title=f"Incidents ({journal.path})", title_justify="left")
+    for column in ("id", "service", "opened", "state", "severity", "action", "target", "summary"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            str(r.id),
+            r.service,
+            format_instant(r.opened_at),
+            r.state.value,
+            r.severity,
+            f"{r.action} ({r.origin})",
+            r.target or "—",
+            r.summary,
+        )
+    Console(highlight=False).print(table if records else "no incidents")
 
 
 @app.command()
 def report(
-    incident: Annotated[str, typer.Argument(metavar="ID", help="Incident id.")],
+    incident: Annotated[int, typer.Argument(metavar="ID", help="Incident id.")],
     config: ConfigOption = None,
+    fmt: Annotated[
+        ReportFormat, typer.Option("--format", help="markdown or html.")
+    ] = ReportFormat.MARKDOWN,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write to this file instead of stdout.")
+    ] = None,
 ) -> None:
-    """Render an incident report."""
-    _not_built("report", "the incident journal is not built yet")
+    """Render an incident report that follows the playbook (Markdown, or HTML with charts)."""
+    loaded = _load(config)
+    record = open_journal(loaded.config).incident(incident)
+    if record is None:
+        _fail([f"ID: no incident {incident} in the journal"], EXIT_RUNTIME)
+    text = render_report(record, fmt.value)
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {output}")
 
 
 @app.command()

@@ -174,6 +174,8 @@ class ServiceConfig(_Section):
     script: Path | None = None
     command: list[str] | None = None
     after_rollback: list[list[str]] = Field(default_factory=list)
+    snapshot: list[str] | None = None
+    migrations: list[str] | None = None
     command_timeout: Duration = timedelta(minutes=10)
     probes: list[ProbeConfig] = Field(default_factory=list)
 
@@ -190,7 +192,7 @@ class ServiceConfig(_Section):
                 )
         return value
 
-    @field_validator("command")
+    @field_validator("command", "snapshot")
     @classmethod
     def _argv(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and (not value or not value[0]):
@@ -300,7 +302,19 @@ class RecoveryConfig(_Section):
     """``[recovery]``: the success criteria after a rollback (the playbook's defaults)."""
 
     window: Duration = timedelta(minutes=15)
+    timeout: Duration = timedelta(minutes=30)
     max_error_rate: float = Field(default=0.01, ge=0, le=1, allow_inf_nan=False)
+    latency_tolerance: float = Field(default=0.2, ge=0, le=10, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _timeout_covers_window(self) -> RecoveryConfig:
+        if self.window <= timedelta(0):
+            raise ValueError("window must be longer than 0s")
+        if self.timeout < self.window:
+            raise ValueError(
+                "timeout must be at least the window: the criteria must hold that long"
+            )
+        return self
 
 
 class AlertsConfig(_Section):
@@ -424,7 +438,7 @@ def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -
     if env:
         try:
             overrides = dict(_MappingEnv(Config, env)())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- pydantic-settings raises a bare error for bad JSON
             raise InvalidInput([Problem("environment", ENV_PREFIX + "…", str(exc))]) from None
     try:
         return Config(**_merge(data, overrides))

@@ -25,7 +25,9 @@ Where the settings come from, later overriding earlier:
 
 Endpoints: ``/``, ``/login`` and ``/clients`` are normal requests (counted; they
 fail and slow down as the settings say; a failed ``/login`` is a failed
-authentication attempt); ``/health``; ``/metrics``; ``GET|POST|DELETE /-/fault``.
+authentication attempt); ``/health``; ``/metrics``; ``GET|POST|DELETE /-/fault``;
+``POST /-/reload`` re-reads ``app.toml`` as a restart would (the demo's
+``after_rollback`` uses it).
 
 Whether a request fails is decided per path by an error accumulator, not by
 chance: with ``error_rate`` r, every path answers exactly ``round-down(n * r)``
@@ -301,6 +303,13 @@ class DemoApp:
             self._save_overrides()
             return self._settings
 
+    def reload(self, base: Settings) -> Settings:
+        """New start-up settings, as after a restart (``POST /-/reload`` re-reads app.toml)."""
+        with self._lock:
+            self._base = base
+            self._install(replace(self._base, **self._overrides))
+            return self._settings
+
     def clear_fault(self) -> Settings:
         """Drop every runtime override, returning to the settings the app started with."""
         with self._lock:
@@ -429,8 +438,8 @@ class SyntheticTraffic:
             self._stop.wait(max(0.0, next_at - now))
 
 
-def make_handler(app: DemoApp) -> type[BaseHTTPRequestHandler]:
-    """A request handler class bound to ``app``."""
+def make_handler(app: DemoApp, app_dir: Path | None = None) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to ``app``; ``app_dir`` enables ``POST /-/reload``."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -467,6 +476,12 @@ def make_handler(app: DemoApp) -> type[BaseHTTPRequestHandler]:
                     if method in allowed
                     else _json(405, {"error": "use GET, POST or DELETE"})
                 )
+            elif path == "/-/reload" and method == "POST" and app_dir is not None:
+                try:
+                    settings = app.reload(replace(Settings(), **load_app_file(app_dir)))
+                    response = _json(200, settings.to_json())
+                except (SettingsError, OSError) as error:
+                    response = _json(400, {"error": str(error)})
             elif method != "GET":
                 response = _text(405, "method not allowed\n")
             elif path == "/health":
@@ -526,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     app = DemoApp(args.service, base, overrides=overrides, state_file=args.state_file)
     try:
-        server = ThreadingHTTPServer((HOST, args.port), make_handler(app))
+        server = ThreadingHTTPServer((HOST, args.port), make_handler(app, args.app_dir))
     except OSError as error:
         sys.stderr.write(f"demoapp: cannot listen on {HOST}:{args.port}: {error}\n")
         return 1

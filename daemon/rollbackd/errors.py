@@ -37,7 +37,7 @@ class RollbackdError(Exception):
     """Base of every error rollbackd raises on purpose."""
 
 
-class InvalidInput(RollbackdError):
+class InvalidInput(RollbackdError):  # noqa: N818 -- names the condition, like httpx's InvalidURL
     """One or more problems in config, rules or arguments; nothing was applied."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:
@@ -45,5 +45,5 @@ class InvalidInput(RollbackdError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-class NotBuilt(RollbackdError):
+class NotBuilt(RollbackdError):  # noqa: N818 -- names the condition
     """A command of the contract whose capability does not exist yet."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from rollbackd.config import Config
+from rollbackd.deploys import DeployHistory
 from rollbackd.engine import CycleReport, LiveCycle
 from rollbackd.model import Decision
 from rollbackd.replay import Replay
@@ -29,6 +30,7 @@ class Evaluation:
     report: CycleReport
     decisions: tuple[Decision, ...]
     deploy_error: str | None
+    history: DeployHistory
 
 
 def lookback(config: Config, rules: tuple[Rule, ...]) -> timedelta:
@@ -66,4 +68,6 @@ def evaluate_now(
     finally:
         if own_prober:
             prober.close()
-    return Evaluation(report, tuple(replay.engine.open_decisions()), replay.deploy_error)
+    return Evaluation(
+        report, tuple(replay.engine.open_decisions()), replay.deploy_error, replay.history
+    )

@@ -8,6 +8,7 @@ from typing import Any
 
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.engine import Resolution
+from rollbackd.journal import IncidentRecord
 from rollbackd.model import Decision, Finding
 
 
@@ -97,3 +98,22 @@ def resolution_line(resolution: Resolution) -> str:
         f"{format_instant(resolution.time)}  RESOLVED {resolution.service}: {resolution.reason} "
         f"(opened {format_instant(resolution.opened)})"
     )
+
+
+def incident_record(incident: IncidentRecord) -> dict[str, Any]:
+    """An incident's summary as one JSON object."""
+    return {
+        "type": "incident",
+        "id": incident.id,
+        "service": incident.service,
+        "opened": _time(incident.opened_at),
+        "closed": _time(incident.closed_at),
+        "state": incident.state.value,
+        "severity": incident.severity,
+        "action": incident.action,
+        "origin": incident.origin,
+        "current_version": incident.current_version,
+        "target": incident.target,
+        "reason": incident.reason,
+        "summary": incident.summary,
+    }

@@ -70,7 +70,7 @@ def _stop_all(started: Sequence[tuple[str, DemoApp | Prometheus]]) -> None:
     for name, instance in reversed(started):
         try:
             instance.stop()
-        except Exception as error:  # stop the rest, then report every failure
+        except Exception as error:  # noqa: BLE001 -- stop the rest, then report every failure
             errors.append(f"{name}: {error!r}")
     if errors:
         raise RuntimeError("could not stop: " + "; ".join(errors))

@@ -1,0 +1,500 @@
+"""The playbook's rollback checklist, run and journaled step by step.
+
+For every rollback, automatic or manual::
+
+    document → notify → verify_target → migration_gate → backup → snapshot
+             → execute → after_rollback[0..n] → recovery
+
+Each step is journaled *before* it runs and its outcome after. :meth:`run`
+resumes an incident where it stopped: finished steps are not run again, and
+an interrupted step is never repeated blindly — reads (document, verify,
+gate) are redone, an interrupted ``execute`` is judged from the real state
+by its executor (done → recorded; provably not started → run once; anything
+else → "outcome unknown", escalated), and an interrupted command escalates.
+A rollback that fails, is blocked, or does not recover escalates to a person
+and is never retried automatically.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rollbackd.actions import Executor, IncidentFacts, Progress, StepResult, bounded
+from rollbackd.actions.command import incident_env, run_argv
+from rollbackd.actions.migrations import DEFAULT_MIGRATION_GLOBS
+from rollbackd.actions.recovery import Check, RecoveryWatcher, Verdict
+from rollbackd.config import Config, ServiceConfig
+from rollbackd.deploys import MigrationFact
+from rollbackd.journal import (
+    IncidentRecord,
+    IncidentState,
+    Journal,
+    NewIncident,
+    Outcome,
+    StepRecord,
+)
+from rollbackd.model import Action, Decision, Severity
+from rollbackd.notify import Message, Notifier
+from rollbackd.sources.deploys import valid_ref
+
+DOCUMENT = "document"
+NOTIFY = "notify"
+VERIFY = "verify_target"
+GATE = "migration_gate"
+BACKUP = "backup"
+SNAPSHOT = "snapshot"
+EXECUTE = "execute"
+RECOVERY = "recovery"
+FAILPOINT_ENV = "ROLLBACKD_FAILPOINT"
+"""Crash testing: ``before:STEP``, ``started:STEP`` (journaled, not yet run), ``worked:STEP``
+(run, outcome not yet journaled) or ``after:STEP`` makes the process SIGKILL itself there."""
+
+
+class Refused(Exception):  # noqa: N818 -- names the outcome for the caller
+    """A rollback that must not start (another is under way, or the target is invalid)."""
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    """Everything a rollback needs to know, journaled with its incident."""
+
+    service: str
+    target: str
+    reason: str
+    origin: str
+    severity: Severity
+    current_version: str | None = None
+    decision: Decision | None = None
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    baselines: Mapping[str, float] = field(default_factory=dict)
+    migrations: Sequence[MigrationFact] = ()
+    deployed_at: datetime | None = None
+
+
+Observer = Callable[[datetime], Check]
+
+
+@dataclass
+class Parts:
+    """What the checklist is built from; each part is swappable for tests."""
+
+    journal: Journal
+    executor_for: Callable[[ServiceConfig], Executor]
+    notifier: Notifier
+    watcher: RecoveryWatcher
+    observer_for: Callable[[ServiceConfig, Mapping[str, float]], Observer]
+    gate: Callable[[Path, str, str, Sequence[str], Sequence[MigrationFact]], Any] | None = None
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
+    on_step: Callable[[str, str], None] = field(default=lambda *_: None)
+
+
+def failpoint(where: str) -> None:
+    """Kill this process here if crash testing asks for it (``ROLLBACKD_FAILPOINT``)."""
+    if os.environ.get(FAILPOINT_ENV) == where:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Checklist:
+    """Runs rollbacks through the playbook's steps for one config."""
+
+    def __init__(self, config: Config, parts: Parts) -> None:
+        self.config = config
+        self.parts = parts
+        self.journal = parts.journal
+
+    def open(self, request: RollbackRequest) -> int:
+        """Journal a new rollback incident; refuse if one is already under way."""
+        if not valid_ref(request.target):
+            raise Refused(f"{request.service}: target {request.target[:80]!r} is not a valid ref")
+        if self.config.service(request.service) is None:
+            raise Refused(f"no service named {request.service!r} is configured")
+        for other in self.journal.incidents(service=request.service, active_only=True):
+            if other.state in (IncidentState.ROLLING_BACK, IncidentState.RECOVERING):
+                raise Refused(
+                    f"{request.service}: incident {other.id} is already rolling back "
+                    f"({other.state.value}); a rollback never runs twice"
+                )
+        now = self.parts.clock()
+        facts = {
+            "baselines": dict(request.baselines),
+            "migrations": [m.__dict__ for m in request.migrations],
+            "deployed_at": request.deployed_at.isoformat() if request.deployed_at else None,
+        }
+        incident = self.journal.open_incident(
+            NewIncident(
+                service=request.service,
+                opened_at=now,
+                severity=request.severity.value,
+                action=Action.ROLLBACK.value,
+                origin=request.origin,
+                reason=request.reason,
+                target=request.target,
+                current_version=request.current_version,
+                state=IncidentState.ROLLING_BACK,
+                facts=facts,
+            )
+        )
+        if request.decision is not None:
+            self.journal.add_decision(incident, request.decision, "rollbackd")
+        if request.evidence:
+            self.journal.add_evidence(incident, now, "snapshot", dict(request.evidence))
+        return incident
+
+    def run(self, incident_id: int) -> IncidentRecord:
+        """Run or resume every remaining step; return the incident as journaled."""
+        record = self._load(incident_id)
+        service = self.config.service(record.service)
+        if service is None:
+            self._conclude(
+                record,
+                IncidentState.ESCALATED,
+                f"service {record.service!r} is no longer configured; nothing was done",
+            )
+            return self._load(incident_id)
+        if not record.state.active:
+            return record
+        runner = _Run(self, record, service)
+        runner.go()
+        return self._load(incident_id)
+
+    def resume_all(self) -> list[IncidentRecord]:
+        """Resume every rollback that a crash or restart interrupted."""
+        finished = []
+        for record in self.journal.incidents(limit=1000, active_only=True):
+            if record.state in (IncidentState.ROLLING_BACK, IncidentState.RECOVERING):
+                finished.append(self.run(record.id))
+        return finished
+
+    def _load(self, incident_id: int) -> IncidentRecord:
+        record = self.journal.incident(incident_id)
+        if record is None:
+            raise Refused(f"no incident {incident_id}")
+        return record
+
+    def _conclude(
+        self,
+        record: IncidentRecord,
+        state: IncidentState,
+        summary: str,
+        approver: str = "admin",
+    ) -> None:
+        now = self.parts.clock()
+        self.journal.set_state(record.id, state, summary, now)
+        if state in (IncidentState.ESCALATED, IncidentState.NOT_RECOVERED):
+            self.journal.add_decision(
+                record.id,
+                Decision(
+                    service=record.service,
+                    time=now,
+                    severity=Severity(record.severity),
+                    action=Action.ESCALATE,
+                    proposed=Action.ROLLBACK,
+                    rules=(),
+                    reason=summary,
+                    approver=approver,
+                    guards=(),
+                    target=record.target,
+                ),
+                "rollbackd",
+            )
+
+
+class _Escalate(Exception):  # noqa: N818 -- control flow inside one run
+    def __init__(
+        self,
+        summary: str,
+        state: IncidentState = IncidentState.ESCALATED,
+        approver: str = "admin",
+    ) -> None:
+        super().__init__(summary)
+        self.summary = summary
+        self.state = state
+        self.approver = approver
+
+
+class _Run:
+    """One pass over the steps of one incident."""
+
+    def __init__(self, checklist: Checklist, record: IncidentRecord, service: ServiceConfig):
+        self.checklist = checklist
+        self.parts = checklist.parts
+        self.journal = checklist.journal
+        self.record = record
+        self.service = service
+        self.executor = self.parts.executor_for(service)
+        self.facts = IncidentFacts(
+            incident=record.id,
+            service=record.service,
+            target=record.target or "",
+            current_version=record.current_version,
+            reason=record.reason,
+            severity=record.severity,
+        )
+        self.verified: Mapping[str, str] = {}
+
+    def go(self) -> None:
+        steps: list[tuple[str, Callable[[StepRecord | None], None]]] = [
+            (DOCUMENT, self._document),
+            (NOTIFY, self._notify),
+            (VERIFY, self._verify),
+            (GATE, self._gate),
+            (BACKUP, self._backup),
+        ]
+        if self.service.snapshot:
+            steps.append((SNAPSHOT, self._snapshot))
+        steps.append((EXECUTE, self._execute))
+        for index, argv in enumerate(self.service.after_rollback):
+            steps.append((f"after_rollback[{index}]", self._after(index, argv)))
+        steps.append((RECOVERY, self._recovery))
+        try:
+            for name, run in steps:
+                previous = self.record.step(name)
+                if previous is not None and previous.finished_at is not None:
+                    if name == VERIFY:
+                        self.verified = previous.data
+                    if self._blocks(name, previous.outcome):
+                        raise _Escalate(f"{name} had failed before a restart: {previous.summary}")
+                    continue
+                failpoint(f"before:{name}")
+                run(previous)
+                failpoint(f"after:{name}")
+        except _Escalate as stop:
+            self.checklist._conclude(self.record, stop.state, stop.summary, stop.approver)
+            self._tell(f"{self.record.service}: rollback stopped, a person must act", stop.summary)
+
+    def _step(
+        self,
+        name: str,
+        work: Callable[[], StepResult],
+        data: Mapping[str, str] | None = None,
+    ) -> StepResult:
+        step = self.journal.step_started(self.record.id, name, self.parts.clock(), data)
+        failpoint(f"started:{name}")
+        try:
+            result = work()
+        except Exception as exc:  # noqa: BLE001 -- a step's bug is journaled, then escalated
+            result = StepResult(False, f"{name} raised {type(exc).__name__}: {exc}")
+        failpoint(f"worked:{name}")
+        outcome = Outcome.OK if result.ok else Outcome.FAILED
+        self.journal.step_finished(
+            step,
+            self.parts.clock(),
+            outcome,
+            result.summary,
+            bounded(result.output),
+            {k: str(v) for k, v in result.data.items()},
+        )
+        self.parts.on_step(name, f"{outcome.value}: {result.summary}")
+        return result
+
+    def _blocks(self, name: str, outcome: Outcome | None) -> bool:
+        """Whether a step that ended so stops the rollback (a failed notify never does)."""
+        if outcome not in (Outcome.FAILED, Outcome.UNKNOWN):
+            return False
+        if name == NOTIFY:
+            return False
+        if name == BACKUP:
+            return self.service.executor == "git" and self.service.strategy == "reset"
+        return True
+
+    def _finish_interrupted(self, previous: StepRecord, outcome: Outcome, summary: str) -> None:
+        self.journal.step_finished(previous.id, self.parts.clock(), outcome, summary)
+        self.parts.on_step(previous.name, f"{outcome.value}: {summary}")
+
+    def _tell(self, title: str, text: str) -> StepResult:
+        return self.parts.notifier.notify(
+            Message(
+                incident=self.record.id,
+                service=self.record.service,
+                severity=self.record.severity,
+                title=title,
+                text=text,
+            )
+        )
+
+    def _document(self, previous: StepRecord | None) -> None:
+        def work() -> StepResult:
+            evidence = [e for e in self.record.evidence if e.kind == "snapshot"]
+            kinds = sorted({k for e in evidence if isinstance(e.body, dict) for k in e.body})
+            facts = self.record.facts
+            summary = (
+                f"incident {self.record.id}: roll back {self.record.service} from "
+                f"{self.record.current_version or 'the current version'} to "
+                f"{self.record.target}; reason: {self.record.reason or 'none given'}; "
+                f"evidence kept: {', '.join(kinds) or 'none'}; "
+                f"{len(facts.get('baselines') or {})} baselines"
+            )
+            return StepResult(True, summary)
+
+        self._step(DOCUMENT, work)
+
+    def _notify(self, previous: StepRecord | None) -> None:
+        def work() -> StepResult:
+            return self._tell(
+                f"{self.record.service}: rolling back to {self.record.target}",
+                f"rollbackd is rolling back {self.record.service} from "
+                f"{self.record.current_version or 'the current version'} to "
+                f"{self.record.target} (incident {self.record.id}, severity "
+                f"{self.record.severity}, {self.record.origin}): {self.record.reason}",
+            )
+
+        self._step(NOTIFY, work)
+
+    def _verify(self, previous: StepRecord | None) -> None:
+        result = self._step(VERIFY, lambda: self.executor.verify_target(self.facts))
+        if not result.ok:
+            raise _Escalate(f"cannot verify the target {self.record.target}: {result.summary}")
+        self.verified = dict(result.data)
+
+    def _gate(self, previous: StepRecord | None) -> None:
+        gate = self.parts.gate
+        repo = self.service.repo
+        head = self.verified.get("head")
+        target_sha = self.verified.get("target_sha")
+        facts = [MigrationFact(**m) for m in self.record.facts.get("migrations") or []]
+
+        def work() -> StepResult:
+            if gate is None or repo is None or not head or not target_sha:
+                return StepResult(True, "no repository to inspect for migrations")
+            globs = self.service.migrations or list(DEFAULT_MIGRATION_GLOBS)
+            report = gate(repo, head, target_sha, globs, facts)
+            ok = report.gate.verdict.value == "proceed"
+            return StepResult(ok, report.gate.reason, report.describe())
+
+        result = self._step(GATE, work)
+        if not result.ok:
+            raise _Escalate(f"migration gate: {result.summary}", approver="database")
+
+    def _backup(self, previous: StepRecord | None) -> None:
+        now = self.parts.clock()
+        result = self._step(BACKUP, lambda: self.executor.backup(self.facts, now))
+        if not result.ok and self.service.executor == "git" and self.service.strategy == "reset":
+            raise _Escalate(
+                f"backup failed and strategy 'reset' rewrites history: {result.summary}"
+            )
+
+    def _snapshot(self, previous: StepRecord | None) -> None:
+        argv = self.service.snapshot or []
+        result = self._step(SNAPSHOT, lambda: self._command(argv))
+        if not result.ok:
+            raise _Escalate(
+                f"the snapshot command failed, so nothing was rolled back: {result.summary}"
+            )
+
+    def _execute(self, previous: StepRecord | None) -> None:
+        if previous is not None:
+            before = previous.data or self.verified
+            state = self.executor.state(self.facts, before)
+            if state.progress is Progress.DONE:
+                publish = getattr(self.executor, "push", None)
+                if callable(publish):
+                    pushed = publish(self.facts, before)
+                    if not pushed.ok:
+                        self._finish_interrupted(
+                            previous,
+                            Outcome.UNKNOWN,
+                            f"rolled back locally, not pushed: {pushed.summary}",
+                        )
+                        raise _Escalate(
+                            "the rollback was done locally before a restart but could not be "
+                            f"pushed: {pushed.summary}"
+                        )
+                self._finish_interrupted(
+                    previous, Outcome.OK, f"completed before a restart: {state.reason}"
+                )
+                return
+            if state.progress is Progress.UNKNOWN:
+                self._finish_interrupted(previous, Outcome.UNKNOWN, state.reason)
+                raise _Escalate(
+                    f"outcome unknown: the rollback was interrupted and {state.reason}; "
+                    "check the service by hand"
+                )
+            self._finish_interrupted(
+                previous, Outcome.SKIPPED, f"interrupted before it changed anything: {state.reason}"
+            )
+        result = self._step(EXECUTE, lambda: self.executor.execute(self.facts), self.verified)
+        if not result.ok:
+            moved = result.data.get("after") not in (None, result.data.get("before"))
+            if moved:
+                raise _Escalate(
+                    f"rolled back locally, but not published: {result.summary}; "
+                    "the remote still has the bad version"
+                )
+            raise _Escalate(f"the rollback failed: {result.summary}")
+
+    def _after(self, index: int, argv: Sequence[str]) -> Callable[[StepRecord | None], None]:
+        def run(previous: StepRecord | None) -> None:
+            name = f"after_rollback[{index}]"
+            if previous is not None:
+                self._finish_interrupted(
+                    previous, Outcome.UNKNOWN, f"`{argv[0]}` was interrupted by a restart"
+                )
+                raise _Escalate(
+                    f"outcome unknown: after_rollback command `{' '.join(argv)}` was "
+                    "interrupted; the code is rolled back, check the service by hand"
+                )
+            result = self._step(name, lambda: self._command(argv))
+            if not result.ok:
+                raise _Escalate(
+                    f"after_rollback command `{' '.join(argv)}` failed: {result.summary}"
+                )
+
+        return run
+
+    def _command(self, argv: Sequence[str]) -> StepResult:
+        return run_argv(
+            argv,
+            env=incident_env(self.facts, os.environ),
+            cwd=self.service.repo,
+            timeout=self.service.command_timeout,
+        )
+
+    def _recovery(self, previous: StepRecord | None) -> None:
+        now = self.parts.clock()
+        self.journal.set_state(self.record.id, IncidentState.RECOVERING, "watching recovery", now)
+        if previous is not None:
+            self._finish_interrupted(
+                previous, Outcome.SKIPPED, "interrupted by a restart; the watch starts again"
+            )
+        baselines = {
+            str(k): float(v) for k, v in (self.record.facts.get("baselines") or {}).items()
+        }
+        observe = self.parts.observer_for(self.service, baselines)
+
+        def on_check(check: Check) -> None:
+            self.journal.add_samples(
+                self.record.id, [(check.time, series, v) for series, v in check.values.items()]
+            )
+            self.journal.add_evidence(
+                self.record.id,
+                check.time,
+                "recovery_check",
+                {
+                    "held": check.held,
+                    "failures": list(check.failures),
+                    "passes": list(check.passes),
+                },
+            )
+
+        verdict: Verdict | None = None
+
+        def work() -> StepResult:
+            nonlocal verdict
+            verdict = self.parts.watcher.watch(observe, on_check)
+            return StepResult(verdict.recovered, verdict.reason)
+
+        result = self._step(RECOVERY, work)
+        if not result.ok:
+            raise _Escalate(
+                f"the rollback did not recover: {result.summary}", IncidentState.NOT_RECOVERED
+            )
+        self.journal.set_state(
+            self.record.id, IncidentState.RECOVERED, result.summary, self.parts.clock()
+        )
+        self._tell(f"{self.record.service}: recovered", result.summary)

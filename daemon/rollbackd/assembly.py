@@ -1,0 +1,106 @@
+"""Assembling the real parts from a config: executors, journal, recovery watch.
+
+The checklist takes its parts through its constructor; this module is the one
+place that builds the production ones, so ``rollback`` (and later ``run``)
+use the same wiring and tests can swap any part.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+from rollbackd.actions import Executor
+from rollbackd.actions.checklist import Checklist, Observer, Parts
+from rollbackd.actions.command import CommandExecutor
+from rollbackd.actions.git import GitExecutor
+from rollbackd.actions.migrations import check as migration_gate
+from rollbackd.actions.recovery import Criteria, LiveObserver, RecoveryWatcher, probe_runners
+from rollbackd.actions.script import ScriptExecutor
+from rollbackd.config import Config, ServiceConfig
+from rollbackd.journal import Journal, SqliteJournal, journal_path
+from rollbackd.notify import JournalOnly, Notifier
+from rollbackd.rules import Rule, applies_to
+from rollbackd.sources import MetricSource
+from rollbackd.sources.probes import Prober
+from rollbackd.sources.prometheus import PrometheusSource
+
+
+def now_utc() -> datetime:
+    """The wall clock, in UTC: the boundary where rollbackd reads the time."""
+    return datetime.now(UTC)
+
+
+def executor_for(service: ServiceConfig) -> Executor:
+    """The executor a service's config names."""
+    if service.executor == "script":
+        assert service.script is not None  # noqa: S101 -- ServiceConfig validates this
+        return ScriptExecutor(service.script, service.repo, service.command_timeout)
+    if service.executor == "command":
+        assert service.command is not None  # noqa: S101 -- ServiceConfig validates this
+        return CommandExecutor(service.command, service.repo, service.command_timeout)
+    assert service.repo is not None  # noqa: S101 -- ServiceConfig validates this
+    return GitExecutor(
+        service.repo,
+        remote=service.remote,
+        branch=service.branch,
+        strategy=service.strategy,
+        timeout=service.command_timeout,
+    )
+
+
+def criteria(config: Config) -> Criteria:
+    recovery = config.recovery
+    return Criteria(
+        window=recovery.window,
+        timeout=recovery.timeout,
+        max_error_rate=recovery.max_error_rate,
+        latency_tolerance=recovery.latency_tolerance,
+    )
+
+
+def open_journal(config: Config) -> SqliteJournal:
+    return SqliteJournal(journal_path(config.daemon.state_dir))
+
+
+def build_checklist(
+    config: Config,
+    rules: tuple[Rule, ...],
+    journal: Journal,
+    *,
+    metrics: MetricSource | None = None,
+    prober: Prober | None = None,
+    notifier: Notifier | None = None,
+    clock: Callable[[], datetime] = now_utc,
+    sleep: Callable[[float], None] = time.sleep,
+    on_step: Callable[[str, str], None] = lambda *_: None,
+) -> Checklist:
+    """A checklist wired with the real executors, gate and recovery watch."""
+    source = metrics or PrometheusSource(
+        config.prometheus.url, config.prometheus.timeout, config.alerts.service_label
+    )
+    probes = prober or Prober()
+
+    def observer_for(service: ServiceConfig, baselines: Mapping[str, float]) -> Observer:
+        own_rules = [r for r in rules if applies_to(r, service.probe_names)]
+        return LiveObserver(
+            service.name,
+            own_rules,
+            probe_runners(probes, service),
+            source,
+            baselines,
+            criteria(config),
+        )
+
+    parts = Parts(
+        journal=journal,
+        executor_for=executor_for,
+        notifier=notifier or JournalOnly(),
+        watcher=RecoveryWatcher(criteria(config), config.daemon.poll_interval, clock, sleep),
+        observer_for=observer_for,
+        gate=migration_gate,
+        clock=clock,
+        on_step=on_step,
+    )
+    return Checklist(config, parts)

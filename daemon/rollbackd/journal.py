@@ -1,0 +1,560 @@
+"""The incident journal: everything that happens, written before it is acted on.
+
+SQLite in WAL mode with ``synchronous=FULL``: a row is on disk when a call
+returns, so a crash loses nothing already journaled. The schema is versioned
+with ``PRAGMA user_version`` and migrated forward on open. Every checklist
+step is written *before* it runs and its outcome after, which is how a
+restart finds a step that was interrupted.
+
+:class:`Journal` is the interface the rest of rollbackd uses;
+:class:`SqliteJournal` is the one backend today (a PostgreSQL one, for
+replicas, would implement the same methods).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from rollbackd.model import Decision
+
+SCHEMA_VERSION = 1
+_SCHEMA = [
+    """
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        service TEXT NOT NULL,
+        opened_at TEXT NOT NULL,
+        closed_at TEXT,
+        state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        action TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        target TEXT,
+        current_version TEXT,
+        reason TEXT NOT NULL,
+        summary TEXT NOT NULL DEFAULT '',
+        facts TEXT NOT NULL DEFAULT '{}'
+    )
+    """,
+    "CREATE INDEX incidents_service ON incidents (service, state)",
+    """
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id INTEGER NOT NULL REFERENCES incidents (id),
+        time TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        proposed TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        rules TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        approver TEXT,
+        deadline TEXT,
+        guards TEXT NOT NULL,
+        value REAL,
+        target TEXT
+    )
+    """,
+    """
+    CREATE TABLE steps (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id INTEGER NOT NULL REFERENCES incidents (id),
+        name TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        outcome TEXT,
+        summary TEXT NOT NULL DEFAULT '',
+        output TEXT NOT NULL DEFAULT '',
+        data TEXT NOT NULL DEFAULT '{}'
+    )
+    """,
+    "CREATE INDEX steps_incident ON steps (incident_id, id)",
+    """
+    CREATE TABLE evidence (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id INTEGER NOT NULL REFERENCES incidents (id),
+        time TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE samples (
+        incident_id INTEGER NOT NULL REFERENCES incidents (id),
+        time TEXT NOT NULL,
+        series TEXT NOT NULL,
+        value REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX samples_incident ON samples (incident_id, series, time)",
+]
+
+
+class IncidentState(StrEnum):
+    """Where an incident stands. The first four are active: a rollback may be under way."""
+
+    OPEN = "open"
+    AWAITING_APPROVAL = "awaiting_approval"
+    ROLLING_BACK = "rolling_back"
+    RECOVERING = "recovering"
+    RECOVERED = "recovered"
+    NOT_RECOVERED = "not_recovered"
+    ESCALATED = "escalated"
+    VETOED = "vetoed"
+    RECORDED = "recorded"
+    RESOLVED = "resolved"
+
+    @property
+    def active(self) -> bool:
+        return self in _ACTIVE
+
+
+_ACTIVE = {
+    IncidentState.OPEN,
+    IncidentState.AWAITING_APPROVAL,
+    IncidentState.ROLLING_BACK,
+    IncidentState.RECOVERING,
+}
+
+
+class Outcome(StrEnum):
+    """How a step ended."""
+
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One journaled checklist step."""
+
+    id: int
+    name: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: Outcome | None
+    summary: str
+    output: str
+    data: dict[str, str]
+
+    @property
+    def interrupted(self) -> bool:
+        return self.finished_at is None
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One journaled decision, by rollbackd or by a person."""
+
+    time: datetime
+    actor: str
+    action: str
+    proposed: str
+    severity: str
+    rules: list[str]
+    reason: str
+    approver: str | None
+    deadline: datetime | None
+    guards: list[str]
+    value: float | None
+    target: str | None
+
+
+@dataclass(frozen=True)
+class EvidenceRecord:
+    """A snapshot kept with the incident: findings, deploys, alerts, checks."""
+
+    time: datetime
+    kind: str
+    body: Any
+
+
+@dataclass(frozen=True)
+class IncidentRecord:
+    """An incident and, when loaded whole, its decisions, steps and evidence."""
+
+    id: int
+    service: str
+    opened_at: datetime
+    closed_at: datetime | None
+    state: IncidentState
+    severity: str
+    action: str
+    origin: str
+    target: str | None
+    current_version: str | None
+    reason: str
+    summary: str
+    facts: dict[str, Any]
+    decisions: tuple[DecisionRecord, ...] = ()
+    steps: tuple[StepRecord, ...] = ()
+    evidence: tuple[EvidenceRecord, ...] = ()
+    samples: dict[str, list[tuple[datetime, float]]] = field(default_factory=dict)
+
+    def step(self, name: str) -> StepRecord | None:
+        """The latest journaled step of that name."""
+        found = [s for s in self.steps if s.name == name]
+        return found[-1] if found else None
+
+
+@dataclass(frozen=True)
+class NewIncident:
+    """What opening an incident records."""
+
+    service: str
+    opened_at: datetime
+    severity: str
+    action: str
+    origin: str
+    reason: str
+    target: str | None = None
+    current_version: str | None = None
+    state: IncidentState = IncidentState.OPEN
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Journal(Protocol):
+    """The incident journal's interface."""
+
+    def open_incident(self, new: NewIncident) -> int: ...
+
+    def set_state(
+        self, incident: int, state: IncidentState, summary: str, at: datetime
+    ) -> None: ...
+
+    def add_decision(self, incident: int, decision: Decision, actor: str) -> None: ...
+
+    def add_evidence(self, incident: int, at: datetime, kind: str, body: Any) -> None: ...
+
+    def add_samples(self, incident: int, rows: Sequence[tuple[datetime, str, float]]) -> None: ...
+
+    def step_started(
+        self, incident: int, name: str, at: datetime, data: Mapping[str, str] | None = None
+    ) -> int: ...
+
+    def step_finished(
+        self,
+        step: int,
+        at: datetime,
+        outcome: Outcome,
+        summary: str,
+        output: str = "",
+        data: Mapping[str, str] | None = None,
+    ) -> None: ...
+
+    def incident(self, incident: int) -> IncidentRecord | None: ...
+
+    def incidents(
+        self, limit: int = 50, service: str | None = None, active_only: bool = False
+    ) -> list[IncidentRecord]: ...
+
+    def rollbacks(self, service: str) -> list[datetime]: ...
+
+
+def _json(value: Any) -> str:
+    """JSON with datetimes as RFC 3339 UTC, like every other time in the journal."""
+
+    def default(item: Any) -> Any:
+        if isinstance(item, datetime):
+            return _text(item)
+        return str(item)
+
+    return json.dumps(value, default=default)
+
+
+def _text(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _required_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or written (disk, permissions, a newer schema)."""
+
+
+class SqliteJournal:
+    """The journal in one SQLite file; safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open the journal {path}: {exc}") from None
+        self._lock = threading.RLock()
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """One transaction: written durably on exit, or not at all; errors as JournalError."""
+        with self._lock:
+            try:
+                self._db.execute(f"BEGIN {mode}")
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise JournalError(f"the journal {self.path}: {exc}") from exc
+                raise
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"the journal {self.path} has schema {version}, newer than this rollbackd "
+                f"({SCHEMA_VERSION}): upgrade rollbackd"
+            )
+        if version == 0:
+            with self._tx() as db:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def open_incident(self, new: NewIncident) -> int:
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO incidents (service, opened_at, state, severity, action, origin,"
+                " target, current_version, reason, facts) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    new.service,
+                    _text(new.opened_at),
+                    new.state.value,
+                    new.severity,
+                    new.action,
+                    new.origin,
+                    new.target,
+                    new.current_version,
+                    new.reason,
+                    _json(dict(new.facts)),
+                ),
+            )
+            number = int(cursor.lastrowid or 0)
+            if not new.state.active:
+                db.execute("UPDATE incidents SET closed_at = opened_at WHERE id = ?", (number,))
+            return number
+
+    def set_state(self, incident: int, state: IncidentState, summary: str, at: datetime) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE incidents SET state = ?, summary = ?,"
+                " closed_at = CASE WHEN ? THEN NULL ELSE ? END WHERE id = ?",
+                (state.value, summary, state.active, _text(at), incident),
+            )
+
+    def add_decision(self, incident: int, decision: Decision, actor: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO decisions (incident_id, time, actor, action, proposed, severity,"
+                " rules, reason, approver, deadline, guards, value, target)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    incident,
+                    _text(decision.time),
+                    actor,
+                    decision.action.value,
+                    decision.proposed.value,
+                    decision.severity.value,
+                    json.dumps(list(decision.rules)),
+                    decision.reason,
+                    decision.approver,
+                    _text(decision.deadline),
+                    json.dumps(list(decision.guards)),
+                    decision.value,
+                    decision.target,
+                ),
+            )
+
+    def add_evidence(self, incident: int, at: datetime, kind: str, body: Any) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO evidence (incident_id, time, kind, body) VALUES (?,?,?,?)",
+                (incident, _text(at), kind, _json(body)),
+            )
+
+    def add_samples(self, incident: int, rows: Sequence[tuple[datetime, str, float]]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO samples (incident_id, time, series, value) VALUES (?,?,?,?)",
+                [
+                    (incident, _text(t), series, value)
+                    for t, series, value in rows
+                    if math.isfinite(value)
+                ],
+            )
+
+    def step_started(
+        self, incident: int, name: str, at: datetime, data: Mapping[str, str] | None = None
+    ) -> int:
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO steps (incident_id, name, started_at, data) VALUES (?,?,?,?)",
+                (incident, name, _text(at), json.dumps(dict(data or {}))),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def step_finished(
+        self,
+        step: int,
+        at: datetime,
+        outcome: Outcome,
+        summary: str,
+        output: str = "",
+        data: Mapping[str, str] | None = None,
+    ) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT data FROM steps WHERE id = ?", (step,)).fetchone()
+            if row is None:
+                raise JournalError(f"the journal {self.path} has no step {step} to finish")
+            merged = {**json.loads(row[0] if row else "{}"), **dict(data or {})}
+            db.execute(
+                "UPDATE steps SET finished_at = ?, outcome = ?, summary = ?, output = ?, data = ?"
+                " WHERE id = ?",
+                (_text(at), outcome.value, summary, output, json.dumps(merged), step),
+            )
+
+    def incident(self, incident: int) -> IncidentRecord | None:
+        with self._tx("DEFERRED"):
+            row = self._db.execute(_INCIDENT_COLUMNS + " WHERE id = ?", (incident,)).fetchone()
+            if row is None:
+                return None
+            base = _incident(row)
+            decisions = tuple(
+                DecisionRecord(
+                    time=_required_time(r[0]),
+                    actor=r[1],
+                    action=r[2],
+                    proposed=r[3],
+                    severity=r[4],
+                    rules=json.loads(r[5]),
+                    reason=r[6],
+                    approver=r[7],
+                    deadline=_time(r[8]),
+                    guards=json.loads(r[9]),
+                    value=r[10],
+                    target=r[11],
+                )
+                for r in self._db.execute(
+                    "SELECT time, actor, action, proposed, severity, rules, reason, approver,"
+                    " deadline, guards, value, target FROM decisions WHERE incident_id = ?"
+                    " ORDER BY id",
+                    (incident,),
+                )
+            )
+            steps = tuple(
+                StepRecord(
+                    id=r[0],
+                    name=r[1],
+                    started_at=_required_time(r[2]),
+                    finished_at=_time(r[3]),
+                    outcome=Outcome(r[4]) if r[4] else None,
+                    summary=r[5],
+                    output=r[6],
+                    data=json.loads(r[7]),
+                )
+                for r in self._db.execute(
+                    "SELECT id, name, started_at, finished_at, outcome, summary, output, data"
+                    " FROM steps WHERE incident_id = ? ORDER BY id",
+                    (incident,),
+                )
+            )
+            evidence = tuple(
+                EvidenceRecord(_required_time(r[0]), r[1], json.loads(r[2]))
+                for r in self._db.execute(
+                    "SELECT time, kind, body FROM evidence WHERE incident_id = ? ORDER BY id",
+                    (incident,),
+                )
+            )
+            samples: dict[str, list[tuple[datetime, float]]] = {}
+            for r in self._db.execute(
+                "SELECT series, time, value FROM samples WHERE incident_id = ? ORDER BY time",
+                (incident,),
+            ):
+                samples.setdefault(r[0], []).append((_required_time(r[1]), r[2]))
+        return replace(base, decisions=decisions, steps=steps, evidence=evidence, samples=samples)
+
+    def incidents(
+        self, limit: int = 50, service: str | None = None, active_only: bool = False
+    ) -> list[IncidentRecord]:
+        clauses, params = [], []
+        if service is not None:
+            clauses.append("service = ?")
+            params.append(service)
+        if active_only:
+            clauses.append(f"state IN ({','.join('?' * len(_ACTIVE))})")
+            params.extend(s.value for s in sorted(_ACTIVE))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._lock:
+            rows = self._db.execute(
+                _INCIDENT_COLUMNS + where + " ORDER BY id DESC LIMIT ?", (*params, limit)
+            ).fetchall()
+        return [_incident(r) for r in rows]
+
+    def rollbacks(self, service: str) -> list[datetime]:
+        """When rollbacks of ``service`` were executed (or may have been: outcome unknown)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.started_at FROM steps s JOIN incidents i ON i.id = s.incident_id"
+                " WHERE i.service = ? AND s.name = 'execute'"
+                " AND (s.outcome IS NULL OR s.outcome IN ('ok', 'unknown')) ORDER BY s.id",
+                (service,),
+            ).fetchall()
+        return [_required_time(r[0]) for r in rows]
+
+
+_INCIDENT_COLUMNS = (
+    "SELECT id, service, opened_at, closed_at, state, severity, action, origin, target,"
+    " current_version, reason, summary, facts FROM incidents"
+)
+
+
+def _incident(row: Sequence[Any]) -> IncidentRecord:
+    return IncidentRecord(
+        id=row[0],
+        service=row[1],
+        opened_at=_required_time(row[2]),
+        closed_at=_time(row[3]),
+        state=IncidentState(row[4]),
+        severity=row[5],
+        action=row[6],
+        origin=row[7],
+        target=row[8],
+        current_version=row[9],
+        reason=row[10],
+        summary=row[11],
+        facts=json.loads(row[12]),
+    )
+
+
+def journal_path(state_dir: Path) -> Path:
+    """Where the journal lives in the daemon's state directory."""
+    return state_dir / "journal.sqlite3"

@@ -1,0 +1,355 @@
+"""`rollbackd rollback` end to end: real git with a bare remote, a real app, a real journal.
+
+The app runs from a git working copy whose ``app.toml`` says how it behaves;
+v2 is a bad deploy. A rollback must put v1 back on the remote, keep a backup
+branch, restart the app through ``after_rollback``, and prove recovery —
+exactly once, even when the process is killed at any step and started again.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunCli
+from tests.support.fixtures import DemoAppFactory, PrometheusFactory
+from tests.support.processes import DemoApp, Prometheus
+
+pytestmark = pytest.mark.integration
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "dev",
+    "GIT_AUTHOR_EMAIL": "dev@example.invalid",
+    "GIT_COMMITTER_NAME": "dev",
+    "GIT_COMMITTER_EMAIL": "dev@example.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**GIT_ENV, "HOME": str(repo.parent)},
+    ).stdout.strip()
+
+
+@dataclass
+class World:
+    """A service deployed from git, its bare remote, the app, and rollbackd's config."""
+
+    root: Path
+    remote: Path
+    clone: Path
+    app: DemoApp
+    config: Path
+    v1: str
+    v2: str
+    prometheus: Prometheus | None = None
+
+    def journal(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.root / "state" / "journal.sqlite3")
+
+    def steps(self) -> list[tuple[str, str | None]]:
+        with self.journal() as db:
+            return list(db.execute("SELECT name, outcome FROM steps ORDER BY id"))
+
+    def remote_log(self) -> list[str]:
+        return git(self.remote, "log", "--format=%s", "main").splitlines()
+
+    def reverts_on_remote(self) -> int:
+        return sum(1 for line in self.remote_log() if line.startswith("rollbackd: revert to"))
+
+
+def commit(clone: Path, text: str, message: str) -> str:
+    (clone / "app.toml").write_text(text)
+    git(clone, "add", "app.toml")
+    git(clone, "commit", "-q", "-m", message)
+    return git(clone, "rev-parse", "HEAD")
+
+
+def make_world(
+    tmp_path: Path,
+    demoapp_factory: DemoAppFactory,
+    *,
+    bad: str,
+    rules: str,
+    extra_config: str = "",
+    after_rollback: str | None = None,
+    prometheus_factory: PrometheusFactory | None = None,
+) -> World:
+    """v1 deployed and running, then v2 (``bad``) deployed: HEAD and the app are on v2.
+
+    With ``prometheus_factory``, a Prometheus scrapes the app from the start and
+    sees v1 run clean before v2 arrives, so v1 is the last known good version.
+    """
+    remote, clone = tmp_path / "remote.git", tmp_path / "web"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    subprocess.run(["git", "clone", "-q", str(remote), str(clone)], check=True, env=GIT_ENV)
+    git(clone, "checkout", "-q", "-b", "main")
+    v1 = commit(clone, 'version = "v1"\n', "v1: the good release")
+    git(clone, "tag", "v1")
+    git(clone, "push", "-q", "origin", "main", "v1")
+    app = demoapp_factory(clone, traffic=20.0)
+    prometheus = None
+    if prometheus_factory is not None:
+        prometheus = prometheus_factory([("demo", app.target, {})])
+        prometheus.wait_for(
+            "sum by (service) (rate(http_requests_total[5s]))", lambda r: len(r) == 1, timeout=30
+        )
+        time.sleep(KNOWN_GOOD_AFTER + 3)
+        extra_config += (
+            f'[prometheus]\nurl = "{prometheus.url}"\ntimeout = "3s"\n'
+            '[deploys]\nversion_metric = "app_build_info"\n'
+            f'known_good_after = "{KNOWN_GOOD_AFTER}s"\nattribution_window = "10m"\n'
+        )
+    v2 = commit(clone, f'version = "v2"\n{bad}', "v2: the bad release")
+    git(clone, "tag", "v2")
+    git(clone, "push", "-q", "origin", "main", "v2")
+    reload(app)
+    reload_argv = (
+        f'[["{sys.executable}", "-c", "import urllib.request as u; '
+        f"u.urlopen(u.Request('{app.url}/-/reload', method='POST'), timeout=10)\"]]"
+    )
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "rules.toml").write_text(rules)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[daemon]
+poll_interval = "1s"
+state_dir = "{tmp_path / "state"}"
+rules = ["rules/*.toml"]
+[[services]]
+name = "web"
+health_url = "{app.url}/health"
+repo = "{clone}"
+strategy = "revert"
+after_rollback = {after_rollback or reload_argv}
+command_timeout = "30s"
+[recovery]
+window = "2s"
+timeout = "20s"
+{extra_config}
+"""
+    )
+    return World(tmp_path, remote, clone, app, config, v1, v2, prometheus)
+
+
+def reload(app: DemoApp) -> None:
+    import httpx  # noqa: PLC0415 -- only this helper talks to the app directly
+
+    httpx.post(f"{app.url}/-/reload", timeout=10).raise_for_status()
+
+
+KNOWN_GOOD_AFTER = 4
+PROBE_ONLY = """
+[[rules]]
+name = "outage-health"
+trigger = "outage"
+probe = "health"
+condition = "< 1"
+"""
+
+
+def probe_world(
+    tmp_path: Path, demoapp_factory: DemoAppFactory, after_rollback: str | None = None
+) -> World:
+    """A world whose bad release fails its health check, watched by probes alone."""
+    return make_world(
+        tmp_path,
+        demoapp_factory,
+        bad="health_fail = true\n",
+        rules=PROBE_ONLY,
+        extra_config='[prometheus]\nurl = "http://127.0.0.1:9"\ntimeout = "1s"\n',
+        after_rollback=after_rollback,
+    )
+
+
+def test_a_manual_rollback_puts_v1_back_keeps_a_backup_and_recovers(
+    tmp_path: Path, run_cli: RunCli, demoapp_factory: DemoAppFactory
+) -> None:
+    """The whole checklist runs once: remote reverted, backup pushed, app healthy, journaled."""
+    world = probe_world(tmp_path, demoapp_factory)
+    assert world.app.get("/health").status_code == 503
+    result = run_cli(
+        "rollback",
+        "web",
+        "--to",
+        "v1",
+        "--reason",
+        "health fails after v2",
+        "--yes",
+        "--config",
+        str(world.config),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "incident 1: recovered" in result.stdout
+    assert world.app.get("/health").status_code == 200
+    assert world.app.fault()["version"] == "v1"
+    assert world.remote_log()[0] == "rollbackd: revert to v1 (incident 1)"
+    assert (world.clone / "app.toml").read_text() == 'version = "v1"\n'
+    backups = git(
+        world.remote,
+        "for-each-ref",
+        "--format=%(refname:short) %(objectname)",
+        "refs/heads/rollbackd/backup/",
+    )
+    assert backups.startswith("rollbackd/backup/1-") and backups.endswith(world.v2)
+    names = [name for name, _ in world.steps()]
+    assert names == [
+        "document",
+        "notify",
+        "verify_target",
+        "migration_gate",
+        "backup",
+        "execute",
+        "after_rollback[0]",
+        "recovery",
+    ]
+    outcomes = dict(world.steps())
+    assert outcomes["notify"] == "failed"  # no notifier configured: said, and not blocking
+    assert all(o == "ok" for n, o in world.steps() if n != "notify")
+
+
+def test_an_after_rollback_command_that_hangs_is_stopped_and_escalated(
+    tmp_path: Path, run_cli: RunCli, demoapp_factory: DemoAppFactory
+) -> None:
+    """after_rollback commands run with the command timeout; a timeout escalates."""
+    world = probe_world(tmp_path, demoapp_factory, after_rollback='[["sleep", "60"]]')
+    text = world.config.read_text().replace('command_timeout = "30s"', 'command_timeout = "1s"')
+    world.config.write_text(text)
+    started = time.monotonic()
+    result = run_cli("rollback", "web", "--to", "v1", "--yes", "--config", str(world.config))
+    assert time.monotonic() - started < 50
+    assert result.returncode == 1
+    assert "escalated" in result.stdout
+    assert "timed out after 1s" in result.stdout
+    assert world.reverts_on_remote() == 1
+    assert dict(world.steps())["after_rollback[0]"] == "failed"
+
+
+def test_a_rollback_that_does_not_recover_escalates_and_is_not_repeated(
+    tmp_path: Path, run_cli: RunCli, demoapp_factory: DemoAppFactory
+) -> None:
+    """The app is not restarted, so health keeps failing: not recovered, one rollback only."""
+    world = probe_world(tmp_path, demoapp_factory, after_rollback='[["true"]]')
+    result = run_cli("rollback", "web", "--to", "v1", "--yes", "--config", str(world.config))
+    assert result.returncode == 1
+    assert "incident 1: not_recovered" in result.stdout
+    assert "probe health fails" in result.stdout
+    assert world.reverts_on_remote() == 1
+    assert [n for n, _ in world.steps()].count("execute") == 1
+    with world.journal() as db:
+        decisions = list(db.execute("SELECT action, approver FROM decisions"))
+    assert decisions == [("escalate", "admin")]
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    [
+        "before:document",
+        "started:verify_target",
+        "started:backup",
+        "started:execute",
+        "worked:execute",
+        "after:execute",
+        "started:after_rollback[0]",
+        "started:recovery",
+    ],
+)
+def test_killed_at_any_step_and_restarted_the_rollback_runs_exactly_once(
+    tmp_path: Path, run_cli: RunCli, demoapp_factory: DemoAppFactory, failpoint: str
+) -> None:
+    """SIGKILL mid-checklist, then `rollback` again: one revert on the remote, nothing lost."""
+    world = probe_world(tmp_path, demoapp_factory)
+    killed = run_cli(
+        "rollback",
+        "web",
+        "--to",
+        "v1",
+        "--yes",
+        "--config",
+        str(world.config),
+        env={"ROLLBACKD_FAILPOINT": failpoint},
+    )
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    before = world.steps()
+    resumed = run_cli("rollback", "web", "--to", "v1", "--yes", "--config", str(world.config))
+    assert "resuming incident 1" in resumed.stdout
+    after = world.steps()
+    assert after[: len(before)][:-1] == before[:-1]  # nothing journaled before the kill is lost
+    assert world.reverts_on_remote() == 1
+    executed = [o for n, o in after if n == "execute"]
+    assert "ok" in executed or "unknown" in executed
+    if failpoint.endswith("after_rollback[0]"):
+        assert resumed.returncode == 1
+        assert "outcome unknown" in resumed.stdout
+    else:
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert "incident 1: recovered" in resumed.stdout
+    with world.journal() as db:
+        assert db.execute("SELECT count(*) FROM incidents").fetchone()[0] == 1
+
+
+def test_hostile_reasons_and_refs_never_reach_git_or_a_shell(
+    tmp_path: Path, run_cli: RunCli, demoapp_factory: DemoAppFactory
+) -> None:
+    """Option-like refs are refused; a hostile reason is stored and passed as text only."""
+    world = probe_world(tmp_path, demoapp_factory)
+    marker = tmp_path / "pwned"
+    for ref in ["--upload-pack=touch " + str(marker), f"$(touch {marker})", "v1; rm -rf /"]:
+        refused = run_cli("rollback", "web", "--to", ref, "--yes", "--config", str(world.config))
+        assert refused.returncode == 2
+        assert refused.stderr.startswith("--to:")
+    reason = f"$(touch {marker}); rm -rf / `touch {marker}`\n--upload-pack=x"
+    result = run_cli(
+        "rollback", "web", "--to", "v1", "--reason", reason, "--yes", "--config", str(world.config)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not marker.exists()
+    with world.journal() as db:
+        assert db.execute("SELECT reason FROM incidents").fetchone()[0] == reason
+
+
+def test_without_a_target_the_last_known_good_version_comes_from_monitoring(
+    tmp_path: Path,
+    run_cli: RunCli,
+    demoapp_factory: DemoAppFactory,
+    prometheus_factory: PrometheusFactory,
+) -> None:
+    """With the version metric in Prometheus, `rollback web` finds v1 and proves recovery."""
+    world = make_world(
+        tmp_path,
+        demoapp_factory,
+        bad="error_rate = 0.3\n",
+        rules=ERROR_RATE,
+        prometheus_factory=prometheus_factory,
+    )
+    assert world.prometheus is not None
+    world.prometheus.wait_for('app_build_info{version="v2"}', lambda r: len(r) == 1, timeout=20)
+    result = run_cli("rollback", "web", "--yes", "--config", str(world.config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "incident 1: roll back web from v2 to v1" in result.stdout
+    assert "incident 1: recovered" in result.stdout
+    assert world.reverts_on_remote() == 1
+
+
+ERROR_RATE = """
+[[rules]]
+name = "error-rate"
+trigger = "high_error_rate"
+query = 'sum by (service) (rate(http_requests_total{code=~"5.."}[5s])) / sum by (service) (rate(http_requests_total[5s]))'
+condition = "> 0.05"
+for = "3s"
+"""  # noqa: E501 -- the rule as a user writes it
