@@ -353,3 +353,84 @@ query = 'sum by (service) (rate(http_requests_total{code=~"5.."}[5s])) / sum by 
 condition = "> 0.05"
 for = "3s"
 """  # noqa: E501 -- the rule as a user writes it
+
+
+@pytest.mark.parametrize("strategy", ["revert", "reset", "tag"])
+def test_each_strategy_rolls_back_and_runs_after_rollback_in_order(
+    tmp_path: Path, run_cli: RunCli, demoapp_factory: DemoAppFactory, strategy: str
+) -> None:
+    """revert, reset and tag each bring v1 back; after_rollback commands run in order."""
+    order = tmp_path / "order.log"
+    record = f"[\"{sys.executable}\", \"-c\", \"open(r'{order}', 'a').write('first\\\\n')\"]"
+    world = probe_world(tmp_path, demoapp_factory)
+    text = world.config.read_text()
+    reload_line = next(line for line in text.splitlines() if line.startswith("after_rollback"))
+    reload_argv = reload_line.split("= ", 1)[1][1:-1]
+    text = text.replace(reload_line, f"after_rollback = [{record}, {reload_argv}]")
+    text = text.replace('strategy = "revert"', f'strategy = "{strategy}"')
+    world.config.write_text(text)
+    result = run_cli("rollback", "web", "--to", "v1", "--yes", "--config", str(world.config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert order.read_text() == "first\n"
+    assert world.app.fault()["version"] == "v1"
+    assert (world.clone / "app.toml").read_text() == 'version = "v1"\n'
+    names = [n for n, _ in world.steps()]
+    assert names.index("after_rollback[0]") < names.index("after_rollback[1]")
+    remote_head = git(world.remote, "rev-parse", "main")
+    if strategy == "reset":
+        assert remote_head == world.v1
+    elif strategy == "revert":
+        assert world.reverts_on_remote() == 1
+    else:
+        assert remote_head == world.v2  # a tag checkout deploys locally, it rewrites nothing
+        assert git(world.clone, "rev-parse", "HEAD") == world.v1
+
+
+def test_an_undeclared_migration_blocks_the_rollback_and_asks_the_database_role(
+    tmp_path: Path, run_cli: RunCli, demoapp_factory: DemoAppFactory
+) -> None:
+    """v2 added a migration nobody declared compatible: no rollback, escalated naming it."""
+    world = probe_world(tmp_path, demoapp_factory)
+    (world.clone / "migrations").mkdir()
+    (world.clone / "migrations" / "0002_drop_column.sql").write_text(
+        "ALTER TABLE users DROP COLUMN nickname;\n"
+    )
+    git(world.clone, "add", "migrations")
+    git(world.clone, "commit", "-q", "-m", "v2 migration")
+    git(world.clone, "push", "-q", "origin", "main")
+    head = git(world.clone, "rev-parse", "HEAD")
+    result = run_cli("rollback", "web", "--to", "v1", "--yes", "--config", str(world.config))
+    assert result.returncode == 1
+    assert "migrations/0002_drop_column.sql" in result.stdout
+    assert git(world.remote, "rev-parse", "main") == head
+    assert "execute" not in [n for n, _ in world.steps()]
+    with world.journal() as db:
+        assert db.execute("SELECT state FROM incidents").fetchone()[0] == "escalated"
+        assert db.execute("SELECT approver FROM decisions").fetchone()[0] == "database"
+
+
+def test_the_report_of_a_rollback_tells_the_story(
+    tmp_path: Path, run_cli: RunCli, demoapp_factory: DemoAppFactory
+) -> None:
+    """`incidents` lists it and `report` renders every step and the follow-up checklist."""
+    world = probe_world(tmp_path, demoapp_factory)
+    assert (
+        run_cli("rollback", "web", "--to", "v1", "--yes", "--config", str(world.config)).returncode
+        == 0
+    )
+    listing = run_cli("incidents", "--json", "--config", str(world.config))
+    assert listing.returncode == 0
+    assert '"state":"recovered"' in listing.stdout
+    markdown = run_cli("report", "1", "--config", str(world.config))
+    assert markdown.returncode == 0
+    for text in ("Incident 1: web", "verify", "backup", "execute", "Root Cause Analysis"):
+        assert text in markdown.stdout
+    html = tmp_path / "report.html"
+    rendered = run_cli(
+        "report", "1", "--format", "html", "--output", str(html), "--config", str(world.config)
+    )
+    assert rendered.returncode == 0
+    assert "<svg" in html.read_text()
+    missing = run_cli("report", "99", "--config", str(world.config))
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "ID: no incident 99 in the journal"
