@@ -7,6 +7,7 @@ use the same wiring and tests can swap any part.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -93,6 +94,21 @@ def build_checklist(
             criteria(config),
         )
 
+    def history(
+        service: ServiceConfig, start: datetime, end: datetime
+    ) -> dict[str, list[tuple[datetime, float]]]:
+        series: dict[str, list[tuple[datetime, float]]] = {}
+        for rule in rules:
+            if rule.query is None:
+                continue
+            matrix = source.range(rule.query, start, end, config.daemon.poll_interval)
+            if matrix.error is not None:
+                break  # evidence must not hold up a rollback: one failure ends the collection
+            points = [(t, v) for t, v in matrix.series.get(service.name, []) if math.isfinite(v)]
+            if points:
+                series[rule.name] = points
+        return series
+
     parts = Parts(
         journal=journal,
         executor_for=executor_for,
@@ -100,6 +116,7 @@ def build_checklist(
         watcher=RecoveryWatcher(criteria(config), config.daemon.poll_interval, clock, sleep),
         observer_for=observer_for,
         gate=migration_gate,
+        history=history,
         clock=clock,
         on_step=on_step,
     )

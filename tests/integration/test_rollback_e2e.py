@@ -343,6 +343,12 @@ def test_without_a_target_the_last_known_good_version_comes_from_monitoring(
     assert "incident 1: roll back web from v2 to v1" in result.stdout
     assert "incident 1: recovered" in result.stdout
     assert world.reverts_on_remote() == 1
+    with world.journal() as db:
+        executed = db.execute("SELECT started_at FROM steps WHERE name = 'execute'").fetchone()[0]
+        before = db.execute(
+            "SELECT count(*) FROM samples WHERE series = 'error-rate' AND time < ?", (executed,)
+        ).fetchone()[0]
+    assert before > 5  # the report can chart the fault before the rollback
 
 
 ERROR_RATE = """

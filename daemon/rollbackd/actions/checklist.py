@@ -21,7 +21,7 @@ import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ BACKUP = "backup"
 SNAPSHOT = "snapshot"
 EXECUTE = "execute"
 RECOVERY = "recovery"
+HISTORY_BEFORE = timedelta(minutes=15)
+"""How far before the deploy the document step keeps the rules' values, for the report."""
 FAILPOINT_ENV = "ROLLBACKD_FAILPOINT"
 """Crash testing: ``before:STEP``, ``started:STEP`` (journaled, not yet run), ``worked:STEP``
 (run, outcome not yet journaled) or ``after:STEP`` makes the process SIGKILL itself there."""
@@ -90,6 +92,12 @@ class Parts:
     watcher: RecoveryWatcher
     observer_for: Callable[[ServiceConfig, Mapping[str, float]], Observer]
     gate: Callable[[Path, str, str, Sequence[str], Sequence[MigrationFact]], Any] | None = None
+    history: (
+        Callable[
+            [ServiceConfig, datetime, datetime], Mapping[str, Sequence[tuple[datetime, float]]]
+        ]
+        | None
+    ) = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
     on_step: Callable[[str, str], None] = field(default=lambda *_: None)
 
@@ -319,7 +327,20 @@ class _Run:
         )
 
     def _document(self, previous: StepRecord | None) -> None:
+        def history() -> str:
+            if self.parts.history is None or previous is not None:
+                return ""
+            deployed = self.record.facts.get("deployed_at")
+            opened = self.record.opened_at
+            start = datetime.fromisoformat(deployed) if deployed else opened
+            start = min(start, opened) - HISTORY_BEFORE
+            series = self.parts.history(self.service, start, opened)
+            rows = [(t, name, v) for name, points in series.items() for t, v in points]
+            self.journal.add_samples(self.record.id, rows)
+            return f"; {len(rows)} samples of {len(series)} series since {start:%H:%M:%S}"
+
         def work() -> StepResult:
+            kept = history()
             evidence = [e for e in self.record.evidence if e.kind == "snapshot"]
             kinds = sorted({k for e in evidence if isinstance(e.body, dict) for k in e.body})
             facts = self.record.facts
@@ -328,7 +349,7 @@ class _Run:
                 f"{self.record.current_version or 'the current version'} to "
                 f"{self.record.target}; reason: {self.record.reason or 'none given'}; "
                 f"evidence kept: {', '.join(kinds) or 'none'}; "
-                f"{len(facts.get('baselines') or {})} baselines"
+                f"{len(facts.get('baselines') or {})} baselines{kept}"
             )
             return StepResult(True, summary)
 
