@@ -67,6 +67,8 @@ class DaemonConfig(_Section):
     poll_interval: Duration = timedelta(seconds=15)
     rules: list[str] = Field(default_factory=lambda: ["rules/*.toml"])
     dry_run: bool = False
+    public_url: str | None = None
+    status_page_public: bool = False
     log_format: Literal["auto", "json", "console"] = "auto"
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
 
@@ -324,6 +326,33 @@ class AlertsConfig(_Section):
     service_label: str = Field(default="service", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
+class NotifierConfig(_Section):
+    """``[[notifiers]]``: where people are told (a JSON webhook, Slack, PagerDuty)."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    kind: Literal["webhook", "slack", "pagerduty"]
+    url: str
+    roles: list[Role] = Field(default_factory=list)
+    routing_key: str | None = Field(default=None, min_length=1, max_length=200)
+    timeout: Duration = timedelta(seconds=5)
+    retries: int = Field(default=3, ge=0, le=10)
+
+    _url = field_validator("url")(_http_url)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= timedelta(minutes=1):
+            raise ValueError("must be between 1ms and 1m")
+        return value
+
+    @model_validator(mode="after")
+    def _key(self) -> NotifierConfig:
+        if self.kind == "pagerduty" and not self.routing_key:
+            raise ValueError("kind 'pagerduty' needs routing_key, the Events v2 integration key")
+        return self
+
+
 class TokenConfig(_Section):
     """``[[tokens]]``: an API token, stored only as its SHA-256, and its role."""
 
@@ -358,6 +387,7 @@ class Config(BaseSettings):
     deploys: DeploysConfig = Field(default_factory=DeploysConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    notifiers: list[NotifierConfig] = Field(default_factory=list)
     tokens: list[TokenConfig] = Field(default_factory=list)
 
     @classmethod
