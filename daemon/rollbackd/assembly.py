@@ -51,6 +51,15 @@ def executor_for(service: ServiceConfig) -> Executor:
     )
 
 
+def notifier_for(config: Config) -> Notifier:
+    """The configured notifiers, delivering in the background so no rollback waits on them."""
+    if not config.notifiers:
+        return JournalOnly()
+    from rollbackd.notify.retry import Background, build_notifier  # noqa: PLC0415
+
+    return Background(build_notifier(config.notifiers))
+
+
 def criteria(config: Config) -> Criteria:
     recovery = config.recovery
     return Criteria(
@@ -74,8 +83,9 @@ def build_checklist(
     prober: Prober | None = None,
     notifier: Notifier | None = None,
     clock: Callable[[], datetime] = now_utc,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], object] = time.sleep,
     on_step: Callable[[str, str], None] = lambda *_: None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> Checklist:
     """A checklist wired with the real executors, gate and recovery watch."""
     source = metrics or PrometheusSource(
@@ -113,11 +123,14 @@ def build_checklist(
         journal=journal,
         executor_for=executor_for,
         notifier=notifier or JournalOnly(),
-        watcher=RecoveryWatcher(criteria(config), config.daemon.poll_interval, clock, sleep),
+        watcher=RecoveryWatcher(
+            criteria(config), config.daemon.poll_interval, clock, sleep, should_stop
+        ),
         observer_for=observer_for,
         gate=migration_gate,
         history=history,
         clock=clock,
         on_step=on_step,
+        should_stop=should_stop,
     )
     return Checklist(config, parts)

@@ -21,12 +21,12 @@ from rich.table import Table
 
 from rollbackd import __version__
 from rollbackd.actions.checklist import Refused, RollbackRequest
-from rollbackd.assembly import build_checklist, now_utc, open_journal
+from rollbackd.assembly import build_checklist, notifier_for, now_utc, open_journal
 from rollbackd.config import DEFAULT_CONFIG_PATH
 from rollbackd.durations import format_duration, format_instant, parse_duration, parse_instant
 from rollbackd.errors import InvalidInput, NotBuilt, RollbackdError
 from rollbackd.evaluation import Evaluation, evaluate_now
-from rollbackd.journal import IncidentState
+from rollbackd.journal import IncidentState, JournalError
 from rollbackd.loader import Loaded, load, shown
 from rollbackd.matrix import TRIGGER_SEVERITY
 from rollbackd.model import FindingState, Severity, Trigger
@@ -117,7 +117,17 @@ def check_config(config: ConfigOption = None) -> None:
 @app.command()
 def run(config: ConfigOption = None) -> None:
     """Run the daemon: scheduler, webhook/API server, executors (systemd Type=notify)."""
-    _not_built("run", "the daemon comes with the HTTP API")
+    from rollbackd.logs import configure  # noqa: PLC0415 -- only the daemon configures logging
+    from rollbackd.service import Daemon, serve  # noqa: PLC0415 -- keeps other commands light
+
+    loaded = _load(config)
+    configure(loaded.config.daemon.log_format)
+    try:
+        journal = open_journal(loaded.config)
+    except JournalError as exc:
+        _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
+    daemon = Daemon(loaded, journal, notifier=notifier_for(loaded.config))
+    serve(daemon, loaded.config_path)
 
 
 @app.command()

@@ -59,6 +59,7 @@ class Inputs:
     baselines: dict[Key, Measurement] = field(default_factory=dict)
     impacts: dict[Key, Measurement] = field(default_factory=dict)
     source_errors: dict[str, str] = field(default_factory=dict)
+    alerts: list[Finding] = field(default_factory=list)
 
 
 @dataclass
@@ -97,10 +98,11 @@ class Engine:
             now,
         )
         self.states = dict(cycle.states)
+        findings = (*cycle.findings, *inputs.alerts)
         decisions: list[Decision] = []
         resolutions: list[Resolution] = []
         for service in self._services:
-            own = [f for f in cycle.findings if f.service == service]
+            own = [f for f in findings if f.service == service]
             firing = [f for f in own if f.firing]
             conclusive = any(f.state is not FindingState.INCONCLUSIVE for f in own)
             started = min((f.started or f.since or now for f in firing), default=None)
@@ -123,12 +125,20 @@ class Engine:
             decisions.append(decision)
         return CycleReport(
             time=now,
-            findings=cycle.findings,
+            findings=findings,
             decisions=tuple(decisions),
             resolutions=tuple(resolutions),
             deploys={s: self.history.current(s) for s in self._services},
             source_errors=dict(inputs.source_errors),
         )
+
+    def restore(self, service: str, opened: datetime, decision: Decision) -> None:
+        """Remember an incident from before a restart, so it is not decided again."""
+        if service in self._services:
+            self._incidents[service] = _Incident(opened, decision)
+
+    def open_incidents(self) -> dict[str, tuple[datetime, Decision]]:
+        return {s: (i.opened, i.decision) for s, i in self._incidents.items()}
 
     def open_decisions(self) -> list[Decision]:
         """The latest decision of every incident still open, by service."""

@@ -25,10 +25,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from rollbackd.deploys import Deploy, MigrationFact
 from rollbackd.model import Decision
 
-SCHEMA_VERSION = 1
-_SCHEMA = [
+_V1 = [
     """
     CREATE TABLE incidents (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -98,6 +98,50 @@ _SCHEMA = [
     """,
     "CREATE INDEX samples_incident ON samples (incident_id, series, time)",
 ]
+_V2 = [
+    """
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at TEXT NOT NULL,
+        source TEXT NOT NULL,
+        group_key TEXT,
+        status TEXT,
+        alerts INTEGER NOT NULL,
+        duplicates INTEGER NOT NULL,
+        body TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE alerts (
+        fingerprint TEXT NOT NULL,
+        starts_at TEXT NOT NULL,
+        status TEXT NOT NULL,
+        ends_at TEXT,
+        service TEXT,
+        name TEXT,
+        labels TEXT NOT NULL,
+        annotations TEXT NOT NULL,
+        first_received TEXT NOT NULL,
+        last_received TEXT NOT NULL,
+        PRIMARY KEY (fingerprint, starts_at)
+    )
+    """,
+    "CREATE INDEX alerts_status ON alerts (status)",
+    """
+    CREATE TABLE deploys (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        service TEXT NOT NULL,
+        version TEXT NOT NULL,
+        ref TEXT,
+        time TEXT NOT NULL,
+        migrations TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    )
+    """,
+]
+_MIGRATIONS = [_V1, _V2]
+"""Statements taking the schema from version i to i + 1."""
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 class IncidentState(StrEnum):
@@ -210,6 +254,30 @@ class IncidentRecord:
 
 
 @dataclass(frozen=True)
+class AlertRecord:
+    """One Alertmanager alert as journaled: its identity, its latest status, its labels."""
+
+    fingerprint: str
+    starts_at: datetime
+    status: str
+    ends_at: datetime | None
+    service: str | None
+    name: str | None
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook delivery: where from, its group, and its alerts."""
+
+    source: str
+    group_key: str | None
+    status: str | None
+    alerts: Sequence[AlertRecord]
+
+
+@dataclass(frozen=True)
 class NewIncident:
     """What opening an incident records."""
 
@@ -259,6 +327,16 @@ class Journal(Protocol):
     def incidents(
         self, limit: int = 50, service: str | None = None, active_only: bool = False
     ) -> list[IncidentRecord]: ...
+
+    def record_delivery(
+        self, received_at: datetime, delivery: Delivery, body: str
+    ) -> tuple[int, int]: ...
+
+    def firing_alerts(self) -> list[AlertRecord]: ...
+
+    def record_deploy(self, deploy: Deploy, received_at: datetime) -> None: ...
+
+    def deploys(self) -> list[Deploy]: ...
 
     def rollbacks(self, service: str) -> list[datetime]: ...
 
@@ -334,11 +412,11 @@ class SqliteJournal:
                 f"the journal {self.path} has schema {version}, newer than this rollbackd "
                 f"({SCHEMA_VERSION}): upgrade rollbackd"
             )
-        if version == 0:
+        for step in range(version, SCHEMA_VERSION):
             with self._tx() as db:
-                for statement in _SCHEMA:
+                for statement in _MIGRATIONS[step]:
                     db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute(f"PRAGMA user_version = {step + 1}")
 
     def open_incident(self, new: NewIncident) -> int:
         with self._tx() as db:
@@ -518,6 +596,129 @@ class SqliteJournal:
                 _INCIDENT_COLUMNS + where + " ORDER BY id DESC LIMIT ?", (*params, limit)
             ).fetchall()
         return [_incident(r) for r in rows]
+
+    def record_delivery(
+        self, received_at: datetime, delivery: Delivery, body: str
+    ) -> tuple[int, int]:
+        """Journal one webhook delivery and its alerts at once; (new or changed, duplicates).
+
+        Alerts are keyed by (fingerprint, startsAt): a retried delivery changes
+        nothing, and a resolved alert never goes back to firing through a late
+        retry of an older delivery.
+        """
+        changed = 0
+        when = _text(received_at)
+        with self._tx() as db:
+            for alert in delivery.alerts:
+                before = db.execute(
+                    "SELECT status, ends_at FROM alerts WHERE fingerprint = ? AND starts_at = ?",
+                    (alert.fingerprint, _text(alert.starts_at)),
+                ).fetchone()
+                status = alert.status
+                if before is not None and before[0] == "resolved":
+                    status = "resolved"
+                if before is not None and (before[0], before[1]) == (status, _text(alert.ends_at)):
+                    db.execute(
+                        "UPDATE alerts SET last_received = ?"
+                        " WHERE fingerprint = ? AND starts_at = ?",
+                        (when, alert.fingerprint, _text(alert.starts_at)),
+                    )
+                    continue
+                changed += 1
+                db.execute(
+                    "INSERT INTO alerts (fingerprint, starts_at, status, ends_at, service, name,"
+                    " labels, annotations, first_received, last_received)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (fingerprint, starts_at) DO UPDATE SET status = excluded.status,"
+                    " ends_at = excluded.ends_at, labels = excluded.labels,"
+                    " annotations = excluded.annotations, last_received = excluded.last_received",
+                    (
+                        alert.fingerprint,
+                        _text(alert.starts_at),
+                        status,
+                        _text(alert.ends_at),
+                        alert.service,
+                        alert.name,
+                        _json(dict(alert.labels)),
+                        _json(dict(alert.annotations)),
+                        when,
+                        when,
+                    ),
+                )
+            duplicates = len(delivery.alerts) - changed
+            db.execute(
+                "INSERT INTO deliveries (received_at, source, group_key, status, alerts,"
+                " duplicates, body) VALUES (?,?,?,?,?,?,?)",
+                (
+                    when,
+                    delivery.source,
+                    delivery.group_key,
+                    delivery.status,
+                    len(delivery.alerts),
+                    duplicates,
+                    body,
+                ),
+            )
+        return changed, duplicates
+
+    def firing_alerts(self) -> list[AlertRecord]:
+        """Every alert whose latest word is 'firing'."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT fingerprint, starts_at, status, ends_at, service, name, labels,"
+                " annotations FROM alerts WHERE status = 'firing' ORDER BY starts_at"
+            ).fetchall()
+        return [
+            AlertRecord(
+                fingerprint=r[0],
+                starts_at=_required_time(r[1]),
+                status=r[2],
+                ends_at=_time(r[3]),
+                service=r[4],
+                name=r[5],
+                labels=json.loads(r[6]),
+                annotations=json.loads(r[7]),
+            )
+            for r in rows
+        ]
+
+    def deliveries(self) -> int:
+        """How many webhook deliveries were journaled."""
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM deliveries").fetchone()[0])
+
+    def record_deploy(self, deploy: Deploy, received_at: datetime) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO deploys (service, version, ref, time, migrations, received_at)"
+                " VALUES (?,?,?,?,?,?)",
+                (
+                    deploy.service,
+                    deploy.version,
+                    deploy.ref,
+                    _text(deploy.time),
+                    _json([m.__dict__ for m in deploy.migrations]),
+                    _text(received_at),
+                ),
+            )
+
+    def deploys(self) -> list[Deploy]:
+        """Every deploy event received, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT service, version, ref, time, migrations FROM deploys ORDER BY id"
+            ).fetchall()
+        return [
+            Deploy(
+                service=r[0],
+                version=r[1],
+                time=_required_time(r[3]),
+                source="event",
+                ref=r[2],
+                migrations=tuple(MigrationFact(**m) for m in json.loads(r[4])),
+            )
+            for r in rows
+        ]
 
     def rollbacks(self, service: str) -> list[datetime]:
         """When rollbacks of ``service`` were executed (or may have been: outcome unknown)."""

@@ -48,6 +48,10 @@ class StepResult:
     data: Mapping[str, str] = field(default_factory=dict)
 
 
+class Interrupted(Exception):  # noqa: N818 -- names the event, like KeyboardInterrupt
+    """The daemon is stopping: the step in progress ends unjournaled and resumes on restart."""
+
+
 class Progress(StrEnum):
     """Where an interrupted execution stands, judged from the real state."""
 

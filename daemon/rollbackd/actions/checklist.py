@@ -25,7 +25,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rollbackd.actions import Executor, IncidentFacts, Progress, StepResult, bounded
+from rollbackd.actions import (
+    Executor,
+    IncidentFacts,
+    Interrupted,
+    Progress,
+    StepResult,
+    bounded,
+)
 from rollbackd.actions.command import incident_env, run_argv
 from rollbackd.actions.migrations import DEFAULT_MIGRATION_GLOBS
 from rollbackd.actions.recovery import Check, RecoveryWatcher, Verdict
@@ -100,6 +107,7 @@ class Parts:
     ) = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
     on_step: Callable[[str, str], None] = field(default=lambda *_: None)
+    should_stop: Callable[[], bool] = field(default=lambda: False)
 
 
 def failpoint(where: str) -> None:
@@ -116,18 +124,19 @@ class Checklist:
         self.parts = parts
         self.journal = parts.journal
 
-    def open(self, request: RollbackRequest) -> int:
-        """Journal a new rollback incident; refuse if one is already under way."""
+    def open(
+        self, request: RollbackRequest, state: IncidentState = IncidentState.ROLLING_BACK
+    ) -> int:
+        """Journal a new rollback incident; refuse if one is already under way.
+
+        ``state`` is ROLLING_BACK to start now, or AWAITING_APPROVAL for a
+        rollback that waits for a person (then :meth:`approve` starts it).
+        """
         if not valid_ref(request.target):
             raise Refused(f"{request.service}: target {request.target[:80]!r} is not a valid ref")
         if self.config.service(request.service) is None:
             raise Refused(f"no service named {request.service!r} is configured")
-        for other in self.journal.incidents(service=request.service, active_only=True):
-            if other.state in (IncidentState.ROLLING_BACK, IncidentState.RECOVERING):
-                raise Refused(
-                    f"{request.service}: incident {other.id} is already rolling back "
-                    f"({other.state.value}); a rollback never runs twice"
-                )
+        self._refuse_if_busy(request.service)
         now = self.parts.clock()
         facts = {
             "baselines": dict(request.baselines),
@@ -144,7 +153,7 @@ class Checklist:
                 reason=request.reason,
                 target=request.target,
                 current_version=request.current_version,
-                state=IncidentState.ROLLING_BACK,
+                state=state,
                 facts=facts,
             )
         )
@@ -154,9 +163,31 @@ class Checklist:
             self.journal.add_evidence(incident, now, "snapshot", dict(request.evidence))
         return incident
 
+    def _refuse_if_busy(self, service: str, but: int | None = None) -> None:
+        for other in self.journal.incidents(service=service, active_only=True):
+            if other.id != but and other.state in (
+                IncidentState.ROLLING_BACK,
+                IncidentState.RECOVERING,
+            ):
+                raise Refused(
+                    f"{service}: incident {other.id} is already rolling back "
+                    f"({other.state.value}); a rollback never runs twice"
+                )
+
+    def approve(self, incident_id: int, at: datetime) -> IncidentRecord:
+        """Move an incident awaiting approval to rolling back (then :meth:`run` it)."""
+        record = self._load(incident_id)
+        if record.state is not IncidentState.AWAITING_APPROVAL:
+            raise Refused(f"incident {incident_id} is {record.state.value}, not awaiting approval")
+        self._refuse_if_busy(record.service, but=incident_id)
+        self.journal.set_state(incident_id, IncidentState.ROLLING_BACK, "approved", at)
+        return self._load(incident_id)
+
     def run(self, incident_id: int) -> IncidentRecord:
         """Run or resume every remaining step; return the incident as journaled."""
         record = self._load(incident_id)
+        if record.state not in (IncidentState.ROLLING_BACK, IncidentState.RECOVERING):
+            return record
         service = self.config.service(record.service)
         if service is None:
             self._conclude(
@@ -269,9 +300,13 @@ class _Run:
                     if self._blocks(name, previous.outcome):
                         raise _Escalate(f"{name} had failed before a restart: {previous.summary}")
                     continue
+                if self.parts.should_stop():
+                    return
                 failpoint(f"before:{name}")
                 run(previous)
                 failpoint(f"after:{name}")
+        except Interrupted:
+            return
         except _Escalate as stop:
             self.checklist._conclude(self.record, stop.state, stop.summary, stop.approver)
             self._tell(f"{self.record.service}: rollback stopped, a person must act", stop.summary)
@@ -286,6 +321,8 @@ class _Run:
         failpoint(f"started:{name}")
         try:
             result = work()
+        except Interrupted:
+            raise
         except Exception as exc:  # noqa: BLE001 -- a step's bug is journaled, then escalated
             result = StepResult(False, f"{name} raised {type(exc).__name__}: {exc}")
         failpoint(f"worked:{name}")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from rollbackd.actions import Interrupted
 from rollbackd.config import ProbeConfig, ServiceConfig
 from rollbackd.durations import format_duration
 from rollbackd.model import Measurement, Severity, Trigger
@@ -191,12 +192,14 @@ class RecoveryWatcher:
         criteria: Criteria,
         interval: timedelta,
         clock: Callable[[], datetime],
-        sleep: Callable[[float], None],
+        sleep: Callable[[float], object],
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.criteria = criteria
         self.interval = interval
         self.clock = clock
         self.sleep = sleep
+        self.should_stop = should_stop
 
     def watch(self, observe: Observe, on_check: Callable[[Check], None]) -> Verdict:
         state = WatchState(self.clock())
@@ -207,6 +210,8 @@ class RecoveryWatcher:
             if verdict is not None:
                 return verdict
             self.sleep(self.interval.total_seconds())
+            if self.should_stop():
+                raise Interrupted
 
 
 class LiveObserver:

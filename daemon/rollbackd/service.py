@@ -1,0 +1,642 @@
+"""The running daemon: the evaluation loop, rollbacks, approvals, webhooks, deploys.
+
+:class:`Daemon` owns the live state and is what the HTTP API calls. Its
+:meth:`Daemon.cycle` is one evaluation (run by the scheduler every
+``poll_interval``, never two at once): sources → engine → decisions → actions.
+Rollbacks run on a worker thread through the checklist, so the loop and the
+API stay responsive. Everything that must survive a crash is in the journal
+before it is acknowledged or acted on: webhook deliveries, deploy events,
+incidents, approvals and their deadlines. :func:`serve` wires the scheduler,
+the uvicorn server, signals and systemd notifications around it.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rollbackd.actions.checklist import Checklist, Refused, RollbackRequest
+from rollbackd.assembly import build_checklist, now_utc
+from rollbackd.deploys import Deploy, DeployHistory
+from rollbackd.durations import format_duration, format_instant
+from rollbackd.engine import CycleReport, Engine, LiveCycle
+from rollbackd.errors import InvalidInput
+from rollbackd.journal import IncidentRecord, IncidentState, NewIncident, SqliteJournal
+from rollbackd.loader import Loaded, load
+from rollbackd.logs import get_logger
+from rollbackd.metrics import DaemonMetrics
+from rollbackd.model import Action, Decision, Finding, FindingState, Severity
+from rollbackd.notify import JournalOnly, Message, Notifier
+from rollbackd.output import finding_record
+from rollbackd.sources import MetricSource
+from rollbackd.sources.alerts import alert_findings, parse_webhook
+from rollbackd.sources.deploys import parse_event
+from rollbackd.sources.probes import Prober
+from rollbackd.sources.prometheus import PrometheusSource
+
+log = get_logger("rollbackd")
+
+RESTORE_WINDOW = timedelta(hours=2)
+"""After a restart, incidents this recent keep the engine from deciding the same thing again."""
+
+
+class Forbidden(Exception):  # noqa: N818 -- maps to HTTP 403
+    """The caller's role may not do this."""
+
+
+class NotFound(Exception):  # noqa: N818 -- maps to HTTP 404
+    """No such incident or service."""
+
+
+class Conflict(Exception):  # noqa: N818 -- maps to HTTP 409
+    """The request does not fit the incident's state."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling the API: the token's name and role (never the token)."""
+
+    name: str
+    role: str
+
+
+class Daemon:
+    """rollbackd's live state, shared by the scheduler, the API and the rollback worker."""
+
+    def __init__(
+        self,
+        loaded: Loaded,
+        journal: SqliteJournal,
+        *,
+        metrics_source: MetricSource | None = None,
+        prober: Prober | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], datetime] = now_utc,
+    ) -> None:
+        self.loaded = loaded
+        self.journal = journal
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.stopping = threading.Event()
+        self.metrics = DaemonMetrics()
+        self.notifier = notifier or JournalOnly()
+        self.worker = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rollback")
+        self.running: dict[int, Future[Any]] = {}
+        self.last_report: CycleReport | None = None
+        self.last_cycle_error: str | None = None
+        self.status_line = "starting"
+        self.on_cycle: Callable[[str], object] = lambda _line: None
+        self._metrics_source = metrics_source
+        self._prober = prober or Prober()
+        self._build(loaded)
+
+    def _build(self, loaded: Loaded, history: DeployHistory | None = None) -> None:
+        config = loaded.config
+        if history is None:
+            history = DeployHistory(config.deploys.known_good_after)
+            for deploy in self.journal.deploys():
+                history.record(deploy)
+        self.loaded = loaded
+        self.config = config
+        self.history = history
+        self.engine = Engine(config, loaded.rules, history)
+        self.source = self._metrics_source or PrometheusSource(
+            config.prometheus.url, config.prometheus.timeout, config.alerts.service_label
+        )
+        self.live = LiveCycle(self.engine, self.source, self._prober)
+        self.checklist: Checklist = build_checklist(
+            config,
+            loaded.rules,
+            self.journal,
+            metrics=self.source,
+            prober=self._prober,
+            notifier=self.notifier,
+            clock=self.clock,
+            sleep=self.stopping.wait,
+            should_stop=self.stopping.is_set,
+            on_step=lambda step, text: log.info("step", step=step, outcome=text),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Restore what the journal knows, and resume rollbacks a crash interrupted."""
+        now = self.clock()
+        for record in self.journal.incidents(limit=200):
+            if now - record.opened_at > RESTORE_WINDOW or record.state is IncidentState.RECOVERED:
+                continue
+            decision = self._last_decision(record)
+            if decision is not None:
+                self.engine.restore(record.service, record.opened_at, decision)
+            if record.state in (IncidentState.ROLLING_BACK, IncidentState.RECOVERING):
+                log.info("resuming", incident=record.id, service=record.service)
+                self._submit(record.id)
+        self.status_line = "started"
+
+    def shutdown(self, timeout: float = 900.0) -> None:
+        """Stop after the step in progress: incidents left mid-checklist resume on restart."""
+        self.stopping.set()
+        self.worker.shutdown(wait=True, cancel_futures=True)
+        del timeout
+
+    def reload(self, path: Path) -> str:
+        """SIGHUP: load config and rules again; keep the old ones if the new are invalid."""
+        try:
+            loaded = load(path)
+        except InvalidInput as exc:
+            lines = [str(p) for p in exc.problems]
+            log.error("reload refused: the running config is kept", problems=lines)
+            return "kept the running config: " + "; ".join(lines)
+        with self.lock:
+            states, rollbacks, incidents = (
+                self.engine.states,
+                self.engine.rollbacks,
+                self.engine.open_incidents(),
+            )
+            self._build(loaded, self.history)
+            names = {r.name for r in loaded.rules}
+            self.engine.states = {k: v for k, v in states.items() if k[0] in names}
+            self.engine.rollbacks = rollbacks
+            for service, (opened, decision) in incidents.items():
+                self.engine.restore(service, opened, decision)
+        log.info("reloaded", rules=len(loaded.rules), services=len(loaded.config.services))
+        return f"reloaded: {len(loaded.rules)} rules, {len(loaded.config.services)} services"
+
+    # -- the evaluation loop -----------------------------------------------------------
+
+    def cycle(self) -> CycleReport | None:
+        """One evaluation: gather, decide, act. Never raises: a failure is logged and shown."""
+        started = time.monotonic()
+        try:
+            with self.lock:
+                now = self.clock()
+                for service in self.engine.services:
+                    self.engine.rollbacks[service] = self.journal.rollbacks(service)
+                inputs = self.live.gather(now)
+                alerts, ignored = alert_findings(
+                    self.journal.firing_alerts(),
+                    self.engine.services,
+                    self.config.alerts.trigger_label,
+                    now,
+                )
+                inputs.alerts.extend(alerts)
+                for line in ignored:
+                    inputs.source_errors.setdefault("alerts", line)
+                report = self.engine.step(now, inputs)
+                self.last_report = report
+                for decision in report.decisions:
+                    self._act(decision, report)
+                self._deadlines(now)
+            self.last_cycle_error = None
+        except Exception as exc:  # the loop must survive any one bad cycle
+            self.last_cycle_error = f"{type(exc).__name__}: {exc}"
+            log.exception("cycle failed", error=self.last_cycle_error)
+            return None
+        finally:
+            self.metrics.cycle_seconds.observe(time.monotonic() - started)
+        self._record_cycle(report)
+        return report
+
+    def _record_cycle(self, report: CycleReport) -> None:
+        self.metrics.evaluations.inc()
+        self.metrics.findings.clear()
+        counts: dict[tuple[str, str, str], int] = {}
+        for f in report.findings:
+            key = (f.rule, f.severity.value, f.state.value)
+            counts[key] = counts.get(key, 0) + 1
+        for (rule, severity, state), count in counts.items():
+            self.metrics.findings.labels(rule, severity, state).set(count)
+        for source in {
+            "deploys" if k == "deploys" else "alerts" if k == "alerts" else "prometheus"
+            for k in report.source_errors
+        }:
+            self.metrics.source_errors.labels(source).inc()
+        firing = sum(1 for f in report.findings if f.firing)
+        pending = len(self.journal.incidents(active_only=True))
+        self.metrics.pending_approvals.set(
+            sum(
+                1
+                for i in self.journal.incidents(active_only=True)
+                if i.state is IncidentState.AWAITING_APPROVAL
+            )
+        )
+        self.status_line = (
+            f"{len(self.engine.services)} services, {firing} firing, {pending} open incidents, "
+            f"{len(report.source_errors)} source errors"
+        )
+        self.on_cycle(self.status_line)
+
+    def _act(self, decision: Decision, report: CycleReport) -> None:
+        """Journal a decision and carry it out: roll back, ask, escalate or record."""
+        findings = [f for f in report.findings if f.service == decision.service]
+        log.info(
+            "decision",
+            service=decision.service,
+            action=decision.action.value,
+            proposed=decision.proposed.value,
+            severity=decision.severity.value,
+            rules=list(decision.rules),
+            value=decision.value,
+            thresholds={f.rule: f.threshold for f in findings if f.firing},
+            policy=self.config.policy.table()[decision.severity].action.value,
+            guards=list(decision.guards),
+            reason=decision.reason,
+        )
+        for f in findings:
+            if f.firing and f.since is not None:
+                self.metrics.firing_to_action.observe(
+                    max((decision.time - f.since).total_seconds(), 0.0)
+                )
+        request = self._request(decision, findings)
+        if decision.action.rolls_back and request is not None:
+            state = (
+                IncidentState.ROLLING_BACK
+                if decision.action is Action.ROLLBACK
+                else IncidentState.AWAITING_APPROVAL
+            )
+            try:
+                incident = self.checklist.open(request, state)
+            except Refused as exc:
+                self._open_plain(decision, IncidentState.ESCALATED, f"not rolled back: {exc}")
+                self.metrics.actions.labels(decision.action.value, "refused").inc()
+                return
+            if decision.deadline is not None:
+                self.journal.add_evidence(
+                    incident,
+                    decision.time,
+                    "approval",
+                    {"deadline": decision.deadline, "approver": decision.approver},
+                )
+            self.metrics.actions.labels(decision.action.value, "started").inc()
+            if state is IncidentState.ROLLING_BACK:
+                self._submit(incident)
+            else:
+                self._tell(incident, decision, asks=True)
+            return
+        state = {
+            Action.ESCALATE: IncidentState.ESCALATED,
+            Action.RECORD: IncidentState.RECORDED,
+        }.get(decision.action, IncidentState.ESCALATED)
+        why = (
+            decision.reason
+            if request is not None or not decision.action.rolls_back
+            else (f"{decision.reason}; no rollback target is known")
+        )
+        incident = self._open_plain(decision, state, why)
+        self.metrics.actions.labels(decision.action.value, "recorded").inc()
+        if state is IncidentState.ESCALATED:
+            self._tell(incident, decision, asks=False)
+
+    def _open_plain(self, decision: Decision, state: IncidentState, summary: str) -> int:
+        current = self.history.current(decision.service)
+        incident = self.journal.open_incident(
+            NewIncident(
+                service=decision.service,
+                opened_at=decision.time,
+                severity=decision.severity.value,
+                action=decision.action.value,
+                origin="automatic",
+                reason=summary,
+                target=decision.target,
+                current_version=current.version if current else None,
+                state=state,
+            )
+        )
+        self.journal.add_decision(incident, decision, "rollbackd")
+        return incident
+
+    def _request(self, decision: Decision, findings: list[Finding]) -> RollbackRequest | None:
+        if decision.target is None:
+            return None
+        current = self.history.current(decision.service)
+        known = [d for d in self.history.deploys(decision.service) if d.version == decision.target]
+        target = known[-1].target_ref if known else decision.target
+        alerts = [
+            {"name": a.name, "labels": dict(a.labels), "since": format_instant(a.starts_at)}
+            for a in self.journal.firing_alerts()
+            if a.service == decision.service
+        ]
+        return RollbackRequest(
+            service=decision.service,
+            target=target,
+            reason=decision.reason,
+            origin="automatic",
+            severity=decision.severity,
+            current_version=current.version if current else None,
+            decision=decision,
+            evidence={
+                "findings": [finding_record(f) for f in findings if f.state is not FindingState.OK],
+                "deploys": [
+                    {"version": d.version, "time": format_instant(d.time), "source": d.source}
+                    for d in self.history.deploys(decision.service)[-5:]
+                ],
+                "alerts": alerts,
+            },
+            baselines={f.rule: f.baseline for f in findings if f.baseline is not None},
+            migrations=current.migrations if current else (),
+            deployed_at=current.time if current else None,
+        )
+
+    def _tell(self, incident: int, decision: Decision, asks: bool) -> None:
+        base = self.config.daemon.public_url or f"http://{self.config.daemon.listen}"
+        how = ""
+        if asks:
+            deadline = format_instant(decision.deadline) if decision.deadline else "none"
+            how = (
+                f" Approve: rollbackd approve {incident} (or POST {base}/api/v1/incidents/"
+                f"{incident}/approve with a {decision.approver} token); veto: rollbackd veto "
+                f"{incident}. Without a veto it rolls back at {deadline}."
+            )
+        what = "asks to roll back" if asks else "escalates"
+        self.notifier.notify(
+            Message(
+                incident=incident,
+                service=decision.service,
+                severity=decision.severity.value,
+                title=f"{decision.service}: rollbackd {what} ({decision.severity.value})",
+                text=f"{decision.reason}.{how}",
+                role=decision.approver,
+            )
+        )
+
+    def _deadlines(self, now: datetime) -> None:
+        """Roll back incidents whose approval deadline passed without a veto."""
+        for record in self.journal.incidents(limit=200, active_only=True):
+            if record.state is not IncidentState.AWAITING_APPROVAL:
+                continue
+            deadline = self._deadline(record)
+            if deadline is not None and now >= deadline:
+                log.info("deadline reached", incident=record.id, service=record.service)
+                self._start_approved(
+                    record, "rollbackd (deadline)", f"deadline {format_instant(deadline)} passed"
+                )
+
+    @staticmethod
+    def _deadline(record: IncidentRecord) -> datetime | None:
+        for evidence in reversed(record.evidence):
+            if evidence.kind == "approval" and isinstance(evidence.body, dict):
+                raw = evidence.body.get("deadline")
+                return datetime.fromisoformat(raw) if isinstance(raw, str) else None
+        return None
+
+    def _submit(self, incident: int) -> None:
+        if incident in self.running and not self.running[incident].done():
+            return
+        if self.stopping.is_set():
+            return
+        self.running[incident] = self.worker.submit(self._run, incident)
+
+    def _run(self, incident: int) -> None:
+        try:
+            record = self.checklist.run(incident)
+        except Exception as exc:  # a worker must report, not die silently
+            log.exception("rollback failed", incident=incident, error=str(exc))
+            return
+        outcome = record.state.value
+        self.metrics.rollbacks.labels(record.service, outcome).inc()
+        if record.state in (IncidentState.RECOVERED, IncidentState.NOT_RECOVERED):
+            self.metrics.recoveries.labels(record.service, outcome).inc()
+        log.info("rollback finished", incident=incident, state=outcome, summary=record.summary)
+
+    # -- what people and other systems do through the API ------------------------------
+
+    def accept_webhook(self, body: bytes) -> tuple[int, int]:
+        """Parse and journal an Alertmanager delivery (before the 2xx); (changed, duplicates)."""
+        delivery = parse_webhook(body, self.config.alerts.service_label)
+        changed, duplicates = self.journal.record_delivery(
+            self.clock(), delivery, body.decode("utf-8", errors="replace")
+        )
+        self.metrics.webhooks.labels("accepted").inc()
+        return changed, duplicates
+
+    def accept_deploy(self, body: Mapping[str, Any]) -> Deploy:
+        """Validate and journal a deploy event, then let it start its attribution window."""
+        now = self.clock()
+        deploy = parse_event(body, now, {s.name for s in self.config.services})
+        self.journal.record_deploy(deploy, now)
+        with self.lock:
+            self.history.record(deploy)
+        log.info("deploy", service=deploy.service, version=deploy.version, ref=deploy.ref)
+        return deploy
+
+    def approve(self, incident: int, caller: Caller) -> IncidentRecord:
+        record = self._awaiting(incident)
+        self._may_decide(record, caller)
+        return self._start_approved(record, caller.name, f"approved by {caller.name}")
+
+    def veto(self, incident: int, caller: Caller) -> IncidentRecord:
+        record = self._awaiting(incident)
+        self._may_decide(record, caller)
+        now = self.clock()
+        self.journal.add_decision(
+            incident,
+            self._human_decision(record, Action.RECORD, f"vetoed by {caller.name}", now),
+            caller.name,
+        )
+        self.journal.set_state(incident, IncidentState.VETOED, f"vetoed by {caller.name}", now)
+        log.info("vetoed", incident=incident, by=caller.name)
+        self.metrics.actions.labels("request_approval", "vetoed").inc()
+        return self._load(incident)
+
+    def _start_approved(self, record: IncidentRecord, actor: str, why: str) -> IncidentRecord:
+        now = self.clock()
+        try:
+            self.checklist.approve(record.id, now)
+        except Refused as exc:
+            raise Conflict(str(exc)) from None
+        self.journal.add_decision(
+            record.id, self._human_decision(record, Action.ROLLBACK, why, now), actor
+        )
+        log.info("approved", incident=record.id, by=actor)
+        self.metrics.actions.labels("request_approval", "approved").inc()
+        self._submit(record.id)
+        return self._load(record.id)
+
+    def _human_decision(
+        self, record: IncidentRecord, action: Action, why: str, now: datetime
+    ) -> Decision:
+        return Decision(
+            service=record.service,
+            time=now,
+            severity=Severity(record.severity),
+            action=action,
+            proposed=Action.REQUEST_APPROVAL,
+            rules=(),
+            reason=why,
+            target=record.target,
+        )
+
+    def _awaiting(self, incident: int) -> IncidentRecord:
+        record = self._load(incident)
+        if record.state is not IncidentState.AWAITING_APPROVAL:
+            raise Conflict(
+                f"incident {incident} is {record.state.value}: only a rollback awaiting "
+                "approval can be approved or vetoed"
+            )
+        return record
+
+    def _may_decide(self, record: IncidentRecord, caller: Caller) -> None:
+        approver = next((d.approver for d in reversed(record.decisions) if d.approver), "admin")
+        if caller.role not in ("admin", approver):
+            raise Forbidden(
+                f"incident {record.id} needs the role {approver} (or admin); "
+                f"this token has {caller.role}"
+            )
+
+    def _load(self, incident: int) -> IncidentRecord:
+        record = self.journal.incident(incident)
+        if record is None:
+            raise NotFound(f"no incident {incident}")
+        return record
+
+    @staticmethod
+    def _last_decision(record: IncidentRecord) -> Decision | None:
+        for d in reversed(record.decisions):
+            if d.actor != "rollbackd":
+                continue
+            try:
+                return Decision(
+                    service=record.service,
+                    time=d.time,
+                    severity=Severity(d.severity),
+                    action=Action(d.action),
+                    proposed=Action(d.proposed),
+                    rules=tuple(d.rules),
+                    reason=d.reason,
+                    approver=d.approver,
+                    deadline=d.deadline,
+                    guards=tuple(d.guards),
+                    value=d.value,
+                    target=d.target,
+                )
+            except ValueError:
+                return None
+        return None
+
+    # -- views for the API and the status page -----------------------------------------
+
+    def services_view(self) -> list[dict[str, Any]]:
+        report = self.last_report
+        out = []
+        for service in self.config.services:
+            current = self.history.current(service.name)
+            good, why = self.history.last_good(service.name)
+            own = [f for f in (report.findings if report else ()) if f.service == service.name]
+            states = {f.state for f in own}
+            state = (
+                "firing"
+                if FindingState.FIRING in states
+                else "pending"
+                if FindingState.PENDING in states
+                else "inconclusive"
+                if FindingState.INCONCLUSIVE in states
+                else "ok"
+                if own
+                else "unknown"
+            )
+            out.append(
+                {
+                    "name": service.name,
+                    "state": state,
+                    "current_version": current.version if current else None,
+                    "deployed_at": format_instant(current.time) if current else None,
+                    "last_good_version": good,
+                    "last_good_reason": why,
+                    "findings": [finding_record(f) for f in own if f.state is not FindingState.OK],
+                }
+            )
+        return out
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        report = self.last_report
+        sources: dict[str, str] = {}
+        if report is not None:
+            for name, error in report.source_errors.items():
+                sources[name] = error
+        ready = not self.stopping.is_set()
+        return ready, {
+            "ready": ready,
+            "config": str(self.loaded.config_path),
+            "journal": str(self.journal.path),
+            "last_cycle": format_instant(report.time) if report else None,
+            "cycle_error": self.last_cycle_error,
+            "degraded": sources,
+            "poll_interval": format_duration(self.config.daemon.poll_interval),
+        }
+
+
+def serve(daemon: Daemon, config_path: Path) -> None:
+    """Run until SIGTERM: the scheduler, the HTTP server, signals and systemd notifications."""
+    import uvicorn  # noqa: PLC0415 -- only the daemon needs the server
+    from apscheduler.schedulers.background import (  # noqa: PLC0415 -- only the daemon schedules
+        BackgroundScheduler,
+    )
+    from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
+
+    from rollbackd.api import create_app  # noqa: PLC0415 -- api imports this module
+    from rollbackd.sdnotify import SystemdNotifier  # noqa: PLC0415
+
+    systemd = SystemdNotifier()
+    daemon.on_cycle = systemd.status
+
+    def tick() -> None:
+        daemon.cycle()
+        systemd.watchdog()  # only a loop that completes a cycle keeps the watchdog fed
+
+    config = daemon.config.daemon
+    scheduler = BackgroundScheduler(timezone="UTC")
+    scheduler.add_job(
+        tick,
+        IntervalTrigger(seconds=config.poll_interval.total_seconds()),
+        id="evaluate",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now().astimezone(),
+        misfire_grace_time=None,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(daemon),
+            host=config.host,
+            port=config.port,
+            access_log=False,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+
+    def announce_ready() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            systemd.ready()
+            log.info("ready", listen=config.listen, services=len(daemon.config.services))
+
+    def on_hup(signum: int, frame: object) -> None:
+        def reload() -> None:
+            systemd.reloading()
+            systemd.status(daemon.reload(config_path))
+            systemd.ready()
+
+        threading.Thread(target=reload, name="reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hup)
+    daemon.start()
+    scheduler.start()
+    threading.Thread(target=announce_ready, name="ready", daemon=True).start()
+    try:
+        server.run()
+    finally:
+        systemd.stopping()
+        log.info("stopping: finishing the step in progress")
+        scheduler.shutdown(wait=True)
+        daemon.shutdown()
+        daemon.journal.close()
+        log.info("stopped")

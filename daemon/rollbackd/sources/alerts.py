@@ -1,0 +1,236 @@
+"""Alertmanager's webhook (payload version 4): parsing it, and firing alerts as findings.
+
+The body is untrusted. It is parsed into plain values, each field checked,
+and anything wrong named by its path (``alerts[2].startsAt``). Fields this
+version does not know (``notification_reason``, ``routeLabels`` …) are
+ignored, so newer Alertmanagers keep working.
+
+A firing alert becomes a finding for the service named by its ``service``
+label (``[alerts] service_label``), of the trigger class named by its
+``rollbackd_trigger`` label (``[alerts] trigger_label``), or else of the
+severity named by its ``severity`` label. Alertmanager has already applied
+the alert rule's ``for``, so the finding fires at once. A resolved alert ends
+it. An alert rollbackd cannot place (no known service, no trigger or
+severity) is journaled and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from rollbackd.durations import format_instant
+from rollbackd.errors import InvalidInput, Problem
+from rollbackd.journal import AlertRecord, Delivery
+from rollbackd.matrix import assess_severity
+from rollbackd.model import Finding, FindingState, Severity, Trigger
+
+MAX_ALERTS = 1000
+_FINGERPRINT = re.compile(r"^[0-9A-Za-z]{1,64}$")
+_SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
+
+SEVERITY_LABELS: dict[str, Severity] = {
+    "critical": Severity.CRITICAL,
+    "page": Severity.CRITICAL,
+    "high": Severity.HIGH,
+    "error": Severity.HIGH,
+    "major": Severity.HIGH,
+    "warning": Severity.MEDIUM,
+    "medium": Severity.MEDIUM,
+    "minor": Severity.MEDIUM,
+    "low": Severity.LOW,
+    "info": Severity.LOW,
+}
+"""What an alert's ``severity`` label means when it has no trigger label."""
+
+_TRIGGER_FOR_SEVERITY = {
+    Severity.CRITICAL: Trigger.CRITICAL_BUSINESS_FUNCTION,
+    Severity.HIGH: Trigger.MAJOR_FEATURE_BROKEN,
+    Severity.MEDIUM: Trigger.MINOR_FEATURE_BROKEN,
+    Severity.LOW: Trigger.UI_ISSUE,
+}
+
+
+def parse_webhook(body: bytes, service_label: str = "service") -> Delivery:
+    """Parse a version-4 payload; InvalidInput names every field that is wrong."""
+    problems = _Problems()
+    bad = problems.add
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput([Problem("body", "", f"not JSON: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise InvalidInput([Problem("body", "", "expected a JSON object (Alertmanager payload)")])
+    version = data.get("version")
+    if version != "4":
+        bad("version", f'expected "4" (Alertmanager webhook payload version 4), got {version!r}')
+    raw_alerts = data.get("alerts")
+    alerts: list[AlertRecord] = []
+    if not isinstance(raw_alerts, list):
+        bad("alerts", "expected a list of alerts")
+    elif len(raw_alerts) > MAX_ALERTS:
+        bad("alerts", f"at most {MAX_ALERTS} alerts per delivery, got {len(raw_alerts)}")
+    else:
+        for index, raw in enumerate(raw_alerts):
+            alert = _alert(raw, f"alerts[{index}]", problems, service_label)
+            if alert is not None:
+                alerts.append(alert)
+    group_key = data.get("groupKey")
+    status = data.get("status")
+    if problems.found:
+        raise InvalidInput(problems.found)
+    return Delivery(
+        source="alertmanager",
+        group_key=group_key[:1000] if isinstance(group_key, str) else None,
+        status=status if status in ("firing", "resolved") else None,
+        alerts=alerts,
+    )
+
+
+class _Problems:
+    """Problems found in a body, each located by its field path."""
+
+    def __init__(self) -> None:
+        self.found: list[Problem] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.found.append(Problem("body", where, message))
+
+
+def _alert(raw: Any, where: str, problems: _Problems, service_label: str) -> AlertRecord | None:
+    bad = problems.add
+    if not isinstance(raw, dict):
+        bad(where, "expected an alert object")
+        return None
+    before = len(problems.found)
+    status = raw.get("status")
+    if status not in ("firing", "resolved"):
+        bad(f"{where}.status", f'expected "firing" or "resolved", got {_shown(status)}')
+    labels = _strings(raw.get("labels"), f"{where}.labels", bad, required=True)
+    annotations = _strings(raw.get("annotations", {}), f"{where}.annotations", bad)
+    fingerprint = raw.get("fingerprint")
+    if not isinstance(fingerprint, str) or not _FINGERPRINT.match(fingerprint):
+        bad(f"{where}.fingerprint", "expected Alertmanager's fingerprint (1-64 letters/digits)")
+    starts = _time(raw.get("startsAt"), f"{where}.startsAt", bad, required=True)
+    ends = _time(raw.get("endsAt"), f"{where}.endsAt", bad, required=False)
+    if len(problems.found) != before:
+        return None
+    assert isinstance(fingerprint, str) and starts is not None  # noqa: S101 -- checked above
+    service = labels.get(service_label)
+    return AlertRecord(
+        fingerprint=fingerprint,
+        starts_at=starts,
+        status=str(status),
+        ends_at=ends,
+        service=service if service and _SERVICE.match(service) else None,
+        name=labels.get("alertname"),
+        labels=labels,
+        annotations=annotations,
+    )
+
+
+def _strings(
+    raw: Any, where: str, bad: Callable[[str, str], None], required: bool = False
+) -> dict[str, str]:
+    if raw is None and not required:
+        return {}
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        bad(where, "expected an object of string values")
+        return {}
+    if sum(len(k) + len(v) for k, v in raw.items()) > 64 * 1024:
+        bad(where, "larger than 64 KiB")
+        return {}
+    return dict(raw)
+
+
+def _time(raw: Any, where: str, bad: Callable[[str, str], None], required: bool) -> datetime | None:
+    if raw is None and not required:
+        return None
+    if not isinstance(raw, str):
+        bad(where, "expected an RFC 3339 time")
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        bad(where, f"expected an RFC 3339 time, got {_shown(raw)}")
+        return None
+    if moment.tzinfo is None:
+        bad(where, "expected a time with a zone")
+        return None
+    moment = moment.astimezone(UTC)
+    return None if moment == ZERO_TIME else moment
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def classify(
+    labels: Mapping[str, str], trigger_label: str
+) -> tuple[Trigger, Severity | None] | None:
+    """The trigger class (and a severity override) an alert's labels ask for, if any."""
+    named = labels.get(trigger_label)
+    if named is not None:
+        try:
+            return Trigger(named), None
+        except ValueError:
+            pass
+    severity = SEVERITY_LABELS.get(labels.get("severity", "").lower())
+    if severity is not None:
+        return _TRIGGER_FOR_SEVERITY[severity], severity
+    return None
+
+
+def alert_findings(
+    alerts: Iterable[AlertRecord],
+    services: Iterable[str],
+    trigger_label: str,
+    now: datetime,
+) -> tuple[list[Finding], list[str]]:
+    """Firing alerts as firing findings; and one line per alert that could not be placed."""
+    known = set(services)
+    findings: list[Finding] = []
+    ignored: list[str] = []
+    for alert in alerts:
+        if alert.status != "firing":
+            continue
+        name = alert.name or alert.fingerprint
+        if alert.service is None or alert.service not in known:
+            ignored.append(f"alert {name}: no configured service in its labels")
+            continue
+        placed = classify(alert.labels, trigger_label)
+        if placed is None:
+            ignored.append(
+                f"alert {name}: neither a {trigger_label} label naming a trigger class "
+                "nor a severity label rollbackd knows"
+            )
+            continue
+        trigger, override = placed
+        severity, why = assess_severity(trigger, override, None)
+        findings.append(
+            Finding(
+                rule=f"alert:{name}"[:100],
+                service=alert.service,
+                trigger=trigger,
+                state=FindingState.FIRING,
+                time=now,
+                value=1.0,
+                threshold=None,
+                baseline=None,
+                condition="firing in Alertmanager",
+                severity=severity,
+                reason=f"Alertmanager alert {name} firing since {format_instant(alert.starts_at)}",
+                since=alert.starts_at,
+                started=alert.starts_at,
+                severity_reason=why,
+                labels=dict(alert.labels),
+            )
+        )
+    return findings, ignored
