@@ -42,10 +42,6 @@ def test_help_lists_every_command_of_the_design(run_cli: RunCli) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ["run"],
-        ["status"],
-        ["approve", "1"],
-        ["veto", "1"],
         ["demo"],
     ],
 )

@@ -22,11 +22,12 @@ from rich.table import Table
 from rollbackd import __version__
 from rollbackd.actions.checklist import Refused, RollbackRequest
 from rollbackd.assembly import build_checklist, notifier_for, now_utc, open_journal
+from rollbackd.client import DaemonClient
 from rollbackd.config import DEFAULT_CONFIG_PATH
 from rollbackd.durations import format_duration, format_instant, parse_duration, parse_instant
 from rollbackd.errors import InvalidInput, NotBuilt, RollbackdError
 from rollbackd.evaluation import Evaluation, evaluate_now
-from rollbackd.journal import IncidentState, JournalError
+from rollbackd.journal import IncidentState, JournalError, SqliteJournal
 from rollbackd.loader import Loaded, load, shown
 from rollbackd.matrix import TRIGGER_SEVERITY
 from rollbackd.model import FindingState, Severity, Trigger
@@ -300,8 +301,34 @@ def _manual_request(
 
 @app.command()
 def status(config: ConfigOption = None) -> None:
-    """Show the running daemon's services, open incidents and pending approvals."""
-    _not_built("status", "the daemon's API is not built yet")
+    """Show the running daemon's services, pending approvals and open incidents."""
+    client = _client(config)
+    services = client.get("/api/v1/services")
+    records = client.get("/api/v1/incidents", limit=100)
+    console = Console(highlight=False)
+    table = Table(title=f"Services ({client.url})", title_justify="left")
+    for column in ("service", "state", "version", "last known good"):
+        table.add_column(column)
+    for svc in services:
+        table.add_row(
+            svc["name"],
+            svc["state"],
+            svc["current_version"] or "unknown",
+            svc["last_good_version"] or "none",
+        )
+    console.print(table)
+    active = [
+        r
+        for r in records
+        if r["state"] in ("awaiting_approval", "rolling_back", "recovering", "open")
+    ]
+    if not active:
+        console.print("no open incidents")
+    for r in active:
+        console.print(
+            f"incident {r['id']}: {r['service']} {r['state']} ({r['severity']}) "
+            f"{r['current_version'] or '?'} → {r['target'] or '?'}: {r['summary'] or r['reason']}"
+        )
 
 
 @app.command()
@@ -312,7 +339,7 @@ def incidents(
 ) -> None:
     """List incidents from the journal, newest first."""
     loaded = _load(config)
-    journal = open_journal(loaded.config)
+    journal = _journal_fallback(loaded)
     records = journal.incidents(limit=limit)
     if json:
         for r in records:
@@ -348,7 +375,7 @@ def report(
 ) -> None:
     """Render an incident report that follows the playbook (Markdown, or HTML with charts)."""
     loaded = _load(config)
-    record = open_journal(loaded.config).incident(incident)
+    record = _journal_fallback(loaded).incident(incident)
     if record is None:
         _fail([f"ID: no incident {incident} in the journal"], EXIT_RUNTIME)
     text = render_report(record, fmt.value)
@@ -361,20 +388,38 @@ def report(
 
 @app.command()
 def approve(
-    incident: Annotated[str, typer.Argument(metavar="ID", help="Incident id.")],
+    incident: Annotated[int, typer.Argument(metavar="ID", help="Incident id.")],
     config: ConfigOption = None,
 ) -> None:
-    """Approve a pending rollback (token from $ROLLBACKD_TOKEN)."""
-    _not_built("approve", "approvals come with the daemon's API")
+    """Approve a pending rollback (token from $ROLLBACKD_TOKEN): it starts now."""
+    record = _client(config).post(f"/api/v1/incidents/{incident}/approve")
+    typer.echo(f"incident {record['id']}: {record['state']} — {record['summary']}")
 
 
 @app.command()
 def veto(
-    incident: Annotated[str, typer.Argument(metavar="ID", help="Incident id.")],
+    incident: Annotated[int, typer.Argument(metavar="ID", help="Incident id.")],
     config: ConfigOption = None,
 ) -> None:
-    """Veto a pending rollback (token from $ROLLBACKD_TOKEN)."""
-    _not_built("veto", "approvals come with the daemon's API")
+    """Veto a pending rollback (token from $ROLLBACKD_TOKEN): it will not run."""
+    record = _client(config).post(f"/api/v1/incidents/{incident}/veto")
+    typer.echo(f"incident {record['id']}: {record['state']} — {record['summary']}")
+
+
+def _journal_fallback(loaded: Loaded) -> SqliteJournal:
+    """The journal, read directly; a post-mortem must not need the daemon to be up."""
+    try:
+        return open_journal(loaded.config)
+    except JournalError as exc:
+        _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
+
+
+def _client(option: Path | None) -> DaemonClient:
+    loaded = _load(option)
+    token = os.environ.get("ROLLBACKD_TOKEN")
+    if not token:
+        _fail(["ROLLBACKD_TOKEN: not set; the daemon's API needs a token"], EXIT_INVALID)
+    return DaemonClient(loaded.config, token)
 
 
 @app.command()

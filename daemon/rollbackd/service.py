@@ -627,7 +627,12 @@ def serve(daemon: Daemon, config_path: Path) -> None:
 
         threading.Thread(target=reload, name="reload", daemon=True).start()
 
+    def on_stop(signum: int, frame: object) -> None:
+        server.should_exit = True  # uvicorn re-raises the signal it caught: end cleanly here
+
     signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
     daemon.start()
     scheduler.start()
     threading.Thread(target=announce_ready, name="ready", daemon=True).start()

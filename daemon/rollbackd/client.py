@@ -1,0 +1,78 @@
+"""Talking to a running daemon's API, for the CLI (``status``, ``approve``, ``veto`` …)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from rollbackd.config import Config
+from rollbackd.errors import RollbackdError
+
+TIMEOUT = httpx.Timeout(10.0)
+
+
+class DaemonUnavailable(RollbackdError):  # noqa: N818 -- names the condition
+    """No daemon answers at the configured address."""
+
+
+class Refused(RollbackdError):  # noqa: N818 -- names the condition
+    """The daemon answered with an error (its message says why)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def base_url(config: Config) -> str:
+    """Where the daemon listens, as a URL this host can reach."""
+    host = config.daemon.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 -- comparing, not binding
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.daemon.port}"
+
+
+class DaemonClient:
+    """A small synchronous client; the token goes in a header and nowhere else."""
+
+    def __init__(
+        self, config: Config, token: str | None, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self.url = base_url(config)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(
+            base_url=self.url, headers=headers, timeout=TIMEOUT, transport=transport
+        )
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self._send("GET", path, params)
+
+    def post(self, path: str) -> Any:
+        return self._send("POST", path, {})
+
+    def text(self, path: str, **params: Any) -> str:
+        response = self._request("GET", path, params)
+        return response.text
+
+    def _send(self, method: str, path: str, params: dict[str, Any]) -> Any:
+        return self._request(method, path, params).json()
+
+    def _request(self, method: str, path: str, params: dict[str, Any]) -> httpx.Response:
+        try:
+            response = self._client.request(method, path, params=params)
+        except httpx.ConnectError:
+            raise DaemonUnavailable(
+                f"the daemon at {self.url} is not running (connection refused); start it with "
+                "`rollbackd run` or `systemctl start rollbackd`"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise DaemonUnavailable(f"the daemon at {self.url} did not answer: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                message = str(response.json().get("error", response.text))
+            except ValueError:
+                message = response.text[:200]
+            raise Refused(response.status_code, f"{response.status_code}: {message}")
+        return response
