@@ -1,0 +1,104 @@
+"""Alertmanager webhook payloads: parsed field by field, and firing alerts as findings."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from rollbackd.errors import InvalidInput
+from rollbackd.model import FindingState, Severity, Trigger
+from rollbackd.sources.alerts import alert_findings, parse_webhook
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "examples"
+NOW = datetime(2026, 11, 25, 16, 5, tzinfo=UTC)
+
+
+def example(name: str) -> bytes:
+    return (EXAMPLES / name).read_bytes()
+
+
+def test_the_captured_alertmanager_payloads_parse() -> None:
+    """Both bodies captured from Alertmanager 0.25 are accepted with their alert."""
+    for name in ("alertmanager-webhook-v4.json", "alertmanager-webhook-v4-from-prometheus.json"):
+        delivery = parse_webhook(example(name))
+        assert delivery.status == "firing"
+        (alert,) = delivery.alerts
+        assert alert.service == "web"
+        assert alert.ends_at is None  # Alertmanager's zero time means "not ended"
+
+
+def test_a_critical_alert_is_a_firing_critical_finding() -> None:
+    """rollbackd_trigger=outage makes a critical finding for the service at once."""
+    delivery = parse_webhook(example("alertmanager-webhook-v4.json"))
+    findings, ignored = alert_findings(delivery.alerts, ["web"], "rollbackd_trigger", NOW)
+    assert ignored == []
+    (finding,) = findings
+    assert (finding.service, finding.trigger, finding.severity) == (
+        "web",
+        Trigger.OUTAGE,
+        Severity.CRITICAL,
+    )
+    assert finding.state is FindingState.FIRING
+    assert finding.rule == "alert:WebDown"
+
+
+def test_fields_newer_alertmanagers_add_are_ignored() -> None:
+    """notification_reason and routeLabels do not make a delivery invalid."""
+    body = json.loads(example("alertmanager-webhook-v4.json"))
+    body["notification_reason"] = "new"
+    body["routeLabels"] = {"team": "web"}
+    body["alerts"][0]["silencedBy"] = []
+    assert len(parse_webhook(json.dumps(body).encode()).alerts) == 1
+
+
+def test_a_severity_label_stands_in_for_a_missing_trigger_label() -> None:
+    """severity=warning without rollbackd_trigger is a medium finding."""
+    body = json.loads(example("alertmanager-webhook-v4.json"))
+    body["alerts"][0]["labels"] = {"alertname": "Slow", "service": "web", "severity": "warning"}
+    delivery = parse_webhook(json.dumps(body).encode())
+    findings, _ = alert_findings(delivery.alerts, ["web"], "rollbackd_trigger", NOW)
+    assert [f.severity for f in findings] == [Severity.MEDIUM]
+
+
+def test_alerts_rollbackd_cannot_place_are_said_and_ignored() -> None:
+    """No service, an unknown service, or no trigger/severity: no finding, one line why."""
+    body = json.loads(example("alertmanager-webhook-v4.json"))
+    base = body["alerts"][0]
+    body["alerts"] = [
+        {**base, "fingerprint": "a1", "labels": {"alertname": "A"}},
+        {**base, "fingerprint": "a2", "labels": {"alertname": "B", "service": "db"}},
+        {**base, "fingerprint": "a3", "labels": {"alertname": "C", "service": "web"}},
+    ]
+    delivery = parse_webhook(json.dumps(body).encode())
+    findings, ignored = alert_findings(delivery.alerts, ["web"], "rollbackd_trigger", NOW)
+    assert findings == []
+    assert [line.split(":")[0] for line in ignored] == ["alert A", "alert B", "alert C"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda b: b.update(version="3"), "version"),
+        (lambda b: b.update(alerts="x"), "alerts"),
+        (lambda b: b["alerts"][0].update(startsAt="yesterday"), "alerts[0].startsAt"),
+        (lambda b: b["alerts"][0].update(status="firingg"), "alerts[0].status"),
+        (lambda b: b["alerts"][0].update(fingerprint="--upload-pack"), "alerts[0].fingerprint"),
+        (lambda b: b["alerts"][0].update(labels={"service": 1}), "alerts[0].labels"),
+    ],
+)
+def test_each_bad_field_is_named(change: object, expected: str) -> None:
+    """A malformed delivery is refused with the path of the field at fault."""
+    body = json.loads(example("alertmanager-webhook-v4.json"))
+    change(body)  # type: ignore[operator]
+    with pytest.raises(InvalidInput) as caught:
+        parse_webhook(json.dumps(body).encode())
+    assert expected in [p.location for p in caught.value.problems]
+
+
+def test_a_body_that_is_not_json_is_refused() -> None:
+    """Garbage is one clear problem, not a crash."""
+    with pytest.raises(InvalidInput, match="not JSON"):
+        parse_webhook(b"\xff<html>")
