@@ -57,6 +57,14 @@ class ReportFormat(StrEnum):
     HTML = "html"
 
 
+class DemoScenario(StrEnum):
+    """The demo's scenarios."""
+
+    ROLLBACK = "rollback"
+    APPROVAL = "approval"
+    MIGRATION = "migration"
+
+
 app = typer.Typer(
     name="rollbackd",
     help="Watch a deployed application and roll back a bad deploy, the way the playbook says.",
@@ -423,9 +431,16 @@ def _client(option: Path | None) -> DaemonClient:
 
 
 @app.command()
-def demo(config: ConfigOption = None) -> None:
+def demo(
+    scenario: Annotated[
+        DemoScenario, typer.Option("--scenario", help="rollback, approval or migration.")
+    ] = DemoScenario.ROLLBACK,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the temporary directory.")] = False,
+) -> None:
     """Run the whole loop on this machine with no setup: deploy, detect, roll back, recover."""
-    _not_built("demo", "the demo comes once the loop is complete")
+    from rollbackd.demo import run_demo  # noqa: PLC0415 -- the demo pulls in the whole stack
+
+    raise typer.Exit(run_demo(scenario.value, keep, typer.echo))
 
 
 def _print_summary(loaded: Loaded, console: Console) -> None:

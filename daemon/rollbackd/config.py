@@ -414,6 +414,9 @@ class Config(BaseSettings):
                     f"silences[{index}].service: no service named {silence.service!r} "
                     f"(known: {names or 'none'}; '*' means all)"
                 )
+        notifier_names = [n.name for n in self.notifiers]
+        if len(set(notifier_names)) != len(notifier_names):
+            raise ValueError("notifiers: names must be unique")
         token_names = [t.name for t in self.tokens]
         hashes = [t.sha256 for t in self.tokens]
         if len(set(token_names)) != len(token_names):

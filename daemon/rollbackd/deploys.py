@@ -68,6 +68,8 @@ class _ServiceHistory:
 
 
 SOURCE_PRIORITY = {"event": 0, "metric": 1, "git": 2}
+SAME_DEPLOY = timedelta(minutes=10)
+"""A less trusted sighting of a version this soon before its deploy event is that deploy."""
 
 
 class DeployHistory:
@@ -83,15 +85,27 @@ class DeployHistory:
     def record(self, deploy: Deploy) -> bool:
         """Add a deploy (an event, or one found in history); False if already known.
 
-        A deploy from a less trusted source than the service's current one
-        is ignored once a more trusted source has spoken for that service.
+        Once a more trusted source has spoken for a service, a less trusted
+        one is ignored from then on (it would count the same deploys twice);
+        what it saw before stays, so a version that ran clean before CI first
+        announced a deploy is still the last known good. A less trusted
+        sighting of the same version shortly before an event is that event's
+        deploy, seen early: the event replaces it.
         """
         history = self._services.setdefault(deploy.service, _ServiceHistory())
-        best = min((SOURCE_PRIORITY[r.deploy.source] for r in history.runs), default=None)
-        if best is not None and SOURCE_PRIORITY[deploy.source] > best:
+        rank = SOURCE_PRIORITY[deploy.source]
+        trusted = [r for r in history.runs if SOURCE_PRIORITY[r.deploy.source] < rank]
+        if trusted and deploy.time >= min(r.deploy.time for r in trusted):
             return False
-        if best is not None and SOURCE_PRIORITY[deploy.source] < best:
-            history.runs = [r for r in history.runs if r.deploy.source == deploy.source]
+        history.runs = [
+            r
+            for r in history.runs
+            if SOURCE_PRIORITY[r.deploy.source] <= rank
+            or (
+                r.deploy.time < deploy.time - SAME_DEPLOY
+                or (r.deploy.version != deploy.version and r.deploy.time < deploy.time)
+            )
+        ]
         for run in history.runs:
             if run.deploy.version == deploy.version and run.deploy.time == deploy.time:
                 return False

@@ -93,6 +93,7 @@ class Daemon:
         self.last_cycle_error: str | None = None
         self.status_line = "starting"
         self.on_cycle: Callable[[str], object] = lambda _line: None
+        self.on_event: Callable[[str, Mapping[str, Any]], object] = lambda _kind, _facts: None
         self._metrics_source = metrics_source
         self._prober = prober or Prober()
         self._build(loaded)
@@ -121,8 +122,12 @@ class Daemon:
             clock=self.clock,
             sleep=self.stopping.wait,
             should_stop=self.stopping.is_set,
-            on_step=lambda step, text: log.info("step", step=step, outcome=text),
+            on_step=self._step_done,
         )
+
+    def _step_done(self, step: str, text: str) -> None:
+        log.info("step", step=step, outcome=text)
+        self.on_event("step", {"step": step, "outcome": text})
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -249,6 +254,7 @@ class Daemon:
             guards=list(decision.guards),
             reason=decision.reason,
         )
+        self.on_event("decision", {"decision": decision})
         for f in findings:
             if f.firing and f.since is not None:
                 self.metrics.firing_to_action.observe(
@@ -275,6 +281,7 @@ class Daemon:
                     {"deadline": decision.deadline, "approver": decision.approver},
                 )
             self.metrics.actions.labels(decision.action.value, "started").inc()
+            self.on_event("incident", {"incident": incident, "state": state.value})
             if state is IncidentState.ROLLING_BACK:
                 self._submit(incident)
             else:
@@ -290,6 +297,7 @@ class Daemon:
             else (f"{decision.reason}; no rollback target is known")
         )
         incident = self._open_plain(decision, state, why)
+        self.on_event("incident", {"incident": incident, "state": state.value})
         self.metrics.actions.labels(decision.action.value, "recorded").inc()
         if state is IncidentState.ESCALATED:
             self._tell(incident, decision, asks=False)
@@ -404,6 +412,9 @@ class Daemon:
         if record.state in (IncidentState.RECOVERED, IncidentState.NOT_RECOVERED):
             self.metrics.recoveries.labels(record.service, outcome).inc()
         log.info("rollback finished", incident=incident, state=outcome, summary=record.summary)
+        self.on_event(
+            "finished", {"incident": incident, "state": outcome, "summary": record.summary}
+        )
 
     # -- what people and other systems do through the API ------------------------------
 

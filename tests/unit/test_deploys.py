@@ -100,12 +100,28 @@ def test_a_rolling_deploy_keeps_the_new_version_current() -> None:
 
 
 def test_deploy_events_outrank_the_version_metric() -> None:
-    """Once CI has announced deploys for a service, metric sightings are not deploys."""
+    """Once CI announces deploys, later metric sightings are not deploys; earlier ones stay."""
     history = DeployHistory(timedelta(minutes=30))
     history.observe_versions("web", ["v1"], T0)
     history.record(Deploy("web", "v2", T0 + MIN, "event"))
     history.observe_versions("web", ["v3"], T0 + 2 * MIN)
-    assert [d.version for d in history.deploys("web")] == ["v2"]
+    assert [(d.version, d.source) for d in history.deploys("web")] == [
+        ("v1", "metric"),
+        ("v2", "event"),
+    ]
+
+
+def test_a_version_that_ran_clean_before_the_first_event_is_still_the_last_good() -> None:
+    """The metric saw v1 run clean; CI's first event (v2) does not erase that."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.observe_versions("web", ["v1"], T0)
+    ran_clean(history, "web", T0, 40)
+    history.observe_versions("web", ["v2"], T0 + 41 * MIN)  # seen just before CI said so
+    history.record(Deploy("web", "v2", T0 + 42 * MIN, "event", ref="abc"))
+    current = history.current("web")
+    assert current is not None and (current.version, current.ref) == ("v2", "abc")
+    assert history.last_good("web")[0] == "v1"
+    assert [d.source for d in history.deploys("web")] == ["metric", "event"]
 
 
 def test_presence_gaps_mark_redeploys() -> None:

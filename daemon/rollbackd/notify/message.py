@@ -1,0 +1,123 @@
+"""What a notification says: found what, how bad and why, what was done, what is asked.
+
+:func:`compose` builds a :class:`~rollbackd.notify.Message` that a person can act on
+from a phone: the title names the severity, service, incident and finding; the
+text says why it has that severity, what rollbackd did, what it asks, by when
+(RFC 3339, UTC), who may decide, and exactly how to approve or veto — with the
+CLI (``rollbackd approve ID``) and with the HTTP API (``POST …/approve``).
+
+Every field may carry text from outside (an alert's labels, a person's reason),
+so each one is flattened to a single line and bounded: a label cannot add a
+line of its own that looks like an instruction from rollbackd. Format-specific
+escaping (Slack's ``&``, ``<``, ``>``) is the job of each format, not of this
+module.
+
+The message is routed to the approver's role (``Message.role``): the people who
+must decide are the ones told (the playbook's "Emergency Contacts").
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import datetime
+
+from rollbackd.durations import format_instant
+from rollbackd.notify import Message
+
+TITLE_LIMIT = 150
+"""Characters in a title: Slack's header block takes at most 150."""
+FIELD_LIMIT = 500
+"""Characters kept of each field; the rest is evidence for the journal, not a page."""
+TOKEN_ENV = "ROLLBACKD_TOKEN"  # noqa: S105 -- the name of a variable, not a token
+"""Where ``rollbackd approve``/``veto`` read the bearer token (design §2)."""
+
+
+def compose(
+    *,
+    incident: int,
+    service: str,
+    severity: str,
+    what: str,
+    why: str,
+    action: str,
+    asks: str | None,
+    approver: str | None,
+    deadline: datetime | None,
+    public_url: str | None,
+) -> Message:
+    """A message that says what was found, how bad and why, what rollbackd did or
+    asks, by when, and how to approve or veto (CLI and HTTP).
+
+    ``asks`` is what people are asked to decide (``None``: the message is for
+    their information and carries no approve/veto instructions); ``approver``
+    is the role that may decide and the role the message is routed to;
+    ``deadline`` must carry a time zone.
+    """
+    if deadline is not None and deadline.tzinfo is None:
+        raise ValueError("deadline needs a time zone: it is shown to people in UTC")
+    sev = one_line(severity, 20).lower() or "unknown"
+    svc = one_line(service, 64)
+    found = one_line(what)
+    title = cut(f"{sev.upper()} {svc}: {found} (incident {incident})", TITLE_LIMIT)
+    lines = [
+        f"What was found: {found}",
+        f"Severity: {sev}, because {one_line(why) or 'no reason was given'}",
+        f"What rollbackd did: {one_line(action) or 'nothing yet'}",
+    ]
+    request = one_line(asks) if asks is not None else ""
+    role = one_line(approver, 32) if approver else None
+    if request:
+        lines.append(f"What is asked of you: {request}")
+    else:
+        lines.append("What is asked of you: nothing; this is for your information")
+    if deadline is not None:
+        lines.append(f"Deadline: {format_instant(deadline)} (UTC)")
+    base = public_url.rstrip("/") if public_url else None
+    if request:
+        deciders = "admin" if role in (None, "admin") else f"{role} or admin"
+        lines.append(f"Who may decide: anyone with a token of role {deciders}")
+        lines.extend(_how_to("approve", incident, base))
+        lines.extend(_how_to("veto", incident, base))
+        lines.append(f"(both read the bearer token from ${TOKEN_ENV})")
+    if base is not None:
+        lines.append(f"Incident: {base}/api/v1/incidents/{incident}")
+        lines.append(f"Status page: {base}/")
+    return Message(
+        incident=incident,
+        service=svc,
+        severity=sev,
+        title=title,
+        text="\n".join(lines),
+        role=role,
+    )
+
+
+def _how_to(verb: str, incident: int, base: str | None) -> list[str]:
+    path = f"/api/v1/incidents/{incident}/{verb}"
+    if base is None:
+        http = (
+            f"  HTTP: POST {path} on this rollbackd's API with "
+            f'"Authorization: Bearer ${TOKEN_ENV}" ([daemon] public_url is not set, '
+            "so its address is not known here)"
+        )
+    else:
+        http = f'  HTTP: curl -fsS -X POST -H "Authorization: Bearer ${TOKEN_ENV}" {base}{path}'
+    return [f"To {verb}:", f"  CLI:  rollbackd {verb} {incident}", http]
+
+
+def one_line(text: str | None, limit: int = FIELD_LIMIT) -> str:
+    """``text`` on one line (control and line-separator characters become spaces), cut
+    to ``limit`` characters."""
+    if not text:
+        return ""
+    flat = "".join(
+        " " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text
+    ).strip()
+    return cut(flat, limit)
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` if it fits in ``limit`` characters, else its head and an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - 1, 0)] + "…"
