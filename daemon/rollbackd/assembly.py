@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-from rollbackd.actions import Executor
+from rollbackd.actions import Executor, StepResult
 from rollbackd.actions.checklist import Checklist, Observer, Parts
 from rollbackd.actions.command import CommandExecutor
 from rollbackd.actions.git import GitExecutor
@@ -21,7 +21,8 @@ from rollbackd.actions.recovery import Criteria, LiveObserver, RecoveryWatcher, 
 from rollbackd.actions.script import ScriptExecutor
 from rollbackd.config import Config, ServiceConfig
 from rollbackd.journal import Journal, SqliteJournal, journal_path
-from rollbackd.notify import JournalOnly, Notifier
+from rollbackd.notify import JournalOnly, Message, Notifier
+from rollbackd.notify.retry import Background, build_notifier
 from rollbackd.rules import Rule, applies_to
 from rollbackd.sources import MetricSource
 from rollbackd.sources.probes import Prober
@@ -51,13 +52,29 @@ def executor_for(service: ServiceConfig) -> Executor:
     )
 
 
-def notifier_for(config: Config) -> Notifier:
-    """The configured notifiers, delivering in the background so no rollback waits on them."""
+def notifier_for(config: Config, journal: Journal | None = None) -> Notifier:
+    """The configured notifiers, delivering in the background so no rollback waits on them.
+
+    Each delivery's real outcome (after retries) is journaled with its incident.
+    """
     if not config.notifiers:
         return JournalOnly()
-    from rollbackd.notify.retry import Background, build_notifier  # noqa: PLC0415
 
-    return Background(build_notifier(config.notifiers))
+    def journaled(message: Message, result: StepResult) -> None:
+        if journal is not None and message.incident:
+            journal.add_evidence(
+                message.incident,
+                now_utc(),
+                "notification",
+                {
+                    "title": message.title,
+                    "role": message.role,
+                    "delivered": result.ok,
+                    "outcome": result.summary,
+                },
+            )
+
+    return Background(build_notifier(config.notifiers), on_result=journaled)
 
 
 def criteria(config: Config) -> Criteria:

@@ -440,7 +440,7 @@ def _start_daemon(loaded: Any, cleanup: list[Callable[[], None]]) -> tuple[Any, 
     from rollbackd.service import Daemon  # noqa: PLC0415
 
     journal = open_journal(loaded.config)
-    daemon = Daemon(loaded, journal, notifier=notifier_for(loaded.config))
+    daemon = Daemon(loaded, journal, notifier=notifier_for(loaded.config, journal))
     config = loaded.config.daemon
     server = uvicorn.Server(
         uvicorn.Config(

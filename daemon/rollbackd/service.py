@@ -149,7 +149,9 @@ class Daemon:
         """Stop after the step in progress: incidents left mid-checklist resume on restart."""
         self.stopping.set()
         self.worker.shutdown(wait=True, cancel_futures=True)
-        del timeout
+        drain = getattr(self.notifier, "drain", None)
+        if callable(drain):
+            drain(min(timeout, 30.0))  # messages already queued still go out
 
     def reload(self, path: Path) -> str:
         """SIGHUP: load config and rules again; keep the old ones if the new are invalid."""
