@@ -1,16 +1,17 @@
 # rollbackd: `make test` and `make demo` work on a fresh Debian machine.
 # They create .venv, install the package with its test extras, and install the
 # Debian packages the tests and the demo run for real (prometheus,
-# prometheus-alertmanager, git) when they are missing.
+# prometheus-alertmanager, git, systemd-analyze, headless chromium) when they
+# are missing.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager git
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager git systemd chromium fonts-dejavu-core
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo lint unit debian-packages venv clean
+.PHONY: test demo lint unit debian-packages demo-packages venv clean
 
 test: venv debian-packages lint
 	$(BIN)/pytest
@@ -23,7 +24,7 @@ lint: venv
 	$(BIN)/ruff format --check daemon tests
 	$(BIN)/mypy
 
-demo: venv debian-packages
+demo: venv demo-packages
 	$(BIN)/rollbackd demo
 
 venv: $(STAMP)
@@ -41,10 +42,23 @@ debian-packages:
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v git >/dev/null || missing="$$missing git"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $(DEBIAN_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
+	fi
+
+demo-packages:
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v git >/dev/null || missing="$$missing git"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 clean:

@@ -247,10 +247,18 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: PLR0915 -- the routes read a
     def incidents(
         caller: Annotated[Caller, Depends(requires(*ANY_ROLE))], limit: int = 50
     ) -> list[dict[str, Any]]:
-        """Incidents, newest first."""
-        return [
-            incident_record(i) for i in daemon.journal.incidents(limit=max(1, min(limit, 1000)))
-        ]
+        """Incidents, newest first; a pending approval carries its deadline and approver."""
+        listed = []
+        for record in daemon.journal.incidents(limit=max(1, min(limit, 1000))):
+            body = incident_record(record)
+            if record.state is IncidentState.AWAITING_APPROVAL:
+                full = daemon.journal.incident(record.id) or record
+                body["deadline"] = _deadline_text(daemon, full)
+                body["approver"] = next(
+                    (d.approver for d in reversed(full.decisions) if d.approver), None
+                )
+            listed.append(body)
+        return listed
 
     @app.get("/api/v1/incidents/{incident}")
     def incident(

@@ -28,7 +28,7 @@ from rollbackd.deploys import Deploy, DeployHistory
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.engine import CycleReport, Engine, LiveCycle
 from rollbackd.errors import InvalidInput
-from rollbackd.journal import IncidentRecord, IncidentState, NewIncident, SqliteJournal
+from rollbackd.journal import IncidentRecord, IncidentState, NewIncident, Outcome, SqliteJournal
 from rollbackd.loader import Loaded, load
 from rollbackd.logs import get_logger
 from rollbackd.metrics import DaemonMetrics
@@ -352,6 +352,7 @@ class Daemon:
             baselines={f.rule: f.baseline for f in findings if f.baseline is not None},
             migrations=current.migrations if current else (),
             deployed_at=current.time if current else None,
+            target_version=decision.target,
         )
 
     def _tell(self, incident: int, decision: Decision, asks: bool) -> None:
@@ -381,7 +382,7 @@ class Daemon:
         for record in self.journal.incidents(limit=200, active_only=True):
             if record.state is not IncidentState.AWAITING_APPROVAL:
                 continue
-            deadline = self._deadline(record)
+            deadline = self._deadline(self.journal.incident(record.id) or record)
             if deadline is not None and now >= deadline:
                 log.info("deadline reached", incident=record.id, service=record.service)
                 self._start_approved(
@@ -409,6 +410,7 @@ class Daemon:
         except Exception as exc:  # a worker must report, not die silently
             log.exception("rollback failed", incident=incident, error=str(exc))
             return
+        self._note_rollback_deploy(record)
         outcome = record.state.value
         self.metrics.rollbacks.labels(record.service, outcome).inc()
         if record.state in (IncidentState.RECOVERED, IncidentState.NOT_RECOVERED):
@@ -417,6 +419,23 @@ class Daemon:
         self.on_event(
             "finished", {"incident": incident, "state": outcome, "summary": record.summary}
         )
+
+    def _note_rollback_deploy(self, record: IncidentRecord) -> None:
+        """A rollback that executed is a deploy of the target: the history must say so."""
+        executed = record.step("execute")
+        if executed is None or executed.outcome is not Outcome.OK or record.target is None:
+            return
+        version = str(record.facts.get("target_version") or record.target)
+        deploy = Deploy(
+            service=record.service,
+            version=version,
+            time=executed.finished_at or self.clock(),
+            source="event",
+            ref=record.target,
+        )
+        self.journal.record_deploy(deploy, self.clock())
+        with self.lock:
+            self.history.record(deploy)
 
     # -- what people and other systems do through the API ------------------------------
 

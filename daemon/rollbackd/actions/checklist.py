@@ -84,6 +84,7 @@ class RollbackRequest:
     baselines: Mapping[str, float] = field(default_factory=dict)
     migrations: Sequence[MigrationFact] = ()
     deployed_at: datetime | None = None
+    target_version: str | None = None
 
 
 Observer = Callable[[datetime], Check]
@@ -142,6 +143,7 @@ class Checklist:
             "baselines": dict(request.baselines),
             "migrations": [m.__dict__ for m in request.migrations],
             "deployed_at": request.deployed_at.isoformat() if request.deployed_at else None,
+            "target_version": request.target_version,
         }
         incident = self.journal.open_incident(
             NewIncident(

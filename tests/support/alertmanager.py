@@ -1,0 +1,241 @@
+"""A real Alertmanager for integration tests, sending its webhook to a rollbackd.
+
+``/usr/bin/prometheus-alertmanager`` (Debian package prometheus-alertmanager)
+runs on a free loopback port with gossip off (``--cluster.listen-address=``),
+its storage and log in a directory the caller owns, and a generated config
+whose single receiver is a webhook to rollbackd's ``/webhooks/alertmanager``
+with a bearer token and ``send_resolved: true``. The route waits 1s before
+the first notification of a group and 1s between updates, so an alert posted
+with :meth:`Alertmanager.post_alert` reaches rollbackd within a few seconds.
+
+Usage::
+
+    am = Alertmanager(tmp_path / "am", "http://127.0.0.1:9095", token="s3cret").start()
+    am.post_alert({"alertname": "WebDown", "service": "web", "rollbackd_trigger": "outage"})
+    am.stop()
+
+A missing binary is a :class:`~tests.support.processes.ProcessError` naming
+the package; :func:`require_alertmanager` turns it into a test failure, never
+a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import pytest
+
+from tests.support.processes import LOOPBACK, ProcessError, free_port, tail, terminate
+
+ALERTMANAGER_BIN = Path("/usr/bin/prometheus-alertmanager")
+ALERTMANAGER_HINT = "install Debian package prometheus-alertmanager (make test does this)"
+WEBHOOK_PATH = "/webhooks/alertmanager"
+
+
+def require_alertmanager(binary: Path = ALERTMANAGER_BIN) -> None:
+    """Fail (not skip) the test when the Debian prometheus-alertmanager package is missing."""
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"{binary} not found: {ALERTMANAGER_HINT}", pytrace=False)
+
+
+def _instant(moment: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``, as Alertmanager's API expects."""
+    if moment.tzinfo is None:
+        raise ValueError("alert times need a time zone")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class Alertmanager:
+    """``prometheus-alertmanager`` on a free loopback port, webhooking to ``rollbackd_url``.
+
+    Files live in ``workdir``: ``alertmanager.yml``, ``alertmanager.log`` and
+    ``data/`` (silences and the notification log). :meth:`stop` then
+    :meth:`start` reuses both the storage and the port.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        rollbackd_url: str,
+        token: str,
+        *,
+        port: int | None = None,
+        group_wait: str = "1s",
+        group_interval: str = "1s",
+        repeat_interval: str = "1h",
+        binary: Path = ALERTMANAGER_BIN,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.workdir = workdir.absolute()
+        self.webhook_url = rollbackd_url.rstrip("/") + WEBHOOK_PATH
+        self.token = token
+        self.port = port or free_port()
+        self.group_wait = group_wait
+        self.group_interval = group_interval
+        self.repeat_interval = repeat_interval
+        self.binary = binary
+        self.start_timeout = start_timeout
+        self.config_path = self.workdir / "alertmanager.yml"
+        self.storage_dir = self.workdir / "data"
+        self.log_path = self.workdir / "alertmanager.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``, without a trailing slash."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the process was started and has not exited."""
+        return self._process is not None and self._process.poll() is None
+
+    def config(self) -> dict[str, Any]:
+        """The configuration written to ``alertmanager.yml`` (JSON, which is YAML)."""
+        return {
+            "route": {
+                "receiver": "rollbackd",
+                "group_by": ["..."],
+                "group_wait": self.group_wait,
+                "group_interval": self.group_interval,
+                "repeat_interval": self.repeat_interval,
+            },
+            "receivers": [
+                {
+                    "name": "rollbackd",
+                    "webhook_configs": [
+                        {
+                            "url": self.webhook_url,
+                            "send_resolved": True,
+                            "http_config": {
+                                "authorization": {"type": "Bearer", "credentials": self.token}
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+
+    def write_config(self) -> None:
+        """Write ``alertmanager.yml`` from the current attributes."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
+
+    def command(self) -> list[str]:
+        """The argv Alertmanager is started with."""
+        return [
+            str(self.binary),
+            f"--config.file={self.config_path}",
+            f"--storage.path={self.storage_dir}",
+            f"--web.listen-address={LOOPBACK}:{self.port}",
+            "--cluster.listen-address=",
+        ]
+
+    def start(self) -> Self:
+        """Start Alertmanager and return once ``/-/ready`` answers 200."""
+        if self.running:
+            raise ProcessError("Alertmanager is already running")
+        if not os.access(self.binary, os.X_OK):
+            raise ProcessError(f"{self.binary} is missing: {ALERTMANAGER_HINT}")
+        self.write_config()
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
+            )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last = "no answer yet"
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                process = self._process
+                if process is None or process.poll() is not None:
+                    code = process.returncode if process else None
+                    raise ProcessError(
+                        f"Alertmanager exited with {code} before it was ready; "
+                        f"log {self.log_path}:\n{tail(self.log_path)}"
+                    )
+                try:
+                    response = client.get(f"{self.url}/-/ready")
+                except httpx.TransportError as error:
+                    last = repr(error)
+                else:
+                    if response.status_code == httpx.codes.OK:
+                        return
+                    last = f"{response.status_code} {response.text.strip()}"
+                time.sleep(0.05)
+        self.kill()
+        raise ProcessError(
+            f"Alertmanager at {self.url} not ready within {self.start_timeout:g}s "
+            f"(last: {last}); log {self.log_path}:\n{tail(self.log_path)}"
+        )
+
+    def post_alert(
+        self,
+        labels: Mapping[str, str],
+        annotations: Mapping[str, str] | None = None,
+        starts_at: datetime | None = None,
+        ends_at: datetime | None = None,
+    ) -> None:
+        """Post one alert through the API v2 (``POST /api/v2/alerts``), as Prometheus would.
+
+        Without ``ends_at`` the alert fires until Alertmanager's resolve timeout
+        (5m); an ``ends_at`` in the past resolves it. Raises ProcessError with
+        Alertmanager's answer when it refuses the alert.
+        """
+        alert: dict[str, Any] = {"labels": dict(labels)}
+        if annotations:
+            alert["annotations"] = dict(annotations)
+        if starts_at is not None:
+            alert["startsAt"] = _instant(starts_at)
+        if ends_at is not None:
+            alert["endsAt"] = _instant(ends_at)
+        response = httpx.post(f"{self.url}/api/v2/alerts", json=[alert], timeout=10.0)
+        if response.status_code != httpx.codes.OK:
+            raise ProcessError(
+                f"POST /api/v2/alerts {alert}: {response.status_code} {response.text}"
+            )
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts Alertmanager holds now (``GET /api/v2/alerts``)."""
+        response = httpx.get(f"{self.url}/api/v2/alerts", timeout=10.0)
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; return the exit code (None if never started)."""
+        if self._process is None:
+            return None
+        return terminate(self._process, timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL at once, as a crash would; return the exit code."""
+        if self._process is None:
+            return None
+        if self._process.poll() is None:
+            self._process.kill()
+        return self._process.wait(timeout=10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
