@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO.parent / "shared" / "examples"
+EXAMPLES = REPO / "tests" / "fixtures"
+"""Webhook bodies captured from a real Alertmanager 0.25 (copied from shared/examples)."""
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from rollbackd.errors import InvalidInput
 from rollbackd.model import FindingState, Severity, Trigger
 from rollbackd.sources.alerts import alert_findings, parse_webhook
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures"
 NOW = datetime(2026, 11, 25, 16, 5, tzinfo=UTC)
 
 
