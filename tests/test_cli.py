@@ -39,20 +39,6 @@ def test_help_lists_every_command_of_the_design(run_cli: RunCli) -> None:
         assert command in result.stdout
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["demo"],
-    ],
-)
-def test_commands_not_built_yet_say_so_and_exit_1(run_cli: RunCli, args: list[str]) -> None:
-    """A command of the contract without its capability says so instead of pretending."""
-    result = run_cli(*args)
-    assert result.returncode == 1
-    assert "not built yet" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 def test_check_config_on_the_example_prints_the_summary(run_cli: RunCli, repo: Path) -> None:
     """The example config and default rules pass, with services, rules and policy shown."""
     result = run_cli("check-config", "--config", str(repo / "config.example.toml"))

@@ -11,11 +11,11 @@ import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,6 +31,9 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+IncidentId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Incident id.")]
+"""An incident id: SQLite's integer range, so no id can overflow the journal."""
 
 ANY_ROLE = ("admin", "senior_admin", "team", "database", "ci", "alertmanager", "viewer")
 
@@ -125,6 +128,8 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: PLR0915 -- the routes read a
         problems = []
         for item in exc.errors():
             loc = [str(p) for p in item.get("loc", ()) if p != "body"]
+            if item.get("type") == "json_invalid":
+                loc = []
             problems.append({"field": ".".join(loc) or "body", "error": item.get("msg", "")})
         first = problems[0] if problems else {"field": "body", "error": "invalid"}
         return _error(422, f"{first['field']}: {first['error']}", first["field"], problems=problems)
@@ -224,12 +229,24 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: PLR0915 -- the routes read a
         changed, duplicates = await run_in_threadpool(daemon.accept_webhook, body)
         return {"accepted": changed, "duplicates": duplicates}
 
-    @app.post("/api/v1/deploys", status_code=201)
-    def deploys(
-        body: DeployBody, caller: Annotated[Caller, Depends(requires("ci"))]
+    deploy_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": DeployBody.model_json_schema()}},
+        }
+    }
+
+    @app.post("/api/v1/deploys", status_code=201, openapi_extra=deploy_doc)
+    async def deploys(
+        request: Request, caller: Annotated[Caller, Depends(requires("ci"))]
     ) -> dict[str, Any]:
         """A deploy event from CI: starts the attribution window and dates the baseline."""
-        deploy = daemon.accept_deploy(body.model_dump(exclude_none=True))
+        raw = await request.body()  # read after authentication, within the body limit
+        try:
+            body = DeployBody.model_validate_json(raw)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        deploy = await run_in_threadpool(daemon.accept_deploy, body.model_dump(exclude_none=True))
         return {
             "service": deploy.service,
             "version": deploy.version,
@@ -262,14 +279,14 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: PLR0915 -- the routes read a
 
     @app.get("/api/v1/incidents/{incident}")
     def incident(
-        incident: int, caller: Annotated[Caller, Depends(requires(*ANY_ROLE))]
+        incident: IncidentId, caller: Annotated[Caller, Depends(requires(*ANY_ROLE))]
     ) -> dict[str, Any]:
         """One incident with its decisions and steps."""
         return _incident_detail(daemon, incident)
 
     @app.get("/api/v1/incidents/{incident}/report")
     def report(
-        incident: int,
+        incident: IncidentId,
         caller: Annotated[Caller, Depends(requires(*ANY_ROLE))],
         format: str = "markdown",
     ) -> Response:
@@ -285,14 +302,14 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: PLR0915 -- the routes read a
 
     @app.post("/api/v1/incidents/{incident}/approve")
     def approve(
-        incident: int, caller: Annotated[Caller, Depends(requires(*ANY_ROLE))]
+        incident: IncidentId, caller: Annotated[Caller, Depends(requires(*ANY_ROLE))]
     ) -> dict[str, Any]:
         """Approve a pending rollback: it starts now. Needs the policy's approver role."""
         return incident_record(daemon.approve(incident, caller))
 
     @app.post("/api/v1/incidents/{incident}/veto")
     def veto(
-        incident: int, caller: Annotated[Caller, Depends(requires(*ANY_ROLE))]
+        incident: IncidentId, caller: Annotated[Caller, Depends(requires(*ANY_ROLE))]
     ) -> dict[str, Any]:
         """Veto a pending rollback: it will not run. Needs the policy's approver role."""
         return incident_record(daemon.veto(incident, caller))

@@ -143,13 +143,17 @@ class DeployHistory:
     def note_evaluation(
         self, service: str, at: datetime, conclusive: bool, trouble_started: datetime | None
     ) -> None:
-        """What one cycle saw for the service: real data or not, and any finding's start."""
-        run = self._current_run(service)
+        """What one cycle saw for the service: real data or not, and any finding's start.
+
+        It counts for the deploy that was running at ``at`` (a replay of the
+        past may run while later deploys are already known).
+        """
+        run = self._run_at(service, at)
         if run is None:
             return
         if conclusive:
-            run.first_conclusive = run.first_conclusive or at
-            run.last_conclusive = at
+            run.first_conclusive = min(run.first_conclusive or at, at)
+            run.last_conclusive = max(run.last_conclusive or at, at)
         if trouble_started is not None:
             start = max(trouble_started, run.deploy.time)
             if run.trouble_at is None or start < run.trouble_at:
@@ -191,6 +195,13 @@ class DeployHistory:
             f"{run.deploy.version} (deployed {format_instant(start)}) ran "
             f"{format_duration(clean_until - observed_from)} on real data without a finding"
         )
+
+    def _run_at(self, service: str, at: datetime) -> _Run | None:
+        history = self._services.get(service)
+        if not history:
+            return None
+        running = [r for r in history.runs if r.deploy.time <= at]
+        return running[-1] if running else None
 
     def _current_run(self, service: str) -> _Run | None:
         history = self._services.get(service)

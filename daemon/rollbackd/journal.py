@@ -614,10 +614,10 @@ class SqliteJournal:
                     "SELECT status, ends_at FROM alerts WHERE fingerprint = ? AND starts_at = ?",
                     (alert.fingerprint, _text(alert.starts_at)),
                 ).fetchone()
-                status = alert.status
+                status, ends_at = alert.status, _text(alert.ends_at)
                 if before is not None and before[0] == "resolved":
-                    status = "resolved"
-                if before is not None and (before[0], before[1]) == (status, _text(alert.ends_at)):
+                    status, ends_at = "resolved", before[1] or ends_at  # never back to firing
+                if before is not None and (before[0], before[1]) == (status, ends_at):
                     db.execute(
                         "UPDATE alerts SET last_received = ?"
                         " WHERE fingerprint = ? AND starts_at = ?",
@@ -636,7 +636,7 @@ class SqliteJournal:
                         alert.fingerprint,
                         _text(alert.starts_at),
                         status,
-                        _text(alert.ends_at),
+                        ends_at,
                         alert.service,
                         alert.name,
                         _json(dict(alert.labels)),

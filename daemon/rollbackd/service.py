@@ -134,9 +134,11 @@ class Daemon:
     def start(self) -> None:
         """Restore what the journal knows, and resume rollbacks a crash interrupted."""
         now = self.clock()
-        for record in self.journal.incidents(limit=200):
-            if now - record.opened_at > RESTORE_WINDOW or record.state is IncidentState.RECOVERED:
+        self._warm_up(now)
+        for listed in reversed(self.journal.incidents(limit=200)):
+            if now - listed.opened_at > RESTORE_WINDOW or listed.state is IncidentState.RECOVERED:
                 continue
+            record = self.journal.incident(listed.id) or listed
             decision = self._last_decision(record)
             if decision is not None:
                 self.engine.restore(record.service, record.opened_at, decision)
@@ -144,6 +146,32 @@ class Daemon:
                 log.info("resuming", incident=record.id, service=record.service)
                 self._submit(record.id)
         self.status_line = "started"
+
+    def _warm_up(self, now: datetime) -> None:
+        """Replay recent history so rule states and known-good versions survive a restart.
+
+        The replay decides nothing that is acted on; it only rebuilds what the
+        engine would know had it been running (pending rules, which versions
+        ran clean). Without Prometheus history this does nothing.
+        """
+        from rollbackd.evaluation import lookback  # noqa: PLC0415 -- start-up only
+        from rollbackd.replay import Replay  # noqa: PLC0415
+
+        if not any(rule.query is not None for rule in self.loaded.rules):
+            return
+        step = self.config.daemon.poll_interval
+        replay = Replay(
+            self.config, self.loaded.rules, self.source, step, self.history,
+            simulate_rollbacks=False,
+        )  # fmt: skip
+        try:
+            for _ in replay.run(now - lookback(self.config, self.loaded.rules), now - step):
+                pass
+        except Exception as exc:  # noqa: BLE001 -- a warm-up must never keep the daemon from starting
+            log.warning("warm-up skipped", error=f"{type(exc).__name__}: {exc}")
+            return
+        self.engine.states = dict(replay.engine.states)
+        log.info("warmed up from history", rules=len(self.loaded.rules))
 
     def shutdown(self, timeout: float = 900.0) -> None:
         """Stop after the step in progress: incidents left mid-checklist resume on restart."""

@@ -1,0 +1,993 @@
+"""The HTTP API of design §3, through a real uvicorn server on loopback.
+
+Each test gets a real :class:`~rollbackd.service.Daemon` with a real SQLite
+journal in ``tmp_path``, its rules answered by :class:`ScriptedMetrics` (an
+in-memory Prometheus), served by uvicorn on a free port in a thread, and
+talked to with httpx like any client. The evaluation loop is not scheduled:
+tests call ``daemon.cycle()`` themselves, on a clock they can move forward.
+Rollbacks run the ``command`` executor, which touches a file that makes the
+scripted error rate drop, so a started rollback really recovers, quickly.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+import uvicorn
+
+from rollbackd.api import create_app
+from rollbackd.engine import CycleReport
+from rollbackd.journal import SqliteJournal, journal_path
+from rollbackd.loader import load
+from rollbackd.logs import configure
+from rollbackd.model import Action, Severity
+from rollbackd.service import Daemon
+from rollbackd.testing import ScriptedMetrics
+from tests.conftest import EXAMPLES
+from tests.support.processes import free_port
+
+ROLES = ("admin", "senior_admin", "team", "database", "ci", "alertmanager", "viewer")
+TOKENS = {role: f"tok-{role}-{hashlib.sha256(role.encode()).hexdigest()[:20]}" for role in ROLES}
+"""One token per role; distinctive, so that a leak of one is easy to find."""
+WRONG_TOKEN = "tok-nobody-0123456789abcdef0123"  # noqa: S105 -- made up; no config knows it
+ERRORS = 'sum(rate(http_requests_total{code=~"5.."}[1m])) by (service)'
+MAX_BODY = 2048
+KNOWN_GOOD_AFTER = timedelta(minutes=1)
+TIMEOUT = 10.0
+WEBHOOK = EXAMPLES / "alertmanager-webhook-v4.json"
+WEBHOOK_FROM_PROMETHEUS = EXAMPLES / "alertmanager-webhook-v4-from-prometheus.json"
+
+RULES = f"""
+[[rules]]
+name = "error-rate"
+trigger = "high_error_rate"
+query = '{ERRORS}'
+condition = "> 0.05"
+"""
+
+
+@dataclass
+class MovableClock:
+    """The wall clock plus an offset a test moves: time passes, and can be skipped ahead."""
+
+    offset: timedelta = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, by: timedelta) -> None:
+        self.offset += by
+
+
+class LiveServer:
+    """uvicorn serving an ASGI app on 127.0.0.1:port in a thread of this process.
+
+    uvicorn logs nothing below critical and leaves logging alone: Python 3.11.7
+    formats tracebacks with ``ast.parse``, which is not thread-safe there
+    ("AST constructor recursion depth mismatch"), so uvicorn logging a 500's
+    traceback while pytest renders a failure crashes the whole session. A 500
+    still shows in the test that got it.
+    """
+
+    def __init__(self, app: Any, port: int) -> None:
+        self.port = port
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                log_config=None,
+                log_level="critical",
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{port}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = TIMEOUT) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError(f"uvicorn on port {self.port} exited before it started")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn on port {self.port} did not start in {timeout}s")
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = TIMEOUT) -> None:
+        self.request_stop()
+        self.join(timeout)
+
+    def request_stop(self) -> None:
+        """Stop accepting connections; uvicorn finishes within about 0.2 s."""
+        self.server.should_exit = True
+
+    def join(self, timeout: float = TIMEOUT) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"uvicorn on port {self.port} did not stop"
+
+
+@dataclass
+class Api:
+    """A served daemon and everything a test looks at: journal, metrics, clock, logs."""
+
+    server: LiveServer
+    daemon: Daemon
+    journal: SqliteJournal
+    metrics: ScriptedMetrics
+    clock: MovableClock
+    logs: io.StringIO
+    root: Path
+    rolled_back: Path
+    seen_tokens: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        role: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One request; with ``role``, it carries that role's bearer token."""
+        sent = dict(headers or {})
+        if role is not None:
+            sent["Authorization"] = f"Bearer {TOKENS[role]}"
+        return httpx.request(method, self.url + path, headers=sent, timeout=TIMEOUT, **kwargs)
+
+    def get(self, path: str, role: str | None = None, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, role, **kwargs)
+
+    def post(self, path: str, role: str | None = None, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, role, **kwargs)
+
+    def deploy(self, version: str, **extra: Any) -> httpx.Response:
+        body = {"service": "web", "version": version, **extra}
+        return self.post("/api/v1/deploys", "ci", json=body)
+
+    def webhook(self, payload: Any, role: str = "alertmanager") -> httpx.Response:
+        return self.post("/webhooks/alertmanager", role, content=json.dumps(payload).encode())
+
+    def cycle(self) -> CycleReport:
+        report = self.daemon.cycle()
+        assert report is not None, self.daemon.last_cycle_error
+        return report
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.journal.path)
+
+    def count(self, table: str) -> int:
+        with self.db() as db:
+            return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608 -- table names are the test's own constants
+
+    def incident(self, number: int) -> dict[str, Any]:
+        response = self.get(f"/api/v1/incidents/{number}", "viewer")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def wait_for_state(self, number: int, states: set[str], timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            state = str(self.incident(number)["state"])
+            if state in states:
+                return state
+            time.sleep(0.05)
+        raise AssertionError(f"incident {number} stayed {state}, expected one of {states}")
+
+
+def config_text(root: Path, port: int, rolled_back: Path, extra: str = "") -> str:
+    tokens = "".join(
+        f'[[tokens]]\nname = "{role.replace("_", "-")}"\n'
+        f'sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\nrole = "{role}"\n'
+        for role, token in TOKENS.items()
+    )
+    return f"""
+[daemon]
+listen = "127.0.0.1:{port}"
+state_dir = "{root / "state"}"
+poll_interval = "1s"
+rules = ["rules/*.toml"]
+max_body_bytes = {MAX_BODY}
+{extra}
+
+[[services]]
+name = "web"
+executor = "command"
+command = ["touch", "{rolled_back}"]
+command_timeout = "10s"
+
+[deploys]
+known_good_after = "1m"
+
+[recovery]
+window = "1s"
+timeout = "30s"
+
+{tokens}
+"""
+
+
+ApiFactory = Callable[..., Api]
+
+
+@pytest.fixture(scope="module")
+def stopping() -> Iterator[list[LiveServer]]:
+    """Servers told to stop; joined once at the end of the module, not after every test."""
+    servers: list[LiveServer] = []
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.join()
+
+
+@pytest.fixture
+def make_api(tmp_path: Path, stopping: list[LiveServer]) -> Iterator[ApiFactory]:
+    """Serve real daemons (logs captured as JSON); each is stopped and closed at teardown."""
+    logs = io.StringIO()
+    configure("json", stream=logs)
+    started: list[Api] = []
+
+    def make(daemon_extra: str = "") -> Api:
+        root = tmp_path / f"daemon-{len(started)}"
+        (root / "rules").mkdir(parents=True)
+        (root / "rules" / "errors.toml").write_text(RULES, encoding="utf-8")
+        rolled_back = root / "rolled-back"
+        port = free_port()
+        config = root / "config.toml"
+        config.write_text(config_text(root, port, rolled_back, daemon_extra), encoding="utf-8")
+        loaded = load(config, env={})
+        journal = SqliteJournal(journal_path(loaded.config.daemon.state_dir))
+        metrics = ScriptedMetrics(["web"])
+        clock = MovableClock()
+        daemon = Daemon(loaded, journal, metrics_source=metrics, clock=clock)
+        daemon.start()
+        server = LiveServer(create_app(daemon), port)
+        api = Api(server, daemon, journal, metrics, clock, logs, root, rolled_back)
+        started.append(api)
+        server.start()
+        return api
+
+    try:
+        yield make
+    finally:
+        for api in reversed(started):
+            api.server.request_stop()  # no request is in flight: every call here is synchronous
+            stopping.append(api.server)
+            api.daemon.shutdown()
+            api.journal.close()
+        structlog.reset_defaults()
+
+
+@pytest.fixture
+def api(make_api: ApiFactory) -> Api:
+    """A served daemon with the default config: the status page needs a token."""
+    return make_api()
+
+
+def drive_to_approval(api: Api) -> int:
+    """v1 runs clean until known good; v2 brings 20 % errors: a high finding asks for approval."""
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0)
+    assert api.deploy("v1").status_code == 201
+    api.cycle()
+    api.clock.advance(KNOWN_GOOD_AFTER + timedelta(seconds=30))
+    api.cycle()
+    assert api.deploy("v2").status_code == 201
+    api.clock.advance(timedelta(seconds=30))
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0 if api.rolled_back.exists() else 0.2)
+    report = api.cycle()
+    [decision] = report.decisions
+    assert decision.severity is Severity.HIGH
+    assert decision.action is Action.REQUEST_APPROVAL
+    assert (decision.approver, decision.target) == ("senior_admin", "v1")
+    listed = api.get("/api/v1/incidents", "viewer").json()
+    [incident] = [i for i in listed if i["state"] == "awaiting_approval"]
+    assert incident["target"] == "v1"
+    assert incident["current_version"] == "v2"
+    assert incident["approver"] == "senior_admin"
+    assert incident["deadline"] is not None
+    number: int = incident["id"]
+    return number
+
+
+def example(path: Path = WEBHOOK) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return loaded
+
+
+def assert_error(response: httpx.Response, status: int, field: str | None) -> dict[str, Any]:
+    """The response has ``status`` and a JSON body with an ``error`` (and that ``field``)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body: dict[str, Any] = response.json()
+    assert isinstance(body.get("error"), str) and body["error"], body
+    if field is not None:
+        assert body.get("field") == field, body
+    return body
+
+
+# -- authentication: 401 -------------------------------------------------------------------
+
+PROTECTED = [
+    ("POST", "/webhooks/alertmanager"),
+    ("POST", "/api/v1/deploys"),
+    ("GET", "/api/v1/services"),
+    ("GET", "/api/v1/incidents"),
+    ("GET", "/api/v1/incidents/1"),
+    ("GET", "/api/v1/incidents/1/report"),
+    ("POST", "/api/v1/incidents/1/approve"),
+    ("POST", "/api/v1/incidents/1/veto"),
+    ("GET", "/"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+def test_without_a_valid_token_every_protected_endpoint_answers_401(
+    api: Api, method: str, path: str
+) -> None:
+    """No token, an unknown one or another scheme: 401 with a Bearer challenge and a reason."""
+    body = {"service": "web", "version": "v1"} if path.endswith("deploys") else None
+    response = api.request(method, path, json=body)
+    answer = assert_error(response, 401, "Authorization")
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert answer["error"] == "a bearer token is required"
+    for header in (f"Bearer {WRONG_TOKEN}", f"Basic {TOKENS['admin']}", "Bearer"):
+        response = api.request(method, path, headers={"Authorization": header}, json=body)
+        assert_error(response, 401, "Authorization")
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert api.journal.deliveries() == 0
+    assert api.journal.deploys() == []
+
+
+def test_without_a_token_a_bad_deploy_body_is_still_a_401(api: Api) -> None:
+    """Someone without a token learns nothing about what a valid deploy event looks like."""
+    response = api.post(
+        "/api/v1/deploys", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert_error(response, 401, "Authorization")
+
+
+# -- authorisation: 403 --------------------------------------------------------------------
+
+
+def test_the_webhook_needs_the_alertmanager_or_admin_role(api: Api) -> None:
+    """A token of another role cannot post alerts: 403 naming the role needed; nothing kept."""
+    for role in ("ci", "team", "viewer", "senior_admin", "database"):
+        body = assert_error(api.webhook(example(), role=role), 403, "Authorization")
+        assert "alertmanager" in body["error"], role
+        assert TOKENS[role] not in body["error"]
+    assert api.journal.deliveries() == 0
+    assert api.webhook(example(), role="admin").status_code == 200
+    assert api.webhook(example(), role="alertmanager").status_code == 200
+
+
+def test_deploy_events_need_the_ci_or_admin_role(api: Api) -> None:
+    """A token of another role cannot announce deploys: 403 naming the role needed."""
+    for role in ("alertmanager", "team", "viewer", "senior_admin", "database"):
+        response = api.post("/api/v1/deploys", role, json={"service": "web", "version": "v1"})
+        body = assert_error(response, 403, "Authorization")
+        assert "ci" in body["error"], role
+    assert api.journal.deploys() == []
+    for role in ("ci", "admin"):
+        response = api.post("/api/v1/deploys", role, json={"service": "web", "version": "v1"})
+        assert response.status_code == 201, response.text
+
+
+def test_every_role_may_read_state(api: Api) -> None:
+    """Services and incidents are readable with any configured token."""
+    for role in ROLES:
+        services = api.get("/api/v1/services", role)
+        assert services.status_code == 200, (role, services.text)
+        assert [s["name"] for s in services.json()] == ["web"]
+        incidents = api.get("/api/v1/incidents", role)
+        assert (incidents.status_code, incidents.json()) == (200, []), role
+
+
+def test_only_the_policy_approver_or_admin_decides(api: Api) -> None:
+    """A high-severity rollback waits for senior_admin: another role gets 403 and nothing moves."""
+    number = drive_to_approval(api)
+    for role in ("team", "ci", "viewer", "alertmanager", "database"):
+        for decision in ("approve", "veto"):
+            response = api.post(f"/api/v1/incidents/{number}/{decision}", role)
+            body = assert_error(response, 403, "Authorization")
+            assert "senior_admin" in body["error"], (role, decision)
+    assert api.incident(number)["state"] == "awaiting_approval"
+    assert [d["actor"] for d in api.incident(number)["decisions"]] == ["rollbackd"]
+
+
+# -- the approval flow ---------------------------------------------------------------------
+
+
+def test_approval_by_senior_admin_starts_the_rollback_and_it_recovers(api: Api) -> None:
+    """senior_admin approves: the rollback starts at once, runs the command and recovers."""
+    number = drive_to_approval(api)
+    metrics = api.get("/metrics").text
+    assert "rollbackd_pending_approvals 1.0" in metrics
+    response = api.post(f"/api/v1/incidents/{number}/approve", "senior_admin")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["id"] == number
+    assert body["state"] in {"rolling_back", "recovering", "recovered"}
+    assert api.wait_for_state(number, {"recovered", "not_recovered", "escalated"}) == "recovered"
+    assert api.rolled_back.exists()
+    detail = api.incident(number)
+    assert [d["actor"] for d in detail["decisions"]] == ["rollbackd", "senior-admin"]
+    assert detail["decisions"][-1]["reason"] == "approved by senior-admin"
+    assert ("execute", "ok") in [(s["name"], s["outcome"]) for s in detail["steps"]]
+    [web] = api.get("/api/v1/services", "viewer").json()
+    assert web["current_version"] == "v1"
+    assert_error(api.post(f"/api/v1/incidents/{number}/approve", "senior_admin"), 409, None)
+
+
+def restarted(api: Api, journals: list[SqliteJournal]) -> Daemon:
+    """A second daemon over the same config and journal file, as after a restart."""
+    journal = SqliteJournal(api.journal.path)
+    journals.append(journal)
+    daemon = Daemon(api.daemon.loaded, journal, metrics_source=api.metrics, clock=api.clock)
+    daemon.start()
+    return daemon
+
+
+@pytest.fixture
+def journals() -> Iterator[list[SqliteJournal]]:
+    """Journals a test opens itself; closed at teardown."""
+    opened: list[SqliteJournal] = []
+    try:
+        yield opened
+    finally:
+        for journal in opened:
+            journal.close()
+
+
+def test_after_a_restart_a_pending_incident_is_not_decided_again(
+    api: Api, journals: list[SqliteJournal]
+) -> None:
+    """A restart while a rollback awaits approval opens no second incident for the same finding."""
+    number = drive_to_approval(api)
+    report = restarted(api, journals).cycle()
+    assert report is not None
+    assert report.decisions == ()
+    assert [i["id"] for i in api.get("/api/v1/incidents", "viewer").json()] == [number]
+
+
+def test_after_a_restart_the_last_known_good_version_is_still_known(
+    api: Api, journals: list[SqliteJournal]
+) -> None:
+    """v1 was known good before a restart: a bad v2 afterwards still asks to roll back to v1.
+
+    The daemon rebuilds this on start by replaying recent Prometheus history.
+    """
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0)
+    assert api.deploy("v1").status_code == 201
+    api.cycle()
+    api.clock.advance(KNOWN_GOOD_AFTER + timedelta(seconds=30))
+    api.cycle()
+    assert api.deploy("v2").status_code == 201
+    daemon = restarted(api, journals)
+    api.clock.advance(timedelta(seconds=30))
+    api.metrics.set(ERRORS, lambda _service, _at: 0.2)
+    report = daemon.cycle()
+    assert report is not None
+    [decision] = report.decisions
+    assert (decision.action, decision.target) == (Action.REQUEST_APPROVAL, "v1")
+
+
+def test_admin_may_approve_any_pending_rollback(api: Api) -> None:
+    """admin stands in for every approver role."""
+    number = drive_to_approval(api)
+    response = api.post(f"/api/v1/incidents/{number}/approve", "admin")
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] != "awaiting_approval"
+    assert api.wait_for_state(number, {"recovered", "not_recovered", "escalated"}) == "recovered"
+
+
+def test_a_veto_stops_the_rollback_and_a_later_approval_is_a_conflict(api: Api) -> None:
+    """After a veto the incident is vetoed for good: approving or vetoing again gives 409."""
+    number = drive_to_approval(api)
+    response = api.post(f"/api/v1/incidents/{number}/veto", "senior_admin")
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "vetoed"
+    body = assert_error(api.post(f"/api/v1/incidents/{number}/approve", "senior_admin"), 409, None)
+    assert "vetoed" in body["error"]
+    assert_error(api.post(f"/api/v1/incidents/{number}/veto", "admin"), 409, None)
+    assert api.incident(number)["state"] == "vetoed"
+    assert not api.rolled_back.exists()
+    with api.db() as db:
+        assert db.execute("SELECT count(*) FROM steps WHERE name = 'execute'").fetchone()[0] == 0
+
+
+def test_without_a_decision_the_rollback_runs_at_the_deadline(api: Api) -> None:
+    """Nobody answers within the policy's 15 minutes: rollbackd rolls back by itself."""
+    number = drive_to_approval(api)
+    api.cycle()
+    assert api.incident(number)["state"] == "awaiting_approval"
+    api.clock.advance(timedelta(minutes=16))
+    api.cycle()
+    assert api.wait_for_state(number, {"recovered", "not_recovered", "escalated"}) == "recovered"
+    assert api.incident(number)["decisions"][-1]["actor"] == "rollbackd (deadline)"
+
+
+def test_a_vetoed_rollback_does_not_run_at_the_deadline(api: Api) -> None:
+    """After a veto, the deadline passing changes nothing."""
+    number = drive_to_approval(api)
+    assert api.post(f"/api/v1/incidents/{number}/veto", "senior_admin").status_code == 200
+    api.clock.advance(timedelta(minutes=16))
+    api.cycle()
+    assert api.incident(number)["state"] == "vetoed"
+    assert not api.rolled_back.exists()
+
+
+def test_deciding_on_an_incident_that_does_not_exist_is_404(api: Api) -> None:
+    """Approving, vetoing or reading an unknown incident says it does not exist."""
+    for path in ("/api/v1/incidents/999/approve", "/api/v1/incidents/999/veto"):
+        body = assert_error(api.post(path, "admin"), 404, None)
+        assert "999" in body["error"]
+    assert_error(api.get("/api/v1/incidents/999", "viewer"), 404, None)
+    assert_error(api.get("/api/v1/incidents/999/report", "viewer"), 404, None)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/incidents/{}"),
+        ("GET", "/api/v1/incidents/{}/report"),
+        ("POST", "/api/v1/incidents/{}/approve"),
+        ("POST", "/api/v1/incidents/{}/veto"),
+    ],
+)
+def test_an_incident_id_too_large_for_the_journal_is_404(api: Api, method: str, path: str) -> None:
+    """An absurdly large incident id is a client error naming the id, not a server error."""
+    response = api.request(method, path.format(2**64), "admin")
+    assert_error(response, 422, "path.incident")
+
+
+def test_the_incident_and_its_report_are_served(api: Api) -> None:
+    """An incident awaiting approval shows its decision, deadline and a Markdown/HTML report."""
+    number = drive_to_approval(api)
+    detail = api.incident(number)
+    assert detail["decisions"][0]["approver"] == "senior_admin"
+    assert detail["deadline"] is not None
+    markdown = api.get(f"/api/v1/incidents/{number}/report", "viewer")
+    assert markdown.status_code == 200
+    assert markdown.headers["content-type"].startswith("text/markdown")
+    assert f"Incident {number}" in markdown.text
+    html = api.get(f"/api/v1/incidents/{number}/report", "viewer", params={"format": "html"})
+    assert html.headers["content-type"].startswith("text/html")
+    bad = api.get(f"/api/v1/incidents/{number}/report", "viewer", params={"format": "pdf"})
+    assert_error(bad, 422, "format")
+
+
+# -- body size: 413 ------------------------------------------------------------------------
+
+
+def oversized() -> bytes:
+    return json.dumps({"version": "4", "alerts": [], "padding": "x" * (MAX_BODY * 2)}).encode()
+
+
+def in_chunks(data: bytes, size: int = 512) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+@pytest.mark.parametrize(
+    ("path", "role"), [("/webhooks/alertmanager", "alertmanager"), ("/api/v1/deploys", "ci")]
+)
+def test_a_body_over_the_limit_with_content_length_is_413(api: Api, path: str, role: str) -> None:
+    """A declared body larger than max_body_bytes is refused with 413 before it is read."""
+    json_type = {"Content-Type": "application/json"}
+    response = api.post(path, role, content=oversized(), headers=json_type)
+    assert_error(response, 413, "body")
+    assert str(MAX_BODY) in response.json()["error"]
+    assert api.journal.deliveries() == 0
+
+
+def test_a_chunked_webhook_over_the_limit_is_413(api: Api) -> None:
+    """A streamed webhook body (no Content-Length) is cut off at max_body_bytes with 413."""
+    response = api.post(
+        "/webhooks/alertmanager",
+        "alertmanager",
+        content=in_chunks(oversized()),
+        headers={"Content-Type": "application/json"},
+    )
+    assert "content-length" not in response.request.headers
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert_error(response, 413, "body")
+    assert api.journal.deliveries() == 0
+
+
+def test_a_chunked_deploy_event_over_the_limit_is_413(api: Api) -> None:
+    """A streamed deploy event (no Content-Length) over max_body_bytes is refused with 413."""
+    response = api.post(
+        "/api/v1/deploys",
+        "ci",
+        content=in_chunks(oversized()),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert_error(response, 413, "body")
+
+
+def test_a_chunked_body_under_the_limit_is_accepted(api: Api) -> None:
+    """Streaming is fine as long as the body stays under max_body_bytes."""
+    response = api.post(
+        "/webhooks/alertmanager",
+        "alertmanager",
+        content=in_chunks(json.dumps(example()).encode(), 64),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"accepted": 1, "duplicates": 0}
+
+
+# -- the webhook -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [WEBHOOK, WEBHOOK_FROM_PROMETHEUS], ids=["webdown", "errors"])
+def test_a_captured_alertmanager_delivery_is_accepted_and_a_retry_is_a_duplicate(
+    api: Api, path: Path
+) -> None:
+    """Alertmanager's real payload is journaled once; the same delivery again changes nothing."""
+    raw = path.read_bytes()
+    first = api.post("/webhooks/alertmanager", "alertmanager", content=raw)
+    assert first.status_code == 200, first.text
+    assert first.json() == {"accepted": 1, "duplicates": 0}
+    again = api.post("/webhooks/alertmanager", "alertmanager", content=raw)
+    assert again.status_code == 200, again.text
+    assert again.json() == {"accepted": 0, "duplicates": 1}
+    assert api.count("alerts") == 1
+    assert api.journal.deliveries() == 2
+    [alert] = api.journal.firing_alerts()
+    sent = json.loads(raw)["alerts"][0]
+    assert (alert.fingerprint, alert.service, alert.name) == (
+        sent["fingerprint"],
+        "web",
+        sent["labels"]["alertname"],
+    )
+    with api.db() as db:
+        bodies = [row[0] for row in db.execute("SELECT body FROM deliveries")]
+    assert bodies == [raw.decode()] * 2
+    assert 'rollbackd_webhook_deliveries_total{outcome="accepted"} 2.0' in api.get("/metrics").text
+
+
+def test_a_resolved_delivery_ends_the_alert(api: Api) -> None:
+    """When Alertmanager says resolved, the alert stops firing; a late retry cannot revive it."""
+    firing = example()
+    assert api.webhook(firing).json() == {"accepted": 1, "duplicates": 0}
+    assert len(api.journal.firing_alerts()) == 1
+    resolved = copy.deepcopy(firing)
+    resolved["status"] = "resolved"
+    resolved["alerts"][0]["status"] = "resolved"
+    resolved["alerts"][0]["endsAt"] = "2026-11-25T16:20:00Z"
+    response = api.webhook(resolved)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"accepted": 1, "duplicates": 0}
+    assert api.journal.firing_alerts() == []
+    assert api.webhook(firing).status_code == 200  # a late retry of the firing delivery
+    assert api.journal.firing_alerts() == []
+    with api.db() as db:
+        assert list(db.execute("SELECT status FROM alerts")) == [("resolved",)]
+
+
+def test_a_late_firing_retry_after_resolved_is_a_duplicate(api: Api) -> None:
+    """A retry of the old firing delivery after the resolve changes nothing and says duplicate."""
+    firing = example()
+    resolved = copy.deepcopy(firing)
+    resolved["status"] = "resolved"
+    resolved["alerts"][0]["status"] = "resolved"
+    resolved["alerts"][0]["endsAt"] = "2026-11-25T16:20:00Z"
+    api.webhook(firing)
+    api.webhook(resolved)
+    assert api.webhook(firing).json() == {"accepted": 0, "duplicates": 1}
+    with api.db() as db:
+        assert list(db.execute("SELECT status, ends_at FROM alerts")) == [
+            ("resolved", "2026-11-25T16:20:00.000+00:00")
+        ]
+
+
+def test_unknown_top_level_fields_of_newer_alertmanagers_are_accepted(api: Api) -> None:
+    """Fields this version does not know (notification_reason, routeLabels) do not break it."""
+    payload = example()
+    payload["notification_reason"] = "repeat_interval"
+    payload["routeLabels"] = {"team": "web"}
+    payload["alerts"][0]["someNewField"] = {"nested": [1, 2]}
+    response = api.webhook(payload)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"accepted": 1, "duplicates": 0}
+
+
+def test_a_webhook_that_is_not_json_is_422(api: Api) -> None:
+    """Garbage is refused with 422 saying the body is not JSON; nothing is journaled."""
+    response = api.post("/webhooks/alertmanager", "alertmanager", content=b"{not json")
+    body = assert_error(response, 422, "body")
+    assert "JSON" in body["error"]
+    assert api.journal.deliveries() == 0
+
+
+@pytest.mark.parametrize("version", ["3", 4, None])
+def test_a_webhook_of_another_payload_version_is_422(api: Api, version: Any) -> None:
+    """Only payload version "4" is understood; another is refused naming the version field."""
+    payload = example()
+    if version is None:
+        del payload["version"]
+    else:
+        payload["version"] = version
+    body = assert_error(api.webhook(payload), 422, "version")
+    assert '"4"' in body["error"]
+    assert api.journal.deliveries() == 0
+
+
+@pytest.mark.parametrize(
+    ("alert_field", "value"),
+    [
+        ("startsAt", "yesterday"),
+        ("startsAt", "2026-11-25T16:01:04"),
+        ("status", "pending"),
+        ("fingerprint", "../../etc/passwd"),
+        ("labels", {"service": 7}),
+        ("endsAt", 12),
+    ],
+)
+def test_a_bad_alert_field_is_422_naming_its_path(api: Api, alert_field: str, value: Any) -> None:
+    """A broken alert is refused with 422 and the path of the bad field, like alerts[0].startsAt."""
+    payload = example()
+    payload["alerts"][0][alert_field] = value
+    body = assert_error(api.webhook(payload), 422, f"alerts[0].{alert_field}")
+    assert f"alerts[0].{alert_field}" in body["error"]
+    assert body["problems"][0]["field"] == f"alerts[0].{alert_field}"
+    assert api.journal.deliveries() == 0
+
+
+def test_every_bad_alert_is_named_not_only_the_first(api: Api) -> None:
+    """Two broken alerts in one delivery: both paths are listed in problems."""
+    payload = example()
+    second = copy.deepcopy(payload["alerts"][0])
+    payload["alerts"][0]["startsAt"] = "never"
+    second["status"] = "maybe"
+    payload["alerts"].append(second)
+    body = assert_error(api.webhook(payload), 422, "alerts[0].startsAt")
+    assert {p["field"] for p in body["problems"]} == {"alerts[0].startsAt", "alerts[1].status"}
+
+
+# -- deploy events -------------------------------------------------------------------------
+
+
+def test_a_deploy_event_is_journaled_and_echoed(api: Api) -> None:
+    """CI announces v2: 201 with what was understood, and the service shows v2 as current."""
+    response = api.deploy(
+        "v2",
+        ref="3f2c1e0",
+        time="2026-01-01T12:00:00Z",
+        migrations=[{"file": "migrations/0002.sql", "backwards_compatible": True}],
+    )
+    assert response.status_code == 201, response.text
+    assert response.json() == {
+        "service": "web",
+        "version": "v2",
+        "ref": "3f2c1e0",
+        "time": "2026-01-01T12:00:00Z",
+        "migrations": 1,
+    }
+    [deploy] = api.journal.deploys()
+    assert (deploy.version, deploy.ref, deploy.migrations[0].backwards_compatible) == (
+        "v2",
+        "3f2c1e0",
+        True,
+    )
+    [service] = api.get("/api/v1/services", "viewer").json()
+    assert service["current_version"] == "v2"
+    assert service["deployed_at"] == "2026-01-01T12:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"service": "web", "version": "--upload-pack=x"}, "version"),
+        ({"service": "web", "version": "v2", "ref": "--upload-pack=touch /tmp/x"}, "ref"),
+        ({"service": "web", "version": "v1; rm -rf /"}, "version"),
+        ({"service": "web", "version": "v1..v2"}, "version"),
+        ({"service": "nope", "version": "v2"}, "service"),
+        ({"service": "web", "version": "v2", "time": "noon"}, "time"),
+        ({"service": "web", "version": "v2", "time": "2026-01-01T12:00:00"}, "time"),
+        ({"service": "web"}, "version"),
+        ({"version": "v2"}, "service"),
+    ],
+)
+def test_a_bad_deploy_event_is_422_naming_the_field(
+    api: Api, body: dict[str, Any], field: str
+) -> None:
+    """Hostile or broken deploy events are refused naming the field; nothing is recorded."""
+    assert_error(api.post("/api/v1/deploys", "ci", json=body), 422, field)
+    assert api.journal.deploys() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"service": "web", "version": "v2", "branch": "main"}, "branch"),
+        (
+            {"service": "web", "version": "v2", "migrations": [{"file": "m.sql", "drop": True}]},
+            "drop",
+        ),
+    ],
+)
+def test_unknown_fields_in_a_deploy_event_are_422(
+    api: Api, body: dict[str, Any], where: str
+) -> None:
+    """A typo in a deploy event is not silently ignored: 422 naming the unknown field."""
+    answer = assert_error(api.post("/api/v1/deploys", "ci", json=body), 422, None)
+    assert where in answer["field"]
+    assert api.journal.deploys() == []
+
+
+def test_a_deploy_event_that_is_not_json_is_422(api: Api) -> None:
+    """A deploy body that is not JSON is refused with 422; nothing is recorded."""
+    response = api.post(
+        "/api/v1/deploys", "ci", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert_error(response, 422, None)
+    assert api.journal.deploys() == []
+
+
+def test_a_deploy_event_that_is_not_json_names_the_body(api: Api) -> None:
+    """The 422 for a deploy body that is not JSON says the body is at fault."""
+    response = api.post(
+        "/api/v1/deploys", "ci", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert_error(response, 422, "body")
+
+
+# -- health, readiness, metrics, OpenAPI, status page --------------------------------------
+
+
+def test_healthz_answers_without_a_token(api: Api) -> None:
+    """Liveness needs no token and says ok."""
+    response = api.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_readyz_reports_degraded_sources(api: Api) -> None:
+    """Ready with the journal open; a source that fails is named with its error, still ready."""
+    ready = api.get("/readyz")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["ready"] is True
+    assert body["journal"] == str(api.journal.path)
+    assert body["degraded"] == {}
+    api.metrics.down = "connection refused (scripted outage)"
+    api.cycle()
+    body = api.get("/readyz").json()
+    assert body["ready"] is True
+    assert body["degraded"] == {"error-rate": "connection refused (scripted outage)"}
+    assert body["last_cycle"] is not None
+    api.metrics.down = None
+    api.cycle()
+    assert api.get("/readyz").json()["degraded"] == {}
+
+
+def test_metrics_are_prometheus_text_with_rollbackd_series(api: Api) -> None:
+    """/metrics needs no token and exposes the daemon's own counters, webhooks included."""
+    assert api.webhook(example()).status_code == 200
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0)
+    api.cycle()
+    response = api.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for name in (
+        "rollbackd_evaluations_total",
+        "rollbackd_webhook_deliveries_total",
+        "rollbackd_cycle_duration_seconds_bucket",
+        "rollbackd_pending_approvals",
+    ):
+        assert f"# TYPE {name.removesuffix('_total').removesuffix('_bucket')}" in text
+    assert 'rollbackd_webhook_deliveries_total{outcome="accepted"} 1.0' in text
+    assert "rollbackd_evaluations_total 1.0" in text
+
+
+def test_openapi_lists_every_endpoint_of_the_design(api: Api) -> None:
+    """The served OpenAPI document describes each endpoint of design §3 with its method."""
+    response = api.get("/openapi.json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    expected = {
+        "/webhooks/alertmanager": "post",
+        "/api/v1/deploys": "post",
+        "/api/v1/services": "get",
+        "/api/v1/incidents": "get",
+        "/api/v1/incidents/{incident}": "get",
+        "/api/v1/incidents/{incident}/approve": "post",
+        "/api/v1/incidents/{incident}/veto": "post",
+        "/healthz": "get",
+        "/readyz": "get",
+        "/metrics": "get",
+        "/": "get",
+    }
+    for path, method in expected.items():
+        assert method in paths.get(path, {}), f"{method.upper()} {path} is not in {sorted(paths)}"
+    webhook = paths["/webhooks/alertmanager"]["post"]["requestBody"]["content"]["application/json"]
+    assert webhook["schema"]["required"] == ["version", "alerts"]
+
+
+def test_the_status_page_needs_a_token_by_default(api: Api) -> None:
+    """GET / without a token is 401; with any role's token it is the HTML status page."""
+    assert_error(api.get("/"), 401, "Authorization")
+    number = drive_to_approval(api)
+    page = api.get("/", "viewer")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Pending approvals (1)" in page.text
+    assert f'id="pending-{number}"' in page.text
+    assert f"rollbackd approve {number}" in page.text
+    assert 'id="service-web"' in page.text
+
+
+def test_a_public_status_page_needs_no_token(make_api: ApiFactory) -> None:
+    """With status_page_public = true, GET / answers without a token; the API still needs one."""
+    public = make_api("status_page_public = true")
+    page = public.get("/")
+    assert page.status_code == 200, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    assert_error(public.get("/api/v1/incidents"), 401, "Authorization")
+
+
+def test_unknown_paths_and_methods_are_json_errors(api: Api) -> None:
+    """Mistyped paths and methods get 404/405 with a JSON error, not an HTML page."""
+    assert_error(api.get("/api/v1/nope", "admin"), 404, None)
+    assert_error(api.request("PUT", "/healthz"), 405, None)
+    assert_error(api.get("/api/v1/incidents/abc", "viewer"), 422, None)
+
+
+# -- secrets -------------------------------------------------------------------------------
+
+
+def test_no_token_ever_reaches_the_journal_metrics_or_logs(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After an approval flow and refused requests no token is in the journal, metrics or logs."""
+    caplog.set_level(logging.DEBUG)
+    api.get("/api/v1/services", headers={"Authorization": f"Bearer {WRONG_TOKEN}"})
+    api.post("/api/v1/deploys", "ci", json={"service": "web", "version": "--upload-pack=x"})
+    number = drive_to_approval(api)
+    api.post(f"/api/v1/incidents/{number}/approve", "team")
+    api.post(f"/api/v1/incidents/{number}/approve", "senior_admin")
+    api.wait_for_state(number, {"recovered", "not_recovered", "escalated"})
+    api.webhook(example(), role="ci")
+    api.webhook(example())
+    api.cycle()
+    metrics = api.get("/metrics").text
+    logs = api.logs.getvalue()
+    assert '"event": "decision"' in logs and '"event": "approved"' in logs  # logs were captured
+    journal_files = b"".join(p.read_bytes() for p in api.journal.path.parent.iterdir())
+    assert journal_files  # the journal and its WAL hold the whole story
+    for token in (*TOKENS.values(), WRONG_TOKEN):
+        assert token not in metrics
+        assert token not in logs
+        assert token not in caplog.text
+        assert token.encode() not in journal_files
+        assert hashlib.sha256(token.encode()).hexdigest() not in logs
