@@ -244,6 +244,7 @@ def test_a_rollback_that_does_not_recover_escalates_and_is_not_repeated(
 ) -> None:
     """The app is not restarted, so health keeps failing: not recovered, one rollback only."""
     world = probe_world(tmp_path, demoapp_factory, after_rollback='[["true"]]')
+    world.config.write_text(world.config.read_text().replace('timeout = "20s"', 'timeout = "5s"'))
     result = run_cli("rollback", "web", "--to", "v1", "--yes", "--config", str(world.config))
     assert result.returncode == 1
     assert "incident 1: not_recovered" in result.stdout
