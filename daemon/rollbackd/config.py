@@ -237,7 +237,7 @@ class PolicyEntryConfig(_Section):
 
     @model_validator(mode="after")
     def _complete(self) -> PolicyEntryConfig:
-        if self.action is Action.REQUEST_APPROVAL and self.approver is None:
+        if self.action in (Action.REQUEST_APPROVAL, Action.ROLLBACK) and self.approver is None:
             object.__setattr__(self, "approver", "admin")
         if self.action is Action.ESCALATE and self.approver is None:
             object.__setattr__(self, "approver", "admin")
@@ -471,12 +471,32 @@ def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -
     if env:
         try:
             overrides = dict(_MappingEnv(Config, env)())
-        except Exception as exc:  # noqa: BLE001 -- pydantic-settings raises a bare error for bad JSON
-            raise InvalidInput([Problem("environment", ENV_PREFIX + "…", str(exc))]) from None
+        except Exception:  # noqa: BLE001 -- pydantic-settings raises a bare error for bad JSON
+            raise InvalidInput(_undecodable(env)) from None
     try:
         return Config(**_merge(data, overrides))
     except ValidationError as exc:
         raise InvalidInput(_locate(problems_from(exc, source), overrides)) from None
+
+
+def _undecodable(env: Mapping[str, str]) -> list[Problem]:
+    """Which variables could not be read: a list or table variable must hold JSON."""
+    problems = []
+    for name, value in sorted(env.items()):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        try:
+            _MappingEnv(Config, {name: value})()
+        except Exception:  # noqa: BLE001 -- the same bare error, now for one variable
+            problems.append(
+                Problem(
+                    f"environment {name.upper()}",
+                    "",
+                    "expected JSON for a list or table, e.g. '[\"rules/*.toml\"]' or "
+                    f'\'[{{"name": "web"}}]\', got {value[:60]!r}',
+                )
+            )
+    return problems or [Problem("environment", ENV_PREFIX + "…", "cannot be read")]
 
 
 def _locate(problems: list[Problem], overrides: Mapping[str, Any]) -> list[Problem]:

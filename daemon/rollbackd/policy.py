@@ -145,7 +145,7 @@ def decide(
         f"{_describe_entry(entry)}"
     )
     action = proposed
-    approver = entry.approver
+    approver = entry.approver or ("admin" if proposed is not Action.RECORD else None)
     deadline = now + entry.deadline if entry.deadline and proposed.rolls_back else None
     if proposed is Action.ESCALATE and entry.deadline:
         deadline = now + entry.deadline

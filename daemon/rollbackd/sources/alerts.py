@@ -157,13 +157,13 @@ def _time(raw: Any, where: str, bad: Callable[[str, str], None], required: bool)
         return None
     try:
         moment = datetime.fromisoformat(raw)
-    except ValueError:
-        bad(where, f"expected an RFC 3339 time, got {_shown(raw)}")
+        if moment.tzinfo is None:
+            bad(where, "expected a time with a zone")
+            return None
+        moment = moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        bad(where, f"expected an RFC 3339 time in years 1-9999, got {_shown(raw)}")
         return None
-    if moment.tzinfo is None:
-        bad(where, "expected a time with a zone")
-        return None
-    moment = moment.astimezone(UTC)
     return None if moment == ZERO_TIME else moment
 
 

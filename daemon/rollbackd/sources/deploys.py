@@ -83,7 +83,7 @@ def parse_event(
             if moment.tzinfo is None:
                 raise ValueError
             moment = moment.astimezone(UTC)
-        except ValueError:
+        except (ValueError, OverflowError):
             bad("time", "an RFC 3339 time with a zone, e.g. 2026-01-01T12:00:00Z")
     migrations = _migrations(body.get("migrations"), bad)
     if problems:

@@ -10,6 +10,7 @@ value and never a crash. Errors are translated here, at the boundary.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -50,6 +51,38 @@ class Matrix:
     ambiguous: dict[str, str] = field(default_factory=dict)
 
 
+class _DeadlineSession(requests.Session):
+    """A session whose every request ends within ``total`` seconds, body included.
+
+    requests' timeout bounds each socket read, so an answer trickling in byte
+    by byte could hold a cycle forever; here the body is read as it arrives
+    and the request is abandoned once the deadline passes.
+    """
+
+    def __init__(self, total: float) -> None:
+        super().__init__()
+        self.total = total
+
+    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.total
+        kwargs["stream"] = True
+        response = super().request(method, url, *args, **kwargs)
+        body = bytearray()
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    raise requests.Timeout(f"no whole answer within {self.total:g}s")
+                chunk = response.raw.read1(65536, decode_content=True)
+                if not chunk:
+                    break
+                body.extend(chunk)
+        finally:
+            response.close()
+        response._content = bytes(body)
+        response._content_consumed = True
+        return response
+
+
 class QueryError(Exception):
     """Prometheus did not answer usefully; the message says why in a sentence."""
 
@@ -65,6 +98,7 @@ class PrometheusSource:
             url=self.url,
             retry=Retry(total=0, connect=0, read=False, redirect=0, status=0),
             timeout=timeout.total_seconds(),
+            session=_DeadlineSession(timeout.total_seconds()),
         )
 
     def instant(self, query: str, at: datetime) -> Vector:

@@ -1,0 +1,1 @@
+"""The reliability suite: crash safety, source faults, flapping, bad input, security checks."""
