@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager git systemd chromium fonts-dejavu-core
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo lint unit debian-packages demo-packages venv clean
+.PHONY: test demo lint unit bench bench-quick debian-packages demo-packages venv clean
 
 test: venv debian-packages lint
 	$(BIN)/pytest
@@ -23,6 +23,12 @@ lint: venv
 	$(BIN)/ruff check daemon tests
 	$(BIN)/ruff format --check daemon tests
 	$(BIN)/mypy
+
+bench: venv debian-packages
+	$(BIN)/python -m bench.run
+
+bench-quick: venv debian-packages
+	$(BIN)/python -m bench.run --quick
 
 demo: venv demo-packages
 	$(BIN)/rollbackd demo

@@ -101,8 +101,11 @@ class Engine:
         findings = (*cycle.findings, *inputs.alerts)
         decisions: list[Decision] = []
         resolutions: list[Resolution] = []
+        by_service: dict[str, list[Finding]] = {}
+        for finding in findings:
+            by_service.setdefault(finding.service, []).append(finding)
         for service in self._services:
-            own = [f for f in findings if f.service == service]
+            own = by_service.get(service, [])
             firing = [f for f in own if f.firing]
             conclusive = any(f.state is not FindingState.INCONCLUSIVE for f in own)
             started = min((f.started or f.since or now for f in firing), default=None)

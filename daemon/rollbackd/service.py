@@ -87,7 +87,9 @@ class Daemon:
         self.stopping = threading.Event()
         self.metrics = DaemonMetrics()
         self.notifier = notifier or JournalOnly()
-        self.worker = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rollback")
+        # A rollback holds its worker through the recovery watch (minutes), so workers are
+        # plentiful: one incident must never wait for another's recovery to start.
+        self.worker = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rollback")
         self.running: dict[int, Future[Any]] = {}
         self.last_report: CycleReport | None = None
         self.last_cycle_error: str | None = None
@@ -584,11 +586,14 @@ class Daemon:
 
     def services_view(self) -> list[dict[str, Any]]:
         report = self.last_report
+        by_service: dict[str, list[Finding]] = {}
+        for finding in report.findings if report else ():
+            by_service.setdefault(finding.service, []).append(finding)
         out = []
         for service in self.config.services:
             current = self.history.current(service.name)
             good, why = self.history.last_good(service.name)
-            own = [f for f in (report.findings if report else ()) if f.service == service.name]
+            own = by_service.get(service.name, [])
             states = {f.state for f in own}
             state = (
                 "firing"
