@@ -202,3 +202,21 @@ def test_bad_backtest_times_exit_2_naming_the_flag(
     result = run_cli("backtest", "--config", str(repo / "config.example.toml"), *args)
     assert result.returncode == 2
     assert any(line.startswith(expected) for line in result.stderr.splitlines()), result.stderr
+
+
+def test_run_on_a_taken_address_exits_1_saying_so(run_cli: RunCli, tmp_path: Path) -> None:
+    """A second daemon on the same port gets one clear line and exit 1, not a traceback."""
+    import socket  # noqa: PLC0415 -- only this test holds a port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "config.toml").write_text(
+            f'[daemon]\nlisten = "127.0.0.1:{port}"\nstate_dir = "{tmp_path / "state"}"\n'
+            'rules = []\n[prometheus]\nurl = "http://127.0.0.1:9"\ntimeout = "1s"\n'
+        )
+        result = run_cli("run", "--config", "config.toml")
+    assert result.returncode == 1
+    assert f"rollbackd: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -27,7 +27,7 @@ from rollbackd.assembly import build_checklist, now_utc
 from rollbackd.deploys import Deploy, DeployHistory
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.engine import CycleReport, Engine, LiveCycle
-from rollbackd.errors import InvalidInput
+from rollbackd.errors import InvalidInput, RollbackdError
 from rollbackd.journal import IncidentRecord, IncidentState, NewIncident, Outcome, SqliteJournal
 from rollbackd.loader import Loaded, load
 from rollbackd.logs import get_logger
@@ -702,7 +702,15 @@ def serve(daemon: Daemon, config_path: Path) -> None:
     scheduler.start()
     threading.Thread(target=announce_ready, name="ready", daemon=True).start()
     try:
-        server.run()
+        try:
+            server.run()
+        except SystemExit:
+            if server.started:
+                raise
+            raise RollbackdError(
+                f"cannot listen on {config.listen}: the address is taken or not this host's "
+                "(another rollbackd running?)"
+            ) from None
     finally:
         systemd.stopping()
         log.info("stopping: finishing the step in progress")
