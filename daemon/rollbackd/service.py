@@ -256,13 +256,10 @@ class Daemon:
         }:
             self.metrics.source_errors.labels(source).inc()
         firing = sum(1 for f in report.findings if f.firing)
-        pending = len(self.journal.incidents(active_only=True))
+        active = self.journal.incidents(active_only=True)
+        pending = len(active)
         self.metrics.pending_approvals.set(
-            sum(
-                1
-                for i in self.journal.incidents(active_only=True)
-                if i.state is IncidentState.AWAITING_APPROVAL
-            )
+            sum(1 for i in active if i.state is IncidentState.AWAITING_APPROVAL)
         )
         self.status_line = (
             f"{len(self.engine.services)} services, {firing} firing, {pending} open incidents, "

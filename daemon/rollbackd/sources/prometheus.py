@@ -121,9 +121,7 @@ class PrometheusSource:
             values[service] = _sample(item.get("value"))
         for service, count in seen.items():
             if count > 1:
-                values[service] = Measurement.missing(
-                    f"{count} series for this service: aggregate the query by {self.service_label}"
-                )
+                values[service] = Measurement.missing(self._ambiguous(count))
         if result and not seen:
             return Vector(error=f"no series in the result has a {self.service_label!r} label")
         return Vector(values)
@@ -160,10 +158,7 @@ class PrometheusSource:
                         points.append(point)
             for service, count in counts.items():
                 if count > 1:
-                    ambiguous[service] = (
-                        f"{count} series for this service: aggregate the query by "
-                        f"{self.service_label}"
-                    )
+                    ambiguous[service] = self._ambiguous(count)
         for points in series.values():
             points.sort(key=lambda p: p[0])
         return Matrix(series, ambiguous=ambiguous)
@@ -196,6 +191,9 @@ class PrometheusSource:
                     if isinstance(raw, list) and raw:
                         times.append(_instant(raw[0]))
         return seen
+
+    def _ambiguous(self, count: int) -> str:
+        return f"{count} series for this service: aggregate the query by {self.service_label}"
 
     def _call(self, method: Any, query: str, **kwargs: Any) -> Any:
         try:
