@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -662,7 +663,7 @@ def test_a_captured_alertmanager_delivery_is_accepted_and_a_retry_is_a_duplicate
     assert again.json() == {"accepted": 0, "duplicates": 1}
     assert api.count("alerts") == 1
     assert api.journal.deliveries() == 2
-    [alert] = api.journal.firing_alerts()
+    [alert] = api.journal.firing_alerts(api.clock())
     sent = json.loads(raw)["alerts"][0]
     assert (alert.fingerprint, alert.service, alert.name) == (
         sent["fingerprint"],
@@ -679,7 +680,7 @@ def test_a_resolved_delivery_ends_the_alert(api: Api) -> None:
     """When Alertmanager says resolved, the alert stops firing; a late retry cannot revive it."""
     firing = example()
     assert api.webhook(firing).json() == {"accepted": 1, "duplicates": 0}
-    assert len(api.journal.firing_alerts()) == 1
+    assert len(api.journal.firing_alerts(api.clock())) == 1
     resolved = copy.deepcopy(firing)
     resolved["status"] = "resolved"
     resolved["alerts"][0]["status"] = "resolved"
@@ -687,9 +688,9 @@ def test_a_resolved_delivery_ends_the_alert(api: Api) -> None:
     response = api.webhook(resolved)
     assert response.status_code == 200, response.text
     assert response.json() == {"accepted": 1, "duplicates": 0}
-    assert api.journal.firing_alerts() == []
+    assert api.journal.firing_alerts(api.clock()) == []
     assert api.webhook(firing).status_code == 200  # a late retry of the firing delivery
-    assert api.journal.firing_alerts() == []
+    assert api.journal.firing_alerts(api.clock()) == []
     with api.db() as db:
         assert list(db.execute("SELECT status FROM alerts")) == [("resolved",)]
 
@@ -708,6 +709,78 @@ def test_a_late_firing_retry_after_resolved_is_a_duplicate(api: Api) -> None:
         assert list(db.execute("SELECT status, ends_at FROM alerts")) == [
             ("resolved", "2026-11-25T16:20:00.000+00:00")
         ]
+
+
+def distinct(payload: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    """The payload with its alert under another fingerprint and alert name."""
+    copied = copy.deepcopy(payload)
+    copied["alerts"][0]["fingerprint"] = fingerprint
+    copied["alerts"][0]["labels"]["alertname"] = f"Alert{fingerprint}"
+    return copied
+
+
+def test_concurrent_webhooks_are_each_answered_and_journaled(api: Api) -> None:
+    """Deliveries posted at once each get their own counts, and every 2xx is in the journal."""
+    shared = example()["alerts"][0]
+
+    def post(worker: int) -> list[dict[str, Any]]:
+        answers = []
+        for n in range(8):
+            payload = distinct(example(), f"w{worker}n{n}")
+            payload["alerts"].append(shared)
+            response = api.webhook(payload)
+            assert response.status_code == 200, response.text
+            answers.append(response.json())
+        return answers
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = [a for part in pool.map(post, range(12)) for a in part]
+    assert sum(a["accepted"] for a in answers) == 96 + 1  # the shared alert is new once
+    assert sum(a["duplicates"] for a in answers) == 96 - 1
+    assert api.journal.deliveries() == 96
+    assert api.count("alerts") == 97
+
+
+def test_a_delivery_the_journal_cannot_write_is_a_503_and_loses_nothing_accepted(
+    api: Api,
+) -> None:
+    """The journal refusing a delivery answers 503 naming the journal; other deliveries stay."""
+    assert api.webhook(distinct(example(), "before")).status_code == 200
+    with api.db() as db:
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON deliveries WHEN NEW.body LIKE '%Alertlost%'"
+            " BEGIN SELECT RAISE(ROLLBACK, 'database or disk is full'); END"
+        )
+    body = assert_error(api.webhook(distinct(example(), "lost")), 503, None)
+    assert body["error"].startswith("the journal cannot be written, nothing was accepted")
+    assert str(api.journal.path) in body["error"]
+    assert "database or disk is full" in body["error"]
+    assert api.webhook(distinct(example(), "after")).status_code == 200
+    assert {a.fingerprint for a in api.journal.firing_alerts(api.clock())} == {"before", "after"}
+    assert api.journal.deliveries() == 2
+    metrics = api.get("/metrics").text
+    assert 'rollbackd_webhook_deliveries_total{outcome="accepted"} 2.0' in metrics
+    assert 'rollbackd_webhook_deliveries_total{outcome="failed"} 1.0' in metrics
+
+
+def test_a_firing_alert_past_its_ends_at_is_no_longer_a_finding(api: Api) -> None:
+    """An alert that carries an endsAt and is not sent again stops counting once it passes."""
+    payload = example()
+    alert = payload["alerts"][0]
+    alert["labels"] = {"alertname": "Slow", "service": "web", "severity": "info"}
+    ends = api.clock() + timedelta(minutes=5)
+    alert["endsAt"] = ends.isoformat().replace("+00:00", "Z")
+    assert api.webhook(payload).status_code == 200
+
+    def findings() -> list[str]:
+        api.cycle()
+        [web] = api.get("/api/v1/services", "viewer").json()
+        return [f["rule"] for f in web["findings"] if f["state"] == "firing"]
+
+    assert findings() == ["alert:Slow"]
+    api.clock.advance(timedelta(minutes=6))
+    assert findings() == []
+    assert api.journal.firing_alerts(api.clock()) == []
 
 
 def test_unknown_top_level_fields_of_newer_alertmanagers_are_accepted(api: Api) -> None:

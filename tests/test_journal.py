@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from rollbackd.journal import (
+    BATCH_ALERTS,
     SCHEMA_VERSION,
+    AlertRecord,
+    Delivery,
     IncidentState,
     JournalError,
     NewIncident,
@@ -138,3 +145,186 @@ def test_an_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(JournalError, match="cannot open the journal"):
         SqliteJournal(blocker / "journal.sqlite3")
+
+
+# -- webhook deliveries: group commit ---------------------------------------------------------
+
+
+def alert(
+    fingerprint: str,
+    status: str = "firing",
+    ends_at: datetime | None = None,
+    service: str | None = "web",
+    starts_at: datetime = T0,
+) -> AlertRecord:
+    return AlertRecord(
+        fingerprint=fingerprint,
+        starts_at=starts_at,
+        status=status,
+        ends_at=ends_at,
+        service=service,
+        name=f"Alert{fingerprint}",
+        labels={"alertname": f"Alert{fingerprint}", "service": service or ""},
+        annotations={},
+    )
+
+
+def delivery(*alerts: AlertRecord, group: str = "{}:{}") -> Delivery:
+    return Delivery(source="alertmanager", group_key=group, status="firing", alerts=alerts)
+
+
+@contextmanager
+def one_batch(journal: SqliteJournal) -> Iterator[None]:
+    """What is queued inside is written in one batch: the writer is kept busy meanwhile.
+
+    A delivery of BATCH_ALERTS (resolved) alerts is a batch of its own; the
+    writer waits with it for the journal's write lock, held here, while the
+    deliveries queued inside wait together for the next batch.
+    """
+    with journal._lock:
+        fill = [alert(f"fill{n}", "resolved", T0) for n in range(BATCH_ALERTS)]
+        journal.submit_delivery(T0, delivery(*fill), "fill")
+        yield
+
+
+def install_failure(path: Path, group: str, how: str) -> None:
+    """A trigger that makes SQLite refuse a delivery of that group: ABORT it, or ROLLBACK all."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            f"CREATE TRIGGER refuse_{how.lower()} BEFORE INSERT ON deliveries"
+            f" WHEN NEW.group_key = '{group}' BEGIN SELECT RAISE({how}, 'refused by test'); END"
+        )
+
+
+def test_concurrent_deliveries_are_all_journaled_with_their_own_counts(tmp_path: Path) -> None:
+    """Deliveries from many threads at once each get their own answer, and each is on disk."""
+    journal = SqliteJournal(journal_path(tmp_path))
+
+    def post(worker: int) -> list[tuple[int, int]]:
+        return [
+            journal.record_delivery(
+                T0, delivery(alert(f"w{worker}n{n}"), alert("shared")), f"body {worker} {n}"
+            )
+            for n in range(20)
+        ]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = [a for part in pool.map(post, range(8)) for a in part]
+    assert len(answers) == 160
+    assert sum(changed for changed, _ in answers) == 160 + 1  # "shared" is new exactly once
+    assert sum(duplicates for _, duplicates in answers) == 160 - 1
+    journal.close()
+    with sqlite3.connect(journal_path(tmp_path)) as db:
+        assert db.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 160
+        assert db.execute("SELECT count(*) FROM alerts").fetchone()[0] == 161
+
+
+def test_deliveries_in_one_batch_are_applied_in_the_order_they_came(tmp_path: Path) -> None:
+    """Firing, resolved, then a late firing retry, all in one commit: resolved stays resolved."""
+    journal = SqliteJournal(journal_path(tmp_path))
+    ended = T0 + timedelta(minutes=5)
+    with one_batch(journal):
+        queued = [
+            journal.submit_delivery(T0, delivery(alert("a1")), "firing"),
+            journal.submit_delivery(T0, delivery(alert("a1")), "firing, retried"),
+            journal.submit_delivery(T0, delivery(alert("a1", "resolved", ended)), "resolved"),
+            journal.submit_delivery(T0, delivery(alert("a1")), "firing, late"),
+            journal.submit_delivery(T0, delivery(alert("a2"), alert("a2")), "twice in one"),
+        ]
+    assert [q.result() for q in queued] == [(1, 0), (0, 1), (1, 0), (0, 1), (1, 1)]
+    assert [a.fingerprint for a in journal.firing_alerts(T0)] == ["a2"]
+    with sqlite3.connect(journal.path) as db:
+        assert db.execute(
+            "SELECT status, ends_at FROM alerts WHERE fingerprint = 'a1'"
+        ).fetchall() == [("resolved", "2026-05-01T12:05:00.000+00:00")]
+
+
+def test_a_delivery_sqlite_refuses_fails_alone(tmp_path: Path) -> None:
+    """One delivery that cannot be written fails with a JournalError; its batch is kept."""
+    journal = SqliteJournal(journal_path(tmp_path))
+    install_failure(journal.path, "poison", "ABORT")
+    with one_batch(journal):
+        before = journal.submit_delivery(T0, delivery(alert("b1")), "before")
+        poisoned = journal.submit_delivery(T0, delivery(alert("p1"), group="poison"), "poison")
+        after = journal.submit_delivery(T0, delivery(alert("b2")), "after")
+    assert (before.result(), after.result()) == ((1, 0), (1, 0))
+    with pytest.raises(JournalError, match=r"could not record this delivery: .*refused by test"):
+        poisoned.result()
+    assert {a.fingerprint for a in journal.firing_alerts(T0)} == {"b1", "b2"}
+    assert journal.deliveries() == 3
+
+
+def test_a_batch_that_cannot_be_committed_fails_whole_and_the_writer_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A lost transaction fails every delivery of its batch, none is kept, later ones are."""
+    journal = SqliteJournal(journal_path(tmp_path))
+    install_failure(journal.path, "lost", "ROLLBACK")
+    with one_batch(journal):
+        innocent = journal.submit_delivery(T0, delivery(alert("c1")), "innocent")
+        lost = journal.submit_delivery(T0, delivery(alert("c2"), group="lost"), "lost")
+    for future in (innocent, lost):
+        with pytest.raises(JournalError, match=f"the journal {journal.path}: refused by test"):
+            future.result()
+    assert journal.record_delivery(T0, delivery(alert("c3")), "later") == (1, 0)
+    assert {a.fingerprint for a in journal.firing_alerts(T0)} == {"c3"}
+    assert journal.deliveries() == 2
+
+
+def test_closing_writes_what_was_queued_and_refuses_the_rest(tmp_path: Path) -> None:
+    """Deliveries queued before close are committed; one after close is refused, saying why."""
+    journal = SqliteJournal(journal_path(tmp_path))
+    with one_batch(journal):
+        queued = [journal.submit_delivery(T0, delivery(alert(f"d{n}")), "") for n in range(5)]
+        closing = threading.Thread(target=journal.close)
+        closing.start()
+    closing.join()
+    assert [q.result() for q in queued] == [(1, 0)] * 5
+    with pytest.raises(JournalError, match="is closed"):
+        journal.submit_delivery(T0, delivery(alert("late")), "")
+    again = SqliteJournal(journal_path(tmp_path))
+    assert again.deliveries() == 6
+
+
+def test_firing_alerts_end_at_their_ends_at(tmp_path: Path) -> None:
+    """An alert whose endsAt has passed no longer fires; without one it fires until resolved."""
+    journal = SqliteJournal(journal_path(tmp_path))
+    journal.record_delivery(
+        T0,
+        delivery(
+            alert("open"),
+            alert("until1pm", ends_at=T0 + timedelta(hours=1)),
+            alert("resolved", "resolved", T0),
+        ),
+        "",
+    )
+    assert {a.fingerprint for a in journal.firing_alerts(T0)} == {"open", "until1pm"}
+    later = T0 + timedelta(hours=1)
+    assert {a.fingerprint for a in journal.firing_alerts(later)} == {"open"}
+
+
+def test_firing_alerts_of_some_services_keep_one_of_the_others(tmp_path: Path) -> None:
+    """Asked for some services: theirs, and only the oldest alert of any other service."""
+    journal = SqliteJournal(journal_path(tmp_path))
+    minute = timedelta(minutes=1)
+    journal.record_delivery(
+        T0,
+        delivery(
+            alert("web1", starts_at=T0 + 3 * minute),
+            alert("db1", service="db", starts_at=T0 + 2 * minute),
+            alert("none", service=None, starts_at=T0 + minute),
+            alert("api1", service="api", starts_at=T0 + 4 * minute),
+        ),
+        "",
+    )
+    assert [a.fingerprint for a in journal.firing_alerts(T0, ["web", "api"])] == [
+        "none",
+        "web1",
+        "api1",
+    ]
+    assert [a.fingerprint for a in journal.firing_alerts(T0, ["web", "api", "db"])] == [
+        "none",
+        "db1",
+        "web1",
+        "api1",
+    ]

@@ -6,6 +6,13 @@ with ``PRAGMA user_version`` and migrated forward on open. Every checklist
 step is written *before* it runs and its outcome after, which is how a
 restart finds a step that was interrupted.
 
+Webhook deliveries arrive many at a time, so they are group-committed: each
+is queued to one writer thread, which writes every delivery waiting at that
+moment in one transaction, commits once, and only then answers each of them.
+One connection writes (the writer thread and every other write take turns on
+it); reads use a second one, so that a long read never holds up a write (WAL
+lets both go on at once).
+
 :class:`Journal` is the interface the rest of rollbackd uses;
 :class:`SqliteJournal` is the one backend today (a PostgreSQL one, for
 replicas, would implement the same methods).
@@ -15,10 +22,12 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -26,7 +35,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rollbackd.deploys import Deploy, MigrationFact
+from rollbackd.logs import get_logger
 from rollbackd.model import Decision
+
+log = get_logger("rollbackd.journal")
 
 _V1 = [
     """
@@ -332,7 +344,13 @@ class Journal(Protocol):
         self, received_at: datetime, delivery: Delivery, body: str
     ) -> tuple[int, int]: ...
 
-    def firing_alerts(self) -> list[AlertRecord]: ...
+    def submit_delivery(
+        self, received_at: datetime, delivery: Delivery, body: str
+    ) -> Future[tuple[int, int]]: ...
+
+    def firing_alerts(
+        self, now: datetime, services: Collection[str] | None = None
+    ) -> list[AlertRecord]: ...
 
     def record_deploy(self, deploy: Deploy, received_at: datetime) -> None: ...
 
@@ -360,12 +378,32 @@ def _time(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
+def _required_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
 def _required_time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
 class JournalError(Exception):
     """The journal cannot be opened or written (disk, permissions, a newer schema)."""
+
+
+BATCH_DELIVERIES = 128
+"""At most this many webhook deliveries are written in one transaction."""
+BATCH_ALERTS = 5000
+"""A batch stops growing once it holds this many alerts (one delivery may carry 1,000)."""
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A delivery waiting for the writer thread, and the future its request waits on."""
+
+    received_at: datetime
+    delivery: Delivery
+    body: str
+    future: Future[tuple[int, int]]
 
 
 class SqliteJournal:
@@ -384,11 +422,50 @@ class SqliteJournal:
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open the journal {path}: {exc}") from None
         self._lock = threading.RLock()
+        """Held by every write: one transaction at a time on ``_db``."""
         self._migrate()
+        self._reader, self._read_lock = self._db, self._lock
+        if str(path) != ":memory:":  # in memory, each connection would have its own database
+            try:
+                self._reader = sqlite3.connect(
+                    str(path), isolation_level=None, check_same_thread=False, timeout=30
+                )
+                self._reader.execute("PRAGMA query_only=ON")
+            except sqlite3.Error as exc:
+                self._db.close()
+                raise JournalError(f"cannot open the journal {path}: {exc}") from None
+            self._read_lock = threading.RLock()
+        self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        self._closed = False
 
     def close(self) -> None:
+        """Write the deliveries already queued, then close; later ones are refused."""
+        with self._writer_lock:
+            self._closed = True
+            writer = self._writer
+            if writer is not None and writer.is_alive():
+                self._queue.put(None)
+        if writer is not None:
+            writer.join()
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
-            self._db.close()
+            self._db.close()  # the same connection again in memory: closing twice is harmless
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction on the reading connection: a consistent snapshot."""
+        with self._read_lock:
+            try:
+                self._reader.execute("BEGIN")
+                yield self._reader
+            except sqlite3.Error as exc:
+                raise JournalError(f"the journal {self.path}: {exc}") from exc
+            finally:
+                if self._reader.in_transaction:
+                    self._reader.execute("COMMIT")
 
     @contextmanager
     def _tx(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
@@ -521,8 +598,8 @@ class SqliteJournal:
             )
 
     def incident(self, incident: int) -> IncidentRecord | None:
-        with self._tx("DEFERRED"):
-            row = self._db.execute(_INCIDENT_COLUMNS + " WHERE id = ?", (incident,)).fetchone()
+        with self._read() as db:
+            row = db.execute(_INCIDENT_COLUMNS + " WHERE id = ?", (incident,)).fetchone()
             if row is None:
                 return None
             base = _incident(row)
@@ -541,7 +618,7 @@ class SqliteJournal:
                     value=r[10],
                     target=r[11],
                 )
-                for r in self._db.execute(
+                for r in db.execute(
                     "SELECT time, actor, action, proposed, severity, rules, reason, approver,"
                     " deadline, guards, value, target FROM decisions WHERE incident_id = ?"
                     " ORDER BY id",
@@ -559,7 +636,7 @@ class SqliteJournal:
                     output=r[6],
                     data=json.loads(r[7]),
                 )
-                for r in self._db.execute(
+                for r in db.execute(
                     "SELECT id, name, started_at, finished_at, outcome, summary, output, data"
                     " FROM steps WHERE incident_id = ? ORDER BY id",
                     (incident,),
@@ -567,13 +644,13 @@ class SqliteJournal:
             )
             evidence = tuple(
                 EvidenceRecord(_required_time(r[0]), r[1], json.loads(r[2]))
-                for r in self._db.execute(
+                for r in db.execute(
                     "SELECT time, kind, body FROM evidence WHERE incident_id = ? ORDER BY id",
                     (incident,),
                 )
             )
             samples: dict[str, list[tuple[datetime, float]]] = {}
-            for r in self._db.execute(
+            for r in db.execute(
                 "SELECT series, time, value FROM samples WHERE incident_id = ? ORDER BY time",
                 (incident,),
             ):
@@ -591,8 +668,8 @@ class SqliteJournal:
             clauses.append(f"state IN ({','.join('?' * len(_ACTIVE))})")
             params.extend(s.value for s in sorted(_ACTIVE))
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._lock:
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 _INCIDENT_COLUMNS + where + " ORDER BY id DESC LIMIT ?", (*params, limit)
             ).fetchall()
         return [_incident(r) for r in rows]
@@ -602,72 +679,211 @@ class SqliteJournal:
     ) -> tuple[int, int]:
         """Journal one webhook delivery and its alerts at once; (new or changed, duplicates).
 
-        Alerts are keyed by (fingerprint, startsAt): a retried delivery changes
-        nothing, and a resolved alert never goes back to firing through a late
-        retry of an older delivery.
+        Returns once the delivery is committed (see :meth:`submit_delivery`).
         """
-        changed = 0
-        when = _text(received_at)
-        with self._tx() as db:
-            for alert in delivery.alerts:
-                before = db.execute(
-                    "SELECT status, ends_at FROM alerts WHERE fingerprint = ? AND starts_at = ?",
-                    (alert.fingerprint, _text(alert.starts_at)),
-                ).fetchone()
-                status, ends_at = alert.status, _text(alert.ends_at)
-                if before is not None and before[0] == "resolved":
-                    status, ends_at = "resolved", before[1] or ends_at  # never back to firing
-                if before is not None and (before[0], before[1]) == (status, ends_at):
-                    db.execute(
-                        "UPDATE alerts SET last_received = ?"
-                        " WHERE fingerprint = ? AND starts_at = ?",
-                        (when, alert.fingerprint, _text(alert.starts_at)),
-                    )
-                    continue
-                changed += 1
-                db.execute(
-                    "INSERT INTO alerts (fingerprint, starts_at, status, ends_at, service, name,"
-                    " labels, annotations, first_received, last_received)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT (fingerprint, starts_at) DO UPDATE SET status = excluded.status,"
-                    " ends_at = excluded.ends_at, labels = excluded.labels,"
-                    " annotations = excluded.annotations, last_received = excluded.last_received",
-                    (
-                        alert.fingerprint,
-                        _text(alert.starts_at),
-                        status,
-                        ends_at,
-                        alert.service,
-                        alert.name,
-                        _json(dict(alert.labels)),
-                        _json(dict(alert.annotations)),
-                        when,
-                        when,
-                    ),
+        return self.submit_delivery(received_at, delivery, body).result()
+
+    def submit_delivery(
+        self, received_at: datetime, delivery: Delivery, body: str
+    ) -> Future[tuple[int, int]]:
+        """Queue a delivery for the writer; the future is done once it is committed.
+
+        Its result is (new or changed alerts, duplicates). Alerts are keyed by
+        (fingerprint, startsAt): a retried delivery changes nothing, and a
+        resolved alert never goes back to firing through a late retry of an
+        older delivery. Deliveries are journaled in the order they were
+        queued, so two in one batch that carry the same alert count it once.
+        A failed write fails the future with a :class:`JournalError`.
+        """
+        future: Future[tuple[int, int]] = Future()
+        with self._writer_lock:
+            if self._closed:
+                raise JournalError(f"the journal {self.path} is closed")
+            if self._writer is None or not self._writer.is_alive():
+                if self._writer is not None:
+                    log.error("the journal writer had stopped; starting it again")
+                self._writer = threading.Thread(
+                    target=self._write_deliveries, name="journal-writer", daemon=True
                 )
-            duplicates = len(delivery.alerts) - changed
-            db.execute(
-                "INSERT INTO deliveries (received_at, source, group_key, status, alerts,"
-                " duplicates, body) VALUES (?,?,?,?,?,?,?)",
+                self._writer.start()
+            self._queue.put(_Queued(received_at, delivery, body, future))
+        return future
+
+    def _write_deliveries(self) -> None:
+        """The writer thread: every delivery waiting, in one transaction, until closed."""
+        while True:
+            batch, stop = self._next_batch()
+            try:
+                if batch:
+                    self._write_batch(batch)
+            except BaseException as exc:  # never die silently: say it, fail the batch, go on
+                log.exception("the journal writer failed a batch", deliveries=len(batch))
+                error = JournalError(f"the journal {self.path}: {type(exc).__name__}: {exc}")
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+            if stop:
+                return
+
+    def _next_batch(self) -> tuple[list[_Queued], bool]:
+        """Wait for one delivery, then take every other one already waiting (up to a limit)."""
+        batch: list[_Queued] = []
+        alerts = 0
+        item = self._queue.get()
+        while item is not None:
+            if item.future.set_running_or_notify_cancel():  # a cancelled one is never written
+                batch.append(item)
+                alerts += len(item.delivery.alerts)
+            if len(batch) >= BATCH_DELIVERIES or alerts >= BATCH_ALERTS:
+                return batch, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, False
+        return batch, True  # None: the journal is closing
+
+    def _write_batch(self, batch: Sequence[_Queued]) -> None:
+        """One transaction, one commit; then each delivery's request is answered.
+
+        Each delivery is written inside its own savepoint: one that cannot be
+        written fails alone. If the transaction cannot be committed, every
+        delivery of the batch fails, and none of them is in the journal.
+        """
+        outcomes: list[tuple[int, int] | JournalError] = []
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for item in batch:
+                    db.execute("SAVEPOINT delivery")
+                    try:
+                        outcomes.append(self._write_delivery(db, item))
+                    except Exception as exc:
+                        if not db.in_transaction:  # SQLite rolled the whole transaction back
+                            raise
+                        db.execute("ROLLBACK TO delivery")
+                        log.exception("a webhook delivery could not be journaled")
+                        outcomes.append(
+                            JournalError(
+                                f"the journal {self.path} could not record this delivery: "
+                                f"{type(exc).__name__}: {exc}"
+                            )
+                        )
+                    db.execute("RELEASE delivery")
+                db.execute("COMMIT")
+            except Exception as exc:
+                log.exception(
+                    "the journal could not write a batch of webhook deliveries",
+                    deliveries=len(batch),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                error = JournalError(f"the journal {self.path}: {exc}")
+                for item in batch:
+                    item.future.set_exception(error)
+                return
+            finally:
+                if db.in_transaction:  # not committed: none of the batch is in the journal
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, JournalError):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+
+    @staticmethod
+    def _write_delivery(db: sqlite3.Connection, item: _Queued) -> tuple[int, int]:
+        """A delivery's alerts and the delivery itself; (new or changed, duplicates)."""
+        delivery, when = item.delivery, _text(item.received_at)
+        keys = [(a.fingerprint, _required_text(a.starts_at)) for a in delivery.alerts]
+        known: dict[tuple[str, str], tuple[str, str | None]] = {}
+        fingerprints = sorted({fingerprint for fingerprint, _ in keys})
+        for start in range(0, len(fingerprints), 500):
+            chunk = fingerprints[start : start + 500]
+            for fingerprint, starts_at, status, ends_at in db.execute(
+                "SELECT fingerprint, starts_at, status, ends_at FROM alerts"  # noqa: S608 -- placeholders only
+                f" WHERE fingerprint IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                known[(fingerprint, starts_at)] = (status, ends_at)
+        upserts: list[tuple[str | None, ...]] = []
+        touched: list[tuple[str | None, str, str]] = []
+        for alert, key in zip(delivery.alerts, keys, strict=True):
+            status, ends_at = alert.status, _text(alert.ends_at)
+            before = known.get(key)
+            if before is not None and before[0] == "resolved":
+                status, ends_at = "resolved", before[1] or ends_at  # never back to firing
+            if before == (status, ends_at):
+                touched.append((when, *key))
+                continue
+            known[key] = (status, ends_at)  # the same alert again in this delivery: a duplicate
+            upserts.append(
                 (
+                    *key,
+                    status,
+                    ends_at,
+                    alert.service,
+                    alert.name,
+                    json.dumps(dict(alert.labels)),
+                    json.dumps(dict(alert.annotations)),
                     when,
-                    delivery.source,
-                    delivery.group_key,
-                    delivery.status,
-                    len(delivery.alerts),
-                    duplicates,
-                    body,
-                ),
+                    when,
+                )
             )
+        if upserts:
+            db.executemany(
+                "INSERT INTO alerts (fingerprint, starts_at, status, ends_at, service, name,"
+                " labels, annotations, first_received, last_received)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (fingerprint, starts_at) DO UPDATE SET status = excluded.status,"
+                " ends_at = excluded.ends_at, labels = excluded.labels,"
+                " annotations = excluded.annotations, last_received = excluded.last_received",
+                upserts,
+            )
+        if touched:
+            db.executemany(
+                "UPDATE alerts SET last_received = ? WHERE fingerprint = ? AND starts_at = ?",
+                touched,
+            )
+        changed = len(upserts)
+        duplicates = len(delivery.alerts) - changed
+        db.execute(
+            "INSERT INTO deliveries (received_at, source, group_key, status, alerts,"
+            " duplicates, body) VALUES (?,?,?,?,?,?,?)",
+            (
+                when,
+                delivery.source,
+                delivery.group_key,
+                delivery.status,
+                len(delivery.alerts),
+                duplicates,
+                item.body,
+            ),
+        )
         return changed, duplicates
 
-    def firing_alerts(self) -> list[AlertRecord]:
-        """Every alert whose latest word is 'firing'."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT fingerprint, starts_at, status, ends_at, service, name, labels,"
-                " annotations FROM alerts WHERE status = 'firing' ORDER BY starts_at"
-            ).fetchall()
+    def firing_alerts(
+        self, now: datetime, services: Collection[str] | None = None
+    ) -> list[AlertRecord]:
+        """The alerts firing at ``now``, oldest first.
+
+        Firing: the latest word on the alert is "firing" and its endsAt, if it
+        has one, is after ``now`` (an alert no longer re-sent expires).
+        Alertmanager sends firing alerts without an endsAt; they fire until
+        resolved. With ``services``: only the alerts of those services, plus
+        the oldest firing alert of any other service or of none, so that the
+        caller can still say that some alert cannot be placed without loading
+        every alert nobody watches.
+        """
+        at = _text(now)
+        with self._read() as db:
+            if services is None:
+                rows = db.execute(_FIRING + " ORDER BY starts_at", (at,)).fetchall()
+            else:
+                names = json.dumps(sorted(services))
+                rows = db.execute(_FIRING_OF_SERVICES, (at, names)).fetchall()
+                rows += db.execute(_FIRST_FIRING_ELSEWHERE, (at, names)).fetchall()
+                rows.sort(key=lambda r: str(r[1]))
         return [
             AlertRecord(
                 fingerprint=r[0],
@@ -684,8 +900,8 @@ class SqliteJournal:
 
     def deliveries(self) -> int:
         """How many webhook deliveries were journaled."""
-        with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM deliveries").fetchone()[0])
+        with self._read() as db:
+            return int(db.execute("SELECT count(*) FROM deliveries").fetchone()[0])
 
     def record_deploy(self, deploy: Deploy, received_at: datetime) -> None:
         with self._tx() as db:
@@ -704,8 +920,8 @@ class SqliteJournal:
 
     def deploys(self) -> list[Deploy]:
         """Every deploy event received, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT service, version, ref, time, migrations FROM deploys ORDER BY id"
             ).fetchall()
         return [
@@ -722,8 +938,8 @@ class SqliteJournal:
 
     def rollbacks(self, service: str) -> list[datetime]:
         """When rollbacks of ``service`` were executed (or may have been: outcome unknown)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT s.started_at FROM steps s JOIN incidents i ON i.id = s.incident_id"
                 " WHERE i.service = ? AND s.name = 'execute'"
                 " AND (s.outcome IS NULL OR s.outcome IN ('ok', 'unknown')) ORDER BY s.id",
@@ -731,6 +947,22 @@ class SqliteJournal:
             ).fetchall()
         return [_required_time(r[0]) for r in rows]
 
+
+_FIRING = (
+    "SELECT fingerprint, starts_at, status, ends_at, service, name, labels, annotations"
+    " FROM alerts WHERE status = 'firing' AND (ends_at IS NULL OR ends_at > ?)"
+)
+_FIRING_OF_SERVICES = (
+    "SELECT fingerprint, starts_at, status, ends_at, service, name, labels, annotations"
+    " FROM alerts WHERE status = 'firing' AND (ends_at IS NULL OR ends_at > ?)"
+    " AND service IN (SELECT value FROM json_each(?)) ORDER BY starts_at"
+)
+_FIRST_FIRING_ELSEWHERE = (
+    "SELECT fingerprint, starts_at, status, ends_at, service, name, labels, annotations"
+    " FROM alerts WHERE status = 'firing' AND (ends_at IS NULL OR ends_at > ?)"
+    " AND (service IS NULL OR service NOT IN (SELECT value FROM json_each(?)))"
+    " ORDER BY starts_at LIMIT 1"
+)
 
 _INCIDENT_COLUMNS = (
     "SELECT id, service, opened_at, closed_at, state, severity, action, origin, target,"

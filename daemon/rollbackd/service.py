@@ -28,7 +28,14 @@ from rollbackd.deploys import Deploy, DeployHistory
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.engine import CycleReport, Engine, LiveCycle
 from rollbackd.errors import InvalidInput, RollbackdError
-from rollbackd.journal import IncidentRecord, IncidentState, NewIncident, Outcome, SqliteJournal
+from rollbackd.journal import (
+    AlertRecord,
+    IncidentRecord,
+    IncidentState,
+    NewIncident,
+    Outcome,
+    SqliteJournal,
+)
 from rollbackd.loader import Loaded, load
 from rollbackd.logs import get_logger
 from rollbackd.metrics import DaemonMetrics
@@ -217,11 +224,9 @@ class Daemon:
                 for service in self.engine.services:
                     self.engine.rollbacks[service] = self.journal.rollbacks(service)
                 inputs = self.live.gather(now)
+                firing = self.journal.firing_alerts(now, self.engine.services)
                 alerts, ignored = alert_findings(
-                    self.journal.firing_alerts(),
-                    self.engine.services,
-                    self.config.alerts.trigger_label,
-                    now,
+                    firing, self.engine.services, self.config.alerts.trigger_label, now
                 )
                 inputs.alerts.extend(alerts)
                 for line in ignored:
@@ -229,7 +234,7 @@ class Daemon:
                 report = self.engine.step(now, inputs)
                 self.last_report = report
                 for decision in report.decisions:
-                    self._act(decision, report)
+                    self._act(decision, report, firing)
                 self._deadlines(now)
             self.last_cycle_error = None
         except Exception as exc:  # the loop must survive any one bad cycle
@@ -267,7 +272,7 @@ class Daemon:
         )
         self.on_cycle(self.status_line)
 
-    def _act(self, decision: Decision, report: CycleReport) -> None:
+    def _act(self, decision: Decision, report: CycleReport, firing: list[AlertRecord]) -> None:
         """Journal a decision and carry it out: roll back, ask, escalate or record."""
         findings = [f for f in report.findings if f.service == decision.service]
         log.info(
@@ -289,7 +294,7 @@ class Daemon:
                 self.metrics.firing_to_action.observe(
                     max((decision.time - f.since).total_seconds(), 0.0)
                 )
-        request = self._request(decision, findings)
+        request = self._request(decision, findings, firing)
         if decision.action.rolls_back and request is not None:
             state = (
                 IncidentState.ROLLING_BACK
@@ -349,7 +354,9 @@ class Daemon:
         self.journal.add_decision(incident, decision, "rollbackd")
         return incident
 
-    def _request(self, decision: Decision, findings: list[Finding]) -> RollbackRequest | None:
+    def _request(
+        self, decision: Decision, findings: list[Finding], firing: list[AlertRecord]
+    ) -> RollbackRequest | None:
         if decision.target is None:
             return None
         current = self.history.current(decision.service)
@@ -357,7 +364,7 @@ class Daemon:
         target = known[-1].target_ref if known else decision.target
         alerts = [
             {"name": a.name, "labels": dict(a.labels), "since": format_instant(a.starts_at)}
-            for a in self.journal.firing_alerts()
+            for a in firing
             if a.service == decision.service
         ]
         return RollbackRequest(
@@ -468,12 +475,24 @@ class Daemon:
 
     def accept_webhook(self, body: bytes) -> tuple[int, int]:
         """Parse and journal an Alertmanager delivery (before the 2xx); (changed, duplicates)."""
+        return self.submit_webhook(body).result()
+
+    def submit_webhook(self, body: bytes) -> Future[tuple[int, int]]:
+        """Parse a delivery and queue it for the journal: done once it is on disk.
+
+        InvalidInput (raised here) names what is wrong with the body; the
+        future fails with JournalError if the journal cannot write it.
+        """
         delivery = parse_webhook(body, self.config.alerts.service_label)
-        changed, duplicates = self.journal.record_delivery(
+        future = self.journal.submit_delivery(
             self.clock(), delivery, body.decode("utf-8", errors="replace")
         )
-        self.metrics.webhooks.labels("accepted").inc()
-        return changed, duplicates
+        future.add_done_callback(self._count_webhook)
+        return future
+
+    def _count_webhook(self, done: Future[tuple[int, int]]) -> None:
+        failed = done.cancelled() or done.exception() is not None
+        self.metrics.webhooks.labels("failed" if failed else "accepted").inc()
 
     def accept_deploy(self, body: Mapping[str, Any]) -> Deploy:
         """Validate and journal a deploy event, then let it start its attribution window."""

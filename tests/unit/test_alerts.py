@@ -102,3 +102,24 @@ def test_a_body_that_is_not_json_is_refused() -> None:
     """Garbage is one clear problem, not a crash."""
     with pytest.raises(InvalidInput, match="not JSON"):
         parse_webhook(b"\xff<html>")
+
+
+def test_a_firing_alert_whose_ends_at_has_passed_is_no_finding() -> None:
+    """An alert no longer re-sent expires at its endsAt; one without an endsAt keeps firing."""
+    body = json.loads(example("alertmanager-webhook-v4.json"))
+    base = body["alerts"][0]
+    ends = {"Ended": "2026-11-25T16:04:59Z", "Ending": "2026-11-25T16:06:00Z"}
+    body["alerts"] = [
+        {
+            **base,
+            "fingerprint": name.lower(),
+            "labels": {**base["labels"], "alertname": name},
+            "endsAt": ends.get(name, "0001-01-01T00:00:00Z"),
+        }
+        for name in ("Ended", "Ending", "Open")
+    ]
+    alerts = parse_webhook(json.dumps(body).encode()).alerts
+    now, _ = alert_findings(alerts, ["web"], "rollbackd_trigger", NOW)
+    assert [f.rule for f in now] == ["alert:Ending", "alert:Open"]
+    later, _ = alert_findings(alerts, ["web"], "rollbackd_trigger", NOW.replace(minute=6))
+    assert [f.rule for f in later] == ["alert:Open"]

@@ -10,7 +10,10 @@ label (``[alerts] service_label``), of the trigger class named by its
 ``rollbackd_trigger`` label (``[alerts] trigger_label``), or else of the
 severity named by its ``severity`` label. Alertmanager has already applied
 the alert rule's ``for``, so the finding fires at once. A resolved alert ends
-it. An alert rollbackd cannot place (no known service, no trigger or
+it, and so does the alert's ``endsAt`` once it has passed: an alert that
+carries one and is no longer re-sent expires. (Alertmanager itself sends
+firing alerts without an ``endsAt``, its zero time; those fire until
+resolved.) An alert rollbackd cannot place (no known service, no trigger or
 severity) is journaled and otherwise ignored.
 """
 
@@ -194,12 +197,12 @@ def alert_findings(
     trigger_label: str,
     now: datetime,
 ) -> tuple[list[Finding], list[str]]:
-    """Firing alerts as firing findings; and one line per alert that could not be placed."""
+    """Alerts firing at ``now`` as firing findings; and one line per alert not placed."""
     known = set(services)
     findings: list[Finding] = []
     ignored: list[str] = []
     for alert in alerts:
-        if alert.status != "firing":
+        if alert.status != "firing" or (alert.ends_at is not None and alert.ends_at <= now):
             continue
         name = alert.name or alert.fingerprint
         if alert.service is None or alert.service not in known:
