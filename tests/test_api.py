@@ -78,6 +78,10 @@ class MovableClock:
 class LiveServer:
     """uvicorn serving an ASGI app on 127.0.0.1:port in a thread of this process.
 
+    It parses HTTP with httptools, as ``rollbackd run`` does (uvicorn picks it
+    when it is installed, as uvicorn[standard] does), so that the body limit
+    and every answer are tested with the parser production uses.
+
     uvicorn logs nothing below critical and leaves logging alone: Python 3.11.7
     formats tracebacks with ``ast.parse``, which is not thread-safe there
     ("AST constructor recursion depth mismatch"), so uvicorn logging a 500's
@@ -96,6 +100,7 @@ class LiveServer:
                 log_level="critical",
                 access_log=False,
                 lifespan="off",
+                http="httptools",  # what `rollbackd run` picks with uvicorn[standard]
             )
         )
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{port}", daemon=True)
