@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rollbackd.journal import (
+    _MIGRATIONS,
     BATCH_ALERTS,
     SCHEMA_VERSION,
     AlertRecord,
@@ -304,7 +305,7 @@ def test_firing_alerts_end_at_their_ends_at(tmp_path: Path) -> None:
 
 
 def test_firing_alerts_of_some_services_keep_one_of_the_others(tmp_path: Path) -> None:
-    """Asked for some services: theirs, and only the oldest alert of any other service."""
+    """Asked for some services: theirs, oldest first, and one alert of any other service."""
     journal = SqliteJournal(journal_path(tmp_path))
     minute = timedelta(minutes=1)
     journal.record_delivery(
@@ -314,17 +315,41 @@ def test_firing_alerts_of_some_services_keep_one_of_the_others(tmp_path: Path) -
             alert("db1", service="db", starts_at=T0 + 2 * minute),
             alert("none", service=None, starts_at=T0 + minute),
             alert("api1", service="api", starts_at=T0 + 4 * minute),
+            alert("web0", starts_at=T0),
         ),
         "",
     )
-    assert [a.fingerprint for a in journal.firing_alerts(T0, ["web", "api"])] == [
-        "none",
+    firing = journal.firing_alerts(T0, ["web", "api"])
+    assert [a.fingerprint for a in firing if a.service in ("web", "api")] == [
+        "web0",
         "web1",
         "api1",
     ]
+    [other] = [a for a in firing if a.service not in ("web", "api")]
+    assert other.fingerprint in {"db1", "none"}
     assert [a.fingerprint for a in journal.firing_alerts(T0, ["web", "api", "db"])] == [
+        "web0",
         "none",
         "db1",
         "web1",
         "api1",
     ]
+
+
+def test_a_journal_of_schema_2_is_migrated_and_keeps_its_alerts(tmp_path: Path) -> None:
+    """A journal written before the firing-alerts index opens, keeps its alerts and is indexed."""
+    path = journal_path(tmp_path)
+    with sqlite3.connect(path) as db:
+        for statement in [*_MIGRATIONS[0], *_MIGRATIONS[1]]:
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 2")
+        db.execute(
+            "INSERT INTO alerts VALUES ('f1', ?, 'firing', NULL, 'web', 'A', '{}', '{}', ?, ?)",
+            (T0.isoformat(), T0.isoformat(), T0.isoformat()),
+        )
+    journal = SqliteJournal(path)
+    assert [a.fingerprint for a in journal.firing_alerts(T0, ["web"])] == ["f1"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "alerts_firing" in names and "alerts_status" not in names

@@ -11,7 +11,10 @@ is queued to one writer thread, which writes every delivery waiting at that
 moment in one transaction, commits once, and only then answers each of them.
 One connection writes (the writer thread and every other write take turns on
 it); reads use a second one, so that a long read never holds up a write (WAL
-lets both go on at once).
+lets both go on at once). A third copies the WAL into the database file
+(checkpoints) in a thread of its own, shortly after writes: done by the
+committing connection, as SQLite does by default, a checkpoint (a few MB and
+an fsync) would hold up every request waiting for that commit.
 
 :class:`Journal` is the interface the rest of rollbackd uses;
 :class:`SqliteJournal` is the one backend today (a PostgreSQL one, for
@@ -151,7 +154,13 @@ _V2 = [
     )
     """,
 ]
-_MIGRATIONS = [_V1, _V2]
+_V3 = [
+    # The cycle asks for the firing alerts of the services it watches: an index of firing
+    # alerts only, by service, instead of every alert by status (resolved ones are most).
+    "DROP INDEX alerts_status",
+    "CREATE INDEX alerts_firing ON alerts (service) WHERE status = 'firing'",
+]
+_MIGRATIONS = [_V1, _V2, _V3]
 """Statements taking the schema from version i to i + 1."""
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -390,6 +399,10 @@ class JournalError(Exception):
     """The journal cannot be opened or written (disk, permissions, a newer schema)."""
 
 
+CHECKPOINT_PAUSE = 0.2
+"""Seconds between two checkpoints while writes go on."""
+AUTOCHECKPOINT_PAGES = 10_000
+"""The committing connection checkpoints only past this WAL size (40 MB): a safety net."""
 BATCH_DELIVERIES = 128
 """At most this many webhook deliveries are written in one transaction."""
 BATCH_ALERTS = 5000
@@ -423,10 +436,14 @@ class SqliteJournal:
             raise JournalError(f"cannot open the journal {path}: {exc}") from None
         self._lock = threading.RLock()
         """Held by every write: one transaction at a time on ``_db``."""
+        self._wrote, self._stopping = threading.Event(), threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        self._in_memory = str(path) == ":memory:"
         self._migrate()
         self._reader, self._read_lock = self._db, self._lock
-        if str(path) != ":memory:":  # in memory, each connection would have its own database
+        if not self._in_memory:  # in memory, each connection would have its own database
             try:
+                self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
                 self._reader = sqlite3.connect(
                     str(path), isolation_level=None, check_same_thread=False, timeout=30
                 )
@@ -449,10 +466,53 @@ class SqliteJournal:
                 self._queue.put(None)
         if writer is not None:
             writer.join()
+        self._stopping.set()
+        self._wrote.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
         with self._read_lock:
             self._reader.close()
         with self._lock:
             self._db.close()  # the same connection again in memory: closing twice is harmless
+
+    def _committed(self) -> None:
+        """After a commit (the write lock held): wake the checkpoint thread, started at need."""
+        if self._checkpointer is None and not self._in_memory:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_wal, name="journal-checkpoints", daemon=True
+            )
+            self._checkpointer.start()
+        self._wrote.set()
+
+    def _checkpoint_wal(self) -> None:
+        """The checkpoint thread: after writes, copy the WAL into the database file.
+
+        PASSIVE: it never waits for, nor holds up, a writer or a reader. A
+        failure is logged and the next write tries again; the committing
+        connection's own checkpoint past AUTOCHECKPOINT_PAGES is the net.
+        """
+        try:
+            db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+            db.execute("PRAGMA synchronous=FULL")  # the database file is synced before reuse
+        except sqlite3.Error as exc:
+            log.error("the journal's checkpoint thread cannot open it", error=str(exc))
+            return
+        try:
+            while True:
+                self._wrote.wait()
+                self._wrote.clear()
+                if self._stopping.is_set():
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    log.warning(
+                        "a journal checkpoint failed; the next write retries", error=str(exc)
+                    )
+                if self._stopping.wait(CHECKPOINT_PAUSE):
+                    return
+        finally:
+            db.close()
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -475,6 +535,7 @@ class SqliteJournal:
                 self._db.execute(f"BEGIN {mode}")
                 yield self._db
                 self._db.execute("COMMIT")
+                self._committed()
             except BaseException as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
@@ -771,6 +832,7 @@ class SqliteJournal:
                         )
                     db.execute("RELEASE delivery")
                 db.execute("COMMIT")
+                self._committed()
             except Exception as exc:
                 log.exception(
                     "the journal could not write a batch of webhook deliveries",
@@ -871,9 +933,9 @@ class SqliteJournal:
         has one, is after ``now`` (an alert no longer re-sent expires).
         Alertmanager sends firing alerts without an endsAt; they fire until
         resolved. With ``services``: only the alerts of those services, plus
-        the oldest firing alert of any other service or of none, so that the
-        caller can still say that some alert cannot be placed without loading
-        every alert nobody watches.
+        one firing alert of any other service or of none, so that the caller
+        can still say that some alert cannot be placed without loading every
+        alert nobody watches.
         """
         at = _text(now)
         with self._read() as db:
@@ -882,7 +944,7 @@ class SqliteJournal:
             else:
                 names = json.dumps(sorted(services))
                 rows = db.execute(_FIRING_OF_SERVICES, (at, names)).fetchall()
-                rows += db.execute(_FIRST_FIRING_ELSEWHERE, (at, names)).fetchall()
+                rows += db.execute(_ONE_FIRING_ELSEWHERE, (at, names)).fetchall()
                 rows.sort(key=lambda r: str(r[1]))
         return [
             AlertRecord(
@@ -957,11 +1019,10 @@ _FIRING_OF_SERVICES = (
     " FROM alerts WHERE status = 'firing' AND (ends_at IS NULL OR ends_at > ?)"
     " AND service IN (SELECT value FROM json_each(?)) ORDER BY starts_at"
 )
-_FIRST_FIRING_ELSEWHERE = (
+_ONE_FIRING_ELSEWHERE = (
     "SELECT fingerprint, starts_at, status, ends_at, service, name, labels, annotations"
     " FROM alerts WHERE status = 'firing' AND (ends_at IS NULL OR ends_at > ?)"
-    " AND (service IS NULL OR service NOT IN (SELECT value FROM json_each(?)))"
-    " ORDER BY starts_at LIMIT 1"
+    " AND (service IS NULL OR service NOT IN (SELECT value FROM json_each(?))) LIMIT 1"
 )
 
 _INCIDENT_COLUMNS = (

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rollbackd.actions.checklist import Checklist, Refused, RollbackRequest
 from rollbackd.assembly import build_checklist, now_utc
@@ -42,11 +42,17 @@ from rollbackd.metrics import DaemonMetrics
 from rollbackd.model import Action, Decision, Finding, FindingState, Severity
 from rollbackd.notify import JournalOnly, Message, Notifier
 from rollbackd.output import finding_record
+from rollbackd.rules import rule_trigger_severity
 from rollbackd.sources import MetricSource
 from rollbackd.sources.alerts import alert_findings, parse_webhook
 from rollbackd.sources.deploys import parse_event
 from rollbackd.sources.probes import Prober
 from rollbackd.sources.prometheus import PrometheusSource
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from rollbackd.sdnotify import SystemdNotifier
 
 log = get_logger("rollbackd")
 
@@ -215,12 +221,15 @@ class Daemon:
 
     # -- the evaluation loop -----------------------------------------------------------
 
-    def cycle(self) -> CycleReport | None:
-        """One evaluation: gather, decide, act. Never raises: a failure is logged and shown."""
+    def cycle(self, at: datetime | None = None) -> CycleReport | None:
+        """One evaluation at ``at`` (default: now): gather, decide, act. Never raises.
+
+        A failure is logged and shown on the status page and /readyz.
+        """
         started = time.monotonic()
         try:
             with self.lock:
-                now = self.clock()
+                now = at or self.clock()
                 for service in self.engine.services:
                     self.engine.rollbacks[service] = self.journal.rollbacks(service)
                 inputs = self.live.gather(now)
@@ -250,9 +259,13 @@ class Daemon:
         self.metrics.evaluations.inc()
         self.metrics.findings.clear()
         counts: dict[tuple[str, str, str], int] = {}
-        for f in report.findings:
+        for f in report.notable:
             key = (f.rule, f.severity.value, f.state.value)
             counts[key] = counts.get(key, 0) + 1
+        severities = {r.name: rule_trigger_severity(r).value for r in self.engine.rules}
+        for rule, quiet in report.quiet.items():
+            key = (rule, severities[rule], FindingState.OK.value)
+            counts[key] = counts.get(key, 0) + quiet
         for (rule, severity, state), count in counts.items():
             self.metrics.findings.labels(rule, severity, state).set(count)
         for source in {
@@ -260,7 +273,7 @@ class Daemon:
             for k in report.source_errors
         }:
             self.metrics.source_errors.labels(source).inc()
-        firing = sum(1 for f in report.findings if f.firing)
+        firing = sum(1 for f in report.notable if f.firing)
         active = self.journal.incidents(active_only=True)
         pending = len(active)
         self.metrics.pending_approvals.set(
@@ -274,7 +287,7 @@ class Daemon:
 
     def _act(self, decision: Decision, report: CycleReport, firing: list[AlertRecord]) -> None:
         """Journal a decision and carry it out: roll back, ask, escalate or record."""
-        findings = [f for f in report.findings if f.service == decision.service]
+        findings = [f for f in report.notable if f.service == decision.service]
         log.info(
             "decision",
             service=decision.service,
@@ -603,7 +616,7 @@ class Daemon:
     def services_view(self) -> list[dict[str, Any]]:
         report = self.last_report
         by_service: dict[str, list[Finding]] = {}
-        for finding in report.findings if report else ():
+        for finding in report.notable if report else ():
             by_service.setdefault(finding.service, []).append(finding)
         out = []
         for service in self.config.services:
@@ -619,7 +632,7 @@ class Daemon:
                 else "inconclusive"
                 if FindingState.INCONCLUSIVE in states
                 else "ok"
-                if own
+                if own or (report is not None and self.engine.rule_count(service.name))
                 else "unknown"
             )
             out.append(
@@ -653,13 +666,44 @@ class Daemon:
         }
 
 
-def serve(daemon: Daemon, config_path: Path) -> None:
-    """Run until SIGTERM: the scheduler, the HTTP server, signals and systemd notifications."""
-    import uvicorn  # noqa: PLC0415 -- only the daemon needs the server
+def planned(first: datetime, interval: timedelta, now: datetime) -> datetime:
+    """The latest instant of the schedule ``first + k * interval`` that is not after ``now``."""
+    if now <= first:
+        return first
+    return first + interval * ((now - first) // interval)
+
+
+def _scheduler(daemon: Daemon, systemd: SystemdNotifier) -> BackgroundScheduler:
+    """A cycle every poll interval, at its planned instant, one at a time."""
     from apscheduler.schedulers.background import (  # noqa: PLC0415 -- only the daemon schedules
         BackgroundScheduler,
     )
     from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
+
+    first, interval = daemon.clock(), daemon.config.daemon.poll_interval
+
+    def tick() -> None:
+        # The planned time, not the moment the thread woke: cycles exactly one interval
+        # apart, so a rule's `for` is reached at the cycle it should be, not one late.
+        daemon.cycle(planned(first, interval, daemon.clock()))
+        systemd.watchdog()  # only a loop that completes a cycle keeps the watchdog fed
+
+    scheduler = BackgroundScheduler(timezone="UTC")
+    scheduler.add_job(
+        tick,
+        IntervalTrigger(seconds=interval.total_seconds(), start_date=first),
+        id="evaluate",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=first,
+        misfire_grace_time=None,
+    )
+    return scheduler
+
+
+def serve(daemon: Daemon, config_path: Path) -> None:
+    """Run until SIGTERM: the scheduler, the HTTP server, signals and systemd notifications."""
+    import uvicorn  # noqa: PLC0415 -- only the daemon needs the server
 
     from rollbackd.api import create_app  # noqa: PLC0415 -- api imports this module
     from rollbackd.sdnotify import SystemdNotifier  # noqa: PLC0415
@@ -667,21 +711,8 @@ def serve(daemon: Daemon, config_path: Path) -> None:
     systemd = SystemdNotifier()
     daemon.on_cycle = systemd.status
 
-    def tick() -> None:
-        daemon.cycle()
-        systemd.watchdog()  # only a loop that completes a cycle keeps the watchdog fed
-
     config = daemon.config.daemon
-    scheduler = BackgroundScheduler(timezone="UTC")
-    scheduler.add_job(
-        tick,
-        IntervalTrigger(seconds=config.poll_interval.total_seconds()),
-        id="evaluate",
-        max_instances=1,
-        coalesce=True,
-        next_run_time=datetime.now().astimezone(),
-        misfire_grace_time=None,
-    )
+    scheduler = _scheduler(daemon, systemd)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(daemon),
