@@ -22,6 +22,7 @@ firing and the engine decides something.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import itertools
 import json
 import resource
@@ -269,8 +270,10 @@ class CountingSource:
         )
 
 
-def child(config_path: Path, at: float, cycles: int, budget: float, prom_pid: int) -> None:
-    """Run the cycles of one size and print one JSON object."""
+def child(
+    config_path: Path, at: float, cycles: int, budget: float, prom_pid: int, profile: Path | None
+) -> None:
+    """Run the cycles of one size and print one JSON object (and a cProfile dump if asked)."""
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- imports are measured
     from rollbackd.engine import Engine, LiveCycle  # noqa: PLC0415
@@ -290,7 +293,10 @@ def child(config_path: Path, at: float, cycles: int, budget: float, prom_pid: in
     results = []
     began = time.monotonic()
     last = 0.0
+    profiler = cProfile.Profile() if profile is not None else None
     for index in range(cycles):
+        if profiler is not None and index == 1:
+            profiler.enable()  # steady cycles only: the first one also fetches baselines
         # At least two cycles (the first one also fetches baselines); then only as many as
         # the budget allows, judged by the last cycle's length.
         if index >= 2 and time.monotonic() - began + last > budget:
@@ -316,8 +322,8 @@ def child(config_path: Path, at: float, cycles: int, budget: float, prom_pid: in
             else:
                 key = f"{call.kind}: {call.query[:60]}"
                 other[key] = other.get(key, 0) + 1
-        states: dict[str, int] = {}
-        for finding in report.findings:
+        states: dict[str, int] = {FindingState.OK.value: sum(report.quiet.values())}
+        for finding in report.notable:
             states[finding.state.value] = states.get(finding.state.value, 0) + 1
         results.append(
             {
@@ -337,6 +343,9 @@ def child(config_path: Path, at: float, cycles: int, budget: float, prom_pid: in
                 "errors": dict(report.source_errors),
             }
         )
+    if profiler is not None and profile is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
     print(
         json.dumps(
             {
@@ -355,7 +364,7 @@ def child(config_path: Path, at: float, cycles: int, budget: float, prom_pid: in
 
 
 def measure_size(
-    root: Path, services: int, cycles: int, budget: float, report: Report
+    root: Path, services: int, cycles: int, budget: float, report: Report, profile: Path | None
 ) -> dict[str, Any]:
     here = root / f"n{services}"
     here.mkdir()
@@ -386,6 +395,11 @@ def measure_size(
                 str(budget),
                 "--prom-pid",
                 str(prometheus._process.pid),
+                *(
+                    ["--profile", str(profile.with_suffix(f".n{services}.pstats"))]
+                    if profile
+                    else []
+                ),
             ],
             timeout=budget + 600,
         )
@@ -407,10 +421,13 @@ def main() -> None:  # noqa: PLR0915 -- one benchmark reads as one story
         parser.add_argument("--budget", type=float, help=argparse.SUPPRESS)
         parser.add_argument("--prom-pid", type=int, help=argparse.SUPPRESS)
         parser.add_argument("--sizes", help="comma-separated service counts")
+        parser.add_argument(
+            "--profile", type=Path, help="write a cProfile dump of the steady cycles per size"
+        )
 
     args = arguments(__doc__.splitlines()[0] if __doc__ else "cycle", extra)
     if args.child:
-        child(args.config, args.at, args.cycles, args.budget, args.prom_pid)
+        child(args.config, args.at, args.cycles, args.budget, args.prom_pid, args.profile)
         return
     quick: bool = args.quick
     sizes = (
@@ -428,7 +445,7 @@ def main() -> None:  # noqa: PLR0915 -- one benchmark reads as one story
         for size in sizes:
             # Budget per size: small sizes finish their cycles long before it.
             budget = 20.0 if quick else (100.0 if size >= 10000 else 60.0)
-            measured[size] = measure_size(root, size, cycles, budget, report)
+            measured[size] = measure_size(root, size, cycles, budget, report, args.profile)
     own_by_size: dict[int, float] = {}
     for size, result in measured.items():
         runs = result["cycles"]

@@ -295,7 +295,7 @@ def daemon_in_process(  # noqa: PLR0915 -- the wiring of serve(), in one place
         with seen.lock:
             if not seen.cycles or seen.cycles[-1] != moment:
                 seen.cycles.append(moment)
-            for finding in report.findings:
+            for finding in report.notable:
                 if finding.state in (FindingState.PENDING, FindingState.FIRING):
                     seen.first_pending.setdefault(finding.service, moment)
                 if finding.state is FindingState.FIRING:

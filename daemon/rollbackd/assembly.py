@@ -131,7 +131,11 @@ def build_checklist(
             matrix = source.range(rule.query, start, end, config.daemon.poll_interval)
             if matrix.error is not None:
                 break  # evidence must not hold up a rollback: one failure ends the collection
-            points = [(t, v) for t, v in matrix.series.get(service.name, []) if math.isfinite(v)]
+            points = [
+                (datetime.fromtimestamp(ms / 1000, UTC), v)
+                for ms, v in sorted(matrix.series.get(service.name, {}).items())
+                if math.isfinite(v)
+            ]
             if points:
                 series[rule.name] = points
         return series

@@ -284,7 +284,7 @@ def _manual_request(
         target = known[-1].target_ref if known else good
     if current is not None and target in (current.version, current.ref):
         _fail([f"rollbackd: {service} already runs {target}; nothing to roll back"], 2)
-    own = [f for f in evaluation.report.findings if f.service == service]
+    own = [f for f in evaluation.report.notable if f.service == service]
     firing = [f for f in own if f.firing]
     severity = Severity.highest([f.severity for f in firing]) if firing else Severity.MEDIUM
     return RollbackRequest(
@@ -519,7 +519,7 @@ def _deadline(action: str, deadline: timedelta | None) -> str:
 
 def _print_evaluation(result: Evaluation, as_json: bool) -> None:
     shown_states = {FindingState.FIRING, FindingState.PENDING, FindingState.INCONCLUSIVE}
-    findings = [f for f in result.report.findings if f.state in shown_states]
+    findings = [f for f in result.report.notable if f.state in shown_states]
     if as_json:
         for finding in findings:
             typer.echo(json_line(finding_record(finding)))
@@ -533,10 +533,10 @@ def _print_evaluation(result: Evaluation, as_json: bool) -> None:
         typer.echo(f"source error: {error} (rules: {', '.join(rules)})")
     if result.deploy_error is not None:
         typer.echo(f"deploys: {result.deploy_error}")
-    ok = len(result.report.findings) - len(findings)
+    total = len(result.report.notable) + sum(result.report.quiet.values())
     typer.echo(
-        f"{format_instant(result.report.time)}: {_count(len(result.report.findings), 'finding')} "
-        f"({ok} ok)"
+        f"{format_instant(result.report.time)}: {_count(total, 'finding')} "
+        f"({total - len(findings)} ok)"
     )
     for finding in sorted(findings, key=lambda f: (f.state.value, f.service, f.rule)):
         typer.echo(finding_line(finding))

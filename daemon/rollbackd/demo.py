@@ -499,7 +499,7 @@ def _narrate(
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline and final is None:
         report = daemon.last_report
-        for finding in report.findings if report else ():
+        for finding in report.notable if report else ():
             if finding.service != "web":
                 continue
             if finding.state is FindingState.PENDING:
@@ -556,7 +556,7 @@ def _narrate(
 
 def _severity_reason(daemon: Any, decision: Decision) -> str:
     report = daemon.last_report
-    for finding in report.findings if report else ():
+    for finding in report.notable if report else ():
         if finding.service == decision.service and finding.rule in decision.rules:
             return str(finding.severity_reason)
     return decision.reason

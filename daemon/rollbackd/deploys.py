@@ -200,8 +200,10 @@ class DeployHistory:
         history = self._services.get(service)
         if not history:
             return None
-        running = [r for r in history.runs if r.deploy.time <= at]
-        return running[-1] if running else None
+        for run in reversed(history.runs):
+            if run.deploy.time <= at:
+                return run
+        return None
 
     def _current_run(self, service: str) -> _Run | None:
         history = self._services.get(service)

@@ -17,16 +17,25 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory
-from rollbackd.model import Decision, Finding, FindingState, Measurement, RuleState, Severity
+from rollbackd.model import (
+    Decision,
+    Finding,
+    FindingState,
+    Measurement,
+    RuleState,
+    Severity,
+    Vector,
+)
 from rollbackd.policy import ServiceFacts, decide
-from rollbackd.rules import Key, Rule, applies_to, evaluate_cycle
+from rollbackd.rules import Cycle, Key, Rule, applies_to, evaluate_cycle
 from rollbackd.sources import MetricSource
 from rollbackd.sources.deploys import git_head
 from rollbackd.sources.probes import Prober, ProbeResult
-from rollbackd.sources.prometheus import QueryError, Vector
+from rollbackd.sources.prometheus import QueryError
 
 
 @dataclass(frozen=True)
@@ -41,25 +50,44 @@ class Resolution:
 
 @dataclass(frozen=True)
 class CycleReport:
-    """What one cycle found and decided, and what it could not see."""
+    """What one cycle found and decided, and what it could not see.
+
+    ``notable`` holds every finding but the quiet OK ones (alert findings
+    included); ``quiet`` counts those by rule. ``findings`` lists them all,
+    built on demand: at thousands of services that is most of a cycle's cost.
+    """
 
     time: datetime
-    findings: tuple[Finding, ...]
+    notable: tuple[Finding, ...]
     decisions: tuple[Decision, ...]
     resolutions: tuple[Resolution, ...] = ()
-    deploys: Mapping[str, Deploy | None] = field(default_factory=dict)
     source_errors: Mapping[str, str] = field(default_factory=dict)
+    quiet: Mapping[str, int] = field(default_factory=dict)
+    cycle: Cycle | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def findings(self) -> tuple[Finding, ...]:
+        """Every finding of the cycle, quiet OK ones included; then the alerts' findings."""
+        if self.cycle is None:
+            return self.notable
+        alerts = self.notable[len(self.cycle.notable) :]
+        return (*self.cycle.findings, *alerts)
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """One cycle's measurements by (rule, service), and the errors behind missing ones."""
+    """One cycle's measurements by (rule, service), and the errors behind missing ones.
+
+    ``vectors`` holds a PromQL rule's whole answer by rule name (what the
+    live cycle has); ``measurements`` one value per (rule, service).
+    """
 
     measurements: dict[Key, Measurement] = field(default_factory=dict)
     baselines: dict[Key, Measurement] = field(default_factory=dict)
     impacts: dict[Key, Measurement] = field(default_factory=dict)
     source_errors: dict[str, str] = field(default_factory=dict)
     alerts: list[Finding] = field(default_factory=list)
+    vectors: dict[str, Vector] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +107,11 @@ class Engine:
         self.rollbacks: dict[str, list[datetime]] = {}
         self._incidents: dict[str, _Incident] = {}
         self._services = {s.name: s.probe_names for s in config.services}
+        # How many rules apply to each service.
+        self._evaluated = {
+            name: sum(1 for r in self.rules if applies_to(r, probes))
+            for name, probes in self._services.items()
+        }
         self._policy = config.policy.table()
         self._guards = config.guards_for_policy()
 
@@ -96,23 +129,35 @@ class Engine:
             inputs.impacts,
             self.states,
             now,
+            inputs.vectors,
         )
-        self.states = dict(cycle.states)
-        findings = (*cycle.findings, *inputs.alerts)
+        self.states = cycle.states
+        notable = (*cycle.notable, *inputs.alerts)
         decisions: list[Decision] = []
         resolutions: list[Resolution] = []
         by_service: dict[str, list[Finding]] = {}
-        for finding in findings:
+        for finding in notable:
             by_service.setdefault(finding.service, []).append(finding)
-        for service in self._services:
-            own = by_service.get(service, [])
+        for service, evaluated in self._evaluated.items():
+            own = by_service.get(service)
+            incident = self._incidents.get(service)
+            if own is None:
+                # Every rule of the service is quiet and OK (if any applies).
+                self.history.note_evaluation(service, now, evaluated > 0, None)
+                if incident is not None and evaluated > 0:
+                    del self._incidents[service]
+                    resolutions.append(
+                        Resolution(service, now, incident.opened, "every rule is OK again")
+                    )
+                continue
             firing = [f for f in own if f.firing]
-            conclusive = any(f.state is not FindingState.INCONCLUSIVE for f in own)
+            conclusive = len(own) < evaluated or any(
+                f.state is not FindingState.INCONCLUSIVE for f in own
+            )
             started = min((f.started or f.since or now for f in firing), default=None)
             self.history.note_evaluation(service, now, conclusive, started)
-            incident = self._incidents.get(service)
             if not firing:
-                if incident is not None and own and all(f.state is FindingState.OK for f in own):
+                if incident is not None and all(f.state is FindingState.OK for f in own):
                     del self._incidents[service]
                     resolutions.append(
                         Resolution(service, now, incident.opened, "every rule is OK again")
@@ -128,12 +173,17 @@ class Engine:
             decisions.append(decision)
         return CycleReport(
             time=now,
-            findings=findings,
+            notable=notable,
             decisions=tuple(decisions),
             resolutions=tuple(resolutions),
-            deploys={s: self.history.current(s) for s in self._services},
             source_errors=dict(inputs.source_errors),
+            quiet=cycle.quiet,
+            cycle=cycle,
         )
+
+    def rule_count(self, service: str) -> int:
+        """How many rules apply to ``service`` (0 for a service that is not configured)."""
+        return self._evaluated.get(service, 0)
 
     def restore(self, service: str, opened: datetime, decision: Decision) -> None:
         """Remember an incident from before a restart, so it is not decided again."""
@@ -192,8 +242,12 @@ class BaselineCache:
     def __init__(self, source: MetricSource) -> None:
         self._source = source
         self._cache: dict[tuple[str, datetime], Vector] = {}
+        self._measurements: dict[tuple[str, str, datetime], Measurement] = {}
 
     def get(self, rule: Rule, deploy: Deploy) -> Measurement:
+        known = self._measurements.get((rule.name, deploy.service, deploy.time))
+        if known is not None:
+            return known
         key = (rule.name, deploy.time)
         vector = self._cache.get(key)
         if vector is None:
@@ -202,10 +256,12 @@ class BaselineCache:
                 self._cache[key] = vector
         measurement = vector.get(deploy.service)
         if measurement.is_missing:
-            return Measurement.missing(
+            measurement = Measurement.missing(
                 f"no value in the {rule.baseline_window} before the deploy of "
                 f"{deploy.version}: {measurement.reason}"
             )
+        if vector.error is None:
+            self._measurements[(rule.name, deploy.service, deploy.time)] = measurement
         return measurement
 
 
@@ -272,15 +328,15 @@ class LiveCycle:
             vector = self.prometheus.instant(rule.query, now)
             if vector.error is not None:
                 inputs.source_errors[rule.name] = vector.error
-            for service in services:
-                inputs.measurements[(rule.name, service)] = vector.get(service)
-                if rule.relative:
+            inputs.vectors[rule.name] = vector
+            if rule.relative:
+                for service in services:
                     deploy = self.engine.history.current(service)
                     if deploy is not None:
                         inputs.baselines[(rule.name, service)] = self.baselines.get(rule, deploy)
             if rule.impact_query is not None:
                 impact = self.prometheus.instant(rule.impact_query, now)
-                for service in services:
-                    if not impact.get(service).is_missing:
-                        inputs.impacts[(rule.name, service)] = impact.get(service)
+                for service, number in impact.numbers.items():
+                    if service in services:
+                        inputs.impacts[(rule.name, service)] = Measurement(number)
         return inputs

@@ -7,6 +7,7 @@ formatting, shared by the pure core and the parts that do I/O.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -73,7 +74,11 @@ class FindingState(StrEnum):
     INCONCLUSIVE = "inconclusive"
 
 
-@dataclass(frozen=True)
+NO_SERIES = "no series for this service"
+NAN_REASON = "the value is NaN (for a ratio: nothing to divide by)"
+
+
+@dataclass(frozen=True, slots=True)
 class Measurement:
     """One value of one rule for one service, or the reason there is none.
 
@@ -88,7 +93,7 @@ class Measurement:
     def of(cls, value: float) -> Self:
         """A value, or missing if it is not a finite number (NaN, ±Inf)."""
         if math.isnan(value):
-            return cls(None, "the value is NaN (for a ratio: nothing to divide by)")
+            return cls(None, NAN_REASON)
         if math.isinf(value):
             return cls(None, f"the value is {'+' if value > 0 else '-'}Inf")
         return cls(float(value))
@@ -100,6 +105,58 @@ class Measurement:
     @property
     def is_missing(self) -> bool:
         return self.value is None or not math.isfinite(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Vector:
+    """One query's values by service at one instant, or why the whole query failed.
+
+    ``numbers`` holds the finite values; ``problems`` says why a service that
+    the answer did mention has no usable value (NaN, two series, ...). A
+    service in neither has no series.
+    """
+
+    numbers: dict[str, float] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @classmethod
+    def of(cls, measurements: Mapping[str, Measurement]) -> Vector:
+        """A vector from one measurement per service (missing ones keep their reason)."""
+        numbers: dict[str, float] = {}
+        problems: dict[str, str] = {}
+        for service, measurement in measurements.items():
+            if measurement.value is not None and math.isfinite(measurement.value):
+                numbers[service] = measurement.value
+            else:
+                problems[service] = measurement.reason or "no value"
+        return cls(numbers, problems)
+
+    def number(self, service: str) -> float | None:
+        """The service's finite value, or None (then :meth:`get` says why)."""
+        return self.numbers.get(service)
+
+    def get(self, service: str) -> Measurement:
+        if self.error is not None:
+            return Measurement.missing(self.error)
+        number = self.numbers.get(service)
+        if number is not None:
+            return Measurement(number)
+        return Measurement.missing(self.problems.get(service, NO_SERIES))
+
+
+@dataclass(frozen=True, slots=True)
+class Matrix:
+    """A range query's samples by service (unix milliseconds → value), or why it failed.
+
+    Values are kept as Prometheus sent them, NaN and ±Inf included, for
+    :meth:`Measurement.of` to explain; ``ambiguous`` names the services that
+    had more than one series.
+    """
+
+    series: dict[str, dict[int, float]] = field(default_factory=dict)
+    error: str | None = None
+    ambiguous: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,18 @@ runs them live at its last step.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory, deploys_from_presence
 from rollbackd.engine import BaselineCache, CycleReport, Engine, Inputs, version_query
-from rollbackd.model import Measurement
-from rollbackd.rules import Rule
+from rollbackd.model import Matrix, Measurement, Vector
+from rollbackd.rules import Key, Rule
 from rollbackd.sources import MetricSource
 from rollbackd.sources.deploys import git_deploys
-from rollbackd.sources.prometheus import Matrix, QueryError
+from rollbackd.sources.prometheus import QueryError
 
 DEPLOY_LOOKBACK = timedelta(hours=24)
 """How far before a replay's start deploys are looked for, to date the running version."""
@@ -48,20 +49,18 @@ def align(moment: datetime, step: timedelta) -> datetime:
     return datetime.fromtimestamp((moment_ms - moment_ms % step_ms) / 1000, tz=UTC)
 
 
+WINDOW_STEPS = 1000
+"""Steps fetched at once: small enough to overlap fetching and stepping, and to hold
+little memory; large enough that each range query is worth its round trip."""
+
+
 @dataclass(frozen=True)
-class _Series:
-    by_time: dict[int, float]
-    error: str | None
-    ambiguous: str | None
+class _Window:
+    """The samples of one stretch of a replay, by rule name, and the rules that failed."""
 
-
-def _index(matrix: Matrix, service: str) -> _Series:
-    points = matrix.series.get(service, [])
-    return _Series(
-        {round(t.timestamp() * 1000): v for t, v in points},
-        matrix.error,
-        matrix.ambiguous.get(service),
-    )
+    values: dict[str, Matrix]
+    impacts: dict[str, Matrix]
+    errors: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -134,74 +133,112 @@ class Replay:
         start, end = align(start, self.step), align(end, self.step)
         found = find_deploys(self.config, self.prometheus, start, end, self.step)
         deploys, self.deploy_error = found.deploys, found.error
-        rules = self.engine.rules
-        services = list(self.engine.services)
-        values: dict[str, dict[str, _Series]] = {}
-        impacts: dict[str, dict[str, _Series]] = {}
-        for rule in rules:
+        services = self.engine.services
+        probe_missing: dict[Key, Measurement] = {}
+        for rule in self.engine.rules:
+            if rule.query is None:
+                missing = Measurement.missing(
+                    f"probe {rule.probe!r} has no history; probes are checked live only"
+                )
+                probe_missing.update({(rule.name, s): missing for s in services})
+        pending = list(deploys)
+        times = step_times(start, end, self.step)
+        windows = [times[i : i + WINDOW_STEPS] for i in range(0, len(times), WINDOW_STEPS)]
+        baselines: dict[Key, Measurement] = {}
+        done = 0
+        # While the engine steps through one window, the next one is fetched: Prometheus
+        # answers on its own core, and the replay takes little longer than the queries.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-fetch") as fetcher:
+            upcoming = (
+                fetcher.submit(self._fetch, windows[0][0], windows[0][-1]) if windows else None
+            )
+            for index, window in enumerate(windows):
+                assert upcoming is not None  # noqa: S101 -- one fetch is submitted per window
+                fetched = upcoming.result()
+                if index + 1 < len(windows):
+                    following = windows[index + 1]
+                    upcoming = fetcher.submit(self._fetch, following[0], following[-1])
+                for moment in window:
+                    done += 1
+                    deployed = False
+                    while pending and pending[0].time <= moment:
+                        deploy = pending.pop(0)
+                        if deploy.service in services:
+                            self.history.record(deploy)
+                            deployed = True
+                    if deployed or done == 1:
+                        baselines = self._baselines()
+                    ms = round(moment.timestamp() * 1000)
+                    inputs = Inputs(
+                        measurements=probe_missing,
+                        baselines=baselines,
+                        impacts=_impacts_at(fetched.impacts, ms),
+                        source_errors=fetched.errors,
+                        vectors={name: _vector_at(m, ms) for name, m in fetched.values.items()},
+                    )
+                    report = self.engine.step(moment, inputs)
+                    for decision in report.decisions if self.simulate_rollbacks else ():
+                        if decision.action.value == "rollback":
+                            self.engine.record_rollback(decision.service, moment)
+                    if progress is not None:
+                        progress(done, len(times))
+                    if done == len(times):
+                        for service, versions in found.present_at_end.items():
+                            self.history.set_present(service, versions)
+                    yield report
+
+    def _fetch(self, start: datetime, end: datetime) -> _Window:
+        """Every PromQL rule's (and impact query's) samples in [start, end]."""
+        window = _Window({}, {}, {})
+        for rule in self.engine.rules:
             if rule.query is None:
                 continue
             matrix = self.prometheus.range(rule.query, start, end, self.step)
-            values[rule.name] = {s: _index(matrix, s) for s in services}
+            window.values[rule.name] = matrix
+            if matrix.error is not None:
+                window.errors[rule.name] = matrix.error
             if rule.impact_query is not None:
                 impact = self.prometheus.range(rule.impact_query, start, end, self.step)
-                impacts[rule.name] = {s: _index(impact, s) for s in services}
-        pending = list(deploys)
-        times = step_times(start, end, self.step)
-        for done, moment in enumerate(times, 1):
-            while pending and pending[0].time <= moment:
-                deploy = pending.pop(0)
-                if deploy.service in self.engine.services:
-                    self.history.record(deploy)
-            inputs = self._inputs(moment, values, impacts)
-            report = self.engine.step(moment, inputs)
-            for decision in report.decisions if self.simulate_rollbacks else ():
-                if decision.action.value == "rollback":
-                    self.engine.record_rollback(decision.service, moment)
-            if progress is not None:
-                progress(done, len(times))
-            if done == len(times):
-                for service, versions in found.present_at_end.items():
-                    self.history.set_present(service, versions)
-            yield report
+                window.impacts[rule.name] = impact
+        return window
 
-    def _inputs(
-        self,
-        moment: datetime,
-        values: dict[str, dict[str, _Series]],
-        impacts: dict[str, dict[str, _Series]],
-    ) -> Inputs:
-        inputs = Inputs()
-        key_ms = round(moment.timestamp() * 1000)
+    def _baselines(self) -> dict[Key, Measurement]:
+        """Each relative rule's baseline for each service's current deploy."""
+        baselines: dict[Key, Measurement] = {}
         for rule in self.engine.rules:
+            if not rule.relative:
+                continue
             for service in self.engine.services:
-                key = (rule.name, service)
-                if rule.query is None:
-                    inputs.measurements[key] = Measurement.missing(
-                        f"probe {rule.probe!r} has no history; probes are checked live only"
-                    )
-                    continue
-                series = values[rule.name][service]
-                inputs.measurements[key] = _at(series, key_ms)
-                if series.error is not None:
-                    inputs.source_errors[rule.name] = series.error
-                if rule.relative:
-                    deploy = self.history.current(service)
-                    if deploy is not None:
-                        inputs.baselines[key] = self.baselines.get(rule, deploy)
-                if rule.name in impacts:
-                    impact = _at(impacts[rule.name][service], key_ms)
-                    if not impact.is_missing:
-                        inputs.impacts[key] = impact
-        return inputs
+                deploy = self.history.current(service)
+                if deploy is not None:
+                    baselines[(rule.name, service)] = self.baselines.get(rule, deploy)
+        return baselines
 
 
-def _at(series: _Series, key_ms: int) -> Measurement:
-    if series.error is not None:
-        return Measurement.missing(series.error)
-    if series.ambiguous is not None:
-        return Measurement.missing(series.ambiguous)
-    value = series.by_time.get(key_ms)
-    if value is None:
-        return Measurement.missing("no series for this service at this time")
-    return Measurement.of(value)
+def _vector_at(matrix: Matrix, ms: int) -> Vector:
+    """A range query's values at one instant, as the instant query would have answered."""
+    if matrix.error is not None:
+        return Vector(error=matrix.error)
+    numbers: dict[str, float] = {}
+    problems: dict[str, str] = {}
+    for service, points in matrix.series.items():
+        value = points.get(ms)
+        if value is None:
+            continue
+        if value - value == 0.0:  # finite: NaN and ±Inf give NaN
+            numbers[service] = value
+        else:
+            problems[service] = Measurement.of(value).reason
+    if matrix.ambiguous:
+        for service, why in matrix.ambiguous.items():
+            numbers.pop(service, None)
+            problems[service] = why
+    return Vector(numbers, problems)
+
+
+def _impacts_at(impacts: dict[str, Matrix], ms: int) -> dict[Key, Measurement]:
+    out: dict[Key, Measurement] = {}
+    for name, matrix in impacts.items():
+        for service, number in _vector_at(matrix, ms).numbers.items():
+            out[(name, service)] = Measurement(number)
+    return out

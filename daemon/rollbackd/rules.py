@@ -18,11 +18,13 @@ cycle. Time is always passed in.
 from __future__ import annotations
 
 import math
+import operator
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import cache, cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,7 +32,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rollbackd.durations import Duration, format_duration, format_instant
 from rollbackd.errors import InvalidInput, Problem
 from rollbackd.matrix import assess_severity
-from rollbackd.model import Finding, FindingState, Measurement, RuleState, Severity, Trigger
+from rollbackd.model import (
+    NO_SERIES,
+    Finding,
+    FindingState,
+    Measurement,
+    RuleState,
+    Severity,
+    Trigger,
+    Vector,
+)
 from rollbackd.validation import NAME_PATTERN, problems_from
 
 _CONDITION = re.compile(
@@ -38,6 +49,14 @@ _CONDITION = re.compile(
     r"(?P<num>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<pct>%)?\s*$"
 )
 _CONDITION_HELP = "expected '> 0.05' or '> +50%'"
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 
 
 @dataclass(frozen=True)
@@ -61,19 +80,12 @@ class Condition:
         return baseline * (1.0 + self.amount)
 
     def holds(self, value: float, threshold: float) -> bool:
-        match self.op:
-            case ">":
-                return value > threshold
-            case ">=":
-                return value >= threshold
-            case "<":
-                return value < threshold
-            case "<=":
-                return value <= threshold
-            case "==":
-                return value == threshold
-            case _:
-                return value != threshold
+        return self.compare(value, threshold)
+
+    @property
+    def compare(self) -> Callable[[float, float], bool]:
+        """The comparison itself, e.g. ``operator.gt`` for ``>``."""
+        return _OPERATORS[self.op]
 
     def __str__(self) -> str:
         return self.text
@@ -203,13 +215,29 @@ Key = tuple[str, str]
 
 @dataclass(frozen=True)
 class Cycle:
-    """The outcome of one evaluation cycle: the states to keep and the findings."""
+    """The outcome of one evaluation cycle: the states to keep and the findings.
+
+    ``states`` holds only the (rule, service) pairs with something to
+    remember (pending, firing, missing data); an absent pair is quiet.
+    ``notable`` is every finding except the *quiet* ones (OK now, quiet
+    before), which at thousands of services are nearly all of them: those are
+    only counted, by rule, in ``quiet``. ``findings`` builds every finding, in
+    rule and service order, when something asks for them all.
+    """
 
     states: dict[Key, RuleState]
-    findings: tuple[Finding, ...]
+    notable: tuple[Finding, ...]
+    quiet: Mapping[str, int] = field(default_factory=dict)
+    build_all: Callable[[], tuple[Finding, ...]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    @cached_property
+    def findings(self) -> tuple[Finding, ...]:
+        return self.build_all() if self.build_all is not None else self.notable
 
     def firing(self, service: str | None = None) -> list[Finding]:
-        return [f for f in self.findings if f.firing and (service is None or f.service == service)]
+        return [f for f in self.notable if f.firing and (service is None or f.service == service)]
 
 
 @dataclass(frozen=True)
@@ -334,7 +362,7 @@ def _missing_reason(
 def _missing(rule: Rule, previous: RuleState, now: datetime, why: str) -> tuple[RuleState, Step]:
     missing_since = previous.missing_since or now
     missing_for = _elapsed(now, missing_since)
-    state = replace(previous, missing_since=missing_since)
+    state = previous if previous.missing_since else replace(previous, missing_since=now)
     kept = ""
     if previous.firing_since is not None:
         kept = f"; was firing since {format_instant(previous.firing_since)}"
@@ -365,50 +393,172 @@ def evaluate_cycle(
     impacts: Mapping[Key, Measurement],
     states: Mapping[Key, RuleState],
     now: datetime,
+    vectors: Mapping[str, Vector] | None = None,
 ) -> Cycle:
     """Evaluate every rule for every service it applies to at ``now``.
 
-    ``services`` maps each service to the names of its probes. A (rule,
-    service) with no entry in ``measurements`` has no data this cycle.
+    ``services`` maps each service to the names of its probes. A rule's values
+    come from ``vectors[rule.name]`` when given (one query's answer), else from
+    ``measurements``; a (rule, service) found in neither has no data.
+
+    A quiet rule whose condition does not hold is the common case, and costs a
+    comparison: no finding is built for it unless :attr:`Cycle.findings` asks.
     """
+    rules = tuple(rules)
+    vectors = vectors or {}
     new_states: dict[Key, RuleState] = {}
-    findings: list[Finding] = []
+    notable: list[Finding] = []
+    quiet: dict[str, int] = {}
+    remembered: dict[str, set[str]] = {}
+    for rule_name, service in states:
+        if not _is_quiet(states[(rule_name, service)]):
+            remembered.setdefault(rule_name, set()).add(service)
     for rule in rules:
-        for service, probes in services.items():
-            if not applies_to(rule, probes):
-                continue
+        vector = vectors.get(rule.name)
+        numbers = vector.numbers if vector is not None else None
+        stateful = remembered.get(rule.name, set())
+        targets = (
+            services
+            if rule.probe is None
+            else [service for service, probes in services.items() if applies_to(rule, probes)]
+        )
+        absolute = not rule.condition.relative
+        compare, threshold = rule.condition.compare, rule.condition.amount
+        quiet_here = 0
+        for service in targets:
+            # The common case first, in as few operations as possible: a quiet rule, a
+            # number, the condition does not hold. Anything else is evaluated in full.
+            if service not in stateful:
+                if numbers is not None:
+                    number = numbers.get(service)
+                else:
+                    number = _number(measurements.get((rule.name, service)))
+                if number is not None and (
+                    not compare(number, threshold)
+                    if absolute
+                    else _quiet_ok(rule, number, baselines.get((rule.name, service)))
+                ):
+                    quiet_here += 1
+                    continue
             key = (rule.name, service)
-            measurement = measurements.get(key, Measurement.missing("no series for this service"))
-            state, step = evaluate(
-                rule, measurement, baselines.get(key), states.get(key, RuleState()), now
+            state, finding = _evaluate_finding(
+                rule,
+                service,
+                _measurement(vector, measurements, key, service),
+                baselines.get(key),
+                impacts.get(key),
+                states.get(key),
+                now,
             )
-            new_states[key] = state
-            impact = impacts.get(key)
-            severity, severity_reason = assess_severity(
-                rule.trigger, rule.severity, None if impact is None else impact.value
-            )
-            findings.append(
-                Finding(
-                    rule=rule.name,
-                    service=service,
-                    trigger=rule.trigger,
-                    state=step.state,
-                    time=now,
-                    value=step.value,
-                    threshold=step.threshold,
-                    baseline=_baseline_value(rule, baselines.get(key)),
-                    condition=rule.condition.text,
-                    severity=severity,
-                    reason=step.reason,
-                    since=step.since,
-                    started=step.started,
-                    missing_for=step.missing_for,
-                    impact=None if impact is None else impact.value,
-                    severity_reason=severity_reason,
-                    labels=dict(rule.labels),
-                )
-            )
-    return Cycle(new_states, tuple(findings))
+            if not _is_quiet(state):
+                new_states[key] = state
+            notable.append(finding)
+        if quiet_here:
+            quiet[rule.name] = quiet_here
+
+    def build_all() -> tuple[Finding, ...]:
+        by_key = {(f.rule, f.service): f for f in notable}
+        everything = []
+        for rule in rules:
+            for service, probes in services.items():
+                if not applies_to(rule, probes):
+                    continue
+                key = (rule.name, service)
+                found = by_key.get(key)
+                if found is None:
+                    _, found = _evaluate_finding(
+                        rule,
+                        service,
+                        _measurement(vectors.get(rule.name), measurements, key, service),
+                        baselines.get(key),
+                        impacts.get(key),
+                        None,
+                        now,
+                    )
+                everything.append(found)
+        return tuple(everything)
+
+    return Cycle(new_states, tuple(notable), quiet, build_all)
+
+
+def _is_quiet(state: RuleState) -> bool:
+    """Nothing to remember: neither pending, nor firing, nor in a run of missing data."""
+    return (
+        state.pending_since is None and state.firing_since is None and state.missing_since is None
+    )
+
+
+def _number(measurement: Measurement | None) -> float | None:
+    if measurement is None or measurement.value is None or not math.isfinite(measurement.value):
+        return None
+    return measurement.value
+
+
+def _measurement(
+    vector: Vector | None, measurements: Mapping[Key, Measurement], key: Key, service: str
+) -> Measurement:
+    if vector is not None:
+        return vector.get(service)
+    found = measurements.get(key)
+    return found if found is not None else Measurement.missing(NO_SERIES)
+
+
+def _quiet_ok(rule: Rule, number: float, baseline: Measurement | None) -> bool:
+    """Whether ``number`` leaves a quiet relative rule OK (False: evaluate it in full)."""
+    condition = rule.condition
+    base = _number(baseline)
+    if base is None or base <= 0:
+        return False  # no usable baseline: inconclusive, said in full
+    if not condition.holds(number, base * (1.0 + condition.amount)):
+        return True
+    return rule.min_change is not None and abs(number - base) < rule.min_change
+
+
+def _evaluate_finding(
+    rule: Rule,
+    service: str,
+    measurement: Measurement,
+    baseline: Measurement | None,
+    impact: Measurement | None,
+    previous: RuleState | None,
+    now: datetime,
+) -> tuple[RuleState, Finding]:
+    state, step = evaluate(rule, measurement, baseline, previous or QUIET, now)
+    impact_value = None if impact is None or impact.is_missing else impact.value
+    severity, severity_reason = (
+        _severity(rule.trigger, rule.severity)
+        if impact_value is None
+        else assess_severity(rule.trigger, rule.severity, impact_value)
+    )
+    return state, Finding(
+        rule=rule.name,
+        service=service,
+        trigger=rule.trigger,
+        state=step.state,
+        time=now,
+        value=step.value,
+        threshold=step.threshold,
+        baseline=_baseline_value(rule, baseline),
+        condition=rule.condition.text,
+        severity=severity,
+        reason=step.reason,
+        since=step.since,
+        started=step.started,
+        missing_for=step.missing_for,
+        impact=impact_value,
+        severity_reason=severity_reason,
+        labels=dict(rule.labels),
+    )
+
+
+@cache
+def _severity(trigger: Trigger, override: Severity | None) -> tuple[Severity, str]:
+    """A rule's severity without an impact: the same for every service and every cycle."""
+    return assess_severity(trigger, override, None)
+
+
+QUIET = RuleState()
+"""The state of a rule with nothing to remember."""
 
 
 def _baseline_value(rule: Rule, baseline: Measurement | None) -> float | None:

@@ -67,7 +67,7 @@ class ScriptedMetrics:
             value = value_at(service, at)
             if value is not None:
                 values[service] = Measurement.of(value)
-        return Vector(values)
+        return Vector.of(values)
 
     def range(self, query: str, start: datetime, end: datetime, step: timedelta) -> Matrix:
         self.calls.append(("range", query))
@@ -76,12 +76,12 @@ class ScriptedMetrics:
         value_at = self._lookup(query)
         if value_at is None:
             return Matrix()
-        series: dict[str, list[tuple[datetime, float]]] = {}
+        series: dict[str, dict[int, float]] = {}
         for moment in step_times(start, end, step):
             for service in self.services:
                 value = value_at(service, moment)
                 if value is not None:
-                    series.setdefault(service, []).append((moment, value))
+                    series.setdefault(service, {})[round(moment.timestamp() * 1000)] = value
         return Matrix(series)
 
     def labels_over_time(

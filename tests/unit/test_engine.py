@@ -265,3 +265,24 @@ def test_evaluate_now_asks_one_instant_query_per_rule() -> None:
     evaluate_now(config(), rules(), now, prometheus=metrics)
     instants = [q for kind, q in metrics.calls if kind == "instant" and q in (ERRORS, OUTAGE)]
     assert sorted(instants) == [ERRORS, OUTAGE]
+
+
+def test_a_rule_fires_at_the_cycle_its_for_is_reached_even_when_cycles_wake_late() -> None:
+    """Cycles run at their planned instants, so `for = 2m` at 30s polls fires at the 5th cycle."""
+    from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
+    from rollbackd.engine import Engine, Inputs  # noqa: PLC0415
+    from rollbackd.model import Measurement  # noqa: PLC0415
+    from rollbackd.service import planned  # noqa: PLC0415
+
+    cfg = config()
+    engine = Engine(cfg, rules()[:1], DeployHistory(cfg.deploys.known_good_after))
+    first = NOON
+    wakes = [0.3, 0.0, 0.1, 0.2, 0.0, 0.05]  # how late each thread woke, in seconds
+    states = []
+    for index, late in enumerate(wakes):
+        woke = first + index * STEP + timedelta(seconds=late)
+        inputs = Inputs(measurements={("error-rate", "web"): Measurement.of(0.2)})
+        report = engine.step(planned(first, STEP, woke), inputs)
+        (web,) = [f for f in report.notable if f.service == "web"]
+        states.append(web.state)
+    assert states == [FindingState.PENDING] * 4 + [FindingState.FIRING] * 2

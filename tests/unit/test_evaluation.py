@@ -353,7 +353,9 @@ def test_a_cycle_evaluates_every_rule_for_every_service() -> None:
     assert by_service["web"].trigger is Trigger.HIGH_ERROR_RATE
     assert by_service["web"].condition == "> 0.05"
     assert by_service["web"].time == T0
-    assert set(cycle.states) == {("error-rate", "web"), ("error-rate", "api")}
+    assert set(cycle.states) == {("error-rate", "web")}  # a quiet OK rule has nothing to keep
+    assert [f.service for f in cycle.notable] == ["web"]
+    assert cycle.quiet == {"error-rate": 1}
     assert [f.service for f in cycle.firing()] == ["web"]
     assert cycle.firing("api") == []
 

@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rollbackd.matrix import TRIGGER_SEVERITY, assess_severity, impact_severity
-from rollbackd.model import FindingState, Measurement, RuleState, Severity, Trigger
+from rollbackd.model import (
+    NO_SERIES,
+    FindingState,
+    Measurement,
+    RuleState,
+    Severity,
+    Trigger,
+    Vector,
+)
 from rollbackd.policy import Guards, ServiceFacts, decide
 from rollbackd.rules import Key, Rule, evaluate, evaluate_cycle
 
@@ -238,3 +246,55 @@ def test_evaluation_follows_the_documented_state_machine(
             assert step.state is (FindingState.FIRING if firing else FindingState.PENDING)
             assert step.started == run_start
         last_data, gap_since_data = now, False
+
+
+def reference_cycle(
+    samples_by_key: dict[Key, float | None], states: dict[Key, RuleState], now: datetime
+) -> tuple[dict[Key, RuleState], list[tuple[Key, FindingState, str]]]:
+    """Every (rule, service) stepped in full, every state kept: the cycle without shortcuts."""
+    kept: dict[Key, RuleState] = {}
+    outcomes = []
+    for rule in RULES:
+        for service, probes in SERVICES.items():
+            if rule.probe is not None and rule.probe not in probes:
+                continue
+            key = (rule.name, service)
+            value = samples_by_key[key]
+            measurement = (
+                Measurement.of(value) if value is not None else Measurement.missing(NO_SERIES)
+            )
+            state, step = evaluate(
+                rule, measurement, BASELINES.get(key), states.get(key, RuleState()), now
+            )
+            kept[key] = state
+            outcomes.append((key, step.state, step.reason))
+    return kept, outcomes
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(cycles, min_size=1, max_size=30), st.booleans())
+def test_skipping_quiet_rules_changes_no_finding(
+    history: list[tuple[int, dict[Key, float | None]]], as_vectors: bool
+) -> None:
+    """A cycle that only counts its quiet OK rules concludes what a full evaluation concludes."""
+    states: dict[Key, RuleState] = {}
+    reference: dict[Key, RuleState] = {}
+    now = DEPLOYED
+    for seconds, samples_by_key in history:
+        now += timedelta(seconds=seconds)
+        measurements = to_measurements(samples_by_key)
+        vectors = {}
+        if as_vectors:  # what the live cycle passes: each query's whole answer
+            for rule in RULES:
+                vectors[rule.name] = Vector.of(
+                    {s: m for (name, s), m in measurements.items() if name == rule.name}
+                )
+        cycle = evaluate_cycle(
+            RULES, SERVICES, measurements, BASELINES, {}, states, now, vectors or None
+        )
+        states = cycle.states
+        reference, expected = reference_cycle(samples_by_key, reference, now)
+        got = [((f.rule, f.service), f.state, f.reason) for f in cycle.findings]
+        assert got == expected
+        assert len(cycle.notable) + sum(cycle.quiet.values()) == len(expected)
+        assert all(f.state is not FindingState.OK or f.reason for f in cycle.notable)

@@ -10,9 +10,9 @@ value and never a crash. Errors are translated here, at the boundary.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,33 +22,13 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from rollbackd.durations import format_duration
-from rollbackd.model import Measurement
+from rollbackd.model import NAN_REASON, Matrix, Vector
+
+__all__ = ["Matrix", "PrometheusSource", "QueryError", "Vector", "chunks"]
 
 MAX_POINTS = 11_000
 """Prometheus refuses range queries of more points than this per series."""
 _CHUNK_POINTS = 10_000
-
-
-@dataclass(frozen=True)
-class Vector:
-    """An instant query's result by service, or why the whole query failed."""
-
-    values: dict[str, Measurement] = field(default_factory=dict)
-    error: str | None = None
-
-    def get(self, service: str) -> Measurement:
-        if self.error is not None:
-            return Measurement.missing(self.error)
-        return self.values.get(service, Measurement.missing("no series for this service"))
-
-
-@dataclass(frozen=True)
-class Matrix:
-    """A range query's samples by service, or why the whole query failed."""
-
-    series: dict[str, list[tuple[datetime, float]]] = field(default_factory=dict)
-    error: str | None = None
-    ambiguous: dict[str, str] = field(default_factory=dict)
 
 
 class _DeadlineSession(requests.Session):
@@ -102,33 +82,69 @@ class PrometheusSource:
         )
 
     def instant(self, query: str, at: datetime) -> Vector:
-        """Evaluate ``query`` at ``at``; one Measurement per service."""
+        """Evaluate ``query`` at ``at``; one value per service (or why there is none)."""
         try:
             result = self._call(self._client.custom_query, query, params={"time": at.timestamp()})
         except QueryError as exc:
             return Vector(error=str(exc))
-        if not isinstance(result, list) or any(
-            not isinstance(item, dict) or "value" not in item for item in result
-        ):
+        if not isinstance(result, list):
             return Vector(error="the query does not return an instant vector")
-        values: dict[str, Measurement] = {}
-        seen: dict[str, int] = {}
+        try:
+            return self._vector(result)
+        except (KeyError, IndexError, TypeError, ValueError):
+            return self._vector_carefully(result)
+
+    def _vector(self, result: list[Any]) -> Vector:
+        """The answer read as Prometheus writes it; any surprise raises, for the careful reader.
+
+        At ten thousand services this loop is a large part of a cycle's own cost.
+        """
+        label = self.service_label
+        numbers: dict[str, float] = {}
         for item in result:
-            service = _label(item, self.service_label)
+            service = item["metric"][label]
+            if service in numbers or not isinstance(service, str) or not service:
+                raise ValueError("two series, or an odd label: read carefully")
+            value = float(item["value"][1])
+            if value - value != 0.0:  # NaN or ±Inf
+                raise ValueError("not a finite number: read carefully")
+            numbers[service] = value
+        return Vector(numbers)
+
+    def _vector_carefully(self, result: list[Any]) -> Vector:
+        """The answer checked item by item: each odd one is missing, with the reason."""
+        label = self.service_label
+        numbers: dict[str, float] = {}
+        problems: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        for item in result:
+            if not isinstance(item, dict) or "value" not in item:
+                return Vector(error="the query does not return an instant vector")
+            service = _label(item, label)
             if service is None:
                 continue
-            seen[service] = seen.get(service, 0) + 1
-            values[service] = _sample(item.get("value"))
-        for service, count in seen.items():
-            if count > 1:
-                values[service] = Measurement.missing(self._ambiguous(count))
-        if result and not seen:
-            return Vector(error=f"no series in the result has a {self.service_label!r} label")
-        return Vector(values)
+            if service in counts:
+                counts[service] += 1
+                numbers.pop(service, None)
+                problems[service] = self._ambiguous(counts[service])
+                continue
+            counts[service] = 1
+            number, problem = _sample(item["value"])
+            if problem is None:
+                numbers[service] = number
+            else:
+                problems[service] = problem
+        if result and not counts:
+            return Vector(error=f"no series in the result has a {label!r} label")
+        return Vector(numbers, problems)
 
     def range(self, query: str, start: datetime, end: datetime, step: timedelta) -> Matrix:
-        """Evaluate ``query`` over [start, end] every ``step``, in chunks Prometheus accepts."""
-        series: dict[str, list[tuple[datetime, float]]] = {}
+        """Evaluate ``query`` over [start, end] every ``step``, in chunks Prometheus accepts.
+
+        Sample times are unix milliseconds: a week of samples is millions of
+        points, too many for a datetime each.
+        """
+        series: dict[str, dict[int, float]] = {}
         ambiguous: dict[str, str] = {}
         for chunk_start, chunk_end in chunks(start, end, step):
             try:
@@ -151,16 +167,14 @@ class PrometheusSource:
                 if service is None:
                     continue
                 counts[service] = counts.get(service, 0) + 1
-                points = series.setdefault(service, [])
-                for raw in item.get("values") or []:
-                    point = _point(raw)
-                    if point is not None:
-                        points.append(point)
+                points = series.setdefault(service, {})
+                try:
+                    points.update((round(t * 1000), float(v)) for t, v in item["values"])
+                except (TypeError, ValueError, OverflowError):
+                    points.update(p for p in map(_point, item["values"] or ()) if p is not None)
             for service, count in counts.items():
                 if count > 1:
                     ambiguous[service] = self._ambiguous(count)
-        for points in series.values():
-            points.sort(key=lambda p: p[0])
         return Matrix(series, ambiguous=ambiguous)
 
     def labels_over_time(
@@ -171,6 +185,7 @@ class PrometheusSource:
         Raises QueryError: without this history no deploy can be placed in time.
         """
         seen: dict[str, dict[str, list[datetime]]] = {}
+        instants: dict[Any, datetime] = {}  # every series has the same sample times
         for chunk_start, chunk_end in chunks(start, end, step):
             result = self._call(
                 self._client.custom_query_range,
@@ -189,7 +204,10 @@ class PrometheusSource:
                 times = seen.setdefault(service, {}).setdefault(value, [])
                 for raw in item.get("values") or []:
                     if isinstance(raw, list) and raw:
-                        times.append(_instant(raw[0]))
+                        moment = instants.get(raw[0])
+                        if moment is None:
+                            moment = instants[raw[0]] = _instant(raw[0])
+                        times.append(moment)
         return seen
 
     def _ambiguous(self, count: int) -> str:
@@ -234,23 +252,28 @@ def _label(item: dict[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _sample(raw: Any) -> Measurement:
+def _sample(raw: Any) -> tuple[float, str | None]:
+    """An instant sample's value, or why it is not a usable number."""
     if not isinstance(raw, list | tuple) or len(raw) != 2:
-        return Measurement.missing("the sample is malformed")
+        return 0.0, "the sample is malformed"
     try:
         value = float(raw[1])
     except (TypeError, ValueError):
-        return Measurement.missing(f"the value {raw[1]!r} is not a number")
-    return Measurement.of(value)
+        return 0.0, f"the value {raw[1]!r} is not a number"
+    if math.isnan(value):
+        return 0.0, NAN_REASON
+    if math.isinf(value):
+        return 0.0, f"the value is {'+' if value > 0 else '-'}Inf"
+    return value, None
 
 
-def _point(raw: Any) -> tuple[datetime, float] | None:
-    """A range sample as (time, value); NaN and ±Inf are kept for Measurement.of to explain."""
+def _point(raw: Any) -> tuple[int, float] | None:
+    """A range sample as (unix ms, value); NaN and ±Inf are kept for Measurement.of to explain."""
     if not isinstance(raw, list | tuple) or len(raw) != 2:
         return None
     try:
-        return _instant(raw[0]), float(raw[1])
-    except (TypeError, ValueError, OverflowError, OSError):
+        return round(float(raw[0]) * 1000), float(raw[1])
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
