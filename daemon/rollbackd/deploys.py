@@ -78,6 +78,8 @@ class DeployHistory:
     def __init__(self, known_good_after: timedelta) -> None:
         self.known_good_after = known_good_after
         self._services: dict[str, _ServiceHistory] = {}
+        self.revision = 0
+        """Changes whenever a deploy is added or replaced: what depends on deploys can cache."""
 
     def services(self) -> list[str]:
         return sorted(self._services)
@@ -97,6 +99,7 @@ class DeployHistory:
         trusted = [r for r in history.runs if SOURCE_PRIORITY[r.deploy.source] < rank]
         if trusted and deploy.time >= min(r.deploy.time for r in trusted):
             return False
+        self.revision += 1
         history.runs = [
             r
             for r in history.runs

@@ -264,6 +264,10 @@ class BaselineCache:
             self._measurements[(rule.name, deploy.service, deploy.time)] = measurement
         return measurement
 
+    def settled(self, rule: Rule, deploy: Deploy) -> bool:
+        """Whether the baseline was read (a value, or a clear 'none'), not lost to an error."""
+        return (rule.name, deploy.service, deploy.time) in self._measurements
+
 
 class LiveCycle:
     """Gathers one cycle's inputs now: one instant query per rule, and the probes."""
@@ -273,6 +277,7 @@ class LiveCycle:
         self.prometheus = prometheus
         self.prober = prober
         self.baselines = BaselineCache(prometheus)
+        self._settled: tuple[int, dict[Key, Measurement]] | None = None
 
     def observe_deploys(self, now: datetime) -> str | None:
         """Note the versions running now (version metric, else git HEAD); why not, if unknown."""
@@ -301,6 +306,29 @@ class LiveCycle:
                 history.observe_versions(configured.name, [sha[:12]], now, "git", {sha[:12]: sha})
         return problem
 
+    def _baselines(self) -> dict[Key, Measurement]:
+        """Each relative rule's baseline for each service's current deploy.
+
+        Kept from cycle to cycle until a deploy changes, once every one of them
+        could be read (a failed read is tried again next cycle).
+        """
+        revision = self.engine.history.revision
+        if self._settled is not None and self._settled[0] == revision:
+            return self._settled[1]
+        baselines: dict[Key, Measurement] = {}
+        settled = True
+        for rule in self.engine.rules:
+            if not rule.relative:
+                continue
+            for service in self.engine.services:
+                deploy = self.engine.history.current(service)
+                if deploy is not None:
+                    baselines[(rule.name, service)] = self.baselines.get(rule, deploy)
+                    settled = settled and self.baselines.settled(rule, deploy)
+        if settled:
+            self._settled = (revision, baselines)
+        return baselines
+
     def gather(self, now: datetime) -> Inputs:
         inputs = Inputs()
         deploy_problem = self.observe_deploys(now)
@@ -312,6 +340,7 @@ class LiveCycle:
         if self.prober is not None and probe_names:
             for result in self.prober.probe_all(self.engine.config.services, probe_names):
                 results[(result.service, result.probe)] = result
+        inputs.baselines.update(self._baselines())
         for rule in self.engine.rules:
             if rule.probe is not None:
                 for service, probes in services.items():
@@ -329,11 +358,6 @@ class LiveCycle:
             if vector.error is not None:
                 inputs.source_errors[rule.name] = vector.error
             inputs.vectors[rule.name] = vector
-            if rule.relative:
-                for service in services:
-                    deploy = self.engine.history.current(service)
-                    if deploy is not None:
-                        inputs.baselines[(rule.name, service)] = self.baselines.get(rule, deploy)
             if rule.impact_query is not None:
                 impact = self.prometheus.instant(rule.impact_query, now)
                 for service, number in impact.numbers.items():

@@ -286,3 +286,31 @@ def test_a_rule_fires_at_the_cycle_its_for_is_reached_even_when_cycles_wake_late
         (web,) = [f for f in report.notable if f.service == "web"]
         states.append(web.state)
     assert states == [FindingState.PENDING] * 4 + [FindingState.FIRING] * 2
+
+
+def test_the_live_cycle_compares_to_the_baseline_of_the_deploy_running_now() -> None:
+    """After a second deploy, the latency rule compares to the value before that deploy."""
+    from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
+    from rollbackd.engine import Engine, LiveCycle  # noqa: PLC0415
+
+    metrics = healthy_world()
+    metrics.deploy("web", "v2", NOON)
+    metrics.deploy("web", "v3", NOON + timedelta(hours=2))
+    metrics.set(LATENCY, switch(0.2, [("web", NOON + timedelta(minutes=1), None, 0.4)]))
+    cfg = config()
+    engine = Engine(cfg, rules(), DeployHistory(cfg.deploys.known_good_after))
+    live = LiveCycle(engine, metrics, None)
+
+    def baseline_at(moment: datetime) -> float | None:
+        report = engine.step(moment, live.gather(moment))
+        (finding,) = [
+            f for f in report.findings if f.rule == "latency-regression" and f.service == "web"
+        ]
+        return finding.baseline
+
+    first = baseline_at(NOON + timedelta(seconds=30))  # v2 is seen here: its deploy
+    again = baseline_at(NOON + timedelta(minutes=30))
+    after = baseline_at(NOON + timedelta(hours=2, seconds=30))  # v3 is seen here
+    assert first is not None and abs(first - 0.2) < 1e-9
+    assert again == first
+    assert after is not None and abs(after - 0.4) < 1e-9
