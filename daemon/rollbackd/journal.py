@@ -438,10 +438,12 @@ class SqliteJournal:
         """Held by every write: one transaction at a time on ``_db``."""
         self._wrote, self._stopping = threading.Event(), threading.Event()
         self._checkpointer: threading.Thread | None = None
-        self._in_memory = str(path) == ":memory:"
+        in_memory = str(path) == ":memory:"  # then each connection has its own database
+        self._checkpoints_apart = not in_memory
+        """Whether a thread of its own checkpoints the WAL (none in memory)."""
         self._migrate()
         self._reader, self._read_lock = self._db, self._lock
-        if not self._in_memory:  # in memory, each connection would have its own database
+        if not in_memory:
             try:
                 self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
                 self._reader = sqlite3.connect(
@@ -449,6 +451,8 @@ class SqliteJournal:
                 )
                 self._reader.execute("PRAGMA query_only=ON")
             except sqlite3.Error as exc:
+                self._stopping.set()
+                self._wrote.set()  # a migration may have started the checkpoint thread
                 self._db.close()
                 raise JournalError(f"cannot open the journal {path}: {exc}") from None
             self._read_lock = threading.RLock()
@@ -476,12 +480,20 @@ class SqliteJournal:
             self._db.close()  # the same connection again in memory: closing twice is harmless
 
     def _committed(self) -> None:
-        """After a commit (the write lock held): wake the checkpoint thread, started at need."""
-        if self._checkpointer is None and not self._in_memory:
+        """After a commit (the write lock held): wake the checkpoint thread, started at need.
+
+        Never raises: what was committed is answered as committed.
+        """
+        if self._checkpointer is None and self._checkpoints_apart:
             self._checkpointer = threading.Thread(
                 target=self._checkpoint_wal, name="journal-checkpoints", daemon=True
             )
-            self._checkpointer.start()
+            try:
+                self._checkpointer.start()
+            except RuntimeError as exc:  # no thread to be had: SQLite's own checkpoints remain
+                log.error("the journal's checkpoint thread cannot start", error=str(exc))
+                self._checkpoints_apart = False  # and do not try again at every commit
+                self._checkpointer = None
         self._wrote.set()
 
     def _checkpoint_wal(self) -> None:
@@ -535,13 +547,13 @@ class SqliteJournal:
                 self._db.execute(f"BEGIN {mode}")
                 yield self._db
                 self._db.execute("COMMIT")
-                self._committed()
             except BaseException as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise JournalError(f"the journal {self.path}: {exc}") from exc
                 raise
+            self._committed()
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -823,7 +835,11 @@ class SqliteJournal:
                         if not db.in_transaction:  # SQLite rolled the whole transaction back
                             raise
                         db.execute("ROLLBACK TO delivery")
-                        log.exception("a webhook delivery could not be journaled")
+                        log.exception(
+                            "a webhook delivery could not be journaled",
+                            group_key=item.delivery.group_key,
+                            alerts=len(item.delivery.alerts),
+                        )
                         outcomes.append(
                             JournalError(
                                 f"the journal {self.path} could not record this delivery: "
@@ -832,17 +848,15 @@ class SqliteJournal:
                         )
                     db.execute("RELEASE delivery")
                 db.execute("COMMIT")
-                self._committed()
             except Exception as exc:
                 log.exception(
                     "the journal could not write a batch of webhook deliveries",
                     deliveries=len(batch),
                     error=f"{type(exc).__name__}: {exc}",
                 )
-                error = JournalError(f"the journal {self.path}: {exc}")
-                for item in batch:
-                    item.future.set_exception(error)
-                return
+                outcomes = [JournalError(f"the journal {self.path}: {exc}")] * len(batch)
+            else:
+                self._committed()
             finally:
                 if db.in_transaction:  # not committed: none of the batch is in the journal
                     with suppress(sqlite3.Error):
