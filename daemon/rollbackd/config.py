@@ -503,22 +503,35 @@ def _locate(problems: list[Problem], overrides: Mapping[str, Any]) -> list[Probl
     """Blame the environment, not the file, for a key the environment set."""
     located = []
     for problem in problems:
-        top = problem.location.split(".", 1)[0].split("[", 1)[0].split(":", 1)[0]
-        if top in overrides and _set_by_env(problem.location, overrides):
-            env_name = ENV_PREFIX + problem.location.replace(".", "__").upper()
-            located.append(Problem(f"environment {env_name}", "", problem.message))
-        else:
+        path = _set_by_env(problem.location, overrides)
+        if path is None:
             located.append(problem)
+            continue
+        env_name = ENV_PREFIX + "__".join(path).upper()
+        inside = problem.location[len(".".join(path)) :].lstrip(".")
+        located.append(Problem(f"environment {env_name}", inside, problem.message))
     return located
 
 
-def _set_by_env(where: str, overrides: Mapping[str, Any]) -> bool:
+_LOCATION_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+def _set_by_env(where: str, overrides: Mapping[str, Any]) -> list[str] | None:
+    """The keys of the variable that set the value at ``where`` (``services[0].repo``), if any.
+
+    A variable sets a whole value: a table is merged key by key, anything else
+    (a list, a string) replaces what the file had, items and all.
+    """
     node: Any = overrides
-    for part in where.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False
-        node = node[part]
-    return True
+    path: list[str] = []
+    for index, key in _LOCATION_PART.findall(where):
+        if not isinstance(node, Mapping):
+            break  # a list or a value the variable set whole: what is inside is its too
+        if index or key not in node:
+            return None
+        path.append(key)
+        node = node[key]
+    return path or None
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
