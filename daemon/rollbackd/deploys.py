@@ -162,6 +162,22 @@ class DeployHistory:
             if run.trouble_at is None or start < run.trouble_at:
                 run.trouble_at = start
 
+    def note_conclusive(self, services: Iterable[str], at: datetime) -> None:
+        """Services whose cycle at ``at`` saw real data and no finding: one call for many."""
+        for service in services:
+            history = self._services.get(service)
+            if not history or not history.runs:
+                continue
+            run: _Run | None = history.runs[-1]
+            if run is not None and run.deploy.time > at:
+                run = self._run_at(service, at)
+            if run is None:
+                continue
+            if run.first_conclusive is None or at < run.first_conclusive:
+                run.first_conclusive = at
+            if run.last_conclusive is None or at > run.last_conclusive:
+                run.last_conclusive = at
+
     def current(self, service: str) -> Deploy | None:
         run = self._current_run(service)
         return run.deploy if run else None

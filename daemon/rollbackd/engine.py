@@ -138,12 +138,14 @@ class Engine:
         by_service: dict[str, list[Finding]] = {}
         for finding in notable:
             by_service.setdefault(finding.service, []).append(finding)
+        quiet: list[str] = []
         for service, evaluated in self._evaluated.items():
             own = by_service.get(service)
             incident = self._incidents.get(service)
             if own is None:
                 # Every rule of the service is quiet and OK (if any applies).
-                self.history.note_evaluation(service, now, evaluated > 0, None)
+                if evaluated > 0:
+                    quiet.append(service)
                 if incident is not None and evaluated > 0:
                     del self._incidents[service]
                     resolutions.append(
@@ -171,6 +173,7 @@ class Engine:
                 continue
             self._incidents[service] = _Incident(incident.opened if incident else now, decision)
             decisions.append(decision)
+        self.history.note_conclusive(quiet, now)
         return CycleReport(
             time=now,
             notable=notable,

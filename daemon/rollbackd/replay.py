@@ -11,7 +11,7 @@ runs them live at its last step.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -131,33 +131,32 @@ class Replay:
     ) -> Iterator[CycleReport]:
         """Yield one report per step, in time order; steps fall on multiples of the step."""
         start, end = align(start, self.step), align(end, self.step)
-        found = find_deploys(self.config, self.prometheus, start, end, self.step)
-        deploys, self.deploy_error = found.deploys, found.error
-        services = self.engine.services
-        probe_missing: dict[Key, Measurement] = {}
-        for rule in self.engine.rules:
-            if rule.query is None:
-                missing = Measurement.missing(
-                    f"probe {rule.probe!r} has no history; probes are checked live only"
-                )
-                probe_missing.update({(rule.name, s): missing for s in services})
-        pending = list(deploys)
         times = step_times(start, end, self.step)
         windows = [times[i : i + WINDOW_STEPS] for i in range(0, len(times), WINDOW_STEPS)]
-        baselines: dict[Key, Measurement] = {}
-        done = 0
         # While the engine steps through one window, the next one is fetched: Prometheus
         # answers on its own core, and the replay takes little longer than the queries.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-fetch") as fetcher:
-            upcoming = (
-                fetcher.submit(self._fetch, windows[0][0], windows[0][-1]) if windows else None
-            )
+
+            def fetch(index: int) -> Future[_Window]:
+                return fetcher.submit(self._fetch, windows[index][0], windows[index][-1])
+
+            upcoming = fetch(0) if windows else None  # fetched while deploys are looked for
+            found = find_deploys(self.config, self.prometheus, start, end, self.step)
+            deploys, self.deploy_error = found.deploys, found.error
+            services = self.engine.services
+            probe_missing: dict[Key, Measurement] = {}
+            for rule in self.engine.rules:
+                if rule.query is None:
+                    missing = Measurement.missing(
+                        f"probe {rule.probe!r} has no history; probes are checked live only"
+                    )
+                    probe_missing.update({(rule.name, s): missing for s in services})
+            pending = list(deploys)
+            baselines: dict[Key, Measurement] = {}
+            done = 0
             for index, window in enumerate(windows):
-                assert upcoming is not None  # noqa: S101 -- one fetch is submitted per window
-                fetched = upcoming.result()
-                if index + 1 < len(windows):
-                    following = windows[index + 1]
-                    upcoming = fetcher.submit(self._fetch, following[0], following[-1])
+                fetched = (upcoming or fetch(index)).result()
+                upcoming = fetch(index + 1) if index + 1 < len(windows) else None
                 for moment in window:
                     done += 1
                     deployed = False
