@@ -270,6 +270,22 @@ class CountingSource:
         )
 
 
+def count_calls(
+    calls: list[Call], rule_queries: dict[str, str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """A cycle's source calls: instant queries by rule, and every other call by its query."""
+    per_rule: dict[str, int] = {}
+    other: dict[str, int] = {}
+    for call in calls:
+        name = rule_queries.get(call.query)
+        if name is not None and call.kind == "instant":
+            per_rule[name] = per_rule.get(name, 0) + 1
+        else:
+            key = f"{call.kind}: {call.query[:60]}"
+            other[key] = other.get(key, 0) + 1
+    return per_rule, other
+
+
 def child(
     config_path: Path, at: float, cycles: int, budget: float, prom_pid: int, profile: Path | None
 ) -> None:
@@ -279,6 +295,7 @@ def child(
     from rollbackd.engine import Engine, LiveCycle  # noqa: PLC0415
     from rollbackd.loader import load  # noqa: PLC0415
     from rollbackd.model import FindingState  # noqa: PLC0415
+    from rollbackd.service import settle_heap  # noqa: PLC0415
     from rollbackd.sources.prometheus import PrometheusSource  # noqa: PLC0415
 
     loaded = load(config_path)
@@ -289,6 +306,7 @@ def child(
     engine = Engine(config, loaded.rules, DeployHistory(config.deploys.known_good_after))
     live = LiveCycle(engine, source, None)
     rule_queries = {r.query: r.name for r in loaded.rules if r.query}
+    settle_heap()  # as `rollbackd run` does once it has started
     rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     results = []
     began = time.monotonic()
@@ -313,15 +331,7 @@ def child(
         step_wall, step_cpu = time.perf_counter() - wall, time.process_time() - cpu
         prom_cpu = (cpu_seconds(prom_pid) or 0.0) - prom_before
         last = time.monotonic() - cycle_began
-        per_rule: dict[str, int] = {}
-        other: dict[str, int] = {}
-        for call in source.calls:
-            name = rule_queries.get(call.query)
-            if name is not None and call.kind == "instant":
-                per_rule[name] = per_rule.get(name, 0) + 1
-            else:
-                key = f"{call.kind}: {call.query[:60]}"
-                other[key] = other.get(key, 0) + 1
+        per_rule, other = count_calls(source.calls, rule_queries)
         states: dict[str, int] = {FindingState.OK.value: sum(report.quiet.values())}
         for finding in report.notable:
             states[finding.state.value] = states.get(finding.state.value, 0) + 1

@@ -100,15 +100,12 @@ class PrometheusSource:
         At ten thousand services this loop is a large part of a cycle's own cost.
         """
         label = self.service_label
-        numbers: dict[str, float] = {}
-        for item in result:
-            service = item["metric"][label]
-            if service in numbers or not isinstance(service, str) or not service:
-                raise ValueError("two series, or an odd label: read carefully")
-            value = float(item["value"][1])
-            if value - value != 0.0:  # NaN or ±Inf
-                raise ValueError("not a finite number: read carefully")
-            numbers[service] = value
+        numbers = {item["metric"][label]: float(item["value"][1]) for item in result}
+        if len(numbers) != len(result):
+            raise ValueError("two series for one service: read carefully")
+        for service, value in numbers.items():
+            if not isinstance(service, str) or not service or value - value != 0.0:
+                raise ValueError("an odd label, or NaN or ±Inf: read carefully")
         return Vector(numbers)
 
     def _vector_carefully(self, result: list[Any]) -> Vector:
