@@ -396,13 +396,13 @@ def main() -> None:  # noqa: PLR0915 -- one benchmark reads as one story
         "  after the first step",
         wall - result["fetch_wall"],
         "s",
-        note=f"stepping, the next window fetched meanwhile; {decided}",
+        note=f"stepping, the next two windows fetched meanwhile; {decided}",
     )
     report.figure(
         "peak RSS of the benchmark process",
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "MiB",
-        note="ru_maxrss; the replay holds two windows of 1,000 steps at a time",
+        note="ru_maxrss; the replay holds three windows of 1,000 steps at a time",
     )
     report.figure(
         "evaluated points/s",

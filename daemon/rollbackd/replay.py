@@ -49,6 +49,10 @@ def align(moment: datetime, step: timedelta) -> datetime:
     return datetime.fromtimestamp((moment_ms - moment_ms % step_ms) / 1000, tz=UTC)
 
 
+AHEAD = 2
+"""Windows fetched ahead of the one being stepped through, each on its own thread: while
+one answer is decoded, Prometheus is already computing the next."""
+
 WINDOW_STEPS = 1000
 """Steps fetched at once: small enough to overlap fetching and stepping, and to hold
 little memory; large enough that each range query is worth its round trip."""
@@ -133,14 +137,18 @@ class Replay:
         start, end = align(start, self.step), align(end, self.step)
         times = step_times(start, end, self.step)
         windows = [times[i : i + WINDOW_STEPS] for i in range(0, len(times), WINDOW_STEPS)]
-        # While the engine steps through one window, the next one is fetched: Prometheus
+        # While the engine steps through one window, the next ones are fetched: Prometheus
         # answers on its own core, and the replay takes little longer than the queries.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-fetch") as fetcher:
+        with ThreadPoolExecutor(max_workers=AHEAD, thread_name_prefix="replay-fetch") as fetcher:
+            fetches: dict[int, Future[_Window]] = {}
 
-            def fetch(index: int) -> Future[_Window]:
-                return fetcher.submit(self._fetch, windows[index][0], windows[index][-1])
+            def fetch_ahead(index: int) -> None:
+                for ahead in range(index, min(index + AHEAD, len(windows))):
+                    if ahead not in fetches:
+                        window = windows[ahead]
+                        fetches[ahead] = fetcher.submit(self._fetch, window[0], window[-1])
 
-            upcoming = fetch(0) if windows else None  # fetched while deploys are looked for
+            fetch_ahead(0)  # fetched while deploys are looked for
             found = find_deploys(self.config, self.prometheus, start, end, self.step)
             deploys, self.deploy_error = found.deploys, found.error
             services = self.engine.services
@@ -155,8 +163,9 @@ class Replay:
             baselines: dict[Key, Measurement] = {}
             done = 0
             for index, window in enumerate(windows):
-                fetched = (upcoming or fetch(index)).result()
-                upcoming = fetch(index + 1) if index + 1 < len(windows) else None
+                fetch_ahead(index)
+                fetched = fetches.pop(index).result()
+                fetch_ahead(index + 1)
                 for moment in window:
                     done += 1
                     deployed = False
