@@ -80,6 +80,22 @@ def url() -> Iterator[str]:
             "wrongshape": {"status": "success", "data": {}},
             "bad": (400, {"status": "error", "errorType": "bad_data", "error": "parse error"}),
             "slow": vector(({"service": "web"}, "1")),
+            "versions": {
+                "status": "success",
+                "data": {
+                    "resultType": "matrix",
+                    "result": [
+                        {
+                            "metric": {"service": "web", "version": "v2"},
+                            "values": [[AT.timestamp(), "1"], "junk", [AT.timestamp() + 30, "1"]],
+                        },
+                        {
+                            "metric": {"service": "api", "version": "a7"},
+                            "values": [[AT.timestamp(), "1"]],
+                        },
+                    ],
+                },
+            },
         }
     )
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -113,6 +129,17 @@ def test_two_series_for_one_service_are_ambiguous(url: str) -> None:
     """A query not aggregated by service cannot say which value counts."""
     reason = source(url).instant("dupes", AT).get("web").reason
     assert reason == "2 series for this service: aggregate the query by service"
+
+
+def test_a_malformed_sample_of_a_version_metric_is_skipped_not_fatal(url: str) -> None:
+    """Deploys are still placed from the samples that are well formed."""
+    seen = source(url).labels_over_time(
+        "versions", "version", AT, AT + timedelta(seconds=30), timedelta(seconds=30)
+    )
+    assert seen == {
+        "web": {"v2": [AT, AT + timedelta(seconds=30)]},
+        "api": {"a7": [AT]},
+    }
 
 
 def test_a_result_without_service_labels_says_so(url: str) -> None:

@@ -183,6 +183,11 @@ class PrometheusSource:
         """
         seen: dict[str, dict[str, list[datetime]]] = {}
         instants: dict[Any, datetime] = {}  # every series has the same sample times
+
+        def remember(raw: Any) -> datetime:
+            instants[raw] = _instant(raw)
+            return instants[raw]
+
         for chunk_start, chunk_end in chunks(start, end, step):
             result = self._call(
                 self._client.custom_query_range,
@@ -199,12 +204,16 @@ class PrometheusSource:
                 if service is None or value is None:
                     continue
                 times = seen.setdefault(service, {}).setdefault(value, [])
-                for raw in item.get("values") or []:
-                    if isinstance(raw, list) and raw:
-                        moment = instants.get(raw[0])
-                        if moment is None:
-                            moment = instants[raw[0]] = _instant(raw[0])
-                        times.append(moment)
+                samples = item.get("values") or []
+                try:  # a week of a version metric is millions of samples: the quick way first
+                    times.extend(
+                        [
+                            instants[raw[0]] if raw[0] in instants else remember(raw[0])
+                            for raw in samples
+                        ]
+                    )
+                except (TypeError, IndexError, KeyError, ValueError, OverflowError, OSError):
+                    times.extend(_instants_carefully(samples))
         return seen
 
     def _ambiguous(self, count: int) -> str:
@@ -272,6 +281,17 @@ def _point(raw: Any) -> tuple[int, float] | None:
         return round(float(raw[0]) * 1000), float(raw[1])
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _instants_carefully(samples: Any) -> list[datetime]:
+    """The times of the samples that have one; malformed samples are skipped."""
+    times = []
+    for raw in samples if isinstance(samples, list) else ():
+        try:
+            times.append(_instant(raw[0]))
+        except (TypeError, IndexError, KeyError, ValueError, OverflowError, OSError):
+            continue
+    return times
 
 
 def _instant(raw: Any) -> datetime:
