@@ -269,17 +269,16 @@ def alert_rule(for_seconds: int) -> str:
 def daemon_in_process(  # noqa: PLR0915 -- the wiring of serve(), in one place
     config_path: Path, seen: Seen, log_path: Path
 ) -> Iterator[Any]:
-    """rollbackd's Daemon wired as ``serve`` wires it, minus signals and systemd."""
+    """rollbackd's Daemon wired as ``serve`` wires it (its scheduler and heap settings),
+    minus signals and systemd."""
     import uvicorn  # noqa: PLC0415 -- the daemon's own server
-    from apscheduler.schedulers.background import BackgroundScheduler  # noqa: PLC0415
-    from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
 
     from rollbackd.api import create_app  # noqa: PLC0415
     from rollbackd.assembly import notifier_for, open_journal  # noqa: PLC0415
     from rollbackd.loader import load  # noqa: PLC0415
     from rollbackd.logs import configure  # noqa: PLC0415
     from rollbackd.model import FindingState  # noqa: PLC0415
-    from rollbackd.service import Daemon  # noqa: PLC0415
+    from rollbackd.service import Daemon, scheduler, settle_heap  # noqa: PLC0415
 
     log_file = log_path.open("a", encoding="utf-8")
     configure("json", stream=log_file)
@@ -327,22 +326,14 @@ def daemon_in_process(  # noqa: PLR0915 -- the wiring of serve(), in one place
     )
     threading.Thread(target=server.run, name="http", daemon=True).start()
     wait_until(lambda: server.started, 20, "the daemon's HTTP server did not start")
-    scheduler = BackgroundScheduler(timezone="UTC")
-    scheduler.add_job(
-        daemon.cycle,
-        IntervalTrigger(seconds=config.poll_interval.total_seconds()),
-        id="evaluate",
-        max_instances=1,
-        coalesce=True,
-        next_run_time=datetime.now().astimezone(),
-        misfire_grace_time=None,
-    )
+    cycles = scheduler(daemon)
     daemon.start()
-    scheduler.start()
+    settle_heap()
+    cycles.start()
     try:
         yield daemon
     finally:
-        scheduler.shutdown(wait=True)
+        cycles.shutdown(wait=True)
         server.should_exit = True
         daemon.shutdown(timeout=30)
         journal.close()
@@ -603,7 +594,7 @@ def main() -> None:  # noqa: PLR0915 -- one benchmark reads as one story
         "  decision → checklist starts (worst)",
         max(queued) if queued else None,
         "s",
-        note="waiting for a free rollback worker (Daemon.worker, 4 threads)",
+        note="waiting for a free rollback worker (Daemon.worker)",
     )
     report.figure(
         "  checklist start → execute done (worst)",

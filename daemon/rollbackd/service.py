@@ -53,8 +53,6 @@ from rollbackd.sources.prometheus import PrometheusSource
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    from rollbackd.sdnotify import SystemdNotifier
-
 log = get_logger("rollbackd")
 
 RESTORE_WINDOW = timedelta(hours=2)
@@ -694,8 +692,10 @@ def planned(first: datetime, interval: timedelta, now: datetime) -> datetime:
     return first + interval * ((now - first) // interval)
 
 
-def _scheduler(daemon: Daemon, systemd: SystemdNotifier) -> BackgroundScheduler:
-    """A cycle every poll interval, at its planned instant, one at a time."""
+def scheduler(
+    daemon: Daemon, after_cycle: Callable[[], object] | None = None
+) -> BackgroundScheduler:
+    """A cycle every poll interval, at its planned instant, one at a time (not started)."""
     from apscheduler.schedulers.background import (  # noqa: PLC0415 -- only the daemon schedules
         BackgroundScheduler,
     )
@@ -707,10 +707,11 @@ def _scheduler(daemon: Daemon, systemd: SystemdNotifier) -> BackgroundScheduler:
         # The planned time, not the moment the thread woke: cycles exactly one interval
         # apart, so a rule's `for` is reached at the cycle it should be, not one late.
         daemon.cycle(planned(first, interval, daemon.clock()))
-        systemd.watchdog()  # only a loop that completes a cycle keeps the watchdog fed
+        if after_cycle is not None:
+            after_cycle()
 
-    scheduler = BackgroundScheduler(timezone="UTC")
-    scheduler.add_job(
+    jobs = BackgroundScheduler(timezone="UTC")
+    jobs.add_job(
         tick,
         IntervalTrigger(seconds=interval.total_seconds(), start_date=first),
         id="evaluate",
@@ -719,7 +720,7 @@ def _scheduler(daemon: Daemon, systemd: SystemdNotifier) -> BackgroundScheduler:
         next_run_time=first,
         misfire_grace_time=None,
     )
-    return scheduler
+    return jobs
 
 
 def serve(daemon: Daemon, config_path: Path) -> None:
@@ -733,7 +734,8 @@ def serve(daemon: Daemon, config_path: Path) -> None:
     daemon.on_cycle = systemd.status
 
     config = daemon.config.daemon
-    scheduler = _scheduler(daemon, systemd)
+    # Only a loop that completes a cycle keeps the watchdog fed.
+    cycles = scheduler(daemon, after_cycle=systemd.watchdog)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(daemon),
@@ -768,7 +770,7 @@ def serve(daemon: Daemon, config_path: Path) -> None:
     signal.signal(signal.SIGINT, on_stop)
     daemon.start()
     settle_heap()
-    scheduler.start()
+    cycles.start()
     threading.Thread(target=announce_ready, name="ready", daemon=True).start()
     try:
         try:
@@ -783,7 +785,7 @@ def serve(daemon: Daemon, config_path: Path) -> None:
     finally:
         systemd.stopping()
         log.info("stopping: finishing the step in progress")
-        scheduler.shutdown(wait=True)
+        cycles.shutdown(wait=True)
         daemon.shutdown()
         daemon.journal.close()
         log.info("stopped")
