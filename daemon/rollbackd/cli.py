@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,7 +23,8 @@ from rich.table import Table
 from rollbackd import __version__
 from rollbackd.actions.checklist import Refused, RollbackRequest
 from rollbackd.assembly import build_checklist, notifier_for, now_utc, open_journal
-from rollbackd.client import DaemonClient
+from rollbackd.client import DaemonClient, DaemonUnavailable
+from rollbackd.client import Refused as ClientRefused
 from rollbackd.config import DEFAULT_CONFIG_PATH
 from rollbackd.durations import format_duration, format_instant, parse_duration, parse_instant
 from rollbackd.errors import InvalidInput, NotBuilt, RollbackdError
@@ -64,6 +66,8 @@ class DemoScenario(StrEnum):
     APPROVAL = "approval"
     MIGRATION = "migration"
 
+
+_T = TypeVar("_T")
 
 app = typer.Typer(
     name="rollbackd",
@@ -345,27 +349,33 @@ def incidents(
     json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 50,
 ) -> None:
-    """List incidents from the journal, newest first."""
+    """List incidents from the journal, newest first (from the running daemon if unreadable)."""
     loaded = _load(config)
-    journal = _journal_fallback(loaded)
-    records = journal.incidents(limit=limit)
+    journal, problem = _readable_journal(loaded)
+    if journal is not None:
+        records = [incident_record(r) for r in journal.incidents(limit=limit)]
+        where = str(journal.path)
+    else:
+        client = _daemon_instead(loaded, problem)
+        records = _ask(client.get, problem, "/api/v1/incidents", limit=limit)
+        where = client.url
     if json:
         for r in records:
-            typer.echo(json_line(incident_record(r)))
+            typer.echo(json_line(r))
         return
-    table = Table(title=f"Incidents ({journal.path})", title_justify="left")
+    table = Table(title=f"Incidents ({where})", title_justify="left")
     for column in ("id", "service", "opened", "state", "severity", "action", "target", "summary"):
         table.add_column(column)
     for r in records:
         table.add_row(
-            str(r.id),
-            r.service,
-            format_instant(r.opened_at),
-            r.state.value,
-            r.severity,
-            f"{r.action} ({r.origin})",
-            r.target or "—",
-            r.summary,
+            str(r["id"]),
+            r["service"],
+            r["opened"],
+            r["state"],
+            r["severity"],
+            f"{r['action']} ({r['origin']})",
+            r["target"] or "—",
+            r["summary"],
         )
     Console(highlight=False).print(table if records else "no incidents")
 
@@ -383,10 +393,21 @@ def report(
 ) -> None:
     """Render an incident report that follows the playbook (Markdown, or HTML with charts)."""
     loaded = _load(config)
-    record = _journal_fallback(loaded).incident(incident)
-    if record is None:
-        _fail([f"ID: no incident {incident} in the journal"], EXIT_RUNTIME)
-    text = render_report(record, fmt.value)
+    journal, problem = _readable_journal(loaded)
+    if journal is not None:
+        record = journal.incident(incident)
+        if record is None:
+            _fail([f"ID: no incident {incident} in the journal"], EXIT_RUNTIME)
+        text = render_report(record, fmt.value)
+    else:
+        client = _daemon_instead(loaded, problem)
+        path = f"/api/v1/incidents/{incident}/report"
+        try:
+            text = _ask(client.text, problem, path, format=fmt.value)
+        except ClientRefused as exc:
+            if exc.status != 404:
+                raise
+            _fail([f"ID: no incident {incident} (asked the daemon at {client.url})"], EXIT_RUNTIME)
     if output is None:
         typer.echo(text)
     else:
@@ -414,12 +435,34 @@ def veto(
     typer.echo(f"incident {record['id']}: {record['state']} — {record['summary']}")
 
 
-def _journal_fallback(loaded: Loaded) -> SqliteJournal:
-    """The journal, read directly; a post-mortem must not need the daemon to be up."""
+def _readable_journal(loaded: Loaded) -> tuple[SqliteJournal | None, str]:
+    """The journal, read directly (a post-mortem must not need the daemon), or why not."""
     try:
-        return open_journal(loaded.config)
+        return open_journal(loaded.config), ""
     except JournalError as exc:
-        _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
+        return None, str(exc)
+
+
+def _daemon_instead(loaded: Loaded, problem: str) -> DaemonClient:
+    """The running daemon's API, for a journal this user cannot read (its token required)."""
+    token = os.environ.get("ROLLBACKD_TOKEN")
+    if not token:
+        _fail(
+            [
+                f"rollbackd: {problem}",
+                "rollbackd: set ROLLBACKD_TOKEN to read it from the running daemon instead",
+            ],
+            EXIT_RUNTIME,
+        )
+    return DaemonClient(loaded.config, token)
+
+
+def _ask(call: Callable[..., _T], problem: str, path: str, **params: Any) -> _T:
+    """One API call in place of the journal; if the daemon is down too, both reasons."""
+    try:
+        return call(path, **params)
+    except DaemonUnavailable as exc:
+        _fail([f"rollbackd: {problem}", f"rollbackd: and {exc}"], EXIT_RUNTIME)
 
 
 def _client(option: Path | None) -> DaemonClient:

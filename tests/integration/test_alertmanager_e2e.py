@@ -578,6 +578,41 @@ def test_a_veto_stops_a_pending_rollback_for_good(
     assert "vetoed" in late.stderr
 
 
+def test_a_user_who_cannot_open_the_journal_reads_incidents_from_the_daemon(
+    world_factory: WorldFactory, run_cli: RunCli
+) -> None:
+    """`incidents` and `report` ask the daemon's API (with a token) if the journal is unreadable."""
+    world = world_factory()
+    fire(world, "web", "high_error_rate", "WebErrors")
+    pending = world.daemon.wait(
+        "an incident awaiting approval",
+        lambda: world.daemon.incident_in("web", "awaiting_approval"),
+    )
+    # The journal as a user without access sees it: a state_dir that cannot be opened.
+    elsewhere = {"ROLLBACKD_DAEMON__STATE_DIR": str(world.config / "not-a-directory")}
+
+    listing = run_cli(
+        "incidents", "--json", "--config", str(world.config),
+        env={**elsewhere, "ROLLBACKD_TOKEN": TOKENS["team"]},
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    [listed] = [json.loads(line) for line in listing.stdout.splitlines()]
+    assert (listed["id"], listed["state"]) == (pending["id"], "awaiting_approval")
+    assert listed["approver"] == "senior_admin"  # what the daemon adds to a pending one
+
+    report = run_cli(
+        "report", str(pending["id"]), "--config", str(world.config),
+        env={**elsewhere, "ROLLBACKD_TOKEN": TOKENS["team"]},
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    assert f"# Incident {pending['id']}" in report.stdout
+
+    no_token = run_cli("incidents", "--config", str(world.config), env=elsewhere)
+    assert no_token.returncode == 1
+    assert "cannot open the journal" in no_token.stderr
+    assert "ROLLBACKD_TOKEN" in no_token.stderr
+
+
 def test_without_a_decision_the_rollback_happens_at_the_deadline(
     world_factory: WorldFactory,
 ) -> None:
