@@ -32,6 +32,7 @@ import structlog
 import uvicorn
 
 from rollbackd.api import create_app
+from rollbackd.durations import format_instant
 from rollbackd.engine import CycleReport
 from rollbackd.journal import SqliteJournal, journal_path
 from rollbackd.loader import load
@@ -480,6 +481,33 @@ def test_after_a_restart_a_pending_incident_is_not_decided_again(
     assert report is not None
     assert report.decisions == ()
     assert [i["id"] for i in api.get("/api/v1/incidents", "viewer").json()] == [number]
+
+
+def test_after_a_restart_an_alert_already_rolled_back_for_is_not_decided_again(
+    api: Api, journals: list[SqliteJournal]
+) -> None:
+    """The rollback for an alert recovered and the alert still fires: a restart decides nothing."""
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0)
+    assert api.deploy("v1").status_code == 201
+    api.cycle()
+    api.clock.advance(KNOWN_GOOD_AFTER + timedelta(seconds=30))
+    api.cycle()
+    assert api.deploy("v2").status_code == 201
+    api.clock.advance(timedelta(seconds=30))
+    alert = example()
+    alert["alerts"][0]["startsAt"] = format_instant(api.clock() - timedelta(seconds=10))
+    assert api.webhook(alert).status_code == 200
+    [decision] = api.cycle().decisions
+    assert decision.action is Action.ROLLBACK
+    [incident] = api.get("/api/v1/incidents", "viewer").json()
+    assert api.wait_for_state(incident["id"], {"recovered", "escalated"}) == "recovered"
+    assert len(api.journal.firing_alerts(api.clock())) == 1  # Alertmanager has not resolved it
+
+    api.clock.advance(timedelta(seconds=30))
+    report = restarted(api, journals).cycle()
+    assert report is not None
+    assert report.decisions == ()
+    assert [i["id"] for i in api.get("/api/v1/incidents", "viewer").json()] == [incident["id"]]
 
 
 def test_after_a_restart_the_last_known_good_version_is_still_known(

@@ -150,8 +150,10 @@ class Daemon:
         now = self.clock()
         self._warm_up(now)
         for listed in reversed(self.journal.incidents(limit=200)):
-            if now - listed.opened_at > RESTORE_WINDOW or listed.state is IncidentState.RECOVERED:
+            if now - listed.opened_at > RESTORE_WINDOW:
                 continue
+            if listed.state is IncidentState.RECOVERED and not self._still_alerting(listed, now):
+                continue  # over: the next fault of this service is a new incident
             record = self.journal.incident(listed.id) or listed
             decision = self._last_decision(record)
             if decision is not None:
@@ -160,6 +162,18 @@ class Daemon:
                 log.info("resuming", incident=record.id, service=record.service)
                 self._submit(record.id)
         self.status_line = "started"
+
+    def _still_alerting(self, incident: IncidentRecord, now: datetime) -> bool:
+        """Whether an alert that fired before ``incident`` opened is firing still.
+
+        Running, the engine keeps such an incident open until every finding of
+        the service is OK; after a restart it must too, or the same alert
+        would be decided on again.
+        """
+        return any(
+            alert.starts_at <= incident.opened_at
+            for alert in self.journal.firing_alerts(now, [incident.service])
+        )
 
     def _warm_up(self, now: datetime) -> None:
         """Replay recent history so rule states and known-good versions survive a restart.
