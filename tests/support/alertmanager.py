@@ -23,18 +23,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.processes import LOOPBACK, ProcessError, free_port, tail, terminate
+from tests.support.processes import LOOPBACK, ProcessError, Supervised
 
 ALERTMANAGER_BIN = Path("/usr/bin/prometheus-alertmanager")
 ALERTMANAGER_HINT = "install Debian package prometheus-alertmanager (make test does this)"
@@ -54,13 +51,15 @@ def _instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-class Alertmanager:
+class Alertmanager(Supervised):
     """``prometheus-alertmanager`` on a free loopback port, webhooking to ``rollbackd_url``.
 
     Files live in ``workdir``: ``alertmanager.yml``, ``alertmanager.log`` and
     ``data/`` (silences and the notification log). :meth:`stop` then
     :meth:`start` reuses both the storage and the port.
     """
+
+    label = "Alertmanager"
 
     def __init__(
         self,
@@ -76,28 +75,20 @@ class Alertmanager:
         start_timeout: float = 30.0,
     ) -> None:
         self.workdir = workdir.absolute()
+        super().__init__(
+            self.workdir,
+            self.workdir / "alertmanager.log",
+            port=port,
+            start_timeout=start_timeout,
+        )
         self.webhook_url = rollbackd_url.rstrip("/") + WEBHOOK_PATH
         self.token = token
-        self.port = port or free_port()
         self.group_wait = group_wait
         self.group_interval = group_interval
         self.repeat_interval = repeat_interval
         self.binary = binary
-        self.start_timeout = start_timeout
         self.config_path = self.workdir / "alertmanager.yml"
         self.storage_dir = self.workdir / "data"
-        self.log_path = self.workdir / "alertmanager.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``, without a trailing slash."""
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        """Whether the process was started and has not exited."""
-        return self._process is not None and self._process.poll() is None
 
     def config(self) -> dict[str, Any]:
         """The configuration written to ``alertmanager.yml`` (JSON, which is YAML)."""
@@ -140,47 +131,12 @@ class Alertmanager:
             "--cluster.listen-address=",
         ]
 
-    def start(self) -> Self:
-        """Start Alertmanager and return once ``/-/ready`` answers 200."""
-        if self.running:
-            raise ProcessError("Alertmanager is already running")
+    def prepare(self) -> None:
+        """Check the binary, then write the config and create the storage directory."""
         if not os.access(self.binary, os.X_OK):
             raise ProcessError(f"{self.binary} is missing: {ALERTMANAGER_HINT}")
         self.write_config()
         self.storage_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
-            )
-        self._wait_ready()
-        return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        last = "no answer yet"
-        with httpx.Client(timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                process = self._process
-                if process is None or process.poll() is not None:
-                    code = process.returncode if process else None
-                    raise ProcessError(
-                        f"Alertmanager exited with {code} before it was ready; "
-                        f"log {self.log_path}:\n{tail(self.log_path)}"
-                    )
-                try:
-                    response = client.get(f"{self.url}/-/ready")
-                except httpx.TransportError as error:
-                    last = repr(error)
-                else:
-                    if response.status_code == httpx.codes.OK:
-                        return
-                    last = f"{response.status_code} {response.text.strip()}"
-                time.sleep(0.05)
-        self.kill()
-        raise ProcessError(
-            f"Alertmanager at {self.url} not ready within {self.start_timeout:g}s "
-            f"(last: {last}); log {self.log_path}:\n{tail(self.log_path)}"
-        )
 
     def post_alert(
         self,
@@ -214,28 +170,3 @@ class Alertmanager:
         response.raise_for_status()
         result: list[dict[str, Any]] = response.json()
         return result
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL; return the exit code (None if never started)."""
-        if self._process is None:
-            return None
-        return terminate(self._process, timeout)
-
-    def kill(self) -> int | None:
-        """SIGKILL at once, as a crash would; return the exit code."""
-        if self._process is None:
-            return None
-        if self._process.poll() is None:
-            self._process.kill()
-        return self._process.wait(timeout=10)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

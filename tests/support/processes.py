@@ -89,7 +89,133 @@ def _kill(process: subprocess.Popen[bytes]) -> int:
     return process.wait(timeout=10)
 
 
-class DemoApp:
+class Supervised:
+    """A child process on a loopback port, started, awaited and stopped alike for every server.
+
+    Subclasses set ``label``, ``cwd`` and ``log_path`` (stderr, and stdout too
+    unless ``stdout_path`` is set), and define :meth:`command`; they may
+    override :meth:`prepare` and :meth:`env`.
+    """
+
+    label = "process"
+    ready_path = "/-/ready"
+    ready_status: int | None = httpx.codes.OK
+    """The status that means ready; None accepts any answer."""
+    probe_timeout = 1.0
+    stop_timeout = 15.0
+    new_session = False
+
+    def __init__(
+        self, cwd: Path, log_path: Path, *, port: int | None, start_timeout: float
+    ) -> None:
+        self.cwd = cwd
+        self.log_path = log_path
+        self.stdout_path: Path | None = None
+        self.port = port or free_port()
+        self.start_timeout = start_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``, without a trailing slash."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the process was started and has not exited."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while running."""
+        return self._process.pid if self.running and self._process else None
+
+    def command(self) -> list[str]:
+        """The argv the process is started with."""
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Create what the process needs before it starts (directories, config)."""
+
+    def env(self) -> dict[str, str] | None:
+        """The environment of the process; None inherits this one."""
+        return None
+
+    def start(self) -> Self:
+        """Start the process and return once it answers ``ready_path``, so tests never race it."""
+        if self.running:
+            raise ProcessError(f"{self.label} is already running")
+        self.prepare()
+        out_path = self.stdout_path or self.log_path
+        with out_path.open("ab") as out, self.log_path.open("ab") as err:
+            self._process = subprocess.Popen(
+                self.command(),
+                cwd=self.cwd,
+                stdout=out,
+                stderr=err,
+                env=self.env(),
+                start_new_session=self.new_session,
+            )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last = "no answer yet"
+        with httpx.Client(timeout=self.probe_timeout) as client:
+            while time.monotonic() < deadline:
+                process = self._process
+                if process is None or process.poll() is not None:
+                    code = process.returncode if process else None
+                    raise ProcessError(
+                        f"{self.label} exited with {code} before it answered {self.ready_path}; "
+                        f"log {self.log_path}:\n{tail(self.log_path)}"
+                    )
+                try:
+                    response = client.get(f"{self.url}{self.ready_path}")
+                except httpx.TransportError as error:
+                    last = repr(error)
+                else:
+                    if self.ready_status in (None, response.status_code):
+                        return
+                    last = f"{response.status_code} {response.text.strip()}"
+                time.sleep(0.05)
+        self.kill()
+        raise ProcessError(
+            f"{self.label} at {self.url} not ready within {self.start_timeout:g}s "
+            f"(last: {last}); log {self.log_path}:\n{tail(self.log_path)}"
+        )
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM, wait (``stop_timeout`` by default), then SIGKILL; the exit code, if started."""
+        if self._process is None:
+            return None
+        return terminate(self._process, self.stop_timeout if timeout is None else timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL at once, as a crash would; return the exit code."""
+        if self._process is None:
+            return None
+        return _kill(self._process)
+
+    def restart(self) -> Self:
+        """Stop, then start again on the same port and files."""
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class DemoApp(Supervised):
     """``python -m rollbackd.demoapp`` as a child process on a free loopback port.
 
     ``directory`` is the working directory and, unless ``app_dir`` says
@@ -97,6 +223,10 @@ class DemoApp:
     Logs (stdout, stderr) go to ``log_dir``, never into ``directory``, so that
     a git working tree stays clean. The port is kept across :meth:`restart`.
     """
+
+    ready_path = "/health"
+    ready_status = None
+    stop_timeout = 10.0
 
     def __init__(
         self,
@@ -111,36 +241,20 @@ class DemoApp:
         start_timeout: float = 15.0,
     ) -> None:
         self.directory = directory.absolute()
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix=f"demoapp-{service}-"))
+        self.stderr_path = self.log_dir / "stderr.log"
+        super().__init__(self.directory, self.stderr_path, port=port, start_timeout=start_timeout)
+        self.label = f"demo app {service}"
         self.service = service
         self.traffic = traffic
         self.app_dir = (app_dir or directory).absolute()
         self.state_file = state_file.absolute() if state_file else None
-        self.port = port or free_port()
-        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix=f"demoapp-{service}-"))
-        self.start_timeout = start_timeout
         self.stdout_path = self.log_dir / "stdout.log"
-        self.stderr_path = self.log_dir / "stderr.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``, without a trailing slash."""
-        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def target(self) -> str:
         """``127.0.0.1:PORT``, as a Prometheus scrape target."""
         return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        """Whether the process was started and has not exited."""
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        """The process id while running."""
-        return self._process.pid if self.running and self._process else None
 
     def command(self) -> list[str]:
         """The argv the app is started with."""
@@ -161,64 +275,18 @@ class DemoApp:
             argv += ["--state-file", str(self.state_file)]
         return argv
 
-    def start(self) -> Self:
-        """Start the app and return once ``/health`` answers (any status) on its port."""
-        if self.running:
-            raise ProcessError(f"demo app {self.service} is already running")
+    def prepare(self) -> None:
+        """Create the working and log directories."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def env(self) -> dict[str, str]:
+        """This environment with the repository's ``daemon`` first on PYTHONPATH, unbuffered."""
         env = dict(os.environ)
         source = str(REPO / "daemon")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
-        with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
-            self._process = subprocess.Popen(
-                self.command(), cwd=self.directory, stdout=out, stderr=err, env=env
-            )
-        self._wait_healthy()
-        return self
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        last = "no answer yet"
-        with httpx.Client(timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                process = self._process
-                if process is None or process.poll() is not None:
-                    code = process.returncode if process else None
-                    raise ProcessError(
-                        f"demo app {self.service} exited with {code} before answering "
-                        f"/health on {self.url}; stderr:\n{tail(self.stderr_path)}"
-                    )
-                try:
-                    client.get(f"{self.url}/health")
-                except httpx.TransportError as error:
-                    last = repr(error)
-                else:
-                    return
-                time.sleep(0.05)
-        self.kill()
-        raise ProcessError(
-            f"demo app {self.service} did not answer /health on {self.url} within "
-            f"{self.start_timeout:g}s (last: {last}); stderr:\n{tail(self.stderr_path)}"
-        )
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL; return the exit code (None if never started)."""
-        if self._process is None:
-            return None
-        return terminate(self._process, timeout)
-
-    def kill(self) -> int | None:
-        """SIGKILL at once, as a crash would; return the exit code."""
-        if self._process is None:
-            return None
-        return _kill(self._process)
-
-    def restart(self) -> Self:
-        """Stop, then start again on the same port (rereading ``app.toml``)."""
-        self.stop()
-        return self.start()
+        return env
 
     def get(self, path: str, timeout: float = 10.0) -> httpx.Response:
         """A GET request to ``path`` on the app."""
@@ -255,19 +323,8 @@ class DemoApp:
         response.raise_for_status()
         return response.text
 
-    def __enter__(self) -> Self:
-        return self.start()
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class Prometheus:
+class Prometheus(Supervised):
     """``/usr/bin/prometheus`` on a free loopback port with a generated config.
 
     Files live in ``workdir``: ``prometheus.yml``, ``rules-N.yml``,
@@ -277,6 +334,8 @@ class Prometheus:
 
     ``rule_files`` are the contents of Prometheus rule files (YAML).
     """
+
+    label = "Prometheus"
 
     def __init__(
         self,
@@ -293,28 +352,20 @@ class Prometheus:
         start_timeout: float = 30.0,
     ) -> None:
         self.workdir = workdir.absolute()
+        super().__init__(
+            self.workdir,
+            self.workdir / "prometheus.log",
+            port=port,
+            start_timeout=start_timeout,
+        )
         self.targets: list[Target] = list(targets)
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
         self.rule_files = list(rule_files)
         self.storage_dir = (storage_dir or workdir / "data").absolute()
-        self.port = port or free_port()
         self.extra_args = list(extra_args)
         self.binary = binary
-        self.start_timeout = start_timeout
         self.config_path = self.workdir / "prometheus.yml"
-        self.log_path = self.workdir / "prometheus.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``, without a trailing slash."""
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        """Whether the process was started and has not exited."""
-        return self._process is not None and self._process.poll() is None
 
     def config(self) -> dict[str, Any]:
         """The configuration written to ``prometheus.yml`` (JSON, which is YAML)."""
@@ -355,64 +406,12 @@ class Prometheus:
             *self.extra_args,
         ]
 
-    def start(self) -> Self:
-        """Start Prometheus and return once ``/-/ready`` answers 200."""
-        if self.running:
-            raise ProcessError("Prometheus is already running")
+    def prepare(self) -> None:
+        """Check the binary, then write the config and create the storage directory."""
         if not self.binary.exists():
             raise ProcessError(f"{self.binary} is missing: {INSTALL_HINT}")
         self.write_config()
         self.storage_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
-            )
-        self._wait_ready()
-        return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        last = "no answer yet"
-        with httpx.Client(timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                process = self._process
-                if process is None or process.poll() is not None:
-                    code = process.returncode if process else None
-                    raise ProcessError(
-                        f"Prometheus exited with {code} before it was ready; "
-                        f"log {self.log_path}:\n{tail(self.log_path)}"
-                    )
-                try:
-                    response = client.get(f"{self.url}/-/ready")
-                except httpx.TransportError as error:
-                    last = repr(error)
-                else:
-                    if response.status_code == httpx.codes.OK:
-                        return
-                    last = f"{response.status_code} {response.text.strip()}"
-                time.sleep(0.05)
-        self.kill()
-        raise ProcessError(
-            f"Prometheus at {self.url} not ready within {self.start_timeout:g}s "
-            f"(last: {last}); log {self.log_path}:\n{tail(self.log_path)}"
-        )
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL; return the exit code (None if never started)."""
-        if self._process is None:
-            return None
-        return terminate(self._process, timeout)
-
-    def kill(self) -> int | None:
-        """SIGKILL at once, as a crash would; the WAL keeps what was scraped."""
-        if self._process is None:
-            return None
-        return _kill(self._process)
-
-    def restart(self) -> Self:
-        """Stop and start again on the same storage and port (sees new backfilled blocks)."""
-        self.stop()
-        return self.start()
 
     def reload(self, targets: Sequence[Target] | None = None) -> None:
         """Rewrite the config (optionally with new targets) and ask Prometheus to reload it."""
@@ -480,17 +479,6 @@ class Prometheus:
                     f"predicate; last: {last}; log:\n{tail(self.log_path, 15)}"
                 )
             time.sleep(interval)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --- backfill -------------------------------------------------------------------------------
