@@ -510,6 +510,18 @@ def test_after_a_restart_an_alert_already_rolled_back_for_is_not_decided_again(
     assert [i["id"] for i in api.get("/api/v1/incidents", "viewer").json()] == [incident["id"]]
 
 
+def test_a_firing_alert_not_sent_again_for_expire_after_is_over(api: Api) -> None:
+    """A firing alert Alertmanager stopped re-sending (its resolve lost) stops firing after 5h."""
+    alert = example()
+    alert["alerts"][0]["startsAt"] = format_instant(api.clock() - timedelta(seconds=10))
+    assert api.webhook(alert).status_code == 200
+    assert [f.rule for f in api.cycle().notable if f.firing] == ["alert:WebDown"]
+    api.clock.advance(timedelta(hours=4, minutes=59))
+    assert [f.rule for f in api.cycle().notable if f.firing] == ["alert:WebDown"]
+    api.clock.advance(timedelta(minutes=2))
+    assert [f.rule for f in api.cycle().notable if f.firing] == []
+
+
 def test_after_a_restart_the_last_known_good_version_is_still_known(
     api: Api, journals: list[SqliteJournal]
 ) -> None:

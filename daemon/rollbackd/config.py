@@ -324,6 +324,17 @@ class AlertsConfig(_Section):
 
     trigger_label: str = Field(default="rollbackd_trigger", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
     service_label: str = Field(default="service", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    expire_after: Duration = timedelta(hours=5)
+    """A firing alert Alertmanager has not sent again for this long is over: its resolved
+    notification was lost. Alertmanager re-sends firing alerts every repeat_interval (4h
+    by default), so this must be longer than that."""
+
+    @field_validator("expire_after")
+    @classmethod
+    def _longer_than_a_minute(cls, value: timedelta) -> timedelta:
+        if value < timedelta(minutes=1):
+            raise ValueError("must be at least 1m (and longer than Alertmanager's repeat_interval)")
+        return value
 
 
 class NotifierConfig(_Section):

@@ -358,7 +358,10 @@ class Journal(Protocol):
     ) -> Future[tuple[int, int]]: ...
 
     def firing_alerts(
-        self, now: datetime, services: Collection[str] | None = None
+        self,
+        now: datetime,
+        services: Collection[str] | None = None,
+        received_after: datetime | None = None,
     ) -> list[AlertRecord]: ...
 
     def record_deploy(self, deploy: Deploy, received_at: datetime) -> None: ...
@@ -939,26 +942,31 @@ class SqliteJournal:
         return changed, duplicates
 
     def firing_alerts(
-        self, now: datetime, services: Collection[str] | None = None
+        self,
+        now: datetime,
+        services: Collection[str] | None = None,
+        received_after: datetime | None = None,
     ) -> list[AlertRecord]:
         """The alerts firing at ``now``, oldest first.
 
         Firing: the latest word on the alert is "firing" and its endsAt, if it
         has one, is after ``now`` (an alert no longer re-sent expires).
         Alertmanager sends firing alerts without an endsAt; they fire until
-        resolved. With ``services``: only the alerts of those services, plus
-        one firing alert of any other service or of none, so that the caller
-        can still say that some alert cannot be placed without loading every
-        alert nobody watches.
+        resolved, or, with ``received_after``, until they were last received
+        before it (the resolved notification was lost). With ``services``: only
+        the alerts of those services, plus one firing alert of any other
+        service or of none, so that the caller can still say that some alert
+        cannot be placed without loading every alert nobody watches.
         """
         at = _text(now)
+        since = _text(received_after) if received_after is not None else ""
         with self._read() as db:
             if services is None:
-                rows = db.execute(_FIRING + " ORDER BY starts_at", (at,)).fetchall()
+                rows = db.execute(_FIRING + " ORDER BY starts_at", (at, since)).fetchall()
             else:
                 names = json.dumps(sorted(services))
-                rows = db.execute(_FIRING_OF_SERVICES, (at, names)).fetchall()
-                rows += db.execute(_ONE_FIRING_ELSEWHERE, (at, names)).fetchall()
+                rows = db.execute(_FIRING_OF_SERVICES, (at, since, names)).fetchall()
+                rows += db.execute(_ONE_FIRING_ELSEWHERE, (at, since, names)).fetchall()
                 rows.sort(key=lambda r: str(r[1]))
         return [
             AlertRecord(
@@ -1027,15 +1035,17 @@ class SqliteJournal:
 _FIRING = (
     "SELECT fingerprint, starts_at, status, ends_at, service, name, labels, annotations"
     " FROM alerts WHERE status = 'firing' AND (ends_at IS NULL OR ends_at > ?)"
+    " AND last_received > ?"
 )
 _FIRING_OF_SERVICES = (
     "SELECT fingerprint, starts_at, status, ends_at, service, name, labels, annotations"
     " FROM alerts WHERE status = 'firing' AND (ends_at IS NULL OR ends_at > ?)"
-    " AND service IN (SELECT value FROM json_each(?)) ORDER BY starts_at"
+    " AND last_received > ? AND service IN (SELECT value FROM json_each(?)) ORDER BY starts_at"
 )
 _ONE_FIRING_ELSEWHERE = (
     "SELECT fingerprint, starts_at, status, ends_at, service, name, labels, annotations"
     " FROM alerts WHERE status = 'firing' AND (ends_at IS NULL OR ends_at > ?)"
+    " AND last_received > ?"
     " AND (service IS NULL OR service NOT IN (SELECT value FROM json_each(?))) LIMIT 1"
 )
 

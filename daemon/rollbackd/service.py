@@ -16,7 +16,7 @@ import gc
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -163,6 +163,11 @@ class Daemon:
                 self._submit(record.id)
         self.status_line = "started"
 
+    def _firing_alerts(self, now: datetime, services: Collection[str]) -> list[AlertRecord]:
+        """The watched services' alerts firing now, less those not re-sent for expire_after."""
+        expired = now - self.config.alerts.expire_after
+        return self.journal.firing_alerts(now, services, received_after=expired)
+
     def _still_alerting(self, incident: IncidentRecord, now: datetime) -> bool:
         """Whether an alert that fired before ``incident`` opened is firing still.
 
@@ -172,7 +177,7 @@ class Daemon:
         """
         return any(
             alert.starts_at <= incident.opened_at
-            for alert in self.journal.firing_alerts(now, [incident.service])
+            for alert in self._firing_alerts(now, [incident.service])
         )
 
     def _warm_up(self, now: datetime) -> None:
@@ -246,7 +251,7 @@ class Daemon:
                 for service in self.engine.services:
                     self.engine.rollbacks[service] = self.journal.rollbacks(service)
                 inputs = self.live.gather(now)
-                firing = self.journal.firing_alerts(now, self.engine.services)
+                firing = self._firing_alerts(now, self.engine.services)
                 alerts, ignored = alert_findings(
                     firing, self.engine.services, self.config.alerts.trigger_label, now
                 )
