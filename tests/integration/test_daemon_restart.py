@@ -31,7 +31,7 @@ import pytest
 
 from tests.conftest import EXAMPLES, RunCli
 from tests.support.fixtures import DemoAppFactory
-from tests.support.processes import free_port, tail
+from tests.support.processes import RollbackdProcess, free_port, tail
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,6 @@ TOKENS = {
     role: f"tok-{role}-{hashlib.sha256(role.encode()).hexdigest()[:16]}"
     for role in ("admin", "senior_admin", "ci", "alertmanager", "viewer")
 }
-START_TIMEOUT = 30.0
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "dev",
     "GIT_AUTHOR_EMAIL": "dev@example.invalid",
@@ -77,101 +76,16 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 20.0) -> An
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
-class DaemonProcess:
-    """``python -m rollbackd run`` with logs in files; start, signal, kill, restart."""
-
-    def __init__(self, config: Path, url: str, log_dir: Path) -> None:
-        self.config = config
-        self.url = url
-        self.log_dir = log_dir
-        self.stderr_path = log_dir / "rollbackd.stderr.log"
-        self.stdout_path = log_dir / "rollbackd.stdout.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> DaemonProcess:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("ROLLBACKD_") and k != "NOTIFY_SOCKET"
-        }
-        env["PYTHONUNBUFFERED"] = "1"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "rollbackd", "run", "--config", str(self.config)],
-                stdout=out,
-                stderr=err,
-                env=env,
-                cwd=self.log_dir,
-            )
-        self.wait_ready()
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if not self.alive():
-                code = self.process.returncode if self.process else None
-                raise AssertionError(f"rollbackd exited with {code}:\n{tail(self.stderr_path)}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(
-            f"rollbackd not ready in {START_TIMEOUT:g}s:\n{tail(self.stderr_path)}"
-        )
-
-    def signal(self, number: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(number)
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash or the OOM killer would."""
-        if self.alive():
-            assert self.process is not None
-            self.process.kill()
-        if self.process is not None:
-            self.process.wait(timeout=10)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout=timeout)
-
-    def logs(self) -> list[dict[str, Any]]:
-        """The JSON log lines so far (other lines, e.g. uvicorn's, are skipped)."""
-        entries = []
-        for line in self.stderr_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict):
-                entries.append(entry)
-        return entries
-
-    def logged(self, event_prefix: str) -> list[dict[str, Any]]:
-        return [e for e in self.logs() if str(e.get("event", "")).startswith(event_prefix)]
-
-    def request(self, method: str, path: str, role: str, **kwargs: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {TOKENS[role]}"}
-        return httpx.request(method, self.url + path, headers=headers, timeout=10, **kwargs)
-
-
-DaemonFactory = Callable[[Path, int], DaemonProcess]
+DaemonFactory = Callable[[Path, int], RollbackdProcess]
 
 
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[DaemonFactory]:
     """Start `rollbackd run` on a config listening on a port; each is killed at teardown."""
-    started: list[DaemonProcess] = []
+    started: list[RollbackdProcess] = []
 
-    def make(config: Path, port: int) -> DaemonProcess:
-        process = DaemonProcess(config, f"http://127.0.0.1:{port}", tmp_path / "logs")
+    def make(config: Path, port: int) -> RollbackdProcess:
+        process = RollbackdProcess(config, port, tmp_path / "logs", TOKENS)
         started.append(process)
         return process.start()
 

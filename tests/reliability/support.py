@@ -4,7 +4,7 @@
   responder says, including answers that come late (held on an event that
   :meth:`StubServer.stop` sets, so a slow answer never holds up teardown) or
   trickle in byte by byte.
-- :class:`DaemonProcess` runs ``python -m rollbackd run`` in its own process
+- :func:`daemon_process` runs ``python -m rollbackd run`` in its own process
   group, so that a crash can be simulated with SIGKILL of the daemon alone and
   the test can still wait for the git commands it left running to finish.
 - :func:`in_process_daemon` builds a real :class:`~rollbackd.service.Daemon`
@@ -18,10 +18,8 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -40,7 +38,7 @@ from rollbackd.loader import load
 from rollbackd.service import Daemon
 from rollbackd.sources import MetricSource
 from rollbackd.testing import FixedClock
-from tests.support.processes import LOOPBACK, free_port, tail
+from tests.support.processes import LOOPBACK, RollbackdProcess, free_port
 
 ROLES = ("admin", "senior_admin", "team", "database", "ci", "alertmanager", "viewer")
 TOKENS = {
@@ -264,107 +262,9 @@ def revert_subjects(remote: Path) -> list[str]:
 # -- rollbackd run as a process ----------------------------------------------------------------
 
 
-class DaemonProcess:
-    """``python -m rollbackd run`` in its own process group; crash, restart, stop, ask."""
-
-    def __init__(self, config: Path, port: int, log_dir: Path, start_timeout: float = 30.0):
-        self.config = config
-        self.url = f"http://{LOOPBACK}:{port}"
-        self.log_dir = log_dir
-        self.start_timeout = start_timeout
-        self.stderr_path = log_dir / "rollbackd.stderr.log"
-        self.stdout_path = log_dir / "rollbackd.stdout.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> DaemonProcess:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("ROLLBACKD_") and k != "NOTIFY_SOCKET"
-        }
-        env["PYTHONUNBUFFERED"] = "1"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "rollbackd", "run", "--config", str(self.config)],
-                stdout=out,
-                stderr=err,
-                env=env,
-                cwd=self.log_dir,
-                start_new_session=True,
-            )
-        self._wait_ready()
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        with httpx.Client(timeout=2) as client:
-            while time.monotonic() < deadline:
-                if not self.alive():
-                    code = self.process.returncode if self.process else None
-                    raise AssertionError(f"rollbackd exited with {code}:\n{tail(self.stderr_path)}")
-                try:
-                    if client.get(f"{self.url}/readyz").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-        raise AssertionError(
-            f"rollbackd not ready in {self.start_timeout:g}s:\n{tail(self.stderr_path)}"
-        )
-
-    def crash(self, group_timeout: float = 15.0) -> None:
-        """SIGKILL the daemon alone, as the OOM killer would; then let its children finish.
-
-        git commands the daemon had started run to their end (they are not
-        killed with it, as with systemd's ``KillMode=process``); after
-        ``group_timeout`` seconds whatever is left of the group is killed too.
-        """
-        if self.process is None:
-            return
-        group = self.process.pid
-        if self.alive():
-            self.process.kill()
-        self.process.wait(timeout=10)
-        deadline = time.monotonic() + group_timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(group, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.02)
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, wait; SIGKILL the group if it does not end in time."""
-        if self.process is None:
-            return None
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        self.crash(group_timeout=0)
-        return self.process.returncode
-
-    def request(self, method: str, path: str, role: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, self.url + path, headers=bearer(role), timeout=10, **kwargs)
-
-    def incidents(self) -> list[dict[str, Any]]:
-        response = self.request("GET", "/api/v1/incidents?limit=1000", "viewer")
-        response.raise_for_status()
-        listed: list[dict[str, Any]] = response.json()
-        return listed
-
-    def log_text(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+def daemon_process(config: Path, port: int, log_dir: Path) -> RollbackdProcess:
+    """``rollbackd run`` in its own process group with :data:`TOKENS`, ready for a crash."""
+    return RollbackdProcess(config, port, log_dir, TOKENS, own_group=True)
 
 
 # -- the API of an in-process daemon, served for real --------------------------------------------

@@ -37,18 +37,18 @@ import pytest
 
 from tests.reliability import figures
 from tests.reliability.support import (
-    DaemonProcess,
     Reply,
     StubServer,
     bearer,
     commit,
+    daemon_process,
     git,
     git_world,
     revert_subjects,
     tokens_toml,
     wait_until,
 )
-from tests.support.processes import free_port
+from tests.support.processes import RollbackdProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -149,7 +149,7 @@ class World:
     root: Path
     remote: Path
     clone: Path
-    daemon: DaemonProcess
+    daemon: RollbackdProcess
     rng: random.Random
     seed: int
     seen: dict[int, str] = field(default_factory=dict)
@@ -279,7 +279,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     port = free_port()
     config = tmp_path / "config.toml"
     config.write_text(config_text(tmp_path, clone, port, health.url), encoding="utf-8")
-    daemon = DaemonProcess(config, port, tmp_path / "logs")
+    daemon = daemon_process(config, port, tmp_path / "logs")
     chosen = seed()
     figures.record(SECTION, "seed (RELIABILITY_SEED)", chosen)
     try:

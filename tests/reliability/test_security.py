@@ -38,7 +38,6 @@ from rollbackd.testing import FixedClock, ScriptedMetrics
 from tests.reliability import figures
 from tests.reliability.support import (
     TOKENS,
-    DaemonProcess,
     LiveServer,
     Received,
     Reply,
@@ -46,6 +45,7 @@ from tests.reliability.support import (
     bearer,
     close_daemon,
     commit,
+    daemon_process,
     finish_rollbacks,
     git,
     git_world,
@@ -55,7 +55,7 @@ from tests.reliability.support import (
     tokens_toml,
     wait_until,
 )
-from tests.support.processes import free_port
+from tests.support.processes import RollbackdProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -362,14 +362,14 @@ timeout = "2s"
 
 
 @pytest.fixture
-def token_daemon(tmp_path: Path) -> Iterator[tuple[DaemonProcess, StubServer]]:
+def token_daemon(tmp_path: Path) -> Iterator[tuple[RollbackdProcess, StubServer]]:
     stub = StubServer(receiver).start()
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "health.toml").write_text(PROBE_RULE, encoding="utf-8")
     port = free_port()
     config = tmp_path / "config.toml"
     config.write_text(token_config(tmp_path, port, stub.url), encoding="utf-8")
-    daemon = DaemonProcess(config, port, tmp_path / "logs")
+    daemon = daemon_process(config, port, tmp_path / "logs")
     try:
         yield daemon.start(), stub
     finally:
@@ -378,7 +378,7 @@ def token_daemon(tmp_path: Path) -> Iterator[tuple[DaemonProcess, StubServer]]:
 
 
 def test_no_token_or_notifier_secret_reaches_logs_metrics_or_the_journal(
-    token_daemon: tuple[DaemonProcess, StubServer], tmp_path: Path
+    token_daemon: tuple[RollbackdProcess, StubServer], tmp_path: Path
 ) -> None:
     """After real traffic, failed logins and notifications, no credential is written anywhere."""
     daemon, stub = token_daemon

@@ -249,7 +249,7 @@ class DemoApp(Supervised):
         self.traffic = traffic
         self.app_dir = (app_dir or directory).absolute()
         self.state_file = state_file.absolute() if state_file else None
-        self.stdout_path = self.log_dir / "stdout.log"
+        self.stdout_path: Path = self.log_dir / "stdout.log"
 
     @property
     def target(self) -> str:
@@ -479,6 +479,140 @@ class Prometheus(Supervised):
                     f"predicate; last: {last}; log:\n{tail(self.log_path, 15)}"
                 )
             time.sleep(interval)
+
+
+class RollbackdProcess(Supervised):
+    """``python -m rollbackd run`` with logs in files, so tests can signal, crash and restart it.
+
+    ``tokens`` maps a role to its bearer token for :meth:`request`. With
+    ``own_group`` it runs in its own process group, so :meth:`crash` can
+    SIGKILL the daemon alone and still reap the git commands it left running.
+    """
+
+    label = "rollbackd"
+    ready_path = "/readyz"
+    probe_timeout = 2.0
+    stop_timeout = 30.0
+
+    def __init__(
+        self,
+        config: Path,
+        port: int,
+        log_dir: Path,
+        tokens: Mapping[str, str],
+        *,
+        own_group: bool = False,
+        start_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(
+            log_dir, log_dir / "rollbackd.stderr.log", port=port, start_timeout=start_timeout
+        )
+        self.config = config
+        self.log_dir = log_dir
+        self.tokens = tokens
+        self.new_session = own_group
+        self.stderr_path = self.log_path
+        self.stdout_path: Path = log_dir / "rollbackd.stdout.log"
+
+    def command(self) -> list[str]:
+        """The argv the daemon is started with."""
+        return [sys.executable, "-m", "rollbackd", "run", "--config", str(self.config)]
+
+    def prepare(self) -> None:
+        """Create the log directory (also the working directory)."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def env(self) -> dict[str, str]:
+        """This environment minus ROLLBACKD_* and NOTIFY_SOCKET, so only the config counts."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("ROLLBACKD_") and k != "NOTIFY_SOCKET"
+        }
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def alive(self) -> bool:
+        """Whether the daemon was started and has not exited."""
+        return self.running
+
+    def signal(self, number: signal.Signals) -> None:
+        """Send ``number`` to the daemon, as systemctl stop or reload would."""
+        assert self._process is not None
+        self._process.send_signal(number)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the daemon to exit; its exit code."""
+        assert self._process is not None
+        return self._process.wait(timeout=timeout)
+
+    def crash(self, group_timeout: float = 15.0) -> None:
+        """SIGKILL the daemon alone, as the OOM killer would; then let its children finish.
+
+        git commands the daemon had started run to their end (they are not
+        killed with it, as with systemd's ``KillMode=process``); after
+        ``group_timeout`` seconds whatever is left of the group is killed too.
+        """
+        if self._process is None:
+            return
+        group = self._process.pid
+        self.kill()
+        deadline = time.monotonic() + group_timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM, wait (``stop_timeout`` by default); SIGKILL the group if it does not end."""
+        if self._process is None:
+            return None
+        if self.running:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                return self._process.wait(self.stop_timeout if timeout is None else timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.crash(group_timeout=0)
+        return self._process.returncode
+
+    def request(self, method: str, path: str, role: str, **kwargs: Any) -> httpx.Response:
+        """An HTTP request to the daemon as ``role``, with that role's bearer token."""
+        headers = {"Authorization": f"Bearer {self.tokens[role]}"}
+        return httpx.request(method, self.url + path, headers=headers, timeout=10, **kwargs)
+
+    def incidents(self) -> list[dict[str, Any]]:
+        """Every incident the API lists (up to 1000), as a viewer."""
+        response = self.request("GET", "/api/v1/incidents?limit=1000", "viewer")
+        response.raise_for_status()
+        listed: list[dict[str, Any]] = response.json()
+        return listed
+
+    def log_text(self) -> str:
+        """The daemon's stderr log so far."""
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def logs(self) -> list[dict[str, Any]]:
+        """The JSON log lines so far (other lines, e.g. uvicorn's, are skipped)."""
+        entries = []
+        for line in self.log_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
+
+    def logged(self, event_prefix: str) -> list[dict[str, Any]]:
+        """The JSON log lines whose event starts with ``event_prefix``."""
+        return [e for e in self.logs() if str(e.get("event", "")).startswith(event_prefix)]
 
 
 # --- backfill -------------------------------------------------------------------------------
