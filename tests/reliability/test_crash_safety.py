@@ -359,7 +359,7 @@ def test_sigkill_at_random_points_loses_no_acknowledged_webhook_and_never_rolls_
     per_alert = [sum(name in reason for reason in reasons) for name in names]
     figures.record(
         SECTION,
-        "alerts decided again after a restart (known bug)",
+        "alerts decided again after a restart",
         sum(1 for n in per_alert if n > 1),
     )
     outcomes: dict[str, int] = {}
