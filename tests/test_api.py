@@ -298,8 +298,8 @@ def api(make_api: ApiFactory) -> Api:
     return make_api()
 
 
-def drive_to_approval(api: Api) -> int:
-    """v1 runs clean until known good; v2 brings 20 % errors: a high finding asks for approval."""
+def v1_good_then_v2(api: Api) -> None:
+    """v1 runs clean until it is known good, then v2 is deployed; 30 s later."""
     api.metrics.set(ERRORS, lambda _service, _at: 0.0)
     assert api.deploy("v1").status_code == 201
     api.cycle()
@@ -307,6 +307,11 @@ def drive_to_approval(api: Api) -> int:
     api.cycle()
     assert api.deploy("v2").status_code == 201
     api.clock.advance(timedelta(seconds=30))
+
+
+def drive_to_approval(api: Api) -> int:
+    """v1 runs clean until known good; v2 brings 20 % errors: a high finding asks for approval."""
+    v1_good_then_v2(api)
     api.metrics.set(ERRORS, lambda _service, _at: 0.0 if api.rolled_back.exists() else 0.2)
     report = api.cycle()
     [decision] = report.decisions
@@ -487,13 +492,7 @@ def test_after_a_restart_an_alert_already_rolled_back_for_is_not_decided_again(
     api: Api, journals: list[SqliteJournal]
 ) -> None:
     """The rollback for an alert recovered and the alert still fires: a restart decides nothing."""
-    api.metrics.set(ERRORS, lambda _service, _at: 0.0)
-    assert api.deploy("v1").status_code == 201
-    api.cycle()
-    api.clock.advance(KNOWN_GOOD_AFTER + timedelta(seconds=30))
-    api.cycle()
-    assert api.deploy("v2").status_code == 201
-    api.clock.advance(timedelta(seconds=30))
+    v1_good_then_v2(api)
     alert = example()
     alert["alerts"][0]["startsAt"] = format_instant(api.clock() - timedelta(seconds=10))
     assert api.webhook(alert).status_code == 200

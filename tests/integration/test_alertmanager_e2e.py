@@ -453,6 +453,16 @@ def instant(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def awaiting_approval(world: World) -> dict[str, Any]:
+    """A high error-rate alert for web fired, and the incident it opened awaiting approval."""
+    fire(world, "web", "high_error_rate", "WebErrors")
+    pending: dict[str, Any] = world.daemon.wait(
+        "an incident awaiting approval",
+        lambda: world.daemon.incident_in("web", "awaiting_approval"),
+    )
+    return pending
+
+
 # --- the tests ----------------------------------------------------------------------------------
 
 
@@ -515,11 +525,7 @@ def test_a_high_alert_waits_for_a_senior_admin_and_approve_rolls_back(
 ) -> None:
     """A high error-rate alert waits for approval; a team token is refused, a senior's starts it."""
     world = world_factory()
-    fire(world, "web", "high_error_rate", "WebErrors")
-    pending = world.daemon.wait(
-        "an incident awaiting approval",
-        lambda: world.daemon.incident_in("web", "awaiting_approval"),
-    )
+    pending = awaiting_approval(world)
     assert (pending["severity"], pending["action"], pending["target"]) == (
         "high",
         "rollback",
@@ -556,11 +562,7 @@ def test_a_veto_stops_a_pending_rollback_for_good(
 ) -> None:
     """`rollbackd veto` stops a pending rollback: v2 stays on the remote, the incident vetoed."""
     world = world_factory()
-    fire(world, "web", "high_error_rate", "WebErrors")
-    pending = world.daemon.wait(
-        "an incident awaiting approval",
-        lambda: world.daemon.incident_in("web", "awaiting_approval"),
-    )
+    pending = awaiting_approval(world)
     vetoed = cli(run_cli, world, "senior_admin", "veto", str(pending["id"]))
     assert vetoed.returncode == 0, vetoed.stdout + vetoed.stderr
     assert vetoed.stdout.startswith(f"incident {pending['id']}: vetoed")
@@ -583,11 +585,7 @@ def test_a_user_who_cannot_open_the_journal_reads_incidents_from_the_daemon(
 ) -> None:
     """`incidents` and `report` ask the daemon's API (with a token) if the journal is unreadable."""
     world = world_factory()
-    fire(world, "web", "high_error_rate", "WebErrors")
-    pending = world.daemon.wait(
-        "an incident awaiting approval",
-        lambda: world.daemon.incident_in("web", "awaiting_approval"),
-    )
+    pending = awaiting_approval(world)
     # The journal as a user without access sees it: a state_dir that cannot be opened.
     elsewhere = {"ROLLBACKD_DAEMON__STATE_DIR": str(world.config / "not-a-directory")}
 
@@ -654,11 +652,7 @@ def test_the_incident_list_shows_when_a_pending_rollback_will_run(
 ) -> None:
     """`GET /api/v1/incidents` tells when each pending rollback runs unless someone vetoes it."""
     world = world_factory()
-    fire(world, "web", "high_error_rate", "WebErrors")
-    pending = world.daemon.wait(
-        "an incident awaiting approval",
-        lambda: world.daemon.incident_in("web", "awaiting_approval"),
-    )
+    pending = awaiting_approval(world)
     detail = world.daemon.get(f"/api/v1/incidents/{pending['id']}")
     assert detail["deadline"] is not None
     assert pending.get("deadline") == detail["deadline"]
