@@ -323,6 +323,24 @@ def stop(process: subprocess.Popen[Any], timeout: float = 15.0) -> int | None:
         return None
 
 
+def start_rollbackd(
+    root: Path, config: Path, stack: contextlib.ExitStack
+) -> subprocess.Popen[bytes]:
+    """``rollbackd run`` in ``root``, logging to rollbackd.log; stopped as ``stack`` closes."""
+    log = (root / "rollbackd.log").open("wb")
+    stack.callback(log.close)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "rollbackd", "run", "--config", str(config)],
+        cwd=root,
+        env=child_env(),
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+    )
+    stack.callback(stop, daemon)
+    return daemon
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
     """Poll ``check`` until it holds; TimeoutError naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

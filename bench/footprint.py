@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,8 +26,8 @@ from bench.common import (
     ProcSample,
     Report,
     arguments,
-    child_env,
     proc_sample,
+    start_rollbackd,
     stop,
     wait_until,
     workdir,
@@ -100,17 +98,7 @@ def main() -> None:  # noqa: PLR0915 -- one benchmark reads as one story
         port = free_port()
         config = root / "config.toml"
         config.write_text(config_text(root, port, app.url, prometheus.url))
-        log = (root / "rollbackd.log").open("wb")
-        stack.callback(log.close)
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "rollbackd", "run", "--config", str(config)],
-            cwd=root,
-            env=child_env(),
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-        stack.callback(stop, daemon)
+        daemon = start_rollbackd(root, config, stack)
         base = f"http://127.0.0.1:{port}"
 
         def first_cycle() -> bool:

@@ -47,6 +47,7 @@ from bench.common import (
     median,
     percentile,
     proc_sample,
+    start_rollbackd,
     stop,
     wait_until,
     workdir,
@@ -323,17 +324,7 @@ def main() -> None:  # noqa: PLR0915 -- one benchmark reads as one story
         port = free_port()
         config = root / "config.toml"
         config.write_text(config_text(root, port, token))
-        log = (root / "rollbackd.log").open("wb")
-        stack.callback(log.close)
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "rollbackd", "run", "--config", str(config)],
-            cwd=root,
-            env=child_env(),
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-        stack.callback(stop, daemon)
+        daemon = start_rollbackd(root, config, stack)
         base = f"http://127.0.0.1:{port}"
 
         def healthy() -> bool:
