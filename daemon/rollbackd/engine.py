@@ -140,26 +140,22 @@ class Engine:
             by_service.setdefault(finding.service, []).append(finding)
         quiet: list[str] = []
         for service, evaluated in self._evaluated.items():
-            own = by_service.get(service)
+            # A service without notable findings has every rule quiet and OK (if any applies).
+            own = by_service.get(service, [])
             incident = self._incidents.get(service)
-            if own is None:
-                # Every rule of the service is quiet and OK (if any applies).
+            firing = [f for f in own if f.firing]
+            if not own:
                 if evaluated > 0:
                     quiet.append(service)
-                if incident is not None and evaluated > 0:
-                    del self._incidents[service]
-                    resolutions.append(
-                        Resolution(service, now, incident.opened, "every rule is OK again")
-                    )
-                continue
-            firing = [f for f in own if f.firing]
-            conclusive = len(own) < evaluated or any(
-                f.state is not FindingState.INCONCLUSIVE for f in own
-            )
-            started = min((f.started or f.since or now for f in firing), default=None)
-            self.history.note_evaluation(service, now, conclusive, started)
+            else:
+                conclusive = len(own) < evaluated or any(
+                    f.state is not FindingState.INCONCLUSIVE for f in own
+                )
+                started = min((f.started or f.since or now for f in firing), default=None)
+                self.history.note_evaluation(service, now, conclusive, started)
             if not firing:
-                if incident is not None and all(f.state is FindingState.OK for f in own):
+                all_ok = (own or evaluated > 0) and all(f.state is FindingState.OK for f in own)
+                if incident is not None and all_ok:
                     del self._incidents[service]
                     resolutions.append(
                         Resolution(service, now, incident.opened, "every rule is OK again")

@@ -314,3 +314,60 @@ def test_the_live_cycle_compares_to_the_baseline_of_the_deploy_running_now() -> 
     assert first is not None and abs(first - 0.2) < 1e-9
     assert again == first
     assert after is not None and abs(after - 0.4) < 1e-9
+
+
+def test_an_incident_ends_when_every_rule_is_ok_and_a_new_fault_is_decided_again() -> None:
+    """Firing opens an incident; all quiet and OK closes it; the next fault gets a decision."""
+    from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
+    from rollbackd.engine import Engine, Inputs  # noqa: PLC0415
+    from rollbackd.model import Measurement  # noqa: PLC0415
+
+    cfg = config()
+    engine = Engine(cfg, rules()[:1], DeployHistory(cfg.deploys.known_good_after))
+    outcomes = []
+    for index, errors in enumerate([0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.01, 0.2, 0.2, 0.2, 0.2, 0.2]):
+        inputs = Inputs(
+            measurements={
+                ("error-rate", "web"): Measurement.of(errors),
+                ("error-rate", "api"): Measurement.of(0.01),
+            }
+        )
+        report = engine.step(NOON + index * STEP, inputs)
+        outcomes.append(
+            (len(report.decisions), [(r.service, r.reason) for r in report.resolutions])
+        )
+    assert [i for i, (decided, _) in enumerate(outcomes) if decided] == [4, 11]
+    assert [i for i, (_, ended) in enumerate(outcomes) if ended] == [6]
+    assert outcomes[6][1] == [("web", "every rule is OK again")]
+
+
+def test_an_alert_incident_ends_once_the_alert_stops_and_every_rule_is_quiet() -> None:
+    """An alert decided on, then gone with every rule quiet: the incident ends; a new one is new."""
+    from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
+    from rollbackd.engine import Engine, Inputs  # noqa: PLC0415
+    from rollbackd.model import Finding, Measurement, Trigger  # noqa: PLC0415
+
+    cfg = config()
+    engine = Engine(cfg, rules()[:1], DeployHistory(cfg.deploys.known_good_after))
+    outcomes = []
+    for index, alerting in enumerate([True, True, False, True]):
+        now = NOON + index * STEP
+        alert = Finding(
+            rule="alert:WebDown",
+            service="web",
+            trigger=Trigger.OUTAGE,
+            state=FindingState.FIRING,
+            time=now,
+            value=None,
+            threshold=None,
+            baseline=None,
+            condition="firing",
+            severity=Severity.CRITICAL,
+            reason="Alertmanager alert WebDown firing",
+            since=now,
+            started=now,
+        )
+        quiet = {("error-rate", s): Measurement.of(0.01) for s in ("web", "api")}
+        report = engine.step(now, Inputs(measurements=quiet, alerts=[alert] if alerting else []))
+        outcomes.append((len(report.decisions), [r.service for r in report.resolutions]))
+    assert outcomes == [(1, []), (0, []), (0, ["web"]), (1, [])]
