@@ -263,9 +263,22 @@ class BaselineCache:
             self._measurements[(rule.name, deploy.service, deploy.time)] = measurement
         return measurement
 
-    def settled(self, rule: Rule, deploy: Deploy) -> bool:
-        """Whether the baseline was read (a value, or a clear 'none'), not lost to an error."""
-        return (rule.name, deploy.service, deploy.time) in self._measurements
+    def current(
+        self, rules: Iterable[Rule], services: Iterable[str], history: DeployHistory
+    ) -> tuple[dict[Key, Measurement], bool]:
+        """Each relative rule's baseline for each service's current deploy; and whether
+        every one was read (a value, or a clear 'none'), none lost to a source error."""
+        baselines: dict[Key, Measurement] = {}
+        settled = True
+        for rule in rules:
+            if not rule.relative:
+                continue
+            for service in services:
+                deploy = history.current(service)
+                if deploy is not None:
+                    baselines[(rule.name, service)] = self.get(rule, deploy)
+                    settled = settled and (rule.name, service, deploy.time) in self._measurements
+        return baselines, settled
 
 
 class LiveCycle:
@@ -314,16 +327,9 @@ class LiveCycle:
         revision = self.engine.history.revision
         if self._settled is not None and self._settled[0] == revision:
             return self._settled[1]
-        baselines: dict[Key, Measurement] = {}
-        settled = True
-        for rule in self.engine.rules:
-            if not rule.relative:
-                continue
-            for service in self.engine.services:
-                deploy = self.engine.history.current(service)
-                if deploy is not None:
-                    baselines[(rule.name, service)] = self.baselines.get(rule, deploy)
-                    settled = settled and self.baselines.settled(rule, deploy)
+        baselines, settled = self.baselines.current(
+            self.engine.rules, self.engine.services, self.engine.history
+        )
         if settled:
             self._settled = (revision, baselines)
         return baselines

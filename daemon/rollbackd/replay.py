@@ -175,7 +175,9 @@ class Replay:
                             self.history.record(deploy)
                             deployed = True
                     if deployed or done == 1:
-                        baselines = self._baselines()
+                        baselines, _ = self.baselines.current(
+                            self.engine.rules, services, self.history
+                        )
                     ms = round(moment.timestamp() * 1000)
                     inputs = Inputs(
                         measurements=probe_missing,
@@ -209,18 +211,6 @@ class Replay:
                 impact = self.prometheus.range(rule.impact_query, start, end, self.step)
                 window.impacts[rule.name] = impact
         return window
-
-    def _baselines(self) -> dict[Key, Measurement]:
-        """Each relative rule's baseline for each service's current deploy."""
-        baselines: dict[Key, Measurement] = {}
-        for rule in self.engine.rules:
-            if not rule.relative:
-                continue
-            for service in self.engine.services:
-                deploy = self.history.current(service)
-                if deploy is not None:
-                    baselines[(rule.name, service)] = self.baselines.get(rule, deploy)
-        return baselines
 
 
 def _vector_at(matrix: Matrix, ms: int) -> Vector:
