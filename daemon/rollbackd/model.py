@@ -75,7 +75,6 @@ class FindingState(StrEnum):
 
 
 NO_SERIES = "no series for this service"
-NAN_REASON = "the value is NaN (for a ratio: nothing to divide by)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +92,7 @@ class Measurement:
     def of(cls, value: float) -> Self:
         """A value, or missing if it is not a finite number (NaN, ±Inf)."""
         if math.isnan(value):
-            return cls(None, NAN_REASON)
+            return cls(None, "the value is NaN (for a ratio: nothing to divide by)")
         if math.isinf(value):
             return cls(None, f"the value is {'+' if value > 0 else '-'}Inf")
         return cls(float(value))

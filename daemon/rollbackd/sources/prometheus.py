@@ -10,7 +10,6 @@ value and never a crash. Errors are translated here, at the boundary.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from rollbackd.durations import format_duration
-from rollbackd.model import NAN_REASON, Matrix, Vector
+from rollbackd.model import Matrix, Measurement, Vector
 
 __all__ = ["Matrix", "PrometheusSource", "QueryError", "Vector", "chunks"]
 
@@ -126,11 +125,11 @@ class PrometheusSource:
                 problems[service] = self._ambiguous(counts[service])
                 continue
             counts[service] = 1
-            number, problem = _sample(item["value"])
-            if problem is None:
-                numbers[service] = number
+            measurement = _sample(item["value"])
+            if measurement.value is not None:
+                numbers[service] = measurement.value
             else:
-                problems[service] = problem
+                problems[service] = measurement.reason
         if result and not counts:
             return Vector(error=f"no series in the result has a {label!r} label")
         return Vector(numbers, problems)
@@ -258,19 +257,15 @@ def _label(item: dict[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _sample(raw: Any) -> tuple[float, str | None]:
+def _sample(raw: Any) -> Measurement:
     """An instant sample's value, or why it is not a usable number."""
     if not isinstance(raw, list | tuple) or len(raw) != 2:
-        return 0.0, "the sample is malformed"
+        return Measurement.missing("the sample is malformed")
     try:
         value = float(raw[1])
     except (TypeError, ValueError):
-        return 0.0, f"the value {raw[1]!r} is not a number"
-    if math.isnan(value):
-        return 0.0, NAN_REASON
-    if math.isinf(value):
-        return 0.0, f"the value is {'+' if value > 0 else '-'}Inf"
-    return value, None
+        return Measurement.missing(f"the value {raw[1]!r} is not a number")
+    return Measurement.of(value)  # NaN and ±Inf are missing, with the reason
 
 
 def _point(raw: Any) -> tuple[int, float] | None:
