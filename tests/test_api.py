@@ -34,7 +34,7 @@ import uvicorn
 from rollbackd.api import create_app
 from rollbackd.durations import format_instant
 from rollbackd.engine import CycleReport
-from rollbackd.journal import SqliteJournal, journal_path
+from rollbackd.journal import IncidentState, SqliteJournal, journal_path
 from rollbackd.loader import load
 from rollbackd.logs import configure
 from rollbackd.model import Action, Severity
@@ -507,6 +507,150 @@ def test_after_a_restart_an_alert_already_rolled_back_for_is_not_decided_again(
     assert report is not None
     assert report.decisions == ()
     assert [i["id"] for i in api.get("/api/v1/incidents", "viewer").json()] == [incident["id"]]
+
+
+def test_after_a_long_downtime_an_interrupted_rollback_resumes(
+    api: Api, journals: list[SqliteJournal]
+) -> None:
+    """Killed right after an approval and started again 3 hours later: the rollback runs once."""
+    number = drive_to_approval(api)
+    api.journal.set_state(number, IncidentState.ROLLING_BACK, "approved", api.clock())
+    api.clock.advance(timedelta(hours=3))
+    restarted(api, journals)
+    assert api.wait_for_state(number, {"recovered", "not_recovered", "escalated"}) == "recovered"
+    with api.db() as db:
+        assert db.execute("SELECT count(*) FROM steps WHERE name = 'execute'").fetchone()[0] == 1
+
+
+def escalate_without_a_target(api: Api) -> int:
+    """v2 fails with no known good version before it: a person is asked (escalated)."""
+    api.metrics.set(ERRORS, lambda _service, _at: 0.2)
+    assert api.deploy("v2").status_code == 201
+    api.clock.advance(timedelta(seconds=30))
+    [decision] = api.cycle().decisions
+    assert decision.action is Action.ESCALATE
+    [incident] = api.get("/api/v1/incidents", "viewer").json()
+    assert incident["state"] == "escalated"
+    number: int = incident["id"]
+    return number
+
+
+def test_an_escalation_is_followed_after_a_restart_and_resolves_when_errors_stop(
+    api: Api, journals: list[SqliteJournal]
+) -> None:
+    """Hours later, an escalated incident is neither decided again nor left open for ever."""
+    number = escalate_without_a_target(api)
+    api.clock.advance(timedelta(hours=3))
+    daemon = restarted(api, journals)
+    report = daemon.cycle()
+    assert report is not None and report.decisions == ()
+    assert api.incident(number)["state"] == "escalated"
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0)
+    api.clock.advance(timedelta(seconds=30))
+    report = daemon.cycle()
+    assert report is not None
+    assert [e.kind.value for e in report.events] == ["resolved"]
+    incident = api.incident(number)
+    assert incident["state"] == "resolved"
+    assert incident["closed"] is not None
+    assert incident["summary"] == (
+        "what fired is OK again: error-rate 0, not > 0.05 (was escalated)"
+    )
+
+
+def test_an_escalation_nobody_acts_on_expires_and_the_next_fault_is_decided(
+    make_api: ApiFactory,
+) -> None:
+    """Errors without data keep an escalation open; after expire_after it ends, journaled."""
+    api = make_api('[incidents]\nexpire_after = "1h"')
+    number = escalate_without_a_target(api)
+    api.metrics.set(ERRORS, lambda _service, _at: None)  # the app stops exporting its errors
+    api.clock.advance(timedelta(minutes=59))
+    assert api.cycle().events == ()
+    api.clock.advance(timedelta(minutes=2))
+    [expired] = api.cycle().events
+    assert expired.kind.value == "expired"
+    incident = api.incident(number)
+    assert incident["state"] == "expired"
+    assert "nobody acted on incident" in incident["summary"]
+    api.metrics.set(ERRORS, lambda _service, _at: 0.3)
+    api.clock.advance(timedelta(seconds=30))
+    assert [d.action for d in api.cycle().decisions] == [Action.ESCALATE]
+
+
+def test_a_newer_deploy_withdraws_the_rollback_that_waits_for_approval(api: Api) -> None:
+    """v3 arrives while v2's rollback awaits approval: nothing is rolled back at the deadline."""
+    number = drive_to_approval(api)
+    assert api.deploy("v3").status_code == 201
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0)
+    api.clock.advance(timedelta(seconds=30))
+    api.cycle()
+    incident = api.incident(number)
+    assert incident["state"] == "superseded"
+    assert "v3 was deployed" in incident["summary"]
+    assert_error(api.post(f"/api/v1/incidents/{number}/approve", "senior_admin"), 409, None)
+    api.clock.advance(timedelta(minutes=16))
+    api.cycle()
+    assert not api.rolled_back.exists()
+
+
+def test_a_rollback_request_whose_errors_stop_is_withdrawn(api: Api) -> None:
+    """The errors end before anyone answers: the request resolves and the deadline does nothing."""
+    number = drive_to_approval(api)
+    api.metrics.set(ERRORS, lambda _service, _at: 0.01)
+    api.clock.advance(timedelta(seconds=30))
+    api.cycle()
+    assert api.incident(number)["state"] == "resolved"
+    api.clock.advance(timedelta(minutes=16))
+    api.cycle()
+    assert not api.rolled_back.exists()
+
+
+def test_a_lower_severity_alert_is_folded_into_the_open_incident_and_said_so(api: Api) -> None:
+    """A warning alert while the rollback request waits: no decision; incident and log say so."""
+    number = drive_to_approval(api)
+    alert = distinct(example(), "a1b2c3")
+    alert["alerts"][0]["labels"] = {
+        "alertname": "SlowPages",
+        "service": "web",
+        "severity": "warning",
+    }
+    alert["alerts"][0]["startsAt"] = format_instant(api.clock())
+    assert api.webhook(alert).status_code == 200
+    api.clock.advance(timedelta(seconds=30))
+    assert api.cycle().decisions == ()
+    api.clock.advance(timedelta(seconds=30))
+    assert api.cycle().events == ()  # said once, not every cycle
+    record = api.journal.incident(number)
+    assert record is not None
+    [folded] = [e.body for e in record.evidence if e.kind == "folded"]
+    assert folded["rules"] == ["alert:SlowPages"]
+    assert f"suppressed: incident {number} is open for v2" in folded["reason"]
+    assert f"suppressed: incident {number} is open for v2" in api.logs.getvalue()
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_approve_and_veto_at_the_same_instant_have_exactly_one_winner(
+    api: Api, round_: int
+) -> None:
+    """Both sent at once: one 200 and one 409, and what happens follows the winner."""
+    number = drive_to_approval(api)
+    barrier = threading.Barrier(2)
+
+    def send(verb: str) -> httpx.Response:
+        barrier.wait()
+        return api.post(f"/api/v1/incidents/{number}/{verb}", "senior_admin")
+
+    with ThreadPoolExecutor(2) as pool:
+        approve, veto = pool.map(send, ["approve", "veto"])
+    assert sorted([approve.status_code, veto.status_code]) == [200, 409], (approve, veto)
+    if veto.status_code == 200:
+        assert api.incident(number)["state"] == "vetoed"
+        assert not api.rolled_back.exists()
+    else:
+        assert api.wait_for_state(number, {"recovered", "escalated"}) == "recovered"
+    humans = [d for d in api.incident(number)["decisions"] if d["actor"] != "rollbackd"]
+    assert len(humans) == 1
 
 
 def test_a_firing_alert_not_sent_again_for_expire_after_is_over(api: Api) -> None:

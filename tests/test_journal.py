@@ -123,6 +123,35 @@ def test_states_close_incidents_and_active_ones_are_listed(tmp_path: Path) -> No
     assert closed is not None and closed.closed_at == T0 + timedelta(minutes=20)
 
 
+def test_an_incident_waiting_on_people_stays_open_until_it_ends(tmp_path: Path) -> None:
+    """Escalated is unfinished (no closing time); resolved closes it and dates the change."""
+    journal = SqliteJournal(journal_path(tmp_path))
+    number = incident(journal)
+    journal.set_state(number, IncidentState.ESCALATED, "a person must act", T0)
+    assert [i.id for i in journal.incidents(unfinished_only=True)] == [number]
+    assert journal.incidents(active_only=True) == []
+    later = T0 + timedelta(hours=1)
+    journal.set_state(number, IncidentState.RESOLVED, "what fired is OK again", later)
+    assert journal.incidents(unfinished_only=True) == []
+    record = journal.incident(number)
+    assert record is not None and record.closed_at == later and record.updated_at == later
+
+
+def test_a_state_change_from_an_expected_state_has_one_winner(tmp_path: Path) -> None:
+    """Approve and veto racing on one incident: the first change wins, the second is refused."""
+    journal = SqliteJournal(journal_path(tmp_path))
+    number = incident(journal)
+    journal.set_state(number, IncidentState.AWAITING_APPROVAL, "asks", T0)
+    awaiting = (IncidentState.AWAITING_APPROVAL,)
+    vetoed = journal.set_state(number, IncidentState.VETOED, "vetoed", T0, expect=awaiting)
+    approved = journal.set_state(
+        number, IncidentState.ROLLING_BACK, "approved", T0, expect=awaiting
+    )
+    assert (vetoed, approved) == (True, False)
+    record = journal.incident(number)
+    assert record is not None and record.state is IncidentState.VETOED
+
+
 def test_a_journal_from_a_newer_rollbackd_is_refused(tmp_path: Path) -> None:
     """An older binary never writes into a schema it does not know."""
     path = journal_path(tmp_path)
@@ -350,6 +379,25 @@ def test_a_journal_of_schema_2_is_migrated_and_keeps_its_alerts(tmp_path: Path) 
     journal = SqliteJournal(path)
     assert [a.fingerprint for a in journal.firing_alerts(T0, ["web"])] == ["f1"]
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "alerts_firing" in names and "alerts_status" not in names
+
+
+def test_a_journal_of_schema_3_keeps_finished_incidents_finished(tmp_path: Path) -> None:
+    """After the upgrade, an incident closed before stays closed and one under way stays open."""
+    path = journal_path(tmp_path)
+    with sqlite3.connect(path) as db:
+        for statement in [*_MIGRATIONS[0], *_MIGRATIONS[1], *_MIGRATIONS[2]]:
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 3")
+        for state, closed in (("escalated", T0.isoformat()), ("rolling_back", None)):
+            db.execute(
+                "INSERT INTO incidents (service, opened_at, closed_at, state, severity, action,"
+                " origin, reason) VALUES ('web', ?, ?, ?, 'high', 'rollback', 'automatic', 'x')",
+                (T0.isoformat(), closed, state),
+            )
+    journal = SqliteJournal(path)
+    unfinished = journal.incidents(unfinished_only=True)
+    assert [i.state for i in unfinished] == [IncidentState.ROLLING_BACK]
+    assert all(i.updated_at == T0 for i in journal.incidents())

@@ -36,11 +36,12 @@ from rollbackd.model import FindingState, Severity, Trigger
 from rollbackd.output import (
     decision_line,
     decision_record,
+    event_line,
+    event_record,
     finding_line,
     finding_record,
     incident_record,
     json_line,
-    resolution_line,
 )
 from rollbackd.replay import Replay, step_times
 from rollbackd.report import render_report
@@ -198,14 +199,13 @@ def backtest(
         for report in replay.run(
             start_at, end_at, lambda done, _: bar.update(task, completed=done)
         ):
+            for event in report.events:
+                typer.echo(json_line(event_record(event)) if json else event_line(event))
             for decision in report.decisions:
                 actions += 1
                 typer.echo(
                     json_line(decision_record(decision)) if json else decision_line(decision)
                 )
-            if not json:
-                for resolution in report.resolutions:
-                    typer.echo(resolution_line(resolution))
     if replay.deploy_error is not None:
         err.print(f"note: {replay.deploy_error}; relative rules and attribution need deploys")
     if not json:

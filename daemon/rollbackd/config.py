@@ -337,6 +337,22 @@ class AlertsConfig(_Section):
         return value
 
 
+class IncidentsConfig(_Section):
+    """``[incidents]``: how long an incident nobody acts on stays open."""
+
+    expire_after: Duration = timedelta(hours=24)
+    """An incident that waits on people (escalated, vetoed, recorded, or not recovered) and
+    whose rules have not all returned to OK ends after this long without anything happening
+    to it, with the reason journaled: missing data never keeps an incident open for ever."""
+
+    @field_validator("expire_after")
+    @classmethod
+    def _at_least_a_minute(cls, value: timedelta) -> timedelta:
+        if value < timedelta(minutes=1):
+            raise ValueError("must be at least 1m")
+        return value
+
+
 class NotifierConfig(_Section):
     """``[[notifiers]]``: where people are told (a JSON webhook, Slack, PagerDuty)."""
 
@@ -395,6 +411,7 @@ class Config(BaseSettings):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     silences: list[SilenceConfig] = Field(default_factory=list)
+    incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
     deploys: DeploysConfig = Field(default_factory=DeploysConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)

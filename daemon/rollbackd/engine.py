@@ -1,26 +1,43 @@
 """One evaluation cycle: measurements → rules → matrix → policy → proposed actions.
 
 :class:`Engine` holds what persists between cycles (rule states, deploy
-history, open incidents) and turns one cycle's measurements into findings and
-*new* decisions; it does no I/O and is driven by :class:`LiveCycle` (instant
-queries and probes now, for ``run`` and ``evaluate``) or by
-:mod:`rollbackd.replay` (Prometheus history, for ``backtest``).
+history, open judgements) and turns one cycle's measurements into findings,
+*new* decisions and what happened to open incidents; it does no I/O and is
+driven by :class:`LiveCycle` (instant queries and probes now, for ``run`` and
+``evaluate``) or by :mod:`rollbackd.replay` (Prometheus history, for ``backtest``).
 
-A service with firing findings gets one decision when its incident opens, and
-another only if the severity rises; the incident closes when every finding of
-the service is OK again (inconclusive keeps it open). So a firing rule does not
-ask for a rollback at every cycle.
+Incidents, as the engine sees them (:class:`Judgement`):
+
+- **One judgement per deploy.** A service with firing findings and no open
+  judgement gets a decision, judged against the deploy running now. An open
+  judgement covers the deploy it was opened for and the deploys its own
+  rollback made; a newer deploy ends it (*superseded*), so an old incident
+  never hides a newer deploy's trouble.
+- **Folded, and said so.** A firing finding of a service whose judgement
+  still covers the deploy gets no second decision unless the severity rises;
+  the first time a rule is folded in, the report says so ("suppressed:
+  incident 4 is open for v3").
+- **Ends on what fired.** A judgement tracks the rules that were pending or
+  firing while it was open (alerts included). It is *resolved* when none of
+  them holds and each is OK again; a rule that was inconclusive the whole
+  time never keeps it open. After a proven recovery, a tracked rule that lost
+  its data does not keep it open either.
+- **Never open for ever.** A judgement that waits on people (escalated,
+  recorded, vetoed, not recovered) *expires* after ``[incidents]
+  expire_after`` without anything happening to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from functools import cached_property
 
 from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory
+from rollbackd.durations import format_duration, format_instant
 from rollbackd.model import (
     Decision,
     Finding,
@@ -31,21 +48,99 @@ from rollbackd.model import (
     Vector,
 )
 from rollbackd.policy import ServiceFacts, decide
-from rollbackd.rules import Cycle, Key, Rule, applies_to, evaluate_cycle
+from rollbackd.rules import Cycle, Key, Previously, Rule, applies_to, evaluate_cycle
 from rollbackd.sources import MetricSource
 from rollbackd.sources.deploys import git_head
 from rollbackd.sources.probes import Prober, ProbeResult
 from rollbackd.sources.prometheus import QueryError
 
 
-@dataclass(frozen=True)
-class Resolution:
-    """An incident that ended because every finding of its service is OK again."""
+class Outcome(StrEnum):
+    """What happened to an open incident in one cycle."""
 
+    RESOLVED = "resolved"
+    FOLDED = "folded"
+    SUPERSEDED = "superseded"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class IncidentEvent:
+    """Something that happened to an open incident, for the journal, the log and backtest.
+
+    ``incident`` is the journal's id of the incident (None before it is journaled, and
+    in a replay); ``rules`` the rules concerned (folded in, or still not OK).
+    """
+
+    kind: Outcome
     service: str
     time: datetime
     opened: datetime
     reason: str
+    incident: int | None = None
+    rules: tuple[str, ...] = ()
+
+
+@dataclass
+class Judgement:
+    """An open incident as the engine follows it: which deploy it judges, what it tracks.
+
+    ``version``/``deployed_at``: the deploy running when it opened; ``rules``: every
+    rule pending or firing while it was open; ``reported``: the rules a decision or a
+    fold already named; ``rolled_back_to``: the deploys its own rollback made;
+    ``idle_since``: since when it waits on people (None while a rollback is pending
+    or under way); ``recovered``: its rollback proved recovery.
+    """
+
+    opened: datetime
+    decision: Decision
+    version: str | None = None
+    deployed_at: datetime | None = None
+    rules: set[str] = field(default_factory=set)
+    reported: set[str] = field(default_factory=set)
+    rolled_back_to: list[Deploy] = field(default_factory=list)
+    idle_since: datetime | None = None
+    recovered: bool = False
+    incident: int | None = None
+
+    def covers(self, current: Deploy | None) -> bool:
+        """Whether findings on ``current`` belong to this judgement.
+
+        Yes for the deploy it was opened for (or an older one), and for a deploy its
+        own rollback made; no for any deploy after it opened: that one is judged anew.
+        """
+        if current is None or current.time <= self.opened:
+            return True
+        return any(
+            current.version == made.version or (made.ref is not None and current.ref == made.ref)
+            for made in self.rolled_back_to
+        )
+
+    def named(self) -> str:
+        """How messages name it: "incident 4" once journaled, else when it opened."""
+        if self.incident is not None:
+            return f"incident {self.incident}"
+        return f"the incident of {format_instant(self.opened)}"
+
+    def judged(self) -> str:
+        return self.version or "an unknown version"
+
+
+def _idle(decision: Decision) -> datetime | None:
+    """A decision that only tells people waits on them from its time; a rollback does not."""
+    return None if decision.action.rolls_back else decision.time
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a service's cycle ended as it did: every rule's finding and the outcome."""
+
+    service: str
+    time: datetime
+    deploy: Deploy | None
+    last_good: str | None
+    findings: tuple[Finding, ...]
+    outcome: str
 
 
 @dataclass(frozen=True)
@@ -55,15 +150,18 @@ class CycleReport:
     ``notable`` holds every finding but the quiet OK ones (alert findings
     included); ``quiet`` counts those by rule. ``findings`` lists them all,
     built on demand: at thousands of services that is most of a cycle's cost.
+    ``events`` says what happened to open incidents; ``explanations`` holds
+    the services asked for with ``explain``.
     """
 
     time: datetime
     notable: tuple[Finding, ...]
     decisions: tuple[Decision, ...]
-    resolutions: tuple[Resolution, ...] = ()
+    events: tuple[IncidentEvent, ...] = ()
     source_errors: Mapping[str, str] = field(default_factory=dict)
     quiet: Mapping[str, int] = field(default_factory=dict)
     cycle: Cycle | None = field(default=None, repr=False, compare=False)
+    explanations: Mapping[str, Explanation] = field(default_factory=dict)
 
     @cached_property
     def findings(self) -> tuple[Finding, ...]:
@@ -72,6 +170,11 @@ class CycleReport:
             return self.notable
         alerts = self.notable[len(self.cycle.notable) :]
         return (*self.cycle.findings, *alerts)
+
+    @property
+    def resolutions(self) -> tuple[IncidentEvent, ...]:
+        """The incidents that ended because what fired is OK again."""
+        return tuple(e for e in self.events if e.kind is Outcome.RESOLVED)
 
 
 @dataclass(frozen=True)
@@ -90,12 +193,6 @@ class Inputs:
     vectors: dict[str, Vector] = field(default_factory=dict)
 
 
-@dataclass
-class _Incident:
-    opened: datetime
-    decision: Decision
-
-
 class Engine:
     """The decision loop's memory and its pure step."""
 
@@ -105,22 +202,29 @@ class Engine:
         self.history = history
         self.states: dict[Key, RuleState] = {}
         self.rollbacks: dict[str, list[datetime]] = {}
-        self._incidents: dict[str, _Incident] = {}
+        self._judgements: dict[str, Judgement] = {}
         self._services = {s.name: s.probe_names for s in config.services}
         # How many rules apply to each service.
         self._evaluated = {
             name: sum(1 for r in self.rules if applies_to(r, probes))
             for name, probes in self._services.items()
         }
+        self._rule_names = frozenset(r.name for r in self.rules)
         self._policy = config.policy.table()
         self._guards = config.guards_for_policy()
+        self._expire_after = config.incidents.expire_after
+        self._previously: Previously | None = None
 
     @property
     def services(self) -> Mapping[str, list[str]]:
         return self._services
 
-    def step(self, now: datetime, inputs: Inputs) -> CycleReport:
-        """Evaluate every rule at ``now`` and decide for each service whose incident is new."""
+    def step(self, now: datetime, inputs: Inputs, explain: Collection[str] = ()) -> CycleReport:
+        """Evaluate every rule at ``now``, follow open incidents, decide for new trouble.
+
+        ``explain`` names services whose every finding and outcome the report
+        should carry (``--explain``): that costs a full evaluation, so only on request.
+        """
         cycle = evaluate_cycle(
             self.rules,
             self._services,
@@ -130,11 +234,14 @@ class Engine:
             self.states,
             now,
             inputs.vectors,
+            self._previously,
         )
         self.states = cycle.states
+        self._previously = Previously(now, self._rule_names, frozenset(self._services))
         notable = (*cycle.notable, *inputs.alerts)
         decisions: list[Decision] = []
-        resolutions: list[Resolution] = []
+        events: list[IncidentEvent] = []
+        outcomes: dict[str, str] = {}
         by_service: dict[str, list[Finding]] = {}
         for finding in notable:
             by_service.setdefault(finding.service, []).append(finding)
@@ -142,7 +249,6 @@ class Engine:
         for service, evaluated in self._evaluated.items():
             # A service without notable findings has every rule quiet and OK (if any applies).
             own = by_service.get(service, [])
-            incident = self._incidents.get(service)
             firing = [f for f in own if f.firing]
             if not own:
                 if evaluated > 0:
@@ -153,52 +259,261 @@ class Engine:
                 )
                 started = min((f.started or f.since or now for f in firing), default=None)
                 self.history.note_evaluation(service, now, conclusive, started)
+            judgement = self._judgements.get(service)
+            if judgement is not None:
+                ended = self._follow(service, judgement, own, now)
+                if ended is not None:
+                    events.append(ended)
+                    del self._judgements[service]
+                    judgement = None
+                    outcomes[service] = f"{ended.kind.value}: {ended.reason}"
             if not firing:
-                all_ok = (own or evaluated > 0) and all(f.state is FindingState.OK for f in own)
-                if incident is not None and all_ok:
-                    del self._incidents[service]
-                    resolutions.append(
-                        Resolution(service, now, incident.opened, "every rule is OK again")
+                if service not in outcomes:
+                    outcomes[service] = (
+                        f"nothing fires; {judgement.named()} stays open for {judgement.judged()}"
+                        if judgement is not None
+                        else "no decision: nothing fires"
                     )
                 continue
             severity = Severity.highest([f.severity for f in firing])
-            if incident is not None and severity.rank <= incident.decision.severity.rank:
+            if judgement is not None and severity.rank <= judgement.decision.severity.rank:
+                outcomes[service] = self._fold(service, judgement, firing, now, events)
                 continue
             decision = decide(service, firing, self.facts(service), now, self._policy, self._guards)
             if decision is None:
                 continue
-            self._incidents[service] = _Incident(incident.opened if incident else now, decision)
             decisions.append(decision)
+            outcomes[service] = f"decision: {decision.action.value}: {decision.reason}"
+            if judgement is not None:
+                events.append(
+                    IncidentEvent(
+                        Outcome.SUPERSEDED,
+                        service,
+                        now,
+                        judgement.opened,
+                        f"severity rose from {judgement.decision.severity.value} to "
+                        f"{severity.value}: decided again",
+                        judgement.incident,
+                    )
+                )
+            self._judgements[service] = self._open(service, decision, judgement, own, now)
         self.history.note_conclusive(quiet, now)
         return CycleReport(
             time=now,
             notable=notable,
             decisions=tuple(decisions),
-            resolutions=tuple(resolutions),
+            events=tuple(events),
             source_errors=dict(inputs.source_errors),
             quiet=cycle.quiet,
             cycle=cycle,
+            explanations=self._explain(explain, cycle, inputs.alerts, outcomes, now),
         )
+
+    def _explain(
+        self,
+        services: Collection[str],
+        cycle: Cycle,
+        alerts: list[Finding],
+        outcomes: Mapping[str, str],
+        now: datetime,
+    ) -> dict[str, Explanation]:
+        """Every finding of each service asked about, and how its cycle ended."""
+        if not services:
+            return {}
+        everything = (*cycle.findings, *alerts)
+        explanations = {}
+        for service in services:
+            if service not in self._services:
+                continue
+            good, _ = self.history.last_good(service)
+            explanations[service] = Explanation(
+                service,
+                now,
+                self.history.current(service),
+                good,
+                tuple(f for f in everything if f.service == service),
+                outcomes.get(service, "no decision: no rule applies to this service"),
+            )
+        return explanations
+
+    def _open(
+        self,
+        service: str,
+        decision: Decision,
+        before: Judgement | None,
+        own: list[Finding],
+        now: datetime,
+    ) -> Judgement:
+        """A new judgement for ``decision`` (or the old one, decided again at a higher severity)."""
+        tracked = {f.rule for f in own if f.active}
+        if before is not None:
+            before.decision = decision
+            before.rules |= tracked
+            before.reported |= set(decision.rules)
+            before.idle_since = _idle(decision)
+            before.incident = None
+            return before
+        current = self.history.current(service)
+        return Judgement(
+            opened=now,
+            decision=decision,
+            version=current.version if current else None,
+            deployed_at=current.time if current else None,
+            rules=tracked,
+            reported=set(decision.rules),
+            idle_since=_idle(decision),
+        )
+
+    def _follow(
+        self, service: str, judgement: Judgement, own: list[Finding], now: datetime
+    ) -> IncidentEvent | None:
+        """Track an open judgement one cycle; the event that ends it, if it ends now."""
+        current = self.history.current(service)
+        if not judgement.covers(current):
+            assert current is not None  # noqa: S101 -- covers() is True without a deploy
+            return IncidentEvent(
+                Outcome.SUPERSEDED,
+                service,
+                now,
+                judgement.opened,
+                f"{current.version} was deployed at {format_instant(current.time)}, after "
+                f"{judgement.named()} (for {judgement.judged()}) opened: what fires from now "
+                f"on is judged against {current.version}",
+                judgement.incident,
+            )
+        by_rule = {f.rule: f for f in own}
+        judgement.rules |= {f.rule for f in own if f.active}
+        holding = sorted(r for r in judgement.rules if r in by_rule and by_rule[r].active)
+        not_ok = sorted(
+            r for r in judgement.rules if r in by_rule and by_rule[r].state is not FindingState.OK
+        )
+        if not holding and (not not_ok or judgement.recovered):
+            ok_again = ", ".join(_ok_again(r, by_rule.get(r)) for r in sorted(judgement.rules))
+            why = f"what fired is OK again: {ok_again}"
+            if not_ok:
+                why = (
+                    f"the rollback recovered and nothing fires any more ({', '.join(not_ok)} "
+                    "without data)"
+                )
+            return IncidentEvent(
+                Outcome.RESOLVED,
+                service,
+                now,
+                judgement.opened,
+                why,
+                judgement.incident,
+                tuple(sorted(judgement.rules)),
+            )
+        if judgement.idle_since is not None and now - judgement.idle_since >= self._expire_after:
+            waiting = (
+                ", ".join(f"{r} {by_rule[r].state.value}" for r in not_ok if r in by_rule)
+                or "nothing measured"
+            )
+            return IncidentEvent(
+                Outcome.EXPIRED,
+                service,
+                now,
+                judgement.opened,
+                f"nobody acted on {judgement.named()} for "
+                f"{format_duration(now - judgement.idle_since)} (expire_after "
+                f"{format_duration(self._expire_after)}) and what fired is not all OK again "
+                f"({waiting}): it ends; what fires from now on is decided anew",
+                judgement.incident,
+                tuple(not_ok),
+            )
+        return None
+
+    def _fold(
+        self,
+        service: str,
+        judgement: Judgement,
+        firing: list[Finding],
+        now: datetime,
+        events: list[IncidentEvent],
+    ) -> str:
+        """A firing finding of a service whose incident is open: said once per new rule."""
+        why = (
+            f"suppressed: {judgement.named()} is open for {judgement.judged()} "
+            f"(severity {judgement.decision.severity.value}, "
+            f"{judgement.decision.action.value})"
+        )
+        new = sorted({f.rule for f in firing} - judgement.reported)
+        if new:
+            judgement.reported |= set(new)
+            events.append(
+                IncidentEvent(
+                    Outcome.FOLDED,
+                    service,
+                    now,
+                    judgement.opened,
+                    f"{', '.join(new)} firing; {why}",
+                    judgement.incident,
+                    tuple(new),
+                )
+            )
+        return why
+
+    # -- what the daemon tells the engine about its incidents -----------------------------
+
+    def attach(self, service: str, incident: int) -> None:
+        """The journal's id of the service's open judgement (the incident just opened)."""
+        judgement = self._judgements.get(service)
+        if judgement is not None:
+            judgement.incident = incident
+
+    def settle(self, service: str, incident: int, at: datetime, recovered: bool = False) -> None:
+        """Incident ``incident`` now waits on people (or recovered) since ``at``."""
+        judgement = self._judgements.get(service)
+        if judgement is None or judgement.incident != incident:
+            return
+        judgement.idle_since = at
+        judgement.recovered = judgement.recovered or recovered
+
+    def restore(self, service: str, judgement: Judgement) -> None:
+        """An incident from before a restart, so that it is followed, not decided again."""
+        if service in self._services:
+            self._judgements[service] = judgement
+
+    def judgement(self, service: str) -> Judgement | None:
+        return self._judgements.get(service)
+
+    def judgements(self) -> dict[str, Judgement]:
+        return dict(self._judgements)
+
+    def adopt(self, other: Engine, judgements: bool = True) -> None:
+        """Take over another engine's memory: the one before a reload, or a warm-up
+        replay's (``judgements=False``: what the replay decided was never acted on, so the
+        live engine decides it, unless the journal says an incident is open).
+
+        Rule states of rules that no longer exist are dropped; judgements of services
+        that are no longer configured too.
+        """
+        self.states = {k: v for k, v in other.states.items() if k[0] in self._rule_names}
+        if judgements:
+            self.rollbacks = {s: list(t) for s, t in other.rollbacks.items()}
+            self._judgements = {s: j for s, j in other._judgements.items() if s in self._services}
+        if other._previously is not None:
+            self._previously = Previously(
+                other._previously.time,
+                other._previously.rules & self._rule_names,
+                other._previously.services & frozenset(self._services),
+            )
+
+    def open_decisions(self) -> list[Decision]:
+        """The latest decision of every incident still open, by service."""
+        return [self._judgements[s].decision for s in sorted(self._judgements)]
 
     def rule_count(self, service: str) -> int:
         """How many rules apply to ``service`` (0 for a service that is not configured)."""
         return self._evaluated.get(service, 0)
 
-    def restore(self, service: str, opened: datetime, decision: Decision) -> None:
-        """Remember an incident from before a restart, so it is not decided again."""
-        if service in self._services:
-            self._incidents[service] = _Incident(opened, decision)
-
-    def open_incidents(self) -> dict[str, tuple[datetime, Decision]]:
-        return {s: (i.opened, i.decision) for s, i in self._incidents.items()}
-
-    def open_decisions(self) -> list[Decision]:
-        """The latest decision of every incident still open, by service."""
-        return [self._incidents[s].decision for s in sorted(self._incidents)]
-
-    def record_rollback(self, service: str, at: datetime) -> None:
-        """A rollback of ``service`` happened at ``at`` (for the cooldown and the limit)."""
+    def record_rollback(self, service: str, at: datetime, deploy: Deploy | None = None) -> None:
+        """A rollback of ``service`` happened at ``at`` (for the cooldown and the limit);
+        ``deploy`` is what it made run, which its incident goes on covering."""
         self.rollbacks.setdefault(service, []).append(at)
+        judgement = self._judgements.get(service)
+        if deploy is not None and judgement is not None:
+            judgement.rolled_back_to.append(deploy)
 
     def facts(self, service: str) -> ServiceFacts:
         """What the guards need about a service, from the deploy history."""
@@ -210,6 +525,16 @@ class Engine:
             last_good_version=last_good,
             rollbacks=tuple(self.rollbacks.get(service, ())),
         )
+
+
+def _ok_again(rule: str, finding: Finding | None) -> str:
+    """One tracked rule, OK again: its value and condition when the cycle has them."""
+    if finding is None or finding.value is None:
+        return f"{rule} OK"
+    text = f"{rule} {finding.value:.6g}, not {finding.condition}"
+    if finding.baseline is not None and finding.threshold is not None:
+        text += f" (threshold {finding.threshold:.6g} from baseline {finding.baseline:.6g})"
+    return text
 
 
 def version_query(config: Config) -> str | None:

@@ -160,13 +160,27 @@ _V3 = [
     "DROP INDEX alerts_status",
     "CREATE INDEX alerts_firing ON alerts (service) WHERE status = 'firing'",
 ]
-_MIGRATIONS = [_V1, _V2, _V3]
+_V4 = [
+    # An incident that waits on people (escalated, vetoed, recorded, not recovered) is open
+    # until what fired is OK again or it expires: its last change dates the expiry.
+    "ALTER TABLE incidents ADD COLUMN updated_at TEXT",
+    "UPDATE incidents SET updated_at = COALESCE(closed_at, opened_at)",
+    "CREATE INDEX incidents_unfinished ON incidents (service) WHERE closed_at IS NULL",
+]
+_MIGRATIONS = [_V1, _V2, _V3, _V4]
 """Statements taking the schema from version i to i + 1."""
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 class IncidentState(StrEnum):
-    """Where an incident stands. The first four are active: a rollback may be under way."""
+    """Where an incident stands.
+
+    *Active* states have a rollback pending or under way (open, awaiting approval,
+    rolling back, recovering). *Waiting* ones wait on people (escalated, vetoed,
+    recorded, not recovered): the incident stays open until what fired is OK again
+    or it expires. *Finished* ones are over: recovered, resolved, expired, or
+    superseded (by a newer deploy, or by a decision at a higher severity).
+    """
 
     OPEN = "open"
     AWAITING_APPROVAL = "awaiting_approval"
@@ -178,10 +192,18 @@ class IncidentState(StrEnum):
     VETOED = "vetoed"
     RECORDED = "recorded"
     RESOLVED = "resolved"
+    EXPIRED = "expired"
+    SUPERSEDED = "superseded"
 
     @property
     def active(self) -> bool:
+        """A rollback is pending or under way."""
         return self in _ACTIVE
+
+    @property
+    def finished(self) -> bool:
+        """Over: nothing more happens to it (``closed_at`` is set)."""
+        return self in _FINISHED
 
 
 _ACTIVE = {
@@ -189,6 +211,12 @@ _ACTIVE = {
     IncidentState.AWAITING_APPROVAL,
     IncidentState.ROLLING_BACK,
     IncidentState.RECOVERING,
+}
+_FINISHED = {
+    IncidentState.RECOVERED,
+    IncidentState.RESOLVED,
+    IncidentState.EXPIRED,
+    IncidentState.SUPERSEDED,
 }
 
 
@@ -263,6 +291,8 @@ class IncidentRecord:
     reason: str
     summary: str
     facts: dict[str, Any]
+    updated_at: datetime | None = None
+    """When its state last changed (its opening, at first)."""
     decisions: tuple[DecisionRecord, ...] = ()
     steps: tuple[StepRecord, ...] = ()
     evidence: tuple[EvidenceRecord, ...] = ()
@@ -320,8 +350,13 @@ class Journal(Protocol):
     def open_incident(self, new: NewIncident) -> int: ...
 
     def set_state(
-        self, incident: int, state: IncidentState, summary: str, at: datetime
-    ) -> None: ...
+        self,
+        incident: int,
+        state: IncidentState,
+        summary: str,
+        at: datetime,
+        expect: Collection[IncidentState] | None = None,
+    ) -> bool: ...
 
     def add_decision(self, incident: int, decision: Decision, actor: str) -> None: ...
 
@@ -346,7 +381,11 @@ class Journal(Protocol):
     def incident(self, incident: int) -> IncidentRecord | None: ...
 
     def incidents(
-        self, limit: int = 50, service: str | None = None, active_only: bool = False
+        self,
+        limit: int | None = 50,
+        service: str | None = None,
+        active_only: bool = False,
+        unfinished_only: bool = False,
     ) -> list[IncidentRecord]: ...
 
     def record_delivery(
@@ -575,7 +614,8 @@ class SqliteJournal:
         with self._tx() as db:
             cursor = db.execute(
                 "INSERT INTO incidents (service, opened_at, state, severity, action, origin,"
-                " target, current_version, reason, facts) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " target, current_version, reason, facts, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     new.service,
                     _text(new.opened_at),
@@ -587,20 +627,38 @@ class SqliteJournal:
                     new.current_version,
                     new.reason,
                     _json(dict(new.facts)),
+                    _text(new.opened_at),
                 ),
             )
             number = int(cursor.lastrowid or 0)
-            if not new.state.active:
+            if new.state.finished:
                 db.execute("UPDATE incidents SET closed_at = opened_at WHERE id = ?", (number,))
             return number
 
-    def set_state(self, incident: int, state: IncidentState, summary: str, at: datetime) -> None:
+    def set_state(
+        self,
+        incident: int,
+        state: IncidentState,
+        summary: str,
+        at: datetime,
+        expect: Collection[IncidentState] | None = None,
+    ) -> bool:
+        """Move an incident to ``state``; with ``expect``, only from one of those states.
+
+        One statement, so two callers racing on one incident (an approval and a veto,
+        a deadline and a resolution) cannot both win: False for the one that lost.
+        """
+        condition, params = "", []
+        if expect is not None:
+            condition = f" AND state IN ({','.join('?' * len(expect))})"
+            params = [s.value for s in expect]
         with self._tx() as db:
-            db.execute(
-                "UPDATE incidents SET state = ?, summary = ?,"
-                " closed_at = CASE WHEN ? THEN NULL ELSE ? END WHERE id = ?",
-                (state.value, summary, state.active, _text(at), incident),
+            cursor = db.execute(
+                "UPDATE incidents SET state = ?, summary = ?, updated_at = ?,"  # noqa: S608 -- placeholders only
+                " closed_at = CASE WHEN ? THEN ? ELSE NULL END WHERE id = ?" + condition,
+                (state.value, summary, _text(at), state.finished, _text(at), incident, *params),
             )
+            return cursor.rowcount == 1
 
     def add_decision(self, incident: int, decision: Decision, actor: str) -> None:
         with self._tx() as db:
@@ -734,19 +792,32 @@ class SqliteJournal:
         return replace(base, decisions=decisions, steps=steps, evidence=evidence, samples=samples)
 
     def incidents(
-        self, limit: int = 50, service: str | None = None, active_only: bool = False
+        self,
+        limit: int | None = 50,
+        service: str | None = None,
+        active_only: bool = False,
+        unfinished_only: bool = False,
     ) -> list[IncidentRecord]:
-        clauses, params = [], []
+        """Incidents, newest first; ``limit`` None lists them all.
+
+        ``active_only``: a rollback pending or under way; ``unfinished_only``: not over
+        (active, or waiting on people).
+        """
+        clauses: list[str] = []
+        params: list[object] = []
         if service is not None:
             clauses.append("service = ?")
             params.append(service)
         if active_only:
             clauses.append(f"state IN ({','.join('?' * len(_ACTIVE))})")
             params.extend(s.value for s in sorted(_ACTIVE))
+        if unfinished_only:
+            clauses.append("closed_at IS NULL")
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._read() as db:
             rows = db.execute(
-                _INCIDENT_COLUMNS + where + " ORDER BY id DESC LIMIT ?", (*params, limit)
+                _INCIDENT_COLUMNS + where + " ORDER BY id DESC LIMIT ?",
+                (*params, -1 if limit is None else limit),
             ).fetchall()
         return [_incident(r) for r in rows]
 
@@ -1051,7 +1122,7 @@ _ONE_FIRING_ELSEWHERE = (
 
 _INCIDENT_COLUMNS = (
     "SELECT id, service, opened_at, closed_at, state, severity, action, origin, target,"
-    " current_version, reason, summary, facts FROM incidents"
+    " current_version, reason, summary, facts, updated_at FROM incidents"
 )
 
 
@@ -1070,6 +1141,7 @@ def _incident(row: Sequence[Any]) -> IncidentRecord:
         reason=row[10],
         summary=row[11],
         facts=json.loads(row[12]),
+        updated_at=_time(row[13]) or _required_time(row[2]),
     )
 
 

@@ -181,7 +181,8 @@ class Finding:
 
     ``since`` is when the current state began (pending, firing, or missing
     data); ``started`` is when the condition first held, which is what the
-    attribution guard compares to the deploy time.
+    attribution guard compares to the deploy time; ``last_seen`` is the last
+    evaluation that had a value (None: never, since rollbackd began looking).
     """
 
     rule: str
@@ -201,10 +202,26 @@ class Finding:
     impact: float | None = None
     severity_reason: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    last_seen: datetime | None = None
 
     @property
     def firing(self) -> bool:
         return self.state is FindingState.FIRING
+
+    @property
+    def active(self) -> bool:
+        """Pending or firing: the condition holds."""
+        return self.state in (FindingState.PENDING, FindingState.FIRING)
+
+    @property
+    def unmeasured(self) -> bool:
+        """Never had a value since rollbackd began looking (a metric the service does not
+        export): inconclusive, but nothing went missing; shown once, quietly."""
+        return (
+            self.state is FindingState.INCONCLUSIVE
+            and self.last_seen is None
+            and self.started is None
+        )
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from rollbackd.durations import format_duration, format_instant
-from rollbackd.engine import Resolution
+from rollbackd.engine import IncidentEvent
 from rollbackd.journal import IncidentRecord
 from rollbackd.model import Decision, Finding
 
@@ -61,13 +61,17 @@ def decision_record(decision: Decision) -> dict[str, Any]:
     return record
 
 
-def resolution_record(resolution: Resolution) -> dict[str, Any]:
+def event_record(event: IncidentEvent) -> dict[str, Any]:
+    """What happened to an open incident (resolved, folded, superseded, expired), as JSON."""
     return {
-        "type": "resolved",
-        "time": _time(resolution.time),
-        "service": resolution.service,
-        "opened": _time(resolution.opened),
-        "reason": resolution.reason,
+        "type": "incident",
+        "event": event.kind.value,
+        "time": _time(event.time),
+        "service": event.service,
+        "incident": event.incident,
+        "opened": _time(event.opened),
+        "rules": list(event.rules),
+        "reason": event.reason,
     }
 
 
@@ -93,10 +97,10 @@ def decision_line(decision: Decision) -> str:
     )
 
 
-def resolution_line(resolution: Resolution) -> str:
+def event_line(event: IncidentEvent) -> str:
     return (
-        f"{format_instant(resolution.time)}  RESOLVED {resolution.service}: {resolution.reason} "
-        f"(opened {format_instant(resolution.opened)})"
+        f"{format_instant(event.time)}  {event.kind.value.upper()} {event.service}: "
+        f"{event.reason} (opened {format_instant(event.opened)})"
     )
 
 

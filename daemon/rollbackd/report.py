@@ -479,13 +479,10 @@ def _summary(incident: IncidentRecord) -> tuple[Field, ...]:
     if incident.closed_at is not None:
         closed = format_instant(incident.closed_at)
         duration = format_duration(incident.closed_at - opened)
-    elif incident.state.active:
+    else:  # a rollback under way, or waiting on people until what fired is OK again
         closed = f"not closed: still {incident.state.value}"
         last = max((t for t, *_ in _moments(incident)), default=opened)
         duration = f"ongoing; last journaled event {format_duration(last - opened)} after opening"
-    else:  # opened straight into a final state (recorded, escalated): no close time journaled
-        closed = f"no close time journaled (opened as {incident.state.value})"
-        duration = "—"
     deployed = _parse_time(incident.facts.get("deployed_at"))
     fields = [
         Field("Service", clean(incident.service)),

@@ -214,6 +214,26 @@ Key = tuple[str, str]
 
 
 @dataclass(frozen=True)
+class Previously:
+    """The evaluation before this one: when it was, and which rules and services it covered.
+
+    A (rule, service) it covered that has no remembered state was quiet then: OK, with
+    a value. So data missing now was last seen then, not never.
+    """
+
+    time: datetime
+    rules: frozenset[str]
+    services: frozenset[str]
+
+    def seen(self, key: Key) -> RuleState | None:
+        """What a pair without remembered state had at that evaluation, if it was covered."""
+        rule, service = key
+        if rule in self.rules and service in self.services:
+            return RuleState(last_seen=self.time)
+        return None
+
+
+@dataclass(frozen=True)
 class Cycle:
     """The outcome of one evaluation cycle: the states to keep and the findings.
 
@@ -368,7 +388,14 @@ def _missing(rule: Rule, previous: RuleState, now: datetime, why: str) -> tuple[
         kept = f"; was firing since {format_instant(previous.firing_since)}"
     elif previous.pending_since is not None:
         kept = f"; was pending since {format_instant(previous.pending_since)}"
-    reason = f"inconclusive for {format_duration(missing_for)}: {why}{kept}"
+    if previous.last_seen is None:
+        # Never a value since rollbackd began looking: how long it looked is all it knows.
+        reason = f"not measured in the {format_duration(missing_for)} looked at: {why}"
+    else:
+        reason = (
+            f"inconclusive for {format_duration(missing_for)}: {why} "
+            f"(last value at {format_instant(previous.last_seen)}){kept}"
+        )
     return state, Step(
         FindingState.INCONCLUSIVE,
         None,
@@ -394,12 +421,15 @@ def evaluate_cycle(
     states: Mapping[Key, RuleState],
     now: datetime,
     vectors: Mapping[str, Vector] | None = None,
+    previously: Previously | None = None,
 ) -> Cycle:
     """Evaluate every rule for every service it applies to at ``now``.
 
     ``services`` maps each service to the names of its probes. A rule's values
     come from ``vectors[rule.name]`` when given (one query's answer), else from
     ``measurements``; a (rule, service) found in neither has no data.
+    ``previously`` describes the evaluation before this one (None: this is the
+    first), so that data missing now is told from data never seen.
 
     A quiet rule whose condition does not hold is the common case, and costs a
     comparison: no finding is built for it unless :attr:`Cycle.findings` asks.
@@ -441,13 +471,16 @@ def evaluate_cycle(
                     quiet_here += 1
                     continue
             key = (rule.name, service)
+            previous = states.get(key)
+            if previous is None and previously is not None:
+                previous = previously.seen(key)
             state, finding = _evaluate_finding(
                 rule,
                 service,
                 _measurement(vector, measurements, key, service),
                 baselines.get(key),
                 impacts.get(key),
-                states.get(key),
+                previous,
                 now,
             )
             if not _is_quiet(state):
@@ -548,6 +581,7 @@ def _evaluate_finding(
         impact=impact_value,
         severity_reason=severity_reason,
         labels=dict(rule.labels),
+        last_seen=state.last_seen,
     )
 
 

@@ -27,7 +27,8 @@ from rollbackd.actions.checklist import Checklist, Refused, RollbackRequest
 from rollbackd.assembly import build_checklist, now_utc
 from rollbackd.deploys import Deploy, DeployHistory
 from rollbackd.durations import format_duration, format_instant
-from rollbackd.engine import CycleReport, Engine, LiveCycle
+from rollbackd.engine import CycleReport, Engine, IncidentEvent, Judgement, LiveCycle
+from rollbackd.engine import Outcome as Ended
 from rollbackd.errors import InvalidInput, RollbackdError
 from rollbackd.journal import (
     AlertRecord,
@@ -55,8 +56,20 @@ if TYPE_CHECKING:
 
 log = get_logger("rollbackd")
 
-RESTORE_WINDOW = timedelta(hours=2)
-"""After a restart, incidents this recent keep the engine from deciding the same thing again."""
+WAITING = (
+    IncidentState.ESCALATED,
+    IncidentState.VETOED,
+    IncidentState.RECORDED,
+    IncidentState.NOT_RECOVERED,
+)
+"""Incidents that wait on people: open until what fired is OK again, or until they expire."""
+ENDS_QUIETLY = (*WAITING, IncidentState.AWAITING_APPROVAL, IncidentState.OPEN)
+"""What an incident's end (resolved, expired, superseded) may close: never a rollback under way."""
+_ENDED_STATE = {
+    Ended.RESOLVED: IncidentState.RESOLVED,
+    Ended.EXPIRED: IncidentState.EXPIRED,
+    Ended.SUPERSEDED: IncidentState.SUPERSEDED,
+}
 
 
 class Forbidden(Exception):  # noqa: N818 -- maps to HTTP 403
@@ -146,39 +159,73 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Restore what the journal knows, and resume rollbacks a crash interrupted."""
+        """Restore what the journal knows, and resume rollbacks a crash interrupted.
+
+        Every unfinished incident comes back, however long the daemon was down: a
+        rollback under way resumes, and the newest one of each service is followed by
+        the engine again (not decided again). Finished ones stay finished.
+        """
         now = self.clock()
         self._warm_up(now)
-        for listed in reversed(self.journal.incidents(limit=200)):
-            if now - listed.opened_at > RESTORE_WINDOW:
-                continue
-            if listed.state is IncidentState.RECOVERED and not self._still_alerting(listed, now):
-                continue  # over: the next fault of this service is a new incident
+        followed: dict[str, int] = {}
+        for listed in self.journal.incidents(limit=None, unfinished_only=True):  # newest first
             record = self.journal.incident(listed.id) or listed
-            decision = self._last_decision(record)
-            if decision is not None:
-                self.engine.restore(record.service, record.opened_at, decision)
             if record.state in (IncidentState.ROLLING_BACK, IncidentState.RECOVERING):
                 log.info("resuming", incident=record.id, service=record.service)
                 self._submit(record.id)
+            if record.service in followed:
+                if record.state in ENDS_QUIETLY:
+                    self._end(
+                        record,
+                        IncidentState.SUPERSEDED,
+                        f"incident {followed[record.service]} of {record.service} is newer",
+                        now,
+                    )
+                continue
+            judgement = self._judgement_of(record)
+            if judgement is not None:
+                self.engine.restore(record.service, judgement)
+                followed[record.service] = record.id
         self.status_line = "started"
+
+    def _judgement_of(self, record: IncidentRecord) -> Judgement | None:
+        """What the engine followed for an incident before a restart (None: not a judgement)."""
+        decision = self._last_decision(record)
+        if decision is None:
+            return None  # a rollback by hand: nothing fired that the engine must follow
+        rules = set(decision.rules)
+        for evidence in record.evidence:
+            if evidence.kind == "folded" and isinstance(evidence.body, dict):
+                rules.update(str(r) for r in evidence.body.get("rules") or ())
+        made = []
+        executed = record.step("execute")
+        if executed is not None and executed.outcome is Outcome.OK and record.target:
+            made.append(
+                Deploy(
+                    service=record.service,
+                    version=str(record.facts.get("target_version") or record.target),
+                    time=executed.finished_at or record.opened_at,
+                    source="event",
+                    ref=record.target,
+                )
+            )
+        deployed = record.facts.get("deployed_at")
+        return Judgement(
+            opened=record.opened_at,
+            decision=decision,
+            version=record.current_version,
+            deployed_at=datetime.fromisoformat(deployed) if isinstance(deployed, str) else None,
+            rules=rules,
+            reported=set(rules),
+            rolled_back_to=made,
+            idle_since=(record.updated_at or record.opened_at) if record.state in WAITING else None,
+            incident=record.id,
+        )
 
     def _firing_alerts(self, now: datetime, services: Collection[str]) -> list[AlertRecord]:
         """The watched services' alerts firing now, less those not re-sent for expire_after."""
         expired = now - self.config.alerts.expire_after
         return self.journal.firing_alerts(now, services, received_after=expired)
-
-    def _still_alerting(self, incident: IncidentRecord, now: datetime) -> bool:
-        """Whether an alert that fired before ``incident`` opened is firing still.
-
-        Running, the engine keeps such an incident open until every finding of
-        the service is OK; after a restart it must too, or the same alert
-        would be decided on again.
-        """
-        return any(
-            alert.starts_at <= incident.opened_at
-            for alert in self._firing_alerts(now, [incident.service])
-        )
 
     def _warm_up(self, now: datetime) -> None:
         """Replay recent history so rule states and known-good versions survive a restart.
@@ -203,7 +250,7 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 -- a warm-up must never keep the daemon from starting
             log.warning("warm-up skipped", error=f"{type(exc).__name__}: {exc}")
             return
-        self.engine.states = dict(replay.engine.states)
+        self.engine.adopt(replay.engine, judgements=False)
         log.info("warmed up from history", rules=len(self.loaded.rules))
 
     def shutdown(self, timeout: float = 900.0) -> None:
@@ -223,17 +270,9 @@ class Daemon:
             log.error("reload refused: the running config is kept", problems=lines)
             return "kept the running config: " + "; ".join(lines)
         with self.lock:
-            states, rollbacks, incidents = (
-                self.engine.states,
-                self.engine.rollbacks,
-                self.engine.open_incidents(),
-            )
+            before = self.engine
             self._build(loaded, self.history)
-            names = {r.name for r in loaded.rules}
-            self.engine.states = {k: v for k, v in states.items() if k[0] in names}
-            self.engine.rollbacks = rollbacks
-            for service, (opened, decision) in incidents.items():
-                self.engine.restore(service, opened, decision)
+            self.engine.adopt(before)
         log.info("reloaded", rules=len(loaded.rules), services=len(loaded.config.services))
         return f"reloaded: {len(loaded.rules)} rules, {len(loaded.config.services)} services"
 
@@ -260,6 +299,8 @@ class Daemon:
                     inputs.source_errors.setdefault("alerts", line)
                 report = self.engine.step(now, inputs)
                 self.last_report = report
+                for event in report.events:
+                    self._follow(event)
                 for decision in report.decisions:
                     self._act(decision, report, firing)
                 self._deadlines(now)
@@ -292,10 +333,10 @@ class Daemon:
         }:
             self.metrics.source_errors.labels(source).inc()
         firing = sum(1 for f in report.notable if f.firing)
-        active = self.journal.incidents(active_only=True)
-        pending = len(active)
+        unfinished = self.journal.incidents(limit=None, unfinished_only=True)
+        pending = len(unfinished)
         self.metrics.pending_approvals.set(
-            sum(1 for i in active if i.state is IncidentState.AWAITING_APPROVAL)
+            sum(1 for i in unfinished if i.state is IncidentState.AWAITING_APPROVAL)
         )
         self.status_line = (
             f"{len(self.engine.services)} services, {firing} firing, {pending} open incidents, "
@@ -335,9 +376,13 @@ class Daemon:
             try:
                 incident = self.checklist.open(request, state)
             except Refused as exc:
-                self._open_plain(decision, IncidentState.ESCALATED, f"not rolled back: {exc}")
+                refused = self._open_plain(
+                    decision, IncidentState.ESCALATED, f"not rolled back: {exc}"
+                )
                 self.metrics.actions.labels(decision.action.value, "refused").inc()
+                self._tell(refused, decision, asks=False, why=f"not rolled back: {exc}")
                 return
+            self.engine.attach(decision.service, incident)
             if decision.deadline is not None:
                 self.journal.add_evidence(
                     incident,
@@ -368,6 +413,7 @@ class Daemon:
             self._tell(incident, decision, asks=False)
 
     def _open_plain(self, decision: Decision, state: IncidentState, summary: str) -> int:
+        """An incident that tells people and waits on them: the engine follows it as such."""
         current = self.history.current(decision.service)
         incident = self.journal.open_incident(
             NewIncident(
@@ -383,7 +429,57 @@ class Daemon:
             )
         )
         self.journal.add_decision(incident, decision, "rollbackd")
+        self.engine.attach(decision.service, incident)
+        self.engine.settle(decision.service, incident, decision.time)
         return incident
+
+    def _follow(self, event: IncidentEvent) -> None:
+        """Journal and log what happened to an open incident: folded, resolved, superseded,
+        expired. A rollback under way is never ended here: its checklist ends it."""
+        log.info(
+            f"incident {event.kind.value}",
+            service=event.service,
+            incident=event.incident,
+            rules=list(event.rules),
+            reason=event.reason,
+        )
+        self.on_event(event.kind.value, {"event": event})
+        if event.incident is None:
+            return
+        if event.kind is Ended.FOLDED:
+            self.journal.add_evidence(
+                event.incident,
+                event.time,
+                "folded",
+                {"rules": list(event.rules), "reason": event.reason},
+            )
+            return
+        record = self.journal.incident(event.incident)
+        if record is not None:
+            self._end(record, _ENDED_STATE[event.kind], event.reason, event.time)
+
+    def _end(self, record: IncidentRecord, state: IncidentState, why: str, at: datetime) -> bool:
+        """End an incident that waits (on people or on an approval); False if it no longer does.
+
+        An approver who was asked is told that the request is withdrawn.
+        """
+        if not self.journal.set_state(
+            record.id, state, f"{why} (was {record.state.value})", at, expect=ENDS_QUIETLY
+        ):
+            return False
+        log.info("incident ended", incident=record.id, state=state.value, reason=why)
+        if record.state is IncidentState.AWAITING_APPROVAL:
+            self.notifier.notify(
+                Message(
+                    incident=record.id,
+                    service=record.service,
+                    severity=record.severity,
+                    title=f"{record.service}: rollback request {record.id} withdrawn",
+                    text=f"Nothing was rolled back: {why}.",
+                    role=self._approver(record),
+                )
+            )
+        return True
 
     def _request(
         self, decision: Decision, findings: list[Finding], firing: list[AlertRecord]
@@ -420,7 +516,7 @@ class Daemon:
             target_version=decision.target,
         )
 
-    def _tell(self, incident: int, decision: Decision, asks: bool) -> None:
+    def _tell(self, incident: int, decision: Decision, asks: bool, why: str = "") -> None:
         base = self.config.daemon.public_url or f"http://{self.config.daemon.listen}"
         how = ""
         if asks:
@@ -437,7 +533,7 @@ class Daemon:
                 service=decision.service,
                 severity=decision.severity.value,
                 title=f"{decision.service}: rollbackd {what} ({decision.severity.value})",
-                text=f"{decision.reason}.{how}",
+                text=f"{why + '; ' if why else ''}{decision.reason}.{how}",
                 role=decision.approver,
             )
         )
@@ -450,9 +546,14 @@ class Daemon:
             deadline = self._deadline(self.journal.incident(record.id) or record)
             if deadline is not None and now >= deadline:
                 log.info("deadline reached", incident=record.id, service=record.service)
-                self._start_approved(
-                    record, "rollbackd (deadline)", f"deadline {format_instant(deadline)} passed"
-                )
+                try:
+                    self._start_approved(
+                        record,
+                        "rollbackd (deadline)",
+                        f"deadline {format_instant(deadline)} passed",
+                    )
+                except Conflict as exc:  # a person decided first: theirs stands
+                    log.info("deadline not acted on", incident=record.id, reason=str(exc))
 
     @staticmethod
     def _deadline(record: IncidentRecord) -> datetime | None:
@@ -476,6 +577,14 @@ class Daemon:
             log.exception("rollback failed", incident=incident, error=str(exc))
             return
         self._note_rollback_deploy(record)
+        with self.lock:
+            if record.state is IncidentState.RECOVERED or record.state in WAITING:
+                self.engine.settle(
+                    record.service,
+                    incident,
+                    self.clock(),
+                    recovered=record.state is IncidentState.RECOVERED,
+                )
         outcome = record.state.value
         self.metrics.rollbacks.labels(record.service, outcome).inc()
         if record.state in (IncidentState.RECOVERED, IncidentState.NOT_RECOVERED):
@@ -501,6 +610,7 @@ class Daemon:
         self.journal.record_deploy(deploy, self.clock())
         with self.lock:
             self.history.record(deploy)
+            self.engine.record_rollback(record.service, deploy.time, deploy)
 
     # -- what people and other systems do through the API ------------------------------
 
@@ -544,12 +654,21 @@ class Daemon:
         record = self._awaiting(incident)
         self._may_decide(record, caller)
         now = self.clock()
+        if not self.journal.set_state(
+            incident,
+            IncidentState.VETOED,
+            f"vetoed by {caller.name}",
+            now,
+            expect=(IncidentState.AWAITING_APPROVAL,),
+        ):
+            self._awaiting(incident)  # raises Conflict with the state that won
         self.journal.add_decision(
             incident,
             self._human_decision(record, Action.RECORD, f"vetoed by {caller.name}", now),
             caller.name,
         )
-        self.journal.set_state(incident, IncidentState.VETOED, f"vetoed by {caller.name}", now)
+        with self.lock:
+            self.engine.settle(record.service, incident, now)
         log.info("vetoed", incident=incident, by=caller.name)
         self.metrics.actions.labels("request_approval", "vetoed").inc()
         return self._load(incident)
@@ -591,8 +710,12 @@ class Daemon:
             )
         return record
 
+    @staticmethod
+    def _approver(record: IncidentRecord) -> str:
+        return next((d.approver for d in reversed(record.decisions) if d.approver), "admin")
+
     def _may_decide(self, record: IncidentRecord, caller: Caller) -> None:
-        approver = next((d.approver for d in reversed(record.decisions) if d.approver), "admin")
+        approver = self._approver(record)
         if caller.role not in ("admin", approver):
             raise Forbidden(
                 f"incident {record.id} needs the role {approver} (or admin); "

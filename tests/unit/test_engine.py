@@ -338,7 +338,7 @@ def test_an_incident_ends_when_every_rule_is_ok_and_a_new_fault_is_decided_again
         )
     assert [i for i, (decided, _) in enumerate(outcomes) if decided] == [4, 11]
     assert [i for i, (_, ended) in enumerate(outcomes) if ended] == [6]
-    assert outcomes[6][1] == [("web", "every rule is OK again")]
+    assert outcomes[6][1] == [("web", "what fired is OK again: error-rate 0.01, not > 0.05")]
 
 
 def test_an_alert_incident_ends_once_the_alert_stops_and_every_rule_is_quiet() -> None:

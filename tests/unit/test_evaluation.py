@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from rollbackd.durations import format_instant
 from rollbackd.model import FindingState, Measurement, RuleState, Severity, Trigger
 from rollbackd.rules import Rule, Step, evaluate, evaluate_cycle
 
@@ -160,7 +161,19 @@ def test_missing_data_is_inconclusive_and_the_missing_time_grows() -> None:
     assert [s.missing_for for s in steps] == [timedelta(0), TICK, 2 * TICK]
     assert all(s.since == T0 for s in steps)
     assert all(s.value is None and s.threshold is None for s in steps)
-    assert steps[2].reason.startswith("inconclusive for 30s: no data: query returned no series")
+    assert steps[2].reason.startswith(
+        "not measured in the 30s looked at: no data: query returned no series"
+    )
+
+
+def test_data_that_went_missing_says_how_long_and_when_it_was_last_seen() -> None:
+    """A rule that had a value, then none, is inconclusive since then, naming the last value."""
+    _, steps = run(make_rule(), [(0, 0.01), (30, None), (60, None)])
+    assert [s.state for s in steps[1:]] == [FindingState.INCONCLUSIVE] * 2
+    assert steps[2].reason.startswith(
+        "inconclusive for 30s: no data: query returned no series "
+        f"(last value at {format_instant(T0)})"
+    )
 
 
 def test_missing_data_never_fires_even_with_for_zero() -> None:

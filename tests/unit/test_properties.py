@@ -19,7 +19,7 @@ from rollbackd.model import (
     Vector,
 )
 from rollbackd.policy import Guards, ServiceFacts, decide
-from rollbackd.rules import Key, Rule, evaluate, evaluate_cycle
+from rollbackd.rules import Key, Previously, Rule, evaluate, evaluate_cycle
 
 DEPLOYED = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 FACTS = ServiceFacts(current_version="v2", deployed_at=DEPLOYED, last_good_version="v1")
@@ -280,6 +280,7 @@ def test_skipping_quiet_rules_changes_no_finding(
     states: dict[Key, RuleState] = {}
     reference: dict[Key, RuleState] = {}
     now = DEPLOYED
+    previously: Previously | None = None
     for seconds, samples_by_key in history:
         now += timedelta(seconds=seconds)
         measurements = to_measurements(samples_by_key)
@@ -290,9 +291,10 @@ def test_skipping_quiet_rules_changes_no_finding(
                     {s: m for (name, s), m in measurements.items() if name == rule.name}
                 )
         cycle = evaluate_cycle(
-            RULES, SERVICES, measurements, BASELINES, {}, states, now, vectors or None
+            RULES, SERVICES, measurements, BASELINES, {}, states, now, vectors or None, previously
         )
         states = cycle.states
+        previously = Previously(now, frozenset(r.name for r in RULES), frozenset(SERVICES))
         reference, expected = reference_cycle(samples_by_key, reference, now)
         got = [((f.rule, f.service), f.state, f.reason) for f in cycle.findings]
         assert got == expected

@@ -182,7 +182,15 @@ class Checklist:
         if record.state is not IncidentState.AWAITING_APPROVAL:
             raise Refused(f"incident {incident_id} is {record.state.value}, not awaiting approval")
         self._refuse_if_busy(record.service, but=incident_id)
-        self.journal.set_state(incident_id, IncidentState.ROLLING_BACK, "approved", at)
+        if not self.journal.set_state(
+            incident_id,
+            IncidentState.ROLLING_BACK,
+            "approved",
+            at,
+            expect=(IncidentState.AWAITING_APPROVAL,),
+        ):
+            now = self._load(incident_id).state.value
+            raise Refused(f"incident {incident_id} is {now}, no longer awaiting approval")
         return self._load(incident_id)
 
     def run(self, incident_id: int) -> IncidentRecord:
