@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -27,21 +27,25 @@ from rollbackd.client import DaemonClient, DaemonUnavailable
 from rollbackd.client import Refused as ClientRefused
 from rollbackd.config import DEFAULT_CONFIG_PATH
 from rollbackd.durations import format_duration, format_instant, parse_duration, parse_instant
+from rollbackd.engine import CycleReport, Explanation
 from rollbackd.errors import InvalidInput, NotBuilt, RollbackdError
 from rollbackd.evaluation import Evaluation, evaluate_now
 from rollbackd.journal import IncidentState, JournalError, SqliteJournal
 from rollbackd.loader import Loaded, load, shown
 from rollbackd.matrix import TRIGGER_SEVERITY
-from rollbackd.model import FindingState, Severity, Trigger
+from rollbackd.model import Finding, FindingState, Severity, Trigger
 from rollbackd.output import (
+    ExplainWriter,
     decision_line,
     decision_record,
     event_line,
     event_record,
+    explanation_record,
     finding_line,
     finding_record,
     incident_record,
     json_line,
+    unmeasured_note,
 )
 from rollbackd.replay import Replay, step_times
 from rollbackd.report import render_report
@@ -144,16 +148,52 @@ def run(config: ConfigOption = None) -> None:
     serve(daemon, loaded.config_path)
 
 
+ExplainOption = Annotated[
+    str | None,
+    typer.Option(
+        "--explain",
+        metavar="SERVICE",
+        help="Print, step by step, each rule's value, threshold, baseline and state for "
+        "SERVICE, and why a decision was or was not taken.",
+    ),
+]
+
+
+def _explained(loaded: Loaded, service: str | None) -> tuple[str, ...]:
+    if service is None:
+        return ()
+    if loaded.config.service(service) is None:
+        known = ", ".join(s.name for s in loaded.config.services) or "none"
+        _fail(
+            [f"--explain: no service named {service!r} is configured (known: {known})"],
+            EXIT_INVALID,
+        )
+    return (service,)
+
+
 @app.command()
 def evaluate(
     config: ConfigOption = None,
     json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    explain: ExplainOption = None,
 ) -> None:
     """One evaluation now against live sources; print findings and the actions it would take."""
     loaded = _load(config)
+    explained = _explained(loaded, explain)
     now = datetime.now(UTC)
-    result = evaluate_now(loaded.config, loaded.rules, now)
+    result = evaluate_now(loaded.config, loaded.rules, now, explain=explained)
+    if explained:
+        _print_explained(result.explained, json)
     _print_evaluation(result, json)
+
+
+def _print_explained(steps: Iterable[Explanation], as_json: bool) -> None:
+    writer = ExplainWriter()
+    for step in steps:
+        for line in [json_line(explanation_record(step))] if as_json else writer.write(step):
+            typer.echo(line)
+    for line in [] if as_json else writer.close():
+        typer.echo(line)
 
 
 @app.command()
@@ -163,8 +203,54 @@ def backtest(
     config: ConfigOption = None,
     step: Annotated[str, typer.Option("--step", help="Evaluation step.")] = "30s",
     json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    explain: ExplainOption = None,
 ) -> None:
-    """Replay the rules over Prometheus history; print the actions the daemon would have taken."""
+    """Replay the rules over Prometheus history; print the actions the daemon would have taken.
+
+    Under a dry-run config it shows what the armed daemon would do, marked as dry-run.
+    """
+    start_at, end_at, step_every = _replay_range(start, end, step)
+    loaded = _load(config)
+    explained = _explained(loaded, explain)
+    cfg = loaded.config
+    prometheus = PrometheusSource(
+        cfg.prometheus.url, cfg.prometheus.timeout, cfg.alerts.service_label
+    )
+    dry_run = cfg.daemon.dry_run
+    replay = Replay(cfg, loaded.rules, prometheus, step_every, explain=explained, armed=dry_run)
+    err = Console(stderr=True, highlight=False)
+    total = len(step_times(start_at, end_at, step_every))
+    actions = 0
+    writer = ExplainWriter()
+    quiet = bool(explained) or not err.is_terminal or total < 200
+    with Progress(console=err, transient=True, disable=quiet) as bar:
+        task = bar.add_task("replaying", total=total)
+        for report in replay.run(
+            start_at, end_at, lambda done, _: bar.update(task, completed=done)
+        ):
+            for line in _replay_lines(report, json, bool(explained), dry_run, writer):
+                typer.echo(line)
+            actions += len(report.decisions)
+    for line in writer.close():
+        typer.echo(line)
+    if dry_run:
+        err.print(
+            "note: this config has dry_run = true: the actions above are what the daemon would "
+            "do armed; running as configured it records them only"
+        )
+    if replay.deploy_error is not None:
+        err.print(f"note: {replay.deploy_error}; relative rules and attribution need deploys")
+    if not json:
+        found = sum(len(replay.history.deploys(s)) for s in replay.history.services())
+        typer.echo(
+            f"{_count(actions, 'action')} from {format_instant(start_at)} to "
+            f"{format_instant(end_at)} every {format_duration(step_every)} "
+            f"({_count(total, 'evaluation')}, {_count(found, 'deploy')} found)"
+        )
+
+
+def _replay_range(start: str, end: str, step: str) -> tuple[datetime, datetime, timedelta]:
+    """``--start``, ``--end`` and ``--step``, checked; exit 2 naming each one that is wrong."""
     now = datetime.now(UTC)
     problems = []
     try:
@@ -185,36 +271,34 @@ def backtest(
         problems.append(f"--end: {end!r} is not after --start {start!r}")
     if problems:
         _fail(problems, EXIT_INVALID)
-    loaded = _load(config)
-    cfg = loaded.config
-    prometheus = PrometheusSource(
-        cfg.prometheus.url, cfg.prometheus.timeout, cfg.alerts.service_label
-    )
-    replay = Replay(cfg, loaded.rules, prometheus, step_every)
-    err = Console(stderr=True, highlight=False)
-    total = len(step_times(start_at, end_at, step_every))
-    actions = 0
-    with Progress(console=err, transient=True, disable=not err.is_terminal or total < 200) as bar:
-        task = bar.add_task("replaying", total=total)
-        for report in replay.run(
-            start_at, end_at, lambda done, _: bar.update(task, completed=done)
-        ):
-            for event in report.events:
-                typer.echo(json_line(event_record(event)) if json else event_line(event))
-            for decision in report.decisions:
-                actions += 1
-                typer.echo(
-                    json_line(decision_record(decision)) if json else decision_line(decision)
-                )
-    if replay.deploy_error is not None:
-        err.print(f"note: {replay.deploy_error}; relative rules and attribution need deploys")
-    if not json:
-        found = sum(len(replay.history.deploys(s)) for s in replay.history.services())
-        typer.echo(
-            f"{_count(actions, 'action')} from {format_instant(start_at)} to "
-            f"{format_instant(end_at)} every {format_duration(step_every)} "
-            f"({_count(total, 'evaluation')}, {_count(found, 'deploy')} found)"
+    return start_at, end_at, step_every
+
+
+def _replay_lines(
+    report: CycleReport, as_json: bool, explained: bool, dry_run: bool, writer: ExplainWriter
+) -> list[str]:
+    """One replayed step: its explanations, what happened to incidents, its decisions.
+
+    ``--json`` without ``--explain`` stays one action per line, as design §2 has it.
+    """
+    lines: list[str] = []
+    for explanation in report.explanations.values():
+        if as_json:
+            lines.append(json_line(explanation_record(explanation)))
+        else:
+            lines.extend(writer.write(explanation))
+    for event in report.events:
+        if not as_json:
+            lines.append(event_line(event))
+        elif explained:
+            lines.append(json_line(event_record(event)))
+    for decision in report.decisions:
+        lines.append(
+            json_line(decision_record(decision, dry_run))
+            if as_json
+            else decision_line(decision, dry_run)
         )
+    return lines
 
 
 @app.command()
@@ -563,6 +647,8 @@ def _deadline(action: str, deadline: timedelta | None) -> str:
 def _print_evaluation(result: Evaluation, as_json: bool) -> None:
     shown_states = {FindingState.FIRING, FindingState.PENDING, FindingState.INCONCLUSIVE}
     findings = [f for f in result.report.notable if f.state in shown_states]
+    if not as_json:  # a rule never measured is one quiet line per service, below
+        findings = [f for f in findings if not f.unmeasured]
     if as_json:
         for finding in findings:
             typer.echo(json_line(finding_record(finding)))
@@ -583,6 +669,13 @@ def _print_evaluation(result: Evaluation, as_json: bool) -> None:
     )
     for finding in sorted(findings, key=lambda f: (f.state.value, f.service, f.rule)):
         typer.echo(finding_line(finding))
+    by_service: dict[str, list[Finding]] = {}
+    for finding in result.report.notable:
+        by_service.setdefault(finding.service, []).append(finding)
+    for service, own in sorted(by_service.items()):
+        note = unmeasured_note(own)
+        if note is not None:
+            typer.echo(f"{service}: {note}")
     if not result.decisions:
         typer.echo("no action: nothing is firing")
     for decision in result.decisions:

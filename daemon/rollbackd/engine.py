@@ -30,7 +30,7 @@ Incidents, as the engine sees them (:class:`Judgement`):
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
@@ -103,13 +103,15 @@ class Judgement:
     recovered: bool = False
     incident: int | None = None
 
-    def covers(self, current: Deploy | None) -> bool:
+    def covers(self, current: Deploy | None, earlier: Collection[str] = ()) -> bool:
         """Whether findings on ``current`` belong to this judgement.
 
-        Yes for the deploy it was opened for (or an older one), and for a deploy its
-        own rollback made; no for any deploy after it opened: that one is judged anew.
+        Yes for the deploy it was opened for (or an older one), for a deploy its own
+        rollback made, and for a version that ran before the one it judges (``earlier``:
+        a rollback made by hand, whose lagging findings are still this incident's).
+        No for a newer version deployed after it opened: that one is judged anew.
         """
-        if current is None or current.time <= self.opened:
+        if current is None or current.time <= self.opened or current.version in earlier:
             return True
         return any(
             current.version == made.version or (made.ref is not None and current.ref == made.ref)
@@ -196,7 +198,15 @@ class Inputs:
 class Engine:
     """The decision loop's memory and its pure step."""
 
-    def __init__(self, config: Config, rules: Iterable[Rule], history: DeployHistory) -> None:
+    def __init__(
+        self,
+        config: Config,
+        rules: Iterable[Rule],
+        history: DeployHistory,
+        armed: bool = False,
+    ) -> None:
+        """``armed``: decide as the daemon would with dry-run off (a backtest acts on nothing,
+        so under a dry-run config it shows what the armed daemon would do)."""
         self.config = config
         self.rules = tuple(rules)
         self.history = history
@@ -212,6 +222,8 @@ class Engine:
         self._rule_names = frozenset(r.name for r in self.rules)
         self._policy = config.policy.table()
         self._guards = config.guards_for_policy()
+        if armed:
+            self._guards = replace(self._guards, dry_run=False)
         self._expire_after = config.incidents.expire_after
         self._previously: Previously | None = None
 
@@ -269,11 +281,7 @@ class Engine:
                     outcomes[service] = f"{ended.kind.value}: {ended.reason}"
             if not firing:
                 if service not in outcomes:
-                    outcomes[service] = (
-                        f"nothing fires; {judgement.named()} stays open for {judgement.judged()}"
-                        if judgement is not None
-                        else "no decision: nothing fires"
-                    )
+                    outcomes[service] = _quiet_outcome(own, judgement)
                 continue
             severity = Severity.highest([f.severity for f in firing])
             if judgement is not None and severity.rank <= judgement.decision.severity.rank:
@@ -369,7 +377,7 @@ class Engine:
     ) -> IncidentEvent | None:
         """Track an open judgement one cycle; the event that ends it, if it ends now."""
         current = self.history.current(service)
-        if not judgement.covers(current):
+        if not judgement.covers(current, self._earlier(service, judgement)):
             assert current is not None  # noqa: S101 -- covers() is True without a deploy
             return IncidentEvent(
                 Outcome.SUPERSEDED,
@@ -422,6 +430,11 @@ class Engine:
                 tuple(not_ok),
             )
         return None
+
+    def _earlier(self, service: str, judgement: Judgement) -> set[str]:
+        """The versions of ``service`` that ran before the one ``judgement`` judges."""
+        before = judgement.deployed_at or judgement.opened
+        return {d.version for d in self.history.deploys(service) if d.time < before}
 
     def _fold(
         self,
@@ -525,6 +538,22 @@ class Engine:
             last_good_version=last_good,
             rollbacks=tuple(self.rollbacks.get(service, ())),
         )
+
+
+def _quiet_outcome(own: list[Finding], judgement: Judgement | None) -> str:
+    """Why a service with nothing firing got no decision, for ``--explain``."""
+    text = "no decision: nothing fires"
+    pending = sorted(f.rule for f in own if f.state is FindingState.PENDING)
+    if pending:
+        text += f" yet ({', '.join(pending)} pending: not held for its `for`)"
+    missing = sorted(
+        f.rule for f in own if f.state is FindingState.INCONCLUSIVE and not f.unmeasured
+    )
+    if missing:
+        text += f"; {', '.join(missing)} inconclusive: missing data is never a reason to act"
+    if judgement is not None:
+        text += f"; {judgement.named()} stays open for {judgement.judged()}"
+    return text
 
 
 def _ok_again(rule: str, finding: Finding | None) -> str:

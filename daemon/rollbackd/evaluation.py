@@ -9,12 +9,13 @@ probes. Nothing is acted on, and no rollback is simulated.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from rollbackd.config import Config
 from rollbackd.deploys import DeployHistory
-from rollbackd.engine import CycleReport, LiveCycle
+from rollbackd.engine import CycleReport, Explanation, LiveCycle
 from rollbackd.model import Decision
 from rollbackd.replay import Replay
 from rollbackd.rules import Rule
@@ -25,12 +26,17 @@ from rollbackd.sources.prometheus import PrometheusSource
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The last cycle's report and the decisions of the incidents still open."""
+    """The last cycle's report and the decisions of the incidents still open.
+
+    ``explained`` holds, with ``explain``, every step's explanation of those services:
+    the replayed past, then the live step.
+    """
 
     report: CycleReport
     decisions: tuple[Decision, ...]
     deploy_error: str | None
     history: DeployHistory
+    explained: tuple[Explanation, ...] = ()
 
 
 def lookback(config: Config, rules: tuple[Rule, ...]) -> timedelta:
@@ -50,24 +56,31 @@ def evaluate_now(
     now: datetime,
     prometheus: MetricSource | None = None,
     prober: Prober | None = None,
+    explain: Collection[str] = (),
 ) -> Evaluation:
     """Replay the recent past, then evaluate once at ``now`` with live sources."""
     prometheus = prometheus or PrometheusSource(
         config.prometheus.url, config.prometheus.timeout, config.alerts.service_label
     )
     step = config.daemon.poll_interval
-    replay = Replay(config, rules, prometheus, step, simulate_rollbacks=False)
-    for _ in replay.run(now - lookback(config, rules), now - step):
-        pass
+    replay = Replay(config, rules, prometheus, step, simulate_rollbacks=False, explain=explain)
+    explained: list[Explanation] = []
+    for past in replay.run(now - lookback(config, rules), now - step):
+        explained.extend(past.explanations.values())
     own_prober = prober is None
     prober = prober or Prober()
     try:
         live = LiveCycle(replay.engine, prometheus, prober)
         live.baselines = replay.baselines
-        report = replay.engine.step(now, live.gather(now))
+        report = replay.engine.step(now, live.gather(now), explain)
+        explained.extend(report.explanations.values())
     finally:
         if own_prober:
             prober.close()
     return Evaluation(
-        report, tuple(replay.engine.open_decisions()), replay.deploy_error, replay.history
+        report,
+        tuple(replay.engine.open_decisions()),
+        replay.deploy_error,
+        replay.history,
+        tuple(explained),
     )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from rollbackd.durations import format_duration, format_instant
-from rollbackd.engine import IncidentEvent
+from rollbackd.engine import Explanation, IncidentEvent
 from rollbackd.journal import IncidentRecord
 from rollbackd.model import Decision, Finding
 
@@ -36,11 +37,16 @@ def finding_record(finding: Finding) -> dict[str, Any]:
         else format_duration(finding.missing_for),
         "reason": finding.reason,
         "severity_reason": finding.severity_reason,
+        "last_seen": _time(finding.last_seen),
+        "measured": not finding.unmeasured,
     }
 
 
-def decision_record(decision: Decision) -> dict[str, Any]:
-    """A decision as one JSON object with the fields of design §2 and more."""
+def decision_record(decision: Decision, dry_run: bool = False) -> dict[str, Any]:
+    """A decision as one JSON object with the fields of design §2 and more.
+
+    ``dry_run``: what the armed daemon would do, shown by a backtest of a dry-run config.
+    """
     record: dict[str, Any] = {
         "type": "action",
         "time": _time(decision.time),
@@ -58,6 +64,8 @@ def decision_record(decision: Decision) -> dict[str, Any]:
     }
     if len(decision.rules) == 1:
         record["rule"] = decision.rules[0]
+    if dry_run:
+        record["dry_run"] = True
     return record
 
 
@@ -75,6 +83,110 @@ def event_record(event: IncidentEvent) -> dict[str, Any]:
     }
 
 
+def unmeasured_note(findings: Iterable[Finding]) -> str | None:
+    """The rules a service has never had data for, in one quiet line (None: there are none).
+
+    A rule on a metric the service does not export is inconclusive for ever: said once,
+    not as a warning per rule and per cycle.
+    """
+    never = [f for f in findings if f.unmeasured]
+    if not never:
+        return None
+    names = ", ".join(sorted({f.rule for f in never}))
+    looked = max((f.missing_for for f in never if f.missing_for is not None), default=None)
+    span = f" in the {format_duration(looked)} looked at" if looked else ""
+    return (
+        f"not measured{span}: {names} (no data: export the metrics these rules read, "
+        "or remove the rules)"
+    )
+
+
+def explanation_record(explanation: Explanation) -> dict[str, Any]:
+    """One service's step for ``--explain --json``: every finding and the outcome."""
+    deploy = explanation.deploy
+    return {
+        "type": "explain",
+        "time": _time(explanation.time),
+        "service": explanation.service,
+        "version": deploy.version if deploy else None,
+        "deployed_at": _time(deploy.time) if deploy else None,
+        "last_good": explanation.last_good,
+        "findings": [finding_record(f) for f in explanation.findings],
+        "outcome": explanation.outcome,
+    }
+
+
+def explanation_lines(explanation: Explanation) -> list[str]:
+    """One service's step for ``--explain``: the deploy, each rule's state and why, the outcome."""
+    deploy = explanation.deploy
+    running = (
+        f"{deploy.version} (deployed {format_instant(deploy.time)}, from {deploy.source})"
+        if deploy
+        else "no deploy known"
+    )
+    lines = [
+        f"{format_instant(explanation.time)}  {explanation.service}: {running}; "
+        f"last known good {explanation.last_good or 'none'}"
+    ]
+    width = max((len(f.rule) for f in explanation.findings), default=0)
+    for finding in explanation.findings:
+        if not finding.unmeasured:
+            lines.append(f"  {finding.rule:<{width}}  {finding.state.value:<12} {finding.reason}")
+    note = unmeasured_note(explanation.findings)
+    if note is not None:
+        lines.append(f"  {note}")
+    lines.append(f"  -> {explanation.outcome}")
+    return lines
+
+
+class ExplainWriter:
+    """``--explain`` as text: a block per step, but a run of steps where no rule changed
+    state and the outcome stayed the same is one line; the last step is always shown."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[object, ...]] = {}
+        self._alike: dict[str, list[Explanation]] = {}
+
+    def write(self, explanation: Explanation) -> list[str]:
+        service = explanation.service
+        deploy = explanation.deploy
+        signature = (
+            tuple((f.rule, f.state) for f in explanation.findings),
+            explanation.outcome,
+            (deploy.version, deploy.time) if deploy else None,
+            explanation.last_good,
+        )
+        if self._last.get(service) == signature:
+            self._alike.setdefault(service, []).append(explanation)
+            return []
+        self._last[service] = signature
+        return [*self._flush(service, show_last=False), *explanation_lines(explanation)]
+
+    def close(self) -> list[str]:
+        """What is still held back: the steps alike at the end, and the last one in full."""
+        lines: list[str] = []
+        for service in list(self._alike):
+            lines.extend(self._flush(service, show_last=True))
+        return lines
+
+    def _flush(self, service: str, show_last: bool) -> list[str]:
+        alike = self._alike.pop(service, [])
+        if not alike:
+            return []
+        last = alike[-1]
+        if show_last:
+            alike = alike[:-1]
+        lines = []
+        if alike:
+            lines.append(
+                f"  ... {len(alike)} more {'step' if len(alike) == 1 else 'steps'} alike, "
+                f"to {format_instant(alike[-1].time)}"
+            )
+        if show_last:
+            lines.extend(explanation_lines(last))
+        return lines
+
+
 def json_line(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
@@ -86,8 +198,8 @@ def finding_line(finding: Finding) -> str:
     )
 
 
-def decision_line(decision: Decision) -> str:
-    extra = ""
+def decision_line(decision: Decision, dry_run: bool = False) -> str:
+    extra = " (dry run: the daemon would record this only)" if dry_run else ""
     if decision.approver:
         extra += f" (approver {decision.approver}"
         extra += f", deadline {format_instant(decision.deadline)})" if decision.deadline else ")"

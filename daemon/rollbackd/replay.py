@@ -10,7 +10,7 @@ runs them live at its last step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -117,12 +117,17 @@ class Replay:
         step: timedelta,
         history: DeployHistory | None = None,
         simulate_rollbacks: bool = True,
+        explain: Collection[str] = (),
+        armed: bool = False,
     ) -> None:
+        """``explain``: services whose every finding and outcome each report carries;
+        ``armed``: decide as with dry-run off (see :class:`Engine`)."""
         self.config = config
         self.prometheus = prometheus
         self.step = step
         self.history = history or DeployHistory(config.deploys.known_good_after)
-        self.engine = Engine(config, rules, self.history)
+        self.engine = Engine(config, rules, self.history, armed=armed)
+        self.explain = tuple(explain)
         self.baselines = BaselineCache(prometheus)
         self.deploy_error: str | None = None
         self.simulate_rollbacks = simulate_rollbacks
@@ -186,7 +191,7 @@ class Replay:
                         source_errors=fetched.errors,
                         vectors={name: _vector_at(m, ms) for name, m in fetched.values.items()},
                     )
-                    report = self.engine.step(moment, inputs)
+                    report = self.engine.step(moment, inputs, self.explain)
                     for decision in report.decisions if self.simulate_rollbacks else ():
                         if decision.action.value == "rollback":
                             self.engine.record_rollback(decision.service, moment)

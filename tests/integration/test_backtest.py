@@ -189,3 +189,55 @@ def test_backtest_human_output_tells_the_story_and_counts(
     assert any(line.startswith("2026-10-01T12:4") and "RESOLVED web" in line for line in lines)
     assert lines[-1].startswith("1 action from 2026-10-01T11:00:00Z to 2026-10-01T13:00:00Z")
     assert "\x1b[" not in result.stdout
+
+
+def test_backtest_explains_a_service_step_by_step(
+    tmp_path: Path, run_cli: RunCli, prometheus_factory: PrometheusFactory, storage: Path
+) -> None:
+    """--explain web: each rule's value, threshold and state per step, and why it acted or not."""
+    prometheus = prometheus_factory(storage_dir=storage)
+    config = write_config(tmp_path, prometheus.url)
+    window = ["--start", "2026-10-01T11:00:00Z", "--end", "2026-10-01T12:20:00Z"]
+    result = run_cli("backtest", "--config", str(config), *window, "--explain", "web")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert (
+        "2026-10-01T12:00:00Z  web: v2 (deployed 2026-10-01T12:00:00Z, from metric); "
+        "last known good v1"
+    ) in lines
+    assert any("error-rate  ok" in line and "> 0.05 does not hold" in line for line in lines)
+    pending = [line for line in lines if "error-rate  pending" in line]
+    assert pending and pending[0].endswith("> 0.05 for 0s of 2m")
+    assert any(line.startswith("  -> no decision: nothing fires") for line in lines)
+    [decided] = [line for line in lines if line.startswith("  -> decision: request_approval")]
+    assert "roll back v2 to v1" in decided
+    suppressed = "  -> suppressed: the incident of 2026-10-01T12:07"
+    assert any(line.startswith(suppressed) for line in lines)
+    assert any("more steps alike" in line for line in lines)  # quiet stretches are one line
+    assert not any("api:" in line for line in lines)  # only the service asked about
+
+    unknown = run_cli("backtest", "--config", str(config), *window, "--explain", "nope")
+    assert unknown.returncode == 2
+    assert "--explain: no service named 'nope' is configured" in unknown.stderr
+
+
+def test_backtest_of_a_dry_run_config_shows_what_the_armed_daemon_would_do(
+    tmp_path: Path, run_cli: RunCli, prometheus_factory: PrometheusFactory, storage: Path
+) -> None:
+    """Under dry_run = true the action is the real one, marked as dry-run, never 'record'."""
+    prometheus = prometheus_factory(storage_dir=storage)
+    config = write_config(tmp_path, prometheus.url)
+    text = config.read_text().replace("[daemon]\n", "[daemon]\ndry_run = true\n")
+    config.write_text(text)
+    window = ["--start", "2026-10-01T11:00:00Z", "--end", "2026-10-01T13:00:00Z"]
+    result = run_cli("backtest", "--config", str(config), *window, "--json")
+    assert result.returncode == 0, result.stderr
+    [action] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert (action["action"], action["dry_run"], action["guards"]) == (
+        "request_approval",
+        True,
+        [],
+    )
+    assert "dry_run = true" in result.stderr
+    human = run_cli("backtest", "--config", str(config), *window)
+    assert "ACTION REQUEST_APPROVAL (dry run: the daemon would record this only)" in human.stdout

@@ -371,3 +371,21 @@ def test_an_alert_incident_ends_once_the_alert_stops_and_every_rule_is_quiet() -
         report = engine.step(now, Inputs(measurements=quiet, alerts=[alert] if alerting else []))
         outcomes.append((len(report.decisions), [r.service for r in report.resolutions]))
     assert outcomes == [(1, []), (0, []), (0, ["web"]), (1, [])]
+
+
+def test_evaluate_explains_every_step_of_a_service_ending_with_the_live_one() -> None:
+    """--explain web: the replayed steps and the live step, each rule with its state and why."""
+    metrics = healthy_world()
+    metrics.deploy("web", "v2", NOON)
+    metrics.set(ERRORS, switch(0.01, [("web", NOON + timedelta(minutes=10), None, 0.2)]))
+    now = NOON + timedelta(minutes=20)
+    result = evaluate_now(config(), rules(), now, prometheus=metrics, explain=("web",))
+    assert {e.service for e in result.explained} == {"web"}
+    last = result.explained[-1]
+    assert last.time == now
+    assert [f.rule for f in last.findings] == ["error-rate", "latency-regression", "outage"]
+    assert last.outcome.startswith("suppressed: the incident of ")
+    decided = [e for e in result.explained if e.outcome.startswith("decision: request_approval")]
+    assert [e.time for e in decided] == [NOON + timedelta(minutes=12)]
+    pending = [e for e in result.explained if "error-rate pending" in e.outcome]
+    assert pending and pending[0].time == NOON + timedelta(minutes=10)
