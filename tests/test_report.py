@@ -618,3 +618,18 @@ def test_unknown_format_is_refused(journal: SqliteJournal) -> None:
     """Asking for a format the report does not have is an error that names both formats."""
     with pytest.raises(ValueError, match="'markdown' or 'html'"):
         render_report(bare_incident(journal), "pdf")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "html"])
+def test_rules_never_measured_are_one_quiet_line(journal: SqliteJournal, fmt: str) -> None:
+    """Rules on metrics the service does not export are named once, not as a row each."""
+    number = bare_incident(journal).id
+    snapshot = {"findings": [], "unmeasured": ["auth-failures", "data-loss", "ui-errors"]}
+    journal.add_evidence(number, at(6), "snapshot", snapshot)
+    record = journal.incident(number)
+    assert record is not None
+    text = render_report(record, "markdown" if fmt == "markdown" else "html")
+    flat = parse(text).text() if fmt == "html" else text
+    assert "Not measured" in flat
+    assert "since rollbackd began looking, for: auth-failures, data-loss, ui-errors" in flat
+    assert flat.count("auth-failures") == 1

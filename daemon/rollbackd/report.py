@@ -535,6 +535,8 @@ _TABLE_KINDS = {
     "firing_alerts": "alerts",
 }
 _TITLES = {"findings": "Findings", "deploys": "Deploys", "alerts": "Firing alerts"}
+UNMEASURED = "unmeasured"
+"""Rules the service never had data for: one quiet line, not a row of warnings each."""
 _COLUMNS = {
     "findings": (
         "rule",
@@ -571,11 +573,12 @@ def _evidence_items(evidence: Sequence[EvidenceRecord]) -> Iterator[_Item]:
     for number, record in ordered:
         kind = _TABLE_KINDS.get(record.kind, record.kind)
         body = record.body
-        if kind not in _COLUMNS and isinstance(body, dict) and any(k in _TABLE_KINDS for k in body):
-            rest = {k: v for k, v in body.items() if k not in _TABLE_KINDS}
+        known = (*_TABLE_KINDS, UNMEASURED)
+        if kind not in _COLUMNS and isinstance(body, dict) and any(k in known for k in body):
+            rest = {k: v for k, v in body.items() if k not in known}
             for key, value in body.items():
-                if key in _TABLE_KINDS:
-                    yield _Item(_TABLE_KINDS[key], record.time, value, number)
+                if key in known:
+                    yield _Item(_TABLE_KINDS.get(key) or key, record.time, value, number)
             if rest:
                 yield _Item(kind, record.time, rest, number)
         else:
@@ -679,6 +682,21 @@ def _evidence_groups(incident: IncidentRecord, items: Sequence[_Item]) -> tuple[
         members = kinds[kind]
         if kind in _COLUMNS:
             groups.append(_table_group(kind, members, incident.service))
+        elif kind == UNMEASURED:
+            names = sorted({clean(str(n)) for item in members for n in _rows_of(item.body)[1] if n})
+            groups.append(
+                EvidenceGroup(
+                    kind,
+                    "Not measured",
+                    len(names),
+                    None,
+                    (),
+                    "No data at any time since rollbackd began looking, for: "
+                    + (", ".join(names) or "none")
+                    + " (a metric the service does not export: inconclusive, never a reason "
+                    "to act)",
+                )
+            )
         elif kind == RECOVERY_CHECK:
             groups.append(
                 EvidenceGroup(

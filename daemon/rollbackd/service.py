@@ -503,7 +503,12 @@ class Daemon:
             current_version=current.version if current else None,
             decision=decision,
             evidence={
-                "findings": [finding_record(f) for f in findings if f.state is not FindingState.OK],
+                "findings": [
+                    finding_record(f)
+                    for f in findings
+                    if f.state is not FindingState.OK and not f.unmeasured
+                ],
+                "unmeasured": sorted(f.rule for f in findings if f.unmeasured),
                 "deploys": [
                     {"version": d.version, "time": format_instant(d.time), "source": d.source}
                     for d in self.history.deploys(decision.service)[-5:]
@@ -763,7 +768,8 @@ class Daemon:
         for service in self.config.services:
             current = self.history.current(service.name)
             good, why = self.history.last_good(service.name)
-            own = by_service.get(service.name, [])
+            measured = by_service.get(service.name, [])
+            own = [f for f in measured if not f.unmeasured]
             states = {f.state for f in own}
             state = (
                 "firing"
@@ -785,9 +791,24 @@ class Daemon:
                     "last_good_version": good,
                     "last_good_reason": why,
                     "findings": [finding_record(f) for f in own if f.state is not FindingState.OK],
+                    "unmeasured": sorted(f.rule for f in measured if f.unmeasured),
+                    "incident": self._open_incident(service.name),
                 }
             )
         return out
+
+    def _open_incident(self, service: str) -> dict[str, Any] | None:
+        """The incident the engine follows for ``service``, if one is open."""
+        judgement = self.engine.judgement(service)
+        if judgement is None:
+            return None
+        return {
+            "id": judgement.incident,
+            "opened": format_instant(judgement.opened),
+            "version": judgement.version,
+            "severity": judgement.decision.severity.value,
+            "action": judgement.decision.action.value,
+        }
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         report = self.last_report
