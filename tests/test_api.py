@@ -653,6 +653,36 @@ def test_approve_and_veto_at_the_same_instant_have_exactly_one_winner(
     assert len(humans) == 1
 
 
+def test_a_rollback_deploys_its_target_with_the_ref_and_facts_of_its_earlier_deploy(
+    api: Api, journals: list[SqliteJournal]
+) -> None:
+    """After the rollback v1 is current with v1's ref and migration facts, and after a restart."""
+    fact = {"file": "migrations/0001.sql", "backwards_compatible": True, "changes_data": False}
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0)
+    assert api.deploy("v1", ref="1111111", migrations=[fact]).status_code == 201
+    api.cycle()
+    api.clock.advance(KNOWN_GOOD_AFTER + timedelta(seconds=30))
+    api.cycle()
+    assert api.deploy("v2", ref="2222222").status_code == 201
+    api.clock.advance(timedelta(seconds=30))
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0 if api.rolled_back.exists() else 0.2)
+    [decision] = api.cycle().decisions
+    assert (decision.action, decision.target) == (Action.REQUEST_APPROVAL, "v1")
+    [incident] = api.get("/api/v1/incidents", "viewer").json()
+    number = incident["id"]
+    assert api.post(f"/api/v1/incidents/{number}/approve", "senior_admin").status_code == 200
+    assert api.wait_for_state(number, {"recovered", "not_recovered", "escalated"}) == "recovered"
+    [executed] = [s for s in api.incident(number)["steps"] if s["name"] == "execute"]
+    rollback = api.journal.deploys()[-1]
+    assert (rollback.version, rollback.ref, rollback.source) == ("v1", "1111111", "event")
+    assert format_instant(rollback.time) == executed["finished"]
+    assert [m.file for m in rollback.migrations] == ["migrations/0001.sql"]
+    assert api.daemon.history.current("web") == rollback
+    for daemon in (api.daemon, restarted(api, journals)):
+        [web] = daemon.services_view()
+        assert (web["current_version"], web["deployed_at"]) == ("v1", executed["finished"])
+
+
 def test_a_firing_alert_not_sent_again_for_expire_after_is_over(api: Api) -> None:
     """A firing alert Alertmanager stopped re-sending (its resolve lost) stops firing after 5h."""
     alert = example()

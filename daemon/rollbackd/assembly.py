@@ -20,6 +20,7 @@ from rollbackd.actions.migrations import check as migration_gate
 from rollbackd.actions.recovery import Criteria, LiveObserver, RecoveryWatcher, probe_runners
 from rollbackd.actions.script import ScriptExecutor
 from rollbackd.config import Config, ServiceConfig
+from rollbackd.deploys import Deploy
 from rollbackd.journal import Journal, SqliteJournal, journal_path
 from rollbackd.notify import JournalOnly, Message, Notifier
 from rollbackd.notify.retry import Background, build_notifier
@@ -102,6 +103,7 @@ def build_checklist(
     clock: Callable[[], datetime] = now_utc,
     sleep: Callable[[float], object] = time.sleep,
     on_step: Callable[[str, str], None] = lambda *_: None,
+    on_deploy: Callable[[Deploy], None] = lambda _: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Checklist:
     """A checklist wired with the real executors, gate and recovery watch."""
@@ -152,6 +154,7 @@ def build_checklist(
         history=history,
         clock=clock,
         on_step=on_step,
+        on_deploy=on_deploy,
         should_stop=should_stop,
     )
     return Checklist(config, parts)

@@ -1,12 +1,17 @@
 """Deploy history: which version runs, since when, and which one was last known good.
 
-Deploys come from three places, in this order of trust per service: deploy
-events (the API, told by CI), the version metric (a new value of its
-``version`` label), and the git HEAD of the service's working copy (its
-reflog). A rolling deploy shows old and new versions side by side for a while:
-the deploy time is when the new version first appears, and the current
-version is the newest one seen. A version that reappears after being gone
-(a rollback, a redeploy) is a new deploy of that version.
+What runs is what the version metric says (or, for a service without one, the
+git HEAD of its working copy): those are *sightings*. A deploy event (the API,
+told by CI; or the checklist, after a rollback's execute step) adds the ref,
+the time and the migration facts to the version it names. An event and a
+sighting of the same version are one deploy, in either order of arrival: the
+event's time and facts win. A sighting of a version no event speaks for (CI
+died before announcing it, or someone deployed by hand) is a deploy of its
+own, and current if it is the newest. A rolling deploy shows old and new
+versions side by side for a while: the deploy time is when the new version
+first appears, and the current version is the newest one seen. A version that
+reappears after being gone (a rollback, a redeploy) is a new deploy of that
+version.
 
 A deploy is *known good* once it ran ``known_good_after`` with rules evaluated
 on real data and no finding starting in that time. The last known good
@@ -17,6 +22,7 @@ times are passed in.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -55,21 +61,61 @@ class _Run:
     """A deploy and what was seen while it was current."""
 
     deploy: Deploy
+    seen_as: str | None = None
+    """The version as a sighting named it (metric label or git sha); None: told, not yet seen."""
+    seen_at: datetime | None = None
     first_conclusive: datetime | None = None
     last_conclusive: datetime | None = None
     trouble_at: datetime | None = None
     ended: datetime | None = None
 
+    @property
+    def told(self) -> bool:
+        """Whether a deploy event speaks for this run (its time and facts are the event's)."""
+        return self.deploy.source not in SIGHTINGS
+
 
 @dataclass
 class _ServiceHistory:
     runs: list[_Run] = field(default_factory=list)
-    present: frozenset[str] = frozenset()
+    present: dict[str, frozenset[str]] = field(default_factory=dict)
+    """By sighting source, the versions it saw running last (absent: not looked yet)."""
+    first_seen: dict[str, datetime] = field(default_factory=dict)
+    """By sighting source, its earliest sighting: the metric outranks git from then on."""
 
 
-SOURCE_PRIORITY = {"event": 0, "metric": 1, "git": 2}
+SIGHTINGS = ("metric", "git")
+"""The sources that see what runs, the more trusted first; every other source is an event."""
 SAME_DEPLOY = timedelta(minutes=10)
-"""A less trusted sighting of a version this soon before its deploy event is that deploy."""
+"""A deploy event and a sighting of its version this close in time are one deploy."""
+SHA_PREFIX = re.compile(r"^[0-9a-f]{7,40}$")
+"""A ref or version that names a commit by its (abbreviated) id: 7 hex digits at least."""
+
+
+def _around(runs: list[_Run], at: datetime) -> tuple[_Run | None, _Run | None]:
+    """The run in effect at ``at`` (begun at or before it) and the first one after it."""
+    before = after = None
+    for run in runs:
+        if run.deploy.time <= at:
+            before = run
+        elif after is None:
+            after = run
+    return before, after
+
+
+def _names(told: Deploy, seen: Deploy) -> bool:
+    """Whether a sighting names the version of ``told`` (an event, or an earlier deploy).
+
+    The version metric names versions as CI does. Git names commits: the
+    sighting's sha is ``told``'s ref or version, in full or abbreviated.
+    """
+    if seen.source != "git":
+        return seen.version == told.version
+    sha = (seen.ref or seen.version).lower()
+    for name in (n.lower() for n in (told.ref, told.version) if n is not None):
+        if name == sha or (SHA_PREFIX.match(name) is not None and sha.startswith(name)):
+            return True
+    return False
 
 
 class DeployHistory:
@@ -85,39 +131,116 @@ class DeployHistory:
         return sorted(self._services)
 
     def record(self, deploy: Deploy) -> bool:
-        """Add a deploy (an event, or one found in history); False if already known.
+        """Add a deploy event, or a sighting of a version appearing; False if nothing new.
 
-        Once a more trusted source has spoken for a service, a less trusted
-        one is ignored from then on (it would count the same deploys twice);
-        what it saw before stays, so a version that ran clean before CI first
-        announced a deploy is still the last known good. A less trusted
-        sighting of the same version shortly before an event is that event's
-        deploy, seen early: the event replaces it.
+        An event joins the sighting of its version that it belongs to (one
+        deploy: the event's time and facts), and a sighting joins the event
+        that announced its version; anything else is a deploy of its own.
         """
         history = self._services.setdefault(deploy.service, _ServiceHistory())
-        rank = SOURCE_PRIORITY[deploy.source]
-        trusted = [r for r in history.runs if SOURCE_PRIORITY[r.deploy.source] < rank]
-        if trusted and deploy.time >= min(r.deploy.time for r in trusted):
+        if deploy.source in SIGHTINGS:
+            return self._sighting(history, deploy)
+        return self._event(history, deploy)
+
+    def _event(self, history: _ServiceHistory, told: Deploy) -> bool:
+        """A deploy event: the sighting of its version it explains, or a deploy of its own.
+
+        The sighting it explains is the one just before it (seen early, within
+        SAME_DEPLOY), or the next deploy after it (seen late: it would have
+        confirmed this event had the event arrived first). A run already
+        explained by another event is never taken over.
+        """
+        if any(run.deploy == told for run in history.runs):
             return False
-        self.revision += 1
-        history.runs = [
-            r
-            for r in history.runs
-            if SOURCE_PRIORITY[r.deploy.source] <= rank
-            or (
-                r.deploy.time < deploy.time - SAME_DEPLOY
-                or (r.deploy.version != deploy.version and r.deploy.time < deploy.time)
-            )
-        ]
-        for run in history.runs:
-            if run.deploy.version == deploy.version and run.deploy.time == deploy.time:
+        before, after = _around(history.runs, told.time)
+        for run, close in ((before, True), (after, False)):
+            if run is None or run.told:
+                continue
+            if close and told.time - run.deploy.time > SAME_DEPLOY:
+                continue
+            if self._same(history, told, run.deploy, run):
+                run.deploy = told
+                self._changed(history)
+                return True
+        self._add(history, _Run(told))
+        return True
+
+    def _sighting(self, history: _ServiceHistory, seen: Deploy) -> bool:
+        """A version seen appearing: the deploy an event announced, or a deploy of its own.
+
+        It is the announced deploy when the run current at that moment is an
+        event of that version not seen yet (however late it is seen), or when
+        such an event follows within SAME_DEPLOY (seen early). A version that
+        reappears after it was seen once is a new deploy of it.
+        """
+        if not self._spoke(history, seen.source, seen.time):
+            return False
+        before, after = _around(history.runs, seen.time)
+        for run, close in ((before, False), (after, True)):
+            if run is None or not run.told or run.seen_as is not None:
+                continue
+            if close and run.deploy.time - seen.time > SAME_DEPLOY:
+                continue
+            if self._same(history, run.deploy, seen, run):
+                run.seen_as, run.seen_at = seen.version, seen.time
                 return False
-        history.runs.append(_Run(deploy))
+        for run in history.runs:
+            if run.seen_at == seen.time and run.seen_as == seen.version:
+                return False
+        self._add(history, _Run(seen, seen_as=seen.version, seen_at=seen.time))
+        return True
+
+    def _same(self, history: _ServiceHistory, told: Deploy, seen: Deploy, run: _Run) -> bool:
+        """Whether ``seen`` is the deploy ``told`` announced (``run`` is the one in question).
+
+        Git cannot always name what an event names: a tag or a version that is
+        no commit id, or the new commit of a revert that restores the target's
+        content. So a git sha that names no other deploy is the event's.
+        """
+        if _names(told, seen):
+            return True
+        return seen.source == "git" and not any(
+            other is not run and (other.seen_as == seen.version or _names(other.deploy, seen))
+            for other in history.runs
+        )
+
+    def _spoke(self, history: _ServiceHistory, source: str, at: datetime) -> bool:
+        """Note that ``source`` saw the service at ``at``; False if a more trusted one has.
+
+        Once the version metric has spoken for a service, git is not asked
+        again (the same deploys, named differently); git deploys it saw from
+        shortly before on are the metric's to tell.
+        """
+        rank = SIGHTINGS.index(source)
+        for trusted in SIGHTINGS[:rank]:
+            since = history.first_seen.get(trusted)
+            if since is not None and since <= at:
+                return False
+        if source not in history.first_seen:
+            lesser = SIGHTINGS[rank + 1 :]
+            kept = [
+                run
+                for run in history.runs
+                if run.deploy.source not in lesser or run.deploy.time < at - SAME_DEPLOY
+            ]
+            if len(kept) != len(history.runs):
+                history.runs = kept
+                self._changed(history)
+        history.first_seen[source] = min(history.first_seen.get(source, at), at)
+        return True
+
+    def _add(self, history: _ServiceHistory, run: _Run) -> None:
+        history.runs.append(run)
+        self._changed(history)
+
+    def _changed(self, history: _ServiceHistory) -> None:
+        """Keep the runs in time order, each ending where the next begins; a new revision."""
+        self.revision += 1
         history.runs.sort(key=lambda r: r.deploy.time)
         for earlier, later in itertools.pairwise(history.runs):
             earlier.ended = later.deploy.time
-        history.runs[-1].ended = None
-        return True
+        if history.runs:
+            history.runs[-1].ended = None
 
     def observe_versions(
         self,
@@ -127,21 +250,57 @@ class DeployHistory:
         source: str = "metric",
         refs: Mapping[str, str] | None = None,
     ) -> list[Deploy]:
-        """The versions running at ``at`` (from the version metric or git); new ones are deploys."""
+        """The versions running at ``at`` (from the version metric or git); new ones are deploys.
+
+        The first look of a source (after a start without a replay of its
+        history) cannot tell what appeared: if the current deploy runs, or the
+        versions are earlier deploys still running (a rollout not done yet),
+        nothing is new; a version the history does not know is a deploy now.
+        """
         history = self._services.setdefault(service, _ServiceHistory())
         now_present = frozenset(versions)
-        appeared = sorted(now_present - history.present)
-        history.present = now_present
-        added = []
-        for version in appeared:
-            deploy = Deploy(service, version, at, source, ref=(refs or {}).get(version))
-            if self.record(deploy):
-                added.append(deploy)
-        return added
+        before = history.present.get(source)
+        history.present[source] = now_present
+        sightings = [
+            Deploy(service, version, at, source, ref=(refs or {}).get(version))
+            for version in sorted(now_present - (before or frozenset()))
+        ]
+        if before is None and sightings:
+            if not self._spoke(history, source, at):
+                return []
+            sightings = self._first_look(history, sightings, at)
+        return [deploy for deploy in sightings if self.record(deploy)]
 
-    def set_present(self, service: str, versions: Iterable[str]) -> None:
+    def _first_look(
+        self, history: _ServiceHistory, sightings: list[Deploy], at: datetime
+    ) -> list[Deploy]:
+        """Of a source's first sightings of a service, those that are deploys now."""
+        current, _ = _around(history.runs, at)
+        if current is None:
+            return sightings
+        for seen in sightings:
+            if current.seen_as == seen.version or _names(current.deploy, seen):
+                if current.seen_as is None:
+                    current.seen_as, current.seen_at = seen.version, seen.time
+                return []
+        new = []
+        for seen in sightings:
+            if any(r.seen_as == seen.version or _names(r.deploy, seen) for r in history.runs):
+                continue
+            if (
+                current.told
+                and current.seen_as is None
+                and self._same(history, current.deploy, seen, current)
+            ):
+                current.seen_as, current.seen_at = seen.version, seen.time
+                continue
+            new.append(seen)
+        return new
+
+    def set_present(self, service: str, versions: Iterable[str], source: str = "metric") -> None:
         """The versions seen running last, so that the next observation compares with them."""
-        self._services.setdefault(service, _ServiceHistory()).present = frozenset(versions)
+        history = self._services.setdefault(service, _ServiceHistory())
+        history.present[source] = frozenset(versions)
 
     def note_evaluation(
         self, service: str, at: datetime, conclusive: bool, trouble_started: datetime | None

@@ -106,12 +106,19 @@ class Judgement:
     def covers(self, current: Deploy | None, earlier: Collection[str] = ()) -> bool:
         """Whether findings on ``current`` belong to this judgement.
 
-        Yes for the deploy it was opened for (or an older one), for a deploy its own
-        rollback made, and for a version that ran before the one it judges (``earlier``:
-        a rollback made by hand, whose lagging findings are still this incident's).
-        No for a newer version deployed after it opened: that one is judged anew.
+        Yes for the version it was opened for (however its deploy is dated later, as
+        events and sightings of it come in), for a deploy dated before it opened, for a
+        deploy its own rollback made, and for a version that ran before the one it judges
+        (``earlier``: a rollback made by hand, whose lagging findings are still this
+        incident's). No for a newer version deployed after it opened, even in the same
+        instant: that one is judged anew.
         """
-        if current is None or current.time <= self.opened or current.version in earlier:
+        if (
+            current is None
+            or current.version == self.version
+            or current.time < self.opened
+            or current.version in earlier
+        ):
             return True
         return any(
             current.version == made.version or (made.ref is not None and current.ref == made.ref)

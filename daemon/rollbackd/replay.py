@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from rollbackd.config import Config
@@ -69,11 +69,17 @@ class _Window:
 
 @dataclass(frozen=True)
 class FoundDeploys:
-    """Deploys found in history, the versions running at the end, and any problem."""
+    """Deploys found in history, the versions running at the end, and any problem.
+
+    ``first_seen`` holds, by service, the version metric's first samples: the
+    versions running when it was first looked at, which are not known to have
+    appeared then (a history that knows deploys from events decides).
+    """
 
     deploys: list[Deploy]
     present_at_end: dict[str, set[str]]
     error: str | None
+    first_seen: dict[str, tuple[datetime, set[str]]] = field(default_factory=dict)
 
 
 def find_deploys(
@@ -82,6 +88,7 @@ def find_deploys(
     """Deploys in [start - DEPLOY_LOOKBACK, end]: the version metric, else git reflogs."""
     deploys: list[Deploy] = []
     present: dict[str, set[str]] = {}
+    first_seen: dict[str, tuple[datetime, set[str]]] = {}
     error = None
     query = version_query(config)
     if query is None:
@@ -94,7 +101,11 @@ def find_deploys(
             presence = {}
             error = f"cannot read deploys from {config.deploys.version_metric}: {exc}"
         for service, versions in presence.items():
-            deploys.extend(deploys_from_presence(service, versions, step))
+            starts = deploys_from_presence(service, versions, step)
+            if starts:
+                first = starts[0].time
+                first_seen[service] = (first, {d.version for d in starts if d.time == first})
+                deploys.extend(d for d in starts if d.time != first)
             present[service] = {
                 v for v, times in versions.items() if times and end - max(times) <= 2 * step
             }
@@ -103,7 +114,8 @@ def find_deploys(
             continue
         deploys.extend(git_deploys(configured.name, configured.repo))
     deploys.sort(key=lambda d: d.time)
-    return FoundDeploys(deploys, present, error if not deploys else None)
+    found = bool(deploys or first_seen)
+    return FoundDeploys(deploys, present, error if not found else None, first_seen)
 
 
 class Replay:
@@ -157,6 +169,11 @@ class Replay:
             found = find_deploys(self.config, self.prometheus, start, end, self.step)
             deploys, self.deploy_error = found.deploys, found.error
             services = self.engine.services
+            looks = sorted(
+                (first, service, versions)
+                for service, (first, versions) in found.first_seen.items()
+                if service in services
+            )
             probe_missing: dict[Key, Measurement] = {}
             for rule in self.engine.rules:
                 if rule.query is None:
@@ -174,6 +191,10 @@ class Replay:
                 for moment in window:
                     done += 1
                     deployed = False
+                    while looks and looks[0][0] <= moment:
+                        first, service, versions = looks.pop(0)
+                        self.history.observe_versions(service, versions, first)
+                        deployed = True
                     while pending and pending[0].time <= moment:
                         deploy = pending.pop(0)
                         if deploy.service in services:

@@ -150,11 +150,19 @@ class Daemon:
             sleep=self.stopping.wait,
             should_stop=self.stopping.is_set,
             on_step=self._step_done,
+            on_deploy=self._rolled_back_to,
         )
 
     def _step_done(self, step: str, text: str) -> None:
         log.info("step", step=step, outcome=text)
         self.on_event("step", {"step": step, "outcome": text})
+
+    def _rolled_back_to(self, deploy: Deploy) -> None:
+        """A rollback's execute step put its target in place (the checklist journaled it)."""
+        with self.lock:
+            self.history.record(deploy)
+            self.engine.record_rollback(deploy.service, deploy.time, deploy)
+        log.info("deploy", service=deploy.service, version=deploy.version, ref=deploy.ref)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -581,7 +589,6 @@ class Daemon:
         except Exception as exc:  # a worker must report, not die silently
             log.exception("rollback failed", incident=incident, error=str(exc))
             return
-        self._note_rollback_deploy(record)
         with self.lock:
             if record.state is IncidentState.RECOVERED or record.state in WAITING:
                 self.engine.settle(
@@ -598,24 +605,6 @@ class Daemon:
         self.on_event(
             "finished", {"incident": incident, "state": outcome, "summary": record.summary}
         )
-
-    def _note_rollback_deploy(self, record: IncidentRecord) -> None:
-        """A rollback that executed is a deploy of the target: the history must say so."""
-        executed = record.step("execute")
-        if executed is None or executed.outcome is not Outcome.OK or record.target is None:
-            return
-        version = str(record.facts.get("target_version") or record.target)
-        deploy = Deploy(
-            service=record.service,
-            version=version,
-            time=executed.finished_at or self.clock(),
-            source="event",
-            ref=record.target,
-        )
-        self.journal.record_deploy(deploy, self.clock())
-        with self.lock:
-            self.history.record(deploy)
-            self.engine.record_rollback(record.service, deploy.time, deploy)
 
     # -- what people and other systems do through the API ------------------------------
 

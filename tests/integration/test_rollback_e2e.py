@@ -18,6 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from rollbackd.durations import format_instant
+from rollbackd.journal import IncidentRecord, SqliteJournal, journal_path
+from rollbackd.loader import load
+from rollbackd.service import Daemon
 from tests.conftest import RunCli
 from tests.support.fixtures import DemoAppFactory, PrometheusFactory
 from tests.support.processes import DemoApp, Prometheus
@@ -222,6 +226,47 @@ def test_a_manual_rollback_puts_v1_back_keeps_a_backup_and_recovers(
     assert all(o == "ok" for n, o in world.steps() if n != "notify")
 
 
+def rollback_deploys(world: World) -> list[tuple[str, str | None]]:
+    """The deploys journaled for the service: (version, ref), oldest first."""
+    with world.journal() as db:
+        return list(db.execute("SELECT version, ref FROM deploys WHERE service = 'web'"))
+
+
+def test_after_a_manual_rollback_the_daemon_shows_the_target_as_current(
+    tmp_path: Path, run_cli: RunCli, demoapp_factory: DemoAppFactory
+) -> None:
+    """`rollback` journals the deploy of v1; a daemon started later shows v1, not the revert sha."""
+    world = probe_world(tmp_path, demoapp_factory)
+    result = run_cli("rollback", "web", "--to", "v1", "--yes", "--config", str(world.config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rollback_deploys(world) == [("v1", "v1")]
+    loaded = load(world.config, env={})
+    journal = SqliteJournal(journal_path(loaded.config.daemon.state_dir))
+    daemon = Daemon(loaded, journal)
+    try:
+        daemon.start()
+        assert daemon.cycle() is not None, daemon.last_cycle_error  # sees HEAD: the revert commit
+        [web] = daemon.services_view()
+    finally:
+        daemon.shutdown()
+        journal.close()
+    [executed] = [s for s in load_incident(world).steps if s.name == "execute"]
+    assert executed.finished_at is not None
+    deployed_at = format_instant(executed.finished_at)
+    assert (web["current_version"], web["deployed_at"]) == ("v1", deployed_at)
+    assert rollback_deploys(world) == [("v1", "v1")]
+
+
+def load_incident(world: World) -> IncidentRecord:
+    journal = SqliteJournal(world.root / "state" / "journal.sqlite3")
+    try:
+        record = journal.incident(1)
+    finally:
+        journal.close()
+    assert record is not None
+    return record
+
+
 def test_an_after_rollback_command_that_hangs_is_stopped_and_escalated(
     tmp_path: Path, run_cli: RunCli, demoapp_factory: DemoAppFactory
 ) -> None:
@@ -293,6 +338,7 @@ def test_killed_at_any_step_and_restarted_the_rollback_runs_exactly_once(
     assert world.reverts_on_remote() == 1
     executed = [o for n, o in after if n == "execute"]
     assert "ok" in executed or "unknown" in executed
+    assert rollback_deploys(world) == ([("v1", "v1")] if "ok" in executed else [])
     if failpoint.endswith("after_rollback[0]"):
         assert resumed.returncode == 1
         assert "outcome unknown" in resumed.stdout

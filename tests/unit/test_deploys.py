@@ -6,12 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rollbackd.deploys import Deploy, DeployHistory, deploys_from_presence
+from rollbackd.deploys import Deploy, DeployHistory, MigrationFact, deploys_from_presence
 from rollbackd.errors import InvalidInput
 from rollbackd.sources.deploys import DeployEvents, parse_event, valid_ref
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
 MIN = timedelta(minutes=1)
+SEC = timedelta(seconds=1)
 
 
 def ran_clean(history: DeployHistory, service: str, start: datetime, minutes: int) -> None:
@@ -99,16 +100,258 @@ def test_a_rolling_deploy_keeps_the_new_version_current() -> None:
     assert [d.version for d in history.deploys("web")] == ["v1", "v2"]
 
 
-def test_deploy_events_outrank_the_version_metric() -> None:
-    """Once CI announces deploys, later metric sightings are not deploys; earlier ones stay."""
+def versions_and_times(history: DeployHistory) -> list[tuple[str, datetime, str]]:
+    return [(d.version, d.time, d.source) for d in history.deploys("web")]
+
+
+def test_a_version_the_metric_shows_after_the_last_event_is_current() -> None:
+    """CI died before announcing v3: the metric shows v3 running, so v3 is current since then."""
     history = DeployHistory(timedelta(minutes=30))
     history.observe_versions("web", ["v1"], T0)
-    history.record(Deploy("web", "v2", T0 + MIN, "event"))
-    history.observe_versions("web", ["v3"], T0 + 2 * MIN)
+    history.record(Deploy("web", "v2", T0 + MIN, "event", ref="abc1234"))
+    history.observe_versions("web", ["v2"], T0 + 2 * MIN)
+    revision = history.revision
+    history.observe_versions("web", ["v3"], T0 + 60 * MIN)
+    current = history.current("web")
+    assert current is not None
+    assert (current.version, current.time, current.source) == ("v3", T0 + 60 * MIN, "metric")
+    assert history.revision != revision
+    assert [d.version for d in history.deploys("web")] == ["v1", "v2", "v3"]
+
+
+def test_a_late_event_for_the_version_the_metric_showed_adds_its_ref_and_facts() -> None:
+    """CI announces v3 after the metric showed it: one deploy of v3, at the event's time."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.record(Deploy("web", "v2", T0, "event"))
+    history.observe_versions("web", ["v3"], T0 + 60 * MIN)
+    revision = history.revision
+    fact = MigrationFact("migrations/0003.sql", backwards_compatible=True)
+    late = Deploy("web", "v3", T0 + 62 * MIN, "event", ref="c3c3c3c", migrations=(fact,))
+    assert history.record(late)
+    assert history.current("web") == late
+    assert [d.version for d in history.deploys("web")] == ["v2", "v3"]
+    assert history.revision != revision
+
+
+@pytest.mark.parametrize("event_first", [True, False])
+def test_an_event_and_the_metric_showing_its_version_are_one_deploy(event_first: bool) -> None:
+    """Whichever arrives first, v2's deploy is the event's: its time, ref and migrations."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.observe_versions("web", ["v1"], T0)
+    fact = MigrationFact("migrations/0002.sql", backwards_compatible=True)
+    event = Deploy("web", "v2", T0 + 60 * MIN, "event", ref="abc1234", migrations=(fact,))
+    if event_first:
+        history.record(event)
+        history.observe_versions("web", ["v2"], T0 + 60 * MIN + 15 * SEC)
+    else:
+        history.observe_versions("web", ["v2"], T0 + 60 * MIN - 2 * MIN)
+        history.record(event)
+    assert history.current("web") == event
+    assert versions_and_times(history) == [
+        ("v1", T0, "metric"),
+        ("v2", T0 + 60 * MIN, "event"),
+    ]
+
+
+def test_an_event_long_before_the_metric_shows_its_version_is_still_that_deploy() -> None:
+    """A slow rollout (or a daemon that was not watching): v2 is seen late, not deployed twice."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.observe_versions("web", ["v1"], T0)
+    history.record(Deploy("web", "v2", T0 + 60 * MIN, "event"))
+    history.observe_versions("web", ["v1"], T0 + 61 * MIN)
+    history.observe_versions("web", ["v1", "v2"], T0 + 90 * MIN)
+    history.observe_versions("web", ["v2"], T0 + 95 * MIN)
+    assert versions_and_times(history) == [
+        ("v1", T0, "metric"),
+        ("v2", T0 + 60 * MIN, "event"),
+    ]
+
+
+def test_after_a_rollback_the_metric_showing_the_target_is_not_another_deploy() -> None:
+    """The rollback's deploy of v1 is current; the metric seeing v1 seconds later adds nothing."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.record(Deploy("web", "v1", T0, "event", ref="1111111"))
+    history.observe_versions("web", ["v1"], T0 + 15 * SEC)
+    ran_clean(history, "web", T0, 40)
+    history.record(Deploy("web", "v2", T0 + 41 * MIN, "event", ref="2222222"))
+    history.observe_versions("web", ["v2"], T0 + 41 * MIN + 15 * SEC)
+    rollback = Deploy("web", "v1", T0 + 45 * MIN, "event", ref="1111111")
+    assert history.record(rollback)
+    assert history.current("web") == rollback
+    revision = history.revision
+    assert history.observe_versions("web", ["v1"], T0 + 45 * MIN + 5 * SEC) == []
+    assert history.current("web") == rollback
+    assert history.revision == revision
+    assert [d.version for d in history.deploys("web")] == ["v1", "v2", "v1"]
+    assert history.last_good("web")[0] == "v1"  # the first v1 ran clean: still known good
+
+
+def test_a_rollback_seen_by_the_metric_before_it_is_recorded_is_one_deploy() -> None:
+    """An executor that restarts the app itself: the metric sees v1 before the checklist says so."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.record(Deploy("web", "v1", T0, "event", ref="1111111"))
+    history.observe_versions("web", ["v1"], T0 + 15 * SEC)
+    history.record(Deploy("web", "v2", T0 + 41 * MIN, "event", ref="2222222"))
+    history.observe_versions("web", ["v2"], T0 + 41 * MIN + 15 * SEC)
+    history.observe_versions("web", ["v1"], T0 + 45 * MIN)
+    rollback = Deploy("web", "v1", T0 + 45 * MIN + 3 * SEC, "event", ref="1111111")
+    assert history.record(rollback)
+    assert history.current("web") == rollback
+    assert [d.version for d in history.deploys("web")] == ["v1", "v2", "v1"]
+
+
+SHA_V1 = "1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d"
+SHA_V2 = "2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e"
+SHA_REVERT = "3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f"
+
+
+def see_head(history: DeployHistory, sha: str, at: datetime) -> list[Deploy]:
+    return history.observe_versions("web", [sha[:12]], at, "git", {sha[:12]: sha})
+
+
+@pytest.mark.parametrize("ref", [SHA_V2, SHA_V2[:7], None])
+def test_git_head_at_the_commit_an_event_names_is_that_deploy(ref: str | None) -> None:
+    """HEAD moves to the sha the event's ref (full or abbreviated) or version names: one deploy."""
+    history = DeployHistory(timedelta(minutes=30))
+    see_head(history, SHA_V1, T0)
+    event = Deploy("web", SHA_V2[:12] if ref is None else "v2", T0 + 60 * MIN, "event", ref=ref)
+    history.record(event)
+    assert see_head(history, SHA_V2, T0 + 60 * MIN + 15 * SEC) == []
+    assert history.current("web") == event
+    assert len(history.deploys("web")) == 2
+
+
+def test_git_head_moving_again_without_an_event_is_a_deploy() -> None:
+    """HEAD was seen at v2's commit; when it moves on with no event, the new commit is current."""
+    history = DeployHistory(timedelta(minutes=30))
+    see_head(history, SHA_V1, T0)
+    history.record(Deploy("web", "v2", T0 + 60 * MIN, "event", ref=SHA_V2))
+    see_head(history, SHA_V2, T0 + 60 * MIN + 15 * SEC)
+    see_head(history, SHA_REVERT, T0 + 65 * MIN)
+    current = history.current("web")
+    assert current is not None
+    assert (current.version, current.ref, current.source) == (SHA_REVERT[:12], SHA_REVERT, "git")
+
+
+def test_git_head_after_a_revert_rollback_is_the_rollback_deploy() -> None:
+    """A revert makes a new commit with v1's content: HEAD there is the rollback's deploy of v1."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.record(Deploy("web", "v1", T0, "event", ref=SHA_V1))
+    see_head(history, SHA_V1, T0 + 15 * SEC)
+    history.record(Deploy("web", "v2", T0 + 60 * MIN, "event", ref=SHA_V2))
+    see_head(history, SHA_V2, T0 + 60 * MIN + 15 * SEC)
+    rollback = Deploy("web", "v1", T0 + 70 * MIN, "event", ref=SHA_V1)
+    history.record(rollback)
+    assert see_head(history, SHA_REVERT, T0 + 70 * MIN + 15 * SEC) == []
+    assert history.current("web") == rollback
+    assert [d.version for d in history.deploys("web")] == ["v1", "v2", "v1"]
+
+
+def test_git_head_back_at_an_earlier_commit_is_a_rollback_by_hand() -> None:
+    """HEAD goes back to v1's commit after v2 (no event): v1 is current again, a new deploy."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.record(Deploy("web", "v1", T0, "event", ref=SHA_V1))
+    see_head(history, SHA_V1, T0 + 15 * SEC)
+    history.record(Deploy("web", "v2", T0 + 60 * MIN, "event", ref="v2"))
+    see_head(history, SHA_V2, T0 + 60 * MIN + 15 * SEC)  # a tag ref: v2's HEAD all the same
+    see_head(history, SHA_V1, T0 + 70 * MIN)
+    assert versions_and_times(history) == [
+        ("v1", T0, "event"),
+        ("v2", T0 + 60 * MIN, "event"),
+        (SHA_V1[:12], T0 + 70 * MIN, "git"),
+    ]
+
+
+def test_git_is_not_asked_once_the_version_metric_has_spoken() -> None:
+    """The same deploys, named by sha: a less trusted sighting must not count them twice."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.observe_versions("web", ["v1"], T0)
+    see_head(history, SHA_V1, T0 + MIN)
+    history.observe_versions("web", ["v2"], T0 + 10 * MIN)
+    see_head(history, SHA_V2, T0 + 10 * MIN)
     assert [(d.version, d.source) for d in history.deploys("web")] == [
         ("v1", "metric"),
-        ("v2", "event"),
+        ("v2", "metric"),
     ]
+
+
+def test_after_a_restart_the_first_look_does_not_deploy_what_already_runs() -> None:
+    """Deploys loaded from the journal; the metric first shows v1 and v2 mid-rollout: no deploy."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.record(Deploy("web", "v1", T0, "event"))
+    history.record(Deploy("web", "v2", T0 + 60 * MIN, "event"))
+    assert history.observe_versions("web", ["v1", "v2"], T0 + 3 * 60 * MIN) == []
+    assert history.observe_versions("web", ["v2"], T0 + 3 * 60 * MIN + 15 * SEC) == []
+    assert [d.version for d in history.deploys("web")] == ["v1", "v2"]
+
+
+def test_after_a_restart_the_first_look_waits_for_a_rollout_that_has_not_happened() -> None:
+    """CI announced v2 while the daemon was down; the metric still shows v1: v2 once it appears."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.record(Deploy("web", "v1", T0, "event"))
+    history.record(Deploy("web", "v2", T0 + 60 * MIN, "event"))
+    assert history.observe_versions("web", ["v1"], T0 + 61 * MIN) == []
+    assert history.observe_versions("web", ["v2"], T0 + 62 * MIN) == []
+    current = history.current("web")
+    assert current is not None and (current.version, current.source) == ("v2", "event")
+
+
+def test_after_a_restart_a_version_no_deploy_names_is_a_deploy() -> None:
+    """CI died while the daemon was down: the first look shows v3, which is current from then."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.record(Deploy("web", "v2", T0, "event"))
+    [deploy] = history.observe_versions("web", ["v3"], T0 + 60 * MIN)
+    assert history.current("web") == deploy
+    assert (deploy.version, deploy.time) == ("v3", T0 + 60 * MIN)
+
+
+def test_after_a_restart_git_head_confirms_an_event_named_by_a_tag() -> None:
+    """A tag or version name cannot be compared with a sha: HEAD is that deploy, not a new one."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.record(Deploy("web", "v1", T0, "event", ref="release-1"))
+    assert see_head(history, SHA_V1, T0 + 60 * MIN) == []
+    current = history.current("web")
+    assert current is not None and (current.version, current.time) == ("v1", T0)
+
+
+def test_a_rolling_deploy_announced_by_ci_is_one_deploy_of_the_new_version() -> None:
+    """v1 and v2 side by side after CI announced v2: v2 is current, deployed when announced."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.observe_versions("web", ["v1"], T0)
+    event = Deploy("web", "v2", T0 + 10 * MIN, "event")
+    history.record(event)
+    history.observe_versions("web", ["v1", "v2"], T0 + 10 * MIN + 15 * SEC)
+    history.observe_versions("web", ["v2"], T0 + 15 * MIN)
+    assert history.current("web") == event
+    assert [d.version for d in history.deploys("web")] == ["v1", "v2"]
+
+
+def test_a_version_seen_again_after_it_was_gone_is_a_redeploy_despite_its_event() -> None:
+    """v2 (announced) → v1 (by hand) → v2 again: v2 is current since it came back."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.observe_versions("web", ["v1"], T0)
+    history.record(Deploy("web", "v2", T0 + 10 * MIN, "event"))
+    history.observe_versions("web", ["v2"], T0 + 10 * MIN + 15 * SEC)
+    history.observe_versions("web", ["v1"], T0 + 20 * MIN)
+    history.observe_versions("web", ["v2"], T0 + 25 * MIN)
+    assert versions_and_times(history) == [
+        ("v1", T0, "metric"),
+        ("v2", T0 + 10 * MIN, "event"),
+        ("v1", T0 + 20 * MIN, "metric"),
+        ("v2", T0 + 25 * MIN, "metric"),
+    ]
+
+
+def test_deploys_loaded_twice_are_recorded_once() -> None:
+    """The journal's events read again (a restart, a reload) add nothing and keep the revision."""
+    history = DeployHistory(timedelta(minutes=30))
+    event = Deploy("web", "v2", T0, "event", ref="abc1234")
+    assert history.record(event)
+    history.observe_versions("web", ["v2"], T0 + 15 * SEC)
+    revision = history.revision
+    assert not history.record(event)
+    assert history.revision == revision
+    assert history.deploys("web") == [event]
 
 
 def test_a_version_that_ran_clean_before_the_first_event_is_still_the_last_good() -> None:

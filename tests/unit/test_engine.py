@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from rollbackd.config import Config, parse_config
-from rollbackd.engine import CycleReport
+from rollbackd.deploys import Deploy, DeployHistory
+from rollbackd.engine import CycleReport, Engine, LiveCycle
 from rollbackd.evaluation import evaluate_now
 from rollbackd.model import Action, Decision, FindingState, Severity
 from rollbackd.replay import Replay
@@ -85,6 +88,15 @@ def replay(
     end: datetime = DAY + timedelta(hours=18),
 ) -> tuple[list[Decision], list[CycleReport]]:
     run = Replay(cfg or config(), rules(), metrics, STEP)
+    reports = list(run.run(start, end))
+    return [d for r in reports for d in r.decisions], reports
+
+
+def replay_on(
+    metrics: ScriptedMetrics, cfg: Config, history: DeployHistory, start: datetime, end: datetime
+) -> tuple[list[Decision], list[CycleReport]]:
+    """A replay over a history that already holds deploy events, as the daemon's warm-up."""
+    run = Replay(cfg, rules(), metrics, STEP, history, simulate_rollbacks=False)
     reports = list(run.run(start, end))
     return [d for r in reports for d in r.decisions], reports
 
@@ -389,3 +401,46 @@ def test_evaluate_explains_every_step_of_a_service_ending_with_the_live_one() ->
     assert [e.time for e in decided] == [NOON + timedelta(minutes=12)]
     pending = [e for e in result.explained if "error-rate pending" in e.outcome]
     assert pending and pending[0].time == NOON + timedelta(minutes=10)
+
+
+@pytest.mark.parametrize("path", ["live", "replay"])
+def test_a_version_only_the_metric_shows_after_an_announced_deploy_takes_the_blame(
+    path: str,
+) -> None:
+    """CI announced v2 but died before announcing v3: v3's fault rolls back v3 to v2, not v2."""
+    metrics = healthy_world()
+    metrics.deploy("web", "v2", NOON)
+    v3_at = NOON + timedelta(hours=1)
+    metrics.deploy("web", "v3", v3_at)
+    metrics.set(OUTAGE, switch(0.0, [("web", v3_at + timedelta(minutes=5), None, 1.0)]))
+    cfg = config()
+    history = DeployHistory(cfg.deploys.known_good_after)
+    history.record(Deploy("web", "v2", NOON, "event", ref="2222222"))
+    start, end = NOON - timedelta(minutes=5), v3_at + timedelta(minutes=10)
+    if path == "replay":
+        decisions, _ = replay_on(metrics, cfg, history, start, end)
+    else:
+        engine = Engine(cfg, rules(), history)
+        live = LiveCycle(engine, metrics, None)
+        decisions, moment = [], start
+        while moment <= end:
+            decisions.extend(engine.step(moment, live.gather(moment)).decisions)
+            moment += STEP
+    current = history.current("web")
+    assert current is not None and (current.version, current.time) == ("v3", v3_at)
+    assert [(d.action, d.target) for d in decisions] == [(Action.ROLLBACK, "v2")]
+    assert "roll back v3 to v2" in decisions[0].reason
+
+
+def test_a_replay_over_journaled_deploys_sees_their_versions_without_new_deploys() -> None:
+    """The warm-up first sees v1 beside v2: the journaled v2 stays current, with its ref."""
+    metrics = healthy_world()
+    metrics.versions["web"].append((DAY, None, "v2"))  # v1 lingers beside v2 all along
+    cfg = config()
+    history = DeployHistory(cfg.deploys.known_good_after)
+    history.record(Deploy("web", "v1", DAY - timedelta(days=2), "event", ref="1111111"))
+    announced = Deploy("web", "v2", DAY - timedelta(days=1), "event", ref="2222222")
+    history.record(announced)
+    replay_on(metrics, cfg, history, NOON, NOON + timedelta(minutes=5))
+    assert history.current("web") == announced
+    assert [d.version for d in history.deploys("web")] == ["v1", "v2"]

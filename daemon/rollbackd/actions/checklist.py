@@ -13,6 +13,11 @@ by its executor (done → recorded; provably not started → run once; anything
 else → "outcome unknown", escalated), and an interrupted command escalates.
 A rollback that fails, is blocked, or does not recover escalates to a person
 and is never retried automatically.
+
+Once ``execute`` has succeeded, the target runs: that is a deploy of it,
+journaled once (whichever process ran the checklist, and however often it
+was resumed) and told to ``Parts.on_deploy``, so that the daemon, at once or
+at its next start, shows the target as current.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from rollbackd.actions.command import incident_env, run_argv
 from rollbackd.actions.migrations import DEFAULT_MIGRATION_GLOBS
 from rollbackd.actions.recovery import Check, RecoveryWatcher, Verdict
 from rollbackd.config import Config, ServiceConfig
-from rollbackd.deploys import MigrationFact
+from rollbackd.deploys import Deploy, MigrationFact
 from rollbackd.journal import (
     IncidentRecord,
     IncidentState,
@@ -108,6 +113,8 @@ class Parts:
     ) = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
     on_step: Callable[[str, str], None] = field(default=lambda *_: None)
+    on_deploy: Callable[[Deploy], None] = field(default=lambda _: None)
+    """Told the deploy of the target once execute succeeded (it is journaled already)."""
     should_stop: Callable[[], bool] = field(default=lambda: False)
 
 
@@ -309,11 +316,15 @@ class _Run:
                         self.verified = previous.data
                     if self._blocks(name, previous.outcome):
                         raise _Escalate(f"{name} had failed before a restart: {previous.summary}")
+                    if name == EXECUTE:
+                        self._deployed()
                     continue
                 if self.parts.should_stop():
                     return
                 failpoint(f"before:{name}")
                 run(previous)
+                if name == EXECUTE:
+                    self._deployed()
                 failpoint(f"after:{name}")
         except Interrupted:
             return
@@ -495,6 +506,46 @@ class _Run:
                     "the remote still has the bad version"
                 )
             raise _Escalate(f"the rollback failed: {result.summary}")
+
+    def _deployed(self) -> None:
+        """The target runs now: journal its deploy (once) and tell ``on_deploy``.
+
+        A deploy of the target's version (else of the version an earlier deploy
+        with that ref names, else of the ref), at the time execute finished,
+        with the ref the executor checked against. It keeps the migration facts
+        of that version's earlier deploy: the same files are deployed again.
+        """
+        record = self._reload()
+        executed = record.step(EXECUTE)
+        if executed is None or executed.outcome is not Outcome.OK or not record.target:
+            return
+        at = executed.finished_at or executed.started_at
+        target = record.target
+        wanted = record.facts.get("target_version")
+        journaled = [d for d in self.journal.deploys() if d.service == record.service]
+        earlier = [
+            d
+            for d in journaled
+            if d.time <= at and (d.version == wanted if wanted else target in (d.version, d.ref))
+        ]
+        version = str(wanted) if wanted else earlier[-1].version if earlier else target
+        deploy = Deploy(
+            service=record.service,
+            version=version,
+            time=at,
+            source="event",
+            ref=target,
+            migrations=earlier[-1].migrations if earlier else (),
+        )
+        if deploy not in journaled:
+            self.journal.record_deploy(deploy, self.parts.clock())
+        self.parts.on_deploy(deploy)
+
+    def _reload(self) -> IncidentRecord:
+        record = self.journal.incident(self.record.id)
+        if record is None:
+            raise Refused(f"no incident {self.record.id}")
+        return record
 
     def _after(self, index: int, argv: Sequence[str]) -> Callable[[StepRecord | None], None]:
         def run(previous: StepRecord | None) -> None:
