@@ -391,8 +391,7 @@ class Daemon:
         if decision.target is None:
             return None
         current = self.history.current(decision.service)
-        known = [d for d in self.history.deploys(decision.service) if d.version == decision.target]
-        target = known[-1].target_ref if known else decision.target
+        target = self.history.target_ref(decision.service, decision.target)
         alerts = [
             {"name": a.name, "labels": dict(a.labels), "since": format_instant(a.starts_at)}
             for a in firing
