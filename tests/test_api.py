@@ -355,6 +355,7 @@ PROTECTED = [
     ("GET", "/api/v1/incidents/1/report"),
     ("POST", "/api/v1/incidents/1/approve"),
     ("POST", "/api/v1/incidents/1/veto"),
+    ("POST", "/api/v1/services/web/rollback"),
     ("GET", "/"),
 ]
 
@@ -626,6 +627,117 @@ def test_the_incident_and_its_report_are_served(api: Api) -> None:
     assert html.headers["content-type"].startswith("text/html")
     bad = api.get(f"/api/v1/incidents/{number}/report", "viewer", params={"format": "pdf"})
     assert_error(bad, 422, "format")
+
+
+# -- rollbacks by hand ----------------------------------------------------------------------
+
+V1_REF = "1f0c2d3e4b5a69788796a5b4c3d2e1f001234567"
+V2_REF = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a291807"
+FINISHED = {"recovered", "not_recovered", "escalated"}
+
+
+def v1_good_then_v2_failing(api: Api) -> None:
+    """v1 (its commit as ref) runs clean until known good; v2 fails 20 % until rolled back."""
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0)
+    assert api.deploy("v1", ref=V1_REF).status_code == 201
+    api.cycle()
+    api.clock.advance(KNOWN_GOOD_AFTER + timedelta(seconds=30))
+    api.cycle()
+    assert api.deploy("v2", ref=V2_REF).status_code == 201
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0 if api.rolled_back.exists() else 0.2)
+
+
+def roll_back(api: Api, role: str = "senior_admin", **body: Any) -> httpx.Response:
+    return api.post("/api/v1/services/web/rollback", role, json=body)
+
+
+def test_a_rollback_by_hand_runs_to_the_deploy_events_ref_and_recovers(api: Api) -> None:
+    """senior_admin rolls web back to v1: 202, v1's ref is the target, it runs and recovers."""
+    v1_good_then_v2_failing(api)
+    response = roll_back(api, to="v1", reason="errors after v2")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["state"] in {"rolling_back", "recovering", "recovered"}
+    assert (body["target"], body["current_version"], body["origin"]) == (V1_REF, "v2", "manual")
+    assert api.wait_for_state(body["id"], FINISHED) == "recovered"
+    assert api.rolled_back.exists()
+    detail = api.incident(body["id"])
+    assert detail["reason"] == "errors after v2"
+    [decision] = detail["decisions"]
+    assert (decision["actor"], decision["action"]) == ("senior-admin", "rollback")
+    assert ("execute", "ok") in [(s["name"], s["outcome"]) for s in detail["steps"]]
+    [web] = api.get("/api/v1/services", "viewer").json()
+    assert web["current_version"] == "v1"
+
+
+def test_a_rollback_by_hand_without_a_target_goes_to_the_last_known_good(api: Api) -> None:
+    """admin may too; no body at all: the last known good version, v1, by its ref."""
+    v1_good_then_v2_failing(api)
+    response = api.post("/api/v1/services/web/rollback", "admin")
+    assert response.status_code == 202, response.text
+    assert response.json()["target"] == V1_REF
+    assert api.wait_for_state(response.json()["id"], FINISHED) == "recovered"
+
+
+def test_only_admin_or_senior_admin_may_roll_back_by_hand(api: Api) -> None:
+    """The playbook's rollback authority: any other role gets 403 and nothing is opened."""
+    v1_good_then_v2_failing(api)
+    for role in ("team", "database", "ci", "alertmanager", "viewer"):
+        body = assert_error(roll_back(api, role, to="v1"), 403, "Authorization")
+        assert "admin or senior_admin" in body["error"], role
+    assert api.get("/api/v1/incidents", "viewer").json() == []
+    assert not api.rolled_back.exists()
+
+
+def test_two_rollbacks_of_a_service_at_once_one_runs_the_other_is_409(api: Api) -> None:
+    """Two people press the button together: one 202, one 409 naming the running incident."""
+    v1_good_then_v2_failing(api)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        responses = list(pool.map(lambda who: roll_back(api, who, to="v1"), ["admin"] * 2))
+    started = [r for r in responses if r.status_code == 202]
+    assert sorted(r.status_code for r in responses) == [202, 409], [r.text for r in responses]
+    number = started[0].json()["id"]
+    refused = assert_error(next(r for r in responses if r.status_code == 409), 409, None)
+    assert f"incident {number} is already rolling back" in refused["error"]
+    assert [i["id"] for i in api.get("/api/v1/incidents", "viewer").json()] == [number]
+    assert api.wait_for_state(number, FINISHED) == "recovered"
+
+
+def test_a_rollback_by_hand_of_an_unknown_service_is_404(api: Api) -> None:
+    """A service the config does not name: 404 saying so, nothing opened."""
+    body = assert_error(api.post("/api/v1/services/mail/rollback", "admin", json={}), 404, None)
+    assert "no service named 'mail'" in body["error"]
+    assert api.get("/api/v1/incidents", "viewer").json() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"to": "--upload-pack=touch /tmp/x"}, "is not a version or ref"),
+        ({"to": "v1; rm -rf /"}, "is not a version or ref"),
+        ({"to": "v2"}, "web already runs v2; nothing to roll back"),
+        ({"to": V2_REF}, "web already runs"),
+        ({"to": ""}, "at least 1 character"),
+        ({"to": "v1", "force": True}, "Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_rollback_target_is_422_naming_to(
+    api: Api, body: dict[str, Any], expected: str
+) -> None:
+    """A target git could misread, or the version already running: 422, nothing opened."""
+    v1_good_then_v2_failing(api)
+    answer = assert_error(roll_back(api, **body), 422, None)
+    assert expected in answer["error"], answer
+    assert answer["field"] == ("force" if "force" in body else "to")
+    assert api.get("/api/v1/incidents", "viewer").json() == []
+
+
+def test_a_rollback_by_hand_with_no_known_good_version_is_409(api: Api) -> None:
+    """v1 just deployed, never known good, no "to": 409 asking for a target; nothing opened."""
+    assert api.deploy("v1", ref=V1_REF).status_code == 201
+    body = assert_error(roll_back(api), 409, None)
+    assert "no last known good version of web" in body["error"]
+    assert api.get("/api/v1/incidents", "viewer").json() == []
 
 
 # -- body size: 413 ------------------------------------------------------------------------
@@ -1040,6 +1152,7 @@ def test_openapi_lists_every_endpoint_of_the_design(api: Api) -> None:
         "/api/v1/incidents/{incident}": "get",
         "/api/v1/incidents/{incident}/approve": "post",
         "/api/v1/incidents/{incident}/veto": "post",
+        "/api/v1/services/{name}/rollback": "post",
         "/healthz": "get",
         "/readyz": "get",
         "/metrics": "get",

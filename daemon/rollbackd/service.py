@@ -28,7 +28,7 @@ from rollbackd.assembly import build_checklist, now_utc
 from rollbackd.deploys import Deploy, DeployHistory
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.engine import CycleReport, Engine, LiveCycle
-from rollbackd.errors import InvalidInput, RollbackdError
+from rollbackd.errors import InvalidInput, Problem, RollbackdError
 from rollbackd.journal import (
     AlertRecord,
     IncidentRecord,
@@ -39,6 +39,7 @@ from rollbackd.journal import (
 )
 from rollbackd.loader import Loaded, load
 from rollbackd.logs import get_logger
+from rollbackd.manual import AlreadyThere, NoTarget, manual_request
 from rollbackd.metrics import DaemonMetrics
 from rollbackd.model import Action, Decision, Finding, FindingState, Severity
 from rollbackd.notify import JournalOnly, Message, Notifier
@@ -46,7 +47,7 @@ from rollbackd.output import finding_record
 from rollbackd.rules import rule_trigger_severity
 from rollbackd.sources import MetricSource
 from rollbackd.sources.alerts import alert_findings, parse_webhook
-from rollbackd.sources.deploys import parse_event
+from rollbackd.sources.deploys import parse_event, valid_ref
 from rollbackd.sources.probes import Prober
 from rollbackd.sources.prometheus import PrometheusSource
 
@@ -551,6 +552,58 @@ class Daemon:
         self.journal.set_state(incident, IncidentState.VETOED, f"vetoed by {caller.name}", now)
         log.info("vetoed", incident=incident, by=caller.name)
         self.metrics.actions.labels("request_approval", "vetoed").inc()
+        return self._load(incident)
+
+    def rollback_by_hand(
+        self, service: str, to: str | None, reason: str | None, caller: Caller
+    ) -> IncidentRecord:
+        """A rollback a person asks for: a manual incident, run on the worker like an approved one.
+
+        ``to`` (a version or a ref; default: the last known good version) is
+        resolved as for the daemon's own decisions. NotFound for an unknown
+        service, InvalidInput for a bad ``to``, Conflict when there is no
+        target or a rollback of the service is already under way.
+        """
+        if self.config.service(service) is None:
+            raise NotFound(f"no service named {service[:64]!r} is configured")
+        if to is not None and not valid_ref(to):
+            bad = f"{to[:80]!r} is not a version or ref rollbackd will pass to git"
+            raise InvalidInput([Problem("body", "to", bad)])
+        why = reason or f"manual rollback by {caller.name}"
+        with self.lock:  # the cycle opens its incidents under it too: one rollback at a time
+            findings = self.last_report.notable if self.last_report else ()
+            try:
+                request = manual_request(service, to, why, self.history, findings)
+            except NoTarget as exc:
+                raise Conflict(f'{exc}; name a version or ref in "to"') from None
+            except AlreadyThere as exc:
+                raise InvalidInput([Problem("body", "to", str(exc))]) from None
+            try:
+                incident = self.checklist.open(request)
+            except Refused as exc:
+                raise Conflict(str(exc)) from None
+            decision = Decision(
+                service=service,
+                time=self.clock(),
+                severity=request.severity,
+                action=Action.ROLLBACK,
+                proposed=Action.ROLLBACK,
+                rules=(),
+                reason=f"rollback asked for by {caller.name}: {why}",
+                target=request.target,
+            )
+            self.journal.add_decision(incident, decision, caller.name)
+        log.info(
+            "manual rollback",
+            incident=incident,
+            service=service,
+            target=request.target,
+            by=caller.name,
+            reason=why,
+        )
+        self.metrics.actions.labels(Action.ROLLBACK.value, "manual").inc()
+        self.on_event("incident", {"incident": incident, "state": IncidentState.ROLLING_BACK.value})
+        self._submit(incident)
         return self._load(incident)
 
     def _start_approved(self, record: IncidentRecord, actor: str, why: str) -> IncidentRecord:
