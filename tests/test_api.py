@@ -32,6 +32,7 @@ import structlog
 import uvicorn
 
 from rollbackd.api import create_app
+from rollbackd.assembly import notifier_for
 from rollbackd.durations import format_instant
 from rollbackd.engine import CycleReport
 from rollbackd.journal import SqliteJournal, journal_path
@@ -42,6 +43,7 @@ from rollbackd.service import Daemon
 from rollbackd.testing import ScriptedMetrics
 from tests.conftest import EXAMPLES
 from tests.support.processes import free_port
+from tests.test_notifiers import Receiver
 
 ROLES = ("admin", "senior_admin", "team", "database", "ci", "alertmanager", "viewer")
 TOKENS = {role: f"tok-{role}-{hashlib.sha256(role.encode()).hexdigest()[:20]}" for role in ROLES}
@@ -273,7 +275,13 @@ def make_api(tmp_path: Path, stopping: list[LiveServer]) -> Iterator[ApiFactory]
         journal = SqliteJournal(journal_path(loaded.config.daemon.state_dir))
         metrics = ScriptedMetrics(["web"])
         clock = MovableClock()
-        daemon = Daemon(loaded, journal, metrics_source=metrics, clock=clock)
+        daemon = Daemon(
+            loaded,
+            journal,
+            metrics_source=metrics,
+            notifiers=lambda config: notifier_for(config, journal),  # as `rollbackd run` does
+            clock=clock,
+        )
         daemon.start()
         server = LiveServer(create_app(daemon), port)
         api = Api(server, daemon, journal, metrics, clock, logs, root, rolled_back)
@@ -738,6 +746,77 @@ def test_a_rollback_by_hand_with_no_known_good_version_is_409(api: Api) -> None:
     body = assert_error(roll_back(api), 409, None)
     assert "no last known good version of web" in body["error"]
     assert api.get("/api/v1/incidents", "viewer").json() == []
+
+
+# -- reload (SIGHUP) ------------------------------------------------------------------------
+
+
+def edit_config(api: Api, *changes: tuple[str, str]) -> Path:
+    """Change the served daemon's config file in place, as an operator would before SIGHUP."""
+    path = api.root / "config.toml"
+    text = path.read_text(encoding="utf-8")
+    for old, new in changes:
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_reload_applies_a_changed_known_good_after(api: Api) -> None:
+    """known_good_after lowered from 1m to 20s: after a reload, v1 clean for 30 s is known good."""
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0)
+    assert api.deploy("v1").status_code == 201
+    api.cycle()
+    api.clock.advance(timedelta(seconds=30))
+    api.cycle()
+    [web] = api.get("/api/v1/services", "viewer").json()
+    assert web["last_good_version"] is None
+    path = edit_config(api, ('known_good_after = "1m"', 'known_good_after = "20s"'))
+    line = api.daemon.reload(path)
+    assert line == "reloaded: 1 rules, 1 services"
+    [web] = api.get("/api/v1/services", "viewer").json()
+    assert web["last_good_version"] == "v1"
+    assert "on real data without a finding" in web["last_good_reason"]
+
+
+def test_a_reload_that_changes_listen_keeps_the_address_and_says_a_restart_is_needed(
+    api: Api,
+) -> None:
+    """listen cannot move while running: kept and named in the status line and the log; the
+    rest of the reload (here a larger max_body_bytes) applies at once."""
+    old, new = f"127.0.0.1:{api.server.port}", f"127.0.0.1:{free_port()}"
+    path = edit_config(
+        api, (old, new), (f"max_body_bytes = {MAX_BODY}", f"max_body_bytes = {MAX_BODY * 4}")
+    )
+    line = api.daemon.reload(path)
+    assert line == (
+        f"reloaded: 1 rules, 1 services; needs a restart, running values kept: "
+        f"daemon.listen ({old} → {new})"
+    )
+    assert api.daemon.config.daemon.listen == old
+    assert api.daemon.config.daemon.max_body_bytes == MAX_BODY * 4
+    logged = [json.loads(line) for line in api.logs.getvalue().splitlines()]
+    [warning] = [e for e in logged if e["event"].startswith("reload: keys that need a restart")]
+    assert (warning["level"], warning["keys"]) == ("warning", [f"daemon.listen ({old} → {new})"])
+    body = {"service": "web", "version": "v1", "ref": "x" * (MAX_BODY + 100)}
+    assert_error(api.post("/api/v1/deploys", "ci", json=body), 422, "ref")  # not 413 any more
+
+
+def test_a_reload_that_adds_a_notifier_tells_it_the_next_decision(api: Api) -> None:
+    """A [[notifiers]] entry added by a reload hears of the next rollback waiting for approval."""
+    receiver = Receiver()
+    try:
+        path = api.root / "config.toml"
+        added = f'\n[[notifiers]]\nname = "ops"\nkind = "webhook"\nurl = "{receiver.url()}"\n'
+        path.write_text(path.read_text(encoding="utf-8") + added, encoding="utf-8")
+        assert api.daemon.reload(path) == "reloaded: 1 rules, 1 services"
+        number = drive_to_approval(api)
+        assert receiver.received.wait(TIMEOUT), "the added notifier was not told"
+        [told] = receiver.requests
+        assert told.json["incident"] == number
+        assert "asks to roll back" in told.json["title"]
+    finally:
+        receiver.stop()
 
 
 # -- body size: 413 ------------------------------------------------------------------------

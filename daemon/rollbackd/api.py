@@ -50,9 +50,14 @@ class _TooLarge(Exception):  # noqa: N818 -- maps to HTTP 413
 
 
 class BodyLimit:
-    """Refuse bodies over ``limit`` bytes, by Content-Length or while they stream in."""
+    """Refuse bodies over ``limit()`` bytes, by Content-Length or while they stream in.
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
+    The limit is asked for at each request, so a reloaded ``max_body_bytes`` applies.
+    """
+
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: Callable[[], int]
+    ) -> None:
         self.app = app
         self.limit = limit
 
@@ -60,14 +65,15 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit()
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.limit:
-                    response = _error(413, str(_TooLarge(self.limit)), "body")
+                if declared > limit:
+                    response = _error(413, str(_TooLarge(limit)), "body")
                     await response(scope, receive, send)
                     return
         seen = 0
@@ -77,8 +83,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge(self.limit)
+                if seen > limit:
+                    raise _TooLarge(limit)
             return message
 
         await self.app(scope, limited, send)
@@ -135,7 +141,7 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: PLR0915 -- the routes read a
         docs_url="/docs",
         redoc_url=None,
     )
-    app.add_middleware(BodyLimit, limit=daemon.config.daemon.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=lambda: daemon.config.daemon.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -144,7 +144,7 @@ def run(config: ConfigOption = None) -> None:
         journal = open_journal(loaded.config)
     except JournalError as exc:
         _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
-    daemon = Daemon(loaded, journal, notifier=notifier_for(loaded.config, journal))
+    daemon = Daemon(loaded, journal, notifiers=lambda config: notifier_for(config, journal))
     serve(daemon, loaded.config_path)
 
 

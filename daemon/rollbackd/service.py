@@ -18,13 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rollbackd.actions.checklist import Checklist, Refused, RollbackRequest
 from rollbackd.assembly import build_checklist, now_utc
+from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.engine import CycleReport, Engine, LiveCycle
@@ -59,6 +60,10 @@ log = get_logger("rollbackd")
 RESTORE_WINDOW = timedelta(hours=2)
 """After a restart, incidents this recent keep the engine from deciding the same thing again."""
 
+RESTART_KEYS = ("listen", "state_dir", "log_format")
+"""``[daemon]`` keys a running daemon cannot change (its socket, its journal, its logging):
+a reload keeps their running values and says which changed."""
+
 
 class Forbidden(Exception):  # noqa: N818 -- maps to HTTP 403
     """The caller's role may not do this."""
@@ -91,15 +96,20 @@ class Daemon:
         metrics_source: MetricSource | None = None,
         prober: Prober | None = None,
         notifier: Notifier | None = None,
+        notifiers: Callable[[Config], Notifier] | None = None,
         clock: Callable[[], datetime] = now_utc,
     ) -> None:
+        """``notifiers`` builds the notifier from a config, so that a reload that changes
+        ``[[notifiers]]`` applies; ``notifier`` is one fixed notifier (tests, the demo)."""
         self.loaded = loaded
         self.journal = journal
         self.clock = clock
         self.lock = threading.RLock()
         self.stopping = threading.Event()
         self.metrics = DaemonMetrics()
-        self.notifier = notifier or JournalOnly()
+        self._notifiers = notifiers
+        self.notifier = notifier or (notifiers(loaded.config) if notifiers else JournalOnly())
+        self._retired_notifiers: list[Notifier] = []
         # A rollback holds its worker through the recovery watch (minutes), so workers are
         # plentiful: one incident must never wait for another's recovery to start.
         self.worker = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rollback")
@@ -211,32 +221,55 @@ class Daemon:
         """Stop after the step in progress: incidents left mid-checklist resume on restart."""
         self.stopping.set()
         self.worker.shutdown(wait=True, cancel_futures=True)
-        drain = getattr(self.notifier, "drain", None)
-        if callable(drain):
-            drain(min(timeout, 30.0))  # messages already queued still go out
+        deadline = time.monotonic() + min(timeout, 30.0)
+        for notifier in (self.notifier, *self._retired_notifiers):
+            drain = getattr(notifier, "drain", None)
+            if callable(drain):
+                drain(max(deadline - time.monotonic(), 0.0))  # queued messages still go out
 
     def reload(self, path: Path) -> str:
-        """SIGHUP: load config and rules again; keep the old ones if the new are invalid."""
+        """SIGHUP: load config and rules again and apply them; keep the old ones if invalid.
+
+        Every key takes effect from the next cycle, request or rollback on (a
+        rollback under way finishes as it started), except :data:`RESTART_KEYS`:
+        those keep their running values, and the status line and the log name
+        each one that changed. The scheduler applies ``poll_interval`` itself
+        (:func:`reschedule`).
+        """
         try:
             loaded = load(path)
         except InvalidInput as exc:
             lines = [str(p) for p in exc.problems]
             log.error("reload refused: the running config is kept", problems=lines)
             return "kept the running config: " + "; ".join(lines)
+        loaded, restart = _keep_running(self.config, loaded)
         with self.lock:
             states, rollbacks, incidents = (
                 self.engine.states,
                 self.engine.rollbacks,
                 self.engine.open_incidents(),
             )
+            if self._notifiers is not None and loaded.config.notifiers != self.config.notifiers:
+                self._retired_notifiers.append(self.notifier)  # drained at shutdown
+                self.notifier = self._notifiers(loaded.config)
+            self.history.known_good_after = loaded.config.deploys.known_good_after
             self._build(loaded, self.history)
             names = {r.name for r in loaded.rules}
             self.engine.states = {k: v for k, v in states.items() if k[0] in names}
             self.engine.rollbacks = rollbacks
             for service, (opened, decision) in incidents.items():
                 self.engine.restore(service, opened, decision)
-        log.info("reloaded", rules=len(loaded.rules), services=len(loaded.config.services))
-        return f"reloaded: {len(loaded.rules)} rules, {len(loaded.config.services)} services"
+        line = f"reloaded: {len(loaded.rules)} rules, {len(loaded.config.services)} services"
+        if restart:
+            line += "; needs a restart, running values kept: " + ", ".join(restart)
+            log.warning("reload: keys that need a restart keep their running values", keys=restart)
+        log.info(
+            "reloaded",
+            rules=len(loaded.rules),
+            services=len(loaded.config.services),
+            restart_needed=restart,
+        )
+        return line
 
     # -- the evaluation loop -----------------------------------------------------------
 
@@ -736,6 +769,21 @@ class Daemon:
         }
 
 
+def _keep_running(running: Config, loaded: Loaded) -> tuple[Loaded, list[str]]:
+    """``loaded`` with the running values of :data:`RESTART_KEYS`, and each one that changed."""
+    changed = {
+        key: (getattr(running.daemon, key), getattr(loaded.config.daemon, key))
+        for key in RESTART_KEYS
+        if getattr(running.daemon, key) != getattr(loaded.config.daemon, key)
+    }
+    if not changed:
+        return loaded, []
+    daemon = loaded.config.daemon.model_copy(update={k: old for k, (old, _) in changed.items()})
+    config = loaded.config.model_copy(update={"daemon": daemon})
+    described = [f"daemon.{key} ({old} → {new})" for key, (old, new) in changed.items()]
+    return replace(loaded, config=config), described
+
+
 YOUNG_OBJECTS = 50_000
 """Allocations between two young garbage collections (Python's default is 700)."""
 
@@ -754,6 +802,10 @@ def settle_heap() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_OBJECTS, older, oldest)
+
+
+CYCLE_JOB = "evaluate"
+"""The scheduler's job that runs one cycle every poll interval."""
 
 
 def planned(first: datetime, interval: timedelta, now: datetime) -> datetime:
@@ -777,7 +829,9 @@ def scheduler(
     def tick() -> None:
         # The planned time, not the moment the thread woke: cycles exactly one interval
         # apart, so a rule's `for` is reached at the cycle it should be, not one late.
-        daemon.cycle(planned(first, interval, daemon.clock()))
+        # The trigger's, which a reload may have replaced (reschedule).
+        trigger = jobs.get_job(CYCLE_JOB).trigger
+        daemon.cycle(planned(trigger.start_date, trigger.interval, daemon.clock()))
         if after_cycle is not None:
             after_cycle()
 
@@ -785,13 +839,26 @@ def scheduler(
     jobs.add_job(
         tick,
         IntervalTrigger(seconds=interval.total_seconds(), start_date=first),
-        id="evaluate",
+        id=CYCLE_JOB,
         max_instances=1,
         coalesce=True,
         next_run_time=first,
         misfire_grace_time=None,
     )
     return jobs
+
+
+def reschedule(jobs: BackgroundScheduler, daemon: Daemon) -> bool:
+    """After a reload: cycles every (new) ``poll_interval`` from now on; False if unchanged."""
+    from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
+
+    interval = daemon.config.daemon.poll_interval
+    if jobs.get_job(CYCLE_JOB).trigger.interval == interval:
+        return False
+    trigger = IntervalTrigger(seconds=interval.total_seconds(), start_date=daemon.clock())
+    jobs.reschedule_job(CYCLE_JOB, trigger=trigger)
+    log.info("poll interval changed", poll_interval=format_duration(interval))
+    return True
 
 
 def serve(daemon: Daemon, config_path: Path) -> None:
@@ -829,6 +896,7 @@ def serve(daemon: Daemon, config_path: Path) -> None:
         def reload() -> None:
             systemd.reloading()
             systemd.status(daemon.reload(config_path))
+            reschedule(cycles, daemon)
             systemd.ready()
 
         threading.Thread(target=reload, name="reload", daemon=True).start()

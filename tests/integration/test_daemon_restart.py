@@ -206,17 +206,33 @@ def test_sighup_with_a_broken_config_keeps_the_running_one(
 def test_sighup_with_a_valid_changed_config_reloads_it(
     tmp_path: Path, daemons: DaemonFactory
 ) -> None:
-    """systemctl reload after adding a service: 'reloaded' is logged and the API shows it."""
+    """systemctl reload after adding a service, a longer poll_interval and a new listen
+    address: the service and the interval apply; listen is kept and said to need a restart."""
     config, port = simple_config(tmp_path)
     daemon = daemons(config, port)
+    moved = f'listen = "127.0.0.1:{free_port()}"'
+    text = config.read_text(encoding="utf-8")
+    text = text.replace(f'listen = "127.0.0.1:{port}"', moved).replace('"1s"\nrules', '"2s"\nrules')
     added = '[[services]]\nname = "api"\nexecutor = "command"\ncommand = ["true"]\n'
-    config.write_text(config.read_text(encoding="utf-8") + added, encoding="utf-8")
+    config.write_text(text + added, encoding="utf-8")
     daemon.signal(signal.SIGHUP)
     [reloaded] = wait_until("reloaded", lambda: daemon.logged("reloaded"))
     assert reloaded["services"] == 2
+    assert [key.split(" ")[0] for key in reloaded["restart_needed"]] == ["daemon.listen"]
     assert daemon.alive()
     services = daemon.request("GET", "/api/v1/services", "viewer").json()
     assert sorted(s["name"] for s in services) == ["api", "web"]
+    assert httpx.get(f"{daemon.url}/readyz").json()["poll_interval"] == "2s"
+    cycles: list[datetime] = []
+
+    def three_cycles_since_the_reload() -> bool:
+        last = httpx.get(f"{daemon.url}/readyz").json()["last_cycle"]
+        if last is not None and (not cycles or datetime.fromisoformat(last) != cycles[-1]):
+            cycles.append(datetime.fromisoformat(last))
+        return len(cycles) >= 3
+
+    wait_until("three more cycles", three_cycles_since_the_reload)
+    assert cycles[-1] - cycles[-2] == timedelta(seconds=2)
 
 
 # -- a pending approval across a crash, with a real git rollback ----------------------------
