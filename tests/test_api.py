@@ -32,6 +32,7 @@ import structlog
 import uvicorn
 
 from rollbackd.api import create_app
+from rollbackd.assembly import notifier_for
 from rollbackd.durations import format_instant
 from rollbackd.engine import CycleReport
 from rollbackd.journal import IncidentState, SqliteJournal, journal_path
@@ -42,6 +43,7 @@ from rollbackd.service import Daemon
 from rollbackd.testing import ScriptedMetrics
 from tests.conftest import EXAMPLES
 from tests.support.processes import free_port
+from tests.test_notifiers import Receiver
 
 ROLES = ("admin", "senior_admin", "team", "database", "ci", "alertmanager", "viewer")
 TOKENS = {role: f"tok-{role}-{hashlib.sha256(role.encode()).hexdigest()[:20]}" for role in ROLES}
@@ -273,7 +275,13 @@ def make_api(tmp_path: Path, stopping: list[LiveServer]) -> Iterator[ApiFactory]
         journal = SqliteJournal(journal_path(loaded.config.daemon.state_dir))
         metrics = ScriptedMetrics(["web"])
         clock = MovableClock()
-        daemon = Daemon(loaded, journal, metrics_source=metrics, clock=clock)
+        daemon = Daemon(
+            loaded,
+            journal,
+            metrics_source=metrics,
+            notifiers=lambda config: notifier_for(config, journal),  # as `rollbackd run` does
+            clock=clock,
+        )
         daemon.start()
         server = LiveServer(create_app(daemon), port)
         api = Api(server, daemon, journal, metrics, clock, logs, root, rolled_back)
@@ -355,6 +363,7 @@ PROTECTED = [
     ("GET", "/api/v1/incidents/1/report"),
     ("POST", "/api/v1/incidents/1/approve"),
     ("POST", "/api/v1/incidents/1/veto"),
+    ("POST", "/api/v1/services/web/rollback"),
     ("GET", "/"),
 ]
 
@@ -802,6 +811,188 @@ def test_the_incident_and_its_report_are_served(api: Api) -> None:
     assert_error(bad, 422, "format")
 
 
+# -- rollbacks by hand ----------------------------------------------------------------------
+
+V1_REF = "1f0c2d3e4b5a69788796a5b4c3d2e1f001234567"
+V2_REF = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a291807"
+FINISHED = {"recovered", "not_recovered", "escalated"}
+
+
+def v1_good_then_v2_failing(api: Api) -> None:
+    """v1 (its commit as ref) runs clean until known good; v2 fails 20 % until rolled back."""
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0)
+    assert api.deploy("v1", ref=V1_REF).status_code == 201
+    api.cycle()
+    api.clock.advance(KNOWN_GOOD_AFTER + timedelta(seconds=30))
+    api.cycle()
+    assert api.deploy("v2", ref=V2_REF).status_code == 201
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0 if api.rolled_back.exists() else 0.2)
+
+
+def roll_back(api: Api, role: str = "senior_admin", **body: Any) -> httpx.Response:
+    return api.post("/api/v1/services/web/rollback", role, json=body)
+
+
+def test_a_rollback_by_hand_runs_to_the_deploy_events_ref_and_recovers(api: Api) -> None:
+    """senior_admin rolls web back to v1: 202, v1's ref is the target, it runs and recovers."""
+    v1_good_then_v2_failing(api)
+    response = roll_back(api, to="v1", reason="errors after v2")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["state"] in {"rolling_back", "recovering", "recovered"}
+    assert (body["target"], body["current_version"], body["origin"]) == (V1_REF, "v2", "manual")
+    assert api.wait_for_state(body["id"], FINISHED) == "recovered"
+    assert api.rolled_back.exists()
+    detail = api.incident(body["id"])
+    assert detail["reason"] == "errors after v2"
+    [decision] = detail["decisions"]
+    assert (decision["actor"], decision["action"]) == ("senior-admin", "rollback")
+    assert ("execute", "ok") in [(s["name"], s["outcome"]) for s in detail["steps"]]
+    [web] = api.get("/api/v1/services", "viewer").json()
+    assert web["current_version"] == "v1"
+
+
+def test_a_rollback_by_hand_without_a_target_goes_to_the_last_known_good(api: Api) -> None:
+    """admin may too; no body at all: the last known good version, v1, by its ref."""
+    v1_good_then_v2_failing(api)
+    response = api.post("/api/v1/services/web/rollback", "admin")
+    assert response.status_code == 202, response.text
+    assert response.json()["target"] == V1_REF
+    assert api.wait_for_state(response.json()["id"], FINISHED) == "recovered"
+
+
+def test_only_admin_or_senior_admin_may_roll_back_by_hand(api: Api) -> None:
+    """The playbook's rollback authority: any other role gets 403 and nothing is opened."""
+    v1_good_then_v2_failing(api)
+    for role in ("team", "database", "ci", "alertmanager", "viewer"):
+        body = assert_error(roll_back(api, role, to="v1"), 403, "Authorization")
+        assert "admin or senior_admin" in body["error"], role
+    assert api.get("/api/v1/incidents", "viewer").json() == []
+    assert not api.rolled_back.exists()
+
+
+def test_two_rollbacks_of_a_service_at_once_one_runs_the_other_is_409(api: Api) -> None:
+    """Two people press the button together: one 202, one 409 naming the running incident."""
+    v1_good_then_v2_failing(api)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        responses = list(pool.map(lambda who: roll_back(api, who, to="v1"), ["admin"] * 2))
+    started = [r for r in responses if r.status_code == 202]
+    assert sorted(r.status_code for r in responses) == [202, 409], [r.text for r in responses]
+    number = started[0].json()["id"]
+    refused = assert_error(next(r for r in responses if r.status_code == 409), 409, None)
+    assert f"incident {number} is already rolling back" in refused["error"]
+    assert [i["id"] for i in api.get("/api/v1/incidents", "viewer").json()] == [number]
+    assert api.wait_for_state(number, FINISHED) == "recovered"
+
+
+def test_a_rollback_by_hand_of_an_unknown_service_is_404(api: Api) -> None:
+    """A service the config does not name: 404 saying so, nothing opened."""
+    body = assert_error(api.post("/api/v1/services/mail/rollback", "admin", json={}), 404, None)
+    assert "no service named 'mail'" in body["error"]
+    assert api.get("/api/v1/incidents", "viewer").json() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"to": "--upload-pack=touch /tmp/x"}, "is not a version or ref"),
+        ({"to": "v1; rm -rf /"}, "is not a version or ref"),
+        ({"to": "v2"}, "web already runs v2; nothing to roll back"),
+        ({"to": V2_REF}, "web already runs"),
+        ({"to": ""}, "at least 1 character"),
+        ({"to": "v1", "force": True}, "Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_rollback_target_is_422_naming_to(
+    api: Api, body: dict[str, Any], expected: str
+) -> None:
+    """A target git could misread, or the version already running: 422, nothing opened."""
+    v1_good_then_v2_failing(api)
+    answer = assert_error(roll_back(api, **body), 422, None)
+    assert expected in answer["error"], answer
+    assert answer["field"] == ("force" if "force" in body else "to")
+    assert api.get("/api/v1/incidents", "viewer").json() == []
+
+
+def test_a_rollback_by_hand_with_no_known_good_version_is_409(api: Api) -> None:
+    """v1 just deployed, never known good, no "to": 409 asking for a target; nothing opened."""
+    assert api.deploy("v1", ref=V1_REF).status_code == 201
+    body = assert_error(roll_back(api), 409, None)
+    assert "no last known good version of web" in body["error"]
+    assert api.get("/api/v1/incidents", "viewer").json() == []
+
+
+# -- reload (SIGHUP) ------------------------------------------------------------------------
+
+
+def edit_config(api: Api, *changes: tuple[str, str]) -> Path:
+    """Change the served daemon's config file in place, as an operator would before SIGHUP."""
+    path = api.root / "config.toml"
+    text = path.read_text(encoding="utf-8")
+    for old, new in changes:
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_reload_applies_a_changed_known_good_after(api: Api) -> None:
+    """known_good_after lowered from 1m to 20s: after a reload, v1 clean for 30 s is known good."""
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0)
+    assert api.deploy("v1").status_code == 201
+    api.cycle()
+    api.clock.advance(timedelta(seconds=30))
+    api.cycle()
+    [web] = api.get("/api/v1/services", "viewer").json()
+    assert web["last_good_version"] is None
+    path = edit_config(api, ('known_good_after = "1m"', 'known_good_after = "20s"'))
+    line = api.daemon.reload(path)
+    assert line == "reloaded: 1 rules, 1 services"
+    [web] = api.get("/api/v1/services", "viewer").json()
+    assert web["last_good_version"] == "v1"
+    assert "on real data without a finding" in web["last_good_reason"]
+
+
+def test_a_reload_that_changes_listen_keeps_the_address_and_says_a_restart_is_needed(
+    api: Api,
+) -> None:
+    """listen cannot move while running: kept and named in the status line and the log; the
+    rest of the reload (here a larger max_body_bytes) applies at once."""
+    old, new = f"127.0.0.1:{api.server.port}", f"127.0.0.1:{free_port()}"
+    path = edit_config(
+        api, (old, new), (f"max_body_bytes = {MAX_BODY}", f"max_body_bytes = {MAX_BODY * 4}")
+    )
+    line = api.daemon.reload(path)
+    assert line == (
+        f"reloaded: 1 rules, 1 services; needs a restart, running values kept: "
+        f"daemon.listen ({old} → {new})"
+    )
+    assert api.daemon.config.daemon.listen == old
+    assert api.daemon.config.daemon.max_body_bytes == MAX_BODY * 4
+    logged = [json.loads(line) for line in api.logs.getvalue().splitlines()]
+    [warning] = [e for e in logged if e["event"].startswith("reload: keys that need a restart")]
+    assert (warning["level"], warning["keys"]) == ("warning", [f"daemon.listen ({old} → {new})"])
+    body = {"service": "web", "version": "v1", "ref": "x" * (MAX_BODY + 100)}
+    assert_error(api.post("/api/v1/deploys", "ci", json=body), 422, "ref")  # not 413 any more
+
+
+def test_a_reload_that_adds_a_notifier_tells_it_the_next_decision(api: Api) -> None:
+    """A [[notifiers]] entry added by a reload hears of the next rollback waiting for approval."""
+    receiver = Receiver()
+    try:
+        path = api.root / "config.toml"
+        added = f'\n[[notifiers]]\nname = "ops"\nkind = "webhook"\nurl = "{receiver.url()}"\n'
+        path.write_text(path.read_text(encoding="utf-8") + added, encoding="utf-8")
+        assert api.daemon.reload(path) == "reloaded: 1 rules, 1 services"
+        number = drive_to_approval(api)
+        assert receiver.received.wait(TIMEOUT), "the added notifier was not told"
+        [told] = receiver.requests
+        assert told.json["incident"] == number
+        assert "asks to roll back" in told.json["title"]
+    finally:
+        receiver.stop()
+
+
 # -- body size: 413 ------------------------------------------------------------------------
 
 
@@ -1214,6 +1405,7 @@ def test_openapi_lists_every_endpoint_of_the_design(api: Api) -> None:
         "/api/v1/incidents/{incident}": "get",
         "/api/v1/incidents/{incident}/approve": "post",
         "/api/v1/incidents/{incident}/veto": "post",
+        "/api/v1/services/{name}/rollback": "post",
         "/healthz": "get",
         "/readyz": "get",
         "/metrics": "get",

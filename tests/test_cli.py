@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import sqlite3
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from rollbackd.deploys import Deploy
+from rollbackd.journal import SqliteJournal, journal_path
 from tests.conftest import RunCli
+from tests.support.processes import free_port
+from tests.test_notifiers import Receiver
 
 DESIGN_COMMANDS = [
     "run",
@@ -220,3 +231,144 @@ def test_run_on_a_taken_address_exits_1_saying_so(run_cli: RunCli, tmp_path: Pat
     assert result.returncode == 1
     assert f"rollbackd: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- rollback with no daemon running: done here, with the configured notifiers --------------
+
+V1_REF = "1f0c2d3e4b5a69788796a5b4c3d2e1f001234567"
+V2_REF = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a291807"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """One loopback HTTP receiver: the service's probe (/up) and the notifier (/hook)."""
+    started = Receiver()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def local_world(root: Path, receiver: Receiver) -> Path:
+    """web, rolled back by a command that writes down its target, v1 then v2 announced by CI.
+
+    Nothing listens at ``[daemon] listen``: no daemon runs. The probe passes, so a
+    rollback recovers after the one-second window.
+    """
+    (root / "state").mkdir()
+    config = root / "config.toml"
+    target = root / "target"
+    write_target = f"import os; open(r'{target}', 'w').write(os.environ['ROLLBACKD_TARGET'])"
+    config.write_text(
+        f"""
+[daemon]
+listen = "127.0.0.1:{free_port()}"
+state_dir = "{root / "state"}"
+poll_interval = "1s"
+rules = []
+
+[prometheus]
+url = "http://127.0.0.1:9"
+timeout = "1s"
+
+[[services]]
+name = "web"
+executor = "command"
+command = [{json.dumps(sys.executable)}, "-c", {json.dumps(write_target)}]
+command_timeout = "10s"
+
+[[services.probes]]
+name = "up"
+url = "{receiver.url("/up")}"
+method = "POST"
+
+[deploys]
+known_good_after = "2s"
+attribution_window = "10s"
+
+[recovery]
+window = "1s"
+timeout = "10s"
+
+[[notifiers]]
+name = "ops"
+kind = "webhook"
+url = "{receiver.url("/hook")}"
+retries = 0
+""",
+        encoding="utf-8",
+    )
+    journal = SqliteJournal(journal_path(root / "state"))
+    now = datetime.now(UTC)
+    for minutes, version, ref in ((10, "v1", V1_REF), (5, "v2", V2_REF)):
+        deployed = now - timedelta(minutes=minutes)
+        journal.record_deploy(Deploy("web", version, deployed, "event", ref=ref), deployed)
+    journal.close()
+    return config
+
+
+def test_rollback_to_a_version_goes_to_its_deploy_events_ref(
+    run_cli: RunCli, tmp_path: Path, receiver: Receiver
+) -> None:
+    """`--to v1` means the commit CI announced for v1, as the daemon would resolve it."""
+    config = local_world(tmp_path, receiver)
+    result = run_cli("rollback", "web", "--to", "v1", "--yes", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"incident 1: roll back web from v2 to {V1_REF}" in result.stdout
+    assert "incident 1: recovered" in result.stdout
+    assert (tmp_path / "target").read_text() == V1_REF
+    with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as db:
+        assert db.execute("SELECT target, origin FROM incidents").fetchall() == [(V1_REF, "manual")]
+
+
+def test_rollback_with_no_daemon_running_tells_the_configured_notifiers(
+    run_cli: RunCli, tmp_path: Path, receiver: Receiver
+) -> None:
+    """Done here, the rollback is announced and its recovery told before the command exits."""
+    config = local_world(tmp_path, receiver)
+    result = run_cli("rollback", "web", "--to", V1_REF, "--yes", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "notify: ok: queued for 1 notifier: ops" in result.stdout
+    told = [r.json for r in receiver.requests if r.path == "/hook"]
+    assert [m["title"] for m in told] == [f"web: rolling back to {V1_REF}", "web: recovered"]
+    assert {m["incident"] for m in told} == {1}
+    with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as db:
+        delivered = db.execute("SELECT body FROM evidence WHERE kind = 'notification'").fetchall()
+    assert [json.loads(b)["delivered"] for (b,) in delivered] == [True, True]
+
+
+class Healthz(BaseHTTPRequestHandler):
+    """Answers GET /healthz as a running daemon does."""
+
+    def do_GET(self) -> None:
+        body = b'{"status": "ok"}'
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def test_rollback_with_a_daemon_at_public_url_and_no_token_refuses(
+    run_cli: RunCli, tmp_path: Path, receiver: Receiver
+) -> None:
+    """Nothing at listen, but a daemon answers at public_url: no token, exit 2, nothing done."""
+    config = local_world(tmp_path, receiver)
+    daemon = ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
+    threading.Thread(target=daemon.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{daemon.server_address[1]}"
+        text = config.read_text(encoding="utf-8")
+        config.write_text(text.replace("[prometheus]", f'public_url = "{url}"\n\n[prometheus]'))
+        result = run_cli("rollback", "web", "--to", "v1", "--yes", "--config", str(config))
+    finally:
+        daemon.shutdown()
+        daemon.server_close()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(f"rollbackd: a daemon is running at {url}: ")
+    assert "ROLLBACKD_TOKEN to a token with the role admin or senior_admin" in result.stderr
+    assert not (tmp_path / "target").exists()
+    with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM incidents").fetchone() == (0,)

@@ -1,4 +1,5 @@
-"""The HTTP API (design §3): webhooks, deploys, state, approvals, health, metrics, status page.
+"""The HTTP API (design §3): webhooks, deploys, state, approvals, health, metrics, status page,
+and, beyond §3, the manual rollback that ``rollbackd rollback`` hands to a running daemon.
 
 Every client mistake is a 4xx with a JSON body ``{"error": ..., "field": ...}``
 naming what is wrong, never a 5xx. Tokens are compared as SHA-256 hashes in
@@ -49,9 +50,14 @@ class _TooLarge(Exception):  # noqa: N818 -- maps to HTTP 413
 
 
 class BodyLimit:
-    """Refuse bodies over ``limit`` bytes, by Content-Length or while they stream in."""
+    """Refuse bodies over ``limit()`` bytes, by Content-Length or while they stream in.
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
+    The limit is asked for at each request, so a reloaded ``max_body_bytes`` applies.
+    """
+
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: Callable[[], int]
+    ) -> None:
         self.app = app
         self.limit = limit
 
@@ -59,14 +65,15 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit()
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.limit:
-                    response = _error(413, str(_TooLarge(self.limit)), "body")
+                if declared > limit:
+                    response = _error(413, str(_TooLarge(limit)), "body")
                     await response(scope, receive, send)
                     return
         seen = 0
@@ -76,8 +83,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge(self.limit)
+                if seen > limit:
+                    raise _TooLarge(limit)
             return message
 
         await self.app(scope, limited, send)
@@ -112,6 +119,14 @@ class DeployBody(BaseModel):
     migrations: list[MigrationBody] | None = Field(default=None, max_length=1000)
 
 
+class RollbackBody(BaseModel):
+    """A rollback asked for by a person; without ``to``, to the last known good version."""
+
+    model_config = ConfigDict(extra="forbid")
+    to: str | None = Field(default=None, min_length=1, max_length=200)
+    reason: str | None = Field(default=None, min_length=1, max_length=1000)
+
+
 _templates = Environment(
     loader=PackageLoader("rollbackd", "templates"), autoescape=select_autoescape(["html", "j2"])
 )
@@ -126,7 +141,7 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: PLR0915 -- the routes read a
         docs_url="/docs",
         redoc_url=None,
     )
-    app.add_middleware(BodyLimit, limit=daemon.config.daemon.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=lambda: daemon.config.daemon.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -329,6 +344,32 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: PLR0915 -- the routes read a
     ) -> dict[str, Any]:
         """Veto a pending rollback: it will not run. Needs the policy's approver role."""
         return incident_record(daemon.veto(incident, caller))
+
+    rollback_doc = {
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": RollbackBody.model_json_schema()}},
+        }
+    }
+
+    @app.post("/api/v1/services/{name}/rollback", status_code=202, openapi_extra=rollback_doc)
+    async def rollback(
+        name: str,
+        request: Request,
+        caller: Annotated[Caller, Depends(requires("admin", "senior_admin"))],
+    ) -> dict[str, Any]:
+        """Roll back a service now, by hand (the playbook's rollback authority: a system
+        administrator or senior developer). 202 with the incident, which runs in the
+        background like an approved rollback; 409 while a rollback of it is under way."""
+        raw = await request.body()  # read after authentication, within the body limit
+        try:
+            body = RollbackBody.model_validate_json(raw or b"{}")
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        record = await run_in_threadpool(
+            daemon.rollback_by_hand, name, body.to, body.reason, caller
+        )
+        return incident_record(record)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

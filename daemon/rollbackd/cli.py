@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -23,17 +24,21 @@ from rich.table import Table
 from rollbackd import __version__
 from rollbackd.actions.checklist import Refused, RollbackRequest
 from rollbackd.assembly import build_checklist, notifier_for, now_utc, open_journal
-from rollbackd.client import DaemonClient, DaemonUnavailable
+from rollbackd.client import DaemonClient, DaemonUnavailable, NoDaemon
 from rollbackd.client import Refused as ClientRefused
 from rollbackd.config import DEFAULT_CONFIG_PATH
+from rollbackd.deploys import DeployHistory
 from rollbackd.durations import format_duration, format_instant, parse_duration, parse_instant
 from rollbackd.engine import CycleReport, Explanation
 from rollbackd.errors import InvalidInput, NotBuilt, RollbackdError
 from rollbackd.evaluation import Evaluation, evaluate_now
 from rollbackd.journal import IncidentState, JournalError, SqliteJournal
 from rollbackd.loader import Loaded, load, shown
+from rollbackd.manual import AlreadyThere, NoTarget, manual_request
 from rollbackd.matrix import TRIGGER_SEVERITY
 from rollbackd.model import Finding, FindingState, Severity, Trigger
+from rollbackd.notify import Notifier
+from rollbackd.notify.retry import Background
 from rollbackd.output import (
     ExplainWriter,
     decision_line,
@@ -144,7 +149,7 @@ def run(config: ConfigOption = None) -> None:
         journal = open_journal(loaded.config)
     except JournalError as exc:
         _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
-    daemon = Daemon(loaded, journal, notifier=notifier_for(loaded.config, journal))
+    daemon = Daemon(loaded, journal, notifiers=lambda config: notifier_for(config, journal))
     serve(daemon, loaded.config_path)
 
 
@@ -306,12 +311,17 @@ def rollback(
     service: Annotated[str, typer.Argument(help="The service to roll back.")],
     config: ConfigOption = None,
     to: Annotated[
-        str | None, typer.Option("--to", help="Target ref (default: the last known good).")
+        str | None,
+        typer.Option("--to", help="Target version or ref (default: the last known good)."),
     ] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why, for the journal.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Roll back a service by hand, through the same checklist, executor and recovery watch."""
+    """Roll back a service by hand, through the same checklist, executor and recovery watch.
+
+    With the daemon running, the daemon does it (token from $ROLLBACKD_TOKEN, role admin
+    or senior_admin) and this follows it; with none running, it is done here.
+    """
     loaded = _load(config)
     cfg = loaded.config
     if cfg.service(service) is None:
@@ -319,80 +329,232 @@ def rollback(
         _fail([f"SERVICE: no service named {service!r} is configured (known: {known})"], 2)
     if to is not None and not valid_ref(to):
         _fail([f"--to: {to!r} is not a git ref or version rollbackd will pass to git"], 2)
-    journal = open_journal(cfg)
-    checklist = build_checklist(
-        cfg, loaded.rules, journal, on_step=lambda name, text: typer.echo(f"  {name}: {text}")
-    )
-    resumable = [
-        i
-        for i in journal.incidents(service=service, active_only=True)
-        if i.state in (IncidentState.ROLLING_BACK, IncidentState.RECOVERING)
-    ]
-    if resumable:
-        incident = resumable[0].id
-        typer.echo(f"resuming incident {incident}, interrupted while {resumable[0].state.value}")
+    daemon = _running_daemon(loaded)
+    if daemon is not None:
+        _rollback_through(daemon, service, to, reason, yes)
     else:
-        request = _manual_request(loaded, service, to, reason)
-        question = (
-            f"Roll back {service} from {request.current_version or 'the current version'} "
-            f"to {request.target}?"
-        )
-        if not yes:
-            if not sys.stdin.isatty():
-                _fail(["not on a terminal: pass --yes to confirm the rollback"], 2)
-            if not typer.confirm(question):
-                _fail(["rollbackd: not confirmed; nothing was done"], EXIT_RUNTIME)
+        _rollback_here(loaded, service, to, reason, yes)
+
+
+def _running_daemon(loaded: Loaded) -> DaemonClient | None:
+    """The running daemon: at ``[daemon] listen``, else at ``public_url``; None if neither.
+
+    A rollback beside a running daemon would be two processes on one journal
+    and one working copy: when something answers at ``listen``, or may (it
+    does not answer in time), the rollback goes through it or not at all. At
+    ``public_url`` (another host, a proxy) only a daemon that answers counts.
+    """
+    token = os.environ.get("ROLLBACKD_TOKEN")
+    client = DaemonClient(loaded.config, token)
+    try:
+        client.text("/healthz")
+    except NoDaemon:
+        public = loaded.config.daemon.public_url
+        if public is None:
+            return None
+        client = DaemonClient(loaded.config, token, url=public)
         try:
-            incident = checklist.open(request)
-        except Refused as exc:
-            _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
-        typer.echo(f"incident {incident}: {question.rstrip('?').lower()}")
-    record = checklist.run(incident)
-    typer.echo(f"incident {record.id}: {record.state.value} — {record.summary}")
+            client.text("/healthz")
+        except (DaemonUnavailable, ClientRefused):
+            return None
+    except (DaemonUnavailable, ClientRefused) as exc:
+        _fail(
+            [
+                f"rollbackd: {exc}",
+                f"rollbackd: not rolling back beside whatever listens at {client.url} "
+                "([daemon] listen); a rollback never runs twice",
+            ],
+            EXIT_RUNTIME,
+        )
+    if not token:
+        _fail(
+            [
+                f"rollbackd: a daemon is running at {client.url}: the rollback goes through it, "
+                "never beside it; set ROLLBACKD_TOKEN to a token with the role admin or "
+                "senior_admin"
+            ],
+            EXIT_INVALID,
+        )
+    return client
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        _fail(["not on a terminal: pass --yes to confirm the rollback"], EXIT_INVALID)
+    if not typer.confirm(question):
+        _fail(["rollbackd: not confirmed; nothing was done"], EXIT_RUNTIME)
+
+
+FOLLOW_EVERY = 0.5
+"""Seconds between two looks at an incident the daemon runs."""
+DAEMON_GONE = 60.0
+"""Seconds the daemon may not answer while a rollback is followed before the CLI gives up."""
+NOTIFY_DRAIN = 30.0
+"""Seconds a local rollback waits at exit for its notifications to be delivered."""
+
+
+def _rollback_through(
+    client: DaemonClient, service: str, to: str | None, reason: str | None, yes: bool
+) -> None:
+    """Hand the rollback to the running daemon, then follow it step by step until it ends."""
+    try:
+        services = client.get("/api/v1/services")
+        watched = next((s for s in services if s["name"] == service), None)
+        if watched is None:
+            _fail([f"SERVICE: the daemon at {client.url} watches no service named {service!r}"], 2)
+        version = to or watched["last_good_version"]
+        if version is None:
+            _fail(
+                [
+                    f"rollbackd: no last known good version of {service}: "
+                    f"{watched['last_good_reason']}; name one with --to"
+                ],
+                EXIT_RUNTIME,
+            )
+        question = (
+            f"Roll back {service} from {watched['current_version'] or 'the current version'} "
+            f"to {version}?"
+        )
+        _confirm(question, yes)
+        asked = {k: v for k, v in (("to", to), ("reason", reason)) if v is not None}
+        record = client.post(f"/api/v1/services/{service}/rollback", asked)
+    except ClientRefused as exc:
+        usage = exc.status in (401, 403, 404, 422)
+        _fail([f"rollbackd: the daemon at {client.url} refused: {exc}"], 2 if usage else 1)
+    except DaemonUnavailable as exc:
+        _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
+    incident = record["id"]
+    typer.echo(
+        f"incident {incident}: roll back {service} from "
+        f"{record['current_version'] or 'the current version'} to {record['target']} "
+        f"(run by the daemon at {client.url})"
+    )
+    final = _follow(client, incident)
+    typer.echo(f"incident {incident}: {final['state']} — {final['summary']}")
+    if final["state"] != IncidentState.RECOVERED.value:
+        raise typer.Exit(EXIT_RUNTIME)
+
+
+def _follow(client: DaemonClient, incident: int) -> dict[str, Any]:
+    """Print each step of ``incident`` as it finishes; the incident once it has ended."""
+    shown_steps = 0
+    gone_since: float | None = None
+    under_way = (IncidentState.ROLLING_BACK.value, IncidentState.RECOVERING.value)
+    try:
+        while True:
+            try:
+                detail: dict[str, Any] = client.get(f"/api/v1/incidents/{incident}")
+            except DaemonUnavailable as exc:
+                now = time.monotonic()
+                gone_since = gone_since or now
+                if now - gone_since > DAEMON_GONE:
+                    _fail(
+                        [
+                            f"rollbackd: {exc}",
+                            f"rollbackd: incident {incident} goes on when the daemon runs "
+                            "again; see `rollbackd incidents`",
+                        ],
+                        EXIT_RUNTIME,
+                    )
+                time.sleep(FOLLOW_EVERY)
+                continue
+            gone_since = None
+            steps = detail["steps"]
+            ended = detail["state"] not in under_way
+            while shown_steps < len(steps) and (ended or steps[shown_steps]["finished"]):
+                step = steps[shown_steps]
+                if step["finished"]:
+                    typer.echo(f"  {step['name']}: {step['outcome']}: {step['summary']}")
+                shown_steps += 1
+            if ended:
+                return detail
+            time.sleep(FOLLOW_EVERY)
+    except ClientRefused as exc:
+        _fail([f"rollbackd: following incident {incident}: {exc}"], EXIT_RUNTIME)
+    except KeyboardInterrupt:
+        _fail(
+            [f"rollbackd: stopped following; incident {incident} goes on in the daemon"],
+            EXIT_RUNTIME,
+        )
+
+
+def _rollback_here(
+    loaded: Loaded, service: str, to: str | None, reason: str | None, yes: bool
+) -> None:
+    """No daemon runs: the rollback runs in this process, telling the configured notifiers."""
+    cfg = loaded.config
+    journal = open_journal(cfg)
+    notifier = notifier_for(cfg, journal)
+    try:
+        checklist = build_checklist(
+            cfg,
+            loaded.rules,
+            journal,
+            notifier=notifier,
+            on_step=lambda name, text: typer.echo(f"  {name}: {text}"),
+        )
+        resumable = [
+            i
+            for i in journal.incidents(service=service, active_only=True)
+            if i.state in (IncidentState.ROLLING_BACK, IncidentState.RECOVERING)
+        ]
+        if resumable:
+            incident = resumable[0].id
+            typer.echo(
+                f"resuming incident {incident}, interrupted while {resumable[0].state.value}"
+            )
+        else:
+            request = _manual_request(loaded, journal, service, to, reason)
+            question = (
+                f"Roll back {service} from {request.current_version or 'the current version'} "
+                f"to {request.target}?"
+            )
+            _confirm(question, yes)
+            try:
+                incident = checklist.open(request)
+            except Refused as exc:
+                _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
+            typer.echo(f"incident {incident}: {question.rstrip('?').lower()}")
+        record = checklist.run(incident)
+        typer.echo(f"incident {record.id}: {record.state.value} — {record.summary}")
+    finally:
+        _deliver(notifier)
     if record.state is not IncidentState.RECOVERED:
         raise typer.Exit(EXIT_RUNTIME)
 
 
-def _manual_request(
-    loaded: Loaded, service: str, to: str | None, reason: str | None
-) -> RollbackRequest:
-    cfg = loaded.config
-    evaluation = evaluate_now(cfg, loaded.rules, now_utc())
-    history = evaluation.history
-    current = history.current(service)
-    target = to
-    if target is None:
-        good, why = history.last_good(service)
-        if good is None:
-            _fail(
-                [f"rollbackd: no last known good version of {service}: {why}; name one with --to"],
-                EXIT_RUNTIME,
+def _deliver(notifier: Notifier) -> None:
+    """Before exiting: let the queued notifications go out, for at most NOTIFY_DRAIN seconds."""
+    if isinstance(notifier, Background):
+        left = notifier.drain(NOTIFY_DRAIN)
+        if left:
+            typer.echo(
+                f"rollbackd: {_count(left, 'notification')} not delivered within "
+                f"{NOTIFY_DRAIN:g}s (a receiver is slow or down)",
+                err=True,
             )
-        known = [d for d in history.deploys(service) if d.version == good]
-        target = known[-1].target_ref if known else good
-    if current is not None and target in (current.version, current.ref):
-        _fail([f"rollbackd: {service} already runs {target}; nothing to roll back"], 2)
-    own = [f for f in evaluation.report.notable if f.service == service]
-    firing = [f for f in own if f.firing]
-    severity = Severity.highest([f.severity for f in firing]) if firing else Severity.MEDIUM
-    return RollbackRequest(
-        service=service,
-        target=target,
-        reason=reason or "manual rollback",
-        origin="manual",
-        severity=severity,
-        current_version=current.version if current else None,
-        evidence={
-            "findings": [finding_record(f) for f in own if f.state is not FindingState.OK],
-            "deploys": [
-                {"version": d.version, "time": format_instant(d.time), "source": d.source}
-                for d in history.deploys(service)[-5:]
-            ],
-        },
-        baselines={f.rule: f.baseline for f in own if f.baseline is not None},
-        migrations=current.migrations if current else (),
-        deployed_at=current.time if current else None,
-    )
+
+
+def _manual_request(
+    loaded: Loaded, journal: SqliteJournal, service: str, to: str | None, reason: str | None
+) -> RollbackRequest:
+    """The request as the daemon would build it: deploy events from the journal, the rest
+    from monitoring (see :func:`rollbackd.manual.manual_request`)."""
+    cfg = loaded.config
+    history = DeployHistory(cfg.deploys.known_good_after)
+    for deploy in journal.deploys():
+        history.record(deploy)
+    evaluation = evaluate_now(cfg, loaded.rules, now_utc(), history=history)
+    try:
+        return manual_request(
+            service, to, reason or "manual rollback", evaluation.history, evaluation.report.notable
+        )
+    except NoTarget as exc:
+        _fail([f"rollbackd: {exc}; name one with --to"], EXIT_RUNTIME)
+    except AlreadyThere as exc:
+        _fail([f"rollbackd: {exc}"], EXIT_INVALID)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Talking to a running daemon's API, for the CLI (``status``, ``approve``, ``veto`` …)."""
+"""Talking to a running daemon's API, for the CLI (``status``, ``approve``, ``rollback`` …)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ TIMEOUT = httpx.Timeout(10.0)
 
 class DaemonUnavailable(RollbackdError):  # noqa: N818 -- names the condition
     """No daemon answers at the configured address."""
+
+
+class NoDaemon(DaemonUnavailable):
+    """Nothing listens at the daemon's address: no daemon runs there."""
 
 
 class Refused(RollbackdError):  # noqa: N818 -- names the condition
@@ -38,9 +42,15 @@ class DaemonClient:
     """A small synchronous client; the token goes in a header and nowhere else."""
 
     def __init__(
-        self, config: Config, token: str | None, transport: httpx.BaseTransport | None = None
+        self,
+        config: Config,
+        token: str | None,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        url: str | None = None,
     ) -> None:
-        self.url = base_url(config)
+        """``url``: where the daemon is (e.g. ``[daemon] public_url``); default ``listen``."""
+        self.url = url.rstrip("/") if url else base_url(config)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(
             base_url=self.url, headers=headers, timeout=TIMEOUT, transport=transport
@@ -49,21 +59,25 @@ class DaemonClient:
     def get(self, path: str, **params: Any) -> Any:
         return self._send("GET", path, params)
 
-    def post(self, path: str) -> Any:
-        return self._send("POST", path, {})
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self._send("POST", path, {}, body)
 
     def text(self, path: str, **params: Any) -> str:
         response = self._request("GET", path, params)
         return response.text
 
-    def _send(self, method: str, path: str, params: dict[str, Any]) -> Any:
-        return self._request(method, path, params).json()
+    def _send(
+        self, method: str, path: str, params: dict[str, Any], body: dict[str, Any] | None = None
+    ) -> Any:
+        return self._request(method, path, params, body).json()
 
-    def _request(self, method: str, path: str, params: dict[str, Any]) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, params: dict[str, Any], body: dict[str, Any] | None = None
+    ) -> httpx.Response:
         try:
-            response = self._client.request(method, path, params=params)
+            response = self._client.request(method, path, params=params, json=body)
         except httpx.ConnectError:
-            raise DaemonUnavailable(
+            raise NoDaemon(
                 f"the daemon at {self.url} is not running (connection refused); start it with "
                 "`rollbackd run` or `systemctl start rollbackd`"
             ) from None

@@ -345,6 +345,14 @@ class DeployHistory:
         history = self._services.get(service)
         return [r.deploy for r in history.runs] if history else []
 
+    def target_ref(self, service: str, version: str) -> str:
+        """What rolling back to ``version`` checks out: the ref of its newest deploy, if
+        any deploy of that version is known, else ``version`` itself taken as a ref."""
+        for deploy in reversed(self.deploys(service)):
+            if deploy.version == version:
+                return deploy.target_ref
+        return version
+
     def last_good(self, service: str) -> tuple[str | None, str]:
         """The last known good version and why it is (or why there is none)."""
         history = self._services.get(service)

@@ -57,13 +57,20 @@ def evaluate_now(
     prometheus: MetricSource | None = None,
     prober: Prober | None = None,
     explain: Collection[str] = (),
+    history: DeployHistory | None = None,
 ) -> Evaluation:
-    """Replay the recent past, then evaluate once at ``now`` with live sources."""
+    """Replay the recent past, then evaluate once at ``now`` with live sources.
+
+    ``history`` holds deploys known already (the journal's deploy events);
+    those found in Prometheus or git are added to it.
+    """
     prometheus = prometheus or PrometheusSource(
         config.prometheus.url, config.prometheus.timeout, config.alerts.service_label
     )
     step = config.daemon.poll_interval
-    replay = Replay(config, rules, prometheus, step, simulate_rollbacks=False, explain=explain)
+    replay = Replay(
+        config, rules, prometheus, step, history, simulate_rollbacks=False, explain=explain
+    )
     explained: list[Explanation] = []
     for past in replay.run(now - lookback(config, rules), now - step):
         explained.extend(past.explanations.values())

@@ -18,18 +18,19 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rollbackd.actions.checklist import Checklist, Refused, RollbackRequest
 from rollbackd.assembly import build_checklist, now_utc
+from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.engine import CycleReport, Engine, IncidentEvent, Judgement, LiveCycle
 from rollbackd.engine import Outcome as Ended
-from rollbackd.errors import InvalidInput, RollbackdError
+from rollbackd.errors import InvalidInput, Problem, RollbackdError
 from rollbackd.journal import (
     AlertRecord,
     IncidentRecord,
@@ -40,6 +41,7 @@ from rollbackd.journal import (
 )
 from rollbackd.loader import Loaded, load
 from rollbackd.logs import get_logger
+from rollbackd.manual import AlreadyThere, NoTarget, manual_request
 from rollbackd.metrics import DaemonMetrics
 from rollbackd.model import Action, Decision, Finding, FindingState, Severity
 from rollbackd.notify import JournalOnly, Message, Notifier
@@ -47,7 +49,7 @@ from rollbackd.output import finding_record
 from rollbackd.rules import rule_trigger_severity
 from rollbackd.sources import MetricSource
 from rollbackd.sources.alerts import alert_findings, parse_webhook
-from rollbackd.sources.deploys import parse_event
+from rollbackd.sources.deploys import parse_event, valid_ref
 from rollbackd.sources.probes import Prober
 from rollbackd.sources.prometheus import PrometheusSource
 
@@ -70,6 +72,10 @@ _ENDED_STATE = {
     Ended.EXPIRED: IncidentState.EXPIRED,
     Ended.SUPERSEDED: IncidentState.SUPERSEDED,
 }
+
+RESTART_KEYS = ("listen", "state_dir", "log_format")
+"""``[daemon]`` keys a running daemon cannot change (its socket, its journal, its logging):
+a reload keeps their running values and says which changed."""
 
 
 class Forbidden(Exception):  # noqa: N818 -- maps to HTTP 403
@@ -103,15 +109,20 @@ class Daemon:
         metrics_source: MetricSource | None = None,
         prober: Prober | None = None,
         notifier: Notifier | None = None,
+        notifiers: Callable[[Config], Notifier] | None = None,
         clock: Callable[[], datetime] = now_utc,
     ) -> None:
+        """``notifiers`` builds the notifier from a config, so that a reload that changes
+        ``[[notifiers]]`` applies; ``notifier`` is one fixed notifier (tests, the demo)."""
         self.loaded = loaded
         self.journal = journal
         self.clock = clock
         self.lock = threading.RLock()
         self.stopping = threading.Event()
         self.metrics = DaemonMetrics()
-        self.notifier = notifier or JournalOnly()
+        self._notifiers = notifiers
+        self.notifier = notifier or (notifiers(loaded.config) if notifiers else JournalOnly())
+        self._retired_notifiers: list[Notifier] = []
         # A rollback holds its worker through the recovery watch (minutes), so workers are
         # plentiful: one incident must never wait for another's recovery to start.
         self.worker = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rollback")
@@ -265,24 +276,47 @@ class Daemon:
         """Stop after the step in progress: incidents left mid-checklist resume on restart."""
         self.stopping.set()
         self.worker.shutdown(wait=True, cancel_futures=True)
-        drain = getattr(self.notifier, "drain", None)
-        if callable(drain):
-            drain(min(timeout, 30.0))  # messages already queued still go out
+        deadline = time.monotonic() + min(timeout, 30.0)
+        for notifier in (self.notifier, *self._retired_notifiers):
+            drain = getattr(notifier, "drain", None)
+            if callable(drain):
+                drain(max(deadline - time.monotonic(), 0.0))  # queued messages still go out
 
     def reload(self, path: Path) -> str:
-        """SIGHUP: load config and rules again; keep the old ones if the new are invalid."""
+        """SIGHUP: load config and rules again and apply them; keep the old ones if invalid.
+
+        Every key takes effect from the next cycle, request or rollback on (a
+        rollback under way finishes as it started), except :data:`RESTART_KEYS`:
+        those keep their running values, and the status line and the log name
+        each one that changed. The scheduler applies ``poll_interval`` itself
+        (:func:`reschedule`).
+        """
         try:
             loaded = load(path)
         except InvalidInput as exc:
             lines = [str(p) for p in exc.problems]
             log.error("reload refused: the running config is kept", problems=lines)
             return "kept the running config: " + "; ".join(lines)
+        loaded, restart = _keep_running(self.config, loaded)
         with self.lock:
             before = self.engine
+            if self._notifiers is not None and loaded.config.notifiers != self.config.notifiers:
+                self._retired_notifiers.append(self.notifier)  # drained at shutdown
+                self.notifier = self._notifiers(loaded.config)
+            self.history.known_good_after = loaded.config.deploys.known_good_after
             self._build(loaded, self.history)
             self.engine.adopt(before)
-        log.info("reloaded", rules=len(loaded.rules), services=len(loaded.config.services))
-        return f"reloaded: {len(loaded.rules)} rules, {len(loaded.config.services)} services"
+        line = f"reloaded: {len(loaded.rules)} rules, {len(loaded.config.services)} services"
+        if restart:
+            line += "; needs a restart, running values kept: " + ", ".join(restart)
+            log.warning("reload: keys that need a restart keep their running values", keys=restart)
+        log.info(
+            "reloaded",
+            rules=len(loaded.rules),
+            services=len(loaded.config.services),
+            restart_needed=restart,
+        )
+        return line
 
     # -- the evaluation loop -----------------------------------------------------------
 
@@ -495,8 +529,7 @@ class Daemon:
         if decision.target is None:
             return None
         current = self.history.current(decision.service)
-        known = [d for d in self.history.deploys(decision.service) if d.version == decision.target]
-        target = known[-1].target_ref if known else decision.target
+        target = self.history.target_ref(decision.service, decision.target)
         alerts = [
             {"name": a.name, "labels": dict(a.labels), "since": format_instant(a.starts_at)}
             for a in firing
@@ -667,6 +700,58 @@ class Daemon:
         self.metrics.actions.labels("request_approval", "vetoed").inc()
         return self._load(incident)
 
+    def rollback_by_hand(
+        self, service: str, to: str | None, reason: str | None, caller: Caller
+    ) -> IncidentRecord:
+        """A rollback a person asks for: a manual incident, run on the worker like an approved one.
+
+        ``to`` (a version or a ref; default: the last known good version) is
+        resolved as for the daemon's own decisions. NotFound for an unknown
+        service, InvalidInput for a bad ``to``, Conflict when there is no
+        target or a rollback of the service is already under way.
+        """
+        if self.config.service(service) is None:
+            raise NotFound(f"no service named {service[:64]!r} is configured")
+        if to is not None and not valid_ref(to):
+            bad = f"{to[:80]!r} is not a version or ref rollbackd will pass to git"
+            raise InvalidInput([Problem("body", "to", bad)])
+        why = reason or f"manual rollback by {caller.name}"
+        with self.lock:  # the cycle opens its incidents under it too: one rollback at a time
+            findings = self.last_report.notable if self.last_report else ()
+            try:
+                request = manual_request(service, to, why, self.history, findings)
+            except NoTarget as exc:
+                raise Conflict(f'{exc}; name a version or ref in "to"') from None
+            except AlreadyThere as exc:
+                raise InvalidInput([Problem("body", "to", str(exc))]) from None
+            try:
+                incident = self.checklist.open(request)
+            except Refused as exc:
+                raise Conflict(str(exc)) from None
+            decision = Decision(
+                service=service,
+                time=self.clock(),
+                severity=request.severity,
+                action=Action.ROLLBACK,
+                proposed=Action.ROLLBACK,
+                rules=(),
+                reason=f"rollback asked for by {caller.name}: {why}",
+                target=request.target,
+            )
+            self.journal.add_decision(incident, decision, caller.name)
+        log.info(
+            "manual rollback",
+            incident=incident,
+            service=service,
+            target=request.target,
+            by=caller.name,
+            reason=why,
+        )
+        self.metrics.actions.labels(Action.ROLLBACK.value, "manual").inc()
+        self.on_event("incident", {"incident": incident, "state": IncidentState.ROLLING_BACK.value})
+        self._submit(incident)
+        return self._load(incident)
+
     def _start_approved(self, record: IncidentRecord, actor: str, why: str) -> IncidentRecord:
         now = self.clock()
         try:
@@ -817,6 +902,21 @@ class Daemon:
         }
 
 
+def _keep_running(running: Config, loaded: Loaded) -> tuple[Loaded, list[str]]:
+    """``loaded`` with the running values of :data:`RESTART_KEYS`, and each one that changed."""
+    changed = {
+        key: (getattr(running.daemon, key), getattr(loaded.config.daemon, key))
+        for key in RESTART_KEYS
+        if getattr(running.daemon, key) != getattr(loaded.config.daemon, key)
+    }
+    if not changed:
+        return loaded, []
+    daemon = loaded.config.daemon.model_copy(update={k: old for k, (old, _) in changed.items()})
+    config = loaded.config.model_copy(update={"daemon": daemon})
+    described = [f"daemon.{key} ({old} → {new})" for key, (old, new) in changed.items()]
+    return replace(loaded, config=config), described
+
+
 YOUNG_OBJECTS = 50_000
 """Allocations between two young garbage collections (Python's default is 700)."""
 
@@ -835,6 +935,10 @@ def settle_heap() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_OBJECTS, older, oldest)
+
+
+CYCLE_JOB = "evaluate"
+"""The scheduler's job that runs one cycle every poll interval."""
 
 
 def planned(first: datetime, interval: timedelta, now: datetime) -> datetime:
@@ -858,7 +962,9 @@ def scheduler(
     def tick() -> None:
         # The planned time, not the moment the thread woke: cycles exactly one interval
         # apart, so a rule's `for` is reached at the cycle it should be, not one late.
-        daemon.cycle(planned(first, interval, daemon.clock()))
+        # The trigger's, which a reload may have replaced (reschedule).
+        trigger = jobs.get_job(CYCLE_JOB).trigger
+        daemon.cycle(planned(trigger.start_date, trigger.interval, daemon.clock()))
         if after_cycle is not None:
             after_cycle()
 
@@ -866,13 +972,26 @@ def scheduler(
     jobs.add_job(
         tick,
         IntervalTrigger(seconds=interval.total_seconds(), start_date=first),
-        id="evaluate",
+        id=CYCLE_JOB,
         max_instances=1,
         coalesce=True,
         next_run_time=first,
         misfire_grace_time=None,
     )
     return jobs
+
+
+def reschedule(jobs: BackgroundScheduler, daemon: Daemon) -> bool:
+    """After a reload: cycles every (new) ``poll_interval`` from now on; False if unchanged."""
+    from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
+
+    interval = daemon.config.daemon.poll_interval
+    if jobs.get_job(CYCLE_JOB).trigger.interval == interval:
+        return False
+    trigger = IntervalTrigger(seconds=interval.total_seconds(), start_date=daemon.clock())
+    jobs.reschedule_job(CYCLE_JOB, trigger=trigger)
+    log.info("poll interval changed", poll_interval=format_duration(interval))
+    return True
 
 
 def serve(daemon: Daemon, config_path: Path) -> None:
@@ -910,6 +1029,7 @@ def serve(daemon: Daemon, config_path: Path) -> None:
         def reload() -> None:
             systemd.reloading()
             systemd.status(daemon.reload(config_path))
+            reschedule(cycles, daemon)
             systemd.ready()
 
         threading.Thread(target=reload, name="reload", daemon=True).start()

@@ -7,6 +7,7 @@ a rollback awaiting approval must survive the kill and still run, for real,
 once approved after the restart: a git working copy with a bare remote, the
 demo app deployed from it, and ``rollbackd approve`` from the command line.
 SIGTERM stops cleanly; SIGHUP reloads a valid config and refuses a broken one.
+``rollbackd rollback`` beside the running daemon hands the rollback to it.
 """
 
 from __future__ import annotations
@@ -205,17 +206,33 @@ def test_sighup_with_a_broken_config_keeps_the_running_one(
 def test_sighup_with_a_valid_changed_config_reloads_it(
     tmp_path: Path, daemons: DaemonFactory
 ) -> None:
-    """systemctl reload after adding a service: 'reloaded' is logged and the API shows it."""
+    """systemctl reload after adding a service, a longer poll_interval and a new listen
+    address: the service and the interval apply; listen is kept and said to need a restart."""
     config, port = simple_config(tmp_path)
     daemon = daemons(config, port)
+    moved = f'listen = "127.0.0.1:{free_port()}"'
+    text = config.read_text(encoding="utf-8")
+    text = text.replace(f'listen = "127.0.0.1:{port}"', moved).replace('"1s"\nrules', '"2s"\nrules')
     added = '[[services]]\nname = "api"\nexecutor = "command"\ncommand = ["true"]\n'
-    config.write_text(config.read_text(encoding="utf-8") + added, encoding="utf-8")
+    config.write_text(text + added, encoding="utf-8")
     daemon.signal(signal.SIGHUP)
     [reloaded] = wait_until("reloaded", lambda: daemon.logged("reloaded"))
     assert reloaded["services"] == 2
+    assert [key.split(" ")[0] for key in reloaded["restart_needed"]] == ["daemon.listen"]
     assert daemon.alive()
     services = daemon.request("GET", "/api/v1/services", "viewer").json()
     assert sorted(s["name"] for s in services) == ["api", "web"]
+    assert httpx.get(f"{daemon.url}/readyz").json()["poll_interval"] == "2s"
+    cycles: list[datetime] = []
+
+    def three_cycles_since_the_reload() -> bool:
+        last = httpx.get(f"{daemon.url}/readyz").json()["last_cycle"]
+        if last is not None and (not cycles or datetime.fromisoformat(last) != cycles[-1]):
+            cycles.append(datetime.fromisoformat(last))
+        return len(cycles) >= 3
+
+    wait_until("three more cycles", three_cycles_since_the_reload)
+    assert cycles[-1] - cycles[-2] == timedelta(seconds=2)
 
 
 # -- a pending approval across a crash, with a real git rollback ----------------------------
@@ -400,3 +417,59 @@ def test_a_pending_approval_survives_sigkill_and_the_rollback_runs_after_approva
         )
     assert executed == [("ok",)]
     assert actors == [("rollbackd",), ("senior-admin",)]
+
+
+# -- `rollbackd rollback` beside a running daemon --------------------------------------------
+
+
+def test_rollback_beside_a_running_daemon_is_handed_to_it(
+    tmp_path: Path, daemons: DaemonFactory, demoapp_factory: DemoAppFactory, run_cli: RunCli
+) -> None:
+    """Without a token it refuses (exit 2) and nothing happens; with a senior_admin token the
+    daemon rolls web back to v1's commit, once, and the command follows it to recovered."""
+    world = git_world(tmp_path, demoapp_factory)
+    daemon = daemons(world.config, world.port)
+    v1 = git(world.clone, "rev-parse", "HEAD")
+    v2 = commit(world.clone, 'version = "v2"\nerror_rate = 0.3\n', "v2: the bad release", "v2")
+    httpx.post(f"{world.app_url}/-/reload", timeout=10).raise_for_status()
+    for version, ref in (("v1", v1), ("v2", v2)):
+        event = {"service": "web", "version": version, "ref": ref}
+        deployed = daemon.request("POST", "/api/v1/deploys", "ci", json=event)
+        assert deployed.status_code == 201, deployed.text
+    command = ["rollback", "web", "--to", "v1", "--yes", "--config", str(world.config)]
+
+    refused = run_cli(*command)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"a daemon is running at {daemon.url}" in refused.stderr
+    assert "admin or senior_admin" in refused.stderr
+    assert daemon.incidents() == []
+
+    result = run_cli(
+        *command, "--reason", "errors after v2", env={"ROLLBACKD_TOKEN": TOKENS["senior_admin"]}
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert (
+        lines[0] == f"incident 1: roll back web from v2 to {v1} (run by the daemon at {daemon.url})"
+    )
+    steps = [line.split(": ")[:2] for line in lines[1:-1]]
+    assert steps == [
+        ["  document", "ok"],
+        ["  notify", "failed"],  # no notifier configured: said, and not blocking
+        ["  verify_target", "ok"],
+        ["  migration_gate", "ok"],
+        ["  backup", "ok"],
+        ["  execute", "ok"],
+        ["  after_rollback[0]", "ok"],
+        ["  recovery", "ok"],
+    ]
+    assert lines[-1].startswith("incident 1: recovered")
+    assert world.reverts_on_remote() == 1
+    assert httpx.get(f"{world.app_url}/-/fault", timeout=5).json()["version"] == "v1"
+    [incident] = daemon.incidents()
+    assert (incident["origin"], incident["target"], incident["reason"]) == (
+        "manual",
+        v1,
+        "errors after v2",
+    )
+    assert daemon.logged("manual rollback")[0]["by"] == "senior-admin"

@@ -24,7 +24,7 @@ from rollbackd.loader import load
 from rollbackd.service import Daemon
 from tests.conftest import RunCli
 from tests.support.fixtures import DemoAppFactory, PrometheusFactory
-from tests.support.processes import DemoApp, Prometheus
+from tests.support.processes import DemoApp, Prometheus, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +96,7 @@ def make_world(
 
     With ``prometheus_factory``, a Prometheus scrapes the app from the start and
     sees v1 run clean before v2 arrives, so v1 is the last known good version.
+    No daemon listens at ``[daemon] listen``, so ``rollback`` runs in its own process.
     """
     remote, clone = tmp_path / "remote.git", tmp_path / "web"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
@@ -131,6 +132,7 @@ def make_world(
     config.write_text(
         f"""
 [daemon]
+listen = "127.0.0.1:{free_port()}"
 poll_interval = "1s"
 state_dir = "{tmp_path / "state"}"
 rules = ["rules/*.toml"]

@@ -367,6 +367,19 @@ def test_a_version_that_ran_clean_before_the_first_event_is_still_the_last_good(
     assert [d.source for d in history.deploys("web")] == ["metric", "event"]
 
 
+def test_a_rollback_target_is_the_ref_of_the_newest_deploy_of_that_version() -> None:
+    """v1 deployed twice: its newest deploy's ref; a version no deploy had is taken as a ref."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.record(Deploy("web", "v1", T0, "event", ref="aaa111"))
+    history.record(Deploy("web", "v2", T0 + MIN, "event", ref="bbb222"))
+    history.record(Deploy("web", "v1", T0 + 2 * MIN, "event", ref="ccc333"))
+    history.record(Deploy("web", "v3", T0 + 3 * MIN, "event"))
+    assert history.target_ref("web", "v1") == "ccc333"
+    assert history.target_ref("web", "v3") == "v3"  # an event without a ref: the version
+    assert history.target_ref("web", "release-7") == "release-7"
+    assert history.target_ref("api", "v1") == "v1"
+
+
 def test_presence_gaps_mark_redeploys() -> None:
     """A version missing from the metric for more than two steps came back as a new deploy."""
     step = timedelta(seconds=30)

@@ -1,0 +1,77 @@
+"""A rollback a person asks for, built the same way by ``rollbackd rollback`` and the API.
+
+A person names a version or a ref (``--to``, or ``"to"`` in
+``POST /api/v1/services/NAME/rollback``), or nothing for the last known good
+version. Either way the target is resolved as the daemon resolves its own
+decisions (:meth:`DeployHistory.target_ref`): a version a known deploy ran is
+rolled back to that deploy's ref, anything else is taken as a ref. Pure: the
+history and the findings are passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rollbackd.actions.checklist import RollbackRequest
+from rollbackd.deploys import DeployHistory
+from rollbackd.durations import format_instant
+from rollbackd.errors import RollbackdError
+from rollbackd.model import Finding, FindingState, Severity
+from rollbackd.output import finding_record
+
+MANUAL = "manual"
+"""The origin of an incident a person asked for."""
+
+
+class NoTarget(RollbackdError):  # noqa: N818 -- names the condition
+    """No target was named and no version of the service is known good."""
+
+
+class AlreadyThere(RollbackdError):  # noqa: N818 -- names the condition
+    """The service already runs the target: there is nothing to roll back."""
+
+
+def manual_request(
+    service: str,
+    to: str | None,
+    reason: str,
+    history: DeployHistory,
+    findings: Iterable[Finding],
+) -> RollbackRequest:
+    """The rollback of ``service`` to ``to`` (default: the last known good version).
+
+    ``findings`` are the latest evaluation's: the service's firing ones set
+    the severity (medium when none fires) and, with their baselines, go into
+    the incident's evidence. Raises :class:`NoTarget` or :class:`AlreadyThere`.
+    """
+    version = to
+    if version is None:
+        good, why = history.last_good(service)
+        if good is None:
+            raise NoTarget(f"no last known good version of {service}: {why}")
+        version = good
+    target = history.target_ref(service, version)
+    current = history.current(service)
+    if current is not None and {version, target} & {current.version, current.ref}:
+        raise AlreadyThere(f"{service} already runs {version}; nothing to roll back")
+    own = [f for f in findings if f.service == service]
+    firing = [f for f in own if f.firing]
+    return RollbackRequest(
+        service=service,
+        target=target,
+        reason=reason,
+        origin=MANUAL,
+        severity=Severity.highest([f.severity for f in firing]) if firing else Severity.MEDIUM,
+        current_version=current.version if current else None,
+        evidence={
+            "findings": [finding_record(f) for f in own if f.state is not FindingState.OK],
+            "deploys": [
+                {"version": d.version, "time": format_instant(d.time), "source": d.source}
+                for d in history.deploys(service)[-5:]
+            ],
+        },
+        baselines={f.rule: f.baseline for f in own if f.baseline is not None},
+        migrations=current.migrations if current else (),
+        deployed_at=current.time if current else None,
+        target_version=version,
+    )
