@@ -305,7 +305,7 @@ def _manual_request(
                 for d in history.deploys(service)[-5:]
             ],
         },
-        baselines={f.rule: f.baseline for f in own if f.baseline is not None},
+        baselines=evaluation.baselines.get(service, {}),
         migrations=current.migrations if current else (),
         deployed_at=current.time if current else None,
     )

@@ -334,6 +334,18 @@ class LiveCycle:
             self._settled = (revision, baselines)
         return baselines
 
+    def baselines_of(self, service: str) -> dict[str, float]:
+        """Every relative rule's pre-deploy value for ``service``'s current deploy, by rule.
+
+        The good version's values before the deploy a rollback undoes: what its
+        recovery watch compares with, whichever rules happen to fire.
+        """
+        return {
+            rule: measurement.value
+            for (rule, name), measurement in self._baselines().items()
+            if name == service and measurement.value is not None
+        }
+
     def gather(self, now: datetime) -> Inputs:
         inputs = Inputs()
         deploy_problem = self.observe_deploys(now)

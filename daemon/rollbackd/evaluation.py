@@ -9,7 +9,8 @@ probes. Nothing is acted on, and no rollback is simulated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from rollbackd.config import Config
@@ -25,12 +26,17 @@ from rollbackd.sources.prometheus import PrometheusSource
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The last cycle's report and the decisions of the incidents still open."""
+    """The last cycle's report and the decisions of the incidents still open.
+
+    ``baselines``: by service, each relative rule's value before the current
+    deploy (what a rollback's recovery watch compares with).
+    """
 
     report: CycleReport
     decisions: tuple[Decision, ...]
     deploy_error: str | None
     history: DeployHistory
+    baselines: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 def lookback(config: Config, rules: tuple[Rule, ...]) -> timedelta:
@@ -65,9 +71,14 @@ def evaluate_now(
         live = LiveCycle(replay.engine, prometheus, prober)
         live.baselines = replay.baselines
         report = replay.engine.step(now, live.gather(now))
+        baselines = {service: live.baselines_of(service) for service in replay.engine.services}
     finally:
         if own_prober:
             prober.close()
     return Evaluation(
-        report, tuple(replay.engine.open_decisions()), replay.deploy_error, replay.history
+        report,
+        tuple(replay.engine.open_decisions()),
+        replay.deploy_error,
+        replay.history,
+        baselines,
     )

@@ -414,7 +414,7 @@ class Daemon:
                 ],
                 "alerts": alerts,
             },
-            baselines={f.rule: f.baseline for f in findings if f.baseline is not None},
+            baselines=self.live.baselines_of(decision.service),
             migrations=current.migrations if current else (),
             deployed_at=current.time if current else None,
             target_version=decision.target,
