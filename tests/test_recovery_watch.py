@@ -11,7 +11,7 @@ back. v1 runs clean until it is known good, then v2 breaks.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +22,7 @@ from rollbackd.actions import StepResult
 from rollbackd.journal import IncidentRecord, IncidentState, Outcome
 from rollbackd.notify import Message
 from rollbackd.service import Daemon
-from rollbackd.testing import FixedClock, ScriptedMetrics
+from rollbackd.testing import FixedClock, ScriptedMetrics, ValueAt
 from tests.reliability.support import close_daemon, finish_rollbacks, in_process_daemon
 
 POLL = timedelta(seconds=15)
@@ -91,7 +91,7 @@ class World:
     rolled_back: Path
     told: Recorder
 
-    def before_and_after(self, before: float | None, after: float | None) -> Callable[..., object]:
+    def before_and_after(self, before: float | None, after: float | None) -> ValueAt:
         """A scripted value: ``before`` until the rollback ran, ``after`` from then on."""
         return lambda _service, _at: after if self.rolled_back.exists() else before
 
