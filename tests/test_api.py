@@ -497,25 +497,44 @@ def test_after_a_restart_a_pending_incident_is_not_decided_again(
     assert [i["id"] for i in api.get("/api/v1/incidents", "viewer").json()] == [number]
 
 
-def test_after_a_restart_an_alert_already_rolled_back_for_is_not_decided_again(
+def test_what_still_fires_after_a_recovered_rollback_is_decided_once_restart_or_not(
     api: Api, journals: list[SqliteJournal]
 ) -> None:
-    """The rollback for an alert recovered and the alert still fires: a restart decides nothing."""
+    """The rollback for WebDown recovered; a lesser alert from before it still fires: it is
+    escalated once, and a restart does not decide it again."""
     v1_good_then_v2(api)
     alert = example()
     alert["alerts"][0]["startsAt"] = format_instant(api.clock() - timedelta(seconds=10))
+    lesser = copy.deepcopy(alert["alerts"][0])
+    lesser["labels"] = {"alertname": "WebSlow", "service": "web", "severity": "warning"}
+    lesser["fingerprint"] = "0123456789abcdef"
+    alert["alerts"].append(lesser)
     assert api.webhook(alert).status_code == 200
     [decision] = api.cycle().decisions
-    assert decision.action is Action.ROLLBACK
+    assert (decision.action, decision.rules) == (Action.ROLLBACK, ("alert:WebDown",))
     [incident] = api.get("/api/v1/incidents", "viewer").json()
+    assert api.wait_for_state(incident["id"], {"recovering"}) == "recovering"
+    resolved = copy.deepcopy(alert)
+    resolved["alerts"] = [resolved["alerts"][0]]
+    resolved["alerts"][0] |= {"status": "resolved", "endsAt": format_instant(api.clock())}
+    resolved["status"] = "resolved"
+    assert api.webhook(resolved).status_code == 200  # the rollback worked: Alertmanager says so
     assert api.wait_for_state(incident["id"], {"recovered", "escalated"}) == "recovered"
-    assert len(api.journal.firing_alerts(api.clock())) == 1  # Alertmanager has not resolved it
+    assert [a.name for a in api.journal.firing_alerts(api.clock())] == ["WebSlow"]
 
     api.clock.advance(timedelta(seconds=30))
-    report = restarted(api, journals).cycle()
-    assert report is not None
-    assert report.decisions == ()
-    assert [i["id"] for i in api.get("/api/v1/incidents", "viewer").json()] == [incident["id"]]
+    report = api.cycle()
+    assert [e.kind.value for e in report.events] == ["resolved"]
+    [escalated] = report.decisions
+    assert (escalated.action, escalated.rules) == (Action.ESCALATE, ("alert:WebSlow",))
+    api.clock.advance(timedelta(seconds=30))
+    again = restarted(api, journals).cycle()
+    assert again is not None and again.decisions == ()
+    listed = api.get("/api/v1/incidents", "viewer").json()
+    assert [(i["id"], i["state"]) for i in listed] == [
+        (incident["id"] + 1, "escalated"),
+        (incident["id"], "recovered"),
+    ]
 
 
 def test_after_a_long_downtime_an_interrupted_rollback_resumes(

@@ -516,6 +516,57 @@ def test_recovery_counts_checks_and_says_when_criteria_held(journal: SqliteJourn
     assert "- [ ] Database integrity maintained" in recovery
 
 
+def test_a_recovery_that_could_not_be_proven_says_which_criteria_had_no_data(
+    journal: SqliteJournal,
+) -> None:
+    """An unproven recovery is not called "not recovered"; each check lists what had no data."""
+    incident = journal.open_incident(
+        NewIncident(
+            service="web",
+            opened_at=at(5),
+            severity="high",
+            action="rollback",
+            origin="automatic",
+            reason="error-rate firing",
+            state=IncidentState.ROLLING_BACK,
+        )
+    )
+    unknown = (
+        "recovery unknown after 30m: no criterion fails, but nothing proves health: "
+        "error rate (error-rate): no data (no series for this service)"
+    )
+    step = journal.step_started(incident, "recovery", at(6))
+    journal.step_finished(step, at(36), Outcome.UNKNOWN, unknown)
+    journal.add_evidence(
+        incident,
+        at(36),
+        "recovery_check",
+        {
+            "held": False,
+            "failures": [],
+            "passes": ["alert HighErrorRate resolved"],
+            "missing": [
+                "error rate (error-rate): no data (no series for this service)",
+                "nothing proves recovery: no error-rate, latency or probe criterion has data",
+            ],
+        },
+    )
+    journal.set_state(incident, IncidentState.ESCALATED, f"check the service: {unknown}", at(36))
+    record = journal.incident(incident)
+    assert record is not None
+    recovery = section(render_report(record, "markdown"), "Recovery")
+    assert f"**Verdict:** {unknown}\n" in recovery
+    assert (
+        "- **Criteria held since:** they did not hold at the last check: the criteria do not "
+        "hold: nothing proves recovery: no error-rate, latency or probe criterion has data"
+    ) in recovery
+    assert "| \\# | time | held | failures | passes | no data |" in recovery
+    assert (
+        "| 1 | 2026-01-01T12:36:00Z | no | — | alert HighErrorRate resolved | error rate "
+        "(error-rate): no data (no series for this service); nothing proves recovery"
+    ) in recovery
+
+
 def test_steps_show_outcome_duration_and_playbook_item(journal: SqliteJournal) -> None:
     """Each checklist step shows the playbook item it did, its outcome, start and duration."""
     checklist = section(render_report(full_incident(journal), "markdown"), "Checklist")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from rollbackd.actions import Executor, StepResult
@@ -26,6 +26,7 @@ from rollbackd.notify import JournalOnly, Message, Notifier
 from rollbackd.notify.retry import Background, build_notifier
 from rollbackd.rules import Rule, applies_to
 from rollbackd.sources import MetricSource
+from rollbackd.sources.alerts import alert_findings
 from rollbackd.sources.probes import Prober
 from rollbackd.sources.prometheus import PrometheusSource
 
@@ -112,8 +113,19 @@ def build_checklist(
     )
     probes = prober or Prober()
 
-    def observer_for(service: ServiceConfig, baselines: Mapping[str, float]) -> Observer:
+    def observer_for(
+        service: ServiceConfig, baselines: Mapping[str, float], alerts: Sequence[str]
+    ) -> Observer:
         own_rules = [r for r in rules if applies_to(r, service.probe_names)]
+
+        def firing(now: datetime) -> dict[str, datetime]:
+            """The service's alerts firing at ``now``, as the evaluation loop sees them."""
+            journaled = journal.firing_alerts(
+                now, [service.name], received_after=now - config.alerts.expire_after
+            )
+            found, _ = alert_findings(journaled, [service.name], config.alerts.trigger_label, now)
+            return {f.rule: f.since or now for f in found}
+
         return LiveObserver(
             service.name,
             own_rules,
@@ -121,6 +133,8 @@ def build_checklist(
             source,
             baselines,
             criteria(config),
+            alerts,
+            firing,
         )
 
     def history(

@@ -549,7 +549,12 @@ def _manual_request(
     evaluation = evaluate_now(cfg, loaded.rules, now_utc(), history=history)
     try:
         return manual_request(
-            service, to, reason or "manual rollback", evaluation.history, evaluation.report.notable
+            service,
+            to,
+            reason or "manual rollback",
+            evaluation.history,
+            evaluation.report.notable,
+            evaluation.baselines.get(service, {}),
         )
     except NoTarget as exc:
         _fail([f"rollbackd: {exc}; name one with --to"], EXIT_RUNTIME)

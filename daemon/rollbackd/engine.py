@@ -20,8 +20,9 @@ Incidents, as the engine sees them (:class:`Judgement`):
 - **Ends on what fired.** A judgement tracks the rules that were pending or
   firing while it was open (alerts included). It is *resolved* when none of
   them holds and each is OK again; a rule that was inconclusive the whole
-  time never keeps it open. After a proven recovery, a tracked rule that lost
-  its data does not keep it open either.
+  time never keeps it open. A proven recovery ends it too: whatever still
+  fires then is a matter of its own, judged anew (and never rolled back
+  again on its own: the cooldown and the rollback limit see to that).
 - **Never open for ever.** A judgement that waits on people (escalated,
   recorded, vetoed, not recovered) *expires* after ``[incidents]
   expire_after`` without anything happening to it.
@@ -402,14 +403,13 @@ class Engine:
         not_ok = sorted(
             r for r in judgement.rules if r in by_rule and by_rule[r].state is not FindingState.OK
         )
-        if not holding and (not not_ok or judgement.recovered):
+        if judgement.recovered or (not holding and not not_ok):
             ok_again = ", ".join(_ok_again(r, by_rule.get(r)) for r in sorted(judgement.rules))
             why = f"what fired is OK again: {ok_again}"
-            if not_ok:
-                why = (
-                    f"the rollback recovered and nothing fires any more ({', '.join(not_ok)} "
-                    "without data)"
-                )
+            if judgement.recovered:
+                why = "its rollback recovered (the recovery watch proved it)"
+                if holding:
+                    why += f"; what still fires ({', '.join(holding)}) is judged anew"
             return IncidentEvent(
                 Outcome.RESOLVED,
                 service,
@@ -694,6 +694,18 @@ class LiveCycle:
         if settled:
             self._settled = (revision, baselines)
         return baselines
+
+    def baselines_of(self, service: str) -> dict[str, float]:
+        """Every relative rule's pre-deploy value for ``service``'s current deploy, by rule.
+
+        The good version's values before the deploy a rollback undoes: what its
+        recovery watch compares with, whichever rules happen to fire.
+        """
+        return {
+            rule: measurement.value
+            for (rule, name), measurement in self._baselines().items()
+            if name == service and measurement.value is not None
+        }
 
     def gather(self, now: datetime) -> Inputs:
         inputs = Inputs()

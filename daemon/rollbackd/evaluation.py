@@ -9,8 +9,8 @@ probes. Nothing is acted on, and no rollback is simulated.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from rollbackd.config import Config
@@ -30,6 +30,8 @@ class Evaluation:
 
     ``explained`` holds, with ``explain``, every step's explanation of those services:
     the replayed past, then the live step.
+    ``baselines``: by service, each relative rule's value before the current
+    deploy (what a rollback's recovery watch compares with).
     """
 
     report: CycleReport
@@ -37,6 +39,7 @@ class Evaluation:
     deploy_error: str | None
     history: DeployHistory
     explained: tuple[Explanation, ...] = ()
+    baselines: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 def lookback(config: Config, rules: tuple[Rule, ...]) -> timedelta:
@@ -81,6 +84,7 @@ def evaluate_now(
         live.baselines = replay.baselines
         report = replay.engine.step(now, live.gather(now), explain)
         explained.extend(report.explanations.values())
+        baselines = {service: live.baselines_of(service) for service in replay.engine.services}
     finally:
         if own_prober:
             prober.close()
@@ -90,4 +94,5 @@ def evaluate_now(
         replay.deploy_error,
         replay.history,
         tuple(explained),
+        baselines,
     )

@@ -10,7 +10,7 @@ history and the findings are passed in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from rollbackd.actions.checklist import RollbackRequest
 from rollbackd.deploys import DeployHistory
@@ -37,12 +37,14 @@ def manual_request(
     reason: str,
     history: DeployHistory,
     findings: Iterable[Finding],
+    baselines: Mapping[str, float],
 ) -> RollbackRequest:
     """The rollback of ``service`` to ``to`` (default: the last known good version).
 
     ``findings`` are the latest evaluation's: the service's firing ones set
-    the severity (medium when none fires) and, with their baselines, go into
-    the incident's evidence. Raises :class:`NoTarget` or :class:`AlreadyThere`.
+    the severity (medium when none fires) and go into the incident's evidence.
+    ``baselines``: each relative rule's value before the current deploy, which the
+    recovery watch compares with. Raises :class:`NoTarget` or :class:`AlreadyThere`.
     """
     version = to
     if version is None:
@@ -64,13 +66,18 @@ def manual_request(
         severity=Severity.highest([f.severity for f in firing]) if firing else Severity.MEDIUM,
         current_version=current.version if current else None,
         evidence={
-            "findings": [finding_record(f) for f in own if f.state is not FindingState.OK],
+            "findings": [
+                finding_record(f)
+                for f in own
+                if f.state is not FindingState.OK and not f.unmeasured
+            ],
+            "unmeasured": sorted(f.rule for f in own if f.unmeasured),
             "deploys": [
                 {"version": d.version, "time": format_instant(d.time), "source": d.source}
                 for d in history.deploys(service)[-5:]
             ],
         },
-        baselines={f.rule: f.baseline for f in own if f.baseline is not None},
+        baselines=dict(baselines),
         migrations=current.migrations if current else (),
         deployed_at=current.time if current else None,
         target_version=version,

@@ -67,7 +67,8 @@ CRITERIA_CHECKED = (
     "Error rate below 1 %",
     "Response times within the pre-deploy baseline",
     "Health and smoke probes pass",
-    "No critical rule holding, for the whole recovery window",
+    "No critical rule holding",
+    "Every Alertmanager alert that triggered the rollback resolved, for the whole recovery window",
 )
 """The playbook's success criteria that the recovery watch measures."""
 
@@ -862,7 +863,8 @@ def _check_text(body: Any) -> str:
         return "the criteria hold"
     failures = [clean(str(f)) for f in body.get("failures") or []]
     if not failures:
-        return "the criteria do not hold"
+        missing = [clean(str(m)) for m in body.get("missing") or []]
+        return "the criteria do not hold" + (f": {missing[-1]}" if missing else "")
     more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
     return f"the criteria do not hold: {failures[0]}{more}"
 
@@ -1015,9 +1017,10 @@ def _check_table(incident: IncidentRecord, checks: Sequence[_Item]) -> tuple[Tab
                 "—" if held is None else ("yes" if held else "no"),
                 "; ".join(clean(str(f)) for f in body.get("failures") or []) or "—",
                 "; ".join(clean(str(p)) for p in body.get("passes") or []) or "—",
+                "; ".join(clean(str(m)) for m in body.get("missing") or []) or "—",
             )
         )
-    return Table(("#", "time", "held", "failures", "passes"), tuple(rows)), note
+    return Table(("#", "time", "held", "failures", "passes", "no data"), tuple(rows)), note
 
 
 # --- samples and charts ---------------------------------------------------------------------

@@ -556,7 +556,7 @@ class Daemon:
                 ],
                 "alerts": alerts,
             },
-            baselines={f.rule: f.baseline for f in findings if f.baseline is not None},
+            baselines=self.live.baselines_of(decision.service),
             migrations=current.migrations if current else (),
             deployed_at=current.time if current else None,
             target_version=decision.target,
@@ -719,7 +719,9 @@ class Daemon:
         with self.lock:  # the cycle opens its incidents under it too: one rollback at a time
             findings = self.last_report.notable if self.last_report else ()
             try:
-                request = manual_request(service, to, why, self.history, findings)
+                request = manual_request(
+                    service, to, why, self.history, findings, self.live.baselines_of(service)
+                )
             except NoTarget as exc:
                 raise Conflict(f'{exc}; name a version or ref in "to"') from None
             except AlreadyThere as exc:

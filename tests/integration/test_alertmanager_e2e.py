@@ -444,6 +444,25 @@ def fire(world: World, service: str, trigger: str, name: str, summary: str = "")
     )
 
 
+def resolve_once_rolling_back(world: World, service: str, trigger: str, name: str) -> None:
+    """Once rollbackd rolls ``service`` back, the alert fired with :func:`fire` resolves.
+
+    As in production, where the rollback fixes what the alert measured: the
+    recovery watch needs the alert that triggered the rollback resolved.
+    """
+    world.daemon.wait(
+        f"a rollback of {service} under way",
+        lambda: world.daemon.incident_in(
+            service, "rolling_back", "recovering", "recovered", "not_recovered", "escalated"
+        ),
+    )
+    world.alertmanager.post_alert(
+        {"alertname": name, "service": service, "rollbackd_trigger": trigger},
+        starts_at=world.services[service].v2_at,
+        ends_at=datetime.now(UTC),
+    )
+
+
 def cli(run_cli: RunCli, world: World, role: str, *args: str) -> subprocess.CompletedProcess[str]:
     """The rollbackd CLI as a person with ``role``'s token in $ROLLBACKD_TOKEN."""
     return run_cli(*args, "--config", str(world.config), env={"ROLLBACKD_TOKEN": TOKENS[role]})
@@ -472,9 +491,12 @@ def test_a_critical_alert_from_alertmanager_rolls_the_git_deploy_back(
     """An outage alert fired in Alertmanager makes rollbackd revert v2 on the remote and recover."""
     world = world_factory()
     fire(world, "web", "outage", "WebOutage", "web answers nothing")
+    resolve_once_rolling_back(world, "web", "outage", "WebOutage")
     incident = world.daemon.settled("web")
 
     assert incident["state"] == "recovered", incident
+    assert "alert WebOutage resolved" in incident["summary"]
+    assert "probe health passes" in incident["summary"]
     assert (incident["severity"], incident["action"], incident["origin"]) == (
         "critical",
         "rollback",
@@ -510,7 +532,7 @@ def test_a_critical_alert_from_alertmanager_rolls_the_git_deploy_back(
         ).fetchone()[0]
     assert len(alerts) == 1
     status, service, name, labels, first_received = alerts[0]
-    assert (status, service, name) == ("firing", "web", "WebOutage")
+    assert (status, service, name) == ("resolved", "web", "WebOutage")
     assert json.loads(labels)["rollbackd_trigger"] == "outage"
     assert deliveries and all(row[0] == "alertmanager" for row in deliveries)
     body = json.loads(deliveries[0][2])
@@ -546,6 +568,7 @@ def test_a_high_alert_waits_for_a_senior_admin_and_approve_rolls_back(
     approved = cli(run_cli, world, "senior_admin", "approve", str(pending["id"]))
     assert approved.returncode == 0, approved.stdout + approved.stderr
     assert approved.stdout.startswith(f"incident {pending['id']}: rolling_back")
+    resolve_once_rolling_back(world, "web", "high_error_rate", "WebErrors")
     incident = world.daemon.settled("web")
     assert incident["id"] == pending["id"]
     assert incident["state"] == "recovered", incident
@@ -622,6 +645,7 @@ def test_without_a_decision_the_rollback_happens_at_the_deadline(
         lambda: world.daemon.incident_in("web", "awaiting_approval", "rolling_back", "recovered"),
     )
     assert world.daemon.get(f"/api/v1/incidents/{pending['id']}")["deadline"] is not None
+    resolve_once_rolling_back(world, "web", "high_error_rate", "WebErrors")
     incident = world.daemon.settled("web", timeout=20)  # the deadline is 3s, the recovery 2s
 
     assert incident["state"] == "recovered", incident
@@ -735,6 +759,7 @@ def test_the_public_status_page_shows_a_pending_approval_and_a_recent_rollback_i
     """The status page shows the rollback awaiting approval and the one that recovered."""
     world = world_factory(("web", "api"), status_page_public=True)
     fire(world, "web", "outage", "WebOutage")
+    resolve_once_rolling_back(world, "web", "outage", "WebOutage")
     rolled_back = world.daemon.settled("web")
     assert rolled_back["state"] == "recovered", rolled_back
     fire(world, "api", "high_error_rate", "ApiErrors")

@@ -400,6 +400,10 @@ def test_a_pending_approval_survives_sigkill_and_the_rollback_runs_after_approva
     assert approved.returncode == 0, approved.stdout + approved.stderr
     assert approved.stdout.startswith(f"incident {incident['id']}: ")
     assert "awaiting_approval" not in approved.stdout
+    payload["status"] = payload["alerts"][0]["status"] = "resolved"
+    payload["alerts"][0]["endsAt"] = rfc3339(datetime.now(UTC))
+    resolved = daemon.request("POST", "/webhooks/alertmanager", "alertmanager", json=payload)
+    assert resolved.json() == {"accepted": 1, "duplicates": 0}  # the rollback fixed it
 
     def finished() -> str | None:
         got = daemon.request("GET", f"/api/v1/incidents/{incident['id']}", "viewer").json()

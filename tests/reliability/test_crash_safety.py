@@ -154,6 +154,7 @@ class World:
     seed: int
     seen: dict[int, str] = field(default_factory=dict)
     fired: list[tuple[str, datetime]] = field(default_factory=list)
+    resolved: set[str] = field(default_factory=set)
     acked_alerts: set[str] = field(default_factory=set)
     triggered: int = 0
     cleanups: int = 0
@@ -172,11 +173,21 @@ class World:
         return {str(incident["state"]) for incident in listed}
 
     def watch(self, seconds: float) -> None:
-        """Keep looking at the incidents for ``seconds``."""
+        """Keep looking at the incidents for ``seconds``; resolve the alert once recovering."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            self.look()
+            if "recovering" in (self.look() or set()):
+                self.resolve_fired()
             time.sleep(min(0.15, max(deadline - time.monotonic(), 0)))
+
+    def resolve_fired(self) -> None:
+        """The latest alert resolves, as once its rollback fixed the fault: recovery needs it."""
+        if self.fired and self.fired[-1][0] not in self.resolved:
+            fingerprint, starts = self.fired[-1]
+            self.post_alerts(
+                [alert(fingerprint, crash_labels(fingerprint), starts, datetime.now(UTC))]
+            )
+            self.resolved.add(fingerprint)
 
     def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
         response = self.daemon.request(
@@ -186,18 +197,23 @@ class World:
         self.acked_alerts.update(a["fingerprint"] for a in alerts)
 
     def settle(self) -> None:
-        """After a restart: interrupted rollbacks finish, and earlier alerts are resolved."""
+        """After a restart: interrupted rollbacks finish, and earlier alerts are resolved.
+
+        The alert resolves once no rollback is still executing, as when the
+        rollback fixed the fault; a recovery waits for that, then ends.
+        """
+
+        def executed() -> bool:
+            states = self.look()
+            return states is not None and "rolling_back" not in states
 
         def calm() -> bool:
             states = self.look()
             return states is not None and not states & set(ACTIVE)
 
+        wait_until(f"resumed rollbacks to execute {self.why()}", executed, timeout=60)
+        self.resolve_fired()
         wait_until(f"resumed rollbacks to finish {self.why()}", calm, timeout=60)
-        if self.fired:
-            fingerprint, starts = self.fired[-1]
-            self.post_alerts(
-                [alert(fingerprint, crash_labels(fingerprint), starts, datetime.now(UTC))]
-            )
         if git(self.clone, "status", "--porcelain", "--untracked-files=no"):
             # An escalated "outcome unknown" asks a person to look: this test is that person.
             git(self.clone, "reset", "-q", "--hard", "HEAD")

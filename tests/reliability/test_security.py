@@ -176,13 +176,19 @@ def hostile_world(tmp_path: Path) -> Iterator[HostileWorld]:
         close_daemon(daemon)
 
 
-def delivery(labels: dict[str, str], annotations: dict[str, str], starts: datetime) -> bytes:
+def delivery(
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    starts: datetime,
+    ends: datetime | None = None,
+) -> bytes:
+    """A firing alert, until ``ends`` if given (then it expires unless sent again)."""
     alert = {
         "status": "firing",
         "labels": labels,
         "annotations": annotations,
         "startsAt": starts.isoformat(),
-        "endsAt": "0001-01-01T00:00:00Z",
+        "endsAt": ends.isoformat() if ends else "0001-01-01T00:00:00Z",
         "generatorURL": "",
         "fingerprint": "5ec0de0000000001",
     }
@@ -226,7 +232,9 @@ def test_hostile_webhook_labels_reach_no_shell_or_git_option_and_are_stored_verb
     labels = {f"trick{i}": text for i, text in enumerate(tricks)}
     labels |= {"alertname": tricks[0], "service": "web", "rollbackd_trigger": "outage"}
     annotations = {f"note{i}": text for i, text in enumerate(reversed(tricks))}
-    body = delivery(labels, annotations, world.clock() + timedelta(seconds=1))
+    # The alert ends a minute later, as once the rollback has fixed things: recovery needs it.
+    starts = world.clock() + timedelta(seconds=1)
+    body = delivery(labels, annotations, starts, starts + timedelta(minutes=1))
     answer = world.post("/webhooks/alertmanager", "alertmanager", content=body)
     assert answer.json() == {"accepted": 1, "duplicates": 0}, answer.text
     world.cycles(3)
@@ -425,6 +433,10 @@ def test_no_token_or_notifier_secret_reaches_logs_metrics_or_the_journal(
     [incident] = wait_until("a rollback awaiting approval", awaiting)
     approved = daemon.request("POST", f"/api/v1/incidents/{incident['id']}/approve", "senior_admin")
     assert approved.status_code == 200, approved.text
+    resolved = json.loads(delivery(labels, {}, starts, datetime.now(UTC)))
+    resolved["alerts"][0]["status"] = resolved["status"] = "resolved"
+    answer = daemon.request("POST", "/webhooks/alertmanager", "alertmanager", json=resolved)
+    assert answer.status_code == 200, answer.text  # the rollback fixed it: the alert resolves
     wait_until(
         "the approved rollback to recover",
         lambda: any(i["state"] == "recovered" for i in daemon.incidents()),

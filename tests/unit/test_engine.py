@@ -279,6 +279,18 @@ def test_evaluate_now_asks_one_instant_query_per_rule() -> None:
     assert sorted(instants) == [ERRORS, OUTAGE]
 
 
+def test_evaluate_now_keeps_each_relative_rules_baseline_even_if_it_never_fired() -> None:
+    """A manual rollback's watch compares latency with v1's, though only errors fired on v2."""
+    metrics = healthy_world()
+    metrics.deploy("web", "v2", NOON)
+    metrics.set(LATENCY, switch(0.2, [("web", NOON, None, 0.21)]))
+    metrics.set(ERRORS, switch(0.01, [("web", NOON + timedelta(minutes=10), None, 0.2)]))
+    result = evaluate_now(config(), rules(), NOON + timedelta(minutes=20), prometheus=metrics)
+    assert [f.rule for f in result.report.findings if f.firing] == ["error-rate"]
+    assert dict(result.baselines["web"]) == {"latency-regression": pytest.approx(0.2)}
+    assert dict(result.baselines["api"]) == {"latency-regression": pytest.approx(0.2)}
+
+
 def test_a_rule_fires_at_the_cycle_its_for_is_reached_even_when_cycles_wake_late() -> None:
     """Cycles run at their planned instants, so `for = 2m` at 30s polls fires at the 5th cycle."""
     from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- this test alone

@@ -7,14 +7,17 @@ from datetime import UTC, datetime, timedelta
 from rollbackd.actions.recovery import (
     Check,
     Criteria,
+    LiveObserver,
     ProbeOutcome,
     RecoveryWatcher,
+    Verdict,
     WatchState,
     advance,
     judge,
 )
-from rollbackd.model import Measurement
+from rollbackd.model import NO_SERIES, Measurement
 from rollbackd.rules import Rule, parse_rules
+from rollbackd.testing import ScriptedMetrics, constant
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
 CRITERIA = Criteria(window=timedelta(minutes=15), timeout=timedelta(minutes=30))
@@ -52,8 +55,11 @@ def check(
     values: dict[str, Measurement] = HEALTHY,
     probes: dict[str, ProbeOutcome] = PROBES,
     rules: tuple[Rule, ...] = RULES,
+    baselines: dict[str, float] | None = None,
+    alerts: dict[str, datetime | None] | None = None,
 ) -> Check:
-    return judge(rules, values, probes, {"latency": 0.2}, CRITERIA, T0)
+    kept = {"latency": 0.2} if baselines is None else baselines
+    return judge(rules, values, probes, kept, CRITERIA, T0, alerts)
 
 
 def test_a_healthy_service_meets_every_criterion() -> None:
@@ -61,7 +67,20 @@ def test_a_healthy_service_meets_every_criterion() -> None:
     result = check()
     assert result.held
     assert result.failures == ()
+    assert result.missing == ()
     assert result.values["error-rate"] == 0.002
+
+
+def test_each_criterion_is_named_with_its_value_and_threshold() -> None:
+    """The check says what each criterion measured against what, for the verdict."""
+    result = check(alerts={"alert:HighErrorRate": None})
+    assert result.criteria == (
+        "error rate (error-rate) 0.002 < 0.01; "
+        "latency (latency) 0.21 <= 0.24 (pre-deploy baseline 0.2 +20%); "
+        "critical rule data-loss does not hold: 0, not > 0; "
+        "probe health passes; probe login passes; "
+        "alert HighErrorRate resolved"
+    )
 
 
 def test_an_error_rate_of_one_percent_is_not_recovered() -> None:
@@ -75,14 +94,108 @@ def test_latency_above_the_pre_deploy_baseline_fails() -> None:
     """0.3s against a 0.2s baseline with 20% tolerance is not back to normal."""
     result = check({**HEALTHY, "latency": Measurement(0.3)})
     assert not result.held
-    assert any("above the pre-deploy baseline 0.2" in f for f in result.failures)
+    assert result.failures == (
+        "latency (latency) 0.3 is above the pre-deploy baseline 0.2 +20% = 0.24",
+    )
 
 
-def test_missing_data_is_never_recovery() -> None:
-    """No error-rate data means the criterion does not hold, with the reason."""
+def test_an_error_rate_without_data_is_reported_and_fails_nothing() -> None:
+    """No error-rate data is said with its reason; latency and probes still prove health."""
     result = check({**HEALTHY, "error-rate": Measurement.missing("Prometheus is unreachable")})
+    assert result.held
+    assert result.failures == ()
+    assert result.missing == ("error rate (error-rate): no data (Prometheus is unreachable)",)
+    assert "error-rate" not in result.values
+
+
+def test_an_error_rate_rule_with_no_series_names_the_first_use_idiom() -> None:
+    """A restarted app has no 5xx series until its first error: the report says the fix."""
+    result = check({**HEALTHY, "error-rate": Measurement.missing(NO_SERIES)})
+    assert result.held
+    [said] = result.missing
+    assert said.startswith(f"error rate (error-rate): no data ({NO_SERIES}; ")
+    assert "(errors or total * 0) / total" in said
+
+
+def test_an_error_rate_of_zero_from_the_first_use_idiom_proves_health_alone() -> None:
+    """With `(errors or total * 0) / total` a restarted app reads 0: that alone proves recovery."""
+    error_rule = RULES[:1]
+    result = check({"error-rate": Measurement(0.0)}, {}, error_rule)
+    assert result.held
+    assert result.passes == ("error rate (error-rate) 0 < 0.01",)
+
+
+def test_latency_without_a_pre_deploy_baseline_is_no_data_not_a_failure() -> None:
+    """A latency value with nothing to compare it with proves nothing and fails nothing."""
+    result = check(baselines={})
+    assert result.held
+    assert result.failures == ()
+    assert result.missing == (
+        "latency (latency) 0.21: no data to compare with (no pre-deploy baseline was kept)",
+    )
+
+
+def test_nothing_but_missing_data_does_not_hold_and_fails_nothing() -> None:
+    """Missing data is never health: with no criterion measured, the check does not hold."""
+    gone = {name: Measurement.missing(NO_SERIES) for name in HEALTHY}
+    result = check(gone, {})
     assert not result.held
-    assert "error rate (error-rate) has no data: Prometheus is unreachable" in result.failures
+    assert result.failures == ()
+    assert result.missing[-1] == (
+        "nothing proves recovery: no error-rate, latency or probe criterion has data"
+    )
+    assert "critical rule data-loss: no data (no series for this service)" in result.missing
+
+
+def test_a_resolved_alert_and_a_quiet_critical_rule_do_not_prove_health_alone() -> None:
+    """An alert also resolves when its series vanish: it must be joined by real evidence."""
+    values = {
+        "error-rate": Measurement.missing(NO_SERIES),
+        "latency": Measurement.missing(NO_SERIES),
+        "data-loss": Measurement(0.0),
+    }
+    result = check(values, {}, alerts={"alert:HighErrorRate": None})
+    assert not result.held
+    assert result.failures == ()
+    assert result.passes == (
+        "critical rule data-loss does not hold: 0, not > 0",
+        "alert HighErrorRate resolved",
+    )
+
+
+def test_an_alert_that_triggered_the_rollback_and_still_fires_fails_recovery() -> None:
+    """The alert that asked for the rollback must be resolved, whatever the metrics say."""
+    firing = T0 - timedelta(minutes=20)
+    result = check(alerts={"alert:HighErrorRate": firing, "alert:WebDown": None})
+    assert not result.held
+    assert result.failures == ("alert HighErrorRate still firing (since 2026-05-01T11:40:00Z)",)
+    assert "alert WebDown resolved" in result.passes
+
+
+def test_an_alert_name_with_control_characters_is_shown_escaped() -> None:
+    """Alert names come from webhook labels: a newline never reaches a message as one."""
+    result = check(alerts={"alert:Evil\nrm -rf /": T0})
+    [failure] = result.failures
+    assert "\n" not in failure
+    assert failure.startswith("alert 'Evil\\nrm -rf /' still firing")
+
+
+def test_an_absolute_latency_rule_is_judged_by_its_own_threshold() -> None:
+    """A latency rule without a baseline (`> 0.5`) passes while its condition does not hold."""
+    [absolute] = parse_rules(
+        """
+[[rules]]
+name = "slow"
+trigger = "performance_degradation"
+query = "latency"
+condition = "> 0.5"
+""",
+        "rules.toml",
+    )
+    fine = check({"slow": Measurement(0.3)}, {}, (absolute,))
+    slow = check({"slow": Measurement(0.7)}, {}, (absolute,))
+    assert fine.held and fine.passes == ("latency (slow) 0.3, not > 0.5",)
+    assert slow.failures == ("latency (slow) 0.7 still > 0.5",)
 
 
 def test_a_failing_probe_fails_recovery() -> None:
@@ -100,11 +213,35 @@ def test_a_critical_rule_holding_fails_recovery() -> None:
 def test_nothing_to_measure_proves_nothing() -> None:
     """With no rules and no probes, recovery cannot be shown."""
     result = check({}, {}, ())
-    assert result.failures == ("nothing proves recovery: no error-rate, latency or probe data",)
+    assert not result.held
+    assert result.failures == ()
+    assert result.missing == (
+        "nothing proves recovery: no error-rate, latency or probe criterion has data",
+    )
 
 
 def at(minutes: float, held: bool) -> Check:
     return Check(T0 + timedelta(minutes=minutes), held, () if held else ("error rate high",))
+
+
+def unproven(minutes: float) -> Check:
+    """A check where nothing failed and nothing had data to prove health."""
+    return Check(
+        T0 + timedelta(minutes=minutes),
+        False,
+        (),
+        missing=("error rate (error-rate): no data (no series for this service)",),
+    )
+
+
+def watch(checks: list[Check]) -> Verdict:
+    """Fold ``checks`` into a watch started at T0; the verdict they lead to."""
+    state = WatchState(T0)
+    for item in checks:
+        state, verdict = advance(state, item, CRITERIA)
+        if verdict is not None:
+            return verdict
+    raise AssertionError("no verdict")
 
 
 def test_recovered_once_the_criteria_held_for_the_whole_window() -> None:
@@ -116,8 +253,24 @@ def test_recovered_once_the_criteria_held_for_the_whole_window() -> None:
         verdicts.append(verdict)
     assert verdicts[:15] == [None] * 15
     last = verdicts[15]
-    assert last is not None and last.recovered
+    assert last is not None and last.recovered and not last.unknown
     assert "held for 15m" in last.reason
+
+
+def test_the_verdict_names_each_criterion_of_the_last_check() -> None:
+    """Recovered says what held: values and thresholds, and what had no data."""
+    checks = [
+        judge(RULES, HEALTHY, PROBES, {}, CRITERIA, T0 + timedelta(minutes=m)) for m in range(16)
+    ]
+    verdict = watch(checks)
+    assert verdict.recovered
+    assert verdict.reason == (
+        "recovered: every criterion with data held for 15m (window 15m, 16 checks): "
+        "error rate (error-rate) 0.002 < 0.01; "
+        "critical rule data-loss does not hold: 0, not > 0; "
+        "probe health passes; probe login passes; "
+        "latency (latency) 0.21: no data to compare with (no pre-deploy baseline was kept)"
+    )
 
 
 def test_a_relapse_restarts_the_window() -> None:
@@ -141,8 +294,53 @@ def test_no_full_window_before_the_timeout_is_not_recovered() -> None:
         state, verdict = advance(state, at(minute, minute % 10 != 0), CRITERIA)
         if verdict is not None:
             break
-    assert verdict is not None and not verdict.recovered
-    assert verdict.reason.startswith("not recovered after 30m")
+    assert verdict is not None and not verdict.recovered and not verdict.unknown
+    assert verdict.reason == "not recovered after 30m: error rate high"
+
+
+def test_only_missing_data_until_the_timeout_is_unknown_not_not_recovered() -> None:
+    """Nothing failed and nothing proved health: a person must look, the service is not blamed."""
+    verdict = watch([unproven(minute) for minute in range(31)])
+    assert not verdict.recovered
+    assert verdict.unknown
+    assert verdict.reason == (
+        "recovery unknown after 30m: no criterion fails, but nothing proves health: "
+        "error rate (error-rate): no data (no series for this service)"
+    )
+
+
+def test_a_failure_then_only_missing_data_is_not_recovered() -> None:
+    """The last measurement failed: losing the data afterwards does not make it unknown."""
+    verdict = watch(
+        [at(minute, False) for minute in range(5)] + [unproven(m) for m in range(5, 31)]
+    )
+    assert not verdict.recovered and not verdict.unknown
+    assert verdict.reason.startswith(
+        "not recovered after 30m: at 2026-05-01T12:04:00Z: error rate high; "
+        "since then nothing proved health: error rate (error-rate): no data"
+    )
+
+
+def test_holding_too_briefly_after_missing_data_is_unknown() -> None:
+    """The data came back late and healthy: recovery is unknown, not disproved."""
+    verdict = watch(
+        [unproven(minute) for minute in range(25)] + [at(m, True) for m in range(25, 31)]
+    )
+    assert verdict.unknown and not verdict.recovered
+    assert verdict.reason.startswith(
+        "recovery unknown after 30m: the criteria held only for 5m (window 15m); "
+        "before that nothing proved health: error rate (error-rate): no data"
+    )
+
+
+def test_holding_too_briefly_after_a_failure_is_not_recovered() -> None:
+    """The service measurably failed and held only a little before the timeout."""
+    verdict = watch([at(minute, minute >= 25) for minute in range(31)])
+    assert not verdict.recovered and not verdict.unknown
+    assert verdict.reason == (
+        "not recovered after 30m: the criteria held only for 5m (window 15m); "
+        "before that, at 2026-05-01T12:24:00Z: error rate high"
+    )
 
 
 def test_the_watcher_checks_every_interval_until_a_verdict() -> None:
@@ -165,3 +363,32 @@ def test_the_watcher_checks_every_interval_until_a_verdict() -> None:
     assert verdict.recovered
     assert len(seen) == 4
     assert slept == [10.0, 10.0, 10.0]
+
+
+def test_the_live_observer_asks_whether_each_triggering_alert_still_fires() -> None:
+    """The watch queries the rules and looks up only the alerts that triggered the rollback."""
+    metrics = ScriptedMetrics(["web"])
+    metrics.set("errors", constant(0.0))
+    metrics.set("latency", constant(0.2))
+    metrics.set("loss", constant(0.0))
+    asked: list[datetime] = []
+
+    def firing(now: datetime) -> dict[str, datetime]:
+        asked.append(now)
+        return {"alert:HighErrorRate": T0 - timedelta(minutes=5), "alert:Other": T0}
+
+    observer = LiveObserver(
+        "web",
+        RULES,
+        {"health": lambda: ProbeOutcome(True, "200")},
+        metrics,
+        {"latency": 0.2},
+        CRITERIA,
+        ["alert:HighErrorRate", "alert:WebDown"],
+        firing,
+    )
+    result = observer(T0)
+    assert asked == [T0]
+    assert result.failures == ("alert HighErrorRate still firing (since 2026-05-01T11:55:00Z)",)
+    assert "alert WebDown resolved" in result.passes
+    assert not any("Other" in text for text in (*result.passes, *result.failures))

@@ -53,6 +53,7 @@ from rollbackd.journal import (
 )
 from rollbackd.model import Action, Decision, Severity
 from rollbackd.notify import Message, Notifier
+from rollbackd.sources.alerts import ALERT_RULE_PREFIX
 from rollbackd.sources.deploys import valid_ref
 
 DOCUMENT = "document"
@@ -103,7 +104,9 @@ class Parts:
     executor_for: Callable[[ServiceConfig], Executor]
     notifier: Notifier
     watcher: RecoveryWatcher
-    observer_for: Callable[[ServiceConfig, Mapping[str, float]], Observer]
+    observer_for: Callable[[ServiceConfig, Mapping[str, float], Sequence[str]], Observer]
+    """The recovery watch's observer for a service, given the incident's pre-deploy
+    baselines (by rule) and the alerts that triggered it (``alert:NAME``)."""
     gate: Callable[[Path, str, str, Sequence[str], Sequence[MigrationFact]], Any] | None = None
     history: (
         Callable[
@@ -267,11 +270,13 @@ class _Escalate(Exception):  # noqa: N818 -- control flow inside one run
         summary: str,
         state: IncidentState = IncidentState.ESCALATED,
         approver: str = "admin",
+        title: str = "rollback stopped, a person must act",
     ) -> None:
         super().__init__(summary)
         self.summary = summary
         self.state = state
         self.approver = approver
+        self.title = title
 
 
 class _Run:
@@ -330,14 +335,16 @@ class _Run:
             return
         except _Escalate as stop:
             self.checklist._conclude(self.record, stop.state, stop.summary, stop.approver)
-            self._tell(f"{self.record.service}: rollback stopped, a person must act", stop.summary)
+            self._tell(f"{self.record.service}: {stop.title}", stop.summary)
 
     def _step(
         self,
         name: str,
         work: Callable[[], StepResult],
         data: Mapping[str, str] | None = None,
+        unknown: Callable[[], bool] = lambda: False,
     ) -> StepResult:
+        """Journal a step, run it, journal its outcome (``unknown()``: neither ok nor failed)."""
         step = self.journal.step_started(self.record.id, name, self.parts.clock(), data)
         failpoint(f"started:{name}")
         try:
@@ -347,7 +354,7 @@ class _Run:
         except Exception as exc:  # noqa: BLE001 -- a step's bug is journaled, then escalated
             result = StepResult(False, f"{name} raised {type(exc).__name__}: {exc}")
         failpoint(f"worked:{name}")
-        outcome = Outcome.OK if result.ok else Outcome.FAILED
+        outcome = Outcome.OK if result.ok else Outcome.UNKNOWN if unknown() else Outcome.FAILED
         self.journal.step_finished(
             step,
             self.parts.clock(),
@@ -584,7 +591,15 @@ class _Run:
         baselines = {
             str(k): float(v) for k, v in (self.record.facts.get("baselines") or {}).items()
         }
-        observe = self.parts.observer_for(self.service, baselines)
+        alerts = sorted(
+            {
+                rule
+                for decision in self.record.decisions
+                for rule in decision.rules
+                if rule.startswith(ALERT_RULE_PREFIX)
+            }
+        )
+        observe = self.parts.observer_for(self.service, baselines, alerts)
 
         def on_check(check: Check) -> None:
             self.journal.add_samples(
@@ -598,6 +613,7 @@ class _Run:
                     "held": check.held,
                     "failures": list(check.failures),
                     "passes": list(check.passes),
+                    "missing": list(check.missing),
                 },
             )
 
@@ -608,7 +624,16 @@ class _Run:
             verdict = self.parts.watcher.watch(observe, on_check)
             return StepResult(verdict.recovered, verdict.reason)
 
-        result = self._step(RECOVERY, work)
+        def unknown() -> bool:
+            return verdict is not None and verdict.unknown
+
+        result = self._step(RECOVERY, work, unknown=unknown)
+        if unknown():
+            raise _Escalate(
+                f"rolled back, but recovery could not be proven; check the service: "
+                f"{result.summary}",
+                title="rolled back, recovery not proven, a person must check",
+            )
         if not result.ok:
             raise _Escalate(
                 f"the rollback did not recover: {result.summary}", IncidentState.NOT_RECOVERED

@@ -32,6 +32,8 @@ from rollbackd.matrix import assess_severity
 from rollbackd.model import Finding, FindingState, Severity, Trigger
 
 MAX_ALERTS = 1000
+ALERT_RULE_PREFIX = "alert:"
+"""An alert's finding is named ``alert:NAME``, like a rule, in decisions and the journal."""
 _FINGERPRINT = re.compile(r"^[0-9A-Za-z]{1,64}$")
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
@@ -219,7 +221,7 @@ def alert_findings(
         severity, why = assess_severity(trigger, override, None)
         findings.append(
             Finding(
-                rule=f"alert:{name}"[:100],
+                rule=f"{ALERT_RULE_PREFIX}{name}"[:100],
                 service=alert.service,
                 trigger=trigger,
                 state=FindingState.FIRING,
