@@ -68,7 +68,7 @@ def query_of(name: str) -> str:
     return query
 
 
-def shortened(query: str, window: str = "10s") -> str:
+def shortened(query: str, window: str = "5s") -> str:
     """``query`` with every range and offset cut to ``window``, so a test waits seconds."""
     query = re.sub(r"\[\d+[smhd]\]", f"[{window}]", query)
     return re.sub(r"offset \d+[smhd]", f"offset {window}", query)
@@ -273,8 +273,8 @@ def test_targets_down_or_gone_read_0_and_unlabelled_targets_are_ignored(
 
 # -- backtest sees a killed app in Prometheus alone -------------------------------------------
 
-OUTAGE_FOR = 5
-KNOWN_GOOD_AFTER = 6
+OUTAGE_FOR = 3
+KNOWN_GOOD_AFTER = 4
 
 
 def write_backtest_config(directory: Path, prometheus: Prometheus) -> Path:
@@ -327,13 +327,13 @@ def test_backtest_rolls_back_a_killed_app_from_prometheus_history_alone(
     app = demoapp_factory(app_toml='version = "v1"\n', traffic=5)
     prometheus = prometheus_factory([app.scrape_target()])
     prometheus.wait_for('up{service="web"} == 1', lambda r: len(r) == 1, timeout=30)
-    time.sleep(KNOWN_GOOD_AFTER + 3)  # v1 runs clean long enough to be known good
+    time.sleep(KNOWN_GOOD_AFTER + 2)  # v1 runs clean long enough to be known good
     app.set_fault(version="v2")
     prometheus.wait_for('app_build_info{version="v2"}', lambda r: len(r) == 1, timeout=15)
     killed = time.time()
     app.kill()
     prometheus.wait_for('up{service="web"} == 0', lambda r: len(r) == 1, timeout=15)
-    time.sleep(OUTAGE_FOR + 4)  # history long enough for the rule to fire
+    time.sleep(OUTAGE_FOR + 3)  # history long enough for the rule to fire
     config = write_backtest_config(tmp_path, prometheus)
     result = run_cli(
         "backtest",
