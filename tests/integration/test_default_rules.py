@@ -154,34 +154,41 @@ def gauge(value: float, start: float = HISTORY_START, end: float = HISTORY_END) 
     return gauge_points(start, end, STEP, value)
 
 
+def target(service: str, instance: str = "a", job: str = "app", **labels: str) -> dict[str, str]:
+    """The labels of a series scraped from ``service``'s target, as Prometheus attaches them."""
+    return {"job": job, "instance": f"{service}-{instance}", "service": service, **labels}
+
+
 def history() -> str:
     """steady: traffic, no errors, counters at 0; born: event counters created at an event;
-    failing: every request fails, targets down; quiet: no traffic; gone: targets vanish."""
+    failing: every request fails, targets down; quiet: no traffic; gone: targets vanish;
+    restored: a job Prometheus stopped scraping for 10 minutes, its counter at 3 throughout."""
     requests = [
-        ({"service": "steady", "code": "200"}, counter(10)),
-        ({"service": "born", "code": "200"}, counter(10)),
-        ({"service": "failing", "code": "500"}, counter(5, initial=1)),
-        ({"service": "quiet", "code": "200"}, counter(0, initial=7)),
+        (target("steady", code="200"), counter(10)),
+        (target("born", code="200"), counter(10)),
+        (target("failing", code="500"), counter(5, initial=1)),
+        (target("quiet", code="200"), counter(0, initial=7)),
     ]
-    auth = [({"service": "steady", "result": "success"}, counter(2))]
-    page_views = [
-        ({"service": "steady"}, counter(3)),
-        ({"service": "quiet"}, counter(0, initial=4)),
-    ]
+    auth = [(target("steady", result="success"), counter(2))]
+    page_views = [(target("steady"), counter(3)), (target("quiet"), counter(0, initial=4))]
+    restored = {"job": "restored"}
     data_loss = [
-        ({"service": "steady"}, gauge(0)),
-        ({"service": "born"}, gauge(1, start=BORN)),
+        (target("steady"), gauge(0)),
+        (target("born"), gauge(1, start=BORN)),
+        (target("restored", **restored), gauge(3, end=BORN - 600) + gauge(3, start=BORN)),
     ]
     security = [
-        ({"service": "born", "kind": "unauthorized_access"}, gauge(1, start=BORN)),
-        ({"service": "steady", "kind": "login_throttled"}, gauge(1, start=BORN)),
+        (target("born", kind="unauthorized_access"), gauge(1, start=BORN)),
+        (target("steady", kind="login_throttled"), gauge(1, start=BORN)),
     ]
-    integrity = [({"service": "born"}, gauge(2, start=BORN))]
+    integrity = [(target("born"), gauge(2, start=BORN))]
     up = [
-        ({"service": "steady", "instance": "a"}, gauge(1)),
-        ({"service": "steady", "instance": "b"}, gauge(0)),
-        ({"service": "failing", "instance": "a"}, gauge(0)),
-        ({"service": "gone", "instance": "a"}, gauge(1, end=BORN)),
+        (target("steady"), gauge(1)),
+        (target("steady", instance="b"), gauge(0)),
+        (target("born"), gauge(1)),
+        (target("failing"), gauge(0)),
+        (target("gone"), gauge(1, end=BORN)),
+        (target("restored", **restored), gauge(1, end=BORN - 600) + gauge(1, start=BORN)),
         ({"job": "prometheus", "instance": "self"}, gauge(1)),
     ]
     return openmetrics_document(
@@ -233,22 +240,28 @@ def test_ratio_rules_read_0_without_a_numerator_series_and_no_data_without_traff
 def test_event_counters_born_at_their_first_event_are_counted(backfilled: Prometheus) -> None:
     """A counter created at 1 counts for its window; one never exported stays absent."""
     assert values_at(backfilled, "data-loss", minutes_after_birth(-1)) == {"steady": 0.0}
-    assert values_at(backfilled, "data-loss", minutes_after_birth(1)) == {
-        "steady": 0.0,
-        "born": 1.0,
-    }
-    assert values_at(backfilled, "data-loss", minutes_after_birth(4.5)) == {
-        "steady": 0.0,
-        "born": 1.0,
-    }
+    for minutes in (1, 4.5):
+        assert values_at(backfilled, "data-loss", minutes_after_birth(minutes)) == {
+            "steady": 0.0,
+            "born": 1.0,
+            "restored": 0.0,
+        }, minutes
     assert values_at(backfilled, "data-loss", minutes_after_birth(6)) == {
         "steady": 0.0,
         "born": 0.0,
+        "restored": 0.0,
     }
     assert values_at(backfilled, "security-breach", minutes_after_birth(1)) == {"born": 1.0}
     assert values_at(backfilled, "security-breach", minutes_after_birth(6)) == {"born": 0.0}
     assert values_at(backfilled, "data-integrity", minutes_after_birth(9)) == {"born": 2.0}
     assert values_at(backfilled, "data-integrity", minutes_after_birth(11)) == {"born": 0.0}
+
+
+def test_a_counter_seen_again_after_a_scrape_gap_is_history_not_an_event(
+    backfilled: Prometheus,
+) -> None:
+    """Back after 10 minutes unscraped, a counter at 3 is not 3 new events (0, not 3)."""
+    assert values_at(backfilled, "data-loss", minutes_after_birth(0.25))["restored"] == 0.0
 
 
 def test_targets_down_or_gone_read_0_and_unlabelled_targets_are_ignored(
@@ -257,17 +270,23 @@ def test_targets_down_or_gone_read_0_and_unlabelled_targets_are_ignored(
     """One target up is enough; all down, or all gone in the last 10 minutes, is 0."""
     assert values_at(backfilled, "outage-targets-down", minutes_after_birth(-1)) == {
         "steady": 1.0,
+        "born": 1.0,
         "failing": 0.0,
         "gone": 1.0,
+        "restored": 0.0,
     }
     assert values_at(backfilled, "outage-targets-down", minutes_after_birth(6)) == {
         "steady": 1.0,
+        "born": 1.0,
         "failing": 0.0,
         "gone": 0.0,
+        "restored": 1.0,
     }
     assert values_at(backfilled, "outage-targets-down", minutes_after_birth(11)) == {
         "steady": 1.0,
+        "born": 1.0,
         "failing": 0.0,
+        "restored": 1.0,
     }
 
 
