@@ -69,7 +69,9 @@ FLAGGER_SOURCE = "Flagger docs example settings: analysis interval 1m x threshol
 ERROR_RATIO = (
     'sum by (service) (irate(http_requests_total{code=~"5.."}[5s]))'
     " / sum by (service) (irate(http_requests_total[5s]))"
+    " or (sum by (service) (irate(http_requests_total[5s])) > 0) * 0"
 )
+"""0, not "no data", before the demo app's first 5xx creates its series."""
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "bench",
     "GIT_AUTHOR_EMAIL": "bench@rollbackd.invalid",
@@ -254,7 +256,7 @@ def alert_rule(for_seconds: int) -> str:
                     "rules": [
                         {
                             "alert": "HighErrorRate",
-                            "expr": f"{ERROR_RATIO} > 0.05",
+                            "expr": f"({ERROR_RATIO}) > 0.05",
                             "for": f"{for_seconds}s",
                             "labels": {"severity": "high", "rollbackd_trigger": "high_error_rate"},
                         }

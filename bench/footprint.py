@@ -1,7 +1,7 @@
 """Footprint: idle RSS and CPU of ``rollbackd run`` with the default rules.
 
 ``rollbackd run`` watches one healthy service (the demo app, scraped every 5 s
-by a real Prometheus) with the default rule set (``rules/*.toml``: 14 rules,
+by a real Prometheus) with the default rule set (``rules/*.toml``: 15 rules,
 PromQL and probes) and the default ``poll_interval`` (15s), for 5 minutes
 (quick: 30 s) after its first cycle. Every second the benchmark reads
 ``/proc/<pid>/stat`` (user + system CPU) and ``/proc/<pid>/status`` (VmRSS,

@@ -42,7 +42,9 @@ PROMETHEUS = "prometheus"
 ERROR_RATIO = (
     'sum by (service) (rate(http_requests_total{code=~"5.."}[10s]))'
     " / sum by (service) (rate(http_requests_total[10s]))"
+    " or (sum by (service) (rate(http_requests_total[10s])) > 0) * 0"
 )
+"""The shipped error-rate rule with a 10s window: 0, not 'no data', before the first 5xx."""
 P95 = (
     "histogram_quantile(0.95, sum by (service, le) "
     "(rate(http_request_duration_seconds_bucket[10s])))"

@@ -26,8 +26,20 @@ Where the settings come from, later overriding earlier:
 Endpoints: ``/``, ``/login`` and ``/clients`` are normal requests (counted; they
 fail and slow down as the settings say; a failed ``/login`` is a failed
 authentication attempt); ``/health``; ``/metrics``; ``GET|POST|DELETE /-/fault``;
-``POST /-/reload`` re-reads ``app.toml`` as a restart would (the demo's
-``after_rollback`` uses it).
+``POST /-/reload`` re-reads ``app.toml`` in place, keeping the counters;
+``POST /-/restart`` re-executes the process with the same command line (same
+pid and port), as a deploy's restart would: counters start again from nothing,
+``app.toml`` is read again, and runtime overrides survive only through
+``--state-file``. The listening socket is closed before the answer is sent, so
+whatever answers after it is the new process.
+
+Metrics are instrumented as with prometheus_client in a real app: a series
+with labels beyond ``service`` (``http_requests_total{code,path}``,
+``app_auth_attempts_total{result}``, ``app_build_info{version}``) appears at its
+first use, so there is no 5xx series before the first failed request and none
+again after a restart. The ``service`` label stands for the target label a
+scrape config would add, so a series labelled by ``service`` alone exists from
+start-up, as an unlabelled metric of prometheus_client does.
 
 Whether a request fails is decided per path by an error accumulator, not by
 chance: with ``error_rate`` r, every path answers exactly ``round-down(n * r)``
@@ -47,6 +59,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -277,14 +290,10 @@ class DemoApp:
             ["service"],
             registry=self._always,
         )
-        # Export every series a rule divides by from the start, so that the
-        # first error is a rate increase instead of a new series.
-        for path in REQUEST_PATHS:
-            for code in ("200", "500"):
-                self._requests.labels(service, code, path)
+        # As with prometheus_client: an unlabelled metric (here, labelled by
+        # service alone, which a real scrape config adds as a target label)
+        # exists from start-up; every other series appears at its first use.
         self._duration.labels(service)
-        self._auth.labels(service, "success")
-        self._auth.labels(service, "failure")
         self._data_loss.labels(service)
         self._build_info.labels(service, self._settings.version).set(1)
 
@@ -438,8 +447,14 @@ class SyntheticTraffic:
             self._stop.wait(max(0.0, next_at - now))
 
 
-def make_handler(app: DemoApp, app_dir: Path | None = None) -> type[BaseHTTPRequestHandler]:
-    """A request handler class bound to ``app``; ``app_dir`` enables ``POST /-/reload``."""
+def make_handler(
+    app: DemoApp, app_dir: Path | None = None, restart: Callable[[], None] | None = None
+) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to ``app``.
+
+    ``app_dir`` enables ``POST /-/reload``; ``restart`` enables ``POST /-/restart``
+    and is called once the server no longer accepts connections and the answer is sent.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -482,6 +497,14 @@ def make_handler(app: DemoApp, app_dir: Path | None = None) -> type[BaseHTTPRequ
                     response = _json(200, settings.to_json())
                 except (SettingsError, OSError) as error:
                     response = _json(400, {"error": str(error)})
+            elif path == "/-/restart" and method == "POST" and restart is not None:
+                # Stop accepting first: a client that has its answer reaches the new process.
+                self.server.shutdown()
+                self.server.server_close()
+                self.close_connection = True
+                self._send(_json(200, {"restarting": True, "pid": os.getpid()}))
+                restart()
+                return
             elif method != "GET":
                 response = _text(405, "method not allowed\n")
             elif path == "/health":
@@ -528,8 +551,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def restart_command(argv: Sequence[str] | None, port: int) -> list[str]:
+    """The command line that starts this app again: the same arguments, on the same port."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    return [sys.executable, "-m", "rollbackd.demoapp", *arguments, "--port", str(port)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until SIGTERM or SIGINT; return the exit code."""
+    """Serve until SIGTERM or SIGINT (then return the exit code) or ``POST /-/restart``."""
     args = parse_args(argv)
     try:
         base = replace(Settings(), **load_app_file(args.app_dir))
@@ -540,12 +569,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # prometheus_client leaves this function unannotated; it takes and returns nothing.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     app = DemoApp(args.service, base, overrides=overrides, state_file=args.state_file)
+    stop = threading.Event()
+    restarting = threading.Event()
+
+    def restart() -> None:
+        restarting.set()
+        stop.set()
+
     try:
-        server = ThreadingHTTPServer((HOST, args.port), make_handler(app, args.app_dir))
+        server = ThreadingHTTPServer((HOST, args.port), make_handler(app, args.app_dir, restart))
     except OSError as error:
         sys.stderr.write(f"demoapp: cannot listen on {HOST}:{args.port}: {error}\n")
         return 1
-    stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -566,6 +601,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     traffic.stop()
     server.shutdown()
     server.server_close()
+    if restarting.is_set():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        command = restart_command(argv, port)
+        try:
+            os.execv(command[0], command)  # noqa: S606 -- our own interpreter and arguments
+        except OSError as error:
+            sys.stderr.write(f"demoapp: cannot restart: {error}\n")
+            return 1
     return 0
 
 

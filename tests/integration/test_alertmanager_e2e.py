@@ -11,7 +11,7 @@ is *known good* (``DeployHistory.last_good``) once it ran ``known_good_after``
 while the daemon evaluated real data — here the health probe answering 200 —
 with no finding. With ``known_good_after = "2s"`` the world waits until
 ``/api/v1/services`` names v1 as the last known good version, then really
-deploys v2 (commit, push, app reload) and posts v2's deploy event. Deploy
+deploys v2 (commit, push, app restart) and posts v2's deploy event. Deploy
 events outrank the git HEAD the daemon also watches, so current = v2 and
 last good = v1 (its ref, the v1 commit, is what the git executor reverts to).
 v2 is bad in a way the health probe does not see (``error_rate = 0.5``), so
@@ -44,7 +44,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunCli
-from tests.integration.test_rollback_e2e import GIT_ENV, PROBE_ONLY, commit, git, reload
+from tests.integration.test_rollback_e2e import GIT_ENV, commit, git
 from tests.support.alertmanager import Alertmanager, require_alertmanager
 from tests.support.fixtures import DemoAppFactory
 from tests.support.processes import LOOPBACK, DemoApp, ProcessError, free_port, tail
@@ -76,6 +76,15 @@ CHROMIUM_FLAGS = (
 )
 BAD_RELEASE = 'version = "v2"\nerror_rate = 0.5\n'
 """v2 fails half its requests but /health still answers 200: only an alert tells."""
+HEALTH_RULE = """
+[[rules]]
+name = "outage-health"
+trigger = "outage"
+probe = "health"
+condition = "< 1"
+for = "3s"
+"""
+"""The recovery's proof. `for` outlasts the moment a deploy or rollback restarts the app."""
 WAIT = 60.0
 """Upper bound of every wait for the daemon; a healthy run takes a few seconds."""
 
@@ -126,11 +135,11 @@ def deploy_v1(tmp_path: Path, name: str, demoapp_factory: DemoAppFactory) -> Ser
 
 
 def deploy_v2(service: Service) -> str:
-    """The bad release committed, pushed, and loaded by the app."""
+    """The bad release committed, pushed, and the app restarted on it."""
     v2 = commit(service.clone, BAD_RELEASE, "v2: the bad release")
     git(service.clone, "tag", "v2")
     git(service.clone, "push", "-q", "origin", "main", "v2")
-    reload(service.app)
+    service.app.restart_in_place()
     service.v2 = v2
     return v2
 
@@ -177,9 +186,9 @@ approver = "senior_admin"
 """
         )
     for service in services:
-        reload_argv = (
+        restart_argv = (
             f'[["{sys.executable}", "-c", "import urllib.request as u; '
-            f"u.urlopen(u.Request('{service.app.url}/-/reload', method='POST'), timeout=10)\"]]"
+            f"u.urlopen(u.Request('{service.app.url}/-/restart', method='POST'), timeout=10)\"]]"
         )
         parts.append(
             f"""
@@ -188,7 +197,7 @@ name = "{service.name}"
 health_url = "{service.app.url}/health"
 repo = "{service.clone}"
 strategy = "revert"
-after_rollback = {reload_argv}
+after_rollback = {restart_argv}
 command_timeout = "30s"
 """
         )
@@ -387,7 +396,7 @@ def world_factory(tmp_path: Path, demoapp_factory: DemoAppFactory) -> Iterator[W
     ) -> World:
         services = {name: deploy_v1(tmp_path, name, demoapp_factory) for name in names}
         (tmp_path / "rules").mkdir()
-        (tmp_path / "rules" / "rules.toml").write_text(PROBE_ONLY)
+        (tmp_path / "rules" / "rules.toml").write_text(HEALTH_RULE)
         port = free_port()
         config = tmp_path / "config.toml"
         config.write_text(
@@ -506,7 +515,7 @@ def test_a_critical_alert_from_alertmanager_rolls_the_git_deploy_back(
     assert world.web.reverts_on_remote() == 1
     assert world.web.remote_log()[0] == f"rollbackd: revert to {world.web.v1} (incident 1)"
     assert world.web.remote_app_toml() == 'version = "v1"\n'
-    assert world.web.app.fault()["version"] == "v1"  # after_rollback reloaded the app
+    assert world.web.app.fault()["version"] == "v1"  # after_rollback restarted the app
     steps = world.steps(incident["id"])
     assert {name: outcome for name, (_, outcome) in steps.items() if name != "notify"} == {
         "document": "ok",

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 ERROR_RATIO = (
     'sum by (service) (rate(http_requests_total{code=~"5.."}[5s]))'
     " / sum by (service) (rate(http_requests_total[5s]))"
+    " or (sum by (service) (rate(http_requests_total[5s])) > 0) * 0"
 )
 RULES = f"""
 [[rules]]

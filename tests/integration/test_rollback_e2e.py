@@ -126,10 +126,10 @@ def make_world(
     v2 = commit(clone, f'version = "v2"\n{bad}', "v2: the bad release")
     git(clone, "tag", "v2")
     git(clone, "push", "-q", "origin", "main", "v2")
-    reload(app)
-    reload_argv = (
+    app.restart_in_place()  # deployed as for real: restarted, counters from nothing
+    restart_argv = (
         f'[["{sys.executable}", "-c", "import urllib.request as u; '
-        f"u.urlopen(u.Request('{app.url}/-/reload', method='POST'), timeout=10)\"]]"
+        f"u.urlopen(u.Request('{app.url}/-/restart', method='POST'), timeout=10)\"]]"
     )
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "rules.toml").write_text(rules)
@@ -146,7 +146,7 @@ name = "web"
 health_url = "{app.url}/health"
 repo = "{clone}"
 strategy = "revert"
-after_rollback = {after_rollback or reload_argv}
+after_rollback = {after_rollback or restart_argv}
 command_timeout = "30s"
 [recovery]
 window = "2s"
@@ -155,12 +155,6 @@ timeout = "20s"
 """
     )
     return World(tmp_path, remote, clone, app, config, v1, v2, prometheus)
-
-
-def reload(app: DemoApp) -> None:
-    import httpx  # noqa: PLC0415 -- only this helper talks to the app directly
-
-    httpx.post(f"{app.url}/-/reload", timeout=10).raise_for_status()
 
 
 KNOWN_GOOD_AFTER = 4
@@ -409,7 +403,7 @@ ERROR_RATE = """
 [[rules]]
 name = "error-rate"
 trigger = "high_error_rate"
-query = 'sum by (service) (rate(http_requests_total{code=~"5.."}[5s])) / sum by (service) (rate(http_requests_total[5s]))'
+query = 'sum by (service) (rate(http_requests_total{code=~"5.."}[5s])) / sum by (service) (rate(http_requests_total[5s])) or (sum by (service) (rate(http_requests_total[5s])) > 0) * 0'
 condition = "> 0.05"
 for = "3s"
 """  # noqa: E501 -- the rule as a user writes it
@@ -424,9 +418,9 @@ def test_each_strategy_rolls_back_and_runs_after_rollback_in_order(
     record = f"[\"{sys.executable}\", \"-c\", \"open(r'{order}', 'a').write('first\\\\n')\"]"
     world = probe_world(tmp_path, demoapp_factory)
     text = world.config.read_text()
-    reload_line = next(line for line in text.splitlines() if line.startswith("after_rollback"))
-    reload_argv = reload_line.split("= ", 1)[1][1:-1]
-    text = text.replace(reload_line, f"after_rollback = [{record}, {reload_argv}]")
+    restart_line = next(line for line in text.splitlines() if line.startswith("after_rollback"))
+    restart_argv = restart_line.split("= ", 1)[1][1:-1]
+    text = text.replace(restart_line, f"after_rollback = [{record}, {restart_argv}]")
     text = text.replace('strategy = "revert"', f'strategy = "{strategy}"')
     world.config.write_text(text)
     result = run_cli("rollback", "web", "--to", "v1", "--yes", "--config", str(world.config))

@@ -152,9 +152,44 @@ def test_state_file_keeps_runtime_faults_across_a_restart(
     app.restart()
     assert app.fault()["version"] == "v9"
     assert app.get("/health").status_code == 503
+    app.restart_in_place()
+    assert app.fault()["version"] == "v9"
     assert app.clear_fault()["version"] == "v1"
     app.restart()
     assert app.get("/health").status_code == 200
+
+
+def test_restart_reexecutes_the_app_on_its_pid_and_port_with_counters_from_nothing(
+    demoapp_factory: DemoAppFactory,
+) -> None:
+    """POST /-/restart: same pid and port, app.toml read again, overrides and series gone."""
+    app = demoapp_factory(traffic=0, app_toml='version = "v1"\n')
+    app.set_fault(error_rate=1.0)
+    assert app.get("/").status_code == 500
+    assert app.get("/login").status_code == 500
+    samples = parse_metrics(app.metrics())
+    assert total(samples, "http_requests_total", code="500") == 2
+    assert total(samples, "app_auth_attempts_total", result="failure") == 1
+    pid = app.pid
+    (app.directory / "app.toml").write_text('version = "v3"\n', encoding="utf-8")
+
+    app.restart_in_place()
+    assert app.pid == pid
+    assert app.fault() == {
+        "version": "v3",
+        "error_rate": 0.0,
+        "latency": 0.0,
+        "gap": False,
+        "health_fail": False,
+    }
+    samples = parse_metrics(app.metrics())
+    assert not [key for key in samples if key[0].startswith(("http_requests", "app_auth"))]
+    assert total(samples, "app_build_info", version="v3") == 1
+    assert total(samples, "app_build_info", version="v1") == 0
+    assert app.get("/").status_code == 200
+    samples = parse_metrics(app.metrics())
+    assert total(samples, "http_requests_total") == 1
+    assert total(samples, "http_requests_total", code="500") == 0
 
 
 def test_gap_hides_http_families_and_health_fail_answers_503(

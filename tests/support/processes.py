@@ -256,6 +256,22 @@ class DemoApp(Supervised):
         """``127.0.0.1:PORT``, as a Prometheus scrape target."""
         return f"{LOOPBACK}:{self.port}"
 
+    def scrape_target(self, job: str = "demo") -> Target:
+        """This app as a scrape target labelled with its service, as rules on ``up`` need."""
+        return (job, self.target, {"service": self.service})
+
+    def restart_in_place(self) -> Self:
+        """``POST /-/restart``: the app re-executes itself (same pid and port, counters reset).
+
+        Returns once the new process answers; the old one stopped accepting
+        connections before it answered, so the first answer is the new one's.
+        """
+        response = httpx.post(f"{self.url}/-/restart", timeout=10.0)
+        if response.status_code != httpx.codes.OK:
+            raise ProcessError(f"POST /-/restart: {response.status_code} {response.text}")
+        self._wait_ready()
+        return self
+
     def command(self) -> list[str]:
         """The argv the app is started with."""
         argv = [
@@ -372,6 +388,9 @@ class Prometheus(Supervised):
         jobs: dict[str, list[dict[str, Any]]] = {}
         for job, address, labels in self.targets:
             jobs.setdefault(job, []).append({"targets": [address], "labels": dict(labels)})
+        # honor_labels: the demo app labels its series by service itself, so a
+        # service target label (for `up`) leaves them as they are instead of
+        # adding exported_service.
         return {
             "global": {
                 "scrape_interval": self.scrape_interval,
@@ -380,7 +399,8 @@ class Prometheus(Supervised):
             },
             "rule_files": [str(self._rule_path(i)) for i in range(len(self.rule_files))],
             "scrape_configs": [
-                {"job_name": job, "static_configs": groups} for job, groups in jobs.items()
+                {"job_name": job, "honor_labels": True, "static_configs": groups}
+                for job, groups in jobs.items()
             ],
         }
 
