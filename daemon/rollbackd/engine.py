@@ -12,7 +12,10 @@ Incidents, as the engine sees them (:class:`Judgement`):
   judgement gets a decision, judged against the deploy running now. An open
   judgement covers the deploy it was opened for and the deploys its own
   rollback made; a newer deploy ends it (*superseded*), so an old incident
-  never hides a newer deploy's trouble.
+  never hides a newer deploy's trouble. A finding that already held before
+  the new deploy counts against it only if it still holds once the rule's
+  ``for`` and its query's window have passed after the deploy: until then, a
+  rate window is still full of the previous version's trouble.
 - **Folded, and said so.** A firing finding of a service whose judgement
   still covers the deploy gets no second decision unless the severity rises;
   the first time a rule is folded in, the report says so ("suppressed:
@@ -228,6 +231,8 @@ class Engine:
             for name, probes in self._services.items()
         }
         self._rule_names = frozenset(r.name for r in self.rules)
+        self._settles = {r.name: r.settles_after for r in self.rules}
+        self._longest_settling = max(self._settles.values(), default=timedelta(0))
         self._policy = config.policy.table()
         self._guards = config.guards_for_policy()
         if armed:
@@ -279,40 +284,9 @@ class Engine:
                 )
                 started = min((f.started or f.since or now for f in firing), default=None)
                 self.history.note_evaluation(service, now, conclusive, started)
-            judgement = self._judgements.get(service)
-            if judgement is not None:
-                ended = self._follow(service, judgement, own, now)
-                if ended is not None:
-                    events.append(ended)
-                    del self._judgements[service]
-                    judgement = None
-                    outcomes[service] = f"{ended.kind.value}: {ended.reason}"
-            if not firing:
-                if service not in outcomes:
-                    outcomes[service] = _quiet_outcome(own, judgement)
-                continue
-            severity = Severity.highest([f.severity for f in firing])
-            if judgement is not None and severity.rank <= judgement.decision.severity.rank:
-                outcomes[service] = self._fold(service, judgement, firing, now, events)
-                continue
-            decision = decide(service, firing, self.facts(service), now, self._policy, self._guards)
-            if decision is None:
-                continue
-            decisions.append(decision)
-            outcomes[service] = f"decision: {decision.action.value}: {decision.reason}"
-            if judgement is not None:
-                events.append(
-                    IncidentEvent(
-                        Outcome.SUPERSEDED,
-                        service,
-                        now,
-                        judgement.opened,
-                        f"severity rose from {judgement.decision.severity.value} to "
-                        f"{severity.value}: decided again",
-                        judgement.incident,
-                    )
-                )
-            self._judgements[service] = self._open(service, decision, judgement, own, now)
+            decision, outcomes[service] = self._judge(service, own, firing, now, events)
+            if decision is not None:
+                decisions.append(decision)
         self.history.note_conclusive(quiet, now)
         return CycleReport(
             time=now,
@@ -324,6 +298,57 @@ class Engine:
             cycle=cycle,
             explanations=self._explain(explain, cycle, inputs.alerts, outcomes, now),
         )
+
+    def _judge(
+        self,
+        service: str,
+        own: list[Finding],
+        firing: list[Finding],
+        now: datetime,
+        events: list[IncidentEvent],
+    ) -> tuple[Decision | None, str]:
+        """Follow the service's open incident, then decide on what fires, if anything is new.
+
+        Returns the decision (None: none) and, for ``--explain``, why it ended so.
+        """
+        judgement = self._judgements.get(service)
+        if judgement is None and not own:
+            return None, NOTHING_FIRES  # the common case, at thousands of services: no work
+        ended_why = ""
+        if judgement is not None:
+            ended = self._follow(service, judgement, own, now)
+            if ended is not None:
+                events.append(ended)
+                del self._judgements[service]
+                judgement = None
+                ended_why = f"{ended.kind.value}: {ended.reason}"
+        if not firing:
+            return None, ended_why or _quiet_outcome(own, judgement)
+        if judgement is None:
+            settling = self._settling(service, firing, now)
+            firing = [f for f in firing if f not in settling]
+            if not firing:
+                return None, _settling_outcome(settling, self.history, service)
+        severity = Severity.highest([f.severity for f in firing])
+        if judgement is not None and severity.rank <= judgement.decision.severity.rank:
+            return None, self._fold(service, judgement, firing, now, events)
+        decision = decide(service, firing, self.facts(service), now, self._policy, self._guards)
+        if decision is None:
+            return None, ended_why or _quiet_outcome(own, judgement)
+        if judgement is not None:
+            events.append(
+                IncidentEvent(
+                    Outcome.SUPERSEDED,
+                    service,
+                    now,
+                    judgement.opened,
+                    f"severity rose from {judgement.decision.severity.value} to "
+                    f"{severity.value}: decided again",
+                    judgement.incident,
+                )
+            )
+        self._judgements[service] = self._open(service, decision, judgement, own, now)
+        return decision, f"decision: {decision.action.value}: {decision.reason}"
 
     def _explain(
         self,
@@ -438,6 +463,21 @@ class Engine:
             )
         return None
 
+    def _settling(self, service: str, firing: list[Finding], now: datetime) -> list[Finding]:
+        """Firing findings that held before the deploy running now, while it has not yet
+        run their rule's ``for`` or the query's look back (:attr:`Rule.settles_after`): a
+        rate window still full of the previous version's trouble. A new deploy is judged
+        on what still holds after that."""
+        current = self.history.current(service)
+        if current is None or now - current.time >= self._longest_settling:
+            return []
+        return [
+            f
+            for f in firing
+            if (f.started or f.since or now) < current.time
+            and now - current.time < self._settles.get(f.rule, timedelta(0))
+        ]
+
     def _earlier(self, service: str, judgement: Judgement) -> set[str]:
         """The versions of ``service`` that ran before the one ``judgement`` judges."""
         before = judgement.deployed_at or judgement.opened
@@ -547,9 +587,22 @@ class Engine:
         )
 
 
+def _settling_outcome(settling: list[Finding], history: DeployHistory, service: str) -> str:
+    current = history.current(service)
+    version = current.version if current else "the new version"
+    rules = ", ".join(sorted(f.rule for f in settling))
+    return (
+        f"no decision yet: {rules} held before {version} was deployed; it is judged against "
+        f"{version} if it still holds once its `for` and its query's window have passed"
+    )
+
+
+NOTHING_FIRES = "no decision: nothing fires"
+
+
 def _quiet_outcome(own: list[Finding], judgement: Judgement | None) -> str:
     """Why a service with nothing firing got no decision, for ``--explain``."""
-    text = "no decision: nothing fires"
+    text = NOTHING_FIRES
     pending = sorted(f.rule for f in own if f.state is FindingState.PENDING)
     if pending:
         text += f" yet ({', '.join(pending)} pending: not held for its `for`)"

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rollbackd.durations import Duration, format_duration, format_instant
+from rollbackd.durations import Duration, format_duration, format_instant, parse_duration
 from rollbackd.errors import InvalidInput, Problem
 from rollbackd.matrix import assess_severity
 from rollbackd.model import (
@@ -49,6 +49,8 @@ _CONDITION = re.compile(
     r"(?P<num>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<pct>%)?\s*$"
 )
 _CONDITION_HELP = "expected '> 0.05' or '> +50%'"
+_LOOKBACKS = re.compile(r"\[\s*([0-9][0-9a-zA-Z]*)\s*[:\]]|\boffset\s+([0-9][0-9a-zA-Z]*)")
+"""Durations a PromQL query reads back: ``[5m]``, ``[30m:1m]``, ``offset 5m``."""
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -172,6 +174,28 @@ class Rule(BaseModel):
     @property
     def relative(self) -> bool:
         return self.condition.relative
+
+    @cached_property
+    def lookback(self) -> timedelta:
+        """How far back the query reads: its longest range, subquery or offset (0: a probe).
+
+        After a deploy, the query can show the previous version for this long.
+        """
+        if self.query is None:
+            return timedelta(0)
+        longest = timedelta(0)
+        for match in _LOOKBACKS.finditer(self.query):
+            try:
+                longest = max(longest, parse_duration(match.group(1) or match.group(2)))
+            except ValueError:
+                continue
+        return longest
+
+    @property
+    def settles_after(self) -> timedelta:
+        """How long after a deploy a finding that held before it still speaks of the old
+        version: its ``for``, or its query's look back if that is longer."""
+        return max(self.for_, self.lookback)
 
 
 def parse_rules(text: str, source: str) -> list[Rule]:

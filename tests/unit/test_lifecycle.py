@@ -146,8 +146,21 @@ def test_an_incident_awaiting_approval_is_superseded_by_a_newer_deploy() -> None
     metrics.set(ERRORS, switch(0.01, [("web", NOON + timedelta(minutes=5), None, 0.3)]))
     decisions, events = replay(metrics, end=NOON + timedelta(hours=1))
     assert [d.action for d in decisions] == [Action.REQUEST_APPROVAL, Action.ESCALATE]
-    assert decisions[1].time == v3
+    assert decisions[1].time == v3 + timedelta(minutes=2)  # held for `for` after v3's deploy
     assert decisions[1].guards == ("attribution",)  # the errors began before v3: not its fault
+    assert kinds(events) == [(Outcome.SUPERSEDED, v3)]
+
+
+def test_a_fix_deployed_while_errors_go_on_is_not_blamed_for_their_lag() -> None:
+    """v3 fixes v2's errors; the rate window still shows them for a minute: no decision on v3."""
+    metrics = world()
+    metrics.deploy("web", "v2", NOON)
+    v3 = NOON + timedelta(minutes=20)
+    metrics.deploy("web", "v3", v3)
+    errors = [("web", NOON + timedelta(minutes=5), v3 + timedelta(minutes=1), 0.3)]
+    metrics.set(ERRORS, switch(0.01, errors))
+    decisions, events = replay(metrics, end=NOON + timedelta(hours=1))
+    assert [d.action for d in decisions] == [Action.REQUEST_APPROVAL]
     assert kinds(events) == [(Outcome.SUPERSEDED, v3)]
 
 
