@@ -579,11 +579,9 @@ def test_a_rollback_that_restarts_the_app_recovers_though_its_counters_reset(
         after_rollback=f'[["{sys.executable}", "{script}", "{asked}", "{done}"]]',
         extra_config='[policy.high]\naction = "rollback"\n',
     )
-    port = free_port()
-    text = world.config.read_text().replace(
-        "[daemon]\n", f'[daemon]\nlisten = "127.0.0.1:{port}"\n'
-    )
-    world.config.write_text(text)
+    listen = re.search(r'listen = "127\.0\.0\.1:(\d+)"', world.config.read_text())
+    assert listen is not None  # make_world gives every daemon a free port
+    port = int(listen.group(1))
     first_pid = world.app.pid
     restarter = restarts_on_request(world.app, asked, done)
     daemon = RollbackdProcess(world.config, port, tmp_path / "rollbackd", {})
