@@ -871,6 +871,34 @@ def test_a_rollback_by_hand_runs_to_the_deploy_events_ref_and_recovers(api: Api)
     assert web["current_version"] == "v1"
 
 
+def test_a_rollback_by_hand_withdraws_the_request_waiting_for_approval(api: Api) -> None:
+    """A person rolls back while rollbackd's own request waits: the deadline rolls back nothing."""
+    number = drive_to_approval(api)
+    response = roll_back(api, to="v1")
+    assert response.status_code == 202, response.text
+    assert api.wait_for_state(response.json()["id"], FINISHED) == "recovered"
+    incident = api.incident(number)
+    assert incident["state"] == "superseded"
+    assert "rolled web back by hand" in incident["summary"]
+    api.clock.advance(timedelta(minutes=16))
+    api.cycle()
+    with api.db() as db:
+        assert db.execute("SELECT count(*) FROM steps WHERE name = 'execute'").fetchone()[0] == 1
+
+
+def test_a_request_for_a_version_no_longer_running_is_never_approved(api: Api) -> None:
+    """v1 is put back by hand (outside rollbackd) while v2's request waits: approving it is
+    a conflict, and it is withdrawn, not run."""
+    number = drive_to_approval(api)
+    assert api.deploy("v1").status_code == 201
+    body = assert_error(api.post(f"/api/v1/incidents/{number}/approve", "senior_admin"), 409, None)
+    assert "web runs v1 now, not v2" in body["error"]
+    assert api.incident(number)["state"] == "superseded"
+    api.clock.advance(timedelta(minutes=16))
+    api.cycle()
+    assert not api.rolled_back.exists()
+
+
 def test_a_rollback_by_hand_without_a_target_goes_to_the_last_known_good(api: Api) -> None:
     """admin may too; no body at all: the last known good version, v1, by its ref."""
     v1_good_then_v2_failing(api)

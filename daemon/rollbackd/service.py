@@ -751,11 +751,37 @@ class Daemon:
         )
         self.metrics.actions.labels(Action.ROLLBACK.value, "manual").inc()
         self.on_event("incident", {"incident": incident, "state": IncidentState.ROLLING_BACK.value})
+        for waiting in self.journal.incidents(service=service, active_only=True):
+            if waiting.state is IncidentState.AWAITING_APPROVAL:
+                self._end(
+                    waiting,
+                    IncidentState.SUPERSEDED,
+                    f"{caller.name} rolled {service} back by hand (incident {incident})",
+                    self.clock(),
+                )
         self._submit(incident)
         return self._load(incident)
 
     def _start_approved(self, record: IncidentRecord, actor: str, why: str) -> IncidentRecord:
+        """Run an approved rollback (a person's approval, or the deadline).
+
+        Never for a version that no longer runs: if another version was deployed or
+        rolled back to since the request, the request is withdrawn (superseded), and
+        the approval is a conflict.
+        """
         now = self.clock()
+        current = self.history.current(record.service)
+        if (
+            current is not None
+            and record.current_version is not None
+            and current.version != record.current_version
+        ):
+            moved = (
+                f"{record.service} runs {current.version} now, not {record.current_version} "
+                "this request was for"
+            )
+            self._end(record, IncidentState.SUPERSEDED, moved, now)
+            raise Conflict(f"incident {record.id}: {moved}; nothing was rolled back")
         try:
             self.checklist.approve(record.id, now)
         except Refused as exc:
