@@ -586,6 +586,17 @@ def test_an_escalation_is_followed_after_a_restart_and_resolves_when_errors_stop
     )
 
 
+def test_an_escalated_incident_is_an_open_incident_on_the_status_page(api: Api) -> None:
+    """Escalated means a person must act: the status page counts it open until it ends."""
+    number = escalate_without_a_target(api)
+    page = api.get("/", "viewer").text
+    assert "Open incidents (1)" in page and f"incident {number}" in page
+    api.metrics.set(ERRORS, lambda _service, _at: 0.0)
+    api.clock.advance(timedelta(seconds=30))
+    api.cycle()
+    assert "Open incidents (0)" in api.get("/", "viewer").text
+
+
 def test_an_escalation_nobody_acts_on_expires_and_the_next_fault_is_decided(
     make_api: ApiFactory,
 ) -> None:

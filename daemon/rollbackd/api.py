@@ -443,7 +443,8 @@ def render_status(daemon: Daemon) -> str:
     """The status page's HTML."""
     records = daemon.journal.incidents(limit=100)
     pending = [r for r in records if r.state is IncidentState.AWAITING_APPROVAL]
-    open_incidents = [r for r in records if r.state.active and r not in pending]
+    # Open: not over yet, a rollback under way or waiting on people (escalated, vetoed...).
+    open_incidents = [r for r in records if r.closed_at is None and r not in pending]
     rollbacks = [r for r in records if r.action == "rollback" and not r.state.active][:20]
     deadlines = {r.id: _deadline_text(daemon, daemon.journal.incident(r.id) or r) for r in pending}
     template = _templates.get_template("status.html.j2")

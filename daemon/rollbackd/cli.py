@@ -580,11 +580,7 @@ def status(config: ConfigOption = None) -> None:
             svc["last_good_version"] or "none",
         )
     console.print(table)
-    active = [
-        r
-        for r in records
-        if r["state"] in ("awaiting_approval", "rolling_back", "recovering", "open")
-    ]
+    active = [r for r in records if r["closed"] is None]  # open: not over yet
     if not active:
         console.print("no open incidents")
     for r in active:
