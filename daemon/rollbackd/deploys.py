@@ -193,15 +193,23 @@ class DeployHistory:
     def _same(self, history: _ServiceHistory, told: Deploy, seen: Deploy, run: _Run) -> bool:
         """Whether ``seen`` is the deploy ``told`` announced (``run`` is the one in question).
 
-        Git cannot always name what an event names: a tag or a version that is
-        no commit id, or the new commit of a revert that restores the target's
-        content. So a git sha that names no other deploy is the event's.
+        When the sighting names it. Git cannot compare a tag or a version name
+        with a sha, so for an event that names no commit id, a git sha that names
+        no other deploy is taken as the event's. An event that names a commit is
+        never joined to another commit (the previous one, still at HEAD when the
+        event came). A rollback's deploy names the commit its execute step left at
+        HEAD (a revert's new commit), so git's sighting of it names it.
         """
         if _names(told, seen):
             return True
-        return seen.source == "git" and not any(
-            other is not run and (other.seen_as == seen.version or _names(other.deploy, seen))
-            for other in history.runs
+        names_a_commit = SHA_PREFIX.match((told.ref or told.version).lower()) is not None
+        return (
+            seen.source == "git"
+            and not names_a_commit
+            and not any(
+                other is not run and (other.seen_as == seen.version or _names(other.deploy, seen))
+                for other in history.runs
+            )
         )
 
     def _spoke(self, history: _ServiceHistory, source: str, at: datetime) -> bool:

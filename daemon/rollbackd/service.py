@@ -225,7 +225,7 @@ class Daemon:
                     version=str(record.facts.get("target_version") or record.target),
                     time=executed.finished_at or record.opened_at,
                     source="event",
-                    ref=record.target,
+                    ref=executed.data.get("after") or record.target,
                 )
             )
         deployed = record.facts.get("deployed_at")

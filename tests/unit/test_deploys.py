@@ -234,13 +234,14 @@ def test_git_head_moving_again_without_an_event_is_a_deploy() -> None:
 
 
 def test_git_head_after_a_revert_rollback_is_the_rollback_deploy() -> None:
-    """A revert makes a new commit with v1's content: HEAD there is the rollback's deploy of v1."""
+    """A revert makes a new commit with v1's content: HEAD there is the rollback's deploy of v1,
+    which names that commit (the checklist journals the commit execute left at HEAD)."""
     history = DeployHistory(timedelta(minutes=30))
     history.record(Deploy("web", "v1", T0, "event", ref=SHA_V1))
     see_head(history, SHA_V1, T0 + 15 * SEC)
     history.record(Deploy("web", "v2", T0 + 60 * MIN, "event", ref=SHA_V2))
     see_head(history, SHA_V2, T0 + 60 * MIN + 15 * SEC)
-    rollback = Deploy("web", "v1", T0 + 70 * MIN, "event", ref=SHA_V1)
+    rollback = Deploy("web", "v1", T0 + 70 * MIN, "event", ref=SHA_REVERT)
     history.record(rollback)
     assert see_head(history, SHA_REVERT, T0 + 70 * MIN + 15 * SEC) == []
     assert history.current("web") == rollback
@@ -469,3 +470,14 @@ def test_refs_that_git_could_misread_are_refused(ref: str) -> None:
 def test_ordinary_versions_and_refs_pass(ref: str) -> None:
     """Tags, branches and commit ids are accepted."""
     assert valid_ref(ref)
+
+
+def test_an_event_naming_a_commit_is_never_joined_to_another_commit_still_at_head() -> None:
+    """CI announces v2 by its sha while HEAD still shows v1's: v2 is current once HEAD moves."""
+    history = DeployHistory(timedelta(minutes=30))
+    see_head(history, SHA_V1, T0)
+    history.record(Deploy("web", "v2", T0 + 5 * SEC, "event", ref=SHA_V2))
+    see_head(history, SHA_V2, T0 + 15 * SEC)
+    current = history.current("web")
+    assert current is not None and (current.version, current.ref) == ("v2", SHA_V2)
+    assert [d.version for d in history.deploys("web")] == [SHA_V1[:12], "v2"]

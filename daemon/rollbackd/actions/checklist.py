@@ -519,8 +519,10 @@ class _Run:
 
         A deploy of the target's version (else of the version an earlier deploy
         with that ref names, else of the ref), at the time execute finished,
-        with the ref the executor checked against. It keeps the migration facts
-        of that version's earlier deploy: the same files are deployed again.
+        with the commit execute left at HEAD as its ref (a revert's new commit,
+        which is what git sees running), else the ref the executor checked
+        against. It keeps the migration facts of that version's earlier deploy:
+        the same files are deployed again.
         """
         record = self._reload()
         executed = record.step(EXECUTE)
@@ -541,7 +543,7 @@ class _Run:
             version=version,
             time=at,
             source="event",
-            ref=target,
+            ref=executed.data.get("after") or target,
             migrations=earlier[-1].migrations if earlier else (),
         )
         if deploy not in journaled:
