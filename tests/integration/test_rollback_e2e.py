@@ -233,6 +233,11 @@ def rollback_deploys(world: World) -> list[tuple[str, str | None]]:
         return list(db.execute("SELECT version, ref FROM deploys WHERE service = 'web'"))
 
 
+def reverted_to_v1(world: World) -> list[tuple[str, str]]:
+    """The rollback deploy the journal must hold: v1, named by the revert commit at HEAD."""
+    return [("v1", git(world.remote, "rev-parse", "main"))]
+
+
 def test_after_a_manual_rollback_the_daemon_shows_the_target_as_current(
     tmp_path: Path, run_cli: RunCli, demoapp_factory: DemoAppFactory
 ) -> None:
@@ -240,7 +245,7 @@ def test_after_a_manual_rollback_the_daemon_shows_the_target_as_current(
     world = probe_world(tmp_path, demoapp_factory)
     result = run_cli("rollback", "web", "--to", "v1", "--yes", "--config", str(world.config))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert rollback_deploys(world) == [("v1", "v1")]
+    assert rollback_deploys(world) == reverted_to_v1(world)
     loaded = load(world.config, env={})
     journal = SqliteJournal(journal_path(loaded.config.daemon.state_dir))
     daemon = Daemon(loaded, journal)
@@ -255,7 +260,7 @@ def test_after_a_manual_rollback_the_daemon_shows_the_target_as_current(
     assert executed.finished_at is not None
     deployed_at = format_instant(executed.finished_at)
     assert (web["current_version"], web["deployed_at"]) == ("v1", deployed_at)
-    assert rollback_deploys(world) == [("v1", "v1")]
+    assert rollback_deploys(world) == reverted_to_v1(world)
 
 
 def load_incident(world: World) -> IncidentRecord:
@@ -313,6 +318,7 @@ def test_a_rollback_that_does_not_recover_escalates_and_is_not_repeated(
         "after:execute",
         "started:after_rollback[0]",
         "started:recovery",
+        "finished:recovery",  # recovered, and killed before the incident said so
     ],
 )
 def test_killed_at_any_step_and_restarted_the_rollback_runs_exactly_once(
@@ -339,7 +345,7 @@ def test_killed_at_any_step_and_restarted_the_rollback_runs_exactly_once(
     assert world.reverts_on_remote() == 1
     executed = [o for n, o in after if n == "execute"]
     assert "ok" in executed or "unknown" in executed
-    assert rollback_deploys(world) == ([("v1", "v1")] if "ok" in executed else [])
+    assert rollback_deploys(world) == (reverted_to_v1(world) if "ok" in executed else [])
     if failpoint.endswith("after_rollback[0]"):
         assert resumed.returncode == 1
         assert "outcome unknown" in resumed.stdout

@@ -68,7 +68,8 @@ HISTORY_BEFORE = timedelta(minutes=15)
 """How far before the deploy the document step keeps the rules' values, for the report."""
 FAILPOINT_ENV = "ROLLBACKD_FAILPOINT"
 """Crash testing: ``before:STEP``, ``started:STEP`` (journaled, not yet run), ``worked:STEP``
-(run, outcome not yet journaled) or ``after:STEP`` makes the process SIGKILL itself there."""
+(run, outcome not yet journaled), ``finished:STEP`` (outcome journaled, not yet acted on) or
+``after:STEP`` makes the process SIGKILL itself there."""
 
 
 class Refused(Exception):  # noqa: N818 -- names the outcome for the caller
@@ -323,6 +324,8 @@ class _Run:
                         raise _Escalate(f"{name} had failed before a restart: {previous.summary}")
                     if name == EXECUTE:
                         self._deployed()
+                    if name == RECOVERY and previous.outcome is Outcome.OK:
+                        self._recovered(previous.summary)  # killed before it was concluded
                     continue
                 if self.parts.should_stop():
                     return
@@ -363,6 +366,7 @@ class _Run:
             bounded(result.output),
             {k: str(v) for k, v in result.data.items()},
         )
+        failpoint(f"finished:{name}")
         self.parts.on_step(name, f"{outcome.value}: {result.summary}")
         return result
 
@@ -376,8 +380,14 @@ class _Run:
             return self.service.executor == "git" and self.service.strategy == "reset"
         return True
 
-    def _finish_interrupted(self, previous: StepRecord, outcome: Outcome, summary: str) -> None:
-        self.journal.step_finished(previous.id, self.parts.clock(), outcome, summary)
+    def _finish_interrupted(
+        self,
+        previous: StepRecord,
+        outcome: Outcome,
+        summary: str,
+        data: Mapping[str, str] | None = None,
+    ) -> None:
+        self.journal.step_finished(previous.id, self.parts.clock(), outcome, summary, data=data)
         self.parts.on_step(previous.name, f"{outcome.value}: {summary}")
 
     def _tell(self, title: str, text: str) -> StepResult:
@@ -479,8 +489,10 @@ class _Run:
             state = self.executor.state(self.facts, before)
             if state.progress is Progress.DONE:
                 publish = getattr(self.executor, "push", None)
+                done: Mapping[str, str] = {}
                 if callable(publish):
                     pushed = publish(self.facts, before)
+                    done = pushed.data  # the commit now at HEAD: what the deploy names
                     if not pushed.ok:
                         self._finish_interrupted(
                             previous,
@@ -492,7 +504,7 @@ class _Run:
                             f"pushed: {pushed.summary}"
                         )
                 self._finish_interrupted(
-                    previous, Outcome.OK, f"completed before a restart: {state.reason}"
+                    previous, Outcome.OK, f"completed before a restart: {state.reason}", done
                 )
                 return
             if state.progress is Progress.UNKNOWN:
@@ -640,7 +652,15 @@ class _Run:
             raise _Escalate(
                 f"the rollback did not recover: {result.summary}", IncidentState.NOT_RECOVERED
             )
-        self.journal.set_state(
-            self.record.id, IncidentState.RECOVERED, result.summary, self.parts.clock()
-        )
-        self._tell(f"{self.record.service}: recovered", result.summary)
+        self._recovered(result.summary)
+
+    def _recovered(self, summary: str) -> None:
+        """The watch proved recovery: the incident is over (once, even if killed in between)."""
+        if self.journal.set_state(
+            self.record.id,
+            IncidentState.RECOVERED,
+            summary,
+            self.parts.clock(),
+            expect=(IncidentState.RECOVERING, IncidentState.ROLLING_BACK),
+        ):
+            self._tell(f"{self.record.service}: recovered", summary)
