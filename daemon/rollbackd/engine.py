@@ -43,6 +43,7 @@ from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.model import (
+    Action,
     Decision,
     Finding,
     FindingState,
@@ -93,7 +94,8 @@ class Judgement:
     rule pending or firing while it was open; ``reported``: the rules a decision or a
     fold already named; ``rolled_back_to``: the deploys its own rollback made;
     ``idle_since``: since when it waits on people (None while a rollback is pending
-    or under way); ``recovered``: its rollback proved recovery.
+    or under way); ``recovered``: its rollback proved recovery; ``rolling_back``: its
+    rollback is under way (approved, or decided at once) and has not ended.
     """
 
     opened: datetime
@@ -106,6 +108,7 @@ class Judgement:
     idle_since: datetime | None = None
     recovered: bool = False
     incident: int | None = None
+    rolling_back: bool = False
 
     def covers(self, current: Deploy | None, earlier: Collection[str] = ()) -> bool:
         """Whether findings on ``current`` belong to this judgement.
@@ -115,13 +118,16 @@ class Judgement:
         deploy its own rollback made, and for a version that ran before the one it judges
         (``earlier``: a rollback made by hand, whose lagging findings are still this
         incident's). No for a newer version deployed after it opened, even in the same
-        instant: that one is judged anew.
+        instant: that one is judged anew. While its rollback is under way, a version
+        seen (not announced by CI) is its rollback's doing, seen before the rollback's
+        deploy is journaled (a revert's new commit at HEAD, after a restart too).
         """
         if (
             current is None
             or current.version == self.version
             or current.time < self.opened
             or current.version in earlier
+            or (self.rolling_back and current.source != "event")
         ):
             return True
         return any(
@@ -392,6 +398,7 @@ class Engine:
             before.rules |= tracked
             before.reported |= set(decision.rules)
             before.idle_since = _idle(decision)
+            before.rolling_back = before.rolling_back or decision.action is Action.ROLLBACK
             before.incident = None
             return before
         current = self.history.current(service)
@@ -403,6 +410,7 @@ class Engine:
             rules=tracked,
             reported=set(decision.rules),
             idle_since=_idle(decision),
+            rolling_back=decision.action is Action.ROLLBACK,
         )
 
     def _follow(
@@ -528,6 +536,13 @@ class Engine:
             return
         judgement.idle_since = at
         judgement.recovered = judgement.recovered or recovered
+        judgement.rolling_back = False
+
+    def rolling_back(self, service: str, incident: int) -> None:
+        """Incident ``incident``'s rollback started (approved by a person or the deadline)."""
+        judgement = self._judgements.get(service)
+        if judgement is not None and judgement.incident == incident:
+            judgement.rolling_back = True
 
     def restore(self, service: str, judgement: Judgement) -> None:
         """An incident from before a restart, so that it is followed, not decided again."""

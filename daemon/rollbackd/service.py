@@ -239,6 +239,7 @@ class Daemon:
             rolled_back_to=made,
             idle_since=(record.updated_at or record.opened_at) if record.state in WAITING else None,
             incident=record.id,
+            rolling_back=record.state in (IncidentState.ROLLING_BACK, IncidentState.RECOVERING),
         )
 
     def _firing_alerts(self, now: datetime, services: Collection[str]) -> list[AlertRecord]:
@@ -789,6 +790,8 @@ class Daemon:
         self.journal.add_decision(
             record.id, self._human_decision(record, Action.ROLLBACK, why, now), actor
         )
+        with self.lock:
+            self.engine.rolling_back(record.service, record.id)
         log.info("approved", incident=record.id, by=actor)
         self.metrics.actions.labels("request_approval", "approved").inc()
         self._submit(record.id)

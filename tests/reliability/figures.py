@@ -32,6 +32,23 @@ def record(section: str, name: str, value: Value) -> None:
         FIGURES.setdefault(section, {})[name] = value
 
 
+def snapshot() -> dict[str, dict[str, Value]]:
+    """A copy of every figure so far (what an xdist worker hands to the controller)."""
+    with _lock:
+        return {section: dict(values) for section, values in FIGURES.items()}
+
+
+def merge(other: dict[str, dict[str, Value]]) -> None:
+    """Take in another process's figures: counts add up, anything else is kept as it came."""
+    with _lock:
+        for section, values in other.items():
+            mine = FIGURES.setdefault(section, {})
+            for name, value in values.items():
+                current = mine.get(name)
+                both_counts = isinstance(current, int) and isinstance(value, int)
+                mine[name] = current + value if both_counts else value  # type: ignore[operator]
+
+
 def lines() -> list[str]:
     """The figures as aligned lines, one per figure, grouped by section."""
     with _lock:

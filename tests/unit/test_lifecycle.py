@@ -324,3 +324,46 @@ def test_a_metric_never_exported_is_reported_as_not_measured_for_as_long_as_look
     assert auth.reason.startswith("not measured in the 1h looked at: no data")
     [errors] = [f for f in reports[-1].findings if f.rule == "error-rate"]
     assert not errors.unmeasured
+
+
+def test_a_version_seen_while_its_rollback_is_under_way_is_the_rollbacks_doing() -> None:
+    """git shows the revert's commit before the rollback's deploy is journaled: no new incident;
+    CI announcing a version meanwhile is judged anew."""
+    cfg = config()
+    engine = Replay(cfg, rules(), world(), STEP).engine
+    history = engine.history
+    history.record(Deploy("web", "v1", DAY, "event", ref="a" * 40))
+    history.note_conclusive(["web"], DAY + timedelta(seconds=1))
+    history.note_conclusive(["web"], DAY + timedelta(hours=1))
+    history.record(Deploy("web", "v2", NOON, "event", ref="b" * 40))
+    outage = {OUTAGE: 1.0}
+    now = NOON + timedelta(minutes=5)
+    kinds_seen: list[Outcome] = []
+    decisions: list[Decision] = []
+    for index in range(6):
+        if index == 3:  # HEAD moved to the revert commit, not yet journaled as a deploy
+            history.observe_versions(
+                "web", ["c0ffee123456"], now, "git", {"c0ffee123456": "c" * 40}
+            )
+        report = step_with(engine, now, outage)
+        decisions.extend(report.decisions)
+        kinds_seen.extend(e.kind for e in report.events)
+        now += STEP
+    assert [d.action for d in decisions] == [Action.ROLLBACK]
+    assert kinds_seen == []
+    history.record(Deploy("web", "v3", now, "event", ref="d" * 40))
+    report = step_with(engine, now + STEP, outage)
+    assert [e.kind for e in report.events] == [Outcome.SUPERSEDED]
+
+
+def step_with(engine: Engine, now: datetime, values: dict[str, float]) -> CycleReport:
+    from rollbackd.engine import Inputs  # noqa: PLC0415 -- this helper alone
+    from rollbackd.model import Measurement  # noqa: PLC0415
+
+    known = {ERRORS: 0.01, LATENCY: 0.2, OUTAGE: 0.0, **values}
+    measurements = {
+        (rule.name, "web"): Measurement.of(known[rule.query])
+        for rule in engine.rules
+        if rule.query in known
+    }
+    return engine.step(now, Inputs(measurements=measurements))
