@@ -13,8 +13,10 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo lint unit bench bench-quick debian-packages demo-packages venv clean
 
+# Two workers, a test file each at a time (module-scoped processes stay in one worker):
+# most of the suite waits on real Prometheus, apps and daemons, so two run in the time of one.
 test: venv debian-packages lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 unit: venv
 	$(BIN)/pytest tests/unit

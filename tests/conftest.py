@@ -1,14 +1,54 @@
-"""Shared fixtures: the repository's own files, and a runner for the real CLI."""
+"""Shared fixtures: the repository's own files, and a runner for the real CLI.
+
+Also the hooks that print the reliability suite's figures (rounds, kills,
+cycles, requests …) at the end of a run. With pytest-xdist each worker gathers
+the figures of the tests it ran and hands them to the controller as it
+finishes; the controller prints them all once. (They are here, not in
+``tests/reliability/conftest.py``: the xdist controller loads only this one.)
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.reliability import figures
+
+WORKER_OUTPUT = "rollbackd_reliability_figures"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On an xdist worker: hand this worker's figures to the controller."""
+    output: dict[str, Any] | None = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output[WORKER_OUTPUT] = json.dumps(figures.snapshot())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """On the xdist controller: take in the figures of a worker that finished."""
+    sent = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
+    if sent:
+        figures.merge(json.loads(sent))
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """After a run, print what the reliability suite exercised (the controller prints it all)."""
+    if hasattr(config, "workerinput") or not figures.FIGURES:
+        return
+    terminalreporter.write_sep("=", "rollbackd reliability suite: figures")
+    for line in figures.lines():
+        terminalreporter.write_line(line)
+
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "tests" / "fixtures"

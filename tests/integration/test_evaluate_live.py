@@ -50,7 +50,7 @@ poll_interval = "1s"
 rules = ["rules/*.toml"]
 [prometheus]
 url = "{prometheus.url}"
-timeout = "3s"
+timeout = "10s"
 [[services]]
 name = "web"
 health_url = "{app.url}/health"
@@ -204,7 +204,7 @@ def test_a_stopped_app_is_caught_by_its_health_probe(
     assert "failed" in outage["reason"] or "answered" in outage["reason"]
     assert [(a["action"], a["severity"], a["target"]) for a in actions] == [
         ("rollback", "critical", "v1")
-    ]
+    ], [a["reason"] for a in actions]
 
 
 def test_prometheus_stopped_makes_every_rule_inconclusive(

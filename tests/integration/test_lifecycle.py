@@ -70,7 +70,7 @@ poll_interval = "1s"
 rules = ["rules/*.toml"]
 [prometheus]
 url = "{prometheus.url}"
-timeout = "3s"
+timeout = "10s"
 {services}
 [deploys]
 version_metric = "app_build_info"
