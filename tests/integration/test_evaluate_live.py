@@ -196,6 +196,7 @@ def test_a_stopped_app_is_caught_by_its_health_probe(
 ) -> None:
     """With the app down and no metrics at all, the health probe fires the outage rule."""
     app, _, config = healthy_v1_then_v2(tmp_path, demoapp_factory, prometheus_factory)
+    time.sleep(2)  # v2 runs a moment: killed in the very scrape that showed it, no replay sees v2
     app.kill()
     findings, actions = evaluate(run_cli, config)
     outage = finding(findings, "outage-health")
