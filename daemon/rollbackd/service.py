@@ -149,6 +149,9 @@ class Daemon:
         self.source = self._metrics_source or PrometheusSource(
             config.prometheus.url, config.prometheus.timeout, config.alerts.service_label
         )
+        previous: LiveCycle | None = getattr(self, "live", None)
+        if previous is not None:
+            previous.close()
         self.live = LiveCycle(self.engine, self.source, self._prober)
         self.checklist: Checklist = build_checklist(
             config,
@@ -276,6 +279,7 @@ class Daemon:
     def shutdown(self, timeout: float = 900.0) -> None:
         """Stop after the step in progress: incidents left mid-checklist resume on restart."""
         self.stopping.set()
+        self.live.close()
         self.worker.shutdown(wait=True, cancel_futures=True)
         deadline = time.monotonic() + min(timeout, 30.0)
         for notifier in (self.notifier, *self._retired_notifiers):
@@ -324,15 +328,32 @@ class Daemon:
     def cycle(self, at: datetime | None = None) -> CycleReport | None:
         """One evaluation at ``at`` (default: now): gather, decide, act. Never raises.
 
-        A failure is logged and shown on the status page and /readyz.
+        Prometheus, probes and git are read without the state lock, so webhooks,
+        deploy events and approvals are answered while a source hangs; deciding
+        and acting hold it. A failure is logged and shown on the status page and
+        /readyz.
         """
         started = time.monotonic()
         try:
-            with self.lock:
+            with self.lock:  # fix what to read; then read with no lock held
                 now = at or self.clock()
+                live, plan = self.live, self.live.plan(now)
+            measured = live.measure(plan)
+            with self.lock:
+                if live is not self.live:  # reloaded while reading: read again next cycle
+                    return None
+                inputs = live.apply(measured)
+                moved = self.history.revision != plan.revision
+                unread = live.unread_baselines() if moved else []
+            if unread:  # a deploy seen just now: its baseline is read before deciding
+                live.read_baselines(unread)
+            with self.lock:
+                if live is not self.live:
+                    return None
+                if unread:
+                    inputs.baselines.update(live.known_baselines())
                 for service in self.engine.services:
                     self.engine.rollbacks[service] = self.journal.rollbacks(service)
-                inputs = self.live.gather(now)
                 firing = self._firing_alerts(now, self.engine.services)
                 alerts, ignored = alert_findings(
                     firing, self.engine.services, self.config.alerts.trigger_label, now
