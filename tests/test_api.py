@@ -1405,6 +1405,37 @@ def test_a_deploy_event_that_is_not_json_names_the_body(api: Api) -> None:
 # -- health, readiness, metrics, OpenAPI, status page --------------------------------------
 
 
+def test_deploys_webhooks_and_approvals_are_answered_while_prometheus_hangs(api: Api) -> None:
+    """A cycle waiting 3 s on every query holds no lock the API needs: each answer is quick."""
+    number = drive_to_approval(api)
+    reading = threading.Event()
+
+    def hanging(_service: str, _at: datetime) -> float:
+        reading.set()
+        time.sleep(3)
+        return 0.2
+
+    api.metrics.set(ERRORS, hanging)
+    cycle = threading.Thread(target=api.daemon.cycle)
+    cycle.start()
+    try:
+        assert reading.wait(5)
+        answers = []
+        for call in (
+            lambda: api.deploy("v3"),
+            lambda: api.webhook(example()),
+            lambda: api.get("/api/v1/services", "viewer"),
+            lambda: api.post(f"/api/v1/incidents/{number}/veto", "senior_admin"),
+        ):
+            started = time.monotonic()
+            response = call()
+            answers.append((response.status_code, time.monotonic() - started))
+        assert [status for status, _ in answers] == [201, 200, 200, 200]
+        assert all(seconds < 1.5 for _, seconds in answers), answers
+    finally:
+        cycle.join(timeout=30)
+
+
 def test_healthz_answers_without_a_token(api: Api) -> None:
     """Liveness needs no token and says ok."""
     response = api.get("/healthz")

@@ -57,6 +57,7 @@ from rollbackd.report import render_report
 from rollbackd.rules import rule_trigger_severity
 from rollbackd.sources.deploys import valid_ref
 from rollbackd.sources.prometheus import PrometheusSource
+from rollbackd.statelock import StateDirBusy, StateLock
 
 EXIT_RUNTIME = 1
 EXIT_INVALID = 2
@@ -145,12 +146,22 @@ def run(config: ConfigOption = None) -> None:
 
     loaded = _load(config)
     configure(loaded.config.daemon.log_format)
+    lock = _lock_state_dir(loaded, "rollbackd run")
     try:
         journal = open_journal(loaded.config)
     except JournalError as exc:
         _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
     daemon = Daemon(loaded, journal, notifiers=lambda config: notifier_for(config, journal))
-    serve(daemon, loaded.config_path)
+    with lock:
+        serve(daemon, loaded.config_path)
+
+
+def _lock_state_dir(loaded: Loaded, holder: str) -> StateLock:
+    """The state directory, locked for this process; exit 1 naming the holder if taken."""
+    try:
+        return StateLock(loaded.config.daemon.state_dir).acquire(holder)
+    except StateDirBusy as exc:
+        _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
 
 
 ExplainOption = Annotated[
@@ -483,8 +494,23 @@ def _follow(client: DaemonClient, incident: int) -> dict[str, Any]:
 def _rollback_here(
     loaded: Loaded, service: str, to: str | None, reason: str | None, yes: bool
 ) -> None:
-    """No daemon runs: the rollback runs in this process, telling the configured notifiers."""
+    """No daemon runs: the rollback runs in this process, telling the configured notifiers.
+
+    It holds the state directory's lock throughout: a daemon that runs but could not
+    be reached at ``[daemon] listen`` refuses it, so the two never act side by side.
+    """
     cfg = loaded.config
+    try:
+        held = StateLock(cfg.daemon.state_dir).acquire(f"rollbackd rollback {service}")
+    except StateDirBusy as exc:
+        _fail(
+            [
+                f"rollbackd: {exc}",
+                "rollbackd: a daemon holds it: roll back through its API "
+                "(`rollbackd rollback` finds it at [daemon] listen or public_url)",
+            ],
+            EXIT_RUNTIME,
+        )
     journal = open_journal(cfg)
     notifier = notifier_for(cfg, journal)
     try:
@@ -521,6 +547,7 @@ def _rollback_here(
         typer.echo(f"incident {record.id}: {record.state.value} — {record.summary}")
     finally:
         _deliver(notifier)
+        held.release()
     if record.state is not IncidentState.RECOVERED:
         raise typer.Exit(EXIT_RUNTIME)
 

@@ -10,19 +10,27 @@ runs them live at its last step.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory, deploys_from_presence
 from rollbackd.engine import BaselineCache, CycleReport, Engine, Inputs, version_query
+from rollbackd.errors import RollbackdError
 from rollbackd.model import Matrix, Measurement, Vector
 from rollbackd.rules import Key, Rule
 from rollbackd.sources import MetricSource
 from rollbackd.sources.deploys import git_deploys
 from rollbackd.sources.prometheus import QueryError
+
+
+class OutOfTime(RollbackdError):  # noqa: N818 -- names the condition
+    """A replay with a deadline did not finish by it."""
+
 
 DEPLOY_LOOKBACK = timedelta(hours=24)
 """How far before a replay's start deploys are looked for, to date the running version."""
@@ -131,15 +139,19 @@ class Replay:
         simulate_rollbacks: bool = True,
         explain: Collection[str] = (),
         armed: bool = False,
+        deadline: float | None = None,
     ) -> None:
         """``explain``: services whose every finding and outcome each report carries;
-        ``armed``: decide as with dry-run off (see :class:`Engine`)."""
+        ``armed``: decide as with dry-run off (see :class:`Engine`); ``deadline``: a
+        ``time.monotonic()`` by which the replay stops with :class:`OutOfTime` (a
+        daemon's warm-up must not keep it from starting)."""
         self.config = config
         self.prometheus = prometheus
         self.step = step
         self.history = history or DeployHistory(config.deploys.known_good_after)
         self.engine = Engine(config, rules, self.history, armed=armed)
         self.explain = tuple(explain)
+        self.deadline = deadline
         self.baselines = BaselineCache(prometheus)
         self.deploy_error: str | None = None
         self.simulate_rollbacks = simulate_rollbacks
@@ -156,7 +168,8 @@ class Replay:
         windows = [times[i : i + WINDOW_STEPS] for i in range(0, len(times), WINDOW_STEPS)]
         # While the engine steps through one window, the next ones are fetched: Prometheus
         # answers on its own core, and the replay takes little longer than the queries.
-        with ThreadPoolExecutor(max_workers=AHEAD, thread_name_prefix="replay-fetch") as fetcher:
+        fetcher = ThreadPoolExecutor(max_workers=AHEAD, thread_name_prefix="replay-fetch")
+        try:
             fetches: dict[int, Future[_Window]] = {}
 
             def fetch_ahead(index: int) -> None:
@@ -167,6 +180,7 @@ class Replay:
 
             fetch_ahead(0)  # fetched while deploys are looked for
             found = find_deploys(self.config, self.prometheus, start, end, self.step)
+            self._in_time()
             deploys, self.deploy_error = found.deploys, found.error
             services = self.engine.services
             looks = sorted(
@@ -174,19 +188,13 @@ class Replay:
                 for service, (first, versions) in found.first_seen.items()
                 if service in services
             )
-            probe_missing: dict[Key, Measurement] = {}
-            for rule in self.engine.rules:
-                if rule.query is None:
-                    missing = Measurement.missing(
-                        f"probe {rule.probe!r} has no history; probes are checked live only"
-                    )
-                    probe_missing.update({(rule.name, s): missing for s in services})
+            probe_missing = self._probes_missing()
             pending = list(deploys)
             baselines: dict[Key, Measurement] = {}
             done = 0
             for index, window in enumerate(windows):
                 fetch_ahead(index)
-                fetched = fetches.pop(index).result()
+                fetched = self._in_time(fetches.pop(index))
                 fetch_ahead(index + 1)
                 for moment in window:
                     done += 1
@@ -222,6 +230,31 @@ class Replay:
                         for service, versions in found.present_at_end.items():
                             self.history.set_present(service, versions)
                     yield report
+        finally:  # out of time: the reads still in flight end with their own deadlines
+            fetcher.shutdown(wait=self.deadline is None, cancel_futures=True)
+
+    def _probes_missing(self) -> dict[Key, Measurement]:
+        """Probe rules have no history: missing, with the reason, for every service."""
+        missing: dict[Key, Measurement] = {}
+        for rule in self.engine.rules:
+            if rule.query is None:
+                why = Measurement.missing(
+                    f"probe {rule.probe!r} has no history; probes are checked live only"
+                )
+                missing.update({(rule.name, s): why for s in self.engine.services})
+        return missing
+
+    def _in_time(self, fetch: Future[_Window] | None = None) -> _Window:
+        """``fetch``'s window, waited for no longer than the deadline; OutOfTime after it."""
+        left = None if self.deadline is None else self.deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise OutOfTime("the replay ran out of its time")
+        if fetch is None:
+            return _Window({}, {}, {})
+        try:
+            return fetch.result(timeout=left)
+        except FutureTimeout:
+            raise OutOfTime("the replay ran out of its time waiting for Prometheus") from None
 
     def _fetch(self, start: datetime, end: datetime) -> _Window:
         """Every PromQL rule's (and impact query's) samples in [start, end]."""
@@ -229,6 +262,8 @@ class Replay:
         for rule in self.engine.rules:
             if rule.query is None:
                 continue
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise OutOfTime("the replay ran out of its time")
             matrix = self.prometheus.range(rule.query, start, end, self.step)
             window.values[rule.name] = matrix
             if matrix.error is not None:

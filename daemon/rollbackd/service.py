@@ -58,6 +58,11 @@ if TYPE_CHECKING:
 
 log = get_logger("rollbackd")
 
+WARM_UP_BUDGET = timedelta(seconds=30)
+"""Start-up replays recent history for at most this long: READY comes well within
+systemd's start timeout (90 s by default) even when Prometheus hangs."""
+STUCK_AFTER_POLLS = 3
+"""/readyz fails when no cycle completed for this many polls past the cycle's read budget."""
 WAITING = (
     IncidentState.ESCALATED,
     IncidentState.VETOED,
@@ -130,6 +135,9 @@ class Daemon:
         self.last_report: CycleReport | None = None
         self.last_cycle_error: str | None = None
         self.status_line = "starting"
+        self.created = time.monotonic()
+        self.last_completed: float | None = None
+        """time.monotonic() of the last cycle that completed (None: none yet)."""
         self.on_cycle: Callable[[str], object] = lambda _line: None
         self.on_event: Callable[[str, Mapping[str, Any]], object] = lambda _kind, _facts: None
         self._metrics_source = metrics_source
@@ -263,15 +271,20 @@ class Daemon:
         if not any(rule.query is not None for rule in self.loaded.rules):
             return
         step = self.config.daemon.poll_interval
+        budget = WARM_UP_BUDGET.total_seconds()
         replay = Replay(
             self.config, self.loaded.rules, self.source, step, self.history,
-            simulate_rollbacks=False,
+            simulate_rollbacks=False, deadline=time.monotonic() + budget,
         )  # fmt: skip
         try:
             for _ in replay.run(now - lookback(self.config, self.loaded.rules), now - step):
                 pass
         except Exception as exc:  # noqa: BLE001 -- a warm-up must never keep the daemon from starting
-            log.warning("warm-up skipped", error=f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "warm-up skipped: rule states start fresh",
+                error=f"{type(exc).__name__}: {exc}",
+                budget=format_duration(WARM_UP_BUDGET),
+            )
             return
         self.engine.adopt(replay.engine, judgements=False)
         log.info("warmed up from history", rules=len(self.loaded.rules))
@@ -369,6 +382,7 @@ class Daemon:
                     self._act(decision, report, firing)
                 self._deadlines(now)
             self.last_cycle_error = None
+            self.last_completed = time.monotonic()
         except Exception as exc:  # the loop must survive any one bad cycle
             self.last_cycle_error = f"{type(exc).__name__}: {exc}"
             log.exception("cycle failed", error=self.last_cycle_error)
@@ -936,15 +950,34 @@ class Daemon:
             "action": judgement.decision.action.value,
         }
 
+    def _stuck(self) -> str | None:
+        """Why the evaluation loop looks stuck (no cycle completed for too long), or None."""
+        since = self.last_completed if self.last_completed is not None else self.created
+        poll = self.config.daemon.poll_interval
+        limit = self.live.budget + STUCK_AFTER_POLLS * poll
+        waited = timedelta(seconds=time.monotonic() - since)
+        if waited <= limit:
+            return None
+        what = "no cycle completed" if self.last_completed is None else "the last cycle completed"
+        error = f": {self.last_cycle_error}" if self.last_cycle_error else ""
+        return (
+            f"{what} {format_duration(waited)} ago (poll_interval {format_duration(poll)}): "
+            f"the evaluation loop is stuck{error}"
+        )
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: not stopping, and the evaluation loop completes cycles (a stuck loop is
+        not ready, with the reason: a slow source must never look like a working daemon)."""
         report = self.last_report
         sources: dict[str, str] = {}
         if report is not None:
             for name, error in report.source_errors.items():
                 sources[name] = error
-        ready = not self.stopping.is_set()
+        stuck = self._stuck()
+        ready = not self.stopping.is_set() and stuck is None
         return ready, {
             "ready": ready,
+            "loop": stuck or "cycles complete",
             "config": str(self.loaded.config_path),
             "journal": str(self.journal.path),
             "last_cycle": format_instant(report.time) if report else None,
