@@ -1421,12 +1421,13 @@ def test_deploys_webhooks_and_approvals_are_answered_while_prometheus_hangs(api:
     try:
         assert reading.wait(5)
         answers = []
-        for call in (
+        calls: list[Callable[[], httpx.Response]] = [
             lambda: api.deploy("v3"),
             lambda: api.webhook(example()),
             lambda: api.get("/api/v1/services", "viewer"),
             lambda: api.post(f"/api/v1/incidents/{number}/veto", "senior_admin"),
-        ):
+        ]
+        for call in calls:
             started = time.monotonic()
             response = call()
             answers.append((response.status_code, time.monotonic() - started))

@@ -270,6 +270,13 @@ class Daemon:
 
         if not any(rule.query is not None for rule in self.loaded.rules):
             return
+        answer = self.source.instant("vector(1)", now)
+        if answer.error is not None:  # one bounded read, rather than a budget spent waiting
+            log.warning(
+                "warm-up skipped: rule states start fresh",
+                error=f"Prometheus did not answer a trivial query: {answer.error}",
+            )
+            return
         step = self.config.daemon.poll_interval
         budget = WARM_UP_BUDGET.total_seconds()
         replay = Replay(
