@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
+import tracemalloc
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from rollbackd.actions import OUTPUT_LIMIT, IncidentFacts, Progress
-from rollbackd.actions.command import CommandExecutor, incident_env, run_argv
+from rollbackd.actions.command import CAPTURE_LIMIT, CommandExecutor, incident_env, run_argv
+from rollbackd.actions.process import Capture
 from rollbackd.actions.script import ScriptExecutor
 
 SECOND = timedelta(seconds=1)
@@ -72,6 +76,16 @@ def wait_gone(pids: list[int], within: float = 3.0) -> list[int]:
     return [pid for pid in pids if alive(pid)]
 
 
+@pytest.fixture
+def cleanup_pids() -> Iterator[list[int]]:
+    """Pids a test's command left running; killed at the end of the test."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 # -- run_argv ------------------------------------------------------------------------
 
 
@@ -110,7 +124,7 @@ def test_the_command_runs_in_the_configured_directory(tmp_path: Path) -> None:
 
 
 def test_long_output_is_cut_to_its_head_and_tail() -> None:
-    """Megabytes of output keep the journal small: head and tail are kept, the middle cut."""
+    """Long output keeps the journal small: head and tail are kept, the middle cut and counted."""
     result = run_argv(
         ["sh", "-c", "echo FIRST; head -c 300000 /dev/zero | tr '\\0' x; echo; echo LAST"],
         env=ENV,
@@ -118,10 +132,124 @@ def test_long_output_is_cut_to_its_head_and_tail() -> None:
         timeout=SECOND * 5,
     )
     assert result.ok
-    assert len(result.output) < OUTPUT_LIMIT + 200
+    assert len(result.output) <= OUTPUT_LIMIT
     assert result.output.startswith("FIRST")
     assert result.output.rstrip().endswith("LAST")
-    assert "characters cut" in result.output
+    written = len("FIRST\n") + 300000 + len("\nLAST\n")
+    assert f"… [{written - CAPTURE_LIMIT} bytes of output cut] …" in result.output
+    assert result.output.index("bytes of output cut") < OUTPUT_LIMIT // 3
+
+
+def test_the_tail_is_most_of_what_is_kept() -> None:
+    """A failing build's last lines are what a person needs: most of the kept output is the end."""
+    lines = "; ".join(f"echo line-{n}" for n in range(3))
+    script = f"{lines}; seq 1 100000; echo 'error: build failed'; exit 2"
+    result = run_argv(["sh", "-c", script], env=ENV, cwd=None, timeout=SECOND * 10)
+    assert result.summary == "`sh` failed with exit code 2"
+    head, _, tail = result.output.partition("bytes of output cut")
+    assert head.startswith("line-0\nline-1\nline-2\n1\n")
+    assert tail.rstrip().endswith("99999\n100000\nerror: build failed")
+    assert len(tail) > 2 * len(head)
+
+
+def test_memory_stays_bounded_whatever_a_command_prints() -> None:
+    """A command printing 30 MB costs the daemon a few hundred kilobytes, not 30 MB."""
+    tracemalloc.start()
+    try:
+        result = run_argv(
+            ["sh", "-c", "yes 'a line of build output' | head -c 30000000; echo LAST"],
+            env=ENV,
+            cwd=None,
+            timeout=SECOND * 60,
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.ok, result.summary
+    assert result.output.rstrip().endswith("LAST")
+    assert peak < 2_000_000, f"peak {peak} bytes"
+
+
+def test_a_multibyte_character_is_never_split_at_a_cut() -> None:
+    """Where the output is cut, no half character turns into a replacement mark."""
+    capture = Capture(1001)
+    for _ in range(2000):
+        capture.add("é€😀".encode())
+    text = capture.text()
+    assert "\ufffd" not in text
+    assert text.startswith("é€😀")
+    assert text.endswith("é€😀")
+    assert capture.total == 2000 * len("é€😀".encode())
+
+
+def test_a_command_that_leaves_a_child_holding_its_output_succeeds_when_it_exits(
+    tmp_path: Path, cleanup_pids: list[int]
+) -> None:
+    """`sleep 60 & echo started` is ok as soon as sh exits, and the sleep is named, not killed."""
+    pid_file = tmp_path / "pid"
+    script = 'sleep 60 & echo $! > "$1"; echo started'
+    result = run_argv(
+        ["sh", "-c", script, "sh", str(pid_file)], env=ENV, cwd=None, timeout=SECOND * 10
+    )
+    child = int(pid_file.read_text())
+    cleanup_pids.append(child)
+    assert result.ok, result.summary
+    assert result.summary == f"`sh` succeeded; left 1 process running: pid {child} (sleep 60)"
+    assert result.data == {"exit_code": "0", "left_running": str(child)}
+    assert result.output.startswith("started\n")
+    assert f"left 1 process running: pid {child} (sleep 60)" in result.output
+    assert "held its output open" in result.output
+    assert alive(child)
+
+
+def test_a_background_service_keeps_running_and_writing_after_the_step(
+    tmp_path: Path, cleanup_pids: list[int]
+) -> None:
+    """A restart script's app that logs to the inherited stdout is neither killed nor blocked."""
+    pid_file, ticks = tmp_path / "pid", tmp_path / "ticks"
+    app = 'while :; do echo "log line $(date +%s%N)"; echo . >> "$2"; sleep 0.01; done'
+    script = f'sh -c \'{app}\' app "$1" "$2" & echo $! > "$1"; echo restarted'
+    result = run_argv(
+        ["sh", "-c", script, "sh", str(pid_file), str(ticks)],
+        env=ENV,
+        cwd=None,
+        timeout=SECOND * 10,
+    )
+    child = int(pid_file.read_text())
+    cleanup_pids.append(child)
+    assert result.ok, result.summary
+    assert f"pid {child} (sh -c" in result.summary
+    before = ticks.stat().st_size
+    wait_until_grown = time.monotonic() + 10
+    while ticks.stat().st_size < before + 40 and time.monotonic() < wait_until_grown:
+        time.sleep(0.05)
+    assert alive(child)
+    assert ticks.stat().st_size >= before + 40, "the app stopped running after the step"
+
+
+def test_a_failing_command_also_names_what_it_left_running(
+    tmp_path: Path, cleanup_pids: list[int]
+) -> None:
+    """A command that fails after starting a background job says so next to its exit code."""
+    pid_file = tmp_path / "pid"
+    script = 'sleep 60 >/dev/null 2>&1 & echo $! > "$1"; exit 4'
+    result = run_argv(
+        ["sh", "-c", script, "sh", str(pid_file)], env=ENV, cwd=None, timeout=SECOND * 10
+    )
+    child = int(pid_file.read_text())
+    cleanup_pids.append(child)
+    assert result.summary == (
+        f"`sh` failed with exit code 4; left 1 process running: pid {child} (sleep 60)"
+    )
+    assert "held its output open" not in result.output
+
+
+def test_a_command_that_closes_its_output_and_runs_on_is_waited_for(tmp_path: Path) -> None:
+    """Closing stdout is not exiting: the step waits for the exit status."""
+    script = "echo bye; exec >&- 2>&-; sleep 0.5; exit 3"
+    result = run_argv(["sh", "-c", script], env=ENV, cwd=None, timeout=SECOND * 10)
+    assert result.summary == "`sh` failed with exit code 3"
+    assert result.output == "bye\n"
 
 
 def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
@@ -159,6 +287,26 @@ def test_children_that_ignore_sigterm_are_killed_after_the_grace(tmp_path: Path)
     assert "timed out after 300ms" in result.summary
     children = [int(line) for line in pids.read_text().split()]
     assert wait_gone(children) == []
+
+
+def test_a_timeout_ends_even_when_an_escaped_child_holds_the_output(
+    tmp_path: Path, cleanup_pids: list[int]
+) -> None:
+    """A child that left the process group (setsid) cannot keep a timed-out step waiting."""
+    pid_file = tmp_path / "pid"
+    script = 'setsid sleep 60 & echo $! > "$1"; sleep 60'
+    started = time.monotonic()
+    result = run_argv(
+        ["sh", "-c", script, "sh", str(pid_file)],
+        env=ENV,
+        cwd=None,
+        timeout=timedelta(milliseconds=300),
+        grace=timedelta(milliseconds=300),
+    )
+    cleanup_pids.append(int(pid_file.read_text()))
+    assert time.monotonic() - started < 30
+    assert result.summary == "`sh` timed out after 300ms"
+    assert "held its output open" in result.output
 
 
 @pytest.mark.parametrize("argv0", ["/nonexistent/rollback", "rollbackd-no-such-command"])

@@ -7,6 +7,9 @@ global or system config and no identity, like a fresh deploy user's.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -212,6 +215,25 @@ def test_revert_commit_lists_the_reverted_commits(d: Deployed) -> None:
     body = git(d.work, "log", "-1", "--format=%b")
     assert f"{d.v3[:7]} v3" in body
     assert f"{d.v2[:7]} v2" in body
+
+
+def test_a_hook_that_leaves_a_process_running_does_not_hold_up_the_rollback(d: Deployed) -> None:
+    """A post-commit hook's background job: the revert is done when git is, the job is named."""
+    pid_file = d.root / "hook.pid"
+    hook = d.work / ".git" / "hooks" / "post-commit"
+    hook.write_text(f'#!/bin/sh\nsleep 60 &\necho $! > "{pid_file}"\necho hook ran\n')
+    hook.chmod(0o755)
+    try:
+        result = executor(d).execute(facts())
+        child = int(pid_file.read_text())
+        assert result.ok, result
+        assert "hook ran" in result.output
+        assert f"`git commit` left 1 process running: pid {child} (sleep 60)" in result.output
+        assert Path(f"/proc/{child}").exists(), "the hook's job was killed"
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 # -- refusals that change nothing --------------------------------------------------------

@@ -18,6 +18,7 @@ they started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -569,25 +570,25 @@ class RollbackdProcess(Supervised):
     def crash(self, group_timeout: float = 15.0) -> None:
         """SIGKILL the daemon alone, as the OOM killer would; then let its children finish.
 
-        git commands the daemon had started run to their end (they are not
-        killed with it, as with systemd's ``KillMode=process``); after
-        ``group_timeout`` seconds whatever is left of the group is killed too.
+        git and the commands the daemon had started run to their end (they are
+        not killed with it, as with systemd's ``KillMode=process``); after
+        ``group_timeout`` seconds whatever is left of them is killed too. They
+        run in sessions of their own, so they are found before the kill as the
+        daemon's children, and waited for by session.
         """
         if self._process is None:
             return
         group = self._process.pid
+        sessions = {pid for pid, fields in _proc_stats() if int(fields[1]) == group}
         self.kill()
         deadline = time.monotonic() + group_timeout
         while time.monotonic() < deadline:
-            try:
-                os.killpg(group, 0)
-            except ProcessLookupError:
+            if not _left_of(group, sessions):
                 return
             time.sleep(0.02)
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            return
+        for pid in _left_of(group, sessions):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM, wait (``stop_timeout`` by default); SIGKILL the group if it does not end."""
@@ -633,6 +634,28 @@ class RollbackdProcess(Supervised):
     def logged(self, event_prefix: str) -> list[dict[str, Any]]:
         """The JSON log lines whose event starts with ``event_prefix``."""
         return [e for e in self.logs() if str(e.get("event", "")).startswith(event_prefix)]
+
+
+def _proc_stats() -> list[tuple[int, list[str]]]:
+    """(pid, the /proc/PID/stat fields after the command name: state, ppid, pgrp, session …)."""
+    stats = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            stats.append((int(entry.name), text.rpartition(")")[2].split()))
+    return stats
+
+
+def _left_of(group: int, sessions: set[int]) -> list[int]:
+    """Live processes in process group ``group`` or in one of ``sessions`` (zombies left out)."""
+    return [
+        pid
+        for pid, fields in _proc_stats()
+        if fields[0] != "Z" and (int(fields[2]) == group or int(fields[3]) in sessions)
+    ]
 
 
 # --- backfill -------------------------------------------------------------------------------

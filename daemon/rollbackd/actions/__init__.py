@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Protocol
 
 OUTPUT_LIMIT = 64 * 1024
-"""Captured output kept per step: the head and the tail, so the journal stays small."""
+"""Captured output kept per step: a short head and a longer tail, so the journal stays small."""
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,13 @@ class Executor(Protocol):
 
 
 def bounded(text: str, limit: int = OUTPUT_LIMIT) -> str:
-    """``text`` cut to ``limit`` characters, keeping its head and tail."""
+    """``text`` cut to ``limit`` characters: a quarter from its head, the rest from its tail.
+
+    The end is what a person needs (the failing command, the last lines of a
+    build); the head says what ran.
+    """
     if len(text) <= limit:
         return text
-    half = limit // 2
-    return f"{text[:half]}\n… [{len(text) - limit} characters cut] …\n{text[-half:]}"
+    head = limit // 4
+    tail = limit - head
+    return f"{text[:head]}\n… [{len(text) - limit} characters cut] …\n{text[len(text) - tail :]}"

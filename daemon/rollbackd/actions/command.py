@@ -1,9 +1,12 @@
 """The command executor: a configured argv rolls the service back.
 
 :func:`run_argv` runs one argv without a shell, with stdin closed, stdout and
-stderr captured together, and a timeout that stops the whole process group
-(SIGTERM, a short grace, then SIGKILL). It never raises for a command that
-cannot start, fails or hangs: every outcome is a :class:`StepResult`.
+stderr captured together (head and tail, memory bounded), and a timeout that
+stops the whole process group (SIGTERM, a short grace, then SIGKILL). Its
+success is its exit status, as soon as it exits: what it left running is
+reported, not waited for and not killed (see :mod:`rollbackd.actions.process`).
+It never raises for a command that cannot start, fails or hangs: every outcome
+is a :class:`StepResult`.
 
 What the rollback is about reaches the command only as environment values
 (:func:`incident_env`): ``ROLLBACKD_INCIDENT``, ``ROLLBACKD_SERVICE``,
@@ -14,7 +17,6 @@ built from incident text.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -24,20 +26,23 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from rollbackd.actions import (
+    OUTPUT_LIMIT,
     ExecutionState,
     IncidentFacts,
     Progress,
     StepResult,
-    bounded,
 )
+from rollbackd.actions.process import KILL_GRACE, LINGER
+from rollbackd.actions.process import run as run_process
 from rollbackd.durations import format_duration
 from rollbackd.sources.deploys import valid_ref
 
-KILL_GRACE = timedelta(seconds=3)
-"""How long a timed-out process group has between SIGTERM and SIGKILL."""
-
 ENV_PREFIX = "ROLLBACKD_"
 """Prefix of the incident variables; the daemon's own ``ROLLBACKD_…`` settings are not passed on."""
+
+CAPTURE_LIMIT = OUTPUT_LIMIT - 2048
+"""Bytes of a command's output kept (head and tail): the step's output, with the notes on what
+the command left running, stays within the journal's :data:`OUTPUT_LIMIT`."""
 
 
 def run_argv(
@@ -47,72 +52,58 @@ def run_argv(
     cwd: Path | None,
     timeout: timedelta,
     grace: timedelta = KILL_GRACE,
+    linger: timedelta = LINGER,
 ) -> StepResult:
     """Run ``argv`` (no shell) with ``env`` in ``cwd``; ok when it exits 0 within ``timeout``.
 
-    ``output`` holds stdout and stderr merged, decoded with replacement and cut
-    with :func:`bounded`; ``data["exit_code"]`` the exit status when there is one.
-    On timeout the whole process group gets SIGTERM, then SIGKILL after ``grace``.
+    ``output`` holds stdout and stderr merged, decoded with replacement, its
+    head and tail kept (:class:`~rollbackd.actions.process.Capture`);
+    ``data["exit_code"]`` the exit status when there is one. The step ends when
+    the command exits: processes it left running are named in the summary
+    (``data["left_running"]``: their pids) and left alone. On timeout the whole
+    process group gets SIGTERM, then SIGKILL after ``grace``.
     """
     if not argv or not argv[0]:
         return StepResult(False, "no command to run: the argv is empty")
     name = argv[0]
     try:
-        process = subprocess.Popen(  # noqa: S603 -- argv comes from the config, never a shell; incident text travels only in env
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+        finished = run_process(
+            argv,
+            env=env,
             cwd=cwd,
-            env=dict(env),
-            start_new_session=True,
+            timeout=timeout,
+            limit=CAPTURE_LIMIT,
+            grace=grace,
+            linger=linger,
         )
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename is not None else ""
         return StepResult(False, f"cannot run `{name}`: {exc.strerror or exc}{where}")
     except (ValueError, subprocess.SubprocessError) as exc:  # e.g. a NUL byte in argv or env
         return StepResult(False, f"cannot run `{name}`: {exc}")
-    try:
-        raw, _ = process.communicate(timeout=max(timeout.total_seconds(), 0.001))
-    except subprocess.TimeoutExpired:
-        raw = _stop_group(process, grace)
-        return StepResult(
-            False,
-            f"`{name}` timed out after {format_duration(timeout)}",
-            output=bounded(raw.decode("utf-8", errors="replace")),
-        )
-    code = process.returncode
-    output = bounded(raw.decode("utf-8", errors="replace"))
-    data = {"exit_code": str(code)}
+    notes = finished.notes(name)
+    output = finished.output
+    if notes:
+        output = f"{output.rstrip()}\n{notes}" if output.strip() else notes
+    left = finished.left_summary()
+    suffix = f"; {left}" if left else ""
+    data = {} if finished.status is None else {"exit_code": str(finished.status)}
+    if finished.left_running:
+        data["left_running"] = " ".join(str(each.pid) for each in finished.left_running)
+    code = finished.status
+    if finished.timed_out:
+        data.pop("exit_code", None)  # the status of a process group rollbackd killed
+        summary = f"`{name}` timed out after {format_duration(timeout)}{suffix}"
+        return StepResult(False, summary, output, data)
     if code == 0:
-        return StepResult(True, f"`{name}` succeeded", output, data)
-    if code < 0:
+        return StepResult(True, f"`{name}` succeeded{suffix}", output, data)
+    if code is not None and code < 0:
         try:
             signame = signal.Signals(-code).name
         except ValueError:
             signame = f"signal {-code}"
-        return StepResult(False, f"`{name}` was killed by {signame}", output, data)
-    return StepResult(False, f"`{name}` failed with exit code {code}", output, data)
-
-
-def _stop_group(process: subprocess.Popen[bytes], grace: timedelta) -> bytes:
-    """SIGTERM the process group, SIGKILL it after ``grace``; return the output read so far."""
-    seconds = max(grace.total_seconds(), 0.001)
-    partial = b""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(OSError):  # the group is gone already
-            os.killpg(process.pid, sig)
-        try:
-            raw, _ = process.communicate(timeout=seconds)
-            return raw
-        except subprocess.TimeoutExpired as exc:
-            partial = exc.output if isinstance(exc.output, bytes) else b""
-    # A descendant that left the group (setsid) still holds the pipe: stop reading.
-    process.kill()
-    process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
-    return partial
+        return StepResult(False, f"`{name}` was killed by {signame}{suffix}", output, data)
+    return StepResult(False, f"`{name}` failed with exit code {code}{suffix}", output, data)
 
 
 def _env_value(text: str) -> str:

@@ -18,17 +18,21 @@ of three ways (``strategy`` in ``[[services]]``):
 Every ref is checked with :func:`~rollbackd.sources.deploys.valid_ref` before
 git sees it and is passed after ``--end-of-options`` (or, for ``reset`` and
 ``checkout``, which do not take it in git 2.39, only as a resolved hexadecimal
-commit id followed by ``--``). git runs through GitPython with an argument
-list, never a shell, with ``GIT_TERMINAL_PROMPT=0`` and no pager or editor;
-each command is killed after the timeout. Failures of git are failed
+commit id followed by ``--``). git runs with an argument list, never a shell,
+with ``GIT_TERMINAL_PROMPT=0``, no pager or editor and no terminal (a session
+of its own, see :func:`rollbackd.actions.process.run`): its output is bounded,
+a command is over when git exits (a hook that leaves a process running is
+named in the transcript, not waited for), and its whole process group is
+killed after the timeout. Failures of git are failed
 :class:`~rollbackd.actions.StepResult` values carrying git's messages, never
 exceptions.
 """
 
 from __future__ import annotations
 
+import os
 import re
-import time
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +42,7 @@ from typing import Literal
 import git
 
 from rollbackd.actions import ExecutionState, IncidentFacts, Progress, StepResult, bounded
+from rollbackd.actions.process import run as run_process
 from rollbackd.durations import format_duration
 from rollbackd.sources.deploys import valid_ref
 
@@ -51,6 +56,12 @@ GIT_ENV: Mapping[str, str] = {
     "GIT_EDITOR": ":",
 }
 """Added to the daemon's environment for every git command: never prompt, page or edit."""
+
+GIT_LOCALE: Mapping[str, str] = {"LANGUAGE": "C", "LC_ALL": "C"}
+"""git's messages in English, as the step summaries quote and match them."""
+
+GIT_OUTPUT_LIMIT = 1024 * 1024
+"""Bytes of each of git's streams kept (head and tail): far more than any answer read here."""
 
 IDENTITY: Mapping[str, str] = {"user.name": "rollbackd", "user.email": "rollbackd@localhost"}
 """The committer of revert commits in a working copy that has no identity configured."""
@@ -91,10 +102,11 @@ class _Out:
     err: str
     timed_out: bool
     limit: timedelta = timedelta(0)
+    notes: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.status == 0
+        return self.status == 0 and not self.timed_out
 
     @property
     def text(self) -> str:
@@ -135,28 +147,37 @@ class _Session:
         """``git [-c config]… subcommand args…``; a failure is an _Out, never an exception."""
         limit = timeout or self.timeout
         label = f"git {subcommand}"
-        handle = self.repo.git(c=list(config)) if config else self.repo.git
-        started = time.monotonic()
+        settings = [part for setting in config for part in ("-c", setting)]
         try:
-            status, out, err = getattr(handle, subcommand.replace("-", "_"))(
-                *args,
-                with_extended_output=True,
-                with_exceptions=False,
-                kill_after_timeout=max(limit.total_seconds(), 0.001),
-                env=dict(GIT_ENV),
+            finished = run_process(
+                ["git", *settings, subcommand, *args],
+                env={**os.environ, **GIT_LOCALE, **GIT_ENV},
+                cwd=Path(self.repo.working_dir),
+                timeout=limit,
+                limit=GIT_OUTPUT_LIMIT,
+                merge_stderr=False,
             )
-        except git.exc.GitCommandError as exc:  # includes git not being installed
-            result = _Out(label, -1, "", str(exc), False, limit)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:  # git not installed
             result = _Out(label, -1, "", str(exc), False, limit)
         else:
-            elapsed = time.monotonic() - started
-            timed_out = status != 0 and elapsed >= limit.total_seconds()
-            result = _Out(label, int(status), str(out), str(err), timed_out, limit)
+            result = _Out(
+                label,
+                -1 if finished.status is None else finished.status,
+                _chomp(finished.output),
+                _chomp(finished.errors),
+                finished.timed_out,
+                limit,
+                finished.notes(label),
+            )
+        if result.timed_out:
+            ending = f"\n(timed out after {format_duration(limit)})"
+        else:
+            ending = "" if result.ok else f"\n(exit {result.status})"
         self.transcript.append(
             f"$ {label} {' '.join(args)}".rstrip()
             + (f"\n{result.text}" if result.text else "")
-            + ("" if result.ok else f"\n(exit {result.status})")
+            + ending
+            + (f"\n{result.notes}" if result.notes else "")
         )
         return result
 
@@ -664,6 +685,11 @@ class GitExecutor:
             if not got.ok or not got.out.strip():
                 missing.append(f"{key}={value}")
         return missing
+
+
+def _chomp(text: str) -> str:
+    """``text`` without its final newline (git ends every answer with one)."""
+    return text[:-1] if text.endswith("\n") else text
 
 
 def _hex(sha: str) -> str:
