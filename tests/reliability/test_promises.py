@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -297,3 +299,68 @@ def test_a_hanging_prometheus_delays_neither_the_start_nor_the_api(tmp_path: Pat
     assert p99 < 1.0, sorted(latencies)[-5:]
     assert readyz["ready"] is True and readyz["loop"] == "cycles complete", readyz
     assert {f"q{index}" for index in range(12)} <= set(readyz["degraded"]), readyz
+
+
+def shift_journal(journal: Path, by: timedelta) -> int:
+    """Move every instant the journal holds by ``by``, as if that much time had passed; count."""
+    moved = 0
+    with contextlib.closing(sqlite3.connect(journal)) as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+            for column in columns:
+                rows = db.execute(f"SELECT rowid, {column} FROM {table}").fetchall()  # noqa: S608 -- our own schema's names
+                for rowid, value in rows:
+                    try:
+                        instant = datetime.fromisoformat(value)
+                    except (TypeError, ValueError):
+                        continue
+                    db.execute(
+                        f"UPDATE {table} SET {column} = ? WHERE rowid = ?",  # noqa: S608
+                        ((instant + by).isoformat(), rowid),
+                    )
+                    moved += 1
+        db.commit()
+    return moved
+
+
+def test_a_rollback_interrupted_hours_before_a_restart_resumes_and_blocks_nothing(
+    world: World,
+) -> None:
+    """Killed mid-rollback, down for three hours: it resumes once, ends, and frees the service."""
+    daemon = world.daemon
+    for version in ("v1", "v2"):
+        answer = daemon.request(
+            "POST", "/api/v1/deploys", "ci", json={"service": "s0", "version": version}
+        )
+        assert answer.status_code == 201, answer.text
+    daemon.stop(timeout=10)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLBACKD_")}
+    env["ROLLBACKD_FAILPOINT"] = "started:recovery"
+    argv = [sys.executable, "-m", "rollbackd", "rollback", "s0", "--to", "v1", "--yes"]
+    killed = subprocess.run(
+        [*argv, "--config", str(world.config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    marker = world.root / "rolled-back-s0"
+    assert marker.exists()
+    marker.unlink()
+    moved = shift_journal(world.root / "state" / "journal.sqlite3", timedelta(hours=-3))
+    daemon.start()
+
+    def ended() -> str | None:
+        [record] = daemon.incidents()
+        return record["state"] if record["closed"] else None
+
+    assert wait_until("the interrupted rollback to end", ended, timeout=40) == "recovered"
+    assert not marker.exists(), "the rollback's command ran a second time"
+    again = daemon.request("POST", "/api/v1/services/s0/rollback", "admin", json={"to": "v2"})
+    assert again.status_code == 202, again.text
+    figures.record(
+        SECTION, "rollback interrupted 3h before restart", f"resumed, {moved} instants moved"
+    )
