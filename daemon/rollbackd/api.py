@@ -96,7 +96,19 @@ def _error(status: int, error: str, field: str | None = None, **extra: Any) -> J
         body["field"] = field
     body.update(extra)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(_encodable(body), status_code=status, headers=headers)
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with every text UTF-8 can hold: a lone surrogate a client sent, quoted in
+    an error, is shown as ``\\ud800`` (the JSON answer must be UTF-8, never a 500)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
+    return value
 
 
 class MigrationBody(BaseModel):
