@@ -298,6 +298,16 @@ class DeploysConfig(_Section):
     version_label: str = Field(default="version", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
     attribution_window: Duration = timedelta(hours=2)
     known_good_after: Duration = timedelta(minutes=30)
+    max_clock_skew: Duration = timedelta(minutes=5)
+    """A deploy event dated more than this after rollbackd's clock is refused (422): CI's
+    clock may run a little fast, but a deploy from the future would stay the current one."""
+
+    @field_validator("max_clock_skew")
+    @classmethod
+    def _skew(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) <= value <= timedelta(days=1):
+            raise ValueError("must be between 0s and 1d")
+        return value
 
 
 class RecoveryConfig(_Section):

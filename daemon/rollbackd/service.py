@@ -666,7 +666,12 @@ class Daemon:
     def accept_deploy(self, body: Mapping[str, Any]) -> Deploy:
         """Validate and journal a deploy event, then let it start its attribution window."""
         now = self.clock()
-        deploy = parse_event(body, now, {s.name for s in self.config.services})
+        deploy = parse_event(
+            body,
+            now,
+            {s.name for s in self.config.services},
+            max_skew=self.config.deploys.max_clock_skew,
+        )
         self.journal.record_deploy(deploy, now)
         with self.lock:
             self.history.record(deploy)
