@@ -20,6 +20,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from rollbackd import __version__
 from rollbackd.durations import format_instant
@@ -196,6 +197,12 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: PLR0915 -- the routes read a
     @app.exception_handler(JournalError)
     async def journal_down(request: Request, exc: JournalError) -> JSONResponse:
         return _error(503, f"the journal cannot be written, nothing was accepted: {exc}")
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client hung up, or was dropped for sending too slowly (httpserver): no one
+        # reads this answer, and it is no error of the daemon's.
+        return Response(status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

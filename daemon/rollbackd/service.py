@@ -1035,6 +1035,7 @@ def serve(daemon: Daemon, config_path: Path) -> None:
     import uvicorn  # noqa: PLC0415 -- only the daemon needs the server
 
     from rollbackd.api import create_app  # noqa: PLC0415 -- api imports this module
+    from rollbackd.httpserver import server_options  # noqa: PLC0415 -- only the daemon serves
     from rollbackd.sdnotify import SystemdNotifier  # noqa: PLC0415
 
     systemd = SystemdNotifier()
@@ -1051,6 +1052,7 @@ def serve(daemon: Daemon, config_path: Path) -> None:
             access_log=False,
             log_level="warning",
             lifespan="off",
+            **server_options(daemon),
         )
     )
 
