@@ -20,6 +20,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from rollbackd import __version__
 from rollbackd.durations import format_instant
@@ -96,7 +97,19 @@ def _error(status: int, error: str, field: str | None = None, **extra: Any) -> J
         body["field"] = field
     body.update(extra)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(_encodable(body), status_code=status, headers=headers)
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with every text UTF-8 can hold: a lone surrogate a client sent, quoted in
+    an error, is shown as ``\\ud800`` (the JSON answer must be UTF-8, never a 500)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
+    return value
 
 
 class MigrationBody(BaseModel):
@@ -184,6 +197,12 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: PLR0915 -- the routes read a
     @app.exception_handler(JournalError)
     async def journal_down(request: Request, exc: JournalError) -> JSONResponse:
         return _error(503, f"the journal cannot be written, nothing was accepted: {exc}")
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client hung up, or was dropped for sending too slowly (httpserver): no one
+        # reads this answer, and it is no error of the daemon's.
+        return Response(status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

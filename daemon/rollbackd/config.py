@@ -71,6 +71,15 @@ class DaemonConfig(_Section):
     status_page_public: bool = False
     log_format: Literal["auto", "json", "console"] = "auto"
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000)
+    """Open HTTP connections at most (and never more than half the descriptor limit):
+    a new one beyond closes the one that has waited longest for a request."""
+    idle_timeout: Duration = timedelta(seconds=5)
+    """A connection with no request under way is closed after this."""
+    header_timeout: Duration = timedelta(seconds=10)
+    """A request's line and headers must arrive within this of its first byte (else 408)."""
+    body_timeout: Duration = timedelta(seconds=30)
+    """A request's body must arrive within this of its headers (else 408)."""
 
     @field_validator("listen")
     @classmethod
@@ -93,6 +102,13 @@ class DaemonConfig(_Section):
     def _positive(cls, value: timedelta) -> timedelta:
         if value < timedelta(seconds=1):
             raise ValueError("must be at least 1s")
+        return value
+
+    @field_validator("idle_timeout", "header_timeout", "body_timeout")
+    @classmethod
+    def _client_timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(hours=1):
+            raise ValueError("must be between 1s and 1h")
         return value
 
     @property
@@ -298,6 +314,16 @@ class DeploysConfig(_Section):
     version_label: str = Field(default="version", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
     attribution_window: Duration = timedelta(hours=2)
     known_good_after: Duration = timedelta(minutes=30)
+    max_clock_skew: Duration = timedelta(minutes=5)
+    """A deploy event dated more than this after rollbackd's clock is refused (422): CI's
+    clock may run a little fast, but a deploy from the future would stay the current one."""
+
+    @field_validator("max_clock_skew")
+    @classmethod
+    def _skew(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) <= value <= timedelta(days=1):
+            raise ValueError("must be between 0s and 1d")
+        return value
 
 
 class RecoveryConfig(_Section):

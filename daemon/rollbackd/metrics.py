@@ -48,6 +48,14 @@ class DaemonMetrics:
             ["outcome"],
             registry=r,
         )
+        self.connections_dropped = Counter(
+            "rollbackd_http_connections_dropped",
+            "HTTP connections the server closed to protect the daemon, by reason: "
+            "header_timeout, body_timeout, evicted (over max_connections, the longest "
+            "waiting one) or refused (over max_connections, none waiting).",
+            ["reason"],
+            registry=r,
+        )
         self.cycle_seconds = Histogram(
             "rollbackd_cycle_duration_seconds",
             "Wall time of one evaluation cycle.",

@@ -708,7 +708,12 @@ class Daemon:
     def accept_deploy(self, body: Mapping[str, Any]) -> Deploy:
         """Validate and journal a deploy event, then let it start its attribution window."""
         now = self.clock()
-        deploy = parse_event(body, now, {s.name for s in self.config.services})
+        deploy = parse_event(
+            body,
+            now,
+            {s.name for s in self.config.services},
+            max_skew=self.config.deploys.max_clock_skew,
+        )
         self.journal.record_deploy(deploy, now)
         with self.lock:
             self.history.record(deploy)
@@ -1091,6 +1096,7 @@ def serve(daemon: Daemon, config_path: Path) -> None:
     import uvicorn  # noqa: PLC0415 -- only the daemon needs the server
 
     from rollbackd.api import create_app  # noqa: PLC0415 -- api imports this module
+    from rollbackd.httpserver import server_options  # noqa: PLC0415 -- only the daemon serves
     from rollbackd.sdnotify import SystemdNotifier  # noqa: PLC0415
 
     systemd = SystemdNotifier()
@@ -1107,6 +1113,7 @@ def serve(daemon: Daemon, config_path: Path) -> None:
             access_log=False,
             log_level="warning",
             lifespan="off",
+            **server_options(daemon),
         )
     )
 

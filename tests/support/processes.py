@@ -105,6 +105,8 @@ class Supervised:
     probe_timeout = 1.0
     stop_timeout = 15.0
     new_session = False
+    preexec: Callable[[], object] | None = None
+    """Run in the child before it execs (e.g. lowering its resource limits)."""
 
     def __init__(
         self, cwd: Path, log_path: Path, *, port: int | None, start_timeout: float
@@ -156,6 +158,7 @@ class Supervised:
                 stderr=err,
                 env=self.env(),
                 start_new_session=self.new_session,
+                preexec_fn=self.preexec,  # noqa: PLW1509 -- a setrlimit, no lock taken
             )
         self._wait_ready()
         return self

@@ -123,3 +123,64 @@ def test_a_firing_alert_whose_ends_at_has_passed_is_no_finding() -> None:
     assert [f.rule for f in now] == ["alert:Ending", "alert:Open"]
     later, _ = alert_findings(alerts, ["web"], "rollbackd_trigger", NOW.replace(minute=6))
     assert [f.rule for f in later] == ["alert:Open"]
+
+
+def delivery_with(**alert: object) -> bytes:
+    body = json.loads(example("alertmanager-webhook-v4.json"))
+    body["alerts"][0].update(alert)
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+        (b'{"version": "4", "alerts": [], "x": ' + b"9" * 5000 + b"}", "5000 characters"),
+        (b'{"version": "4", "alerts": [], "x": 1e999}', "1e999 is out of range"),
+        (b'{"version": "4", "alerts": [], "x": NaN}', "NaN is not a JSON number"),
+        (b'{"version": "4", "alerts": [], "x": -Infinity}', "-Infinity is not a JSON number"),
+    ],
+)
+def test_json_python_chokes_on_is_one_problem_about_the_body(body: bytes, says: str) -> None:
+    """Nesting past the recursion limit, giant or infinite numbers, NaN: refused, no crash."""
+    with pytest.raises(InvalidInput) as caught:
+        parse_webhook(body)
+    [problem] = caught.value.problems
+    assert problem.location == ""
+    assert says in problem.message
+    assert "set_int_max_str_digits" not in problem.message
+
+
+@pytest.mark.parametrize(
+    ("body", "location"),
+    [
+        (delivery_with(labels={"alertname": "\ud800", "service": "web"}), "alerts[0].labels"),
+        (delivery_with(labels={"\udfff": "x", "service": "web"}), "alerts[0].labels"),
+        (delivery_with(annotations={"summary": "a\udc00b"}), "alerts[0].annotations"),
+        (json.dumps({"version": "4", "alerts": [], "groupKey": "\ud800"}).encode(), "groupKey"),
+        (
+            delivery_with(annotations={"s": "x"}).replace(b'"x"', b'"\xed\xa0\x80"'),
+            "alerts[0].annotations",
+        ),
+    ],
+)
+def test_text_with_a_lone_surrogate_is_refused_naming_the_field(body: bytes, location: str) -> None:
+    """A lone surrogate (escaped, or as UTF-8 bytes) is refused where it is, and shown escaped."""
+    with pytest.raises(InvalidInput) as caught:
+        parse_webhook(body)
+    assert [p.location for p in caught.value.problems] == [location]
+    message = caught.value.problems[0].message
+    assert "not valid Unicode" in message
+    message.encode("utf-8")  # the answer quoting it can be sent
+
+
+def test_text_with_escaped_surrogate_pairs_and_any_language_is_accepted() -> None:
+    """An emoji escaped as a surrogate pair, and non-ASCII text, are valid Unicode."""
+    body = delivery_with(
+        labels={"alertname": "Down", "service": "web", "team": "caf\u00e9"},
+        annotations={"summary": "\U0001f525 on fire"},
+    )
+    assert b"\\ud83d\\udd25" in body
+    [alert] = parse_webhook(body).alerts
+    assert alert.annotations["summary"] == "\U0001f525 on fire"
+    assert alert.labels["team"] == "caf\u00e9"

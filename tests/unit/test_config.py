@@ -253,6 +253,22 @@ def test_the_process_environment_is_read_only_by_load_config(tmp_path: Path) -> 
             "config.toml: deploys.version_metric: String should match pattern "
             "'^[a-zA-Z_:][a-zA-Z0-9_:]*$', got 'app build info'",
         ),
+        (
+            '[daemon]\nheader_timeout = "500ms"',
+            "config.toml: daemon.header_timeout: must be between 1s and 1h",
+        ),
+        (
+            '[daemon]\nbody_timeout = "2h"',
+            "config.toml: daemon.body_timeout: must be between 1s and 1h",
+        ),
+        (
+            "[daemon]\nmax_connections = 0",
+            "config.toml: daemon.max_connections: Input should be greater than or equal to 1",
+        ),
+        (
+            '[deploys]\nmax_clock_skew = "2d"',
+            "config.toml: deploys.max_clock_skew: must be between 0s and 1d",
+        ),
         ("[daemon", "config.toml: not valid TOML: Expected ']' at the end of a table declaration"),
     ],
 )

@@ -481,3 +481,17 @@ def test_an_event_naming_a_commit_is_never_joined_to_another_commit_still_at_hea
     current = history.current("web")
     assert current is not None and (current.version, current.ref) == ("v2", SHA_V2)
     assert [d.version for d in history.deploys("web")] == [SHA_V1[:12], "v2"]
+
+
+def test_a_deploy_event_from_the_future_is_refused_beyond_the_clock_skew() -> None:
+    """Up to max_skew ahead of the clock is CI's clock running fast; beyond is an error."""
+    body = {"service": "web", "version": "v2"}
+    fast = parse_event({**body, "time": "2026-05-01T12:04:59Z"}, T0, {"web"})
+    assert fast.time == T0 + timedelta(minutes=4, seconds=59)
+    with pytest.raises(InvalidInput) as caught:
+        parse_event({**body, "time": "2099-01-01T00:00:00Z"}, T0, {"web"})
+    [problem] = caught.value.problems
+    assert problem.location == "time"
+    assert "more than 5m after" in problem.message
+    with pytest.raises(InvalidInput):
+        parse_event({**body, "time": "2026-05-01T12:00:02Z"}, T0, {"web"}, max_skew=timedelta(0))

@@ -3,7 +3,13 @@
 The body is untrusted. It is parsed into plain values, each field checked,
 and anything wrong named by its path (``alerts[2].startsAt``). Fields this
 version does not know (``notification_reason``, ``routeLabels`` …) are
-ignored, so newer Alertmanagers keep working.
+ignored, so newer Alertmanagers keep working. What Python's JSON reader
+would choke on or silently accept is refused as a client mistake: nesting
+deeper than its recursion limit, numbers of more than
+:data:`MAX_NUMBER_CHARS` characters (Python refuses integers past 4,300
+digits), numbers out of a float's range, ``NaN`` and ``Infinity``, and text
+that is not valid Unicode (a lone surrogate such as ``"\\ud800"``, which the
+journal, being UTF-8, could never store). Alertmanager sends none of these.
 
 A firing alert becomes a finding for the service named by its ``service``
 label (``[alerts] service_label``), of the trigger class named by its
@@ -20,6 +26,7 @@ severity) is journaled and otherwise ignored.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -32,6 +39,8 @@ from rollbackd.matrix import assess_severity
 from rollbackd.model import Finding, FindingState, Severity, Trigger
 
 MAX_ALERTS = 1000
+MAX_NUMBER_CHARS = 100
+"""A JSON number longer than this is refused: none of the payload's fields is a number."""
 ALERT_RULE_PREFIX = "alert:"
 """An alert's finding is named ``alert:NAME``, like a rule, in decisions and the journal."""
 _FINGERPRINT = re.compile(r"^[0-9A-Za-z]{1,64}$")
@@ -64,10 +73,7 @@ def parse_webhook(body: bytes, service_label: str = "service") -> Delivery:
     """Parse a version-4 payload; InvalidInput names every field that is wrong."""
     problems = _Problems()
     bad = problems.add
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput([Problem("body", "", f"not JSON: {exc}")]) from None
+    data = _json_document(body)
     if not isinstance(data, dict):
         raise InvalidInput([Problem("body", "", "expected a JSON object (Alertmanager payload)")])
     version = data.get("version")
@@ -85,6 +91,8 @@ def parse_webhook(body: bytes, service_label: str = "service") -> Delivery:
             if alert is not None:
                 alerts.append(alert)
     group_key = data.get("groupKey")
+    if isinstance(group_key, str) and not _unicode(group_key):
+        bad("groupKey", f"not valid Unicode text: {_shown(group_key)}")
     status = data.get("status")
     if problems.found:
         raise InvalidInput(problems.found)
@@ -94,6 +102,52 @@ def parse_webhook(body: bytes, service_label: str = "service") -> Delivery:
         status=status if status in ("firing", "resolved") else None,
         alerts=alerts,
     )
+
+
+class _RefusedNumberError(ValueError):
+    """A JSON value the parser hooks refuse; the message says which and why."""
+
+
+def _number(text: str, kind: type[int] | type[float]) -> int | float:
+    if len(text) > MAX_NUMBER_CHARS:
+        shown = f"a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})"
+        raise _RefusedNumberError(shown)
+    value = kind(text)
+    if not math.isfinite(value):
+        raise _RefusedNumberError(f"the number {text} is out of range")
+    return value
+
+
+def _constant(text: str) -> Any:
+    raise _RefusedNumberError(f"{text} is not a JSON number")
+
+
+def _json_document(body: bytes) -> Any:
+    """The body as JSON; InvalidInput for anything Python's JSON reader would fail on."""
+    try:
+        return json.loads(
+            body,
+            parse_int=lambda text: _number(text, int),
+            parse_float=lambda text: _number(text, float),
+            parse_constant=_constant,
+        )
+    except _RefusedNumberError as exc:
+        raise InvalidInput([Problem("body", "", f"not JSON rollbackd accepts: {exc}")]) from None
+    except RecursionError:
+        message = "not JSON rollbackd accepts: arrays or objects nested too deeply"
+        raise InvalidInput([Problem("body", "", message)]) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise InvalidInput([Problem("body", "", f"not JSON: {exc}")]) from None
+
+
+def _unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: JSON escapes and Python's reader let lone
+    surrogates through (``"\\ud800"``, or their UTF-8 bytes); UTF-8 cannot hold them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Problems:
@@ -151,6 +205,10 @@ def _strings(
     if sum(len(k) + len(v) for k, v in raw.items()) > 64 * 1024:
         bad(where, "larger than 64 KiB")
         return {}
+    for key, value in raw.items():
+        if not _unicode(key) or not _unicode(value):
+            bad(where, f"{_shown(key)}: not valid Unicode text: {_shown(value)}")
+            return {}
     return dict(raw)
 
 

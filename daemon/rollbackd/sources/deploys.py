@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import git
 
 from rollbackd.deploys import Deploy, DeployHistory, MigrationFact
+from rollbackd.durations import format_duration, format_instant
 from rollbackd.errors import InvalidInput, Problem
 
 _REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
 """Versions and refs: no leading '-' (never read as an option), no spaces, '..', or '@{'."""
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+"""How far ahead of rollbackd's clock an event's time may be, by default
+(``[deploys] max_clock_skew``): CI's clock may run a little fast, but a deploy from the
+future would stay the "current" one however many deploys follow it."""
 
 
 def valid_ref(value: str) -> bool:
@@ -50,9 +55,14 @@ class DeployEvents:
 
 
 def parse_event(
-    body: Mapping[str, Any], now: datetime, services: set[str], source: str = "request"
+    body: Mapping[str, Any],
+    now: datetime,
+    services: set[str],
+    source: str = "request",
+    max_skew: timedelta = MAX_CLOCK_SKEW,
 ) -> Deploy:
-    """A deploy event's fields, checked: ``service`` and ``version`` required."""
+    """A deploy event's fields, checked: ``service`` and ``version`` required, and a
+    ``time`` no more than ``max_skew`` ahead of ``now``."""
     problems: list[Problem] = []
 
     def bad(where: str, message: str) -> None:
@@ -85,6 +95,14 @@ def parse_event(
             moment = moment.astimezone(UTC)
         except (ValueError, OverflowError):
             bad("time", "an RFC 3339 time with a zone, e.g. 2026-01-01T12:00:00Z")
+        else:
+            if moment - now > max_skew:
+                bad(
+                    "time",
+                    f"{raw_time[:40]!r} is more than {format_duration(max_skew)} after "
+                    f"rollbackd's clock ({format_instant(now)}): a deploy cannot be in the "
+                    "future (is CI's clock wrong?)",
+                )
     migrations = _migrations(body.get("migrations"), bad)
     if problems:
         raise InvalidInput(problems)
