@@ -20,6 +20,7 @@ from rollbackd.journal import (
     Delivery,
     IncidentState,
     JournalError,
+    JournalUnavailable,
     NewIncident,
     Outcome,
     SqliteJournal,
@@ -175,6 +176,164 @@ def test_an_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(JournalError, match="cannot open the journal"):
         SqliteJournal(blocker / "journal.sqlite3")
+
+
+def approval_decision() -> Decision:
+    """A high finding that asks senior_admin, with a deadline an hour out."""
+    return Decision(
+        service="web",
+        time=T0,
+        severity=Severity.HIGH,
+        action=Action.REQUEST_APPROVAL,
+        proposed=Action.REQUEST_APPROVAL,
+        rules=("error-rate",),
+        reason="rule error-rate firing: 0.2 > 0.05",
+        approver="senior_admin",
+        deadline=T0 + timedelta(hours=1),
+        target="v1",
+    )
+
+
+def awaiting_approval() -> NewIncident:
+    return NewIncident(
+        service="web",
+        opened_at=T0,
+        severity="high",
+        action="request_approval",
+        origin="automatic",
+        reason="rule error-rate firing",
+        target="v1",
+        current_version="v2",
+        state=IncidentState.AWAITING_APPROVAL,
+        decision=approval_decision(),
+        evidence={"snapshot": {"findings": [{"rule": "error-rate"}]}},
+    )
+
+
+def rows(path: Path, table: str) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608 -- the test's own table names
+
+
+def test_an_incident_opens_with_its_decision_and_evidence_or_not_at_all(tmp_path: Path) -> None:
+    """Opening fails in the middle (its evidence refused): no incident, no decision is left."""
+    journal = SqliteJournal(journal_path(tmp_path))
+    with sqlite3.connect(journal.path) as db:
+        db.execute(
+            "CREATE TRIGGER refuse_evidence BEFORE INSERT ON evidence"
+            " BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+        )
+    with pytest.raises(JournalError, match="refused by test"):
+        journal.open_incident(awaiting_approval())
+    assert journal.incidents() == []
+    assert rows(journal.path, "decisions") == 0
+
+    with sqlite3.connect(journal.path) as db:
+        db.execute("DROP TRIGGER refuse_evidence")
+    number = journal.open_incident(awaiting_approval())
+    record = journal.incident(number)
+    assert record is not None and record.state is IncidentState.AWAITING_APPROVAL
+    [decision] = record.decisions
+    assert (decision.actor, decision.approver) == ("rollbackd", "senior_admin")
+    assert decision.deadline == T0 + timedelta(hours=1)
+    assert [(e.kind, e.time) for e in record.evidence] == [("snapshot", T0)]
+
+
+def test_a_journal_file_removed_under_it_is_not_written_and_is_put_back(tmp_path: Path) -> None:
+    """Removed while open: writes are refused (they would be lost), and what was journaled is
+    copied back to the path, where the next start finds all of it."""
+    path = journal_path(tmp_path)
+    journal = SqliteJournal(path)
+    number = incident(journal)
+    assert journal.record_delivery(T0, delivery(alert("before")), "before") == (1, 0)
+    path.unlink()
+
+    with pytest.raises(JournalUnavailable, match="was removed while rollbackd had it open"):
+        journal.record_delivery(T0, delivery(alert("after")), "after")
+    with pytest.raises(JournalUnavailable, match="was removed"):
+        journal.add_evidence(number, T0, "note", "after the removal")
+    problem = journal.problem()
+    assert problem is not None
+    assert (
+        f"was removed while rollbackd had it open; everything journaled was copied back to {path}"
+        in problem
+    )
+    journal.close()
+
+    again = SqliteJournal(path)
+    assert again.problem() is None
+    record = again.incident(number)
+    assert record is not None and [e.kind for e in record.evidence] == []
+    assert {a.fingerprint for a in again.firing_alerts(T0)} == {"before"}
+    assert again.record_delivery(T0, delivery(alert("later")), "later") == (1, 0)
+
+
+def test_a_journal_file_replaced_under_it_is_left_alone_and_ours_is_kept_beside(
+    tmp_path: Path,
+) -> None:
+    """Replaced while open: nothing is written to either file, a copy of ours is kept beside
+    the new one; once ours is back at the path, writes go on."""
+    path = journal_path(tmp_path)
+    journal = SqliteJournal(path)
+    number = incident(journal)
+    other = journal_path(tmp_path / "other")
+    SqliteJournal(other).close()
+    aside = tmp_path / "moved-away.sqlite3"
+    path.rename(aside)
+    other.rename(path)  # another, empty journal in its place
+
+    with pytest.raises(JournalUnavailable, match="was replaced while rollbackd had it open"):
+        journal.add_evidence(number, T0, "note", "refused")
+    problem = journal.problem()
+    assert problem is not None
+    [kept] = tmp_path.glob("journal.sqlite3.kept-*")
+    assert f"everything journaled was copied to {kept}" in problem
+    assert rows(kept, "incidents") == 1
+
+    path.rename(other)
+    aside.rename(path)
+    assert journal.problem() is None
+    journal.add_evidence(number, T0, "note", "written once ours is back")
+    record = journal.incident(number)
+    assert record is not None
+    assert [e.body for e in record.evidence] == ["written once ours is back"]
+    assert rows(other, "incidents") == 0  # the other file was never written
+
+
+def test_a_full_journal_refuses_writes_and_says_so_until_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLITE_FULL: the write fails as unavailable, problem() names it while it lasts, and its
+    test writes, once there is room, clear it and leave nothing behind."""
+    monkeypatch.setattr("rollbackd.journal.PROBE_PAUSE", 0.0)
+    journal = SqliteJournal(journal_path(tmp_path))
+    number = incident(journal)
+    pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
+    journal._db.execute(f"PRAGMA max_page_count = {pages}")  # as full as a disk can be
+    with pytest.raises(JournalUnavailable, match="database or disk is full"):
+        journal.add_evidence(number, T0, "output", "x" * 20_000)
+    future = journal.submit_delivery(T0, delivery(alert("big", service="x" * 20_000)), "full")
+    with pytest.raises(JournalUnavailable, match="database or disk is full"):
+        future.result()
+    problem = journal.problem()
+    assert problem is not None and "cannot be written: database or disk is full" in problem
+
+    journal._db.execute(f"PRAGMA max_page_count = {pages * 100}")
+    assert journal.problem() is None
+    assert rows(journal.path, "deliveries") == 0  # the test writes left nothing
+    journal.add_evidence(number, T0, "output", "x" * 20_000)
+
+
+def test_a_write_refused_for_what_it_is_does_not_make_the_journal_unavailable(
+    tmp_path: Path,
+) -> None:
+    """A decision for an incident that does not exist is a JournalError of its own; the
+    journal is still writable and says so."""
+    journal = SqliteJournal(journal_path(tmp_path))
+    with pytest.raises(JournalError) as refused:
+        journal.add_decision(404, approval_decision(), "rollbackd")
+    assert not isinstance(refused.value, JournalUnavailable)
+    assert journal.problem() is None
 
 
 # -- webhook deliveries: group commit ---------------------------------------------------------

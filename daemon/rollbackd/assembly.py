@@ -170,5 +170,6 @@ def build_checklist(
         on_step=on_step,
         on_deploy=on_deploy,
         should_stop=should_stop,
+        pause=sleep,
     )
     return Checklist(config, parts)

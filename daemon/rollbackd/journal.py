@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
@@ -330,7 +332,13 @@ class Delivery:
 
 @dataclass(frozen=True)
 class NewIncident:
-    """What opening an incident records."""
+    """What opening an incident records, all of it in one transaction.
+
+    An incident that waits for a person (awaiting approval, escalated) is only
+    complete with its decision: who may decide (``decision.approver``) and by
+    when (``decision.deadline``, the one place the approval deadline is kept).
+    Written apart, a crash in between left an incident with neither.
+    """
 
     service: str
     opened_at: datetime
@@ -342,6 +350,12 @@ class NewIncident:
     current_version: str | None = None
     state: IncidentState = IncidentState.OPEN
     facts: Mapping[str, Any] = field(default_factory=dict)
+    decision: Decision | None = None
+    """The decision that opened it, if any (a rollback by hand with none has none)."""
+    decided_by: str = "rollbackd"
+    """Who made ``decision``: rollbackd, or the person who asked for the rollback."""
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    """Evidence kept from the start, by kind (``snapshot``...), dated ``opened_at``."""
 
 
 class Journal(Protocol):
@@ -441,6 +455,15 @@ class JournalError(Exception):
     """The journal cannot be opened or written (disk, permissions, a newer schema)."""
 
 
+class JournalUnavailable(JournalError):  # noqa: N818 -- names the condition, as Refused does
+    """The journal cannot be written now, and nothing was: the disk is full, the file is
+    read-only, or it was removed or replaced under the running process.
+
+    Unlike a bad request, this may pass: the same write can be tried again later
+    (:meth:`SqliteJournal.problem` says whether it is worth it yet).
+    """
+
+
 CHECKPOINT_PAUSE = 0.2
 """Seconds between two checkpoints while writes go on."""
 AUTOCHECKPOINT_PAGES = 10_000
@@ -449,6 +472,22 @@ BATCH_DELIVERIES = 128
 """At most this many webhook deliveries are written in one transaction."""
 BATCH_ALERTS = 5000
 """A batch stops growing once it holds this many alerts (one delivery may carry 1,000)."""
+PROBE_PAUSE = 1.0
+"""While the last write failed, :meth:`SqliteJournal.problem` tries a test write at most
+this often (seconds)."""
+PROBE_BYTES = 4096
+"""What a test write writes, and deletes in the same transaction: a page, so that it
+needs room in the file and in the write-ahead log as a real write does."""
+SALVAGE_PAUSE = 10.0
+"""Seconds between two attempts at copying a journal that was removed or replaced."""
+_NOT_THE_DISK = (
+    sqlite3.IntegrityError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+)
+"""SQLite errors that are about the write itself (a bad reference, a closed connection),
+not about whether the journal can be written: trying again would fail the same way."""
 
 
 @dataclass(frozen=True)
@@ -480,6 +519,17 @@ class SqliteJournal:
         """Held by every write: one transaction at a time on ``_db``."""
         self._wrote, self._stopping = threading.Event(), threading.Event()
         self._checkpointer: threading.Thread | None = None
+        self._where = path.absolute()
+        self._identity: _Identity | None = None
+        """(device, inode) of the file opened, and of its write-ahead log (None: not checked)."""
+        self._displaced: str | None = None
+        """Why the path no longer names the file opened (None: it does)."""
+        self._salvage: str | None = None
+        """Where what was journaled was copied once displaced, or why it could not be."""
+        self._salvage_tried = -math.inf
+        self._failure: str | None = None
+        """Why the last write failed (disk full, read-only); None once one succeeds."""
+        self._probed = -math.inf
         in_memory = str(path) == ":memory:"  # then each connection has its own database
         self._checkpoints_apart = not in_memory
         """Whether a thread of its own checkpoints the WAL (none in memory)."""
@@ -498,6 +548,8 @@ class SqliteJournal:
                 self._db.close()
                 raise JournalError(f"cannot open the journal {path}: {exc}") from None
             self._read_lock = threading.RLock()
+            # The migration, or setting WAL mode on an existing file, created the log.
+            self._identity = _Identity.of(self._where)
         self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
@@ -516,6 +568,12 @@ class SqliteJournal:
         self._wrote.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
+        if self._displaced is not None:
+            # SQLite's last close deletes the write-ahead log and its index *by name*:
+            # at the path, they may now be another file's. The process's exit closes
+            # these connections without touching any file.
+            log.warning("the journal's connections are left open", reason=self._displaced)
+            return
         with self._read_lock:
             self._reader.close()
         with self._lock:
@@ -583,19 +641,174 @@ class SqliteJournal:
 
     @contextmanager
     def _tx(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
-        """One transaction: written durably on exit, or not at all; errors as JournalError."""
+        """One transaction: written durably on exit, or not at all; errors as JournalError.
+
+        Never into a file that is no longer at the journal's path (JournalUnavailable,
+        before and after: a commit into a removed file is not one to acknowledge).
+        """
         with self._lock:
+            self._refuse_if_displaced()
             try:
                 self._db.execute(f"BEGIN {mode}")
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                    with suppress(sqlite3.Error):  # the error to report is the first one
+                        self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise JournalError(f"the journal {self.path}: {exc}") from exc
+                    raise self._write_failed(exc) from exc
                 raise
+            self._refuse_if_displaced()
+            self._failure = None
             self._committed()
+
+    # -- whether the journal can be written -------------------------------------------
+
+    def problem(self) -> str | None:
+        """Why the journal cannot be written now; None when it can, as far as is known.
+
+        Two causes. The path no longer names the file opened (removed or replaced
+        under the running process): nothing is written until it does again, since
+        what is written to a removed file is lost. Or the last write failed (disk
+        full, read-only): then a test write is tried here, at most once per
+        :data:`PROBE_PAUSE`, so that the answer turns when room is made even if
+        nothing else writes.
+        """
+        displaced = self._check_place()
+        if displaced is not None:
+            return displaced
+        if self._failure is not None and time.monotonic() - self._probed >= PROBE_PAUSE:
+            self._probe()
+        return self._failure
+
+    def _write_failed(self, exc: sqlite3.Error) -> JournalError:
+        """The error a failed write raises; one about the disk or file is remembered."""
+        if isinstance(exc, _NOT_THE_DISK):
+            return JournalError(f"the journal {self.path}: {exc}")
+        failure = f"the journal {self.path} cannot be written: {exc}"
+        if self._failure is None:
+            log.error("the journal cannot be written", path=str(self.path), error=str(exc))
+        self._failure = failure
+        return JournalUnavailable(failure)
+
+    def _probe(self) -> None:
+        """A write that leaves nothing behind, to learn whether writes work again."""
+        if not self._lock.acquire(timeout=0.2):
+            return  # a write is under way: its outcome will say
+        try:
+            self._probed = time.monotonic()
+            with self._tx() as db:
+                cursor = db.execute(
+                    "INSERT INTO deliveries (received_at, source, alerts, duplicates, body)"
+                    " VALUES (?, 'rollbackd: test write', 0, 0, ?)",
+                    (_text(datetime.now(UTC)), "x" * PROBE_BYTES),
+                )
+                db.execute("DELETE FROM deliveries WHERE id = ?", (cursor.lastrowid,))
+            log.info("the journal can be written again", path=str(self.path))
+        except JournalError:
+            pass  # still failing: _failure says why
+        finally:
+            self._lock.release()
+
+    def _refuse_if_displaced(self) -> None:
+        displaced = self._check_place()
+        if displaced is not None:
+            raise JournalUnavailable(displaced)
+
+    def _check_place(self) -> str | None:
+        """Why the path no longer names the file opened (and what was kept), or None."""
+        if self._identity is None:
+            return None
+        try:
+            now = _Identity.of(self._where)
+        except OSError as exc:
+            return f"the journal {self.path} cannot be checked: {exc}"
+        if self._identity.holds(now):
+            if self._displaced is not None:
+                log.warning("the journal file is back at its path", path=str(self.path))
+                self._displaced, self._salvage = None, None
+            return None
+        if self._displaced is None:
+            self._displaced = self._identity.change(now, self.path)
+            log.error(
+                "the journal was removed or replaced under rollbackd: nothing more is written",
+                path=str(self.path),
+                reason=self._displaced,
+            )
+        kept = self._salvage is not None and not self._salvage.startswith("no copy")
+        due = time.monotonic() - self._salvage_tried >= SALVAGE_PAUSE
+        if not kept and due and self._lock.acquire(timeout=0.2):
+            try:
+                self._salvage_tried = time.monotonic()
+                self._salvage = self._keep_copy(now)
+            finally:
+                self._lock.release()
+        return f"{self._displaced}; {self._salvage or 'no copy kept yet'}"
+
+    def _keep_copy(self, now: _Identity) -> str:
+        """Copy everything journaled where a person, or a restart, will find it; what was done.
+
+        First the write-ahead log is emptied into the file opened, so that a log
+        left at the path is never replayed onto another file. If the file was
+        removed, the copy goes back to the path (a restart finds everything); if
+        it was replaced, beside it (the new file is left alone for a person to
+        judge). If only the log went, the file at the path already has it all.
+        """
+        try:
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                raise sqlite3.OperationalError(
+                    "its write-ahead log is in use, it cannot be emptied"
+                )
+            if self._identity is not None and now.main == self._identity.main:
+                return f"everything journaled is in {self.path}: restart rollbackd to go on"
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+            if now.main is None:
+                restoring = self._where.with_name(f"{self._where.name}.restoring-{stamp}")
+                self._copy_to(restoring)
+                try:
+                    os.link(restoring, self._where)  # only if nothing took the path meanwhile
+                except FileExistsError:
+                    pass
+                else:
+                    restoring.unlink()
+                    _sync_directory(self._where.parent)
+                    return (
+                        f"everything journaled was copied back to {self.path}: "
+                        "restart rollbackd to go on"
+                    )
+                kept = restoring.with_name(f"{self._where.name}.kept-{stamp}")
+                restoring.rename(kept)
+            else:
+                kept = self._where.with_name(f"{self._where.name}.kept-{stamp}")
+                self._copy_to(kept)
+            _sync_directory(self._where.parent)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("no copy of the journal could be kept", path=str(self.path), error=str(exc))
+            return (
+                f"no copy could be kept ({exc}): what was journaled is only in this process; "
+                "make room and do not restart it until a copy is kept"
+            )
+        log.error("a copy of the journal was kept", path=str(self.path), copy=str(kept))
+        return (
+            f"everything journaled was copied to {kept}: put it back in place, "
+            "or restart rollbackd to use the new file"
+        )
+
+    def _copy_to(self, destination: Path) -> None:
+        """A consistent copy of the whole journal, as this process sees it, in a new file."""
+        if destination.exists():
+            raise FileExistsError(f"{destination} exists")
+        target = sqlite3.connect(str(destination), isolation_level=None)
+        try:
+            self._db.backup(target)
+            target.execute("PRAGMA journal_mode=WAL")
+        except BaseException:
+            target.close()
+            destination.unlink(missing_ok=True)  # a partial copy only takes room
+            raise
+        target.close()
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -611,6 +824,7 @@ class SqliteJournal:
                 db.execute(f"PRAGMA user_version = {step + 1}")
 
     def open_incident(self, new: NewIncident) -> int:
+        """Journal a new incident with its decision and first evidence, all or nothing."""
         with self._tx() as db:
             cursor = db.execute(
                 "INSERT INTO incidents (service, opened_at, state, severity, action, origin,"
@@ -633,6 +847,10 @@ class SqliteJournal:
             number = int(cursor.lastrowid or 0)
             if new.state.finished:
                 db.execute("UPDATE incidents SET closed_at = opened_at WHERE id = ?", (number,))
+            if new.decision is not None:
+                _insert_decision(db, number, new.decision, new.decided_by)
+            for kind, body in new.evidence.items():
+                _insert_evidence(db, number, new.opened_at, kind, body)
             return number
 
     def set_state(
@@ -662,33 +880,11 @@ class SqliteJournal:
 
     def add_decision(self, incident: int, decision: Decision, actor: str) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO decisions (incident_id, time, actor, action, proposed, severity,"
-                " rules, reason, approver, deadline, guards, value, target)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    incident,
-                    _text(decision.time),
-                    actor,
-                    decision.action.value,
-                    decision.proposed.value,
-                    decision.severity.value,
-                    json.dumps(list(decision.rules)),
-                    decision.reason,
-                    decision.approver,
-                    _text(decision.deadline),
-                    json.dumps(list(decision.guards)),
-                    decision.value,
-                    decision.target,
-                ),
-            )
+            _insert_decision(db, incident, decision, actor)
 
     def add_evidence(self, incident: int, at: datetime, kind: str, body: Any) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO evidence (incident_id, time, kind, body) VALUES (?,?,?,?)",
-                (incident, _text(at), kind, _json(body)),
-            )
+            _insert_evidence(db, incident, at, kind, body)
 
     def add_samples(self, incident: int, rows: Sequence[tuple[datetime, str, float]]) -> None:
         with self._tx() as db:
@@ -900,6 +1096,7 @@ class SqliteJournal:
         with self._lock:
             db = self._db
             try:
+                self._refuse_if_displaced()
                 db.execute("BEGIN IMMEDIATE")
                 for item in batch:
                     db.execute("SAVEPOINT delivery")
@@ -915,21 +1112,38 @@ class SqliteJournal:
                             alerts=len(item.delivery.alerts),
                         )
                         outcomes.append(
-                            JournalError(
+                            self._write_failed(exc)
+                            if isinstance(exc, sqlite3.Error) and not isinstance(exc, _NOT_THE_DISK)
+                            else JournalError(
                                 f"the journal {self.path} could not record this delivery: "
                                 f"{type(exc).__name__}: {exc}"
                             )
                         )
                     db.execute("RELEASE delivery")
                 db.execute("COMMIT")
+                self._refuse_if_displaced()  # committed into a removed file: not acknowledged
+            except JournalUnavailable as exc:
+                log.warning(
+                    "webhook deliveries refused: the journal cannot be written",
+                    deliveries=len(batch),
+                    reason=str(exc),
+                )
+                outcomes = [exc] * len(batch)
             except Exception as exc:
                 log.exception(
                     "the journal could not write a batch of webhook deliveries",
                     deliveries=len(batch),
                     error=f"{type(exc).__name__}: {exc}",
                 )
-                outcomes = [JournalError(f"the journal {self.path}: {exc}")] * len(batch)
+                failed = (
+                    self._write_failed(exc)
+                    if isinstance(exc, sqlite3.Error)
+                    else JournalError(f"the journal {self.path}: {exc}")
+                )
+                outcomes = [failed] * len(batch)
             else:
+                if not any(isinstance(o, JournalUnavailable) for o in outcomes):
+                    self._failure = None
                 self._committed()
             finally:
                 if db.in_transaction:  # not committed: none of the batch is in the journal
@@ -1103,6 +1317,38 @@ class SqliteJournal:
         return [_required_time(r[0]) for r in rows]
 
 
+def _insert_decision(db: sqlite3.Connection, incident: int, decision: Decision, actor: str) -> None:
+    db.execute(
+        "INSERT INTO decisions (incident_id, time, actor, action, proposed, severity,"
+        " rules, reason, approver, deadline, guards, value, target)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            incident,
+            _text(decision.time),
+            actor,
+            decision.action.value,
+            decision.proposed.value,
+            decision.severity.value,
+            json.dumps(list(decision.rules)),
+            decision.reason,
+            decision.approver,
+            _text(decision.deadline),
+            json.dumps(list(decision.guards)),
+            decision.value,
+            decision.target,
+        ),
+    )
+
+
+def _insert_evidence(
+    db: sqlite3.Connection, incident: int, at: datetime, kind: str, body: Any
+) -> None:
+    db.execute(
+        "INSERT INTO evidence (incident_id, time, kind, body) VALUES (?,?,?,?)",
+        (incident, _text(at), kind, _json(body)),
+    )
+
+
 _FIRING = (
     "SELECT fingerprint, starts_at, status, ends_at, service, name, labels, annotations"
     " FROM alerts WHERE status = 'firing' AND (ends_at IS NULL OR ends_at > ?)"
@@ -1143,6 +1389,47 @@ def _incident(row: Sequence[Any]) -> IncidentRecord:
         facts=json.loads(row[12]),
         updated_at=_time(row[13]) or _required_time(row[2]),
     )
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """(device, inode) of the journal file and of its write-ahead log; None: absent."""
+
+    main: tuple[int, int] | None
+    wal: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, path: Path) -> _Identity:
+        return cls(_inode(path), _inode(path.with_name(path.name + "-wal")))
+
+    def holds(self, now: _Identity) -> bool:
+        """Whether the files at the path are still these (a log absent at first is not checked)."""
+        return now.main == self.main and (self.wal is None or now.wal == self.wal)
+
+    def change(self, now: _Identity, path: Path) -> str:
+        """What happened to the files at ``path`` since this identity was taken."""
+        if now.main != self.main:
+            what, gone = f"the journal file {path}", now.main is None
+        else:
+            what, gone = f"the journal's write-ahead log {path}-wal", now.wal is None
+        return f"{what} was {'removed' if gone else 'replaced'} while rollbackd had it open"
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a new name in ``directory`` durable."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def journal_path(state_dir: Path) -> Path:

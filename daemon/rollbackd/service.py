@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rollbackd.actions.checklist import Checklist, Refused, RollbackRequest
+from rollbackd.actions.checklist import Checklist, Refused, RollbackRequest, failpoint
 from rollbackd.assembly import build_checklist, now_utc
 from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory
@@ -35,6 +35,7 @@ from rollbackd.journal import (
     AlertRecord,
     IncidentRecord,
     IncidentState,
+    JournalError,
     NewIncident,
     Outcome,
     SqliteJournal,
@@ -467,14 +468,8 @@ class Daemon:
                 self.metrics.actions.labels(decision.action.value, "refused").inc()
                 self._tell(refused, decision, asks=False, why=f"not rolled back: {exc}")
                 return
+            failpoint(f"opened:{state.value}")
             self.engine.attach(decision.service, incident)
-            if decision.deadline is not None:
-                self.journal.add_evidence(
-                    incident,
-                    decision.time,
-                    "approval",
-                    {"deadline": decision.deadline, "approver": decision.approver},
-                )
             self.metrics.actions.labels(decision.action.value, "started").inc()
             self.on_event("incident", {"incident": incident, "state": state.value})
             if state is IncidentState.ROLLING_BACK:
@@ -511,9 +506,9 @@ class Daemon:
                 target=decision.target,
                 current_version=current.version if current else None,
                 state=state,
+                decision=decision,
             )
         )
-        self.journal.add_decision(incident, decision, "rollbackd")
         self.engine.attach(decision.service, incident)
         self.engine.settle(decision.service, incident, decision.time)
         return incident
@@ -646,6 +641,11 @@ class Daemon:
 
     @staticmethod
     def _deadline(record: IncidentRecord) -> datetime | None:
+        """When an incident awaiting approval rolls back without a veto: its decision's
+        deadline (an "approval" evidence in journals written before it was the one place)."""
+        for decision in reversed(record.decisions):
+            if decision.deadline is not None:
+                return decision.deadline
         for evidence in reversed(record.evidence):
             if evidence.kind == "approval" and isinstance(evidence.body, dict):
                 raw = evidence.body.get("deadline")
@@ -664,6 +664,7 @@ class Daemon:
             record = self.checklist.run(incident)
         except Exception as exc:  # a worker must report, not die silently
             log.exception("rollback failed", incident=incident, error=str(exc))
+            self._tell_stopped(incident, f"{type(exc).__name__}: {exc}")
             return
         with self.lock:
             if record.state is IncidentState.RECOVERED or record.state in WAITING:
@@ -680,6 +681,26 @@ class Daemon:
         log.info("rollback finished", incident=incident, state=outcome, summary=record.summary)
         self.on_event(
             "finished", {"incident": incident, "state": outcome, "summary": record.summary}
+        )
+
+    def _tell_stopped(self, incident: int, why: str) -> None:
+        """A rollback's worker ended on an error: whatever its journaled state, a person
+        must look (it resumes at the next start)."""
+        try:
+            record = self.journal.incident(incident)
+        except JournalError:
+            record = None
+        service = record.service if record else "rollbackd"
+        self.notifier.notify(
+            Message(
+                incident=incident,
+                service=service,
+                severity=record.severity if record else "unknown",
+                title=f"{service}: rollback stopped on an error, a person must check",
+                text=f"The rollback of incident {incident} stopped: {why}. It stays "
+                f"{record.state.value if record else 'as journaled'} until rollbackd restarts "
+                "and resumes it.",
+            )
         )
 
     # -- what people and other systems do through the API ------------------------------
@@ -774,10 +795,6 @@ class Daemon:
                 raise Conflict(f'{exc}; name a version or ref in "to"') from None
             except AlreadyThere as exc:
                 raise InvalidInput([Problem("body", "to", str(exc))]) from None
-            try:
-                incident = self.checklist.open(request)
-            except Refused as exc:
-                raise Conflict(str(exc)) from None
             decision = Decision(
                 service=service,
                 time=self.clock(),
@@ -788,7 +805,12 @@ class Daemon:
                 reason=f"rollback asked for by {caller.name}: {why}",
                 target=request.target,
             )
-            self.journal.add_decision(incident, decision, caller.name)
+            try:
+                incident = self.checklist.open(
+                    replace(request, decision=decision, decided_by=caller.name)
+                )
+            except Refused as exc:
+                raise Conflict(str(exc)) from None
         log.info(
             "manual rollback",
             incident=incident,
@@ -978,20 +1000,24 @@ class Daemon:
         )
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready: not stopping, and the evaluation loop completes cycles (a stuck loop is
-        not ready, with the reason: a slow source must never look like a working daemon)."""
+        """Ready: not stopping, the journal can be written, and the evaluation loop
+        completes cycles. An unwritable journal acknowledges nothing and holds rollbacks
+        (``journal_error`` says why); a stuck loop is not ready (``loop`` says why): a slow
+        source must never look like a working daemon."""
         report = self.last_report
         sources: dict[str, str] = {}
         if report is not None:
             for name, error in report.source_errors.items():
                 sources[name] = error
         stuck = self._stuck()
-        ready = not self.stopping.is_set() and stuck is None
+        journal_error = self.journal.problem()
+        ready = not self.stopping.is_set() and stuck is None and journal_error is None
         return ready, {
             "ready": ready,
             "loop": stuck or "cycles complete",
             "config": str(self.loaded.config_path),
             "journal": str(self.journal.path),
+            "journal_error": journal_error,
             "last_cycle": format_instant(report.time) if report else None,
             "cycle_error": self.last_cycle_error,
             "degraded": sources,

@@ -18,17 +18,24 @@ Once ``execute`` has succeeded, the target runs: that is a deploy of it,
 journaled once (whichever process ran the checklist, and however often it
 was resumed) and told to ``Parts.on_deploy``, so that the daemon, at once or
 at its next start, shows the target as current.
+
+A journal that cannot be written (disk full, its file removed) never ends a
+rollback, nor lets it run on unjournaled: the write waits, with a bounded
+backoff, until the journal takes it; a person is told the rollback is stuck,
+and told again when it goes on. A step's outcome is kept meanwhile, so a
+step that ran is never run again for want of its record.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rollbackd.actions import (
     Executor,
@@ -47,10 +54,12 @@ from rollbackd.journal import (
     IncidentRecord,
     IncidentState,
     Journal,
+    JournalUnavailable,
     NewIncident,
     Outcome,
     StepRecord,
 )
+from rollbackd.logs import get_logger
 from rollbackd.model import Action, Decision, Severity
 from rollbackd.notify import Message, Notifier
 from rollbackd.sources.alerts import ALERT_RULE_PREFIX
@@ -66,10 +75,17 @@ EXECUTE = "execute"
 RECOVERY = "recovery"
 HISTORY_BEFORE = timedelta(minutes=15)
 """How far before the deploy the document step keeps the rules' values, for the report."""
+JOURNAL_RETRY_FIRST = 1.0
+"""Seconds before a write the journal refused is tried again; each wait doubles..."""
+JOURNAL_RETRY_CAP = 30.0
+"""...up to this: a journal that comes back is found within half a minute."""
 FAILPOINT_ENV = "ROLLBACKD_FAILPOINT"
 """Crash testing: ``before:STEP``, ``started:STEP`` (journaled, not yet run), ``worked:STEP``
 (run, outcome not yet journaled), ``finished:STEP`` (outcome journaled, not yet acted on) or
 ``after:STEP`` makes the process SIGKILL itself there."""
+
+log = get_logger("rollbackd.checklist")
+_T = TypeVar("_T")
 
 
 class Refused(Exception):  # noqa: N818 -- names the outcome for the caller
@@ -92,6 +108,8 @@ class RollbackRequest:
     migrations: Sequence[MigrationFact] = ()
     deployed_at: datetime | None = None
     target_version: str | None = None
+    decided_by: str = "rollbackd"
+    """Who made ``decision``: rollbackd, or the person who asked for the rollback."""
 
 
 Observer = Callable[[datetime], Check]
@@ -120,6 +138,8 @@ class Parts:
     on_deploy: Callable[[Deploy], None] = field(default=lambda _: None)
     """Told the deploy of the target once execute succeeded (it is journaled already)."""
     should_stop: Callable[[], bool] = field(default=lambda: False)
+    pause: Callable[[float], object] = time.sleep
+    """Waits that many seconds, or less once the daemon is stopping (``should_stop``)."""
 
 
 def failpoint(where: str) -> None:
@@ -142,7 +162,9 @@ class Checklist:
         """Journal a new rollback incident; refuse if one is already under way.
 
         ``state`` is ROLLING_BACK to start now, or AWAITING_APPROVAL for a
-        rollback that waits for a person (then :meth:`approve` starts it).
+        rollback that waits for a person (then :meth:`approve` starts it). The
+        incident, its decision (approver and deadline) and its evidence are one
+        transaction: all of it is journaled, or none.
         """
         if not valid_ref(request.target):
             raise Refused(f"{request.service}: target {request.target[:80]!r} is not a valid ref")
@@ -168,12 +190,11 @@ class Checklist:
                 current_version=request.current_version,
                 state=state,
                 facts=facts,
+                decision=request.decision,
+                decided_by=request.decided_by,
+                evidence={"snapshot": dict(request.evidence)} if request.evidence else {},
             )
         )
-        if request.decision is not None:
-            self.journal.add_decision(incident, request.decision, "rollbackd")
-        if request.evidence:
-            self.journal.add_evidence(incident, now, "snapshot", dict(request.evidence))
         return incident
 
     def _refuse_if_busy(self, service: str, but: int | None = None) -> None:
@@ -205,7 +226,25 @@ class Checklist:
         return self._load(incident_id)
 
     def run(self, incident_id: int) -> IncidentRecord:
-        """Run or resume every remaining step; return the incident as journaled."""
+        """Run or resume every remaining step; return the incident as journaled.
+
+        While the journal cannot be written, the rollback waits for it (see
+        :class:`_JournalWait`) and then resumes from what the journal holds, as
+        after a restart; it returns early, unfinished, only when told to stop.
+        """
+        record = self._load(incident_id)
+        waiting = _JournalWait(self.parts, record)
+        while True:
+            try:
+                done = self._run(record.id, waiting)
+            except JournalUnavailable as exc:
+                if not waiting.wait(f"journaling the rollback's progress failed: {exc}"):
+                    return self._load(incident_id)
+                continue
+            waiting.resumed()
+            return done
+
+    def _run(self, incident_id: int, waiting: _JournalWait) -> IncidentRecord:
         record = self._load(incident_id)
         if record.state not in (IncidentState.ROLLING_BACK, IncidentState.RECOVERING):
             return record
@@ -219,7 +258,7 @@ class Checklist:
             return self._load(incident_id)
         if not record.state.active:
             return record
-        runner = _Run(self, record, service)
+        runner = _Run(self, record, service, waiting)
         runner.go()
         return self._load(incident_id)
 
@@ -280,11 +319,89 @@ class _Escalate(Exception):  # noqa: N818 -- control flow inside one run
         self.title = title
 
 
+class _JournalWait:
+    """How one rollback waits out a journal that cannot be written.
+
+    Each refused write waits, twice as long as the one before (from
+    :data:`JOURNAL_RETRY_FIRST` up to :data:`JOURNAL_RETRY_CAP`), then is tried
+    again. The first refusal tells a person that the rollback is stuck and why;
+    the first write that succeeds after it says that it goes on.
+    """
+
+    def __init__(self, parts: Parts, record: IncidentRecord) -> None:
+        self.parts = parts
+        self.record = record
+        self.delay = JOURNAL_RETRY_FIRST
+        self.stuck_since: float | None = None
+
+    def wait(self, why: str) -> bool:
+        """After a refused write: say so (once), wait; False if the daemon is stopping."""
+        record = self.record
+        if self.stuck_since is None:
+            self.stuck_since = time.monotonic()
+            log.error("rollback stuck on the journal", incident=record.id, reason=why)
+            self._tell(
+                f"{record.service}: rollback stuck, the journal cannot be written",
+                f"incident {record.id} ({record.state.value}, to {record.target}) cannot go "
+                f"on: {why}. rollbackd tries again every {JOURNAL_RETRY_CAP:g}s at most and "
+                "goes on once the journal takes the write; nothing runs unjournaled "
+                "(GET /readyz says why it cannot write).",
+            )
+        if self.parts.should_stop():
+            return False
+        self.parts.pause(self.delay)
+        self.delay = min(self.delay * 2, JOURNAL_RETRY_CAP)
+        return not self.parts.should_stop()
+
+    def resumed(self) -> None:
+        """A write went through: a rollback that was stuck goes on (and a person is told)."""
+        if self.stuck_since is None:
+            return
+        stuck = time.monotonic() - self.stuck_since
+        self.stuck_since, self.delay = None, JOURNAL_RETRY_FIRST
+        log.info("rollback goes on: the journal can be written", incident=self.record.id)
+        self._tell(
+            f"{self.record.service}: rollback goes on, the journal can be written again",
+            f"incident {self.record.id} was stuck on the journal for {stuck:.0f}s; "
+            "it goes on from where it stopped.",
+        )
+
+    def written(self, write: Callable[[], _T], what: str) -> _T:
+        """``write()`` once the journal takes it; Interrupted if the daemon stops first."""
+        while True:
+            try:
+                done = write()
+            except JournalUnavailable as exc:
+                if not self.wait(f"{what}: {exc}"):
+                    raise Interrupted from exc
+                continue
+            self.resumed()
+            return done
+
+    def _tell(self, title: str, text: str) -> None:
+        self.parts.notifier.notify(
+            Message(
+                incident=self.record.id,
+                service=self.record.service,
+                severity=self.record.severity,
+                title=title,
+                text=text,
+            )
+        )
+
+
 class _Run:
     """One pass over the steps of one incident."""
 
-    def __init__(self, checklist: Checklist, record: IncidentRecord, service: ServiceConfig):
+    def __init__(
+        self,
+        checklist: Checklist,
+        record: IncidentRecord,
+        service: ServiceConfig,
+        waiting: _JournalWait,
+    ):
         self.checklist = checklist
+        self.waiting = waiting
         self.parts = checklist.parts
         self.journal = checklist.journal
         self.record = record
@@ -347,24 +464,37 @@ class _Run:
         data: Mapping[str, str] | None = None,
         unknown: Callable[[], bool] = lambda: False,
     ) -> StepResult:
-        """Journal a step, run it, journal its outcome (``unknown()``: neither ok nor failed)."""
-        step = self.journal.step_started(self.record.id, name, self.parts.clock(), data)
+        """Journal a step, run it, journal its outcome (``unknown()``: neither ok nor failed).
+
+        Both records wait for a journal that cannot be written: the step runs only
+        once it is journaled as started, and its outcome, kept meanwhile, is
+        journaled before anything else happens. A journal that fails *inside* the
+        work (its evidence) is not the step's failure: it ends this pass, and the
+        step is resumed as interrupted once the journal can be written.
+        """
+        step = self.waiting.written(
+            lambda: self.journal.step_started(self.record.id, name, self.parts.clock(), data),
+            f"journaling the start of {name}",
+        )
         failpoint(f"started:{name}")
         try:
             result = work()
-        except Interrupted:
+        except (Interrupted, JournalUnavailable):
             raise
         except Exception as exc:  # noqa: BLE001 -- a step's bug is journaled, then escalated
             result = StepResult(False, f"{name} raised {type(exc).__name__}: {exc}")
         failpoint(f"worked:{name}")
         outcome = Outcome.OK if result.ok else Outcome.UNKNOWN if unknown() else Outcome.FAILED
-        self.journal.step_finished(
-            step,
-            self.parts.clock(),
-            outcome,
-            result.summary,
-            bounded(result.output),
-            {k: str(v) for k, v in result.data.items()},
+        self.waiting.written(
+            lambda: self.journal.step_finished(
+                step,
+                self.parts.clock(),
+                outcome,
+                result.summary,
+                bounded(result.output),
+                {k: str(v) for k, v in result.data.items()},
+            ),
+            f"journaling the outcome of {name} ({outcome.value}: {result.summary})",
         )
         failpoint(f"finished:{name}")
         self.parts.on_step(name, f"{outcome.value}: {result.summary}")
