@@ -35,7 +35,7 @@ from rollbackd.api import create_app
 from rollbackd.assembly import notifier_for
 from rollbackd.durations import format_instant
 from rollbackd.engine import CycleReport
-from rollbackd.journal import IncidentState, SqliteJournal, journal_path
+from rollbackd.journal import IncidentState, JournalUnavailable, SqliteJournal, journal_path
 from rollbackd.loader import load
 from rollbackd.logs import configure
 from rollbackd.model import Action, Severity
@@ -1564,3 +1564,26 @@ def test_no_token_ever_reaches_the_journal_metrics_or_logs(
         assert token not in caplog.text
         assert token.encode() not in journal_files
         assert hashlib.sha256(token.encode()).hexdigest() not in logs
+
+
+def test_a_decision_the_journal_refuses_is_decided_again_once_it_can_write(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal fails as the incident opens: no request is lost, the next cycle asks again."""
+    v1_good_then_v2(api)
+    api.metrics.set(ERRORS, lambda _service, _at: 0.2)
+    opening = api.journal.open_incident
+
+    def disk_full(_new: Any) -> int:
+        raise JournalUnavailable("the journal cannot be written: database or disk is full")
+
+    monkeypatch.setattr(api.journal, "open_incident", disk_full)
+    assert api.daemon.cycle() is None
+    assert "disk is full" in (api.daemon.last_cycle_error or "")
+    assert api.get("/api/v1/incidents", "viewer").json() == []
+    monkeypatch.setattr(api.journal, "open_incident", opening)
+    api.clock.advance(timedelta(seconds=5))
+    [decision] = api.cycle().decisions
+    assert decision.action is Action.REQUEST_APPROVAL
+    [incident] = api.get("/api/v1/incidents", "viewer").json()
+    assert incident["state"] == "awaiting_approval"

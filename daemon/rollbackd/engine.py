@@ -533,6 +533,16 @@ class Engine:
         if judgement is not None:
             judgement.incident = incident
 
+    def unjournaled(self, service: str, decision: Decision) -> None:
+        """``decision`` could not be journaled: its judgement goes, so it is decided again.
+
+        A judgement decided again at a higher severity goes too; the incident it
+        followed stays in the journal, unfinished, and is restored from there.
+        """
+        judgement = self._judgements.get(service)
+        if judgement is not None and judgement.incident is None and judgement.decision is decision:
+            del self._judgements[service]
+
     def settle(self, service: str, incident: int, at: datetime, recovered: bool = False) -> None:
         """Incident ``incident`` now waits on people (or recovered) since ``at``."""
         judgement = self._judgements.get(service)

@@ -36,6 +36,7 @@ from rollbackd.journal import (
     IncidentRecord,
     IncidentState,
     JournalError,
+    JournalUnavailable,
     NewIncident,
     Outcome,
     SqliteJournal,
@@ -382,12 +383,14 @@ class Daemon:
                 inputs.alerts.extend(alerts)
                 for line in ignored:
                     inputs.source_errors.setdefault("alerts", line)
+                unwritable = self.journal.problem()
+                if unwritable is not None:  # nothing decided can be kept: decide once it can
+                    raise JournalUnavailable(f"{unwritable}; decisions wait until it can")
                 report = self.engine.step(now, inputs)
                 self.last_report = report
                 for event in report.events:
                     self._follow(event)
-                for decision in report.decisions:
-                    self._act(decision, report, firing)
+                self._act_on(report, firing)
                 self._deadlines(now)
             self.last_cycle_error = None
             self.last_completed = time.monotonic()
@@ -429,6 +432,19 @@ class Daemon:
             f"{len(report.source_errors)} source errors"
         )
         self.on_cycle(self.status_line)
+
+    def _act_on(self, report: CycleReport, firing: list[AlertRecord]) -> None:
+        """Act on each decision; one the journal refuses is decided again next cycle."""
+        refused: JournalError | None = None
+        for decision in report.decisions:
+            try:
+                self._act(decision, report, firing)
+            except JournalError as exc:
+                self.engine.unjournaled(decision.service, decision)
+                log.error("decision not journaled", service=decision.service, error=str(exc))
+                refused = exc
+        if refused is not None:
+            raise refused
 
     def _act(self, decision: Decision, report: CycleReport, firing: list[AlertRecord]) -> None:
         """Journal a decision and carry it out: roll back, ask, escalate or record."""
