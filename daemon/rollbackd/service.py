@@ -146,9 +146,7 @@ class Daemon:
         self.config = config
         self.history = history
         self.engine = Engine(config, loaded.rules, history)
-        self.source = self._metrics_source or PrometheusSource(
-            config.prometheus.url, config.prometheus.timeout, config.alerts.service_label
-        )
+        self.source = self._metrics_source or PrometheusSource.from_config(config)
         self.live = LiveCycle(self.engine, self.source, self._prober)
         self.checklist: Checklist = build_checklist(
             config,
