@@ -204,6 +204,18 @@ def test_a_failing_probe_fails_recovery() -> None:
     assert "probe login fails: answered 500" in result.failures
 
 
+def test_a_probe_rollbackd_could_not_try_is_no_data_not_a_failure() -> None:
+    """Out of file descriptors, the daemon's probe says nothing: it neither fails nor proves."""
+    trouble = ProbeOutcome(False, "could not be tried: Too many open files (EMFILE)", False)
+    result = check({}, {"health": trouble}, ())
+    assert result.failures == ()
+    assert not result.held
+    assert "probe health: no data (could not be tried: Too many open files (EMFILE))" in (
+        result.missing
+    )
+    assert "probe:health" not in result.values
+
+
 def test_a_critical_rule_holding_fails_recovery() -> None:
     """Data loss after the rollback is not success, whatever the error rate."""
     result = check({**HEALTHY, "data-loss": Measurement(3.0)})
