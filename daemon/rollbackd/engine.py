@@ -664,6 +664,15 @@ def baseline_query(rule: Rule) -> str:
     )
 
 
+def guarded_instant(source: MetricSource, query: str, at: datetime) -> Vector:
+    """``source.instant``, with whatever it raises as the query's error: one query's
+    failure is inconclusive for its rule only, never the end of the cycle."""
+    try:
+        return source.instant(query, at)
+    except Exception as exc:  # noqa: BLE001 -- reported as the rule's source error
+        return Vector(error=f"the query failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+
 class BaselineCache:
     """Baselines per (rule, deploy time): computed once, since history does not change."""
 
@@ -679,7 +688,9 @@ class BaselineCache:
         key = (rule.name, deploy.time)
         vector = self._cache.get(key)
         if vector is None:
-            vector = self._source.instant(baseline_query(rule), deploy.time - BASELINE_EDGE)
+            vector = guarded_instant(
+                self._source, baseline_query(rule), deploy.time - BASELINE_EDGE
+            )
             if vector.error is None:
                 self._cache[key] = vector
         measurement = vector.get(deploy.service)
@@ -735,6 +746,12 @@ class LiveCycle:
                 )
             except QueryError as exc:
                 running, problem = {}, f"cannot read {config.deploys.version_metric}: {exc}"
+            except Exception as exc:  # noqa: BLE001 -- reported as the deploys' source error
+                running = {}
+                problem = (
+                    f"cannot read {config.deploys.version_metric}: "
+                    f"{type(exc).__name__}: {str(exc)[:200]}"
+                )
             for service, versions in running.items():
                 if service in self.engine.services:
                     history.observe_versions(service, versions, now)
@@ -800,12 +817,12 @@ class LiveCycle:
                     )
                 continue
             assert rule.query is not None  # noqa: S101 -- a rule has a query or a probe
-            vector = self.prometheus.instant(rule.query, now)
+            vector = guarded_instant(self.prometheus, rule.query, now)
             if vector.error is not None:
                 inputs.source_errors[rule.name] = vector.error
             inputs.vectors[rule.name] = vector
             if rule.impact_query is not None:
-                impact = self.prometheus.instant(rule.impact_query, now)
+                impact = guarded_instant(self.prometheus, rule.impact_query, now)
                 for service, number in impact.numbers.items():
                     if service in services:
                         inputs.impacts[(rule.name, service)] = Measurement(number)

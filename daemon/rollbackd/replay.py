@@ -100,6 +100,12 @@ def find_deploys(
         except QueryError as exc:
             presence = {}
             error = f"cannot read deploys from {config.deploys.version_metric}: {exc}"
+        except Exception as exc:  # noqa: BLE001 -- reported as the deploys' error, never fatal
+            presence = {}
+            error = (
+                f"cannot read deploys from {config.deploys.version_metric}: "
+                f"{type(exc).__name__}: {str(exc)[:200]}"
+            )
         for service, versions in presence.items():
             starts = deploys_from_presence(service, versions, step)
             if starts:
@@ -229,14 +235,24 @@ class Replay:
         for rule in self.engine.rules:
             if rule.query is None:
                 continue
-            matrix = self.prometheus.range(rule.query, start, end, self.step)
+            matrix = _guarded_range(self.prometheus, rule.query, start, end, self.step)
             window.values[rule.name] = matrix
             if matrix.error is not None:
                 window.errors[rule.name] = matrix.error
             if rule.impact_query is not None:
-                impact = self.prometheus.range(rule.impact_query, start, end, self.step)
+                impact = _guarded_range(self.prometheus, rule.impact_query, start, end, self.step)
                 window.impacts[rule.name] = impact
         return window
+
+
+def _guarded_range(
+    source: MetricSource, query: str, start: datetime, end: datetime, step: timedelta
+) -> Matrix:
+    """``source.range``, with whatever it raises as the query's error (for its rule only)."""
+    try:
+        return source.range(query, start, end, step)
+    except Exception as exc:  # noqa: BLE001 -- reported as the rule's source error
+        return Matrix(error=f"the query failed: {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def _vector_at(matrix: Matrix, ms: int) -> Vector:
