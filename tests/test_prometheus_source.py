@@ -242,7 +242,10 @@ def test_an_announced_oversize_answer_is_refused(stub: StubServer) -> None:
 def test_deeply_nested_json_is_a_reason_for_every_kind_of_query(stub: StubServer) -> None:
     """50,000 nested arrays, which raised RecursionError out of the cycle, is a reason."""
     url = answering(stub, Reply(200, VECTOR_HEAD + b"[" * 50_000 + b"]" * 50_000 + b"]}}"))
-    why = f"Prometheus at {url} answered JSON nested more than 64 levels deep"
+    why = (
+        f"Prometheus at {url} answered something that is not its API: "
+        "JSON nested more than 64 levels deep"
+    )
     prometheus = source(url)
     assert prometheus.instant("up", AT).error == why
     assert prometheus.range("up", AT, AT + timedelta(minutes=1), timedelta(seconds=30)).error == why
@@ -255,7 +258,8 @@ def test_a_giant_number_is_a_reason(stub: StubServer) -> None:
     body = VECTOR_HEAD + b'{"metric":{"service":"web"},"value":[' + b"9" * 5000 + b',"1"]}]}}'
     url = answering(stub, Reply(200, body))
     assert source(url).instant("up", AT).error == (
-        f"Prometheus at {url} answered a number longer than 100 characters"
+        f"Prometheus at {url} answered something that is not its API: "
+        "a number longer than 100 characters"
     )
 
 

@@ -141,7 +141,7 @@ class _DeadlineSession(requests.Session):
             response.close()
         problem = json_problem(body) if response.status_code == 200 else None
         if problem is not None:
-            raise _RefusedError(f"answered {problem}")
+            raise _RefusedError(f"answered something that is not its API: {problem}")
         response._content = body
         response._content_consumed = True
         return response
