@@ -54,7 +54,7 @@ from rollbackd.model import (
 )
 from rollbackd.policy import ServiceFacts, decide
 from rollbackd.rules import Cycle, Key, Previously, Rule, applies_to, evaluate_cycle
-from rollbackd.sources import MetricSource
+from rollbackd.sources import MetricSource, guarded_instant
 from rollbackd.sources.deploys import git_head
 from rollbackd.sources.probes import Prober, ProbeResult
 from rollbackd.sources.prometheus import QueryError
@@ -662,15 +662,6 @@ def baseline_query(rule: Rule) -> str:
         f"avg_over_time(({rule.query})[{int(window.total_seconds())}s:"
         f"{int(resolution.total_seconds())}s])"
     )
-
-
-def guarded_instant(source: MetricSource, query: str, at: datetime) -> Vector:
-    """``source.instant``, with whatever it raises as the query's error: one query's
-    failure is inconclusive for its rule only, never the end of the cycle."""
-    try:
-        return source.instant(query, at)
-    except Exception as exc:  # noqa: BLE001 -- reported as the rule's source error
-        return Vector(error=f"the query failed: {type(exc).__name__}: {str(exc)[:200]}")
 
 
 class BaselineCache:

@@ -20,7 +20,7 @@ from rollbackd.deploys import Deploy, DeployHistory, deploys_from_presence
 from rollbackd.engine import BaselineCache, CycleReport, Engine, Inputs, version_query
 from rollbackd.model import Matrix, Measurement, Vector
 from rollbackd.rules import Key, Rule
-from rollbackd.sources import MetricSource
+from rollbackd.sources import MetricSource, guarded_range
 from rollbackd.sources.deploys import git_deploys
 from rollbackd.sources.prometheus import QueryError
 
@@ -235,24 +235,14 @@ class Replay:
         for rule in self.engine.rules:
             if rule.query is None:
                 continue
-            matrix = _guarded_range(self.prometheus, rule.query, start, end, self.step)
+            matrix = guarded_range(self.prometheus, rule.query, start, end, self.step)
             window.values[rule.name] = matrix
             if matrix.error is not None:
                 window.errors[rule.name] = matrix.error
             if rule.impact_query is not None:
-                impact = _guarded_range(self.prometheus, rule.impact_query, start, end, self.step)
+                impact = guarded_range(self.prometheus, rule.impact_query, start, end, self.step)
                 window.impacts[rule.name] = impact
         return window
-
-
-def _guarded_range(
-    source: MetricSource, query: str, start: datetime, end: datetime, step: timedelta
-) -> Matrix:
-    """``source.range``, with whatever it raises as the query's error (for its rule only)."""
-    try:
-        return source.range(query, start, end, step)
-    except Exception as exc:  # noqa: BLE001 -- reported as the rule's source error
-        return Matrix(error=f"the query failed: {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def _vector_at(matrix: Matrix, ms: int) -> Vector:

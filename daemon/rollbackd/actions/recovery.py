@@ -36,7 +36,7 @@ from rollbackd.config import ProbeConfig, ServiceConfig
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.model import NO_SERIES, Measurement, Severity, Trigger
 from rollbackd.rules import Rule, rule_trigger_severity
-from rollbackd.sources import MetricSource
+from rollbackd.sources import MetricSource, guarded_instant
 from rollbackd.sources.alerts import ALERT_RULE_PREFIX
 from rollbackd.sources.probes import Prober, probes_of
 
@@ -384,7 +384,7 @@ class LiveObserver:
         values = {}
         for rule in self.rules:
             assert rule.query is not None  # noqa: S101 -- filtered in __init__
-            values[rule.name] = self.metrics.instant(rule.query, now).get(self.service)
+            values[rule.name] = guarded_instant(self.metrics, rule.query, now).get(self.service)
         probes = {name: run() for name, run in self.probes.items()}
         firing = self.firing(now) if self.alerts else {}
         alerts = {name: firing.get(name) for name in self.alerts}
