@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -28,6 +29,8 @@ from rollbackd.notify.message import compose
 from rollbackd.notify.retry import Background, Fanout, Retrying, build_notifier
 from rollbackd.notify.slack import SlackSender
 from rollbackd.notify.webhook import DeliveryError
+from tests.reliability.support import Reply as StubReply
+from tests.reliability.support import StubServer
 
 WAIT = 10.0
 """Upper bound for waiting on an event; a safety net against hangs, never an assertion."""
@@ -476,6 +479,22 @@ def test_receiver_that_hangs_times_out_on_every_attempt(
     assert len(receiver.requests) == 2
     assert sleeps.calls == [0.5]
     assert "not delivered after 2 attempts: no answer within 200ms" in result.summary
+
+
+def test_receiver_trickling_its_answer_is_cut_off_at_the_timeout(build: Build) -> None:
+    """A receiver dripping its headers a byte a second, each within the read timeout,
+    still costs one attempt no more than its 300ms timeout."""
+    stub = StubServer(lambda _request: StubReply(200, b"ok", trickle_headers=0.1)).start()
+    try:
+        config = notifier_config("webhook", stub.url + "/hook", timeout=timedelta(milliseconds=300))
+        started = time.monotonic()
+        result = build([config]).notify(approval_message())
+        elapsed = time.monotonic() - started
+    finally:
+        stub.stop()
+    assert not result.ok
+    assert "no answer within 300ms" in result.summary
+    assert elapsed < 3  # the trickle alone takes 9s
 
 
 def test_fanout_a_hanging_receiver_does_not_delay_the_others(

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import httpx
 import pytest
 
+import rollbackd
 from rollbackd.config import ProbeConfig
 from rollbackd.sources.probes import Prober
+from tests.reliability.support import Reply, StubServer
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -93,3 +103,101 @@ def test_a_stopped_service_fails(prober: Prober) -> None:
     passed, reason = probe(prober, "http://127.0.0.1:9/health")
     assert not passed
     assert "failed: ConnectError" in reason
+
+
+def test_headers_trickled_a_byte_at_a_time_time_out_within_the_timeout(prober: Prober) -> None:
+    """Each byte comes well within the read timeout; the probe still ends at its 300ms."""
+    stub = StubServer(lambda _request: Reply(200, b"ok", trickle_headers=0.1)).start()
+    try:
+        started = time.monotonic()
+        passed, reason = probe(prober, stub.url + "/health", timeout="300ms")
+        elapsed = time.monotonic() - started
+    finally:
+        stub.stop()
+    assert (passed, reason) == (False, f"GET {stub.url}/health timed out after 300ms")
+    assert elapsed < 5  # the trickle alone takes 9s
+
+
+def test_an_endless_body_is_read_only_as_far_as_the_body_match_needs(prober: Prober) -> None:
+    """A health page that never ends passes on its status and first MiB, in bounded memory."""
+    stub = StubServer(lambda _request: Reply(200, b"welcome ", endless=b"x" * 65536)).start()
+    try:
+        assert probe(prober, stub.url + "/login", body_match="welcome", timeout="10s")[0]
+        passed, reason = probe(prober, stub.url + "/login", body_match="goodbye", timeout="10s")
+    finally:
+        stub.stop()
+    assert not passed
+    assert "but the body (its first 1 MiB) does not match 'goodbye'" in reason
+
+
+def raising(error: OSError) -> httpx.MockTransport:
+    """A transport failing as httpcore does: the socket's error behind httpx's ConnectError."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(str(error), request=request) from error
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize(
+    ("error", "measured"),
+    [
+        (OSError(errno.ECONNREFUSED, "Connection refused"), True),
+        (OSError(errno.ECONNRESET, "Connection reset by peer"), True),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), True),
+        (OSError(errno.EMFILE, "Too many open files"), False),
+        (OSError(errno.ENFILE, "Too many open files in system"), False),
+        (OSError(errno.ENOBUFS, "No buffer space available"), False),
+        (OSError(errno.ENOMEM, "Cannot allocate memory"), False),
+        (OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"), False),
+        (OSError(errno.ENETUNREACH, "Network is unreachable"), False),
+        (socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"), False),
+    ],
+    ids=lambda value: errno.errorcode.get(getattr(value, "errno", 0), str(value)),
+)
+def test_only_the_services_doing_counts_against_it(error: OSError, measured: bool) -> None:
+    """Refused, reset, host down: failing (0). The daemon's own trouble: no value, with why."""
+    prober = Prober(transport=raising(error))
+    try:
+        result = prober.probe("web", ProbeConfig(name="health", url="http://web.internal/health"))
+    finally:
+        prober.close()
+    assert not result.passed
+    assert result.measured is measured
+    assert result.value == (0.0 if measured else None)
+    if not measured:
+        assert "rollbackd's own trouble, not the service's" in result.reason
+        assert error.strerror is not None and error.strerror in result.reason
+
+
+EMFILE_PROBE = """
+import json, os, resource, sys
+from rollbackd.config import ProbeConfig
+from rollbackd.sources.probes import Prober
+
+prober = Prober()
+probe = ProbeConfig(name="health", url=sys.argv[1])
+assert prober.probe("web", probe).passed  # everything it needs is loaded
+lowest_free = os.dup(0)
+os.close(lowest_free)
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # not one descriptor more
+result = prober.probe("web", probe)
+print(json.dumps({"value": result.value, "reason": result.reason}))
+"""
+
+
+def test_a_probe_the_daemon_has_no_descriptor_for_is_inconclusive(server: str) -> None:
+    """Out of file descriptors (EMFILE), a probe of a healthy service has no value, never 0."""
+    env = {**os.environ, "PYTHONPATH": str(Path(rollbackd.__file__).parent.parent)}
+    done = subprocess.run(
+        [sys.executable, "-c", EMFILE_PROBE, server + "/health"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    assert result["value"] is None
+    assert "Too many open files (EMFILE)" in result["reason"], result

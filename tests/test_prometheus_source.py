@@ -19,7 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from rollbackd.sources.prometheus import MAX_POINTS, PrometheusSource, chunks
+from rollbackd.sources.prometheus import MAX_POINTS, PrometheusSource, QueryError, chunks
+from tests.reliability.support import Reply, StubServer
 
 AT = datetime(2026, 5, 1, 12, tzinfo=UTC)
 
@@ -186,3 +187,85 @@ def test_range_queries_are_split_below_the_points_limit() -> None:
         assert b_start == a_end + step
     for piece_start, piece_end in pieces:
         assert (piece_end - piece_start) / step + 1 <= MAX_POINTS
+
+
+# -- a Prometheus (or a proxy in front of it) that misbehaves on the wire ------------------------
+
+VECTOR_HEAD = b'{"status":"success","data":{"resultType":"vector","result":['
+SERIES = b'{"metric":{"service":"web"},"value":[1700000000,"1"]},'
+
+
+@pytest.fixture
+def stub() -> Iterator[StubServer]:
+    """A stub Prometheus whose answer each test sets in ``stub.reply``."""
+    replies: list[Reply] = []
+    server = StubServer(lambda _request: replies[-1]).start()
+    server.replies = replies  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+def answering(stub: StubServer, reply: Reply) -> str:
+    stub.replies.append(reply)  # type: ignore[attr-defined]
+    return stub.url
+
+
+def test_headers_trickled_a_byte_at_a_time_are_cut_off_at_the_timeout(stub: StubServer) -> None:
+    """Each byte arrives well within the read timeout; the whole call still ends at 300ms."""
+    url = answering(stub, Reply(200, json.dumps(vector()).encode(), trickle_headers=0.1))
+    started = time.monotonic()
+    result = source(url, timeout=0.3).instant("up", AT)
+    assert result.error == f"Prometheus at {url} did not answer within 300ms"
+    assert time.monotonic() - started < 5  # the trickle alone takes 9s
+
+
+def test_an_endless_answer_is_refused_at_the_size_cap(stub: StubServer) -> None:
+    """Read as it arrives and dropped at the cap: an answer without end costs the cap, no more."""
+    url = answering(stub, Reply(200, VECTOR_HEAD, endless=SERIES * 100))
+    result = PrometheusSource(url, timedelta(seconds=10), max_bytes=1 << 20).instant("up", AT)
+    assert result.error == (
+        f"Prometheus at {url} answered more than 1 MiB "
+        "(the limit is [prometheus] max_response_bytes)"
+    )
+
+
+def test_an_announced_oversize_answer_is_refused(stub: StubServer) -> None:
+    """A Content-Length over the cap is refused; the same answer under the default cap counts."""
+    series = (b'{"metric":{"service":"svc-%d"},"value":[1,"1"]}' % i for i in range(30_000))
+    url = answering(stub, Reply(200, VECTOR_HEAD + b",".join(series) + b"]}}"))
+    result = PrometheusSource(url, timedelta(seconds=10), max_bytes=1 << 20).instant("up", AT)
+    assert result.error is not None and "answered more than 1 MiB" in result.error
+    whole = PrometheusSource(url, timedelta(seconds=10)).instant("up", AT)
+    assert len(whole.numbers) == 30_000
+
+
+def test_deeply_nested_json_is_a_reason_for_every_kind_of_query(stub: StubServer) -> None:
+    """50,000 nested arrays, which raised RecursionError out of the cycle, is a reason."""
+    url = answering(stub, Reply(200, VECTOR_HEAD + b"[" * 50_000 + b"]" * 50_000 + b"]}}"))
+    why = (
+        f"Prometheus at {url} answered something that is not its API: "
+        "JSON nested more than 64 levels deep"
+    )
+    prometheus = source(url)
+    assert prometheus.instant("up", AT).error == why
+    assert prometheus.range("up", AT, AT + timedelta(minutes=1), timedelta(seconds=30)).error == why
+    with pytest.raises(QueryError, match="nested more than 64 levels deep"):
+        prometheus.labels_over_time("up", "version", AT, AT, timedelta(seconds=30))
+
+
+def test_a_giant_number_is_a_reason(stub: StubServer) -> None:
+    """5,000 digits (Python refuses to make an int of them) is named, not a crash."""
+    body = VECTOR_HEAD + b'{"metric":{"service":"web"},"value":[' + b"9" * 5000 + b',"1"]}]}}'
+    url = answering(stub, Reply(200, body))
+    assert source(url).instant("up", AT).error == (
+        f"Prometheus at {url} answered something that is not its API: "
+        "a number longer than 100 characters"
+    )
+
+
+def test_a_label_that_is_not_valid_unicode_is_no_service(stub: StubServer) -> None:
+    """A lone surrogate (valid JSON, invalid text) names no service; the others still count."""
+    body = VECTOR_HEAD + b'{"metric":{"service":"\\ud800"},"value":[1,"5"]},' + SERIES[:-1] + b"]}}"
+    url = answering(stub, Reply(200, body))
+    result = source(url).instant("up", AT)
+    assert result.numbers == {"web": 1.0}

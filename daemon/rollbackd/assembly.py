@@ -108,9 +108,7 @@ def build_checklist(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Checklist:
     """A checklist wired with the real executors, gate and recovery watch."""
-    source = metrics or PrometheusSource(
-        config.prometheus.url, config.prometheus.timeout, config.alerts.service_label
-    )
+    source = metrics or PrometheusSource.from_config(config)
     probes = prober or Prober()
 
     def observer_for(

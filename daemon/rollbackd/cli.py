@@ -229,9 +229,7 @@ def backtest(
     loaded = _load(config)
     explained = _explained(loaded, explain)
     cfg = loaded.config
-    prometheus = PrometheusSource(
-        cfg.prometheus.url, cfg.prometheus.timeout, cfg.alerts.service_label
-    )
+    prometheus = PrometheusSource.from_config(cfg)
     dry_run = cfg.daemon.dry_run
     replay = Replay(cfg, loaded.rules, prometheus, step_every, explain=explained, armed=dry_run)
     err = Console(stderr=True, highlight=False)

@@ -125,6 +125,10 @@ class PrometheusConfig(_Section):
 
     url: str = "http://127.0.0.1:9090"
     timeout: Duration = timedelta(seconds=5)
+    """The whole of one call (connect, headers, body), whatever the server does."""
+    max_response_bytes: int = Field(default=64 << 20, ge=64 << 10, le=4 << 30)
+    """One answer longer than this is refused unread (the rule is inconclusive): memory
+    stays bounded whatever Prometheus, or a proxy in front of it, sends."""
 
     _url = field_validator("url")(_http_url)
 

@@ -58,7 +58,7 @@ from rollbackd.model import (
 )
 from rollbackd.policy import ServiceFacts, decide
 from rollbackd.rules import Cycle, Key, Previously, Rule, applies_to, evaluate_cycle
-from rollbackd.sources import MetricSource
+from rollbackd.sources import MetricSource, guarded_instant
 from rollbackd.sources.deploys import git_head
 from rollbackd.sources.probes import Prober, probes_of
 from rollbackd.sources.prometheus import QueryError
@@ -693,7 +693,9 @@ class BaselineCache:
         key = (rule.name, deploy.time)
         vector = self._cache.get(key)
         if vector is None:
-            vector = self._source.instant(baseline_query(rule), deploy.time - BASELINE_EDGE)
+            vector = guarded_instant(
+                self._source, baseline_query(rule), deploy.time - BASELINE_EDGE
+            )
             if vector.error is None:
                 self._cache[key] = vector
         measurement = vector.get(deploy.service)

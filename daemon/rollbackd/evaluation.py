@@ -67,9 +67,7 @@ def evaluate_now(
     ``history`` holds deploys known already (the journal's deploy events);
     those found in Prometheus or git are added to it.
     """
-    prometheus = prometheus or PrometheusSource(
-        config.prometheus.url, config.prometheus.timeout, config.alerts.service_label
-    )
+    prometheus = prometheus or PrometheusSource.from_config(config)
     step = config.daemon.poll_interval
     replay = Replay(
         config, rules, prometheus, step, history, simulate_rollbacks=False, explain=explain

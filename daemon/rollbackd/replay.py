@@ -23,7 +23,7 @@ from rollbackd.engine import BaselineCache, CycleReport, Engine, Inputs, version
 from rollbackd.errors import RollbackdError
 from rollbackd.model import Matrix, Measurement, Vector
 from rollbackd.rules import Key, Rule
-from rollbackd.sources import MetricSource
+from rollbackd.sources import MetricSource, guarded_range
 from rollbackd.sources.deploys import git_deploys
 from rollbackd.sources.prometheus import QueryError
 
@@ -108,6 +108,12 @@ def find_deploys(
         except QueryError as exc:
             presence = {}
             error = f"cannot read deploys from {config.deploys.version_metric}: {exc}"
+        except Exception as exc:  # noqa: BLE001 -- reported as the deploys' error, never fatal
+            presence = {}
+            error = (
+                f"cannot read deploys from {config.deploys.version_metric}: "
+                f"{type(exc).__name__}: {str(exc)[:200]}"
+            )
         for service, versions in presence.items():
             starts = deploys_from_presence(service, versions, step)
             if starts:
@@ -264,12 +270,12 @@ class Replay:
                 continue
             if self.deadline is not None and time.monotonic() > self.deadline:
                 raise OutOfTime("the replay ran out of its time")
-            matrix = self.prometheus.range(rule.query, start, end, self.step)
+            matrix = guarded_range(self.prometheus, rule.query, start, end, self.step)
             window.values[rule.name] = matrix
             if matrix.error is not None:
                 window.errors[rule.name] = matrix.error
             if rule.impact_query is not None:
-                impact = self.prometheus.range(rule.impact_query, start, end, self.step)
+                impact = guarded_range(self.prometheus, rule.impact_query, start, end, self.step)
                 window.impacts[rule.name] = impact
         return window
 

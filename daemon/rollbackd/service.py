@@ -49,7 +49,7 @@ from rollbackd.model import Action, Decision, Finding, FindingState, Severity
 from rollbackd.notify import JournalOnly, Message, Notifier
 from rollbackd.output import finding_record
 from rollbackd.rules import rule_trigger_severity
-from rollbackd.sources import MetricSource
+from rollbackd.sources import MetricSource, guarded_instant
 from rollbackd.sources.alerts import alert_findings, parse_webhook
 from rollbackd.sources.deploys import parse_event, valid_ref
 from rollbackd.sources.probes import Prober
@@ -156,9 +156,7 @@ class Daemon:
         self.config = config
         self.history = history
         self.engine = Engine(config, loaded.rules, history)
-        self.source = self._metrics_source or PrometheusSource(
-            config.prometheus.url, config.prometheus.timeout, config.alerts.service_label
-        )
+        self.source = self._metrics_source or PrometheusSource.from_config(config)
         previous: LiveCycle | None = getattr(self, "live", None)
         if previous is not None:
             previous.close()
@@ -272,7 +270,7 @@ class Daemon:
 
         if not any(rule.query is not None for rule in self.loaded.rules):
             return
-        answer = self.source.instant("vector(1)", now)
+        answer = guarded_instant(self.source, "vector(1)", now)
         if answer.error is not None:  # one bounded read, rather than a budget spent waiting
             log.warning(
                 "warm-up skipped: rule states start fresh",

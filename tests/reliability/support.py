@@ -99,6 +99,11 @@ class Reply:
     delay: float = 0.0
     trickle: float = 0.0
     """Seconds between single bytes of the body (headers go out at once)."""
+    trickle_headers: float = 0.0
+    """Seconds between single bytes of the status line and headers (a slow-loris answer)."""
+    endless: bytes = b""
+    """Sent again and again after ``body``, without a Content-Length, until the client hangs
+    up or the stub stops: an answer without end."""
 
 
 @dataclass(frozen=True)
@@ -147,8 +152,16 @@ class _Handler(BaseHTTPRequestHandler):
         reply = stub.responder(received)
         if reply.delay and stub.released.wait(reply.delay):
             return  # stopping: never answer, never hold up teardown
+        if reply.trickle_headers:
+            self._trickle_headers(reply)
+            return
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
+        if reply.endless:
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self._send_endlessly(reply)
+            return
         self.send_header("Content-Length", str(len(reply.body)))
         self.end_headers()
         if not reply.trickle:
@@ -159,6 +172,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             if stub.released.wait(reply.trickle):
                 return
+
+    def _trickle_headers(self, reply: Reply) -> None:
+        head = (
+            f"HTTP/1.1 {reply.status} Whatever\r\nContent-Type: {reply.content_type}\r\n"
+            f"Content-Length: {len(reply.body)}\r\n\r\n"
+        ).encode()
+        for index in range(len(head)):
+            self.wfile.write(head[index : index + 1])
+            self.wfile.flush()
+            if self.server.stub.released.wait(reply.trickle_headers):
+                return
+        self.wfile.write(reply.body)
+
+    def _send_endlessly(self, reply: Reply) -> None:
+        self.close_connection = True
+        self.wfile.write(reply.body)
+        while not self.server.stub.released.is_set():
+            try:
+                self.wfile.write(reply.endless)
+            except OSError:
+                return  # the client hung up, as it should
 
     def do_GET(self) -> None:
         self._serve()

@@ -12,15 +12,30 @@ then v2 is deployed and the source fails for 10 minutes, then healthy data
 returns. During the fault: no action, every PromQL rule inconclusive with the
 source's error in its reason, ``/readyz`` naming each degraded rule; after it:
 findings OK and nothing degraded, with no restart, reload or help.
+
+Then a real ``rollbackd run`` (a process, real time, a one-second cycle) over
+a stub Prometheus that turns hostile — trickling its headers, accepting and
+never answering, answering 50,000-deep JSON, streaming without end — and a
+stub app: the PromQL rule is inconclusive with the reason, every cycle
+finishes, resident memory stays bounded, and a real outage of the app is still
+decided by the health probe within its ``for`` plus a few cycles. And the same
+daemon with its descriptors used up by idle connections (a lowered
+RLIMIT_NOFILE): its probes fail with EMFILE, which is inconclusive, so the
+healthy app is not rolled back.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
+import resource
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -36,11 +51,13 @@ from tests.reliability.support import (
     Reply,
     StubServer,
     close_daemon,
+    daemon_process,
     in_process_daemon,
     json_reply,
     tokens_toml,
+    wait_until,
 )
-from tests.support.processes import free_port
+from tests.support.processes import LOOPBACK, RollbackdProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -271,3 +288,246 @@ def test_a_prometheus_answer_trickling_in_is_cut_off_at_the_timeout(scenario: Sc
     assert "did not answer within 200ms" in scenario.degraded().get("error-rate", ""), (
         scenario.degraded()
     )
+
+
+# -- a real `rollbackd run` against a misbehaving Prometheus -------------------------------------
+
+LIVE_TIMEOUT = "500ms"
+LIVE_RULES = f"""
+[[rules]]
+name = "error-rate"
+trigger = "high_error_rate"
+query = '{ERRORS}'
+condition = "> 0.05"
+for = "1s"
+
+[[rules]]
+name = "outage-health"
+trigger = "outage"
+probe = "health"
+condition = "< 1"
+for = "1s"
+"""
+NESTED = (
+    b'{"status": "success", "data": {"resultType": "vector", "result": '
+    + b"[" * 50_000
+    + b"]" * 50_000
+    + b"}}"
+)
+"""50,000 levels of brackets: a RecursionError in any recursive parser."""
+MAX_RSS = 200 << 20
+"""The daemon's resident memory stays under this while Prometheus streams without end."""
+
+
+class Misbehaving:
+    """A stub Prometheus that answers healthy until a test sets its ``fault``."""
+
+    def __init__(self) -> None:
+        self.fault: str | None = None
+        self.faults = 0
+        self.server = StubServer(self.answer)
+
+    def answer(self, request: Received) -> Reply:
+        query = parse_qs(urlsplit(request.path).query).get("query", [""])[0]
+        if self.fault is None:
+            return healthy(query)
+        self.faults += 1
+        body = healthy(query).body
+        if self.fault == "trickled headers":
+            return Reply(200, body, trickle_headers=0.05)
+        if self.fault == "never answers":
+            return Reply(200, body, delay=60.0)
+        if self.fault == "nested JSON":
+            return Reply(200, NESTED)
+        return Reply(200, b'{"status": "success", "data": ', endless=b"[1," * 21_845)
+
+
+class App:
+    """The service's health endpoint: 200 until the test takes it down (503)."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.server = StubServer(self.answer)
+
+    def answer(self, _request: Received) -> Reply:
+        return Reply(503, b"down") if self.down else Reply(200, b'{"status": "ok"}')
+
+
+def live_config(root: Path, port: int, prometheus: str, health: str) -> str:
+    return f"""
+[daemon]
+listen = "127.0.0.1:{port}"
+state_dir = "{root / "state"}"
+poll_interval = "1s"
+rules = ["rules/*.toml"]
+log_format = "json"
+
+[prometheus]
+url = "{prometheus}"
+timeout = "{LIVE_TIMEOUT}"
+
+[[services]]
+name = "web"
+health_url = "{health}/health"
+executor = "command"
+command = ["true"]
+
+[deploys]
+known_good_after = "1s"
+
+{tokens_toml()}
+"""
+
+
+@dataclass
+class LiveWorld:
+    """A real ``rollbackd run`` over a stub Prometheus and a stub app, with v2 just deployed."""
+
+    daemon: RollbackdProcess
+    prometheus: Misbehaving
+    app: App
+
+    def cycles(self) -> int:
+        """Evaluation cycles the daemon has completed, from its own /metrics."""
+        text = self.daemon.request("GET", "/metrics", "viewer").text
+        found = re.search(r"^rollbackd_evaluations_total (\S+)$", text, re.MULTILINE)
+        return int(float(found.group(1))) if found else 0
+
+    def readyz(self) -> dict[str, Any]:
+        response = self.daemon.request("GET", "/readyz", "viewer")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def rss(self) -> int:
+        """The daemon's resident memory in bytes (VmRSS of /proc/PID/status)."""
+        status = Path(f"/proc/{self.daemon.pid}/status").read_text(encoding="utf-8")
+        found = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
+        assert found is not None, status
+        return int(found.group(1)) * 1024
+
+    def deploy(self, version: str) -> None:
+        response = self.daemon.request(
+            "POST", "/api/v1/deploys", "ci", json={"service": "web", "version": version}
+        )
+        assert response.status_code == 201, response.text
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveWorld]:
+    """The daemon running with v1 known good and v2 current, everything healthy."""
+    prometheus, app = Misbehaving(), App()
+    prometheus.server.start()
+    app.server.start()
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "rules.toml").write_text(LIVE_RULES, encoding="utf-8")
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        live_config(tmp_path, port, prometheus.server.url, app.server.url), encoding="utf-8"
+    )
+    daemon = daemon_process(config, port, tmp_path / "logs")
+    try:
+        daemon.start()
+        world = LiveWorld(daemon, prometheus, app)
+        world.deploy("v1")
+
+        def known_good() -> bool:
+            [web] = daemon.request("GET", "/api/v1/services", "viewer").json()
+            return bool(web["last_good_version"] == "v1")
+
+        wait_until("v1 to be known good", known_good)
+        world.deploy("v2")
+        yield world
+    finally:
+        daemon.stop(timeout=10)
+        prometheus.server.stop()
+        app.server.stop()
+
+
+LIVE_EXPECTED = {
+    "trickled headers": ("did not answer within 500ms",),
+    "never answers": ("did not answer within 500ms",),
+    "nested JSON": ("not its API: JSON nested more than 64 levels deep",),
+    "endless body": ("did not answer within 500ms", "answered more than 64 MiB"),
+}
+"""What ``/readyz`` says of the error-rate rule, by fault."""
+
+
+@pytest.mark.parametrize("fault", list(LIVE_EXPECTED))
+def test_a_misbehaving_prometheus_leaves_the_probes_deciding_and_every_cycle_finishing(
+    live: LiveWorld, fault: str
+) -> None:
+    """Prometheus trickling, silent, nested or endless: its rule is inconclusive, cycles go on
+    at their pace, memory stays bounded, and a real outage is still caught by the probe."""
+    live.prometheus.fault = fault
+    before = live.cycles()
+    wait_until(f"cycles to go on with Prometheus' {fault}", lambda: live.cycles() >= before + 3)
+    degraded = wait_until(
+        "the error-rate rule to be degraded", lambda: live.readyz()["degraded"].get("error-rate")
+    )
+    assert any(reason in degraded for reason in LIVE_EXPECTED[fault]), degraded
+    assert live.daemon.incidents() == []
+
+    live.app.down = True
+    down_at = time.monotonic()
+    peak = live.rss()
+    while not live.daemon.incidents():
+        peak = max(peak, live.rss())
+        assert time.monotonic() - down_at < 15, "the outage was not decided within 15s"
+        time.sleep(0.1)
+    decided_after = time.monotonic() - down_at
+    incidents = live.daemon.incidents()
+    detail = live.daemon.request("GET", f"/api/v1/incidents/{incidents[0]['id']}", "viewer")
+    rules = {rule for decision in detail.json()["decisions"] for rule in decision["rules"]}
+    assert rules == {"outage-health"}, detail.json()
+    assert peak < MAX_RSS, f"{peak >> 20} MiB resident"
+    assert live.readyz()["cycle_error"] is None
+
+    figures.count(SECTION, "live faults (trickled, silent, nested, endless)")
+    figures.count(SECTION, "live: misbehaving answers served", live.prometheus.faults)
+    figures.count(SECTION, "live: cycles completed during faults", live.cycles() - before)
+    figures.count(SECTION, "live: actions from Prometheus' rules", 0)
+    figures.record(SECTION, f"live: outage decided after ({fault}), s", round(decided_after, 2))
+    figures.record(SECTION, f"live: peak RSS ({fault}), MiB", peak >> 20)
+
+
+def open_files(pid: int) -> int:
+    """Descriptors the process has open now."""
+    return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+
+
+def open_files_limit(pid: int) -> int:
+    return resource.prlimit(pid, resource.RLIMIT_NOFILE)[0]
+
+
+def test_a_probe_failing_for_want_of_descriptors_rolls_nothing_back(live: LiveWorld) -> None:
+    """A flood of idle connections uses up the daemon's descriptors: its probes of the healthy
+    app fail with EMFILE, which is inconclusive, so the healthy v2 is not rolled back."""
+    pid = live.daemon.pid
+    assert pid is not None
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    cycles_before = live.cycles()
+    flood: list[socket.socket] = []
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_files(pid) + 4, limits[1]))
+    try:
+        held_until = time.monotonic() + 6  # `for` is 1s, a cycle a second
+        probed_before = len(live.app.server.received)
+        while time.monotonic() < held_until:
+            if open_files(pid) < open_files_limit(pid):  # not full yet, or some were dropped
+                flood.append(socket.create_connection((LOOPBACK, live.daemon.port)))
+            else:
+                time.sleep(0.05)
+        probed = len(live.app.server.received) - probed_before
+    finally:
+        for connection in flood:
+            connection.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    cycles = live.cycles() - cycles_before
+    assert cycles >= 4, f"{cycles} cycles in 6s"
+    assert probed <= cycles - 3, f"{probed} of {cycles} probes reached the app: not exhausted"
+    wait_until("a cycle after the flood", lambda: live.cycles() > cycles_before + cycles + 1)
+    assert live.daemon.incidents() == []
+    figures.count(SECTION, "EMFILE: idle connections held", len(flood))
+    figures.count(SECTION, "EMFILE: cycles with descriptors exhausted", cycles - probed)
+    figures.count(SECTION, "EMFILE: rollbacks of the healthy app", 0)

@@ -168,6 +168,11 @@ def test_the_process_environment_is_read_only_by_load_config(tmp_path: Path) -> 
             "Prometheus needs a timeout",
         ),
         (
+            "[prometheus]\nmax_response_bytes = 1000",
+            "config.toml: prometheus.max_response_bytes: Input should be greater than or equal "
+            "to 65536, got 1000",
+        ),
+        (
             '[[services]]\nname = "web"',
             "config.toml: services[0]: executor 'git' needs 'repo', the git working copy the "
             "service is deployed from",

@@ -10,7 +10,7 @@ from rollbackd.config import Config, parse_config
 from rollbackd.deploys import Deploy, DeployHistory
 from rollbackd.engine import CycleReport, Engine, LiveCycle
 from rollbackd.evaluation import evaluate_now
-from rollbackd.model import Action, Decision, FindingState, Severity
+from rollbackd.model import Action, Decision, FindingState, Matrix, Severity, Vector
 from rollbackd.replay import Replay
 from rollbackd.rules import Rule, parse_rules
 from rollbackd.testing import ScriptedMetrics, constant, switch
@@ -456,3 +456,53 @@ def test_a_replay_over_journaled_deploys_sees_their_versions_without_new_deploys
     replay_on(metrics, cfg, history, NOON, NOON + timedelta(minutes=5))
     assert history.current("web") == announced
     assert [d.version for d in history.deploys("web")] == ["v1", "v2"]
+
+
+class _Exploding(ScriptedMetrics):
+    """A source whose error-rate query raises what no source should, as a parser bug would."""
+
+    def instant(self, query: str, at: datetime) -> Vector:
+        if query == ERRORS:
+            raise RecursionError("maximum recursion depth exceeded")
+        return super().instant(query, at)
+
+    def range(self, query: str, start: datetime, end: datetime, step: timedelta) -> Matrix:
+        if query == ERRORS:
+            raise RecursionError("maximum recursion depth exceeded")
+        return super().range(query, start, end, step)
+
+
+def exploding_world() -> _Exploding:
+    metrics = _Exploding(["web", "api"])
+    metrics.queries.update(healthy_world().queries)
+    metrics.versions.update(healthy_world().versions)
+    return metrics
+
+
+def test_a_query_that_raises_leaves_its_rule_inconclusive_and_the_cycle_going() -> None:
+    """An exception from one rule's query is that rule's source error; the others decide."""
+    cfg = config()
+    engine = Engine(cfg, rules(), DeployHistory(cfg.deploys.known_good_after))
+    live = LiveCycle(engine, exploding_world(), None)
+    report = engine.step(NOON, live.gather(NOON))
+    assert report.source_errors["error-rate"] == (
+        "the query failed: RecursionError: maximum recursion depth exceeded"
+    )
+    states = {(f.rule, f.service): f.state for f in report.findings}
+    assert states[("error-rate", "web")] is FindingState.INCONCLUSIVE
+    assert states[("latency-regression", "web")] is not FindingState.INCONCLUSIVE
+    assert report.decisions == ()
+
+
+def test_a_range_query_that_raises_leaves_its_rule_inconclusive_in_a_replay() -> None:
+    """Replays (warm-up, backtest) go on past a query that raises: its rule is inconclusive."""
+    cfg = config()
+    history = DeployHistory(cfg.deploys.known_good_after)
+    decisions, reports = replay_on(
+        exploding_world(), cfg, history, NOON, NOON + timedelta(minutes=5)
+    )
+    assert decisions == []
+    assert reports
+    for report in reports:
+        assert "RecursionError" in report.source_errors["error-rate"]
+        assert "latency-regression" not in report.source_errors

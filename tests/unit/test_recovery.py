@@ -15,7 +15,7 @@ from rollbackd.actions.recovery import (
     advance,
     judge,
 )
-from rollbackd.model import NO_SERIES, Measurement
+from rollbackd.model import NO_SERIES, Measurement, Vector
 from rollbackd.rules import Rule, parse_rules
 from rollbackd.testing import ScriptedMetrics, constant
 
@@ -202,6 +202,18 @@ def test_a_failing_probe_fails_recovery() -> None:
     """The login smoke check must pass too."""
     result = check(probes={**PROBES, "login": ProbeOutcome(False, "answered 500")})
     assert "probe login fails: answered 500" in result.failures
+
+
+def test_a_probe_rollbackd_could_not_try_is_no_data_not_a_failure() -> None:
+    """Out of file descriptors, the daemon's probe says nothing: it neither fails nor proves."""
+    trouble = ProbeOutcome(False, "could not be tried: Too many open files (EMFILE)", False)
+    result = check({}, {"health": trouble}, ())
+    assert result.failures == ()
+    assert not result.held
+    assert "probe health: no data (could not be tried: Too many open files (EMFILE))" in (
+        result.missing
+    )
+    assert "probe:health" not in result.values
 
 
 def test_a_critical_rule_holding_fails_recovery() -> None:
@@ -392,3 +404,33 @@ def test_the_live_observer_asks_whether_each_triggering_alert_still_fires() -> N
     assert result.failures == ("alert HighErrorRate still firing (since 2026-05-01T11:55:00Z)",)
     assert "alert WebDown resolved" in result.passes
     assert not any("Other" in text for text in (*result.passes, *result.failures))
+
+
+class _Raising(ScriptedMetrics):
+    """A source whose error-rate query raises, as a parser bug would."""
+
+    def instant(self, query: str, at: datetime) -> Vector:
+        if query == "errors":
+            raise RecursionError("maximum recursion depth exceeded")
+        return super().instant(query, at)
+
+
+def test_a_query_that_raises_is_no_data_for_the_watch_not_a_crash() -> None:
+    """The recovery watch goes on past a query that raises: that criterion has no data."""
+    metrics = _Raising(["web"])
+    metrics.set("latency", constant(0.2))
+    metrics.set("loss", constant(0.0))
+    observer = LiveObserver(
+        "web",
+        RULES,
+        {"health": lambda: ProbeOutcome(True, "200")},
+        metrics,
+        {"latency": 0.2},
+        CRITERIA,
+    )
+    result = observer(T0)
+    assert result.failures == ()
+    assert any(
+        "error rate (error-rate): no data (the query failed: RecursionError" in text
+        for text in result.missing
+    ), result.missing

@@ -36,7 +36,7 @@ from rollbackd.config import ProbeConfig, ServiceConfig
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.model import NO_SERIES, Measurement, Severity, Trigger
 from rollbackd.rules import Rule, rule_trigger_severity
-from rollbackd.sources import MetricSource
+from rollbackd.sources import MetricSource, guarded_instant
 from rollbackd.sources.alerts import ALERT_RULE_PREFIX
 from rollbackd.sources.probes import Prober, probes_of
 
@@ -61,10 +61,12 @@ class Criteria:
 
 @dataclass(frozen=True)
 class ProbeOutcome:
-    """A probe's verdict, as the watch needs it."""
+    """A probe's verdict, as the watch needs it; ``measured`` is False for a probe that
+    rollbackd could not even try (no file descriptor, ...): no data, never a failure."""
 
     passed: bool
     reason: str
+    measured: bool = True
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,9 @@ def judge(
         elif rule_trigger_severity(rule) is Severity.CRITICAL and not rule.relative:
             judged.append(_critical(rule, measurement))
     for name, outcome in sorted(probes.items()):
+        if not outcome.measured:
+            judged.append((_Result.NO_DATA, f"probe {name}: no data ({outcome.reason})"))
+            continue
         samples[f"probe:{name}"] = 1.0 if outcome.passed else 0.0
         if outcome.passed:
             judged.append((_Result.PROVES, f"probe {name} passes"))
@@ -379,7 +384,7 @@ class LiveObserver:
         values = {}
         for rule in self.rules:
             assert rule.query is not None  # noqa: S101 -- filtered in __init__
-            values[rule.name] = self.metrics.instant(rule.query, now).get(self.service)
+            values[rule.name] = guarded_instant(self.metrics, rule.query, now).get(self.service)
         probes = {name: run() for name, run in self.probes.items()}
         firing = self.firing(now) if self.alerts else {}
         alerts = {name: firing.get(name) for name in self.alerts}
@@ -400,7 +405,7 @@ def probe_runners(prober: Prober, service: ServiceConfig) -> dict[str, Callable[
     def runner(probe: ProbeConfig) -> Callable[[], ProbeOutcome]:
         def run() -> ProbeOutcome:
             result = prober.probe(service.name, probe)
-            return ProbeOutcome(result.passed, result.reason)
+            return ProbeOutcome(result.passed, result.reason, result.measured)
 
         return run
 

@@ -333,8 +333,11 @@ def build_notifier(configs: Sequence[NotifierConfig], *, sleep: Sleep = time.sle
     client (closed by :meth:`Fanout.close`)."""
     if not configs:
         return Fanout([])
+    # No idle connections: every attempt connects anew, so its deadline watches the socket.
     client = httpx.Client(
-        follow_redirects=False, headers={"User-Agent": f"rollbackd/{__version__}"}
+        follow_redirects=False,
+        headers={"User-Agent": f"rollbackd/{__version__}"},
+        limits=httpx.Limits(max_keepalive_connections=0),
     )
     routes: list[tuple[NotifierConfig, Notifier]] = [
         (

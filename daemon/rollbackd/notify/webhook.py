@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from rollbackd.bounded import watch_httpx, within
 from rollbackd.config import NotifierConfig
 from rollbackd.durations import format_duration
 from rollbackd.notify import Message
@@ -114,41 +115,54 @@ def post_json(
     payload: dict[str, Any],
     secrets: list[str],
 ) -> None:
-    """POST ``payload`` to ``config.url`` once, with ``config.timeout`` for each phase
-    (connect, send, every read); raise :class:`DeliveryError` unless the answer is 2xx."""
+    """POST ``payload`` to ``config.url`` once, all of it (connect, send, answer) within
+    ``config.timeout``; raise :class:`DeliveryError` unless the answer is 2xx.
+
+    A receiver that trickles its answer byte by byte is cut off at the timeout
+    (see :mod:`rollbackd.bounded`); of a refusal, only :data:`BODY_HEAD` bytes are read.
+    """
     timeout = config.timeout.total_seconds()
-    try:
-        with client.stream(
-            "POST", config.url, json=payload, timeout=timeout, follow_redirects=False
-        ) as response:
-            status = response.status_code
-            if 200 <= status < 300:
-                return
-            head = redact(one_line(_head(response), BODY_HEAD), secrets)
-            answer = f"HTTP {status} {response.reason_phrase}".rstrip()
-            if head:
-                answer = f"{answer}: {head}"
-            if status == 429 or status >= 500:
-                raise DeliveryError(
-                    answer,
-                    retryable=True,
-                    retry_after=_retry_after(response.headers.get("retry-after")),
-                )
-            if 300 <= status < 400:
-                answer += " (redirects are not followed: configure the final URL)"
-            raise DeliveryError(answer, retryable=False)
-    except httpx.TimeoutException as exc:
-        raise DeliveryError(_timed_out(exc, config), retryable=True) from None
-    except httpx.UnsupportedProtocol:
-        raise DeliveryError("the URL's scheme is not supported", retryable=False) from None
-    except httpx.TransportError as exc:
-        detail = redact(one_line(str(exc), 200), secrets) or type(exc).__name__
-        raise DeliveryError(f"cannot reach the receiver: {detail}", retryable=True) from None
-    except httpx.HTTPError as exc:
-        detail = redact(one_line(str(exc), 200), secrets) or type(exc).__name__
-        raise DeliveryError(f"{type(exc).__name__}: {detail}", retryable=False) from None
-    except httpx.InvalidURL:
-        raise DeliveryError("the configured URL is not valid", retryable=False) from None
+    with within(timeout) as deadline:
+        try:
+            with client.stream(
+                "POST",
+                config.url,
+                json=payload,
+                timeout=timeout,
+                follow_redirects=False,
+                extensions={"trace": watch_httpx},
+            ) as response:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return
+                head = redact(one_line(_head(response), BODY_HEAD), secrets)
+                answer = f"HTTP {status} {response.reason_phrase}".rstrip()
+                if head:
+                    answer = f"{answer}: {head}"
+                if status == 429 or status >= 500:
+                    raise DeliveryError(
+                        answer,
+                        retryable=True,
+                        retry_after=_retry_after(response.headers.get("retry-after")),
+                    )
+                if 300 <= status < 400:
+                    answer += " (redirects are not followed: configure the final URL)"
+                raise DeliveryError(answer, retryable=False)
+        except httpx.TimeoutException as exc:
+            raise DeliveryError(_timed_out(exc, config), retryable=True) from None
+        except httpx.UnsupportedProtocol:
+            raise DeliveryError("the URL's scheme is not supported", retryable=False) from None
+        except (httpx.TransportError, OSError) as exc:
+            if deadline.expired or not deadline.left():  # cut off at the deadline
+                limit = format_duration(config.timeout)
+                raise DeliveryError(f"no answer within {limit}", retryable=True) from None
+            detail = redact(one_line(str(exc), 200), secrets) or type(exc).__name__
+            raise DeliveryError(f"cannot reach the receiver: {detail}", retryable=True) from None
+        except httpx.HTTPError as exc:
+            detail = redact(one_line(str(exc), 200), secrets) or type(exc).__name__
+            raise DeliveryError(f"{type(exc).__name__}: {detail}", retryable=False) from None
+        except httpx.InvalidURL:
+            raise DeliveryError("the configured URL is not valid", retryable=False) from None
 
 
 def _timed_out(exc: httpx.TimeoutException, config: NotifierConfig) -> str:

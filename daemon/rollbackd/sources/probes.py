@@ -4,11 +4,27 @@ A probe that fails, answers an unexpected status, misses its body match,
 exceeds its latency budget or times out is a *measurement* of 0 (the service
 is failing), not missing data: this is how a complete outage is caught when
 the application exports no metrics at all. A passing probe measures 1.
+
+A probe that rollbackd could not even try is *inconclusive* (no value, with
+the reason), never an outage: the daemon out of file descriptors (EMFILE,
+ENFILE), buffers or memory (ENOBUFS, ENOMEM), local ports (EADDRNOTAVAIL),
+network (ENETDOWN, ENETUNREACH) or permission (EACCES, EPERM), a name its
+resolver cannot resolve, a URL it cannot send. Only the service's doing
+counts against it: its answer, a refused, reset or aborted connection, a host
+that is down (EHOSTUNREACH, EHOSTDOWN), a TLS handshake it fails, a timeout.
+Were a flood of connections to exhaust the daemon's descriptors, its probes
+would otherwise "see" an outage and roll back a healthy deploy.
+
+Each probe ends within its ``timeout`` in total (connect, headers and body;
+see :mod:`rollbackd.bounded`) and reads at most :data:`BODY_LIMIT` of the body.
 """
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
+import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,24 +32,47 @@ from datetime import timedelta
 
 import httpx
 
+from rollbackd.bounded import Deadline, format_size, watch_httpx, within
 from rollbackd.config import ProbeConfig, ServiceConfig
 from rollbackd.durations import format_duration
 
 HEALTH = "health"
+BODY_LIMIT = 1 << 20
+"""Bytes of a probe's answer read (and searched by ``body_match``); the rest is not read."""
+SERVICE_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.EHOSTUNREACH,
+        errno.EHOSTDOWN,
+        errno.ETIMEDOUT,
+    }
+)
+"""Socket errors that are the service's doing (nothing listens, it hung up, its host is
+down); any other errno is the daemon's own trouble and the probe is inconclusive."""
 
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One probe's verdict: passing or not, and why, in one line."""
+    """One probe's verdict: passing or not, and why, in one line.
+
+    ``measured`` is False when the probe could not be tried at all (the daemon's
+    own trouble): then it says nothing about the service and has no value.
+    """
 
     service: str
     probe: str
     passed: bool
     reason: str
     latency: float | None = None
+    measured: bool = True
 
     @property
-    def value(self) -> float:
+    def value(self) -> float | None:
+        if not self.measured:
+            return None
         return 1.0 if self.passed else 0.0
 
 
@@ -46,36 +85,52 @@ def probes_of(service: ServiceConfig) -> list[ProbeConfig]:
 
 
 class Prober:
-    """Runs probes over one shared HTTP client; every request has its timeout."""
+    """Runs probes over one shared HTTP client; every request within its total timeout.
+
+    The client keeps no idle connections: each probe connects anew (as a
+    user's first request would), which also lets the deadline watch every
+    connection it uses.
+    """
 
     def __init__(self, transport: httpx.BaseTransport | None = None) -> None:
-        self._client = httpx.Client(transport=transport, follow_redirects=False)
+        self._client = httpx.Client(
+            transport=transport,
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     def close(self) -> None:
         self._client.close()
 
     def probe(self, service: str, probe: ProbeConfig) -> ProbeResult:
-        """Run one probe now; never raises for anything the network or server does."""
-        seconds = probe.timeout.total_seconds()
-        started = time.monotonic()
+        """Run one probe now; never raises for anything the network, server or daemon does."""
         try:
-            response = self._client.request(probe.method, probe.url, timeout=httpx.Timeout(seconds))
-        except httpx.TimeoutException:
+            return self._probe(service, probe)
+        except Exception as exc:  # noqa: BLE001 -- a probe's own bug must not stop the cycle
             return ProbeResult(
                 service,
                 probe.name,
                 False,
-                f"{probe.method} {probe.url} timed out after {format_duration(probe.timeout)}",
+                f"{probe.method} {probe.url} could not be probed: {type(exc).__name__}: {exc}",
+                measured=False,
             )
-        except httpx.HTTPError as exc:
-            return ProbeResult(
-                service,
-                probe.name,
-                False,
-                f"{probe.method} {probe.url} failed: {type(exc).__name__}: {exc}",
-            )
-        latency = time.monotonic() - started
+
+    def _probe(self, service: str, probe: ProbeConfig) -> ProbeResult:
+        seconds = probe.timeout.total_seconds()
         where = f"{probe.method} {probe.url}"
+        started = time.monotonic()
+        with within(seconds) as deadline:
+            try:
+                with self._client.stream(
+                    probe.method,
+                    probe.url,
+                    timeout=httpx.Timeout(seconds),
+                    extensions={"trace": watch_httpx},
+                ) as response:
+                    body = _head(response, BODY_LIMIT)
+            except (httpx.HTTPError, OSError) as exc:
+                return _failure(service, probe, exc, deadline)
+        latency = time.monotonic() - started
         if response.status_code not in probe.expect_status:
             expected = " or ".join(str(c) for c in probe.expect_status)
             return ProbeResult(
@@ -85,13 +140,15 @@ class Prober:
                 f"{where} answered {response.status_code}, expected {expected}",
                 latency,
             )
-        if probe.body_match is not None and re.search(probe.body_match, response.text) is None:
+        text = body.decode(response.encoding or "utf-8", errors="replace")
+        if probe.body_match is not None and re.search(probe.body_match, text) is None:
+            read = f" (its first {format_size(BODY_LIMIT)})" if len(body) >= BODY_LIMIT else ""
             return ProbeResult(
                 service,
                 probe.name,
                 False,
-                f"{where} answered {response.status_code} but the body does not match "
-                f"{probe.body_match!r}",
+                f"{where} answered {response.status_code} but the body{read} does not "
+                f"match {probe.body_match!r}",
                 latency,
             )
         if probe.latency_budget is not None and latency > probe.latency_budget.total_seconds():
@@ -126,3 +183,66 @@ class Prober:
 def longest_timeout(services: Iterable[ServiceConfig]) -> timedelta:
     """The longest a round of probes may wait on one probe."""
     return max((p.timeout for s in services for p in probes_of(s)), default=timedelta(0))
+
+
+def _head(response: httpx.Response, limit: int) -> bytes:
+    """The first ``limit`` bytes of the body; the rest is left unread."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
+
+
+def _failure(service: str, probe: ProbeConfig, exc: Exception, deadline: Deadline) -> ProbeResult:
+    """The verdict on a probe that got no whole answer: failing, or not tried at all."""
+    where = f"{probe.method} {probe.url}"
+
+    def failing(reason: str) -> ProbeResult:
+        return ProbeResult(service, probe.name, False, reason)
+
+    def not_tried(why: str) -> ProbeResult:
+        return ProbeResult(
+            service,
+            probe.name,
+            False,
+            f"{where} could not be probed: {why}: rollbackd's own trouble, not the service's",
+            measured=False,
+        )
+
+    timed_out = f"{where} timed out after {format_duration(probe.timeout)}"
+    if deadline.expired or not deadline.left():
+        return failing(timed_out)
+    if isinstance(exc, httpx.PoolTimeout):
+        return not_tried("no free connection")
+    if isinstance(exc, httpx.TimeoutException):
+        return failing(timed_out)
+    cause = _os_error(exc)
+    if isinstance(cause, ssl.SSLError):
+        return failing(f"{where} failed: TLS: {cause}")
+    if isinstance(cause, socket.gaierror):
+        return not_tried(f"cannot resolve its host ({cause.strerror or cause})")
+    if cause is not None and cause.errno in SERVICE_ERRNOS:
+        return failing(f"{where} failed: {type(exc).__name__}: {cause.strerror or exc}")
+    if cause is not None and cause.errno is not None:
+        name = errno.errorcode.get(cause.errno, str(cause.errno))
+        return not_tried(f"{cause.strerror or cause} ({name})")
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.DecodingError):
+        return failing(f"{where} failed: {type(exc).__name__}: {exc}")
+    return not_tried(f"{type(exc).__name__}: {exc}")
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The operating system's error behind an httpx error (httpx wraps httpcore's, which
+    wraps the socket's), if there is one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

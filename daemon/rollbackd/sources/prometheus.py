@@ -1,4 +1,4 @@
-"""PromQL queries through prometheus-api-client, with a timeout on every call.
+"""PromQL queries through prometheus-api-client, each bounded in time, size and shape.
 
 One instant query per rule per cycle whatever the number of services: the
 result is a vector keyed by its ``service`` label. Anything that is not a
@@ -6,60 +6,148 @@ usable number for a service (no series, NaN, ±Inf, a scalar instead of a
 vector, two series for one service, Prometheus down, slow or answering
 garbage) becomes a *missing* measurement with the reason, never a healthy
 value and never a crash. Errors are translated here, at the boundary.
+
+Every call (instant, range, label history) ends within ``[prometheus] timeout``
+whatever the server does — never answering, trickling its headers or its body,
+sending without end — reads at most ``max_response_bytes`` of answer, and
+parses no JSON deeper than :data:`~rollbackd.bounded.MAX_JSON_DEPTH` levels or
+with numbers longer than :data:`~rollbackd.bounded.MAX_NUMBER_LENGTH`
+characters (see :mod:`rollbackd.bounded`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
+import urllib3
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.response import HTTPResponse
 from urllib3.util.retry import Retry
 
+from rollbackd.bounded import TooLargeError, json_problem, read_capped, watch, within
+from rollbackd.config import Config
 from rollbackd.durations import format_duration
 from rollbackd.model import Matrix, Measurement, Vector
 
-__all__ = ["Matrix", "PrometheusSource", "QueryError", "Vector", "chunks"]
+__all__ = ["MAX_RESPONSE_BYTES", "Matrix", "PrometheusSource", "QueryError", "Vector", "chunks"]
 
 MAX_POINTS = 11_000
 """Prometheus refuses range queries of more points than this per series."""
 _CHUNK_POINTS = 10_000
+MAX_RESPONSE_BYTES = 64 << 20
+"""The default cap on one answer (``[prometheus] max_response_bytes``)."""
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    """A connection whose socket the running call's deadline cuts (see :mod:`rollbackd.bounded`)."""
+
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        if self.sock is not None:
+            watch(self.sock)
+        return super().getresponse()
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    """The TLS twin of :class:`_WatchedHTTPConnection`."""
+
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        if self.sock is not None:
+            watch(self.sock)
+        return super().getresponse()
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter on connections that the call's total deadline can cut; no retries."""
+
+    def __init__(self) -> None:
+        super().__init__(max_retries=Retry(total=0, connect=0, read=False, redirect=0, status=0))
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+        return manager
+
+
+class _RefusedError(requests.RequestException):
+    """An answer over the size cap, or JSON beyond the parse limits: never parsed."""
 
 
 class _DeadlineSession(requests.Session):
-    """A session whose every request ends within ``total`` seconds, body included.
+    """A session whose every request ends within ``total`` seconds and ``max_bytes``.
 
-    requests' timeout bounds each socket read, so an answer trickling in byte
-    by byte could hold a cycle forever; here the body is read as it arrives
-    and the request is abandoned once the deadline passes.
+    requests' timeout bounds each socket operation, so a server trickling its
+    headers or its body byte by byte could hold a cycle for ever: here the
+    whole exchange (connect, headers, body) runs under one
+    :func:`~rollbackd.bounded.within` deadline that cuts the connection when it
+    passes. The body is read as it arrives, up to ``max_bytes``, and checked
+    against the JSON parse limits before prometheus-api-client parses it.
     """
 
-    def __init__(self, total: float) -> None:
+    def __init__(self, total: float, max_bytes: int) -> None:
         super().__init__()
         self.total = total
+        self.max_bytes = max_bytes
 
     def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + self.total
         kwargs["stream"] = True
+        with within(self.total) as deadline:
+            try:
+                return self._exchange(method, url, args, kwargs)
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                if isinstance(exc, _RefusedError):
+                    raise
+                if deadline.expired or not deadline.left():
+                    raise requests.Timeout(f"no whole answer within {self.total:g}s") from None
+                if isinstance(exc, requests.RequestException):
+                    raise
+                raise requests.ConnectionError(_short(exc)) from None
+
+    def _exchange(
+        self, method: str, url: str | bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> requests.Response:
         response = super().request(method, url, *args, **kwargs)
-        body = bytearray()
         try:
-            while True:
-                if time.monotonic() > deadline:
-                    raise requests.Timeout(f"no whole answer within {self.total:g}s")
-                chunk = response.raw.read1(65536, decode_content=True)
-                if not chunk:
-                    break
-                body.extend(chunk)
+            body = read_capped(
+                response.iter_content(_READ_SIZE),
+                self.max_bytes,
+                response.headers.get("Content-Length"),
+            )
+        except TooLargeError as exc:
+            raise _RefusedError(f"{exc} (the limit is [prometheus] max_response_bytes)") from None
         finally:
             response.close()
-        response._content = bytes(body)
+        problem = json_problem(body) if response.status_code == 200 else None
+        if problem is not None:
+            raise _RefusedError(f"answered something that is not its API: {problem}")
+        response._content = body
         response._content_consumed = True
         return response
+
+
+_READ_SIZE = 1 << 16
 
 
 class QueryError(Exception):
@@ -67,17 +155,36 @@ class QueryError(Exception):
 
 
 class PrometheusSource:
-    """Queries one Prometheus server; every call bounded by ``timeout``."""
+    """Queries one Prometheus server; every call bounded by ``timeout`` and ``max_bytes``."""
 
-    def __init__(self, url: str, timeout: timedelta, service_label: str = "service") -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: timedelta,
+        service_label: str = "service",
+        max_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.service_label = service_label
+        session = _DeadlineSession(timeout.total_seconds(), max_bytes)
         self._client = PrometheusConnect(
             url=self.url,
             retry=Retry(total=0, connect=0, read=False, redirect=0, status=0),
             timeout=timeout.total_seconds(),
-            session=_DeadlineSession(timeout.total_seconds()),
+            session=session,
+        )
+        # The client mounts an adapter of its own for this URL; ours replaces it.
+        session.mount(self.url, _WatchedAdapter())
+
+    @classmethod
+    def from_config(cls, config: Config) -> PrometheusSource:
+        """The source ``[prometheus]`` describes, keyed by ``[alerts] service_label``."""
+        return cls(
+            config.prometheus.url,
+            config.prometheus.timeout,
+            config.alerts.service_label,
+            config.prometheus.max_response_bytes,
         )
 
     def instant(self, query: str, at: datetime) -> Vector:
@@ -105,6 +212,8 @@ class PrometheusSource:
         for service, value in numbers.items():
             if not isinstance(service, str) or not service or value - value != 0.0:
                 raise ValueError("an odd label, or NaN or ±Inf: read carefully")
+            if not service.isascii():
+                raise ValueError("a label that may not be valid Unicode: read carefully")
         return Vector(numbers)
 
     def _vector_carefully(self, result: list[Any]) -> Vector:
@@ -219,8 +328,11 @@ class PrometheusSource:
         return f"{count} series for this service: aggregate the query by {self.service_label}"
 
     def _call(self, method: Any, query: str, **kwargs: Any) -> Any:
+        """The client's answer, or QueryError saying why there is none; nothing else escapes."""
         try:
             return method(query, **kwargs)
+        except _RefusedError as exc:
+            raise QueryError(f"Prometheus at {self.url} {exc}") from None
         except requests.Timeout:
             raise QueryError(
                 f"Prometheus at {self.url} did not answer within {format_duration(self.timeout)}"
@@ -235,6 +347,10 @@ class PrometheusSource:
             ) from None
         except requests.RequestException as exc:
             raise QueryError(f"Prometheus at {self.url}: {_short(exc)}") from None
+        except (RecursionError, MemoryError) as exc:  # a backstop behind the parse limits
+            raise QueryError(
+                f"Prometheus at {self.url} answered what cannot be read: {type(exc).__name__}"
+            ) from None
 
 
 def chunks(start: datetime, end: datetime, step: timedelta) -> Iterator[tuple[datetime, datetime]]:
@@ -250,11 +366,20 @@ def chunks(start: datetime, end: datetime, step: timedelta) -> Iterator[tuple[da
 
 
 def _label(item: dict[str, Any], name: str) -> str | None:
+    """A label's value; None for none, an empty one, or one that is not valid Unicode
+    (JSON can carry a lone surrogate, which no journal, log or page could write)."""
     metric = item.get("metric")
     if not isinstance(metric, dict):
         return None
     value = metric.get(name)
-    return value if isinstance(value, str) and value else None
+    if not isinstance(value, str) or not value:
+        return None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+    return value
 
 
 def _sample(raw: Any) -> Measurement:
