@@ -16,6 +16,7 @@ pytest 9 removed, so every lazily parametrized test errors out.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,11 +113,21 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     journal = SqliteJournal(journal_path(loaded.config.daemon.state_dir))
     daemon = Daemon(loaded, journal, metrics_source=ScriptedMetrics(["web"]))
     daemon.start()
+    stopped = threading.Event()
+
+    def loop() -> None:  # cycles as `run` does, so /readyz is 200 as long as they complete
+        while not stopped.wait(0.5):
+            daemon.cycle()
+
+    cycles = threading.Thread(target=loop, name="cycles", daemon=True)
+    cycles.start()
     server = LiveServer(create_app(daemon), port)
     server.start()
     try:
         yield server.url
     finally:
+        stopped.set()
+        cycles.join(timeout=10)
         server.stop()
         daemon.shutdown()
         journal.close()

@@ -886,11 +886,11 @@ class LiveCycle:
         for rule in plan.rules:
             if rule.query is not None:
                 reads[f"rule:{rule.name}"] = self._pool.submit(
-                    self.prometheus.instant, rule.query, now
+                    guarded_instant, self.prometheus, rule.query, now
                 )
                 if rule.impact_query is not None:
                     reads[f"impact:{rule.name}"] = self._pool.submit(
-                        self.prometheus.instant, rule.impact_query, now
+                        guarded_instant, self.prometheus, rule.impact_query, now
                     )
         probe_names = {r.probe for r in plan.rules if r.probe is not None}
         if self.prober is not None and probe_names:
