@@ -270,7 +270,9 @@ class Daemon:
 
         if not any(rule.query is not None for rule in self.loaded.rules):
             return
-        answer = guarded_instant(self.source, "vector(1)", now)
+        label = self.config.alerts.service_label  # a label name: checked by the config
+        trivial = f'label_replace(vector(1), "{label}", "rollbackd", "", "")'
+        answer = guarded_instant(self.source, trivial, now)
         if answer.error is not None:  # one bounded read, rather than a budget spent waiting
             log.warning(
                 "warm-up skipped: rule states start fresh",
