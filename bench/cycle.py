@@ -295,7 +295,7 @@ def child(
     from rollbackd.engine import Engine, LiveCycle  # noqa: PLC0415
     from rollbackd.loader import load  # noqa: PLC0415
     from rollbackd.model import FindingState  # noqa: PLC0415
-    from rollbackd.service import settle_heap  # noqa: PLC0415
+    from rollbackd.runtime import settle_heap  # noqa: PLC0415
     from rollbackd.sources.prometheus import PrometheusSource  # noqa: PLC0415
 
     loaded = load(config_path)

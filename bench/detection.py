@@ -268,19 +268,14 @@ def alert_rule(for_seconds: int) -> str:
 
 
 @contextlib.contextmanager
-def daemon_in_process(  # noqa: PLR0915 -- the wiring of serve(), in one place
-    config_path: Path, seen: Seen, log_path: Path
-) -> Iterator[Any]:
-    """rollbackd's Daemon wired as ``serve`` wires it (its scheduler and heap settings),
-    minus signals and systemd."""
-    import uvicorn  # noqa: PLC0415 -- the daemon's own server
-
-    from rollbackd.api import create_app  # noqa: PLC0415
+def daemon_in_process(config_path: Path, seen: Seen, log_path: Path) -> Iterator[Any]:
+    """rollbackd's Daemon in its runtime, as ``rollbackd run`` starts it, minus signals."""
     from rollbackd.assembly import notifier_for, open_journal  # noqa: PLC0415
     from rollbackd.loader import load  # noqa: PLC0415
     from rollbackd.logs import configure  # noqa: PLC0415
     from rollbackd.model import FindingState  # noqa: PLC0415
-    from rollbackd.service import Daemon, scheduler, settle_heap  # noqa: PLC0415
+    from rollbackd.runtime import Runtime  # noqa: PLC0415
+    from rollbackd.service import Daemon  # noqa: PLC0415
 
     log_file = log_path.open("a", encoding="utf-8")
     configure("json", stream=log_file)
@@ -315,30 +310,11 @@ def daemon_in_process(  # noqa: PLR0915 -- the wiring of serve(), in one place
 
     daemon.on_cycle = on_cycle
     daemon.on_event = on_event
-    config = loaded.config.daemon
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(daemon),
-            host=config.host,
-            port=config.port,
-            log_level="error",
-            access_log=False,
-            lifespan="off",
-        )
-    )
-    threading.Thread(target=server.run, name="http", daemon=True).start()
-    wait_until(lambda: server.started, 20, "the daemon's HTTP server did not start")
-    cycles = scheduler(daemon)
-    daemon.start()
-    settle_heap()
-    cycles.start()
+    runtime = Runtime(daemon, config_path, log_level="error").start()
     try:
         yield daemon
     finally:
-        cycles.shutdown(wait=True)
-        server.should_exit = True
-        daemon.shutdown(timeout=30)
-        journal.close()
+        runtime.stop()
         log_file.close()
 
 

@@ -142,7 +142,8 @@ def check_config(config: ConfigOption = None) -> None:
 def run(config: ConfigOption = None) -> None:
     """Run the daemon: scheduler, webhook/API server, executors (systemd Type=notify)."""
     from rollbackd.logs import configure  # noqa: PLC0415 -- only the daemon configures logging
-    from rollbackd.service import Daemon, serve  # noqa: PLC0415 -- keeps other commands light
+    from rollbackd.runtime import Runtime  # noqa: PLC0415 -- keeps other commands light
+    from rollbackd.service import Daemon  # noqa: PLC0415
 
     loaded = _load(config)
     configure(loaded.config.daemon.log_format)
@@ -153,7 +154,7 @@ def run(config: ConfigOption = None) -> None:
         _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
     daemon = Daemon(loaded, journal, notifiers=lambda config: notifier_for(config, journal))
     with lock:
-        serve(daemon, loaded.config_path)
+        Runtime(daemon, loaded.config_path).run()
 
 
 def _lock_state_dir(loaded: Loaded, holder: str) -> StateLock:

@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from rollbackd.errors import RollbackdError
 from rollbackd.journal import IncidentState
 from rollbackd.model import Decision, FindingState
 
@@ -435,40 +436,20 @@ def _bad_release(clone: Path, scenario: str) -> str:
 
 
 def _start_daemon(loaded: Any, cleanup: list[Callable[[], None]]) -> tuple[Any, str]:
-    import uvicorn  # noqa: PLC0415 -- only the demo and run serve
-
-    from rollbackd.api import create_app  # noqa: PLC0415
+    """The daemon as `rollbackd run` starts it (its runtime: scheduler, server, systemd)."""
     from rollbackd.assembly import notifier_for, open_journal  # noqa: PLC0415
+    from rollbackd.runtime import Runtime  # noqa: PLC0415 -- only the demo and run serve
     from rollbackd.service import Daemon  # noqa: PLC0415
 
     journal = open_journal(loaded.config)
     daemon = Daemon(loaded, journal, notifier=notifier_for(loaded.config, journal))
-    config = loaded.config.daemon
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(daemon), host=config.host, port=config.port, log_level="error",
-            access_log=False, lifespan="off",
-        )
-    )  # fmt: skip
-    threading.Thread(target=server.run, name="http", daemon=True).start()
-    _wait(lambda: server.started, 20, "the daemon's HTTP server did not start")
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(config.poll_interval.total_seconds()):
-            daemon.cycle()
-
-    daemon.start()
-    threading.Thread(target=loop, name="cycle", daemon=True).start()
-
-    def shutdown() -> None:
-        stop.set()
-        server.should_exit = True
-        daemon.shutdown()
-        journal.close()
-
-    cleanup.append(shutdown)
-    return daemon, f"http://{config.host}:{config.port}"
+    runtime = Runtime(daemon, loaded.config_path, log_level="error")
+    try:
+        runtime.start()
+    except RollbackdError as exc:
+        raise DemoFailed(f"the daemon did not start: {exc}") from None
+    cleanup.append(runtime.stop)
+    return daemon, runtime.url
 
 
 def _wait(check: Callable[[], bool], timeout: float, failure: str) -> None:

@@ -12,8 +12,6 @@ the uvicorn server, signals and systemd notifications around it.
 
 from __future__ import annotations
 
-import gc
-import signal
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -21,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rollbackd.actions.checklist import Checklist, Refused, RollbackRequest, failpoint
 from rollbackd.assembly import build_checklist, now_utc
@@ -30,7 +28,7 @@ from rollbackd.deploys import Deploy, DeployHistory
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.engine import CycleReport, Engine, IncidentEvent, Judgement, LiveCycle
 from rollbackd.engine import Outcome as Ended
-from rollbackd.errors import InvalidInput, Problem, RollbackdError
+from rollbackd.errors import InvalidInput, Problem
 from rollbackd.journal import (
     AlertRecord,
     IncidentRecord,
@@ -54,9 +52,6 @@ from rollbackd.sources.alerts import alert_findings, parse_webhook
 from rollbackd.sources.deploys import parse_event, valid_ref
 from rollbackd.sources.probes import Prober
 from rollbackd.sources.prometheus import PrometheusSource
-
-if TYPE_CHECKING:
-    from apscheduler.schedulers.background import BackgroundScheduler
 
 log = get_logger("rollbackd")
 
@@ -1054,151 +1049,3 @@ def _keep_running(running: Config, loaded: Loaded) -> tuple[Loaded, list[str]]:
     config = loaded.config.model_copy(update={"daemon": daemon})
     described = [f"daemon.{key} ({old} → {new})" for key, (old, new) in changed.items()]
     return replace(loaded, config=config), described
-
-
-YOUNG_OBJECTS = 50_000
-"""Allocations between two young garbage collections (Python's default is 700)."""
-
-
-def settle_heap() -> None:
-    """Tune the garbage collector for a loop that allocates in bursts, once start-up is done.
-
-    What is loaded by now lives as long as the process: frozen, it stays out of
-    the collector's full passes, which took 30-50 ms each under webhook load
-    (bench/ingest). A cycle at 10,000 services allocates some 300,000 objects
-    that live until the next one; with the default threshold they set off a
-    full pass several times per cycle, most of that cycle's own CPU
-    (bench/cycle). Reference counting frees nearly all of them anyway.
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_OBJECTS, older, oldest)
-
-
-CYCLE_JOB = "evaluate"
-"""The scheduler's job that runs one cycle every poll interval."""
-
-
-def planned(first: datetime, interval: timedelta, now: datetime) -> datetime:
-    """The latest instant of the schedule ``first + k * interval`` that is not after ``now``."""
-    if now <= first:
-        return first
-    return first + interval * ((now - first) // interval)
-
-
-def scheduler(
-    daemon: Daemon, after_cycle: Callable[[], object] | None = None
-) -> BackgroundScheduler:
-    """A cycle every poll interval, at its planned instant, one at a time (not started)."""
-    from apscheduler.schedulers.background import (  # noqa: PLC0415 -- only the daemon schedules
-        BackgroundScheduler,
-    )
-    from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
-
-    first, interval = daemon.clock(), daemon.config.daemon.poll_interval
-
-    def tick() -> None:
-        # The planned time, not the moment the thread woke: cycles exactly one interval
-        # apart, so a rule's `for` is reached at the cycle it should be, not one late.
-        # The trigger's, which a reload may have replaced (reschedule).
-        trigger = jobs.get_job(CYCLE_JOB).trigger
-        daemon.cycle(planned(trigger.start_date, trigger.interval, daemon.clock()))
-        if after_cycle is not None:
-            after_cycle()
-
-    jobs = BackgroundScheduler(timezone="UTC")
-    jobs.add_job(
-        tick,
-        IntervalTrigger(seconds=interval.total_seconds(), start_date=first),
-        id=CYCLE_JOB,
-        max_instances=1,
-        coalesce=True,
-        next_run_time=first,
-        misfire_grace_time=None,
-    )
-    return jobs
-
-
-def reschedule(jobs: BackgroundScheduler, daemon: Daemon) -> bool:
-    """After a reload: cycles every (new) ``poll_interval`` from now on; False if unchanged."""
-    from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
-
-    interval = daemon.config.daemon.poll_interval
-    if jobs.get_job(CYCLE_JOB).trigger.interval == interval:
-        return False
-    trigger = IntervalTrigger(seconds=interval.total_seconds(), start_date=daemon.clock())
-    jobs.reschedule_job(CYCLE_JOB, trigger=trigger)
-    log.info("poll interval changed", poll_interval=format_duration(interval))
-    return True
-
-
-def serve(daemon: Daemon, config_path: Path) -> None:
-    """Run until SIGTERM: the scheduler, the HTTP server, signals and systemd notifications."""
-    import uvicorn  # noqa: PLC0415 -- only the daemon needs the server
-
-    from rollbackd.api import create_app  # noqa: PLC0415 -- api imports this module
-    from rollbackd.httpserver import server_options  # noqa: PLC0415 -- only the daemon serves
-    from rollbackd.sdnotify import SystemdNotifier  # noqa: PLC0415
-
-    systemd = SystemdNotifier()
-    daemon.on_cycle = systemd.status
-
-    config = daemon.config.daemon
-    # Only a loop that completes a cycle keeps the watchdog fed.
-    cycles = scheduler(daemon, after_cycle=systemd.watchdog)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(daemon),
-            host=config.host,
-            port=config.port,
-            access_log=False,
-            log_level="warning",
-            lifespan="off",
-            **server_options(daemon),
-        )
-    )
-
-    def announce_ready() -> None:
-        while not server.started and not server.should_exit:
-            time.sleep(0.05)
-        if server.started:
-            systemd.ready()
-            log.info("ready", listen=config.listen, services=len(daemon.config.services))
-
-    def on_hup(signum: int, frame: object) -> None:
-        def reload() -> None:
-            systemd.reloading()
-            systemd.status(daemon.reload(config_path))
-            reschedule(cycles, daemon)
-            systemd.ready()
-
-        threading.Thread(target=reload, name="reload", daemon=True).start()
-
-    def on_stop(signum: int, frame: object) -> None:
-        server.should_exit = True  # uvicorn re-raises the signal it caught: end cleanly here
-
-    signal.signal(signal.SIGHUP, on_hup)
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    daemon.start()
-    settle_heap()
-    cycles.start()
-    threading.Thread(target=announce_ready, name="ready", daemon=True).start()
-    try:
-        try:
-            server.run()
-        except SystemExit:
-            if server.started:
-                raise
-            raise RollbackdError(
-                f"cannot listen on {config.listen}: the address is taken or not this host's "
-                "(another rollbackd running?)"
-            ) from None
-    finally:
-        systemd.stopping()
-        log.info("stopping: finishing the step in progress")
-        cycles.shutdown(wait=True)
-        daemon.shutdown()
-        daemon.journal.close()
-        log.info("stopped")

@@ -296,7 +296,7 @@ def test_a_rule_fires_at_the_cycle_its_for_is_reached_even_when_cycles_wake_late
     from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
     from rollbackd.engine import Engine, Inputs  # noqa: PLC0415
     from rollbackd.model import Measurement  # noqa: PLC0415
-    from rollbackd.service import planned  # noqa: PLC0415
+    from rollbackd.runtime import planned  # noqa: PLC0415
 
     cfg = config()
     engine = Engine(cfg, rules()[:1], DeployHistory(cfg.deploys.known_good_after))

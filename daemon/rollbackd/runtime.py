@@ -1,0 +1,284 @@
+"""The one lifecycle of a running daemon: start-up, main loop, shutdown, signals.
+
+:class:`Runtime` wires a :class:`~rollbackd.service.Daemon` to what runs it —
+the HTTP server (uvicorn, guarded by :mod:`rollbackd.httpserver`), the
+scheduler that runs a cycle every ``poll_interval`` at its planned instant,
+systemd notifications (READY, STATUS, WATCHDOG, RELOADING, STOPPING) and the
+signals (SIGHUP reloads, SIGTERM and SIGINT stop after the step in progress).
+``rollbackd run``, ``rollbackd demo``, the benchmarks and the tests all start
+a daemon through it, so what they run is what production runs.
+
+Start-up order: the daemon restores and warms up (bounded), the heap is
+settled, the cycles start, then the server listens; READY is sent once it
+does. Shutdown is the reverse: the server stops accepting, the cycles stop,
+the daemon finishes the step in progress, the journal closes.
+"""
+
+from __future__ import annotations
+
+import gc
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rollbackd.durations import format_duration
+from rollbackd.errors import RollbackdError
+from rollbackd.logs import get_logger
+from rollbackd.sdnotify import SystemdNotifier
+
+if TYPE_CHECKING:
+    import uvicorn
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from rollbackd.service import Daemon
+
+log = get_logger("rollbackd.runtime")
+
+CYCLE_JOB = "evaluate"
+"""The scheduler's job that runs one cycle every poll interval."""
+
+YOUNG_OBJECTS = 50_000
+"""Allocations between two young garbage collections (Python's default is 700)."""
+
+START_TIMEOUT = 30.0
+"""Seconds a runtime started in the background waits for its server to listen."""
+
+
+def settle_heap() -> None:
+    """Tune the garbage collector for a loop that allocates in bursts, once start-up is done.
+
+    What is loaded by now lives as long as the process: frozen, it stays out of
+    the collector's full passes, which took 30-50 ms each under webhook load
+    (bench/ingest). A cycle at 10,000 services allocates some 300,000 objects
+    that live until the next one; with the default threshold they set off a
+    full pass several times per cycle, most of that cycle's own CPU
+    (bench/cycle). Reference counting frees nearly all of them anyway.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_OBJECTS, older, oldest)
+
+
+def planned(first: datetime, interval: timedelta, now: datetime) -> datetime:
+    """The latest instant of the schedule ``first + k * interval`` that is not after ``now``."""
+    if now <= first:
+        return first
+    return first + interval * ((now - first) // interval)
+
+
+def scheduler(
+    daemon: Daemon, after_cycle: Callable[[], object] | None = None
+) -> BackgroundScheduler:
+    """A cycle every poll interval, at its planned instant, one at a time (not started)."""
+    from apscheduler.schedulers.background import (  # noqa: PLC0415 -- only a runtime schedules
+        BackgroundScheduler,
+    )
+    from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
+
+    first, interval = daemon.clock(), daemon.config.daemon.poll_interval
+
+    def tick() -> None:
+        # The planned time, not the moment the thread woke: cycles exactly one interval
+        # apart, so a rule's `for` is reached at the cycle it should be, not one late.
+        # The trigger's, which a reload may have replaced (reschedule).
+        trigger = jobs.get_job(CYCLE_JOB).trigger
+        daemon.cycle(planned(trigger.start_date, trigger.interval, daemon.clock()))
+        if after_cycle is not None:
+            after_cycle()
+
+    jobs = BackgroundScheduler(timezone="UTC")
+    jobs.add_job(
+        tick,
+        IntervalTrigger(seconds=interval.total_seconds(), start_date=first),
+        id=CYCLE_JOB,
+        max_instances=1,
+        coalesce=True,
+        next_run_time=first,
+        misfire_grace_time=None,
+    )
+    return jobs
+
+
+def reschedule(jobs: BackgroundScheduler, daemon: Daemon) -> bool:
+    """After a reload: cycles every (new) ``poll_interval`` from now on; False if unchanged."""
+    from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
+
+    interval = daemon.config.daemon.poll_interval
+    if jobs.get_job(CYCLE_JOB).trigger.interval == interval:
+        return False
+    trigger = IntervalTrigger(seconds=interval.total_seconds(), start_date=daemon.clock())
+    jobs.reschedule_job(CYCLE_JOB, trigger=trigger)
+    log.info("poll interval changed", poll_interval=format_duration(interval))
+    return True
+
+
+class Runtime:
+    """A daemon, its HTTP server, its cycles and systemd, started and stopped as one.
+
+    ``run()`` serves in the calling (main) thread until SIGTERM or SIGINT, as
+    ``rollbackd run`` does; ``start()`` and ``stop()`` run the same thing in
+    the background, for the demo, benchmarks and tests. ``cycles=False`` leaves
+    the cycles to the caller (tests that move a fake clock call
+    ``daemon.cycle()`` themselves); ``config_path`` is what SIGHUP reloads.
+    """
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        config_path: Path | None = None,
+        *,
+        cycles: bool = True,
+        systemd: SystemdNotifier | None = None,
+        log_level: str = "warning",
+    ) -> None:
+        self.daemon = daemon
+        self.config_path = config_path
+        self.systemd = systemd if systemd is not None else SystemdNotifier()
+        self.log_level = log_level
+        self._wants_cycles = cycles
+        self.jobs: BackgroundScheduler | None = None
+        self.server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        config = self.daemon.config.daemon
+        return f"http://{config.host}:{config.port}"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve in this thread until SIGTERM/SIGINT; SIGHUP reloads. The main loop of `run`."""
+        self._install_signals()
+        server = self._startup()
+        try:
+            try:
+                server.run()
+            except SystemExit:
+                if server.started:
+                    raise
+                raise RollbackdError(self._cannot_listen()) from None
+        finally:
+            self._shutdown()
+
+    def start(self, timeout: float = START_TIMEOUT) -> Runtime:
+        """Start everything in the background; return once the server listens."""
+        server = self._startup()
+        self._thread = threading.Thread(target=server.run, name="http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self._shutdown()
+                raise RollbackdError(self._cannot_listen())
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop what :meth:`start` started, after the step in progress."""
+        if self.server is not None:
+            self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._shutdown()
+
+    def __enter__(self) -> Runtime:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    # -- the steps ----------------------------------------------------------------------------
+
+    def _startup(self) -> uvicorn.Server:
+        import uvicorn  # noqa: PLC0415 -- only a runtime serves
+
+        from rollbackd.api import create_app  # noqa: PLC0415
+        from rollbackd.httpserver import server_options  # noqa: PLC0415
+
+        daemon, systemd = self.daemon, self.systemd
+        previous = daemon.on_cycle
+
+        def on_cycle(line: str) -> None:
+            previous(line)
+            systemd.status(line)
+
+        daemon.on_cycle = on_cycle
+        config = daemon.config.daemon
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(daemon),
+                host=config.host,
+                port=config.port,
+                access_log=False,
+                log_level=self.log_level,
+                lifespan="off",
+                **server_options(daemon),
+            )
+        )
+        self.server = server
+        daemon.start()
+        settle_heap()
+        if self._wants_cycles:
+            # Only a loop that completes a cycle keeps the watchdog fed.
+            self.jobs = scheduler(daemon, after_cycle=systemd.watchdog)
+            self.jobs.start()
+        threading.Thread(target=self._announce_ready, name="ready", daemon=True).start()
+        return server
+
+    def _announce_ready(self) -> None:
+        server = self.server
+        assert server is not None  # noqa: S101 -- set by _startup before this thread starts
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            self.systemd.ready()
+            config = self.daemon.config
+            log.info("ready", listen=config.daemon.listen, services=len(config.services))
+
+    def _shutdown(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.systemd.stopping()
+        log.info("stopping: finishing the step in progress")
+        if self.jobs is not None:
+            self.jobs.shutdown(wait=True)
+        self.daemon.shutdown()
+        self.daemon.journal.close()
+        log.info("stopped")
+
+    def reload(self) -> None:
+        """Read config and rules again (SIGHUP), and follow a changed poll interval."""
+        if self.config_path is None:
+            return
+        self.systemd.reloading()
+        self.systemd.status(self.daemon.reload(self.config_path))
+        if self.jobs is not None:
+            reschedule(self.jobs, self.daemon)
+        self.systemd.ready()
+
+    def _install_signals(self) -> None:
+        def on_hup(_signum: int, _frame: object) -> None:
+            threading.Thread(target=self.reload, name="reload", daemon=True).start()
+
+        def on_stop(_signum: int, _frame: object) -> None:
+            if self.server is not None:  # uvicorn re-raises the signal it caught: end cleanly
+                self.server.should_exit = True
+
+        signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+
+    def _cannot_listen(self) -> str:
+        listen = self.daemon.config.daemon.listen
+        return (
+            f"cannot listen on {listen}: the address is taken or not this host's "
+            "(another rollbackd running?)"
+        )
