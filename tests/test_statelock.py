@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rollbackd.statelock import StateDirBusy, StateLock
+from rollbackd.errors import StateDirBusy
+from rollbackd.statelock import StateLock
 
 HOLD = """
 import sys, time

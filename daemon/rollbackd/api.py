@@ -23,12 +23,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from rollbackd import __version__
+from rollbackd.config import ROLES
 from rollbackd.durations import format_instant
-from rollbackd.errors import InvalidInput
+from rollbackd.errors import Conflict, InvalidInput, NotFound, NotPermitted
 from rollbackd.journal import IncidentRecord, IncidentState, JournalError
 from rollbackd.output import incident_record
 from rollbackd.report import render_report
-from rollbackd.service import Caller, Conflict, Daemon, Forbidden, NotFound
+from rollbackd.service import Caller, Daemon
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,7 +43,7 @@ PARSE_INLINE_BYTES = 64 * 1024
 """A webhook body up to this size is parsed on the event loop (quicker than a thread hop);
 a larger one, up to 1,000 alerts, in a worker thread so that the loop keeps serving."""
 
-ANY_ROLE = ("admin", "senior_admin", "team", "database", "ci", "alertmanager", "viewer")
+ANY_ROLE = ROLES
 
 
 class _TooLarge(Exception):  # noqa: N818 -- maps to HTTP 413
@@ -178,25 +179,8 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: PLR0915 -- the routes read a
             problems=problems,
         )
 
-    @app.exception_handler(_TooLarge)
-    async def too_large(request: Request, exc: _TooLarge) -> JSONResponse:
-        return _error(413, str(exc), "body")
-
-    @app.exception_handler(Forbidden)
-    async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
-        return _error(403, str(exc), "Authorization")
-
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(Conflict)
-    async def conflict(request: Request, exc: Conflict) -> JSONResponse:
-        return _error(409, str(exc))
-
-    @app.exception_handler(JournalError)
-    async def journal_down(request: Request, exc: JournalError) -> JSONResponse:
-        return _error(503, f"the journal cannot be written, nothing was accepted: {exc}")
+    for error in STATUS:
+        app.add_exception_handler(error, _mapped)
 
     @app.exception_handler(ClientDisconnect)
     async def gone(request: Request, exc: ClientDisconnect) -> Response:
@@ -227,17 +211,13 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: PLR0915 -- the routes read a
                 missing = not request.headers.get("authorization")
                 raise _Unauthorized("a bearer token is required" if missing else "unknown token")
             if caller.role not in roles and caller.role != "admin":
-                raise Forbidden(
+                raise NotPermitted(
                     f"this needs the role {' or '.join(roles)}; the token {caller.name!r} has "
                     f"{caller.role}"
                 )
             return caller
 
         return check
-
-    @app.exception_handler(_Unauthorized)
-    async def unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
-        return _error(401, str(exc), "Authorization")
 
     webhook_doc = {
         "requestBody": {
@@ -417,7 +397,33 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: PLR0915 -- the routes read a
 
 
 class _Unauthorized(Exception):  # noqa: N818 -- maps to HTTP 401
-    pass
+    """No bearer token, or one no configured token hashes to."""
+
+
+STATUS: dict[type[Exception], tuple[int, str | None]] = {
+    _Unauthorized: (401, "Authorization"),
+    NotPermitted: (403, "Authorization"),
+    NotFound: (404, None),
+    Conflict: (409, None),
+    _TooLarge: (413, "body"),
+    JournalError: (503, None),
+}
+"""The one map from the errors the daemon raises to HTTP: (status, the field at fault).
+InvalidInput and request validation are 422 with every problem named (handlers above)."""
+
+
+async def _mapped(request: Request, exc: Exception) -> Response:
+    """The JSON error answer for ``exc``, by the first class of its MRO in :data:`STATUS`."""
+    for kind in type(exc).__mro__:
+        if kind in STATUS:
+            status, field = STATUS[kind]
+            break
+    else:  # registered for the classes of STATUS only
+        status, field = 500, None
+    message = str(exc)
+    if status == 503:
+        message = f"the journal cannot be written, nothing was accepted: {exc}"
+    return _error(status, message, field)
 
 
 def _incident_detail(daemon: Daemon, incident: int) -> dict[str, Any]:

@@ -22,19 +22,28 @@ from rich.progress import Progress
 from rich.table import Table
 
 from rollbackd import __version__
-from rollbackd.actions.checklist import Refused, RollbackRequest
+from rollbackd.actions.checklist import RollbackRequest
 from rollbackd.assembly import build_checklist, notifier_for, now_utc, open_journal
-from rollbackd.client import DaemonClient, DaemonUnavailable, NoDaemon
-from rollbackd.client import Refused as ClientRefused
+from rollbackd.client import DaemonClient
 from rollbackd.config import DEFAULT_CONFIG_PATH
 from rollbackd.deploys import DeployHistory
 from rollbackd.durations import format_duration, format_instant, parse_duration, parse_instant
 from rollbackd.engine import CycleReport, Explanation
-from rollbackd.errors import InvalidInput, NotBuilt, RollbackdError
+from rollbackd.errors import (
+    AlreadyThere,
+    DaemonRefused,
+    DaemonUnavailable,
+    InvalidInput,
+    NoDaemon,
+    NoTarget,
+    RollbackdError,
+    RollbackRefused,
+    StateDirBusy,
+)
 from rollbackd.evaluation import Evaluation, evaluate_now
 from rollbackd.journal import IncidentState, JournalError, SqliteJournal
 from rollbackd.loader import Loaded, load, shown
-from rollbackd.manual import AlreadyThere, NoTarget, manual_request
+from rollbackd.manual import manual_request
 from rollbackd.matrix import TRIGGER_SEVERITY
 from rollbackd.model import Finding, FindingState, Severity, Trigger
 from rollbackd.notify import Notifier
@@ -57,7 +66,7 @@ from rollbackd.report import render_report
 from rollbackd.rules import rule_trigger_severity
 from rollbackd.sources.deploys import valid_ref
 from rollbackd.sources.prometheus import PrometheusSource
-from rollbackd.statelock import StateDirBusy, StateLock
+from rollbackd.statelock import StateLock
 
 EXIT_RUNTIME = 1
 EXIT_INVALID = 2
@@ -116,10 +125,6 @@ def _load(option: Path | None) -> Loaded:
         return load(_config_path(option))
     except InvalidInput as exc:
         _fail([str(p) for p in exc.problems], EXIT_INVALID)
-
-
-def _not_built(command: str, issue: str) -> NoReturn:
-    raise NotBuilt(f"rollbackd {command}: not built yet ({issue})")
 
 
 @app.callback(invoke_without_command=True)
@@ -365,9 +370,9 @@ def _running_daemon(loaded: Loaded) -> DaemonClient | None:
         client = DaemonClient(loaded.config, token, url=public)
         try:
             client.text("/healthz")
-        except (DaemonUnavailable, ClientRefused):
+        except (DaemonUnavailable, DaemonRefused):
             return None
-    except (DaemonUnavailable, ClientRefused) as exc:
+    except (DaemonUnavailable, DaemonRefused) as exc:
         _fail(
             [
                 f"rollbackd: {exc}",
@@ -430,7 +435,7 @@ def _rollback_through(
         _confirm(question, yes)
         asked = {k: v for k, v in (("to", to), ("reason", reason)) if v is not None}
         record = client.post(f"/api/v1/services/{service}/rollback", asked)
-    except ClientRefused as exc:
+    except DaemonRefused as exc:
         usage = exc.status in (401, 403, 404, 422)
         _fail([f"rollbackd: the daemon at {client.url} refused: {exc}"], 2 if usage else 1)
     except DaemonUnavailable as exc:
@@ -481,7 +486,7 @@ def _follow(client: DaemonClient, incident: int) -> dict[str, Any]:
             if ended:
                 return detail
             time.sleep(FOLLOW_EVERY)
-    except ClientRefused as exc:
+    except DaemonRefused as exc:
         _fail([f"rollbackd: following incident {incident}: {exc}"], EXIT_RUNTIME)
     except KeyboardInterrupt:
         _fail(
@@ -539,7 +544,7 @@ def _rollback_here(
             _confirm(question, yes)
             try:
                 incident = checklist.open(request)
-            except Refused as exc:
+            except RollbackRefused as exc:
                 _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
             typer.echo(f"incident {incident}: {question.rstrip('?').lower()}")
         record = checklist.run(incident)
@@ -677,7 +682,7 @@ def report(
         path = f"/api/v1/incidents/{incident}/report"
         try:
             text = _ask(client.text, problem, path, format=fmt.value)
-        except ClientRefused as exc:
+        except DaemonRefused as exc:
             if exc.status != 404:
                 raise
             _fail([f"ID: no incident {incident} (asked the daemon at {client.url})"], EXIT_RUNTIME)
@@ -875,8 +880,6 @@ def main() -> None:
     """Console-script entry point: never a traceback for an expected failure."""
     try:
         app()
-    except NotBuilt as exc:
-        _fail([str(exc)], EXIT_RUNTIME)
     except InvalidInput as exc:
         _fail([str(p) for p in exc.problems], EXIT_INVALID)
     except RollbackdError as exc:

@@ -7,25 +7,9 @@ from typing import Any
 import httpx
 
 from rollbackd.config import Config
-from rollbackd.errors import RollbackdError
+from rollbackd.errors import DaemonRefused, DaemonUnavailable, NoDaemon
 
 TIMEOUT = httpx.Timeout(10.0)
-
-
-class DaemonUnavailable(RollbackdError):  # noqa: N818 -- names the condition
-    """No daemon answers at the configured address."""
-
-
-class NoDaemon(DaemonUnavailable):
-    """Nothing listens at the daemon's address: no daemon runs there."""
-
-
-class Refused(RollbackdError):  # noqa: N818 -- names the condition
-    """The daemon answered with an error (its message says why)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def base_url(config: Config) -> str:
@@ -88,5 +72,5 @@ class DaemonClient:
                 message = str(response.json().get("error", response.text))
             except ValueError:
                 message = response.text[:200]
-            raise Refused(response.status_code, f"{response.status_code}: {message}")
+            raise DaemonRefused(response.status_code, f"{response.status_code}: {message}")
         return response

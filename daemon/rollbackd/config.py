@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,15 +38,8 @@ ENV_PREFIX = "ROLLBACKD_"
 DEFAULT_CONFIG_PATH = Path("/etc/rollbackd/config.toml")
 
 Role = Literal["admin", "senior_admin", "team", "database", "ci", "alertmanager", "viewer"]
-ROLES: tuple[str, ...] = (
-    "admin",
-    "senior_admin",
-    "team",
-    "database",
-    "ci",
-    "alertmanager",
-    "viewer",
-)
+ROLES: tuple[Role, ...] = typing.get_args(Role)
+"""Every role a token can have, in order of authority (the API's "any role")."""
 
 
 def _http_url(value: str) -> str:

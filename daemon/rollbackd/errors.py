@@ -1,16 +1,34 @@
-"""The exception tree of rollbackd, translated into messages at the boundary.
+"""The exception tree of rollbackd, translated into exit codes and statuses at the boundary.
 
 ::
 
     RollbackdError                  anything rollbackd raises on purpose
-    ├── InvalidInput                bad config, rule file or argument: exit 2, never a traceback
-    │   └── (carries Problem items, each naming file, location and what is wrong)
-    └── NotBuilt                    a command of the contract whose capability is not built yet
+    ├── InvalidInput                bad config, rule, argument or request body (carries Problems)
+    │                                 CLI: exit 2 · HTTP: 422
+    ├── NotPermitted                the caller's role may not do this          HTTP: 403
+    ├── NotFound                    no such incident or service                HTTP: 404
+    ├── Conflict                    the request does not fit the current state HTTP: 409
+    ├── RollbackRefused             a rollback that must not start (one is under way,
+    │                                 the target is invalid, the incident moved on)
+    ├── NoTarget                    no target named, and no version is known good
+    ├── AlreadyThere                the service already runs the target
+    ├── StateDirBusy                another rollbackd holds the state directory: exit 1
+    ├── OutOfTime                   a replay with a deadline did not finish by it
+    ├── MigrationCheckError         the files between two commits could not be listed
+    └── DaemonUnavailable           no daemon answers at the configured address
+        ├── NoDaemon                nothing listens there: no daemon runs
+        DaemonRefused               (a sibling) the daemon answered with an error status
 
-Code below the boundary raises these; the CLI and the HTTP API turn them into
-exit codes and 4xx bodies. A :class:`Problem` names the unit of work at fault
-(``config.toml: services[0].repo: ...``, ``rules/errors.toml: rule "error-rate":
-condition: ...``) so a person can fix it without reading code.
+The journal's errors (``JournalError``, ``JournalUnavailable``: HTTP 503, never a
+2xx for what was not stored) live with the journal. Library errors (httpx,
+requests, sqlite3, GitPython, subprocess) are caught where the call is made and
+turned into these, or into a step's outcome or a rule's missing data: they never
+cross a module boundary. The HTTP layer maps this tree to statuses in one table
+(``rollbackd.api``); the CLI maps it to exit codes.
+
+A :class:`Problem` names the unit of work at fault (``config.toml:
+services[0].repo: ...``, ``rules/errors.toml: rule "error-rate": condition:
+...``) so a person can fix it without reading code.
 """
 
 from __future__ import annotations
@@ -38,12 +56,60 @@ class RollbackdError(Exception):
 
 
 class InvalidInput(RollbackdError):  # noqa: N818 -- names the condition, like httpx's InvalidURL
-    """One or more problems in config, rules or arguments; nothing was applied."""
+    """One or more problems in config, rules, arguments or a request; nothing was applied."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems: tuple[Problem, ...] = tuple(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-class NotBuilt(RollbackdError):  # noqa: N818 -- names the condition
-    """A command of the contract whose capability does not exist yet."""
+class NotPermitted(RollbackdError):  # noqa: N818 -- names the condition
+    """The caller's role may not do this."""
+
+
+class NotFound(RollbackdError):  # noqa: N818 -- names the condition
+    """No such incident or service."""
+
+
+class Conflict(RollbackdError):  # noqa: N818 -- names the condition
+    """The request does not fit the current state (the message says which)."""
+
+
+class RollbackRefused(RollbackdError):  # noqa: N818 -- names the outcome for the caller
+    """A rollback that must not start (another is under way, or the target is invalid)."""
+
+
+class NoTarget(RollbackdError):  # noqa: N818 -- names the condition
+    """No target was named and no version of the service is known good."""
+
+
+class AlreadyThere(RollbackdError):  # noqa: N818 -- names the condition
+    """The service already runs the target: there is nothing to roll back."""
+
+
+class StateDirBusy(RollbackdError):  # noqa: N818 -- names the condition
+    """Another rollbackd holds the state directory; the message names it."""
+
+
+class OutOfTime(RollbackdError):  # noqa: N818 -- names the condition
+    """A replay with a deadline did not finish by it."""
+
+
+class MigrationCheckError(RollbackdError):
+    """The files between two commits could not be listed; the message says why."""
+
+
+class DaemonUnavailable(RollbackdError):  # noqa: N818 -- names the condition
+    """No daemon answers at the configured address."""
+
+
+class NoDaemon(DaemonUnavailable):
+    """Nothing listens at the daemon's address: no daemon runs there."""
+
+
+class DaemonRefused(RollbackdError):  # noqa: N818 -- names the condition
+    """The daemon answered with an error (its message says why)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

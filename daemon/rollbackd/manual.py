@@ -15,20 +15,12 @@ from collections.abc import Iterable, Mapping
 from rollbackd.actions.checklist import RollbackRequest
 from rollbackd.deploys import DeployHistory
 from rollbackd.durations import format_instant
-from rollbackd.errors import RollbackdError
+from rollbackd.errors import AlreadyThere, NoTarget
 from rollbackd.model import Finding, FindingState, Severity
 from rollbackd.output import finding_record
 
 MANUAL = "manual"
 """The origin of an incident a person asked for."""
-
-
-class NoTarget(RollbackdError):  # noqa: N818 -- names the condition
-    """No target was named and no version of the service is known good."""
-
-
-class AlreadyThere(RollbackdError):  # noqa: N818 -- names the condition
-    """The service already runs the target: there is nothing to roll back."""
 
 
 def manual_request(

@@ -20,17 +20,12 @@ from datetime import UTC, datetime, timedelta
 from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory, deploys_from_presence
 from rollbackd.engine import BaselineCache, CycleReport, Engine, Inputs, version_query
-from rollbackd.errors import RollbackdError
+from rollbackd.errors import OutOfTime
 from rollbackd.model import Matrix, Measurement, Vector
 from rollbackd.rules import Key, Rule
 from rollbackd.sources import MetricSource, guarded_range
 from rollbackd.sources.deploys import git_deploys
 from rollbackd.sources.prometheus import QueryError
-
-
-class OutOfTime(RollbackdError):  # noqa: N818 -- names the condition
-    """A replay with a deadline did not finish by it."""
-
 
 DEPLOY_LOOKBACK = timedelta(hours=24)
 """How far before a replay's start deploys are looked for, to date the running version."""

@@ -21,14 +21,23 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rollbackd.actions.checklist import Checklist, Refused, RollbackRequest, failpoint
+from rollbackd.actions.checklist import Checklist, RollbackRequest, failpoint
 from rollbackd.assembly import build_checklist, now_utc
 from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.engine import CycleReport, Engine, IncidentEvent, Judgement, LiveCycle
 from rollbackd.engine import Outcome as Ended
-from rollbackd.errors import InvalidInput, Problem
+from rollbackd.errors import (
+    AlreadyThere,
+    Conflict,
+    InvalidInput,
+    NoTarget,
+    NotFound,
+    NotPermitted,
+    Problem,
+    RollbackRefused,
+)
 from rollbackd.journal import (
     AlertRecord,
     IncidentRecord,
@@ -41,7 +50,7 @@ from rollbackd.journal import (
 )
 from rollbackd.loader import Loaded, load
 from rollbackd.logs import get_logger
-from rollbackd.manual import AlreadyThere, NoTarget, manual_request
+from rollbackd.manual import manual_request
 from rollbackd.metrics import DaemonMetrics
 from rollbackd.model import Action, Decision, Finding, FindingState, Severity
 from rollbackd.notify import JournalOnly, Message, Notifier
@@ -78,18 +87,6 @@ _ENDED_STATE = {
 RESTART_KEYS = ("listen", "state_dir", "log_format")
 """``[daemon]`` keys a running daemon cannot change (its socket, its journal, its logging):
 a reload keeps their running values and says which changed."""
-
-
-class Forbidden(Exception):  # noqa: N818 -- maps to HTTP 403
-    """The caller's role may not do this."""
-
-
-class NotFound(Exception):  # noqa: N818 -- maps to HTTP 404
-    """No such incident or service."""
-
-
-class Conflict(Exception):  # noqa: N818 -- maps to HTTP 409
-    """The request does not fit the incident's state."""
 
 
 @dataclass(frozen=True)
@@ -472,7 +469,7 @@ class Daemon:
             )
             try:
                 incident = self.checklist.open(request, state)
-            except Refused as exc:
+            except RollbackRefused as exc:
                 refused = self._open_plain(
                     decision, IncidentState.ESCALATED, f"not rolled back: {exc}"
                 )
@@ -820,7 +817,7 @@ class Daemon:
                 incident = self.checklist.open(
                     replace(request, decision=decision, decided_by=caller.name)
                 )
-            except Refused as exc:
+            except RollbackRefused as exc:
                 raise Conflict(str(exc)) from None
         log.info(
             "manual rollback",
@@ -865,7 +862,7 @@ class Daemon:
             raise Conflict(f"incident {record.id}: {moved}; nothing was rolled back")
         try:
             self.checklist.approve(record.id, now)
-        except Refused as exc:
+        except RollbackRefused as exc:
             raise Conflict(str(exc)) from None
         self.journal.add_decision(
             record.id, self._human_decision(record, Action.ROLLBACK, why, now), actor
@@ -907,7 +904,7 @@ class Daemon:
     def _may_decide(self, record: IncidentRecord, caller: Caller) -> None:
         approver = self._approver(record)
         if caller.role not in ("admin", approver):
-            raise Forbidden(
+            raise NotPermitted(
                 f"incident {record.id} needs the role {approver} (or admin); "
                 f"this token has {caller.role}"
             )

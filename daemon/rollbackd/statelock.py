@@ -16,13 +16,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from rollbackd.errors import RollbackdError
+from rollbackd.errors import StateDirBusy
 
 LOCK_FILE = "rollbackd.lock"
-
-
-class StateDirBusy(RollbackdError):  # noqa: N818 -- names the condition, like Refused
-    """Another rollbackd holds the state directory; the message names it."""
 
 
 class StateLock:

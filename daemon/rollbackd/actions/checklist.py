@@ -50,6 +50,7 @@ from rollbackd.actions.migrations import DEFAULT_MIGRATION_GLOBS
 from rollbackd.actions.recovery import Check, RecoveryWatcher, Verdict
 from rollbackd.config import Config, ServiceConfig
 from rollbackd.deploys import Deploy, MigrationFact
+from rollbackd.errors import RollbackRefused
 from rollbackd.journal import (
     IncidentRecord,
     IncidentState,
@@ -86,10 +87,6 @@ FAILPOINT_ENV = "ROLLBACKD_FAILPOINT"
 
 log = get_logger("rollbackd.checklist")
 _T = TypeVar("_T")
-
-
-class Refused(Exception):  # noqa: N818 -- names the outcome for the caller
-    """A rollback that must not start (another is under way, or the target is invalid)."""
 
 
 @dataclass(frozen=True)
@@ -167,9 +164,11 @@ class Checklist:
         transaction: all of it is journaled, or none.
         """
         if not valid_ref(request.target):
-            raise Refused(f"{request.service}: target {request.target[:80]!r} is not a valid ref")
+            raise RollbackRefused(
+                f"{request.service}: target {request.target[:80]!r} is not a valid ref"
+            )
         if self.config.service(request.service) is None:
-            raise Refused(f"no service named {request.service!r} is configured")
+            raise RollbackRefused(f"no service named {request.service!r} is configured")
         self._refuse_if_busy(request.service)
         now = self.parts.clock()
         facts = {
@@ -203,7 +202,7 @@ class Checklist:
                 IncidentState.ROLLING_BACK,
                 IncidentState.RECOVERING,
             ):
-                raise Refused(
+                raise RollbackRefused(
                     f"{service}: incident {other.id} is already rolling back "
                     f"({other.state.value}); a rollback never runs twice"
                 )
@@ -212,7 +211,9 @@ class Checklist:
         """Move an incident awaiting approval to rolling back (then :meth:`run` it)."""
         record = self._load(incident_id)
         if record.state is not IncidentState.AWAITING_APPROVAL:
-            raise Refused(f"incident {incident_id} is {record.state.value}, not awaiting approval")
+            raise RollbackRefused(
+                f"incident {incident_id} is {record.state.value}, not awaiting approval"
+            )
         self._refuse_if_busy(record.service, but=incident_id)
         if not self.journal.set_state(
             incident_id,
@@ -222,7 +223,7 @@ class Checklist:
             expect=(IncidentState.AWAITING_APPROVAL,),
         ):
             now = self._load(incident_id).state.value
-            raise Refused(f"incident {incident_id} is {now}, no longer awaiting approval")
+            raise RollbackRefused(f"incident {incident_id} is {now}, no longer awaiting approval")
         return self._load(incident_id)
 
     def run(self, incident_id: int) -> IncidentRecord:
@@ -273,7 +274,7 @@ class Checklist:
     def _load(self, incident_id: int) -> IncidentRecord:
         record = self.journal.incident(incident_id)
         if record is None:
-            raise Refused(f"no incident {incident_id}")
+            raise RollbackRefused(f"no incident {incident_id}")
         return record
 
     def _conclude(
@@ -695,7 +696,7 @@ class _Run:
     def _reload(self) -> IncidentRecord:
         record = self.journal.incident(self.record.id)
         if record is None:
-            raise Refused(f"no incident {self.record.id}")
+            raise RollbackRefused(f"no incident {self.record.id}")
         return record
 
     def _after(self, index: int, argv: Sequence[str]) -> Callable[[StepRecord | None], None]:

@@ -58,7 +58,7 @@ from pathlib import Path
 import git
 
 from rollbackd.deploys import MigrationFact
-from rollbackd.errors import RollbackdError
+from rollbackd.errors import MigrationCheckError
 from rollbackd.policy import GateVerdict, MigrationGate
 from rollbackd.sources.deploys import valid_ref
 
@@ -90,10 +90,6 @@ GIT_TIMEOUT_SECONDS = 60.0
 
 CHANGE_KINDS = {"A": "added", "M": "modified", "D": "deleted", "R": "renamed", "T": "modified"}
 """``git diff --name-status`` letters, from ``target`` to ``head``, in words."""
-
-
-class MigrationCheckError(RollbackdError):
-    """The files between two commits could not be listed; the message says why."""
 
 
 @dataclass(frozen=True)
