@@ -236,6 +236,18 @@ def test_a_hook_that_leaves_a_process_running_does_not_hold_up_the_rollback(d: D
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
+def test_a_working_copys_fsmonitor_command_is_never_run(d: Deployed) -> None:
+    """core.fsmonitor in the working copy's config cannot make rollbackd's git run a command."""
+    ran = d.root / "fsmonitor-ran"
+    hook = d.root / "fsmonitor"
+    hook.write_text(f'#!/bin/sh\ntouch "{ran}"\nsleep 60\n')
+    hook.chmod(0o755)
+    git(d.work, "config", "core.fsmonitor", str(hook))
+    verified = executor(d).verify_target(facts())
+    assert verified.ok, verified
+    assert not ran.exists()
+
+
 # -- refusals that change nothing --------------------------------------------------------
 
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
+from datetime import timedelta
 from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
 
 from rollbackd.sources.deploys import git_deploys, git_head
 
@@ -50,3 +56,34 @@ def test_a_missing_repository_gives_no_deploys_instead_of_failing(tmp_path: Path
     """An unreadable working copy means deploys are unknown, not a crash."""
     assert git_deploys("web", tmp_path / "absent") == []
     assert git_head(tmp_path / "absent") is None
+
+
+def test_a_git_that_hangs_is_stopped_at_the_deadline_and_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A git that never answers costs deploy discovery its deadline, is killed and is logged."""
+    repo = tmp_path / "web"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "v1")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    pids = tmp_path / "pids"
+    fake = bin_dir / "git"
+    fake.write_text(f'#!/bin/sh\necho $$ >> "{pids}"\nexec sleep 60\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    deadline = timedelta(milliseconds=300)
+    started = time.monotonic()
+    with capture_logs() as logs:
+        head = git_head(repo, timeout=deadline)
+        deploys = git_deploys("web", repo, timeout=deadline)
+    assert time.monotonic() - started < 20  # the fake git sleeps 60 s per call
+    assert head is None
+    assert deploys == []
+    assert [(e["event"], e["why"]) for e in logs] == [
+        ("git_head_unread", f"{repo}: `git rev-parse` timed out after 300ms"),
+        ("git_deploys_unread", f"{repo}: `git log` timed out after 300ms"),
+    ]
+    for pid in pids.read_text().split():
+        assert not Path(f"/proc/{pid}").exists(), "the hung git was left running"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import git as gitpython
 import pytest
 
+from rollbackd.actions import process
 from rollbackd.actions.migrations import (
     DEFAULT_MIGRATION_GLOBS,
     GateReport,
@@ -249,15 +249,16 @@ def test_a_file_named_by_the_deploy_event_counts_wherever_it_lives(repo: Path) -
 
 @pytest.fixture
 def git_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[str]]]:
-    """Every argv GitPython runs during the test."""
+    """Every git argv rollbackd runs during the test."""
     calls: list[list[str]] = []
-    original = gitpython.cmd.Git.execute
+    original = process.run
 
-    def recording(self: gitpython.cmd.Git, command: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append([str(part) for part in command])
-        return original(self, command, *args, **kwargs)
+    def recording(argv: Sequence[str], **kwargs: Any) -> process.Finished:
+        if argv[:1] == ["git"]:
+            calls.append([str(part) for part in argv])
+        return original(argv, **kwargs)
 
-    monkeypatch.setattr(gitpython.cmd.Git, "execute", recording)
+    monkeypatch.setattr(process, "run", recording)
     yield calls
 
 

@@ -15,6 +15,9 @@
     ├── StateDirBusy                another rollbackd holds the state directory: exit 1
     ├── OutOfTime                   a replay with a deadline did not finish by it
     ├── MigrationCheckError         the files between two commits could not be listed
+    ├── GitError                    a git command failed, timed out or answered unreadably
+    │   ├── NoSuchRepository        the repository's path does not exist
+    │   └── NotARepository          the path is not a git repository
     └── DaemonUnavailable           no daemon answers at the configured address
         ├── NoDaemon                nothing listens there: no daemon runs
         DaemonRefused               (a sibling) the daemon answered with an error status
@@ -97,6 +100,18 @@ class OutOfTime(RollbackdError):  # noqa: N818 -- names the condition
 
 class MigrationCheckError(RollbackdError):
     """The files between two commits could not be listed; the message says why."""
+
+
+class GitError(RollbackdError):
+    """A git command failed, timed out or gave an answer that cannot be read."""
+
+
+class NoSuchRepository(GitError):  # noqa: N818 -- names the condition
+    """The repository's path does not exist."""
+
+
+class NotARepository(GitError):  # noqa: N818 -- names the condition
+    """The path exists but is not a git repository (git does not look above it)."""
 
 
 class DaemonUnavailable(RollbackdError):  # noqa: N818 -- names the condition

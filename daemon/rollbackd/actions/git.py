@@ -18,50 +18,42 @@ of three ways (``strategy`` in ``[[services]]``):
 Every ref is checked with :func:`~rollbackd.sources.deploys.valid_ref` before
 git sees it and is passed after ``--end-of-options`` (or, for ``reset`` and
 ``checkout``, which do not take it in git 2.39, only as a resolved hexadecimal
-commit id followed by ``--``). git runs with an argument list, never a shell,
-with ``GIT_TERMINAL_PROMPT=0``, no pager or editor and no terminal (a session
-of its own, see :func:`rollbackd.actions.process.run`): its output is bounded,
-a command is over when git exits (a hook that leaves a process running is
-named in the transcript, not waited for), and its whole process group is
-killed after the timeout. Failures of git are failed
+commit id followed by ``--``). git runs through :func:`rollbackd.git.run_git`
+(one environment and deadline policy for every git call of rollbackd): an
+argument list, never a shell, no prompt, pager, editor or terminal, bounded
+output, a command over when git exits (a hook that leaves a process running is
+named in the transcript, not waited for), and its whole process group killed
+after the timeout. Failures of git are failed
 :class:`~rollbackd.actions.StepResult` values carrying git's messages, never
 exceptions.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-import git
-
 from rollbackd.actions import ExecutionState, IncidentFacts, Progress, StepResult, bounded
-from rollbackd.actions.process import run as run_process
 from rollbackd.durations import format_duration
+from rollbackd.errors import GitError, NoSuchRepository, NotARepository
+from rollbackd.git import (
+    GIT_ENV,
+    GIT_LOCALE,
+    GIT_OUTPUT_LIMIT,
+    GitOutcome,
+    Repository,
+    open_repository,
+    run_git,
+)
 from rollbackd.sources.deploys import valid_ref
 
 Strategy = Literal["revert", "reset", "tag"]
 STRATEGIES: tuple[Strategy, ...] = ("revert", "reset", "tag")
 
-GIT_ENV: Mapping[str, str] = {
-    "GIT_TERMINAL_PROMPT": "0",
-    "GIT_PAGER": "cat",
-    "PAGER": "cat",
-    "GIT_EDITOR": ":",
-}
-"""Added to the daemon's environment for every git command: never prompt, page or edit."""
-
-GIT_LOCALE: Mapping[str, str] = {"LANGUAGE": "C", "LC_ALL": "C"}
-"""git's messages in English, as the step summaries quote and match them."""
-
-GIT_OUTPUT_LIMIT = 1024 * 1024
-"""Bytes of each of git's streams kept (head and tail): far more than any answer read here."""
+__all__ = ["GIT_ENV", "GIT_LOCALE", "GIT_OUTPUT_LIMIT", "STRATEGIES", "GitExecutor", "Strategy"]
 
 IDENTITY: Mapping[str, str] = {"user.name": "rollbackd", "user.email": "rollbackd@localhost"}
 """The committer of revert commits in a working copy that has no identity configured."""
@@ -92,27 +84,6 @@ class _StepError(Exception):
         self.result = result
 
 
-@dataclass(frozen=True)
-class _Out:
-    """What one git command did."""
-
-    command: str
-    status: int
-    out: str
-    err: str
-    timed_out: bool
-    limit: timedelta = timedelta(0)
-    notes: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 0 and not self.timed_out
-
-    @property
-    def text(self) -> str:
-        return "\n".join(part for part in (self.out, self.err) if part)
-
-
 def _gist(text: str) -> str:
     """The telling line of git's messages: a rejection, error or fatal line, else the first."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -132,7 +103,7 @@ def _plural(count: int, noun: str) -> str:
 class _Session:
     """git commands on one open working copy, each bounded by the timeout and transcribed."""
 
-    def __init__(self, repo: git.Repo, timeout: timedelta) -> None:
+    def __init__(self, repo: Repository, timeout: timedelta) -> None:
         self.repo = repo
         self.timeout = timeout
         self.transcript: list[str] = []
@@ -143,32 +114,11 @@ class _Session:
         *args: str,
         config: Sequence[str] = (),
         timeout: timedelta | None = None,
-    ) -> _Out:
-        """``git [-c config]… subcommand args…``; a failure is an _Out, never an exception."""
+    ) -> GitOutcome:
+        """``git [-c config]… subcommand args…``; a failure is a GitOutcome, never an exception."""
         limit = timeout or self.timeout
-        label = f"git {subcommand}"
-        settings = [part for setting in config for part in ("-c", setting)]
-        try:
-            finished = run_process(
-                ["git", *settings, subcommand, *args],
-                env={**os.environ, **GIT_LOCALE, **GIT_ENV},
-                cwd=Path(self.repo.working_dir),
-                timeout=limit,
-                limit=GIT_OUTPUT_LIMIT,
-                merge_stderr=False,
-            )
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:  # git not installed
-            result = _Out(label, -1, "", str(exc), False, limit)
-        else:
-            result = _Out(
-                label,
-                -1 if finished.status is None else finished.status,
-                _chomp(finished.output),
-                _chomp(finished.errors),
-                finished.timed_out,
-                limit,
-                finished.notes(label),
-            )
+        result = run_git(self.repo.path, subcommand, *args, timeout=limit, config=config)
+        label = result.command
         if result.timed_out:
             ending = f"\n(timed out after {format_duration(limit)})"
         else:
@@ -184,7 +134,9 @@ class _Session:
     def output(self) -> str:
         return bounded("\n".join(self.transcript))
 
-    def failure(self, out: _Out, what: str, data: Mapping[str, str] | None = None) -> _StepError:
+    def failure(
+        self, out: GitOutcome, what: str, data: Mapping[str, str] | None = None
+    ) -> _StepError:
         """A failed step saying ``what`` went wrong and why, in git's words."""
         if out.timed_out:
             why = f"`{out.command}` timed out after {format_duration(out.limit)}"
@@ -192,7 +144,7 @@ class _Session:
             why = _gist(out.err) or _gist(out.out) or f"`{out.command}` exited with {out.status}"
         return _StepError(StepResult(False, f"{what}: {why}", self.output(), dict(data or {})))
 
-    def need(self, out: _Out, what: str) -> _Out:
+    def need(self, out: GitOutcome, what: str) -> GitOutcome:
         """``out`` if git succeeded, else end the step with ``what``."""
         if not out.ok:
             raise self.failure(out, what)
@@ -255,17 +207,15 @@ class GitExecutor:
         if refused is not None:
             return ExecutionState(Progress.UNKNOWN, refused.summary)
         try:
-            repo = git.Repo(self.repo)
-        except (git.exc.GitError, OSError, ValueError) as exc:
+            repo = open_repository(self.repo, self.timeout)
+        except GitError as exc:
             return ExecutionState(Progress.UNKNOWN, f"cannot open {self.repo}: {exc!r}")
         try:
             return self._state(_Session(repo, self.timeout), facts, before)
         except _StepError as failed:
             return ExecutionState(Progress.UNKNOWN, failed.result.summary)
-        except (git.exc.GitError, OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             return ExecutionState(Progress.UNKNOWN, f"cannot read {self.repo}: {exc!r}")
-        finally:
-            repo.close()
 
     # -- beyond the protocol ---------------------------------------------------------
 
@@ -286,12 +236,12 @@ class GitExecutor:
         if refused is not None:
             return refused
         try:
-            repo = git.Repo(self.repo)
-        except git.exc.NoSuchPathError:
+            repo = open_repository(self.repo, self.timeout)
+        except NoSuchRepository:
             return StepResult(False, f"{what}: the working copy {self.repo} does not exist")
-        except git.exc.InvalidGitRepositoryError:
+        except NotARepository:
             return StepResult(False, f"{what}: {self.repo} is not a git working copy")
-        except (git.exc.GitError, OSError, ValueError) as exc:
+        except GitError as exc:
             return StepResult(False, f"{what}: cannot open {self.repo}: {exc!r}")
         session = _Session(repo, self.timeout)
         try:
@@ -302,10 +252,8 @@ class GitExecutor:
             return body(session)
         except _StepError as failed:
             return failed.result
-        except (git.exc.GitError, OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             return StepResult(False, f"{what}: {exc!r}", session.output())
-        finally:
-            repo.close()
 
     def _refused(self, facts: IncidentFacts) -> StepResult | None:
         """A failed result naming the first ref that must not reach git, else None."""
@@ -601,7 +549,7 @@ class GitExecutor:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _lease_push(self, s: _Session, expected: str) -> _Out:
+    def _lease_push(self, s: _Session, expected: str) -> GitOutcome:
         return s.run(
             "push",
             f"--force-with-lease=refs/heads/{self.branch}:{_hex(expected)}",
@@ -651,7 +599,7 @@ class GitExecutor:
 
     def _problems(self, s: _Session) -> list[str]:
         """Why the working copy is not ready to be rolled back (empty when it is)."""
-        git_dir = Path(s.repo.git_dir)
+        git_dir = s.repo.git_dir
         problems = [what for name, what in _IN_PROGRESS.items() if (git_dir / name).exists()]
         status = s.need(
             s.run("status", "--porcelain=v1", "--untracked-files=no"), "reading the status"
@@ -685,11 +633,6 @@ class GitExecutor:
             if not got.ok or not got.out.strip():
                 missing.append(f"{key}={value}")
         return missing
-
-
-def _chomp(text: str) -> str:
-    """``text`` without its final newline (git ends every answer with one)."""
-    return text[:-1] if text.endswith("\n") else text
 
 
 def _hex(sha: str) -> str:

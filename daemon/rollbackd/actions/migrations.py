@@ -52,13 +52,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-import git
-
 from rollbackd.deploys import MigrationFact
-from rollbackd.errors import MigrationCheckError
+from rollbackd.errors import GitError, MigrationCheckError
+from rollbackd.git import Repository, open_repository, run_git
 from rollbackd.policy import GateVerdict, MigrationGate
 from rollbackd.sources.deploys import valid_ref
 
@@ -86,7 +86,8 @@ MARKER_READ_LIMIT = 1024 * 1024
 """Files larger than this are not read for markers: undeclared unless a deploy event says."""
 
 GIT_TIMEOUT_SECONDS = 60.0
-"""How long comparing two commits may take before the gate gives up (and blocks)."""
+"""How long each git command of the gate may take before the gate gives up (and blocks)."""
+GIT_TIMEOUT = timedelta(seconds=GIT_TIMEOUT_SECONDS)
 
 CHANGE_KINDS = {"A": "added", "M": "modified", "D": "deleted", "R": "renamed", "T": "modified"}
 """``git diff --name-status`` letters, from ``target`` to ``head``, in words."""
@@ -303,8 +304,7 @@ def migrations_to_undo(
     path matches). Raises :class:`MigrationCheckError` naming the problem.
     """
     _check_refs(head, target)
-    with _open(repo) as repository:
-        _, changes = _changes(repository, head, target)
+    _, changes = _changes(_open(repo), head, target)
     return [(c.path, c.change) for c in changes if _selected(c, globs, ())]
 
 
@@ -318,50 +318,53 @@ def _check_refs(head: str, target: str) -> None:
             )
 
 
-def _open(repo: Path) -> git.Repo:
+def _open(repo: Path) -> Repository:
+    """``repo`` as a git repository, or a MigrationCheckError saying why it is not one."""
     try:
-        return git.Repo(repo)
-    except git.exc.NoSuchPathError as exc:
-        raise MigrationCheckError(f"{repo} does not exist") from exc
-    except git.exc.InvalidGitRepositoryError as exc:
-        raise MigrationCheckError(f"{repo} is not a git repository") from exc
-    except (git.exc.GitError, OSError, ValueError) as exc:
-        raise MigrationCheckError(f"{repo} cannot be read as a git repository: {exc}") from exc
+        return open_repository(repo, GIT_TIMEOUT)
+    except GitError as exc:  # names the path: "does not exist", "is not a git repository"…
+        raise MigrationCheckError(str(exc)) from exc
 
 
-def _resolve(repository: git.Repo, name: str, ref: str) -> str:
+def _resolve(repo: Repository, name: str, ref: str) -> str:
     """The commit that ``ref`` (already checked with ``valid_ref``) names."""
-    try:
-        sha = repository.git.rev_parse(
-            "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"
-        )
-    except git.exc.GitCommandError as exc:
-        raise MigrationCheckError(
-            f"the {name} {ref!r} is not a commit in {repository.git_dir}"
-        ) from exc
-    return str(sha).strip()
+    resolved = run_git(
+        repo.path,
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        "--end-of-options",
+        f"{ref}^{{commit}}",
+        timeout=GIT_TIMEOUT,
+    )
+    if resolved.timed_out:
+        raise MigrationCheckError(f"resolving the {name} {ref!r}: {resolved.why()}")
+    if not resolved.ok:
+        raise MigrationCheckError(f"the {name} {ref!r} is not a commit in {repo.git_dir}")
+    return resolved.out.strip()
 
 
-def _changes(repository: git.Repo, head: str, target: str) -> tuple[str, list[_Change]]:
+def _changes(repo: Repository, head: str, target: str) -> tuple[str, list[_Change]]:
     """The commit ``head`` names, and every file that differs from ``target`` to it."""
-    head_sha = _resolve(repository, "head", head)
-    target_sha = _resolve(repository, "target", target)
-    try:
-        output = repository.git.diff(
-            "--name-status",
-            "-z",
-            "-M",
-            "--no-color",
-            "--no-ext-diff",
-            "--end-of-options",
-            target_sha,
-            head_sha,
-            "--",
-            kill_after_timeout=GIT_TIMEOUT_SECONDS,
-        )
-    except git.exc.GitCommandError as exc:
-        raise MigrationCheckError(f"git diff {target} {head} failed: {_git_error(exc)}") from exc
-    fields = [_printable_path(f) for f in str(output).split("\0")]
+    head_sha = _resolve(repo, "head", head)
+    target_sha = _resolve(repo, "target", target)
+    diff = run_git(
+        repo.path,
+        "diff",
+        "--name-status",
+        "-z",
+        "-M",
+        "--no-color",
+        "--no-ext-diff",
+        "--end-of-options",
+        target_sha,
+        head_sha,
+        "--",
+        timeout=GIT_TIMEOUT,
+    )
+    if not diff.ok or diff.cut:
+        raise MigrationCheckError(f"git diff {target} {head} failed: {_bounded(diff.why())}")
+    fields = [_printable_path(f) for f in diff.out.split("\0")]
     changes: list[_Change] = []
     index = 0
     try:
@@ -384,16 +387,19 @@ def _selected(change: _Change, globs: Sequence[str], named: Iterable[str]) -> bo
     return bool(paths & set(named)) or any(is_migration(p, globs) for p in paths)
 
 
-def _markers_at(repository: git.Repo, head_sha: str, path: str) -> tuple[bool, bool]:
+def _markers_at(repo: Repository, head_sha: str, path: str) -> tuple[bool, bool]:
     """The markers of ``path`` as it is at ``head``; none if it is absent, big or unreadable."""
-    try:
-        item = repository.commit(head_sha).tree / path
-        if not isinstance(item, git.Blob) or item.size > MARKER_READ_LIMIT:
-            return False, False
-        data: bytes = item.data_stream.read()
-    except (KeyError, ValueError, OSError, git.exc.GitError):
+    blob = f"{head_sha}:{path}"  # starts with the commit id: never read as an option
+    kind = run_git(repo.path, "cat-file", "-t", blob, timeout=GIT_TIMEOUT)
+    size = run_git(repo.path, "cat-file", "-s", blob, timeout=GIT_TIMEOUT)
+    if not kind.ok or kind.out.strip() != "blob" or not size.ok:
         return False, False
-    return read_markers(data.decode("utf-8", errors="replace"))
+    if not size.out.strip().isdigit() or int(size.out.strip()) > MARKER_READ_LIMIT:
+        return False, False
+    data = run_git(repo.path, "cat-file", "blob", blob, timeout=GIT_TIMEOUT)
+    if not data.ok or data.cut:
+        return False, False
+    return read_markers(data.out)
 
 
 # --- the gate ----------------------------------------------------------------
@@ -415,19 +421,19 @@ def check(
     by_file: dict[str, MigrationFact] = {_normal(f.file): f for f in facts}
     try:
         _check_refs(head, target)
-        with _open(repo) as repository:
-            head_sha, changes = _changes(repository, head, target)
-            migrations = tuple(
-                _judge(
-                    change,
-                    by_file,
-                    (False, False)
-                    if change.change == "deleted"
-                    else _markers_at(repository, head_sha, change.path),
-                )
-                for change in changes
-                if _selected(change, globs, by_file)
+        opened = _open(repo)
+        head_sha, changes = _changes(opened, head, target)
+        migrations = tuple(
+            _judge(
+                change,
+                by_file,
+                (False, False)
+                if change.change == "deleted"
+                else _markers_at(opened, head_sha, change.path),
             )
+            for change in changes
+            if _selected(change, globs, by_file)
+        )
     except MigrationCheckError as exc:
         return GateReport(_failed(str(exc)), ())
     except Exception as exc:  # noqa: BLE001 -- the gate fails closed: any failure blocks
@@ -544,8 +550,3 @@ def _show(path: str) -> str:
 
 def _bounded(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[:limit]}…"
-
-
-def _git_error(exc: git.exc.GitCommandError) -> str:
-    stderr = str(exc.stderr or "").strip().removeprefix("stderr:").strip().strip("'").strip()
-    return _bounded(stderr.splitlines()[0] if stderr else f"exit status {exc.status}")

@@ -131,7 +131,8 @@ class Finished:
     only when it did not exit even after SIGKILL. ``output`` is stdout, with
     stderr merged in unless ``errors`` holds it separately. ``held_open``: when
     reading stopped, a process the command left running still had its output
-    open (the rest of that output is discarded).
+    open (the rest of that output is discarded). ``cut``: bytes of output (both
+    streams) left out between head and tail, 0 when the output is whole.
     """
 
     status: int | None
@@ -141,6 +142,7 @@ class Finished:
     left_running: tuple[Leftover, ...]
     held_open: bool
     linger: timedelta
+    cut: int = 0
 
     def left_summary(self) -> str:
         """'left 1 process running: pid 1234 (sleep 600)', or '' when it left none."""
@@ -225,6 +227,7 @@ def run(
             left_running=left,
             held_open=streams.open,
             linger=linger,
+            cut=streams.output.dropped + (0 if streams.errors is None else streams.errors.dropped),
         )
     finally:
         streams.release()

@@ -3,7 +3,10 @@
 :class:`DeployEvents` is the in-process API that ``POST /api/v1/deploys``
 calls: it validates a deploy event (the request body is untrusted) and records
 it. :func:`git_deploys` reads the HEAD reflog of a service's working copy:
-each time HEAD moved is a deploy of that commit, at the time it moved.
+each time HEAD moved is a deploy of that commit, at the time it moved. Both git
+reads run through :mod:`rollbackd.git`, each ended at its deadline
+(:data:`~rollbackd.git.READ_TIMEOUT`): a working copy that cannot answer is
+logged with the reason and gives no deploys, never a hung reading thread.
 The version metric is read by the engine's live cycle and by the replay.
 """
 
@@ -15,11 +18,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import git
-
 from rollbackd.deploys import Deploy, DeployHistory, MigrationFact
 from rollbackd.durations import format_duration, format_instant
-from rollbackd.errors import InvalidInput, Problem
+from rollbackd.errors import GitError, InvalidInput, Problem
+from rollbackd.git import READ_TIMEOUT, read_git
+from rollbackd.logs import get_logger
+
+log = get_logger("rollbackd.deploys")
 
 _REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
 """Versions and refs: no leading '-' (never read as an option), no spaces, '..', or '@{'."""
@@ -146,30 +151,56 @@ def _migrations(raw: Any, bad: Any) -> tuple[MigrationFact, ...]:
     return tuple(facts)
 
 
-def git_deploys(service: str, repo: Path, since: datetime | None = None) -> list[Deploy]:
+REFLOG_ENTRIES = 10_000
+"""The most recent moves of HEAD read as deploys: far more than the reflog's default 90 days
+hold on a deploy box, and few enough that the answer fits git's output limit."""
+
+_REFLOG_ENTRY = re.compile(r"^([0-9a-f]{40}(?:[0-9a-f]{24})?) HEAD@\{(\d+)\}$")
+
+
+def git_deploys(
+    service: str, repo: Path, since: datetime | None = None, timeout: timedelta = READ_TIMEOUT
+) -> list[Deploy]:
     """Deploys from the HEAD reflog of ``repo``: each move of HEAD, oldest first.
 
     Returns nothing (rather than failing the cycle) if the repository is
-    missing or unreadable; the caller reports deploys as unknown then.
+    missing, unreadable or does not answer within ``timeout``; the reason is
+    logged, and the caller reports deploys as unknown then.
     """
     try:
-        repository = git.Repo(repo)
-        entries = repository.head.log()
-    except (git.exc.GitError, OSError, ValueError):
+        answer = read_git(
+            repo,
+            "log",
+            "--walk-reflogs",
+            "--date=unix",
+            "--format=%H %gd",
+            f"--max-count={REFLOG_ENTRIES}",
+            "HEAD",
+            "--",
+            timeout=timeout,
+        )
+    except GitError as exc:
+        log.warning("git_deploys_unread", service=service, repo=str(repo), why=str(exc))
         return []
     deploys: list[Deploy] = []
-    for entry in entries:
-        sha = entry.newhexsha
+    for line in reversed(answer.splitlines()):
+        entry = _REFLOG_ENTRY.match(line)
+        if entry is None:
+            continue
+        sha = entry.group(1)
         if deploys and deploys[-1].ref == sha:
             continue
-        moment = datetime.fromtimestamp(entry.time[0], tz=UTC)
+        moment = datetime.fromtimestamp(int(entry.group(2)), tz=UTC)
         deploys.append(Deploy(service, sha[:12], moment, "git", ref=sha))
     return [d for d in deploys if since is None or d.time >= since]
 
 
-def git_head(repo: Path) -> str | None:
-    """The commit HEAD points at, or None if the working copy cannot be read."""
+def git_head(repo: Path, timeout: timedelta = READ_TIMEOUT) -> str | None:
+    """The commit HEAD points at, or None (the reason logged) if the working copy cannot be
+    read within ``timeout``."""
     try:
-        return str(git.Repo(repo).head.commit.hexsha)
-    except (git.exc.GitError, OSError, ValueError):
+        sha = read_git(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", timeout=timeout)
+    except GitError as exc:
+        log.warning("git_head_unread", repo=str(repo), why=str(exc))
         return None
+    return sha.strip() or None
