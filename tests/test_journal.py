@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from rollbackd.journal import (
-    _MIGRATIONS,
     BATCH_ALERTS,
     SCHEMA_VERSION,
     AlertRecord,
@@ -26,6 +25,7 @@ from rollbackd.journal import (
     SqliteJournal,
     journal_path,
 )
+from rollbackd.journal.sqlite.schema import MIGRATIONS
 from rollbackd.model import Action, Decision, Severity
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
@@ -166,8 +166,8 @@ def test_a_journal_from_a_newer_rollbackd_is_refused(tmp_path: Path) -> None:
 def test_the_journal_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
     """Durability settings are on: WAL and synchronous=FULL."""
     journal = SqliteJournal(journal_path(tmp_path))
-    assert journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert journal.database.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert journal.database.connection.execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
 def test_an_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
@@ -305,11 +305,13 @@ def test_a_full_journal_refuses_writes_and_says_so_until_there_is_room(
 ) -> None:
     """SQLITE_FULL: the write fails as unavailable, problem() names it while it lasts, and its
     test writes, once there is room, clear it and leave nothing behind."""
-    monkeypatch.setattr("rollbackd.journal.PROBE_PAUSE", 0.0)
+    monkeypatch.setattr("rollbackd.journal.sqlite.database.PROBE_PAUSE", 0.0)
     journal = SqliteJournal(journal_path(tmp_path))
     number = incident(journal)
-    pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
-    journal._db.execute(f"PRAGMA max_page_count = {pages}")  # as full as a disk can be
+    pages = journal.database.connection.execute("PRAGMA page_count").fetchone()[0]
+    journal.database.connection.execute(
+        f"PRAGMA max_page_count = {pages}"
+    )  # as full as a disk can be
     with pytest.raises(JournalUnavailable, match="database or disk is full"):
         journal.add_evidence(number, T0, "output", "x" * 20_000)
     future = journal.submit_delivery(T0, delivery(alert("big", service="x" * 20_000)), "full")
@@ -318,7 +320,7 @@ def test_a_full_journal_refuses_writes_and_says_so_until_there_is_room(
     problem = journal.problem()
     assert problem is not None and "cannot be written: database or disk is full" in problem
 
-    journal._db.execute(f"PRAGMA max_page_count = {pages * 100}")
+    journal.database.connection.execute(f"PRAGMA max_page_count = {pages * 100}")
     assert journal.problem() is None
     assert rows(journal.path, "deliveries") == 0  # the test writes left nothing
     journal.add_evidence(number, T0, "output", "x" * 20_000)
@@ -370,7 +372,7 @@ def one_batch(journal: SqliteJournal) -> Iterator[None]:
     writer waits with it for the journal's write lock, held here, while the
     deliveries queued inside wait together for the next batch.
     """
-    with journal._lock:
+    with journal.database.lock:
         fill = [alert(f"fill{n}", "resolved", T0) for n in range(BATCH_ALERTS)]
         journal.submit_delivery(T0, delivery(*fill), "fill")
         yield
@@ -528,7 +530,7 @@ def test_a_journal_of_schema_2_is_migrated_and_keeps_its_alerts(tmp_path: Path) 
     """A journal written before the firing-alerts index opens, keeps its alerts and is indexed."""
     path = journal_path(tmp_path)
     with sqlite3.connect(path) as db:
-        for statement in [*_MIGRATIONS[0], *_MIGRATIONS[1]]:
+        for statement in [*MIGRATIONS[0], *MIGRATIONS[1]]:
             db.execute(statement)
         db.execute("PRAGMA user_version = 2")
         db.execute(
@@ -547,7 +549,7 @@ def test_a_journal_of_schema_3_keeps_finished_incidents_finished(tmp_path: Path)
     """After the upgrade, an incident closed before stays closed and one under way stays open."""
     path = journal_path(tmp_path)
     with sqlite3.connect(path) as db:
-        for statement in [*_MIGRATIONS[0], *_MIGRATIONS[1], *_MIGRATIONS[2]]:
+        for statement in [*MIGRATIONS[0], *MIGRATIONS[1], *MIGRATIONS[2]]:
             db.execute(statement)
         db.execute("PRAGMA user_version = 3")
         for state, closed in (("escalated", T0.isoformat()), ("rolling_back", None)):
