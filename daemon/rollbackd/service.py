@@ -42,11 +42,11 @@ from rollbackd.journal import (
     AlertRecord,
     IncidentRecord,
     IncidentState,
+    Journal,
     JournalError,
     JournalUnavailable,
     NewIncident,
     Outcome,
-    SqliteJournal,
 )
 from rollbackd.loader import Loaded, load
 from rollbackd.logs import get_logger
@@ -103,7 +103,7 @@ class Daemon:
     def __init__(
         self,
         loaded: Loaded,
-        journal: SqliteJournal,
+        journal: Journal,
         *,
         metrics_source: MetricSource | None = None,
         prober: Prober | None = None,
@@ -1024,7 +1024,7 @@ class Daemon:
             "ready": ready,
             "loop": stuck or "cycles complete",
             "config": str(self.loaded.config_path),
-            "journal": str(self.journal.path),
+            "journal": self.journal.location,
             "journal_error": journal_error,
             "last_cycle": format_instant(report.time) if report else None,
             "cycle_error": self.last_cycle_error,

@@ -4,6 +4,8 @@
 each query is answered by a Python function of (service, time), so a test
 can describe "error rate 0.2 after 12:00 for web" and run the real engine,
 replay and evaluation on it. :class:`FixedClock` hands out a time a test moves.
+:class:`MemoryJournal` is the whole journal in memory, held by the same test
+suite as the SQLite one (``tests/journal/``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from rollbackd.journal.memory import MemoryJournal
 from rollbackd.model import Measurement
 from rollbackd.replay import step_times
 from rollbackd.sources.prometheus import Matrix, QueryError, Vector
+
+__all__ = ["FixedClock", "MemoryJournal", "ScriptedMetrics", "ValueAt", "constant", "switch"]
 
 ValueAt = Callable[[str, datetime], float | None]
 """(service, time) → the value, or None when the series is absent."""

@@ -250,7 +250,7 @@ def test_after_hours_of_downtime_unfinished_incidents_come_back(world: World) ->
     deploy(world, "web", "v2", error_rate=0.3)
     world.cycles_until(lambda d: any(x.service == "web" for x in d))
     number = world.incident_of("web", IncidentState.AWAITING_APPROVAL)
-    path = world.daemon.journal.path
+    path = world.journals[-1].path
     world.stop()
     with sqlite3.connect(path) as db:  # the daemon was down for three hours
         for table, column in (("incidents", "opened_at"), ("incidents", "updated_at")):

@@ -120,7 +120,7 @@ class HostileWorld:
             finish_rollbacks(self.daemon)
 
     def db(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.daemon.journal.path)
+        return sqlite3.connect(self.daemon.journal.location)
 
 
 def hostile_config(root: Path, clone: Path, env_dump: Path) -> str:

@@ -1,0 +1,64 @@
+"""The incident journal: everything that happens, written before it is acted on.
+
+Every checklist step is written *before* it runs and its outcome after, which
+is how a restart finds a step that was interrupted. Webhook deliveries and
+deploy events are journaled as received.
+
+- :mod:`.records`: what is kept (incidents, steps, decisions, evidence, alerts);
+- :mod:`.stores`: the interfaces, one protocol per concern, and :class:`Journal`;
+- :mod:`.sqlite`: :class:`SqliteJournal`, the journal in one SQLite file (production);
+- :mod:`.memory`: :class:`MemoryJournal`, the same in Python structures (tests, fakes).
+
+Callers type against :class:`Journal` (or the one store they use) and import
+from here.
+"""
+
+from __future__ import annotations
+
+from rollbackd.journal.memory import MemoryJournal
+from rollbackd.journal.records import (
+    AlertRecord,
+    DecisionRecord,
+    Delivery,
+    EvidenceRecord,
+    IncidentRecord,
+    IncidentState,
+    NewIncident,
+    Outcome,
+    StepRecord,
+)
+from rollbackd.journal.sqlite import SqliteJournal, journal_path
+from rollbackd.journal.sqlite.schema import SCHEMA_VERSION
+from rollbackd.journal.sqlite.writer import BATCH_ALERTS, BATCH_DELIVERIES
+from rollbackd.journal.stores import (
+    AlertStore,
+    DeployStore,
+    IncidentStore,
+    Journal,
+    JournalError,
+    JournalUnavailable,
+)
+
+__all__ = [
+    "BATCH_ALERTS",
+    "BATCH_DELIVERIES",
+    "SCHEMA_VERSION",
+    "AlertRecord",
+    "AlertStore",
+    "DecisionRecord",
+    "Delivery",
+    "DeployStore",
+    "EvidenceRecord",
+    "IncidentRecord",
+    "IncidentState",
+    "IncidentStore",
+    "Journal",
+    "JournalError",
+    "JournalUnavailable",
+    "MemoryJournal",
+    "NewIncident",
+    "Outcome",
+    "SqliteJournal",
+    "StepRecord",
+    "journal_path",
+]
