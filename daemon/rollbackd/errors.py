@@ -15,6 +15,8 @@
     ├── StateDirBusy                another rollbackd holds the state directory: exit 1
     ├── OutOfTime                   a replay with a deadline did not finish by it
     ├── MigrationCheckError         the files between two commits could not be listed
+    ├── JournalError                the journal cannot be opened or written    HTTP: 503
+    │   └── JournalUnavailable      not now, and nothing was written (disk full, file gone)
     ├── GitError                    a git command failed, timed out or answered unreadably
     │   ├── NoSuchRepository        the repository's path does not exist
     │   └── NotARepository          the path is not a git repository
@@ -22,8 +24,8 @@
         ├── NoDaemon                nothing listens there: no daemon runs
         DaemonRefused               (a sibling) the daemon answered with an error status
 
-The journal's errors (``JournalError``, ``JournalUnavailable``: HTTP 503, never a
-2xx for what was not stored) live with the journal. Library errors (httpx,
+A journal error is never answered with a 2xx: what was not stored was not
+accepted. Library errors (httpx,
 requests, sqlite3, GitPython, subprocess) are caught where the call is made and
 turned into these, or into a step's outcome or a rule's missing data: they never
 cross a module boundary. The HTTP layer maps this tree to statuses in one table
@@ -112,6 +114,19 @@ class NoSuchRepository(GitError):  # noqa: N818 -- names the condition
 
 class NotARepository(GitError):  # noqa: N818 -- names the condition
     """The path exists but is not a git repository (git does not look above it)."""
+
+
+class JournalError(RollbackdError):
+    """The journal cannot be opened or written (disk, permissions, a newer schema)."""
+
+
+class JournalUnavailable(JournalError):  # noqa: N818 -- names the condition
+    """The journal cannot be written now, and nothing was: the disk is full, the file is
+    read-only, or it was removed or replaced under the running process.
+
+    Unlike a bad request, this may pass: the same write can be tried again later
+    (:meth:`Journal.problem` says whether it is worth it yet).
+    """
 
 
 class DaemonUnavailable(RollbackdError):  # noqa: N818 -- names the condition

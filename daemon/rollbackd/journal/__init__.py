@@ -15,6 +15,7 @@ from here.
 
 from __future__ import annotations
 
+from rollbackd.errors import JournalError, JournalUnavailable
 from rollbackd.journal.memory import MemoryJournal
 from rollbackd.journal.records import (
     AlertRecord,
@@ -35,8 +36,6 @@ from rollbackd.journal.stores import (
     DeployStore,
     IncidentStore,
     Journal,
-    JournalError,
-    JournalUnavailable,
 )
 
 __all__ = [

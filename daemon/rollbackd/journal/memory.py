@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from rollbackd.deploys import Deploy
+from rollbackd.errors import JournalError
 from rollbackd.journal.codec import (
     decode_optional_time,
     encode_optional_time,
@@ -40,7 +41,6 @@ from rollbackd.journal.records import (
     Outcome,
     StepRecord,
 )
-from rollbackd.journal.stores import JournalError
 from rollbackd.model import Decision
 
 

@@ -38,19 +38,6 @@ from rollbackd.journal.records import (
 from rollbackd.model import Decision
 
 
-class JournalError(Exception):
-    """The journal cannot be opened or written (disk, permissions, a newer schema)."""
-
-
-class JournalUnavailable(JournalError):  # noqa: N818 -- names the condition, as Refused does
-    """The journal cannot be written now, and nothing was: the disk is full, the file is
-    read-only, or it was removed or replaced under the running process.
-
-    Unlike a bad request, this may pass: the same write can be tried again later
-    (:meth:`Journal.problem` says whether it is worth it yet).
-    """
-
-
 class IncidentStore(Protocol):
     """Incidents and what is kept with them: decisions, checklist steps, evidence, samples."""
 

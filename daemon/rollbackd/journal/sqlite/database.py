@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rollbackd.errors import JournalError, JournalUnavailable
 from rollbackd.journal.codec import encode_time
-from rollbackd.journal.stores import JournalError, JournalUnavailable
 from rollbackd.logs import get_logger
 
 log = get_logger("rollbackd.journal")

@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from rollbackd.errors import JournalError
 from rollbackd.journal.codec import (
     decode_optional_time,
     decode_time,
@@ -28,7 +29,6 @@ from rollbackd.journal.records import (
     StepRecord,
 )
 from rollbackd.journal.sqlite.database import SqliteStore
-from rollbackd.journal.stores import JournalError
 from rollbackd.model import Decision
 
 

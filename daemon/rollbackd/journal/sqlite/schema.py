@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rollbackd.journal.stores import JournalError
+from rollbackd.errors import JournalError
 
 if TYPE_CHECKING:
     from rollbackd.journal.sqlite.database import Database

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from rollbackd.errors import JournalError, JournalUnavailable
 from rollbackd.journal.records import Delivery
 from rollbackd.journal.sqlite.database import NOT_THE_DISK, Database
-from rollbackd.journal.stores import JournalError, JournalUnavailable
 from rollbackd.logs import get_logger
 
 log = get_logger("rollbackd.journal")
