@@ -250,9 +250,9 @@ class RecordingSource(CountingSource):
 
 def predicted_extents(config_path: Path, start: float, end: float) -> list[tuple[str, str, Any]]:
     """The range queries a replay will make (rules and the version metric), to warm Prometheus."""
-    from rollbackd.engine import version_query  # noqa: PLC0415
     from rollbackd.loader import load  # noqa: PLC0415
     from rollbackd.replay import DEPLOY_LOOKBACK, align  # noqa: PLC0415
+    from rollbackd.sources.gather import version_query  # noqa: PLC0415
 
     loaded = load(config_path)
     step = timedelta(seconds=STEP)

@@ -292,10 +292,11 @@ def child(
     """Run the cycles of one size and print one JSON object (and a cProfile dump if asked)."""
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- imports are measured
-    from rollbackd.engine import Engine, LiveCycle  # noqa: PLC0415
+    from rollbackd.engine import Engine  # noqa: PLC0415
     from rollbackd.loader import load  # noqa: PLC0415
     from rollbackd.model import FindingState  # noqa: PLC0415
     from rollbackd.runtime import settle_heap  # noqa: PLC0415
+    from rollbackd.sources.gather import LiveCycle  # noqa: PLC0415
     from rollbackd.sources.prometheus import PrometheusSource  # noqa: PLC0415
 
     loaded = load(config_path)
@@ -303,8 +304,10 @@ def child(
     source = CountingSource(
         PrometheusSource(config.prometheus.url, config.prometheus.timeout, "service")
     )
-    engine = Engine(config, loaded.rules, DeployHistory(config.deploys.known_good_after))
-    live = LiveCycle(engine, source, None)
+    engine = Engine(
+        config.engine_settings(), loaded.rules, DeployHistory(config.deploys.known_good_after)
+    )
+    live = LiveCycle(engine, config, source, None)
     rule_queries = {r.query: r.name for r in loaded.rules if r.query}
     settle_heap()  # as `rollbackd run` does once it has started
     rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

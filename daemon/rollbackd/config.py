@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from rollbackd.durations import Duration
+from rollbackd.engine import EngineSettings
 from rollbackd.errors import InvalidInput, Problem
 from rollbackd.model import Action, Severity
 from rollbackd.policy import DEFAULT_POLICY, Guards, PolicyEntry, Silence
@@ -479,6 +480,15 @@ class Config(BaseSettings):
 
     def service(self, name: str) -> ServiceConfig | None:
         return next((s for s in self.services if s.name == name), None)
+
+    def engine_settings(self) -> EngineSettings:
+        """What the decision engine needs of this config, as plain values."""
+        return EngineSettings(
+            services={s.name: tuple(s.probe_names) for s in self.services},
+            policy=self.policy.table(),
+            guards=self.guards_for_policy(),
+            expire_after=self.incidents.expire_after,
+        )
 
     def guards_for_policy(self) -> Guards:
         """The pure guard settings this config asks for."""

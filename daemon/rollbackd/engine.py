@@ -3,8 +3,9 @@
 :class:`Engine` holds what persists between cycles (rule states, deploy
 history, open judgements) and turns one cycle's measurements into findings,
 *new* decisions and what happened to open incidents; it does no I/O and is
-driven by :class:`LiveCycle` (instant queries and probes now, for ``run`` and
-``evaluate``) or by :mod:`rollbackd.replay` (Prometheus history, for ``backtest``).
+driven by :class:`~rollbackd.sources.gather.LiveCycle` (instant queries and probes
+now, for ``run`` and ``evaluate``) or by :mod:`rollbackd.replay` (Prometheus
+history, for ``backtest``).
 
 Incidents, as the engine sees them (:class:`Judgement`):
 
@@ -33,17 +34,12 @@ Incidents, as the engine sees them (:class:`Judgement`):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
 
-from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.model import (
@@ -56,12 +52,8 @@ from rollbackd.model import (
     Severity,
     Vector,
 )
-from rollbackd.policy import ServiceFacts, decide
+from rollbackd.policy import Guards, PolicyEntry, ServiceFacts, decide
 from rollbackd.rules import Cycle, Key, Previously, Rule, applies_to, evaluate_cycle
-from rollbackd.sources import MetricSource, guarded_instant
-from rollbackd.sources.deploys import git_head
-from rollbackd.sources.probes import Prober, probes_of
-from rollbackd.sources.prometheus import QueryError
 
 
 class Outcome(StrEnum):
@@ -216,25 +208,37 @@ class Inputs:
     vectors: dict[str, Vector] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the engine needs of the config, as plain values (``Config.engine_settings()``)."""
+
+    services: Mapping[str, tuple[str, ...]]
+    """Each watched service and the names of its probes."""
+    policy: Mapping[Severity, PolicyEntry]
+    guards: Guards
+    expire_after: timedelta
+    """An incident waiting on people ends after this long untouched."""
+
+
 class Engine:
     """The decision loop's memory and its pure step."""
 
     def __init__(
         self,
-        config: Config,
+        settings: EngineSettings,
         rules: Iterable[Rule],
         history: DeployHistory,
         armed: bool = False,
     ) -> None:
         """``armed``: decide as the daemon would with dry-run off (a backtest acts on nothing,
         so under a dry-run config it shows what the armed daemon would do)."""
-        self.config = config
+        self.settings = settings
         self.rules = tuple(rules)
         self.history = history
         self.states: dict[Key, RuleState] = {}
         self.rollbacks: dict[str, list[datetime]] = {}
         self._judgements: dict[str, Judgement] = {}
-        self._services = {s.name: s.probe_names for s in config.services}
+        self._services = {name: list(probes) for name, probes in settings.services.items()}
         # How many rules apply to each service.
         self._evaluated = {
             name: sum(1 for r in self.rules if applies_to(r, probes))
@@ -243,11 +247,11 @@ class Engine:
         self._rule_names = frozenset(r.name for r in self.rules)
         self._settles = {r.name: r.settles_after for r in self.rules}
         self._longest_settling = max(self._settles.values(), default=timedelta(0))
-        self._policy = config.policy.table()
-        self._guards = config.guards_for_policy()
+        self._policy = dict(settings.policy)
+        self._guards = settings.guards
         if armed:
             self._guards = replace(self._guards, dry_run=False)
-        self._expire_after = config.incidents.expire_after
+        self._expire_after = settings.expire_after
         self._previously: Previously | None = None
 
     @property
@@ -653,365 +657,3 @@ def _ok_again(rule: str, finding: Finding | None) -> str:
     if finding.baseline is not None and finding.threshold is not None:
         text += f" (threshold {finding.threshold:.6g} from baseline {finding.baseline:.6g})"
     return text
-
-
-def version_query(config: Config) -> str | None:
-    """The PromQL that lists running versions by service, if a version metric is set."""
-    metric = config.deploys.version_metric
-    if metric is None:
-        return None
-    return f"max by ({config.alerts.service_label}, {config.deploys.version_label}) ({metric})"
-
-
-BASELINE_EDGE = timedelta(seconds=1)
-"""Baselines end this long before the deploy, so no sample of the new version counts."""
-
-
-def baseline_query(rule: Rule) -> str:
-    """The rule's query averaged over its baseline window, as one PromQL subquery."""
-    assert rule.query is not None  # noqa: S101 -- relative rules are PromQL rules (Rule validates)
-    window = rule.baseline_window
-    resolution = max(window / 60, timedelta(seconds=1))
-    return (
-        f"avg_over_time(({rule.query})[{int(window.total_seconds())}s:"
-        f"{int(resolution.total_seconds())}s])"
-    )
-
-
-class BaselineCache:
-    """Baselines per (rule, deploy time): computed once, since history does not change."""
-
-    def __init__(self, source: MetricSource) -> None:
-        self._source = source
-        self._cache: dict[tuple[str, datetime], Vector] = {}
-        self._measurements: dict[tuple[str, str, datetime], Measurement] = {}
-
-    def get(self, rule: Rule, deploy: Deploy) -> Measurement:
-        known = self._measurements.get((rule.name, deploy.service, deploy.time))
-        if known is not None:
-            return known
-        key = (rule.name, deploy.time)
-        vector = self._cache.get(key)
-        if vector is None:
-            vector = guarded_instant(
-                self._source, baseline_query(rule), deploy.time - BASELINE_EDGE
-            )
-            if vector.error is None:
-                self._cache[key] = vector
-        measurement = vector.get(deploy.service)
-        if measurement.is_missing:
-            measurement = Measurement.missing(
-                f"no value in the {rule.baseline_window} before the deploy of "
-                f"{deploy.version}: {measurement.reason}"
-            )
-        if vector.error is None:
-            self._measurements[(rule.name, deploy.service, deploy.time)] = measurement
-        return measurement
-
-    def known(self, rule: Rule, deploy: Deploy) -> bool:
-        """Whether the baseline was read for good (a value, or a clear 'none')."""
-        return (rule.name, deploy.service, deploy.time) in self._measurements
-
-    def cached(self, rule: Rule, deploy: Deploy) -> Measurement | None:
-        """The baseline if it was read already (no I/O)."""
-        return self._measurements.get((rule.name, deploy.service, deploy.time))
-
-    def current(
-        self, rules: Iterable[Rule], services: Iterable[str], history: DeployHistory
-    ) -> tuple[dict[Key, Measurement], bool]:
-        """Each relative rule's baseline for each service's current deploy; and whether
-        every one was read (a value, or a clear 'none'), none lost to a source error."""
-        baselines: dict[Key, Measurement] = {}
-        settled = True
-        for rule in rules:
-            if not rule.relative:
-                continue
-            for service in services:
-                deploy = history.current(service)
-                if deploy is not None:
-                    baselines[(rule.name, service)] = self.get(rule, deploy)
-                    settled = settled and (rule.name, service, deploy.time) in self._measurements
-        return baselines, settled
-
-
-MEASURE_WORKERS = 8
-"""Queries and probes a live cycle runs at once: a slow Prometheus costs one timeout per
-round of this many, not one per rule."""
-
-MEASURE_BUDGET_CAP = timedelta(seconds=40)
-"""A live cycle's reads end within this (or two poll intervals, or the Prometheus timeout,
-whichever is longer, up to this cap): under systemd's 60 s watchdog, whatever hangs."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a live cycle will read, fixed under the state lock before any I/O."""
-
-    time: datetime
-    rules: tuple[Rule, ...]
-    services: Mapping[str, list[str]]
-    deploys: Mapping[str, Deploy | None]
-    revision: int
-
-
-@dataclass(frozen=True)
-class Measured:
-    """What a live cycle read from the world, without touching the engine's state."""
-
-    plan: Plan
-    running: Mapping[str, Mapping[str, list[datetime]]]
-    heads: Mapping[str, str]
-    probes: Mapping[tuple[str, str], Measurement]
-    vectors: Mapping[str, Vector]
-    impacts: Mapping[str, Vector]
-    baselines: Mapping[Key, Measurement]
-    source_errors: Mapping[str, str]
-
-
-class LiveCycle:
-    """Gathers one cycle's inputs now: one instant query per rule, and the probes.
-
-    In three parts so that no I/O happens under the daemon's state lock:
-    :meth:`plan` (under the lock) fixes what to read; :meth:`measure` (no lock)
-    reads it, queries and probes at once, all within a budget; :meth:`apply`
-    (under the lock) notes the versions seen and builds the engine's inputs.
-    :meth:`gather` does all three, for callers without a lock.
-    """
-
-    def __init__(self, engine: Engine, prometheus: MetricSource, prober: Prober | None) -> None:
-        self.engine = engine
-        self.prometheus = prometheus
-        self.prober = prober
-        self.baselines = BaselineCache(prometheus)
-        self._settled: tuple[int, dict[Key, Measurement]] | None = None
-        self._pool = ThreadPoolExecutor(MEASURE_WORKERS, thread_name_prefix="measure")
-
-    def close(self) -> None:
-        """Stop the reading threads (those still waiting on an answer end with its deadline)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    @property
-    def budget(self) -> timedelta:
-        config = self.engine.config
-        wanted = max(2 * config.daemon.poll_interval, config.prometheus.timeout)
-        return min(wanted, MEASURE_BUDGET_CAP)
-
-    def plan(self, now: datetime) -> Plan:
-        """What to read at ``now`` (under the state lock: it reads the deploy history)."""
-        history = self.engine.history
-        services = self.engine.services
-        return Plan(
-            now,
-            self.engine.rules,
-            services,
-            {service: history.current(service) for service in services},
-            history.revision,
-        )
-
-    def measure(self, plan: Plan) -> Measured:
-        """Read everything the plan names, at once, within :attr:`budget`; never raises.
-
-        A read that fails, or does not end within the budget, is missing data for
-        what needed it (that rule only), with the reason.
-        """
-        deadline = time.monotonic() + self.budget.total_seconds()
-        budget = format_duration(self.budget)
-        reads = self._start_reads(plan)
-
-        def outcome(key: str) -> tuple[Any, str | None]:
-            try:
-                return reads[key].result(timeout=max(deadline - time.monotonic(), 0.0)), None
-            except FutureTimeout:
-                return (
-                    None,
-                    f"no answer within the cycle's budget of {budget}",
-                )
-            except QueryError as exc:
-                return None, str(exc)
-            except Exception as exc:  # noqa: BLE001 -- one read's failure is its own, said
-                return None, f"{type(exc).__name__}: {str(exc)[:300]}"
-
-        config = self.engine.config
-        errors: dict[str, str] = {}
-        running: Mapping[str, Mapping[str, list[datetime]]] = {}
-        heads: dict[str, str] = {}
-        probes: dict[tuple[str, str], Measurement] = {}
-        vectors: dict[str, Vector] = {}
-        impacts: dict[str, Vector] = {}
-        for key in reads:
-            kind, _, name = key.partition(":")
-            found, why = outcome(key)
-            if kind == "versions":
-                if why is not None:
-                    errors["deploys"] = f"cannot read {config.deploys.version_metric}: {why}"
-                else:
-                    running = found
-            elif kind == "head" and isinstance(found, str):
-                heads[name] = found
-            elif kind == "probe":
-                service, _, probe = name.partition(":")
-                probes[(service, probe)] = (
-                    Measurement.missing(f"probe {probe} not run: {why}")
-                    if why is not None
-                    else Measurement(found.value, found.reason)
-                )
-            elif kind in ("rule", "impact"):
-                answer = Vector(error=why) if why is not None else found
-                (vectors if kind == "rule" else impacts)[name] = answer
-                if kind == "rule" and answer.error is not None:
-                    errors[name] = answer.error
-        baselines, why = outcome("baselines")
-        return Measured(
-            plan, running, heads, probes, vectors, impacts, baselines if why is None else {}, errors
-        )
-
-    def _start_reads(self, plan: Plan) -> dict[str, Future[Any]]:
-        """Every read of the plan, on the reading threads: versions, heads, queries, probes."""
-        config = self.engine.config
-        now = plan.time
-        reads: dict[str, Future[Any]] = {}
-        query = version_query(config)
-        if query is not None:
-            reads["versions"] = self._pool.submit(
-                self.prometheus.labels_over_time,
-                query,
-                config.deploys.version_label,
-                now,
-                now,
-                config.daemon.poll_interval,
-            )
-        for configured in config.services:
-            if configured.executor == "git" and configured.repo is not None:
-                reads[f"head:{configured.name}"] = self._pool.submit(git_head, configured.repo)
-        for rule in plan.rules:
-            if rule.query is not None:
-                reads[f"rule:{rule.name}"] = self._pool.submit(
-                    guarded_instant, self.prometheus, rule.query, now
-                )
-                if rule.impact_query is not None:
-                    reads[f"impact:{rule.name}"] = self._pool.submit(
-                        guarded_instant, self.prometheus, rule.impact_query, now
-                    )
-        probe_names = {r.probe for r in plan.rules if r.probe is not None}
-        if self.prober is not None and probe_names:
-            for configured in config.services:
-                for probe in probes_of(configured):
-                    if probe.name in probe_names:
-                        reads[f"probe:{configured.name}:{probe.name}"] = self._pool.submit(
-                            self.prober.probe, configured.name, probe
-                        )
-        reads["baselines"] = self._pool.submit(self._baselines_for, plan)
-        return reads
-
-    def apply(self, measured: Measured) -> Inputs:
-        """The engine's inputs from what was read (under the state lock: it notes versions)."""
-        plan, now = measured.plan, measured.plan.time
-        history = self.engine.history
-        seen: set[str] = set()
-        for service, versions in measured.running.items():
-            if service in self.engine.services:
-                history.observe_versions(service, versions, now)
-                seen.add(service)
-        for service, sha in measured.heads.items():
-            if service not in seen:
-                history.observe_versions(service, [sha[:12]], now, "git", {sha[:12]: sha})
-        inputs = Inputs(source_errors=dict(measured.source_errors))
-        if history.revision == plan.revision:
-            inputs.baselines.update(measured.baselines)
-        else:  # a deploy changed while reading: what is known for the new one (see unread)
-            inputs.baselines.update(self.known_baselines())
-        for rule in plan.rules:
-            if rule.probe is not None:
-                for service, probes in plan.services.items():
-                    if applies_to(rule, probes):
-                        inputs.measurements[(rule.name, service)] = measured.probes.get(
-                            (service, rule.probe), Measurement.missing("the probe was not run")
-                        )
-                continue
-            vector = measured.vectors.get(rule.name)
-            if vector is not None:
-                inputs.vectors[rule.name] = vector
-            impact = measured.impacts.get(rule.name)
-            if impact is not None:
-                for service, number in impact.numbers.items():
-                    if service in plan.services:
-                        inputs.impacts[(rule.name, service)] = Measurement(number)
-        return inputs
-
-    def gather(self, now: datetime) -> Inputs:
-        """Plan, measure and apply at once (for ``evaluate``: no one else holds its engine)."""
-        inputs = self.apply(self.measure(self.plan(now)))
-        unread = self.unread_baselines()
-        if unread:
-            self.read_baselines(unread)
-            inputs.baselines.update(self.known_baselines())
-        return inputs
-
-    def unread_baselines(self) -> list[tuple[Rule, Deploy]]:
-        """Baselines the current deploys need and nobody has read yet (a deploy just seen)."""
-        history = self.engine.history
-        unread = []
-        for rule in self.engine.rules:
-            if rule.relative:
-                for service in self.engine.services:
-                    deploy = history.current(service)
-                    if deploy is not None and self.baselines.cached(rule, deploy) is None:
-                        unread.append((rule, deploy))
-        return unread
-
-    def read_baselines(self, unread: list[tuple[Rule, Deploy]]) -> None:
-        """Read those baselines (I/O, no lock), at once, within the cycle's budget."""
-        reads = [self._pool.submit(self.baselines.get, rule, deploy) for rule, deploy in unread]
-        wait(reads, timeout=self.budget.total_seconds())
-
-    def _baselines_for(self, plan: Plan) -> dict[Key, Measurement]:
-        """Each relative rule's baseline for the deploys of the plan (read at need)."""
-        if self._settled is not None and self._settled[0] == plan.revision:
-            return self._settled[1]
-        baselines: dict[Key, Measurement] = {}
-        settled = True
-        for rule in plan.rules:
-            if not rule.relative:
-                continue
-            for service, deploy in plan.deploys.items():
-                if deploy is not None:
-                    baselines[(rule.name, service)] = self.baselines.get(rule, deploy)
-                    settled = settled and self.baselines.known(rule, deploy)
-        if settled:
-            self._settled = (plan.revision, baselines)
-        return baselines
-
-    def known_baselines(self) -> dict[Key, Measurement]:
-        """The baselines already read for the services' current deploys: no I/O."""
-        history = self.engine.history
-        known: dict[Key, Measurement] = {}
-        for rule in self.engine.rules:
-            if not rule.relative:
-                continue
-            for service in self.engine.services:
-                deploy = history.current(service)
-                if deploy is not None:
-                    known[(rule.name, service)] = self.baselines.cached(rule, deploy) or (
-                        Measurement.missing(
-                            f"the baseline before {deploy.version} is read next cycle"
-                        )
-                    )
-        return known
-
-    def baselines_of(self, service: str) -> dict[str, float]:
-        """Every relative rule's pre-deploy value for ``service``'s current deploy, by rule.
-
-        The good version's values before the deploy a rollback undoes: what its
-        recovery watch compares with, whichever rules happen to fire.
-        """
-        history = self.engine.history
-        deploy = history.current(service)
-        if deploy is None:
-            return {}
-        values = {}
-        for rule in self.engine.rules:
-            if rule.relative:
-                measurement = self.baselines.get(rule, deploy)
-                if measurement.value is not None:
-                    values[rule.name] = measurement.value
-        return values

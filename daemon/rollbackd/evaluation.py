@@ -15,11 +15,12 @@ from datetime import datetime, timedelta
 
 from rollbackd.config import Config
 from rollbackd.deploys import DeployHistory
-from rollbackd.engine import CycleReport, Explanation, LiveCycle
+from rollbackd.engine import CycleReport, Explanation
 from rollbackd.model import Decision
 from rollbackd.replay import Replay
 from rollbackd.rules import Rule
 from rollbackd.sources import MetricSource
+from rollbackd.sources.gather import LiveCycle
 from rollbackd.sources.probes import Prober
 from rollbackd.sources.prometheus import PrometheusSource
 
@@ -78,7 +79,7 @@ def evaluate_now(
     own_prober = prober is None
     prober = prober or Prober()
     try:
-        live = LiveCycle(replay.engine, prometheus, prober)
+        live = LiveCycle(replay.engine, config, prometheus, prober)
         live.baselines = replay.baselines
         report = replay.engine.step(now, live.gather(now), explain)
         explained.extend(report.explanations.values())

@@ -19,12 +19,13 @@ from datetime import UTC, datetime, timedelta
 
 from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory, deploys_from_presence
-from rollbackd.engine import BaselineCache, CycleReport, Engine, Inputs, version_query
+from rollbackd.engine import CycleReport, Engine, Inputs
 from rollbackd.errors import OutOfTime
 from rollbackd.model import Matrix, Measurement, Vector
 from rollbackd.rules import Key, Rule
 from rollbackd.sources import MetricSource, guarded_range
 from rollbackd.sources.deploys import git_deploys
+from rollbackd.sources.gather import BaselineCache, version_query
 from rollbackd.sources.prometheus import QueryError
 
 DEPLOY_LOOKBACK = timedelta(hours=24)
@@ -150,7 +151,7 @@ class Replay:
         self.prometheus = prometheus
         self.step = step
         self.history = history or DeployHistory(config.deploys.known_good_after)
-        self.engine = Engine(config, rules, self.history, armed=armed)
+        self.engine = Engine(config.engine_settings(), rules, self.history, armed=armed)
         self.explain = tuple(explain)
         self.deadline = deadline
         self.baselines = BaselineCache(prometheus)

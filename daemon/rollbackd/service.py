@@ -26,7 +26,7 @@ from rollbackd.assembly import build_checklist, now_utc
 from rollbackd.config import Config
 from rollbackd.deploys import Deploy, DeployHistory
 from rollbackd.durations import format_duration, format_instant
-from rollbackd.engine import CycleReport, Engine, IncidentEvent, Judgement, LiveCycle
+from rollbackd.engine import CycleReport, Engine, IncidentEvent, Judgement
 from rollbackd.engine import Outcome as Ended
 from rollbackd.errors import (
     AlreadyThere,
@@ -59,6 +59,7 @@ from rollbackd.rules import rule_trigger_severity
 from rollbackd.sources import MetricSource, guarded_instant
 from rollbackd.sources.alerts import alert_findings, parse_webhook
 from rollbackd.sources.deploys import parse_event, valid_ref
+from rollbackd.sources.gather import LiveCycle
 from rollbackd.sources.probes import Prober
 from rollbackd.sources.prometheus import PrometheusSource
 
@@ -147,12 +148,12 @@ class Daemon:
         self.loaded = loaded
         self.config = config
         self.history = history
-        self.engine = Engine(config, loaded.rules, history)
+        self.engine = Engine(config.engine_settings(), loaded.rules, history)
         self.source = self._metrics_source or PrometheusSource.from_config(config)
         previous: LiveCycle | None = getattr(self, "live", None)
         if previous is not None:
             previous.close()
-        self.live = LiveCycle(self.engine, self.source, self._prober)
+        self.live = LiveCycle(self.engine, config, self.source, self._prober)
         self.checklist: Checklist = build_checklist(
             config,
             loaded.rules,

@@ -8,11 +8,12 @@ import pytest
 
 from rollbackd.config import Config, parse_config
 from rollbackd.deploys import Deploy, DeployHistory
-from rollbackd.engine import CycleReport, Engine, LiveCycle
+from rollbackd.engine import CycleReport, Engine
 from rollbackd.evaluation import evaluate_now
 from rollbackd.model import Action, Decision, FindingState, Matrix, Severity, Vector
 from rollbackd.replay import Replay
 from rollbackd.rules import Rule, parse_rules
+from rollbackd.sources.gather import LiveCycle
 from rollbackd.testing import ScriptedMetrics, constant, switch
 
 DAY = datetime(2026, 3, 1, tzinfo=UTC)
@@ -299,7 +300,7 @@ def test_a_rule_fires_at_the_cycle_its_for_is_reached_even_when_cycles_wake_late
     from rollbackd.runtime import planned  # noqa: PLC0415
 
     cfg = config()
-    engine = Engine(cfg, rules()[:1], DeployHistory(cfg.deploys.known_good_after))
+    engine = Engine(cfg.engine_settings(), rules()[:1], DeployHistory(cfg.deploys.known_good_after))
     first = NOON
     wakes = [0.3, 0.0, 0.1, 0.2, 0.0, 0.05]  # how late each thread woke, in seconds
     states = []
@@ -315,15 +316,16 @@ def test_a_rule_fires_at_the_cycle_its_for_is_reached_even_when_cycles_wake_late
 def test_the_live_cycle_compares_to_the_baseline_of_the_deploy_running_now() -> None:
     """After a second deploy, the latency rule compares to the value before that deploy."""
     from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
-    from rollbackd.engine import Engine, LiveCycle  # noqa: PLC0415
+    from rollbackd.engine import Engine  # noqa: PLC0415
+    from rollbackd.sources.gather import LiveCycle  # noqa: PLC0415
 
     metrics = healthy_world()
     metrics.deploy("web", "v2", NOON)
     metrics.deploy("web", "v3", NOON + timedelta(hours=2))
     metrics.set(LATENCY, switch(0.2, [("web", NOON + timedelta(minutes=1), None, 0.4)]))
     cfg = config()
-    engine = Engine(cfg, rules(), DeployHistory(cfg.deploys.known_good_after))
-    live = LiveCycle(engine, metrics, None)
+    engine = Engine(cfg.engine_settings(), rules(), DeployHistory(cfg.deploys.known_good_after))
+    live = LiveCycle(engine, cfg, metrics, None)
 
     def baseline_at(moment: datetime) -> float | None:
         report = engine.step(moment, live.gather(moment))
@@ -347,7 +349,7 @@ def test_an_incident_ends_when_every_rule_is_ok_and_a_new_fault_is_decided_again
     from rollbackd.model import Measurement  # noqa: PLC0415
 
     cfg = config()
-    engine = Engine(cfg, rules()[:1], DeployHistory(cfg.deploys.known_good_after))
+    engine = Engine(cfg.engine_settings(), rules()[:1], DeployHistory(cfg.deploys.known_good_after))
     outcomes = []
     for index, errors in enumerate([0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.01, 0.2, 0.2, 0.2, 0.2, 0.2]):
         inputs = Inputs(
@@ -372,7 +374,7 @@ def test_an_alert_incident_ends_once_the_alert_stops_and_every_rule_is_quiet() -
     from rollbackd.model import Finding, Measurement, Trigger  # noqa: PLC0415
 
     cfg = config()
-    engine = Engine(cfg, rules()[:1], DeployHistory(cfg.deploys.known_good_after))
+    engine = Engine(cfg.engine_settings(), rules()[:1], DeployHistory(cfg.deploys.known_good_after))
     outcomes = []
     for index, alerting in enumerate([True, True, False, True]):
         now = NOON + index * STEP
@@ -432,8 +434,8 @@ def test_a_version_only_the_metric_shows_after_an_announced_deploy_takes_the_bla
     if path == "replay":
         decisions, _ = replay_on(metrics, cfg, history, start, end)
     else:
-        engine = Engine(cfg, rules(), history)
-        live = LiveCycle(engine, metrics, None)
+        engine = Engine(cfg.engine_settings(), rules(), history)
+        live = LiveCycle(engine, cfg, metrics, None)
         decisions, moment = [], start
         while moment <= end:
             decisions.extend(engine.step(moment, live.gather(moment)).decisions)
@@ -482,8 +484,8 @@ def exploding_world() -> _Exploding:
 def test_a_query_that_raises_leaves_its_rule_inconclusive_and_the_cycle_going() -> None:
     """An exception from one rule's query is that rule's source error; the others decide."""
     cfg = config()
-    engine = Engine(cfg, rules(), DeployHistory(cfg.deploys.known_good_after))
-    live = LiveCycle(engine, exploding_world(), None)
+    engine = Engine(cfg.engine_settings(), rules(), DeployHistory(cfg.deploys.known_good_after))
+    live = LiveCycle(engine, cfg, exploding_world(), None)
     report = engine.step(NOON, live.gather(NOON))
     assert report.source_errors["error-rate"] == (
         "the query failed: RecursionError: maximum recursion depth exceeded"

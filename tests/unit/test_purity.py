@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "daemon" / "rollbackd"
-PURE_MODULES = ["model.py", "durations.py", "rules.py", "matrix.py", "policy.py", "validation.py"]
+PURE_MODULES = [
+    "model.py",
+    "durations.py",
+    "rules.py",
+    "matrix.py",
+    "policy.py",
+    "validation.py",
+    "deploys.py",
+    "engine.py",
+]
 ALLOWED_IMPORTS = {
     "__future__",
     "collections.abc",
@@ -19,9 +28,11 @@ ALLOWED_IMPORTS = {
     "math",
     "operator",
     "re",
+    "itertools",
     "tomllib",
     "typing",
     "pydantic",
+    "rollbackd.deploys",
     "rollbackd.durations",
     "rollbackd.errors",
     "rollbackd.matrix",
