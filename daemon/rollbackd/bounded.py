@@ -182,27 +182,49 @@ def watch_httpx(event: str, info: dict[str, Any]) -> None:
 class TooLargeError(Exception):
     """An answer longer than the cap; nothing of it is kept."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"answered more than {format_size(limit)}")
+    def __init__(self, limit: int, shared: bool = False) -> None:
+        if shared:
+            message = f"answered more than {format_size(limit)} with the answers read beside it"
+        else:
+            message = f"answered more than {format_size(limit)}"
+        super().__init__(message)
         self.limit = limit
+
+
+_held = 0
+"""Bytes of answers being read right now, by every :func:`read_capped` together."""
+_held_lock = threading.Lock()
 
 
 def read_capped(chunks: Iterable[bytes], limit: int, length: str | None = None) -> bytes:
     """The whole answer from ``chunks``, or :class:`TooLargeError` once it passes ``limit`` bytes.
 
+    ``limit`` bounds the answers being read at the same time too: the cycle reads
+    several rules at once, and a cycle's reads that outlive its budget run beside
+    the next cycle's, so one cap per answer would allow several caps in memory.
     ``length`` (a Content-Length header) refuses an announced oversize before a byte is read.
     """
+    global _held  # noqa: PLW0603 -- one count for the whole process, under its lock
     if length is not None and length.strip().isdigit() and int(length) > limit:
         raise TooLargeError(limit)
     parts: list[bytes] = []
     size = 0
-    for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            parts.clear()
-            raise TooLargeError(limit)
-        parts.append(chunk)
-    return b"".join(parts)
+    try:
+        for chunk in chunks:
+            if size + len(chunk) > limit:
+                parts.clear()
+                raise TooLargeError(limit)
+            with _held_lock:
+                if _held + len(chunk) > limit:
+                    parts.clear()
+                    raise TooLargeError(limit, shared=True)
+                _held += len(chunk)
+            size += len(chunk)
+            parts.append(chunk)
+        return b"".join(parts)
+    finally:
+        with _held_lock:
+            _held -= size
 
 
 def format_size(size: int) -> str:

@@ -126,3 +126,19 @@ def test_a_call_that_ended_in_time_leaves_its_socket_alone() -> None:
         theirs.sendall(b"x")
         assert ours.recv(1) == b"x"
         assert not deadline.expired
+
+
+def test_answers_read_at_once_share_the_cap() -> None:
+    """Two answers of 600 bytes read at once under a 1,000-byte cap: the second is refused."""
+    inner: list[str] = []
+
+    def outer() -> Iterator[bytes]:
+        yield b"x" * 600
+        with pytest.raises(TooLargeError) as refused:
+            read_capped(iter([b"y" * 600]), 1000)
+        inner.append(str(refused.value))
+        yield b"x" * 100
+
+    assert read_capped(outer(), 1000) == b"x" * 700
+    assert inner == ["answered more than 1000 bytes with the answers read beside it"]
+    assert read_capped(iter([b"y" * 600]), 1000) == b"y" * 600  # released once read
