@@ -369,7 +369,7 @@ class Prometheus(Supervised):
         port: int | None = None,
         extra_args: Sequence[str] = (),
         binary: Path = PROMETHEUS_BIN,
-        start_timeout: float = 30.0,
+        start_timeout: float = 60.0,  # longer than the warm-up budget (30s) on a busy machine
     ) -> None:
         self.workdir = workdir.absolute()
         super().__init__(
@@ -526,7 +526,7 @@ class RollbackdProcess(Supervised):
         tokens: Mapping[str, str],
         *,
         own_group: bool = False,
-        start_timeout: float = 30.0,
+        start_timeout: float = 60.0,  # longer than the warm-up budget (30s) on a busy machine
     ) -> None:
         super().__init__(
             log_dir, log_dir / "rollbackd.stderr.log", port=port, start_timeout=start_timeout
