@@ -134,6 +134,9 @@ def _root(
     if version:
         typer.echo(f"rollbackd {__version__}")
         raise typer.Exit(0)
+    from rollbackd.logs import configure  # noqa: PLC0415 -- keeps --version light
+
+    configure("auto")  # logs go to stderr: stdout is the command's output (JSON lines too)
 
 
 @app.command("check-config")
