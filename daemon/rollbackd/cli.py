@@ -30,7 +30,7 @@ from rollbackd.config import DEFAULT_CONFIG_PATH
 from rollbackd.deploys import DeployHistory
 from rollbackd.durations import format_duration, format_instant, parse_duration, parse_instant
 from rollbackd.engine import CycleReport, Explanation
-from rollbackd.errors import InvalidInput, NotBuilt, RollbackdError
+from rollbackd.errors import InvalidInput, RollbackdError
 from rollbackd.evaluation import Evaluation, evaluate_now
 from rollbackd.journal import IncidentState, JournalError, SqliteJournal
 from rollbackd.loader import Loaded, load, shown
@@ -116,10 +116,6 @@ def _load(option: Path | None) -> Loaded:
         return load(_config_path(option))
     except InvalidInput as exc:
         _fail([str(p) for p in exc.problems], EXIT_INVALID)
-
-
-def _not_built(command: str, issue: str) -> NoReturn:
-    raise NotBuilt(f"rollbackd {command}: not built yet ({issue})")
 
 
 @app.callback(invoke_without_command=True)
@@ -874,8 +870,6 @@ def main() -> None:
     """Console-script entry point: never a traceback for an expected failure."""
     try:
         app()
-    except NotBuilt as exc:
-        _fail([str(exc)], EXIT_RUNTIME)
     except InvalidInput as exc:
         _fail([str(p) for p in exc.problems], EXIT_INVALID)
     except RollbackdError as exc:

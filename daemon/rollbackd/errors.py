@@ -3,9 +3,8 @@
 ::
 
     RollbackdError                  anything rollbackd raises on purpose
-    ├── InvalidInput                bad config, rule file or argument: exit 2, never a traceback
-    │   └── (carries Problem items, each naming file, location and what is wrong)
-    └── NotBuilt                    a command of the contract whose capability is not built yet
+    └── InvalidInput                bad config, rule file or argument: exit 2, never a traceback
+        └── (carries Problem items, each naming file, location and what is wrong)
 
 Code below the boundary raises these; the CLI and the HTTP API turn them into
 exit codes and 4xx bodies. A :class:`Problem` names the unit of work at fault
@@ -43,7 +42,3 @@ class InvalidInput(RollbackdError):  # noqa: N818 -- names the condition, like h
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems: tuple[Problem, ...] = tuple(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
-
-
-class NotBuilt(RollbackdError):  # noqa: N818 -- names the condition
-    """A command of the contract whose capability does not exist yet."""

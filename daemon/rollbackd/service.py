@@ -721,10 +721,6 @@ class Daemon:
 
     # -- what people and other systems do through the API ------------------------------
 
-    def accept_webhook(self, body: bytes) -> tuple[int, int]:
-        """Parse and journal an Alertmanager delivery (before the 2xx); (changed, duplicates)."""
-        return self.submit_webhook(body).result()
-
     def submit_webhook(self, body: bytes) -> Future[tuple[int, int]]:
         """Parse a delivery and queue it for the journal: done once it is on disk.
 

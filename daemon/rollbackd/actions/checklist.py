@@ -262,14 +262,6 @@ class Checklist:
         runner.go()
         return self._load(incident_id)
 
-    def resume_all(self) -> list[IncidentRecord]:
-        """Resume every rollback that a crash or restart interrupted."""
-        finished = []
-        for record in self.journal.incidents(limit=1000, active_only=True):
-            if record.state in (IncidentState.ROLLING_BACK, IncidentState.RECOVERING):
-                finished.append(self.run(record.id))
-        return finished
-
     def _load(self, incident_id: int) -> IncidentRecord:
         record = self.journal.incident(incident_id)
         if record is None:

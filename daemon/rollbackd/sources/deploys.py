@@ -1,23 +1,23 @@
 """Where deploys are learned: events from CI, and the git HEAD of a working copy.
 
-:class:`DeployEvents` is the in-process API that ``POST /api/v1/deploys``
-calls: it validates a deploy event (the request body is untrusted) and records
-it. :func:`git_deploys` reads the HEAD reflog of a service's working copy:
-each time HEAD moved is a deploy of that commit, at the time it moved.
+:func:`parse_event` validates a deploy event for ``POST /api/v1/deploys`` (the
+request body is untrusted). :func:`git_deploys` reads the HEAD reflog of a
+service's working copy: each time HEAD moved is a deploy of that commit, at the
+time it moved.
 The version metric is read by the engine's live cycle and by the replay.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import git
 
-from rollbackd.deploys import Deploy, DeployHistory, MigrationFact
+from rollbackd.deploys import Deploy, MigrationFact
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.errors import InvalidInput, Problem
 
@@ -38,20 +38,6 @@ def valid_ref(value: str) -> bool:
         and not value.endswith((".", "/", ".lock"))
         and "//" not in value
     )
-
-
-class DeployEvents:
-    """Deploy events from CI, validated and recorded in the deploy history."""
-
-    def __init__(self, history: DeployHistory, services: Sequence[str]) -> None:
-        self.history = history
-        self.services = set(services)
-
-    def announce(self, body: Mapping[str, Any], now: datetime, source: str = "request") -> Deploy:
-        """Validate one event (design §3) and record it; InvalidInput names each bad field."""
-        deploy = parse_event(body, now, self.services, source)
-        self.history.record(deploy)
-        return deploy
 
 
 def parse_event(
