@@ -26,6 +26,7 @@ from rollbackd.rules import Key, Rule
 from rollbackd.sources import MetricSource, guarded_range
 from rollbackd.sources.deploys import git_deploys
 from rollbackd.sources.prometheus import QueryError
+from rollbackd.text import one_line
 
 
 class OutOfTime(RollbackdError):  # noqa: N818 -- names the condition
@@ -112,7 +113,7 @@ def find_deploys(
             presence = {}
             error = (
                 f"cannot read deploys from {config.deploys.version_metric}: "
-                f"{type(exc).__name__}: {str(exc)[:200]}"
+                f"{type(exc).__name__}: {one_line(str(exc), 200)}"
             )
         for service, versions in presence.items():
             starts = deploys_from_presence(service, versions, step)

@@ -54,6 +54,7 @@ from rollbackd.sources.alerts import alert_findings, parse_webhook
 from rollbackd.sources.deploys import parse_event, valid_ref
 from rollbackd.sources.probes import Prober
 from rollbackd.sources.prometheus import PrometheusSource
+from rollbackd.text import quoted
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -792,9 +793,9 @@ class Daemon:
         target or a rollback of the service is already under way.
         """
         if self.config.service(service) is None:
-            raise NotFound(f"no service named {service[:64]!r} is configured")
+            raise NotFound(f"no service named {quoted(service, 64)} is configured")
         if to is not None and not valid_ref(to):
-            bad = f"{to[:80]!r} is not a version or ref rollbackd will pass to git"
+            bad = f"{quoted(to, 80)} is not a version or ref rollbackd will pass to git"
             raise InvalidInput([Problem("body", "to", bad)])
         why = reason or f"manual rollback by {caller.name}"
         with self.lock:  # the cycle opens its incidents under it too: one rollback at a time

@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rollbackd.actions import (
+    OUTPUT_LIMIT,
     Executor,
     IncidentFacts,
     Interrupted,
     Progress,
     StepResult,
-    bounded,
 )
 from rollbackd.actions.command import incident_env, run_argv
 from rollbackd.actions.migrations import DEFAULT_MIGRATION_GLOBS
@@ -64,6 +64,7 @@ from rollbackd.model import Action, Decision, Severity
 from rollbackd.notify import Message, Notifier
 from rollbackd.sources.alerts import ALERT_RULE_PREFIX
 from rollbackd.sources.deploys import valid_ref
+from rollbackd.text import head_and_tail, quoted
 
 DOCUMENT = "document"
 NOTIFY = "notify"
@@ -167,7 +168,9 @@ class Checklist:
         transaction: all of it is journaled, or none.
         """
         if not valid_ref(request.target):
-            raise Refused(f"{request.service}: target {request.target[:80]!r} is not a valid ref")
+            raise Refused(
+                f"{request.service}: target {quoted(request.target, 80)} is not a valid ref"
+            )
         if self.config.service(request.service) is None:
             raise Refused(f"no service named {request.service!r} is configured")
         self._refuse_if_busy(request.service)
@@ -483,7 +486,7 @@ class _Run:
                 self.parts.clock(),
                 outcome,
                 result.summary,
-                bounded(result.output),
+                head_and_tail(result.output, OUTPUT_LIMIT),
                 {k: str(v) for k, v in result.data.items()},
             ),
             f"journaling the outcome of {name} ({outcome.value}: {result.summary})",

@@ -41,10 +41,17 @@ from typing import Literal
 
 import git
 
-from rollbackd.actions import ExecutionState, IncidentFacts, Progress, StepResult, bounded
+from rollbackd.actions import (
+    OUTPUT_LIMIT,
+    ExecutionState,
+    IncidentFacts,
+    Progress,
+    StepResult,
+)
 from rollbackd.actions.process import run as run_process
 from rollbackd.durations import format_duration
 from rollbackd.sources.deploys import valid_ref
+from rollbackd.text import head_and_tail, one_line
 
 Strategy = Literal["revert", "reset", "tag"]
 STRATEGIES: tuple[Strategy, ...] = ("revert", "reset", "tag")
@@ -62,6 +69,8 @@ GIT_LOCALE: Mapping[str, str] = {"LANGUAGE": "C", "LC_ALL": "C"}
 
 GIT_OUTPUT_LIMIT = 1024 * 1024
 """Bytes of each of git's streams kept (head and tail): far more than any answer read here."""
+GIST_LIMIT = 200
+"""Characters of git's telling line kept in a step's summary."""
 
 IDENTITY: Mapping[str, str] = {"user.name": "rollbackd", "user.email": "rollbackd@localhost"}
 """The committer of revert commits in a working copy that has no identity configured."""
@@ -118,11 +127,11 @@ def _gist(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in lines:
         if "[rejected]" in line or "[remote rejected]" in line:
-            return line[:200]
+            return one_line(line, GIST_LIMIT)
     for line in lines:
         if line.startswith(("fatal:", "error:")):
-            return line[:200]
-    return lines[0][:200] if lines else ""
+            return one_line(line, GIST_LIMIT)
+    return one_line(lines[0], GIST_LIMIT) if lines else ""
 
 
 def _plural(count: int, noun: str) -> str:
@@ -182,7 +191,7 @@ class _Session:
         return result
 
     def output(self) -> str:
-        return bounded("\n".join(self.transcript))
+        return head_and_tail("\n".join(self.transcript), OUTPUT_LIMIT)
 
     def failure(self, out: _Out, what: str, data: Mapping[str, str] | None = None) -> _StepError:
         """A failed step saying ``what`` went wrong and why, in git's words."""

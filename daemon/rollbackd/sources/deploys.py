@@ -20,6 +20,7 @@ import git
 from rollbackd.deploys import Deploy, MigrationFact
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.errors import InvalidInput, Problem
+from rollbackd.text import quoted
 
 _REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
 """Versions and refs: no leading '-' (never read as an option), no spaces, '..', or '@{'."""
@@ -27,6 +28,8 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 """How far ahead of rollbackd's clock an event's time may be, by default
 (``[deploys] max_clock_skew``): CI's clock may run a little fast, but a deploy from the
 future would stay the "current" one however many deploys follow it."""
+SHOWN_LIMIT = 60
+"""Characters of a bad name or field from a deploy event shown in the error."""
 
 
 def valid_ref(value: str) -> bool:
@@ -57,12 +60,12 @@ def parse_event(
     allowed = {"service", "version", "ref", "time", "migrations"}
     for key in body:
         if key not in allowed:
-            bad(str(key)[:60], "unknown field")
+            bad(str(key)[:SHOWN_LIMIT], "unknown field")
     service = body.get("service")
     if not isinstance(service, str) or not service:
         bad("service", "required, a configured service name")
     elif service not in services:
-        bad("service", f"no service named {service[:60]!r} is configured")
+        bad("service", f"no service named {quoted(service, SHOWN_LIMIT)} is configured")
     version = body.get("version")
     if not isinstance(version, str) or not valid_ref(version):
         bad("version", "required: letters, digits and . _ / + -, not starting with '-'")
@@ -85,7 +88,7 @@ def parse_event(
             if moment - now > max_skew:
                 bad(
                     "time",
-                    f"{raw_time[:40]!r} is more than {format_duration(max_skew)} after "
+                    f"{quoted(raw_time, 40)} is more than {format_duration(max_skew)} after "
                     f"rollbackd's clock ({format_instant(now)}): a deploy cannot be in the "
                     "future (is CI's clock wrong?)",
                 )
@@ -117,7 +120,7 @@ def _migrations(raw: Any, bad: Any) -> tuple[MigrationFact, ...]:
             continue
         unknown = set(item) - {"file", "backwards_compatible", "changes_data"}
         if unknown:
-            bad(f"{where}.{sorted(unknown)[0][:60]}", "unknown field")
+            bad(f"{where}.{sorted(unknown)[0][:SHOWN_LIMIT]}", "unknown field")
         file = item.get("file")
         if not isinstance(file, str) or not file or file.startswith("-") or "\x00" in file:
             bad(f"{where}.file", "required, the migration file's path in the repository")
