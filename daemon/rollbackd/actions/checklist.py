@@ -61,7 +61,8 @@ from rollbackd.journal import (
 )
 from rollbackd.logs import get_logger
 from rollbackd.model import Action, Decision, Severity
-from rollbackd.notify import Message, Notifier
+from rollbackd.notify import Notifier
+from rollbackd.notify.message import notice
 from rollbackd.sources.alerts import ALERT_RULE_PREFIX
 from rollbackd.sources.deploys import valid_ref
 from rollbackd.text import head_and_tail, quoted
@@ -375,7 +376,7 @@ class _JournalWait:
 
     def _tell(self, title: str, text: str) -> None:
         self.parts.notifier.notify(
-            Message(
+            notice(
                 incident=self.record.id,
                 service=self.record.service,
                 severity=self.record.severity,
@@ -517,7 +518,7 @@ class _Run:
 
     def _tell(self, title: str, text: str) -> StepResult:
         return self.parts.notifier.notify(
-            Message(
+            notice(
                 incident=self.record.id,
                 service=self.record.service,
                 severity=self.record.severity,
