@@ -123,7 +123,7 @@ class World:
             "fingerprint": "7b96a6924af08f2f",
         }
         body = {"version": "4", "status": status, "alerts": [alert]}
-        self.daemon.accept_webhook(json.dumps(body).encode())
+        self.daemon.submit_webhook(json.dumps(body).encode()).result()
 
 
 @pytest.fixture

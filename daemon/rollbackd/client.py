@@ -8,6 +8,7 @@ import httpx
 
 from rollbackd.config import Config
 from rollbackd.errors import DaemonRefused, DaemonUnavailable, NoDaemon
+from rollbackd.text import one_line
 
 TIMEOUT = httpx.Timeout(10.0)
 
@@ -71,6 +72,6 @@ class DaemonClient:
             try:
                 message = str(response.json().get("error", response.text))
             except ValueError:
-                message = response.text[:200]
+                message = one_line(response.text, 200)
             raise DaemonRefused(response.status_code, f"{response.status_code}: {message}")
         return response

@@ -33,6 +33,7 @@ from rollbackd.engine import EngineSettings
 from rollbackd.errors import InvalidInput, Problem
 from rollbackd.model import Action, Severity
 from rollbackd.policy import DEFAULT_POLICY, Guards, PolicyEntry, Silence
+from rollbackd.text import quoted
 from rollbackd.validation import NAME_PATTERN, problems_from
 
 ENV_PREFIX = "ROLLBACKD_"
@@ -555,7 +556,7 @@ def _undecodable(env: Mapping[str, str]) -> list[Problem]:
                     f"environment {name.upper()}",
                     "",
                     "expected JSON for a list or table, e.g. '[\"rules/*.toml\"]' or "
-                    f'\'[{{"name": "web"}}]\', got {value[:60]!r}',
+                    f'\'[{{"name": "web"}}]\', got {quoted(value, 60)}',
                 )
             )
     return problems or [Problem("environment", ENV_PREFIX + "…", "cannot be read")]

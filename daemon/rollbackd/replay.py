@@ -27,6 +27,7 @@ from rollbackd.sources import MetricSource, guarded_range
 from rollbackd.sources.deploys import git_deploys
 from rollbackd.sources.gather import BaselineCache, version_query
 from rollbackd.sources.prometheus import QueryError
+from rollbackd.text import one_line
 
 DEPLOY_LOOKBACK = timedelta(hours=24)
 """How far before a replay's start deploys are looked for, to date the running version."""
@@ -108,7 +109,7 @@ def find_deploys(
             presence = {}
             error = (
                 f"cannot read deploys from {config.deploys.version_metric}: "
-                f"{type(exc).__name__}: {str(exc)[:200]}"
+                f"{type(exc).__name__}: {one_line(str(exc), 200)}"
             )
         for service, versions in presence.items():
             starts = deploys_from_presence(service, versions, step)

@@ -18,6 +18,8 @@ import time
 from collections.abc import Mapping
 from datetime import timedelta
 
+from rollbackd.text import one_line
+
 STATUS_MAX_CHARS = 200
 """``STATUS=`` is shown by ``systemctl status`` on one line; longer text is cut."""
 
@@ -34,15 +36,6 @@ def _address(value: str | None) -> bytes | None:
     if value.startswith("/"):
         return os.fsencode(value)
     return None  # e.g. vsock:… (systemd in a VM); not needed on the machines we run on
-
-
-def _one_line(text: str) -> str:
-    """Text fit for ``STATUS=``: one line without control characters, at most 200 chars."""
-    flat = "".join(" " if ch.isspace() or not ch.isprintable() else ch for ch in text)
-    line = " ".join(flat.split())
-    if len(line) > STATUS_MAX_CHARS:
-        line = line[: STATUS_MAX_CHARS - 1] + "…"
-    return line
 
 
 class SystemdNotifier:
@@ -79,7 +72,7 @@ class SystemdNotifier:
 
     def status(self, text: str) -> bool:
         """A one-line status for ``systemctl status`` (newlines removed, ≤ 200 chars)."""
-        return self.notify(f"STATUS={_one_line(text)}")
+        return self.notify(f"STATUS={one_line(text, STATUS_MAX_CHARS)}")
 
     def watchdog(self) -> bool:
         """Keep-alive ping; send it at least every half :meth:`watchdog_interval`."""

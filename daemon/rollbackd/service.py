@@ -53,7 +53,8 @@ from rollbackd.logs import get_logger
 from rollbackd.manual import manual_request
 from rollbackd.metrics import DaemonMetrics
 from rollbackd.model import Action, Decision, Finding, FindingState, Severity
-from rollbackd.notify import JournalOnly, Message, Notifier
+from rollbackd.notify import JournalOnly, Notifier
+from rollbackd.notify.message import compose, notice
 from rollbackd.output import finding_record
 from rollbackd.rules import rule_trigger_severity
 from rollbackd.sources import MetricSource, guarded_instant
@@ -62,6 +63,7 @@ from rollbackd.sources.deploys import parse_event, valid_ref
 from rollbackd.sources.gather import LiveCycle
 from rollbackd.sources.probes import Prober
 from rollbackd.sources.prometheus import PrometheusSource
+from rollbackd.text import quoted
 
 log = get_logger("rollbackd")
 
@@ -559,7 +561,7 @@ class Daemon:
         log.info("incident ended", incident=record.id, state=state.value, reason=why)
         if record.state is IncidentState.AWAITING_APPROVAL:
             self.notifier.notify(
-                Message(
+                notice(
                     incident=record.id,
                     service=record.service,
                     severity=record.severity,
@@ -610,24 +612,32 @@ class Daemon:
         )
 
     def _tell(self, incident: int, decision: Decision, asks: bool, why: str = "") -> None:
-        base = self.config.daemon.public_url or f"http://{self.config.daemon.listen}"
-        how = ""
+        """Ask the approver to approve or veto a rollback, or tell them of an escalation."""
+        service = decision.service
         if asks:
-            deadline = format_instant(decision.deadline) if decision.deadline else "none"
-            how = (
-                f" Approve: rollbackd approve {incident} (or POST {base}/api/v1/incidents/"
-                f"{incident}/approve with a {decision.approver} token); veto: rollbackd veto "
-                f"{incident}. Without a veto it rolls back at {deadline}."
-            )
-        what = "asks to roll back" if asks else "escalates"
+            target = decision.target or "the last known good version"
+            when = "at the deadline unless vetoed" if decision.deadline else "once approved"
+            headline = f"rollbackd asks to roll back to {target}"
+            action = f"nothing yet: the rollback of {service} to {target} waits for a decision"
+            request = f"approve or veto the rollback of {service} to {target}; it runs {when}"
+        else:
+            headline = "rollbackd escalates, a person must act"
+            action = why or f"nothing: it escalates to {decision.approver or 'admin'}"
+            request = f"look at {service} and decide what to do; rollbackd does not act on it"
         self.notifier.notify(
-            Message(
+            compose(
                 incident=incident,
-                service=decision.service,
+                service=service,
                 severity=decision.severity.value,
-                title=f"{decision.service}: rollbackd {what} ({decision.severity.value})",
-                text=f"{why + '; ' if why else ''}{decision.reason}.{how}",
-                role=decision.approver,
+                what=f"{', '.join(decision.rules) or 'a rule'} firing",
+                why=decision.reason,
+                action=action,
+                asks=request,
+                approver=decision.approver,
+                deadline=decision.deadline if asks else None,
+                public_url=self.config.daemon.public_url,
+                headline=headline,
+                how_to_decide=asks,
             )
         )
 
@@ -701,7 +711,7 @@ class Daemon:
             record = None
         service = record.service if record else "rollbackd"
         self.notifier.notify(
-            Message(
+            notice(
                 incident=incident,
                 service=service,
                 severity=record.severity if record else "unknown",
@@ -713,10 +723,6 @@ class Daemon:
         )
 
     # -- what people and other systems do through the API ------------------------------
-
-    def accept_webhook(self, body: bytes) -> tuple[int, int]:
-        """Parse and journal an Alertmanager delivery (before the 2xx); (changed, duplicates)."""
-        return self.submit_webhook(body).result()
 
     def submit_webhook(self, body: bytes) -> Future[tuple[int, int]]:
         """Parse a delivery and queue it for the journal: done once it is on disk.
@@ -789,9 +795,9 @@ class Daemon:
         target or a rollback of the service is already under way.
         """
         if self.config.service(service) is None:
-            raise NotFound(f"no service named {service[:64]!r} is configured")
+            raise NotFound(f"no service named {quoted(service, 64)} is configured")
         if to is not None and not valid_ref(to):
-            bad = f"{to[:80]!r} is not a version or ref rollbackd will pass to git"
+            bad = f"{quoted(to, 80)} is not a version or ref rollbackd will pass to git"
             raise InvalidInput([Problem("body", "to", bad)])
         why = reason or f"manual rollback by {caller.name}"
         with self.lock:  # the cycle opens its incidents under it too: one rollback at a time

@@ -87,16 +87,3 @@ class Executor(Protocol):
         """After a crash mid-execution: done, not started, or unknown (``before`` is
         the ``data`` that verify_target returned)."""
         ...
-
-
-def bounded(text: str, limit: int = OUTPUT_LIMIT) -> str:
-    """``text`` cut to ``limit`` characters: a quarter from its head, the rest from its tail.
-
-    The end is what a person needs (the failing command, the last lines of a
-    build); the head says what ran.
-    """
-    if len(text) <= limit:
-        return text
-    head = limit // 4
-    tail = limit - head
-    return f"{text[:head]}\n… [{len(text) - limit} characters cut] …\n{text[len(text) - tail :]}"

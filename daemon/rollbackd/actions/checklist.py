@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rollbackd.actions import (
+    OUTPUT_LIMIT,
     Executor,
     IncidentFacts,
     Interrupted,
     Progress,
     StepResult,
-    bounded,
 )
 from rollbackd.actions.command import incident_env, run_argv
 from rollbackd.actions.migrations import DEFAULT_MIGRATION_GLOBS
@@ -62,9 +62,11 @@ from rollbackd.journal import (
 )
 from rollbackd.logs import get_logger
 from rollbackd.model import Action, Decision, Severity
-from rollbackd.notify import Message, Notifier
+from rollbackd.notify import Notifier
+from rollbackd.notify.message import notice
 from rollbackd.sources.alerts import ALERT_RULE_PREFIX
 from rollbackd.sources.deploys import valid_ref
+from rollbackd.text import head_and_tail, quoted
 
 DOCUMENT = "document"
 NOTIFY = "notify"
@@ -165,7 +167,7 @@ class Checklist:
         """
         if not valid_ref(request.target):
             raise RollbackRefused(
-                f"{request.service}: target {request.target[:80]!r} is not a valid ref"
+                f"{request.service}: target {quoted(request.target, 80)} is not a valid ref"
             )
         if self.config.service(request.service) is None:
             raise RollbackRefused(f"no service named {request.service!r} is configured")
@@ -262,14 +264,6 @@ class Checklist:
         runner = _Run(self, record, service, waiting)
         runner.go()
         return self._load(incident_id)
-
-    def resume_all(self) -> list[IncidentRecord]:
-        """Resume every rollback that a crash or restart interrupted."""
-        finished = []
-        for record in self.journal.incidents(limit=1000, active_only=True):
-            if record.state in (IncidentState.ROLLING_BACK, IncidentState.RECOVERING):
-                finished.append(self.run(record.id))
-        return finished
 
     def _load(self, incident_id: int) -> IncidentRecord:
         record = self.journal.incident(incident_id)
@@ -381,7 +375,7 @@ class _JournalWait:
 
     def _tell(self, title: str, text: str) -> None:
         self.parts.notifier.notify(
-            Message(
+            notice(
                 incident=self.record.id,
                 service=self.record.service,
                 severity=self.record.severity,
@@ -492,7 +486,7 @@ class _Run:
                 self.parts.clock(),
                 outcome,
                 result.summary,
-                bounded(result.output),
+                head_and_tail(result.output, OUTPUT_LIMIT),
                 {k: str(v) for k, v in result.data.items()},
             ),
             f"journaling the outcome of {name} ({outcome.value}: {result.summary})",
@@ -523,7 +517,7 @@ class _Run:
 
     def _tell(self, title: str, text: str) -> StepResult:
         return self.parts.notifier.notify(
-            Message(
+            notice(
                 incident=self.record.id,
                 service=self.record.service,
                 severity=self.record.severity,

@@ -36,7 +36,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from rollbackd.actions import ExecutionState, IncidentFacts, Progress, StepResult, bounded
+from rollbackd.actions import (
+    OUTPUT_LIMIT,
+    ExecutionState,
+    IncidentFacts,
+    Progress,
+    StepResult,
+)
 from rollbackd.durations import format_duration
 from rollbackd.errors import GitError, NoSuchRepository, NotARepository
 from rollbackd.git import (
@@ -49,11 +55,15 @@ from rollbackd.git import (
     run_git,
 )
 from rollbackd.sources.deploys import valid_ref
+from rollbackd.text import head_and_tail, one_line
 
 Strategy = Literal["revert", "reset", "tag"]
 STRATEGIES: tuple[Strategy, ...] = ("revert", "reset", "tag")
 
 __all__ = ["GIT_ENV", "GIT_LOCALE", "GIT_OUTPUT_LIMIT", "STRATEGIES", "GitExecutor", "Strategy"]
+
+GIST_LIMIT = 200
+"""Characters of git's telling line kept in a step's summary."""
 
 IDENTITY: Mapping[str, str] = {"user.name": "rollbackd", "user.email": "rollbackd@localhost"}
 """The committer of revert commits in a working copy that has no identity configured."""
@@ -89,11 +99,11 @@ def _gist(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in lines:
         if "[rejected]" in line or "[remote rejected]" in line:
-            return line[:200]
+            return one_line(line, GIST_LIMIT)
     for line in lines:
         if line.startswith(("fatal:", "error:")):
-            return line[:200]
-    return lines[0][:200] if lines else ""
+            return one_line(line, GIST_LIMIT)
+    return one_line(lines[0], GIST_LIMIT) if lines else ""
 
 
 def _plural(count: int, noun: str) -> str:
@@ -132,7 +142,7 @@ class _Session:
         return result
 
     def output(self) -> str:
-        return bounded("\n".join(self.transcript))
+        return head_and_tail("\n".join(self.transcript), OUTPUT_LIMIT)
 
     def failure(
         self, out: GitOutcome, what: str, data: Mapping[str, str] | None = None

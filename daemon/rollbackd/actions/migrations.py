@@ -61,6 +61,7 @@ from rollbackd.errors import GitError, MigrationCheckError
 from rollbackd.git import Repository, open_repository, run_git
 from rollbackd.policy import GateVerdict, MigrationGate
 from rollbackd.sources.deploys import valid_ref
+from rollbackd.text import one_line, printable, quoted
 
 DEFAULT_MIGRATION_GLOBS: tuple[str, ...] = (
     "migrations/**",  # Django, Knex, Sequelize, golang-migrate, Diesel, Flask-Migrate …
@@ -84,6 +85,8 @@ DEFAULT_MIGRATION_GLOBS: tuple[str, ...] = (
 
 MARKER_READ_LIMIT = 1024 * 1024
 """Files larger than this are not read for markers: undeclared unless a deploy event says."""
+GIT_TEXT_LIMIT = 200
+"""Characters kept of a ref or of git's error in a reason."""
 
 GIT_TIMEOUT_SECONDS = 60.0
 """How long each git command of the gate may take before the gate gives up (and blocks)."""
@@ -117,7 +120,7 @@ class Migration:
             "backwards compatible" if self.backwards_compatible else "NOT backwards compatible"
         )
         return (
-            f"{_show(self.file)} ({self.change}): {compatible}, "
+            f"{printable(self.file)} ({self.change}): {compatible}, "
             f"changes data: {_yes_no(self.changes_data)}; {source}"
         )
 
@@ -313,8 +316,8 @@ def _check_refs(head: str, target: str) -> None:
     for name, ref in (("target", target), ("head", head)):
         if not valid_ref(ref):
             raise MigrationCheckError(
-                f"the {name} {_bounded(ref)!r} is not a valid git ref (letters, digits and "
-                ". _ / + -, not starting with '-'), so it was not passed to git"
+                f"the {name} {quoted(ref, GIT_TEXT_LIMIT)} is not a valid git ref (letters, "
+                "digits and . _ / + -, not starting with '-'), so it was not passed to git"
             )
 
 
@@ -363,7 +366,7 @@ def _changes(repo: Repository, head: str, target: str) -> tuple[str, list[_Chang
         timeout=GIT_TIMEOUT,
     )
     if not diff.ok or diff.cut:
-        raise MigrationCheckError(f"git diff {target} {head} failed: {_bounded(diff.why())}")
+        raise MigrationCheckError(f"git diff {target} {head} failed: {one_line(diff.why(), 200)}")
     fields = [_printable_path(f) for f in diff.out.split("\0")]
     changes: list[_Change] = []
     index = 0
@@ -437,7 +440,7 @@ def check(
     except MigrationCheckError as exc:
         return GateReport(_failed(str(exc)), ())
     except Exception as exc:  # noqa: BLE001 -- the gate fails closed: any failure blocks
-        why = f"{type(exc).__name__} while reading {repo}: {_bounded(str(exc))}"
+        why = f"{type(exc).__name__} while reading {repo}: {one_line(str(exc), GIT_TEXT_LIMIT)}"
         return GateReport(_failed(why), ())
     return GateReport(decide_gate(migrations, target=target, head=head), migrations)
 
@@ -499,7 +502,7 @@ def decide_gate(
     return MigrationGate(
         GateVerdict.BLOCKED,
         f"{count} would be undone {between}: {listing}; blocked by "
-        f"{', '.join(_show(m.file) for m in blocking)}; {tree}; the code rollback was not done "
+        f"{', '.join(printable(m.file) for m in blocking)}; {tree}; the code rollback was not done "
         "and no data was touched; consult the database role",
     )
 
@@ -521,7 +524,7 @@ def _listed(migration: Migration) -> str:
     )
     source = "" if migration.declared_by == "undeclared" else f", per {migration.declared_by}"
     return (
-        f"{_show(migration.file)} ({migration.change}; {compatible}, "
+        f"{printable(migration.file)} ({migration.change}; {compatible}, "
         f"changes data: {_yes_no(migration.changes_data)}{source})"
     )
 
@@ -541,12 +544,3 @@ def _normal(path: str) -> str:
 def _printable_path(path: str) -> str:
     """A path from git (surrogate-escaped if not UTF-8) as text that can be logged."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _show(path: str) -> str:
-    """A file name in a reason: as is, or quoted if it holds control characters."""
-    return path if path.isprintable() else repr(path)
-
-
-def _bounded(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}…"

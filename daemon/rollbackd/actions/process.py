@@ -36,6 +36,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
+from rollbackd.text import elided, one_line
+
 KILL_GRACE = timedelta(seconds=3)
 """How long a timed-out process group has between SIGTERM and SIGKILL."""
 
@@ -106,10 +108,8 @@ class Capture:
         skip = 0
         while skip < min(len(tail), 3) and 0x80 <= tail[skip] <= 0xBF:
             skip += 1
-        return (
-            f"{head}\n… [{dropped + skip} bytes of output cut] …\n"
-            f"{tail[skip:].decode('utf-8', errors='replace')}"
-        )
+        rest = tail[skip:].decode("utf-8", errors="replace")
+        return elided(head, rest, dropped + skip, "bytes of output")
 
 
 @dataclass(frozen=True)
@@ -342,13 +342,11 @@ def _members(leader: int, *, group: bool = False) -> list[Leftover]:
 
 
 def _command_line(pid: int, limit: int = 100) -> str:
-    """The command line of ``pid``, printable and at most ``limit`` characters."""
+    """The command line of ``pid`` on one printable line of at most ``limit`` characters."""
     try:
         raw = Path("/proc", str(pid), "cmdline").read_bytes()
         if not raw:
             raw = Path("/proc", str(pid), "comm").read_bytes()
     except OSError:
         return "?"
-    text = raw.rstrip(b"\0\n").replace(b"\0", b" ").decode("utf-8", errors="replace")
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return one_line(raw.replace(b"\0", b" ").decode("utf-8", errors="replace"), limit) or "?"

@@ -39,6 +39,7 @@ from rollbackd.rules import Rule, rule_trigger_severity
 from rollbackd.sources import MetricSource, guarded_instant
 from rollbackd.sources.alerts import ALERT_RULE_PREFIX
 from rollbackd.sources.probes import Prober, probes_of
+from rollbackd.text import printable
 
 ERROR_TRIGGERS = {Trigger.HIGH_ERROR_RATE}
 LATENCY_TRIGGERS = {Trigger.PERFORMANCE_DEGRADATION}
@@ -169,7 +170,7 @@ def judge(
         else:
             judged.append((_Result.FAILS, f"probe {name} fails: {outcome.reason}"))
     for name, firing_since in sorted((alerts or {}).items()):
-        shown = _printable(name.removeprefix(ALERT_RULE_PREFIX))
+        shown = printable(name.removeprefix(ALERT_RULE_PREFIX))
         if firing_since is None:
             judged.append((_Result.PASSES, f"alert {shown} resolved"))
         else:
@@ -238,11 +239,6 @@ def _critical(rule: Rule, measurement: Measurement) -> tuple[_Result, str]:
         _Result.PASSES,
         f"critical rule {rule.name} does not hold: {value:.6g}, not {rule.condition.text}",
     )
-
-
-def _printable(text: str) -> str:
-    """Text from an alert's labels, safe to put in a message: no control characters."""
-    return text if text.isprintable() else repr(text)
 
 
 def advance(

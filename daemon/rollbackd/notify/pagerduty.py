@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from rollbackd.notify import Message
-from rollbackd.notify.message import cut
 from rollbackd.notify.webhook import JsonSender
+from rollbackd.text import clip
 
 SUMMARY_LIMIT = 1024
 """Characters in ``payload.summary`` (PagerDuty's limit)."""
@@ -44,7 +44,7 @@ class PagerDutySender(JsonSender):
             "event_action": "trigger",
             "dedup_key": dedup_key(message.incident),
             "payload": {
-                "summary": cut(message.title, SUMMARY_LIMIT),
+                "summary": clip(message.title, SUMMARY_LIMIT),
                 "source": SOURCE,
                 "severity": SEVERITIES.get(message.severity.lower(), UNKNOWN_SEVERITY),
                 "component": message.service,

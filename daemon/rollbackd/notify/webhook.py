@@ -34,7 +34,7 @@ from rollbackd.bounded import watch_httpx, within
 from rollbackd.config import NotifierConfig
 from rollbackd.durations import format_duration
 from rollbackd.notify import Message
-from rollbackd.notify.message import cut, one_line
+from rollbackd.text import clip, one_line
 
 FORMAT_VERSION = "1"
 """``version`` of the generic webhook's JSON; a change that breaks receivers bumps it."""
@@ -231,7 +231,7 @@ class _HideSecrets(logging.Filter):
             return True
         clean = redact(text, secrets)
         if clean != text:
-            record.msg = cut(clean, 10_000)
+            record.msg = clip(clean, 10_000)
             record.args = None
         return True
 

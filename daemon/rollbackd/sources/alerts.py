@@ -37,10 +37,13 @@ from rollbackd.errors import InvalidInput, Problem
 from rollbackd.journal import AlertRecord, Delivery
 from rollbackd.matrix import assess_severity
 from rollbackd.model import Finding, FindingState, Severity, Trigger
+from rollbackd.text import quoted
 
 MAX_ALERTS = 1000
 MAX_NUMBER_CHARS = 100
 """A JSON number longer than this is refused: none of the payload's fields is a number."""
+SHOWN_LIMIT = 60
+"""Characters of a bad value from the payload shown in the error that refuses it."""
 ALERT_RULE_PREFIX = "alert:"
 """An alert's finding is named ``alert:NAME``, like a rule, in decisions and the journal."""
 _FINGERPRINT = re.compile(r"^[0-9A-Za-z]{1,64}$")
@@ -92,7 +95,7 @@ def parse_webhook(body: bytes, service_label: str = "service") -> Delivery:
                 alerts.append(alert)
     group_key = data.get("groupKey")
     if isinstance(group_key, str) and not _unicode(group_key):
-        bad("groupKey", f"not valid Unicode text: {_shown(group_key)}")
+        bad("groupKey", f"not valid Unicode text: {quoted(group_key, SHOWN_LIMIT)}")
     status = data.get("status")
     if problems.found:
         raise InvalidInput(problems.found)
@@ -168,7 +171,9 @@ def _alert(raw: Any, where: str, problems: _Problems, service_label: str) -> Ale
     before = len(problems.found)
     status = raw.get("status")
     if status not in ("firing", "resolved"):
-        bad(f"{where}.status", f'expected "firing" or "resolved", got {_shown(status)}')
+        bad(
+            f"{where}.status", f'expected "firing" or "resolved", got {quoted(status, SHOWN_LIMIT)}'
+        )
     labels = _strings(raw.get("labels"), f"{where}.labels", bad, required=True)
     annotations = _strings(raw.get("annotations", {}), f"{where}.annotations", bad)
     fingerprint = raw.get("fingerprint")
@@ -207,7 +212,10 @@ def _strings(
         return {}
     for key, value in raw.items():
         if not _unicode(key) or not _unicode(value):
-            bad(where, f"{_shown(key)}: not valid Unicode text: {_shown(value)}")
+            bad(
+                where,
+                f"{quoted(key, SHOWN_LIMIT)}: not valid Unicode text: {quoted(value, SHOWN_LIMIT)}",
+            )
             return {}
     return dict(raw)
 
@@ -225,14 +233,9 @@ def _time(raw: Any, where: str, bad: Callable[[str, str], None], required: bool)
             return None
         moment = moment.astimezone(UTC)
     except (ValueError, OverflowError):
-        bad(where, f"expected an RFC 3339 time in years 1-9999, got {_shown(raw)}")
+        bad(where, f"expected an RFC 3339 time in years 1-9999, got {quoted(raw, SHOWN_LIMIT)}")
         return None
     return None if moment == ZERO_TIME else moment
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def classify(

@@ -1,28 +1,28 @@
 """Where deploys are learned: events from CI, and the git HEAD of a working copy.
 
-:class:`DeployEvents` is the in-process API that ``POST /api/v1/deploys``
-calls: it validates a deploy event (the request body is untrusted) and records
-it. :func:`git_deploys` reads the HEAD reflog of a service's working copy:
-each time HEAD moved is a deploy of that commit, at the time it moved. Both git
-reads run through :mod:`rollbackd.git`, each ended at its deadline
-(:data:`~rollbackd.git.READ_TIMEOUT`): a working copy that cannot answer is
-logged with the reason and gives no deploys, never a hung reading thread.
+:func:`parse_event` validates a deploy event for ``POST /api/v1/deploys`` (the
+request body is untrusted). :func:`git_deploys` reads the HEAD reflog of a
+service's working copy: each time HEAD moved is a deploy of that commit, at the
+time it moved. Both git reads run through :mod:`rollbackd.git`, each ended at
+its deadline (:data:`~rollbackd.git.READ_TIMEOUT`): a working copy that cannot
+answer is logged with the reason and gives no deploys, never a hung reading thread.
 The version metric is read by the engine's live cycle and by the replay.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rollbackd.deploys import Deploy, DeployHistory, MigrationFact
+from rollbackd.deploys import Deploy, MigrationFact
 from rollbackd.durations import format_duration, format_instant
 from rollbackd.errors import GitError, InvalidInput, Problem
 from rollbackd.git import READ_TIMEOUT, read_git
 from rollbackd.logs import get_logger
+from rollbackd.text import quoted
 
 log = get_logger("rollbackd.deploys")
 
@@ -32,6 +32,8 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 """How far ahead of rollbackd's clock an event's time may be, by default
 (``[deploys] max_clock_skew``): CI's clock may run a little fast, but a deploy from the
 future would stay the "current" one however many deploys follow it."""
+SHOWN_LIMIT = 60
+"""Characters of a bad name or field from a deploy event shown in the error."""
 
 
 def valid_ref(value: str) -> bool:
@@ -43,20 +45,6 @@ def valid_ref(value: str) -> bool:
         and not value.endswith((".", "/", ".lock"))
         and "//" not in value
     )
-
-
-class DeployEvents:
-    """Deploy events from CI, validated and recorded in the deploy history."""
-
-    def __init__(self, history: DeployHistory, services: Sequence[str]) -> None:
-        self.history = history
-        self.services = set(services)
-
-    def announce(self, body: Mapping[str, Any], now: datetime, source: str = "request") -> Deploy:
-        """Validate one event (design §3) and record it; InvalidInput names each bad field."""
-        deploy = parse_event(body, now, self.services, source)
-        self.history.record(deploy)
-        return deploy
 
 
 def parse_event(
@@ -76,12 +64,12 @@ def parse_event(
     allowed = {"service", "version", "ref", "time", "migrations"}
     for key in body:
         if key not in allowed:
-            bad(str(key)[:60], "unknown field")
+            bad(str(key)[:SHOWN_LIMIT], "unknown field")
     service = body.get("service")
     if not isinstance(service, str) or not service:
         bad("service", "required, a configured service name")
     elif service not in services:
-        bad("service", f"no service named {service[:60]!r} is configured")
+        bad("service", f"no service named {quoted(service, SHOWN_LIMIT)} is configured")
     version = body.get("version")
     if not isinstance(version, str) or not valid_ref(version):
         bad("version", "required: letters, digits and . _ / + -, not starting with '-'")
@@ -104,7 +92,7 @@ def parse_event(
             if moment - now > max_skew:
                 bad(
                     "time",
-                    f"{raw_time[:40]!r} is more than {format_duration(max_skew)} after "
+                    f"{quoted(raw_time, 40)} is more than {format_duration(max_skew)} after "
                     f"rollbackd's clock ({format_instant(now)}): a deploy cannot be in the "
                     "future (is CI's clock wrong?)",
                 )
@@ -136,7 +124,7 @@ def _migrations(raw: Any, bad: Any) -> tuple[MigrationFact, ...]:
             continue
         unknown = set(item) - {"file", "backwards_compatible", "changes_data"}
         if unknown:
-            bad(f"{where}.{sorted(unknown)[0][:60]}", "unknown field")
+            bad(f"{where}.{sorted(unknown)[0][:SHOWN_LIMIT]}", "unknown field")
         file = item.get("file")
         if not isinstance(file, str) or not file or file.startswith("-") or "\x00" in file:
             bad(f"{where}.file", "required, the migration file's path in the repository")

@@ -32,6 +32,7 @@ from rollbackd.sources import MetricSource, guarded_instant
 from rollbackd.sources.deploys import git_head
 from rollbackd.sources.probes import Prober, probes_of
 from rollbackd.sources.prometheus import QueryError
+from rollbackd.text import one_line
 
 
 def version_query(config: Config) -> str | None:
@@ -211,7 +212,7 @@ class LiveCycle:
             except QueryError as exc:
                 return None, str(exc)
             except Exception as exc:  # noqa: BLE001 -- one read's failure is its own, said
-                return None, f"{type(exc).__name__}: {str(exc)[:300]}"
+                return None, f"{type(exc).__name__}: {one_line(str(exc), 300)}"
 
         config = self.config
         errors: dict[str, str] = {}

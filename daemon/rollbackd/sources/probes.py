@@ -28,7 +28,6 @@ import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 
 import httpx
 
@@ -178,11 +177,6 @@ class Prober:
                 if names is None or probe.name in names:
                     results.append(self.probe(service.name, probe))
         return results
-
-
-def longest_timeout(services: Iterable[ServiceConfig]) -> timedelta:
-    """The longest a round of probes may wait on one probe."""
-    return max((p.timeout for s in services for p in probes_of(s)), default=timedelta(0))
 
 
 def _head(response: httpx.Response, limit: int) -> bytes:

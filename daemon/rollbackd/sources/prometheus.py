@@ -35,6 +35,7 @@ from rollbackd.bounded import TooLargeError, json_problem, read_capped, watch, w
 from rollbackd.config import Config
 from rollbackd.durations import format_duration
 from rollbackd.model import Matrix, Measurement, Vector
+from rollbackd.text import one_line
 
 __all__ = ["MAX_RESPONSE_BYTES", "Matrix", "PrometheusSource", "QueryError", "Vector", "chunks"]
 
@@ -43,6 +44,8 @@ MAX_POINTS = 11_000
 _CHUNK_POINTS = 10_000
 MAX_RESPONSE_BYTES = 64 << 20
 """The default cap on one answer (``[prometheus] max_response_bytes``)."""
+ERROR_LIMIT = 200
+"""Characters kept of a failed call's error (a proxy's error page can be long)."""
 
 
 class _WatchedHTTPConnection(HTTPConnection):
@@ -123,7 +126,7 @@ class _DeadlineSession(requests.Session):
                     raise requests.Timeout(f"no whole answer within {self.total:g}s") from None
                 if isinstance(exc, requests.RequestException):
                     raise
-                raise requests.ConnectionError(_short(exc)) from None
+                raise requests.ConnectionError(one_line(str(exc), ERROR_LIMIT)) from None
 
     def _exchange(
         self, method: str, url: str | bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -340,13 +343,18 @@ class PrometheusSource:
         except requests.ConnectionError:
             raise QueryError(f"Prometheus at {self.url} is unreachable") from None
         except PrometheusApiClientException as exc:
-            raise QueryError(f"Prometheus at {self.url} refused the query: {_short(exc)}") from None
+            raise QueryError(
+                f"Prometheus at {self.url} refused the query: {one_line(str(exc), ERROR_LIMIT)}"
+            ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise QueryError(
-                f"Prometheus at {self.url} answered something that is not its API: {_short(exc)}"
+                f"Prometheus at {self.url} answered something that is not its API: "
+                f"{one_line(str(exc), ERROR_LIMIT)}"
             ) from None
         except requests.RequestException as exc:
-            raise QueryError(f"Prometheus at {self.url}: {_short(exc)}") from None
+            raise QueryError(
+                f"Prometheus at {self.url}: {one_line(str(exc), ERROR_LIMIT)}"
+            ) from None
         except (RecursionError, MemoryError) as exc:  # a backstop behind the parse limits
             raise QueryError(
                 f"Prometheus at {self.url} answered what cannot be read: {type(exc).__name__}"
@@ -416,8 +424,3 @@ def _instants_carefully(samples: Any) -> list[datetime]:
 
 def _instant(raw: Any) -> datetime:
     return datetime.fromtimestamp(float(raw), tz=UTC)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).replace("\n", " ")
-    return text if len(text) <= 200 else text[:197] + "..."
