@@ -1587,3 +1587,14 @@ def test_a_decision_the_journal_refuses_is_decided_again_once_it_can_write(
     assert decision.action is Action.REQUEST_APPROVAL
     [incident] = api.get("/api/v1/incidents", "viewer").json()
     assert incident["state"] == "awaiting_approval"
+
+
+def test_a_second_rollback_while_the_first_recovers_is_409_not_already_there(api: Api) -> None:
+    """The first rollback already runs v1 and is being watched: the second is told it runs."""
+    v1_good_then_v2_failing(api)
+    first = roll_back(api, "admin", to="v1")
+    assert first.status_code == 202, first.text
+    number = first.json()["id"]
+    assert api.wait_for_state(number, {"recovering"} | FINISHED) == "recovering"
+    again = assert_error(roll_back(api, "admin", to="v1"), 409, None)
+    assert f"incident {number} is already rolling back" in again["error"]

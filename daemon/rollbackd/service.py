@@ -801,6 +801,10 @@ class Daemon:
             raise InvalidInput([Problem("body", "to", bad)])
         why = reason or f"manual rollback by {caller.name}"
         with self.lock:  # the cycle opens its incidents under it too: one rollback at a time
+            try:  # first: a rollback under way may already run the target it asked for
+                self.checklist.refuse_if_busy(service)
+            except RollbackRefused as exc:
+                raise Conflict(str(exc)) from None
             findings = self.last_report.notable if self.last_report else ()
             try:
                 request = manual_request(

@@ -171,7 +171,7 @@ class Checklist:
             )
         if self.config.service(request.service) is None:
             raise RollbackRefused(f"no service named {request.service!r} is configured")
-        self._refuse_if_busy(request.service)
+        self.refuse_if_busy(request.service)
         now = self.parts.clock()
         facts = {
             "baselines": dict(request.baselines),
@@ -198,7 +198,8 @@ class Checklist:
         )
         return incident
 
-    def _refuse_if_busy(self, service: str, but: int | None = None) -> None:
+    def refuse_if_busy(self, service: str, but: int | None = None) -> None:
+        """RollbackRefused, naming it, while a rollback of ``service`` is under way."""
         for other in self.journal.incidents(service=service, active_only=True):
             if other.id != but and other.state in (
                 IncidentState.ROLLING_BACK,
@@ -216,7 +217,7 @@ class Checklist:
             raise RollbackRefused(
                 f"incident {incident_id} is {record.state.value}, not awaiting approval"
             )
-        self._refuse_if_busy(record.service, but=incident_id)
+        self.refuse_if_busy(record.service, but=incident_id)
         if not self.journal.set_state(
             incident_id,
             IncidentState.ROLLING_BACK,
