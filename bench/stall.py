@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 from tests.reliability.support import TOKENS, Received, Reply, StubServer, tokens_toml
+from tests.reliability.test_crash_safety import alert, delivery
 from tests.support.processes import free_port
 
 from bench.common import Report, arguments, percentile, start_rollbackd, wait_until, workdir
@@ -108,29 +109,8 @@ class Client:
 
 
 def webhook(sequence: int, labels: dict[str, str], starts: datetime) -> dict[str, Any]:
-    """An Alertmanager v4 delivery of one firing alert."""
-    return {
-        "version": "4",
-        "groupKey": "{}:{}",
-        "truncatedAlerts": 0,
-        "status": "firing",
-        "receiver": "rollbackd",
-        "groupLabels": {},
-        "commonLabels": {},
-        "commonAnnotations": {},
-        "externalURL": "http://127.0.0.1:9093",
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": labels,
-                "annotations": {},
-                "startsAt": starts.isoformat().replace("+00:00", "Z"),
-                "endsAt": "0001-01-01T00:00:00Z",
-                "generatorURL": "",
-                "fingerprint": f"{sequence:016x}",
-            }
-        ],
-    }
+    """An Alertmanager v4 delivery of one firing alert, as the reliability suite sends them."""
+    return delivery([alert(f"{sequence:016x}", labels, starts)])
 
 
 def awaiting_approval(client: Client) -> list[int]:
