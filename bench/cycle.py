@@ -291,10 +291,10 @@ def child(
 ) -> None:
     """Run the cycles of one size and print one JSON object (and a cProfile dump if asked)."""
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- imports are measured
-    from rollbackd.engine import Engine  # noqa: PLC0415
+    from rollbackd.core.deploys import DeployHistory  # noqa: PLC0415 -- imports are measured
+    from rollbackd.core.engine import Engine  # noqa: PLC0415
+    from rollbackd.core.model import FindingState  # noqa: PLC0415
     from rollbackd.loader import load  # noqa: PLC0415
-    from rollbackd.model import FindingState  # noqa: PLC0415
     from rollbackd.runtime import settle_heap  # noqa: PLC0415
     from rollbackd.sources.gather import LiveCycle  # noqa: PLC0415
     from rollbackd.sources.prometheus import PrometheusSource  # noqa: PLC0415

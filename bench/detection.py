@@ -271,9 +271,9 @@ def alert_rule(for_seconds: int) -> str:
 def daemon_in_process(config_path: Path, seen: Seen, log_path: Path) -> Iterator[Any]:
     """rollbackd's Daemon in its runtime, as ``rollbackd run`` starts it, minus signals."""
     from rollbackd.assembly import notifier_for, open_journal  # noqa: PLC0415
+    from rollbackd.core.model import FindingState  # noqa: PLC0415
     from rollbackd.loader import load  # noqa: PLC0415
     from rollbackd.logs import configure  # noqa: PLC0415
-    from rollbackd.model import FindingState  # noqa: PLC0415
     from rollbackd.runtime import Runtime  # noqa: PLC0415
     from rollbackd.service import Daemon  # noqa: PLC0415
 

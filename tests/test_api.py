@@ -33,12 +33,12 @@ import uvicorn
 
 from rollbackd.api import create_app
 from rollbackd.assembly import notifier_for
-from rollbackd.durations import format_instant
-from rollbackd.engine import CycleReport
+from rollbackd.core.durations import format_instant
+from rollbackd.core.engine import CycleReport
+from rollbackd.core.model import Action, Severity
 from rollbackd.journal import IncidentState, JournalUnavailable, SqliteJournal, journal_path
 from rollbackd.loader import load
 from rollbackd.logs import configure
-from rollbackd.model import Action, Severity
 from rollbackd.service import Daemon
 from rollbackd.testing import ScriptedMetrics
 from tests.conftest import EXAMPLES

@@ -29,9 +29,9 @@ from schemathesis.checks import not_a_server_error
 
 from rollbackd.api import create_app
 from rollbackd.config import parse_config
+from rollbackd.core.rules import parse_rules
 from rollbackd.journal import SqliteJournal, journal_path
 from rollbackd.loader import Loaded, load
-from rollbackd.rules import parse_rules
 from rollbackd.service import Daemon
 from rollbackd.testing import ScriptedMetrics
 from tests.support.processes import free_port

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rollbackd.deploys import Deploy
+from rollbackd.core.deploys import Deploy
 from rollbackd.journal import SqliteJournal, journal_path
 from tests.conftest import RunCli
 from tests.support.processes import free_port

@@ -10,19 +10,18 @@ from typing import Any
 import pytest
 
 from rollbackd.actions import process
-from rollbackd.actions.migrations import (
+from rollbackd.actions.migrations import check, migrations_to_undo
+from rollbackd.core.deploys import MigrationFact
+from rollbackd.core.migrations import (
     DEFAULT_MIGRATION_GLOBS,
     GateReport,
     Migration,
-    check,
     decide_gate,
     glob_match,
     is_migration,
-    migrations_to_undo,
     read_markers,
 )
-from rollbackd.deploys import MigrationFact
-from rollbackd.policy import GateVerdict
+from rollbackd.core.policy import GateVerdict
 
 NOT_DONE = "the code rollback was not done and no data was touched"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
+from rollbackd.core.model import Action, Decision, Severity
 from rollbackd.journal import IncidentRecord, IncidentState, NewIncident, Outcome, SqliteJournal
-from rollbackd.model import Action, Decision, Severity
 from rollbackd.report import FOLLOW_UP, OUTPUT_LIMIT, markdown_text, render_report
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

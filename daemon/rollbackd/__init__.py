@@ -1,8 +1,8 @@
 """rollbackd: roll back a bad deploy the way the team's rollback playbook says.
 
-The pure decision core is :mod:`rollbackd.rules` (rule parsing and evaluation),
-:mod:`rollbackd.matrix` (the playbook's severity matrix) and
-:mod:`rollbackd.policy` (severity to action, and the guards). They take values,
+The pure decision core is :mod:`rollbackd.core.rules` (rule parsing and evaluation),
+:mod:`rollbackd.core.matrix` (the playbook's severity matrix) and
+:mod:`rollbackd.core.policy` (severity to action, and the guards). They take values,
 time included, and return decisions; they never do I/O or read the clock.
 """
 

@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from rollbackd import __version__
 from rollbackd.config import ROLES
-from rollbackd.durations import format_instant
+from rollbackd.core.durations import format_instant
 from rollbackd.errors import Conflict, InvalidInput, NotFound, NotPermitted
 from rollbackd.journal import IncidentRecord, IncidentState, JournalError
 from rollbackd.output import incident_record

@@ -17,14 +17,15 @@ from rollbackd.actions.checklist import Checklist, Observer, Parts
 from rollbackd.actions.command import CommandExecutor
 from rollbackd.actions.git import GitExecutor
 from rollbackd.actions.migrations import check as migration_gate
-from rollbackd.actions.recovery import Criteria, LiveObserver, RecoveryWatcher, probe_runners
+from rollbackd.actions.recovery import LiveObserver, RecoveryWatcher, probe_runners
 from rollbackd.actions.script import ScriptExecutor
 from rollbackd.config import Config, ServiceConfig
-from rollbackd.deploys import Deploy
+from rollbackd.core.deploys import Deploy
+from rollbackd.core.recovery import Criteria
+from rollbackd.core.rules import Rule, applies_to
 from rollbackd.journal import Journal, SqliteJournal, journal_path
 from rollbackd.notify import JournalOnly, Message, Notifier
 from rollbackd.notify.retry import Background, build_notifier
-from rollbackd.rules import Rule, applies_to
 from rollbackd.sources import MetricSource
 from rollbackd.sources.alerts import alert_findings
 from rollbackd.sources.probes import Prober

@@ -26,9 +26,12 @@ from rollbackd.actions.checklist import RollbackRequest
 from rollbackd.assembly import build_checklist, notifier_for, now_utc, open_journal
 from rollbackd.client import DaemonClient
 from rollbackd.config import DEFAULT_CONFIG_PATH
-from rollbackd.deploys import DeployHistory
-from rollbackd.durations import format_duration, format_instant, parse_duration, parse_instant
-from rollbackd.engine import CycleReport, Explanation
+from rollbackd.core.deploys import DeployHistory
+from rollbackd.core.durations import format_duration, format_instant, parse_duration, parse_instant
+from rollbackd.core.engine import CycleReport, Explanation
+from rollbackd.core.matrix import TRIGGER_SEVERITY
+from rollbackd.core.model import Finding, FindingState, Severity, Trigger
+from rollbackd.core.rules import rule_trigger_severity
 from rollbackd.errors import (
     AlreadyThere,
     DaemonRefused,
@@ -44,8 +47,6 @@ from rollbackd.evaluation import Evaluation, evaluate_now
 from rollbackd.journal import IncidentState, JournalError, SqliteJournal
 from rollbackd.loader import Loaded, load, shown
 from rollbackd.manual import manual_request
-from rollbackd.matrix import TRIGGER_SEVERITY
-from rollbackd.model import Finding, FindingState, Severity, Trigger
 from rollbackd.notify import Notifier
 from rollbackd.notify.retry import Background
 from rollbackd.output import (
@@ -63,7 +64,6 @@ from rollbackd.output import (
 )
 from rollbackd.replay import Replay, step_times
 from rollbackd.report import render_report
-from rollbackd.rules import rule_trigger_severity
 from rollbackd.sources.deploys import valid_ref
 from rollbackd.sources.prometheus import PrometheusSource
 from rollbackd.statelock import StateLock

@@ -28,13 +28,13 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from rollbackd.durations import Duration
-from rollbackd.engine import EngineSettings
+from rollbackd.core.durations import Duration
+from rollbackd.core.engine import EngineSettings
+from rollbackd.core.model import Action, Severity
+from rollbackd.core.policy import DEFAULT_POLICY, Guards, PolicyEntry, Silence
+from rollbackd.core.validation import NAME_PATTERN, problems_from
 from rollbackd.errors import InvalidInput, Problem
-from rollbackd.model import Action, Severity
-from rollbackd.policy import DEFAULT_POLICY, Guards, PolicyEntry, Silence
 from rollbackd.text import quoted
-from rollbackd.validation import NAME_PATTERN, problems_from
 
 ENV_PREFIX = "ROLLBACKD_"
 DEFAULT_CONFIG_PATH = Path("/etc/rollbackd/config.toml")

@@ -34,9 +34,9 @@ from typing import Any
 
 import httpx
 
+from rollbackd.core.model import Decision, FindingState
 from rollbackd.errors import RollbackdError
 from rollbackd.journal import IncidentState
-from rollbackd.model import Decision, FindingState
 
 SCENARIOS = ("rollback", "approval", "migration")
 PROMETHEUS = "prometheus"

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from rollbackd.config import Config
-from rollbackd.deploys import DeployHistory
-from rollbackd.engine import CycleReport, Explanation
-from rollbackd.model import Decision
+from rollbackd.core.deploys import DeployHistory
+from rollbackd.core.engine import CycleReport, Explanation
+from rollbackd.core.model import Decision
+from rollbackd.core.rules import Rule
 from rollbackd.replay import Replay
-from rollbackd.rules import Rule
 from rollbackd.sources import MetricSource
 from rollbackd.sources.gather import LiveCycle
 from rollbackd.sources.probes import Prober

@@ -35,7 +35,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from rollbackd.actions import process
-from rollbackd.durations import format_duration
+from rollbackd.core.durations import format_duration
 from rollbackd.errors import GitError, NoSuchRepository, NotARepository
 
 GIT_ENV: Mapping[str, str] = {

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rollbackd.config import Config, load_config
+from rollbackd.core.rules import Rule, parse_rules
 from rollbackd.errors import InvalidInput, Problem
-from rollbackd.rules import Rule, parse_rules
 
 
 @dataclass(frozen=True)

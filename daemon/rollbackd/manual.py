@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from rollbackd.actions.checklist import RollbackRequest
-from rollbackd.deploys import DeployHistory
-from rollbackd.durations import format_instant
+from rollbackd.core.deploys import DeployHistory
+from rollbackd.core.durations import format_instant
+from rollbackd.core.model import Finding, FindingState, Severity
 from rollbackd.errors import AlreadyThere, NoTarget
-from rollbackd.model import Finding, FindingState, Severity
 from rollbackd.output import finding_record
 
 MANUAL = "manual"

@@ -7,10 +7,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from rollbackd.durations import format_duration, format_instant
-from rollbackd.engine import Explanation, IncidentEvent
+from rollbackd.core.durations import format_duration, format_instant
+from rollbackd.core.engine import Explanation, IncidentEvent
+from rollbackd.core.model import Decision, Finding
 from rollbackd.journal import IncidentRecord
-from rollbackd.model import Decision, Finding
 
 
 def _time(moment: datetime | None) -> str | None:

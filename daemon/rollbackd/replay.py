@@ -1,6 +1,6 @@
 """Replaying the engine over Prometheus history, for ``backtest`` and ``evaluate``.
 
-The same :class:`~rollbackd.engine.Engine` that runs live is stepped through
+The same :class:`~rollbackd.core.engine.Engine` that runs live is stepped through
 time: each PromQL rule is fetched with range queries (chunked below
 Prometheus' 11,000-points limit), deploys are found in the version metric's
 history, and baselines are the queries' averages before each deploy. Probe
@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from rollbackd.config import Config
-from rollbackd.deploys import Deploy, DeployHistory, deploys_from_presence
-from rollbackd.engine import CycleReport, Engine, Inputs
+from rollbackd.core.deploys import Deploy, DeployHistory, deploys_from_presence
+from rollbackd.core.engine import CycleReport, Engine, Inputs
+from rollbackd.core.model import Matrix, Measurement, Vector
+from rollbackd.core.rules import Key, Rule
 from rollbackd.errors import OutOfTime
-from rollbackd.model import Matrix, Measurement, Vector
-from rollbackd.rules import Key, Rule
 from rollbackd.sources import MetricSource, guarded_range
 from rollbackd.sources.deploys import git_deploys
 from rollbackd.sources.gather import BaselineCache, version_query

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rollbackd.durations import format_duration
+from rollbackd.core.durations import format_duration
 from rollbackd.errors import RollbackdError
 from rollbackd.logs import get_logger
 from rollbackd.sdnotify import SystemdNotifier

@@ -24,10 +24,12 @@ from typing import Any
 from rollbackd.actions.checklist import Checklist, RollbackRequest, failpoint
 from rollbackd.assembly import build_checklist, now_utc
 from rollbackd.config import Config
-from rollbackd.deploys import Deploy, DeployHistory
-from rollbackd.durations import format_duration, format_instant
-from rollbackd.engine import CycleReport, Engine, IncidentEvent, Judgement
-from rollbackd.engine import Outcome as Ended
+from rollbackd.core.deploys import Deploy, DeployHistory
+from rollbackd.core.durations import format_duration, format_instant
+from rollbackd.core.engine import CycleReport, Engine, IncidentEvent, Judgement
+from rollbackd.core.engine import Outcome as Ended
+from rollbackd.core.model import Action, Decision, Finding, FindingState, Severity
+from rollbackd.core.rules import rule_trigger_severity
 from rollbackd.errors import (
     AlreadyThere,
     Conflict,
@@ -52,11 +54,9 @@ from rollbackd.loader import Loaded, load
 from rollbackd.logs import get_logger
 from rollbackd.manual import manual_request
 from rollbackd.metrics import DaemonMetrics
-from rollbackd.model import Action, Decision, Finding, FindingState, Severity
 from rollbackd.notify import JournalOnly, Notifier
 from rollbackd.notify.message import compose, notice
 from rollbackd.output import finding_record
-from rollbackd.rules import rule_trigger_severity
 from rollbackd.sources import MetricSource, guarded_instant
 from rollbackd.sources.alerts import alert_findings, parse_webhook
 from rollbackd.sources.deploys import parse_event, valid_ref

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from rollbackd.core.model import Measurement
 from rollbackd.journal.memory import MemoryJournal
-from rollbackd.model import Measurement
 from rollbackd.replay import step_times
 from rollbackd.sources.prometheus import Matrix, QueryError, Vector
 

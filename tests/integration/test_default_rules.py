@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rollbackd.rules import Rule, parse_rules
+from rollbackd.core.rules import Rule, parse_rules
 from tests.conftest import REPO, RunCli
 from tests.support.fixtures import DemoAppFactory, PrometheusFactory, require_prometheus
 from tests.support.processes import (

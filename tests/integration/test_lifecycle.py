@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import structlog
 
-from rollbackd.engine import CycleReport
+from rollbackd.core.engine import CycleReport
+from rollbackd.core.model import Action, Decision
 from rollbackd.journal import IncidentState, SqliteJournal, journal_path
 from rollbackd.loader import load
 from rollbackd.logs import configure
-from rollbackd.model import Action, Decision
 from rollbackd.service import Caller, Daemon
 from tests.support.fixtures import DemoAppFactory, PrometheusFactory
 from tests.support.processes import DemoApp, Prometheus

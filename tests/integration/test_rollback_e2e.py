@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from rollbackd.durations import format_instant
+from rollbackd.core.durations import format_instant
 from rollbackd.journal import IncidentRecord, SqliteJournal, journal_path
 from rollbackd.loader import load
 from rollbackd.service import Daemon

@@ -7,6 +7,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+from rollbackd.core.model import Action, Decision, Severity
 from rollbackd.journal import (
     BATCH_ALERTS,
     AlertRecord,
@@ -18,7 +19,6 @@ from rollbackd.journal import (
     Outcome,
     SqliteJournal,
 )
-from rollbackd.model import Action, Decision, Severity
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
 HOSTILE = "--upload-pack=touch /tmp/x; $(rm -rf /)\n`id` <script>"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from rollbackd.deploys import Deploy, MigrationFact
+from rollbackd.core.deploys import Deploy, MigrationFact
 from rollbackd.journal import IncidentState, Journal, JournalError, JournalUnavailable, Outcome
 from tests.journal.support import (
     T0,

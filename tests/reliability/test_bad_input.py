@@ -42,12 +42,12 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.transport import Response, response_content_type
 
 from rollbackd.config import Config, parse_config
-from rollbackd.durations import format_duration, parse_duration
+from rollbackd.core.durations import format_duration, parse_duration
+from rollbackd.core.model import Action, Decision, Severity
+from rollbackd.core.rules import Rule, parse_condition, parse_rules
 from rollbackd.errors import InvalidInput, Problem
 from rollbackd.journal import IncidentState, NewIncident, Outcome, SqliteJournal, journal_path
 from rollbackd.loader import Loaded, load
-from rollbackd.model import Action, Decision, Severity
-from rollbackd.rules import Rule, parse_condition, parse_rules
 from rollbackd.service import Daemon
 from rollbackd.sources.alerts import parse_webhook
 from rollbackd.sources.deploys import parse_event

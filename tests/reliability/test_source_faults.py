@@ -40,8 +40,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from rollbackd.engine import CycleReport
-from rollbackd.model import FindingState
+from rollbackd.core.engine import CycleReport
+from rollbackd.core.model import FindingState
 from rollbackd.service import Daemon
 from rollbackd.testing import FixedClock
 from tests.reliability import figures

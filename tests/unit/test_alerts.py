@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from rollbackd.core.model import FindingState, Severity, Trigger
 from rollbackd.errors import InvalidInput
-from rollbackd.model import FindingState, Severity, Trigger
 from rollbackd.sources.alerts import alert_findings, parse_webhook
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures"

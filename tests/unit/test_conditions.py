@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rollbackd.rules import parse_condition
+from rollbackd.core.rules import parse_condition
 
 OPERATORS = [">", ">=", "<", "<=", "==", "!="]
 RELATIVE_OPERATORS = [">", ">=", "<", "<="]

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rollbackd.config import load_config, parse_config
+from rollbackd.core.model import Action, Severity
 from rollbackd.errors import InvalidInput
-from rollbackd.model import Action, Severity
 
 MINIMAL_SERVICE = """
 [[services]]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rollbackd.deploys import Deploy, DeployHistory, MigrationFact, deploys_from_presence
+from rollbackd.core.deploys import Deploy, DeployHistory, MigrationFact, deploys_from_presence
 from rollbackd.errors import InvalidInput
 from rollbackd.sources.deploys import parse_event, valid_ref
 

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from rollbackd.config import Config, parse_config
-from rollbackd.deploys import Deploy, DeployHistory
-from rollbackd.engine import CycleReport, Engine
+from rollbackd.core.deploys import Deploy, DeployHistory
+from rollbackd.core.engine import CycleReport, Engine
+from rollbackd.core.model import Action, Decision, FindingState, Matrix, Severity, Vector
+from rollbackd.core.rules import Rule, parse_rules
 from rollbackd.evaluation import evaluate_now
-from rollbackd.model import Action, Decision, FindingState, Matrix, Severity, Vector
 from rollbackd.replay import Replay
-from rollbackd.rules import Rule, parse_rules
 from rollbackd.sources.gather import LiveCycle
 from rollbackd.testing import ScriptedMetrics, constant, switch
 
@@ -294,9 +294,9 @@ def test_evaluate_now_keeps_each_relative_rules_baseline_even_if_it_never_fired(
 
 def test_a_rule_fires_at_the_cycle_its_for_is_reached_even_when_cycles_wake_late() -> None:
     """Cycles run at their planned instants, so `for = 2m` at 30s polls fires at the 5th cycle."""
-    from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
-    from rollbackd.engine import Engine, Inputs  # noqa: PLC0415
-    from rollbackd.model import Measurement  # noqa: PLC0415
+    from rollbackd.core.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
+    from rollbackd.core.engine import Engine, Inputs  # noqa: PLC0415
+    from rollbackd.core.model import Measurement  # noqa: PLC0415
     from rollbackd.runtime import planned  # noqa: PLC0415
 
     cfg = config()
@@ -315,8 +315,8 @@ def test_a_rule_fires_at_the_cycle_its_for_is_reached_even_when_cycles_wake_late
 
 def test_the_live_cycle_compares_to_the_baseline_of_the_deploy_running_now() -> None:
     """After a second deploy, the latency rule compares to the value before that deploy."""
-    from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
-    from rollbackd.engine import Engine  # noqa: PLC0415
+    from rollbackd.core.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
+    from rollbackd.core.engine import Engine  # noqa: PLC0415
     from rollbackd.sources.gather import LiveCycle  # noqa: PLC0415
 
     metrics = healthy_world()
@@ -344,9 +344,9 @@ def test_the_live_cycle_compares_to_the_baseline_of_the_deploy_running_now() -> 
 
 def test_an_incident_ends_when_every_rule_is_ok_and_a_new_fault_is_decided_again() -> None:
     """Firing opens an incident; all quiet and OK closes it; the next fault gets a decision."""
-    from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
-    from rollbackd.engine import Engine, Inputs  # noqa: PLC0415
-    from rollbackd.model import Measurement  # noqa: PLC0415
+    from rollbackd.core.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
+    from rollbackd.core.engine import Engine, Inputs  # noqa: PLC0415
+    from rollbackd.core.model import Measurement  # noqa: PLC0415
 
     cfg = config()
     engine = Engine(cfg.engine_settings(), rules()[:1], DeployHistory(cfg.deploys.known_good_after))
@@ -369,9 +369,9 @@ def test_an_incident_ends_when_every_rule_is_ok_and_a_new_fault_is_decided_again
 
 def test_an_alert_incident_ends_once_the_alert_stops_and_every_rule_is_quiet() -> None:
     """An alert decided on, then gone with every rule quiet: the incident ends; a new one is new."""
-    from rollbackd.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
-    from rollbackd.engine import Engine, Inputs  # noqa: PLC0415
-    from rollbackd.model import Finding, Measurement, Trigger  # noqa: PLC0415
+    from rollbackd.core.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
+    from rollbackd.core.engine import Engine, Inputs  # noqa: PLC0415
+    from rollbackd.core.model import Finding, Measurement, Trigger  # noqa: PLC0415
 
     cfg = config()
     engine = Engine(cfg.engine_settings(), rules()[:1], DeployHistory(cfg.deploys.known_good_after))

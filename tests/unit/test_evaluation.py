@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rollbackd.durations import format_instant
-from rollbackd.model import FindingState, Measurement, RuleState, Severity, Trigger
-from rollbackd.rules import Rule, Step, evaluate, evaluate_cycle
+from rollbackd.core.durations import format_instant
+from rollbackd.core.model import FindingState, Measurement, RuleState, Severity, Trigger
+from rollbackd.core.rules import Rule, Step, evaluate, evaluate_cycle
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 TICK = timedelta(seconds=15)

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from rollbackd.config import Config, parse_config
-from rollbackd.deploys import Deploy
-from rollbackd.engine import CycleReport, Engine, IncidentEvent, Outcome
-from rollbackd.model import Action, Decision, FindingState
+from rollbackd.core.deploys import Deploy
+from rollbackd.core.engine import CycleReport, Engine, IncidentEvent, Outcome
+from rollbackd.core.model import Action, Decision, FindingState
+from rollbackd.core.rules import Rule, parse_rules
 from rollbackd.replay import Replay
-from rollbackd.rules import Rule, parse_rules
 from rollbackd.testing import ScriptedMetrics, constant, switch
 
 DAY = datetime(2026, 3, 1, tzinfo=UTC)
@@ -302,8 +302,8 @@ def test_the_deploy_a_rollback_made_stays_in_its_incident() -> None:
 
 
 def step(engine: Engine, now: datetime, errors: float) -> CycleReport:
-    from rollbackd.engine import Inputs  # noqa: PLC0415 -- this helper alone
-    from rollbackd.model import Measurement  # noqa: PLC0415
+    from rollbackd.core.engine import Inputs  # noqa: PLC0415 -- this helper alone
+    from rollbackd.core.model import Measurement  # noqa: PLC0415
 
     values = {ERRORS: errors, LATENCY: 0.2, OUTAGE: 0.0}
     measurements = {
@@ -357,8 +357,8 @@ def test_a_version_seen_while_its_rollback_is_under_way_is_the_rollbacks_doing()
 
 
 def step_with(engine: Engine, now: datetime, values: dict[str, float]) -> CycleReport:
-    from rollbackd.engine import Inputs  # noqa: PLC0415 -- this helper alone
-    from rollbackd.model import Measurement  # noqa: PLC0415
+    from rollbackd.core.engine import Inputs  # noqa: PLC0415 -- this helper alone
+    from rollbackd.core.model import Measurement  # noqa: PLC0415
 
     known = {ERRORS: 0.01, LATENCY: 0.2, OUTAGE: 0.0, **values}
     measurements = {

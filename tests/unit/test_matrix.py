@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from rollbackd.matrix import TRIGGER_SEVERITY, assess_severity, impact_severity
-from rollbackd.model import Severity, Trigger
+from rollbackd.core.matrix import TRIGGER_SEVERITY, assess_severity, impact_severity
+from rollbackd.core.model import Severity, Trigger
 
 # The playbook's "When to Rollback" section, class by class.
 PLAYBOOK = {

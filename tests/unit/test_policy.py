@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rollbackd.model import Action, Decision, Finding, FindingState, Severity, Trigger
-from rollbackd.policy import (
+from rollbackd.core.model import Action, Decision, Finding, FindingState, Severity, Trigger
+from rollbackd.core.policy import (
     DEFAULT_POLICY,
     GateVerdict,
     Guards,

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rollbackd.matrix import TRIGGER_SEVERITY, assess_severity, impact_severity
-from rollbackd.model import (
+from rollbackd.core.matrix import TRIGGER_SEVERITY, assess_severity, impact_severity
+from rollbackd.core.model import (
     NO_SERIES,
     FindingState,
     Measurement,
@@ -18,8 +18,8 @@ from rollbackd.model import (
     Trigger,
     Vector,
 )
-from rollbackd.policy import Guards, ServiceFacts, decide
-from rollbackd.rules import Key, Previously, Rule, evaluate, evaluate_cycle
+from rollbackd.core.policy import Guards, ServiceFacts, decide
+from rollbackd.core.rules import Key, Previously, Rule, evaluate, evaluate_cycle
 
 DEPLOYED = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 FACTS = ServiceFacts(current_version="v2", deployed_at=DEPLOYED, last_good_version="v1")

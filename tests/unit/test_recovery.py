@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from rollbackd.actions.recovery import (
+from rollbackd.actions.recovery import LiveObserver, RecoveryWatcher
+from rollbackd.core.model import NO_SERIES, Measurement, Vector
+from rollbackd.core.recovery import (
     Check,
     Criteria,
-    LiveObserver,
     ProbeOutcome,
-    RecoveryWatcher,
     Verdict,
     WatchState,
     advance,
     judge,
 )
-from rollbackd.model import NO_SERIES, Measurement, Vector
-from rollbackd.rules import Rule, parse_rules
+from rollbackd.core.rules import Rule, parse_rules
 from rollbackd.testing import ScriptedMetrics, constant
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)

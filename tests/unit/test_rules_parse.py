@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from rollbackd.core.model import Severity, Trigger
+from rollbackd.core.rules import parse_rules
 from rollbackd.errors import InvalidInput
-from rollbackd.model import Severity, Trigger
-from rollbackd.rules import parse_rules
 
 SOURCE = "rules/errors.toml"
 

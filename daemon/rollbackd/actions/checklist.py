@@ -46,10 +46,12 @@ from rollbackd.actions import (
     StepResult,
 )
 from rollbackd.actions.command import incident_env, run_argv
-from rollbackd.actions.migrations import DEFAULT_MIGRATION_GLOBS
-from rollbackd.actions.recovery import Check, RecoveryWatcher, Verdict
+from rollbackd.actions.recovery import RecoveryWatcher
 from rollbackd.config import Config, ServiceConfig
-from rollbackd.deploys import Deploy, MigrationFact
+from rollbackd.core.deploys import Deploy, MigrationFact
+from rollbackd.core.migrations import DEFAULT_MIGRATION_GLOBS
+from rollbackd.core.model import ALERT_RULE_PREFIX, Action, Decision, Severity
+from rollbackd.core.recovery import Check, Verdict
 from rollbackd.errors import RollbackRefused
 from rollbackd.journal import (
     IncidentRecord,
@@ -61,10 +63,8 @@ from rollbackd.journal import (
     StepRecord,
 )
 from rollbackd.logs import get_logger
-from rollbackd.model import Action, Decision, Severity
 from rollbackd.notify import Notifier
 from rollbackd.notify.message import notice
-from rollbackd.sources.alerts import ALERT_RULE_PREFIX
 from rollbackd.sources.deploys import valid_ref
 from rollbackd.text import head_and_tail, quoted
 

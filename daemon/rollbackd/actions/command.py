@@ -34,7 +34,7 @@ from rollbackd.actions import (
 )
 from rollbackd.actions.process import KILL_GRACE, LINGER
 from rollbackd.actions.process import run as run_process
-from rollbackd.durations import format_duration
+from rollbackd.core.durations import format_duration
 from rollbackd.sources.deploys import valid_ref
 
 ENV_PREFIX = "ROLLBACKD_"

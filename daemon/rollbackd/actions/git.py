@@ -43,7 +43,7 @@ from rollbackd.actions import (
     Progress,
     StepResult,
 )
-from rollbackd.durations import format_duration
+from rollbackd.core.durations import format_duration
 from rollbackd.errors import GitError, NoSuchRepository, NotARepository
 from rollbackd.git import (
     GIT_ENV,

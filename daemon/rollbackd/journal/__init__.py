@@ -4,7 +4,8 @@ Every checklist step is written *before* it runs and its outcome after, which
 is how a restart finds a step that was interrupted. Webhook deliveries and
 deploy events are journaled as received.
 
-- :mod:`.records`: what is kept (incidents, steps, decisions, evidence, alerts);
+- what is kept (incidents, steps, decisions, evidence, alerts) is the incident model,
+  :mod:`rollbackd.core.incident`, re-exported here;
 - :mod:`.stores`: the interfaces, one protocol per concern, and :class:`Journal`;
 - :mod:`.sqlite`: :class:`SqliteJournal`, the journal in one SQLite file (production);
 - :mod:`.memory`: :class:`MemoryJournal`, the same in Python structures (tests, fakes).
@@ -15,9 +16,7 @@ from here.
 
 from __future__ import annotations
 
-from rollbackd.errors import JournalError, JournalUnavailable
-from rollbackd.journal.memory import MemoryJournal
-from rollbackd.journal.records import (
+from rollbackd.core.incident import (
     AlertRecord,
     DecisionRecord,
     Delivery,
@@ -28,6 +27,8 @@ from rollbackd.journal.records import (
     Outcome,
     StepRecord,
 )
+from rollbackd.errors import JournalError, JournalUnavailable
+from rollbackd.journal.memory import MemoryJournal
 from rollbackd.journal.sqlite import SqliteJournal, journal_path
 from rollbackd.journal.sqlite.schema import SCHEMA_VERSION
 from rollbackd.journal.sqlite.writer import BATCH_ALERTS, BATCH_DELIVERIES

@@ -19,17 +19,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from rollbackd.deploys import Deploy
-from rollbackd.errors import JournalError
-from rollbackd.journal.codec import (
-    decode_optional_time,
-    encode_optional_time,
-    encode_time,
-    kept_json,
-    kept_optional_time,
-    kept_time,
-)
-from rollbackd.journal.records import (
+from rollbackd.core.deploys import Deploy
+from rollbackd.core.incident import (
     ACTIVE_STATES,
     AlertRecord,
     DecisionRecord,
@@ -41,7 +32,16 @@ from rollbackd.journal.records import (
     Outcome,
     StepRecord,
 )
-from rollbackd.model import Decision
+from rollbackd.core.model import Decision
+from rollbackd.errors import JournalError
+from rollbackd.journal.codec import (
+    decode_optional_time,
+    encode_optional_time,
+    encode_time,
+    kept_json,
+    kept_optional_time,
+    kept_time,
+)
 
 
 @dataclass

@@ -26,8 +26,8 @@ from concurrent.futures import Future
 from datetime import datetime
 from typing import Any, Protocol
 
-from rollbackd.deploys import Deploy
-from rollbackd.journal.records import (
+from rollbackd.core.deploys import Deploy
+from rollbackd.core.incident import (
     AlertRecord,
     Delivery,
     IncidentRecord,
@@ -35,7 +35,7 @@ from rollbackd.journal.records import (
     NewIncident,
     Outcome,
 )
-from rollbackd.model import Decision
+from rollbackd.core.model import Decision
 
 
 class IncidentStore(Protocol):

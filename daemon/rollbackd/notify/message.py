@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from rollbackd.durations import format_instant
+from rollbackd.core.durations import format_instant
 from rollbackd.notify import Message
 from rollbackd.text import clip, one_line
 

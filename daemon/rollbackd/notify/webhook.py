@@ -32,7 +32,7 @@ import httpx
 
 from rollbackd.bounded import watch_httpx, within
 from rollbackd.config import NotifierConfig
-from rollbackd.durations import format_duration
+from rollbackd.core.durations import format_duration
 from rollbackd.notify import Message
 from rollbackd.text import clip, one_line
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from rollbackd.durations import format_duration, format_instant
+from rollbackd.core.durations import format_duration, format_instant
 from rollbackd.journal import IncidentRecord, Outcome, StepRecord
 from rollbackd.report.cells import clip, compact, json_text, number_text, offset, or_missing
 from rollbackd.report.chart import charts, finite

@@ -6,7 +6,7 @@ import json
 import math
 from datetime import datetime, timedelta
 
-from rollbackd.durations import format_duration
+from rollbackd.core.durations import format_duration
 from rollbackd.report.escape import clean
 
 OUTPUT_LIMIT = 4096

@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
-from rollbackd.durations import format_instant
+from rollbackd.core.durations import format_instant
 from rollbackd.report.cells import number_text
 from rollbackd.report.escape import clean
 from rollbackd.report.view import Chart, Marker

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from rollbackd.durations import format_instant
+from rollbackd.core.durations import format_instant
 from rollbackd.journal import IncidentRecord, Outcome
 from rollbackd.report.cells import json_text, offset, or_missing
 from rollbackd.report.escape import clean

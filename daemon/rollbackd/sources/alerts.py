@@ -32,11 +32,11 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from rollbackd.durations import format_instant
+from rollbackd.core.durations import format_instant
+from rollbackd.core.matrix import assess_severity
+from rollbackd.core.model import ALERT_RULE_PREFIX, Finding, FindingState, Severity, Trigger
 from rollbackd.errors import InvalidInput, Problem
 from rollbackd.journal import AlertRecord, Delivery
-from rollbackd.matrix import assess_severity
-from rollbackd.model import Finding, FindingState, Severity, Trigger
 from rollbackd.text import quoted
 
 MAX_ALERTS = 1000
@@ -44,8 +44,6 @@ MAX_NUMBER_CHARS = 100
 """A JSON number longer than this is refused: none of the payload's fields is a number."""
 SHOWN_LIMIT = 60
 """Characters of a bad value from the payload shown in the error that refuses it."""
-ALERT_RULE_PREFIX = "alert:"
-"""An alert's finding is named ``alert:NAME``, like a rule, in decisions and the journal."""
 _FINGERPRINT = re.compile(r"^[0-9A-Za-z]{1,64}$")
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)

@@ -17,14 +17,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rollbackd.deploys import Deploy, MigrationFact
-from rollbackd.durations import format_duration, format_instant
+from rollbackd.core.deploys import Deploy, MigrationFact
+from rollbackd.core.durations import format_duration, format_instant
 from rollbackd.errors import GitError, InvalidInput, Problem
 from rollbackd.git import READ_TIMEOUT, read_git
 from rollbackd.logs import get_logger
 from rollbackd.text import quoted
 
-log = get_logger("rollbackd.deploys")
+log = get_logger("rollbackd.core.deploys")
 
 _REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
 """Versions and refs: no leading '-' (never read as an option), no spaces, '..', or '@{'."""

@@ -3,10 +3,10 @@
 :class:`LiveCycle` turns the engine's rules into reads (each rule's query, its
 impact query, the version metric, git HEADs, probes and the baselines before a
 deploy), runs them on reading threads within a budget and without the state
-lock, and hands the engine plain values (:class:`~rollbackd.engine.Inputs`):
+lock, and hands the engine plain values (:class:`~rollbackd.core.engine.Inputs`):
 what was not read in time is missing data for that rule, with the reason.
 :class:`BaselineCache` reads a rule's value before a deploy once per deploy.
-The engine itself (rollbackd.engine) does no I/O.
+The engine itself (rollbackd.core.engine) does no I/O.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from rollbackd.config import Config
-from rollbackd.deploys import Deploy, DeployHistory
-from rollbackd.durations import format_duration
-from rollbackd.engine import Engine, Inputs
-from rollbackd.model import (
+from rollbackd.core.deploys import Deploy, DeployHistory
+from rollbackd.core.durations import format_duration
+from rollbackd.core.engine import Engine, Inputs
+from rollbackd.core.model import (
     Measurement,
     Vector,
 )
-from rollbackd.rules import Key, Rule, applies_to
+from rollbackd.core.rules import Key, Rule, applies_to
 from rollbackd.sources import MetricSource, guarded_instant
 from rollbackd.sources.deploys import git_head
 from rollbackd.sources.probes import Prober, probes_of

@@ -33,7 +33,7 @@ import httpx
 
 from rollbackd.bounded import Deadline, format_size, watch_httpx, within
 from rollbackd.config import ProbeConfig, ServiceConfig
-from rollbackd.durations import format_duration
+from rollbackd.core.durations import format_duration
 
 HEALTH = "health"
 BODY_LIMIT = 1 << 20

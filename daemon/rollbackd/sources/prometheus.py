@@ -33,8 +33,8 @@ from urllib3.util.retry import Retry
 
 from rollbackd.bounded import TooLargeError, json_problem, read_capped, watch, within
 from rollbackd.config import Config
-from rollbackd.durations import format_duration
-from rollbackd.model import Matrix, Measurement, Vector
+from rollbackd.core.durations import format_duration
+from rollbackd.core.model import Matrix, Measurement, Vector
 from rollbackd.text import one_line
 
 __all__ = ["MAX_RESPONSE_BYTES", "Matrix", "PrometheusSource", "QueryError", "Vector", "chunks"]

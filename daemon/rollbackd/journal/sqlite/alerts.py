@@ -14,13 +14,13 @@ from collections.abc import Collection
 from concurrent.futures import Future
 from datetime import datetime
 
+from rollbackd.core.incident import AlertRecord, Delivery
 from rollbackd.journal.codec import (
     decode_optional_time,
     decode_time,
     encode_optional_time,
     encode_time,
 )
-from rollbackd.journal.records import AlertRecord, Delivery
 from rollbackd.journal.sqlite.database import Database, SqliteStore
 from rollbackd.journal.sqlite.writer import DeliveryWriter, Queued
 

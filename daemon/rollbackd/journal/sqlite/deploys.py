@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from rollbackd.deploys import Deploy, MigrationFact
+from rollbackd.core.deploys import Deploy, MigrationFact
 from rollbackd.journal.codec import decode_time, encode_json, encode_optional_time
 from rollbackd.journal.sqlite.database import SqliteStore
 

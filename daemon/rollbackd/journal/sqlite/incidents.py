@@ -11,14 +11,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from rollbackd.errors import JournalError
-from rollbackd.journal.codec import (
-    decode_optional_time,
-    decode_time,
-    encode_json,
-    encode_optional_time,
-)
-from rollbackd.journal.records import (
+from rollbackd.core.incident import (
     ACTIVE_STATES,
     DecisionRecord,
     EvidenceRecord,
@@ -28,8 +21,15 @@ from rollbackd.journal.records import (
     Outcome,
     StepRecord,
 )
+from rollbackd.core.model import Decision
+from rollbackd.errors import JournalError
+from rollbackd.journal.codec import (
+    decode_optional_time,
+    decode_time,
+    encode_json,
+    encode_optional_time,
+)
 from rollbackd.journal.sqlite.database import SqliteStore
-from rollbackd.model import Decision
 
 
 class SqliteIncidents(SqliteStore):

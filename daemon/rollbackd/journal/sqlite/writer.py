@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from rollbackd.core.incident import Delivery
 from rollbackd.errors import JournalError, JournalUnavailable
-from rollbackd.journal.records import Delivery
 from rollbackd.journal.sqlite.database import NOT_THE_DISK, Database
 from rollbackd.logs import get_logger
 

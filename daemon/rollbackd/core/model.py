@@ -75,6 +75,8 @@ class FindingState(StrEnum):
 
 
 NO_SERIES = "no series for this service"
+ALERT_RULE_PREFIX = "alert:"
+"""An alert's finding is named ``alert:NAME``, like a rule, in decisions and the journal."""
 
 
 @dataclass(frozen=True, slots=True)

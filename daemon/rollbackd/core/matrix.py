@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from rollbackd.model import Severity, Trigger
+from rollbackd.core.model import Severity, Trigger
 
 TRIGGER_SEVERITY: dict[Trigger, Severity] = {
     Trigger.DATA_LOSS: Severity.CRITICAL,

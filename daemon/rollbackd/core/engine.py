@@ -40,9 +40,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
 
-from rollbackd.deploys import Deploy, DeployHistory
-from rollbackd.durations import format_duration, format_instant
-from rollbackd.model import (
+from rollbackd.core.deploys import Deploy, DeployHistory
+from rollbackd.core.durations import format_duration, format_instant
+from rollbackd.core.model import (
     Action,
     Decision,
     Finding,
@@ -52,8 +52,8 @@ from rollbackd.model import (
     Severity,
     Vector,
 )
-from rollbackd.policy import Guards, PolicyEntry, ServiceFacts, decide
-from rollbackd.rules import Cycle, Key, Previously, Rule, applies_to, evaluate_cycle
+from rollbackd.core.policy import Guards, PolicyEntry, ServiceFacts, decide
+from rollbackd.core.rules import Cycle, Key, Previously, Rule, applies_to, evaluate_cycle
 
 
 class Outcome(StrEnum):

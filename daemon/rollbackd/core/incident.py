@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from rollbackd.model import Decision
+from rollbackd.core.model import Decision
 
 
 class IncidentState(StrEnum):

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from rollbackd.durations import format_duration, format_instant
+from rollbackd.core.durations import format_duration, format_instant
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rollbackd.durations import Duration, format_duration, format_instant, parse_duration
-from rollbackd.errors import InvalidInput, Problem
-from rollbackd.matrix import assess_severity
-from rollbackd.model import (
+from rollbackd.core.durations import Duration, format_duration, format_instant, parse_duration
+from rollbackd.core.matrix import assess_severity
+from rollbackd.core.model import (
     NO_SERIES,
     Finding,
     FindingState,
@@ -42,7 +41,8 @@ from rollbackd.model import (
     Trigger,
     Vector,
 )
-from rollbackd.validation import NAME_PATTERN, problems_from
+from rollbackd.core.validation import NAME_PATTERN, problems_from
+from rollbackd.errors import InvalidInput, Problem
 
 _CONDITION = re.compile(
     r"^\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<sign>[+-])?\s*"

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from rollbackd.durations import format_duration, format_instant
-from rollbackd.model import Action, Decision, Finding, Severity
+from rollbackd.core.durations import format_duration, format_instant
+from rollbackd.core.model import Action, Decision, Finding, Severity
 
 
 @dataclass(frozen=True)
