@@ -14,7 +14,7 @@ and poll ticks, each service gets a bad release: CI announces v2 through
 of the requests fail. That reload is the fault instant.
 
 Measured per service: fault → decision (the engine's rollback decision, the
-wall time ``Daemon._act`` announces it), and decision → rollback executed (the
+wall time the daemon announces it, the ``Decided`` event), and decision → rollback executed (the
 ``execute`` step's ``finished_at`` in the journal: the git revert is done and
 pushed, before ``after_rollback``). The floor is ``for`` + scrape interval +
 poll interval: after the fault, the next scrape sees it (up to one scrape
@@ -269,22 +269,28 @@ def alert_rule(for_seconds: int) -> str:
 
 @contextlib.contextmanager
 def daemon_in_process(config_path: Path, seen: Seen, log_path: Path) -> Iterator[Any]:
-    """rollbackd's Daemon in its runtime, as ``rollbackd run`` starts it, minus signals."""
+    """rollbackd in its runtime, as ``rollbackd run`` starts it, minus signals."""
     from rollbackd.assembly import notifier_for, open_journal  # noqa: PLC0415
     from rollbackd.core.model import FindingState  # noqa: PLC0415
+    from rollbackd.events import CycleDone, Decided, Event  # noqa: PLC0415
     from rollbackd.loader import load  # noqa: PLC0415
     from rollbackd.logs import configure  # noqa: PLC0415
     from rollbackd.runtime import Runtime  # noqa: PLC0415
-    from rollbackd.service import Daemon  # noqa: PLC0415
 
     log_file = log_path.open("a", encoding="utf-8")
     configure("json", stream=log_file)
     loaded = load(config_path)
     journal = open_journal(loaded.config)
-    daemon = Daemon(loaded, journal, notifier=notifier_for(loaded.config, journal))
+    runtime = Runtime(
+        loaded,
+        journal,
+        config_path,
+        log_level="error",
+        notifier=notifier_for(loaded.config, journal),
+    )
 
-    def on_cycle(_line: str) -> None:
-        report = daemon.last_report
+    def on_cycle() -> None:
+        report = runtime.state.last_report
         if report is None:
             return
         moment = report.time.timestamp()
@@ -297,10 +303,7 @@ def daemon_in_process(config_path: Path, seen: Seen, log_path: Path) -> Iterator
                 if finding.state is FindingState.FIRING:
                     seen.first_firing.setdefault(finding.service, moment)
 
-    def on_event(kind: str, facts: Any) -> None:
-        if kind != "decision":
-            return
-        decision = facts["decision"]
+    def on_decision(decision: Any) -> None:
         now = time.time()
         with seen.lock:
             if decision.service not in seen.decision:
@@ -308,11 +311,16 @@ def daemon_in_process(config_path: Path, seen: Seen, log_path: Path) -> Iterator
                 seen.decision_cycle[decision.service] = decision.time.timestamp()
                 seen.action[decision.service] = decision.action.value
 
-    daemon.on_cycle = on_cycle
-    daemon.on_event = on_event
-    runtime = Runtime(daemon, config_path, log_level="error").start()
+    def on_event(event: Event) -> None:
+        if isinstance(event, CycleDone):
+            on_cycle()
+        elif isinstance(event, Decided):
+            on_decision(event.decision)
+
+    runtime.events.subscribe(on_event)
+    runtime.start()
     try:
-        yield daemon
+        yield runtime
     finally:
         runtime.stop()
         log_file.close()
@@ -430,7 +438,7 @@ def main() -> None:  # noqa: PLR0915 -- one benchmark reads as one story
         watcher.start()
         stack.callback(stop_watch.set)
         wait_until(
-            lambda: all(daemon.history.last_good(s.name)[0] == "v1" for s in services),
+            lambda: all(daemon.state.history.last_good(s.name)[0] == "v1" for s in services),
             KNOWN_GOOD_SECONDS + 30,
             "v1 did not become the last known good version",
             every=0.2,
@@ -572,7 +580,7 @@ def main() -> None:  # noqa: PLR0915 -- one benchmark reads as one story
         "  decision → checklist starts (worst)",
         max(queued) if queued else None,
         "s",
-        note="waiting for a free rollback worker (Daemon.worker)",
+        note="waiting for a free rollback worker (Incidents.worker)",
     )
     report.figure(
         "  checklist start → execute done (worst)",

@@ -1,10 +1,10 @@
 """The HTTP API of design §3, through a real uvicorn server on loopback.
 
-Each test gets a real :class:`~rollbackd.service.Daemon` with a real SQLite
+Each test gets a real daemon (its :class:`~rollbackd.runtime.Runtime`) with a real SQLite
 journal in ``tmp_path``, its rules answered by :class:`ScriptedMetrics` (an
 in-memory Prometheus), served by uvicorn on a free port in a thread, and
 talked to with httpx like any client. The evaluation loop is not scheduled:
-tests call ``daemon.cycle()`` themselves, on a clock they can move forward.
+tests call ``loop.cycle()`` themselves, on a clock they can move forward.
 Rollbacks run the ``command`` executor, which touches a file that makes the
 scripted error rate drop, so a started rollback really recovers, quickly.
 """
@@ -29,9 +29,7 @@ from typing import Any
 import httpx
 import pytest
 import structlog
-import uvicorn
 
-from rollbackd.api import create_app
 from rollbackd.assembly import notifier_for
 from rollbackd.core.durations import format_instant
 from rollbackd.core.engine import CycleReport
@@ -39,7 +37,7 @@ from rollbackd.core.model import Action, Severity
 from rollbackd.journal import IncidentState, JournalUnavailable, SqliteJournal, journal_path
 from rollbackd.loader import load
 from rollbackd.logs import configure
-from rollbackd.service import Daemon
+from rollbackd.runtime import Runtime
 from rollbackd.testing import ScriptedMetrics
 from tests.conftest import EXAMPLES
 from tests.support.processes import free_port
@@ -78,69 +76,11 @@ class MovableClock:
         self.offset += by
 
 
-class LiveServer:
-    """uvicorn serving an ASGI app on 127.0.0.1:port in a thread of this process.
-
-    It parses HTTP with httptools, as ``rollbackd run`` does (uvicorn picks it
-    when it is installed, as uvicorn[standard] does), so that the body limit
-    and every answer are tested with the parser production uses.
-
-    uvicorn logs nothing below critical and leaves logging alone: Python 3.11.7
-    formats tracebacks with ``ast.parse``, which is not thread-safe there
-    ("AST constructor recursion depth mismatch"), so uvicorn logging a 500's
-    traceback while pytest renders a failure crashes the whole session. A 500
-    still shows in the test that got it.
-    """
-
-    def __init__(self, app: Any, port: int) -> None:
-        self.port = port
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host="127.0.0.1",
-                port=port,
-                log_config=None,
-                log_level="critical",
-                access_log=False,
-                lifespan="off",
-                http="httptools",  # what `rollbackd run` picks with uvicorn[standard]
-            )
-        )
-        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{port}", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = TIMEOUT) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError(f"uvicorn on port {self.port} exited before it started")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn on port {self.port} did not start in {timeout}s")
-            time.sleep(0.01)
-
-    def stop(self, timeout: float = TIMEOUT) -> None:
-        self.request_stop()
-        self.join(timeout)
-
-    def request_stop(self) -> None:
-        """Stop accepting connections; uvicorn finishes within about 0.2 s."""
-        self.server.should_exit = True
-
-    def join(self, timeout: float = TIMEOUT) -> None:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), f"uvicorn on port {self.port} did not stop"
-
-
 @dataclass
 class Api:
     """A served daemon and everything a test looks at: journal, metrics, clock, logs."""
 
-    server: LiveServer
-    daemon: Daemon
+    daemon: Runtime
     journal: SqliteJournal
     metrics: ScriptedMetrics
     clock: MovableClock
@@ -151,7 +91,7 @@ class Api:
 
     @property
     def url(self) -> str:
-        return self.server.url
+        return self.daemon.url
 
     def request(
         self,
@@ -182,8 +122,8 @@ class Api:
         return self.post("/webhooks/alertmanager", role, content=json.dumps(payload).encode())
 
     def cycle(self) -> CycleReport:
-        report = self.daemon.cycle()
-        assert report is not None, self.daemon.last_cycle_error
+        report = self.daemon.loop.cycle()
+        assert report is not None, self.daemon.loop.last_cycle_error
         return report
 
     def db(self) -> sqlite3.Connection:
@@ -245,19 +185,8 @@ timeout = "30s"
 ApiFactory = Callable[..., Api]
 
 
-@pytest.fixture(scope="module")
-def stopping() -> Iterator[list[LiveServer]]:
-    """Servers told to stop; joined once at the end of the module, not after every test."""
-    servers: list[LiveServer] = []
-    try:
-        yield servers
-    finally:
-        for server in servers:
-            server.join()
-
-
 @pytest.fixture
-def make_api(tmp_path: Path, stopping: list[LiveServer]) -> Iterator[ApiFactory]:
+def make_api(tmp_path: Path) -> Iterator[ApiFactory]:
     """Serve real daemons (logs captured as JSON); each is stopped and closed at teardown."""
     logs = io.StringIO()
     configure("json", stream=logs)
@@ -275,28 +204,26 @@ def make_api(tmp_path: Path, stopping: list[LiveServer]) -> Iterator[ApiFactory]
         journal = SqliteJournal(journal_path(loaded.config.daemon.state_dir))
         metrics = ScriptedMetrics(["web"])
         clock = MovableClock()
-        daemon = Daemon(
+        daemon = Runtime(
             loaded,
             journal,
+            config,
+            cycles=False,  # the tests run each cycle, on their clock
+            log_level="critical",
             metrics_source=metrics,
             notifiers=lambda config: notifier_for(config, journal),  # as `rollbackd run` does
             clock=clock,
         )
-        daemon.start()
-        server = LiveServer(create_app(daemon), port)
-        api = Api(server, daemon, journal, metrics, clock, logs, root, rolled_back)
+        api = Api(daemon, journal, metrics, clock, logs, root, rolled_back)
         started.append(api)
-        server.start()
+        daemon.start()
         return api
 
     try:
         yield make
     finally:
         for api in reversed(started):
-            api.server.request_stop()  # no request is in flight: every call here is synchronous
-            stopping.append(api.server)
-            api.daemon.shutdown()
-            api.journal.close()
+            api.daemon.stop()
         structlog.reset_defaults()
 
 
@@ -466,12 +393,12 @@ def test_approval_by_senior_admin_starts_the_rollback_and_it_recovers(api: Api) 
     assert_error(api.post(f"/api/v1/incidents/{number}/approve", "senior_admin"), 409, None)
 
 
-def restarted(api: Api, journals: list[SqliteJournal]) -> Daemon:
+def restarted(api: Api, journals: list[SqliteJournal]) -> Runtime:
     """A second daemon over the same config and journal file, as after a restart."""
     journal = SqliteJournal(api.journal.path)
     journals.append(journal)
-    daemon = Daemon(api.daemon.loaded, journal, metrics_source=api.metrics, clock=api.clock)
-    daemon.start()
+    daemon = Runtime(api.daemon.state.loaded, journal, metrics_source=api.metrics, clock=api.clock)
+    daemon.restore()
     return daemon
 
 
@@ -491,7 +418,7 @@ def test_after_a_restart_a_pending_incident_is_not_decided_again(
 ) -> None:
     """A restart while a rollback awaits approval opens no second incident for the same finding."""
     number = drive_to_approval(api)
-    report = restarted(api, journals).cycle()
+    report = restarted(api, journals).loop.cycle()
     assert report is not None
     assert report.decisions == ()
     assert [i["id"] for i in api.get("/api/v1/incidents", "viewer").json()] == [number]
@@ -528,7 +455,7 @@ def test_what_still_fires_after_a_recovered_rollback_is_decided_once_restart_or_
     [escalated] = report.decisions
     assert (escalated.action, escalated.rules) == (Action.ESCALATE, ("alert:WebSlow",))
     api.clock.advance(timedelta(seconds=30))
-    again = restarted(api, journals).cycle()
+    again = restarted(api, journals).loop.cycle()
     assert again is not None and again.decisions == ()
     listed = api.get("/api/v1/incidents", "viewer").json()
     assert [(i["id"], i["state"]) for i in listed] == [
@@ -570,12 +497,12 @@ def test_an_escalation_is_followed_after_a_restart_and_resolves_when_errors_stop
     number = escalate_without_a_target(api)
     api.clock.advance(timedelta(hours=3))
     daemon = restarted(api, journals)
-    report = daemon.cycle()
+    report = daemon.loop.cycle()
     assert report is not None and report.decisions == ()
     assert api.incident(number)["state"] == "escalated"
     api.metrics.set(ERRORS, lambda _service, _at: 0.0)
     api.clock.advance(timedelta(seconds=30))
-    report = daemon.cycle()
+    report = daemon.loop.cycle()
     assert report is not None
     assert [e.kind.value for e in report.events] == ["resolved"]
     incident = api.incident(number)
@@ -716,9 +643,9 @@ def test_a_rollback_deploys_its_target_with_the_ref_and_facts_of_its_earlier_dep
     assert (rollback.version, rollback.ref, rollback.source) == ("v1", "1111111", "event")
     assert format_instant(rollback.time) == executed["finished"]
     assert [m.file for m in rollback.migrations] == ["migrations/0001.sql"]
-    assert api.daemon.history.current("web") == rollback
+    assert api.daemon.state.history.current("web") == rollback
     for daemon in (api.daemon, restarted(api, journals)):
-        [web] = daemon.services_view()
+        [web] = daemon.views.services()
         assert (web["current_version"], web["deployed_at"]) == ("v1", executed["finished"])
 
 
@@ -750,7 +677,7 @@ def test_after_a_restart_the_last_known_good_version_is_still_known(
     daemon = restarted(api, journals)
     api.clock.advance(timedelta(seconds=30))
     api.metrics.set(ERRORS, lambda _service, _at: 0.2)
-    report = daemon.cycle()
+    report = daemon.loop.cycle()
     assert report is not None
     [decision] = report.decisions
     assert (decision.action, decision.target) == (Action.REQUEST_APPROVAL, "v1")
@@ -1004,7 +931,7 @@ def test_a_reload_applies_a_changed_known_good_after(api: Api) -> None:
     [web] = api.get("/api/v1/services", "viewer").json()
     assert web["last_good_version"] is None
     path = edit_config(api, ('known_good_after = "1m"', 'known_good_after = "20s"'))
-    line = api.daemon.reload(path)
+    line = api.daemon.state.reload(path)
     assert line == "reloaded: 1 rules, 1 services"
     [web] = api.get("/api/v1/services", "viewer").json()
     assert web["last_good_version"] == "v1"
@@ -1016,11 +943,11 @@ def test_a_reload_that_changes_listen_keeps_the_address_and_says_a_restart_is_ne
 ) -> None:
     """listen cannot move while running: kept and named in the status line and the log; the
     rest of the reload (here a larger max_body_bytes) applies at once."""
-    old, new = f"127.0.0.1:{api.server.port}", f"127.0.0.1:{free_port()}"
+    old, new = api.daemon.url.removeprefix("http://"), f"127.0.0.1:{free_port()}"
     path = edit_config(
         api, (old, new), (f"max_body_bytes = {MAX_BODY}", f"max_body_bytes = {MAX_BODY * 4}")
     )
-    line = api.daemon.reload(path)
+    line = api.daemon.state.reload(path)
     assert line == (
         f"reloaded: 1 rules, 1 services; needs a restart, running values kept: "
         f"daemon.listen ({old} → {new})"
@@ -1041,7 +968,7 @@ def test_a_reload_that_adds_a_notifier_tells_it_the_next_decision(api: Api) -> N
         path = api.root / "config.toml"
         added = f'\n[[notifiers]]\nname = "ops"\nkind = "webhook"\nurl = "{receiver.url()}"\n'
         path.write_text(path.read_text(encoding="utf-8") + added, encoding="utf-8")
-        assert api.daemon.reload(path) == "reloaded: 1 rules, 1 services"
+        assert api.daemon.state.reload(path) == "reloaded: 1 rules, 1 services"
         number = drive_to_approval(api)
         assert receiver.received.wait(TIMEOUT), "the added notifier was not told"
         [told] = receiver.requests
@@ -1416,7 +1343,7 @@ def test_deploys_webhooks_and_approvals_are_answered_while_prometheus_hangs(api:
         return 0.2
 
     api.metrics.set(ERRORS, hanging)
-    cycle = threading.Thread(target=api.daemon.cycle)
+    cycle = threading.Thread(target=api.daemon.loop.cycle)
     cycle.start()
     try:
         assert reading.wait(5)
@@ -1578,8 +1505,8 @@ def test_a_decision_the_journal_refuses_is_decided_again_once_it_can_write(
         raise JournalUnavailable("the journal cannot be written: database or disk is full")
 
     monkeypatch.setattr(api.journal, "open_incident", disk_full)
-    assert api.daemon.cycle() is None
-    assert "disk is full" in (api.daemon.last_cycle_error or "")
+    assert api.daemon.loop.cycle() is None
+    assert "disk is full" in (api.daemon.loop.last_cycle_error or "")
     assert api.get("/api/v1/incidents", "viewer").json() == []
     monkeypatch.setattr(api.journal, "open_incident", opening)
     api.clock.advance(timedelta(seconds=5))

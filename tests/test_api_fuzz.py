@@ -16,7 +16,6 @@ pytest 9 removed, so every lazily parametrized test errors out.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,9 @@ from rollbackd.config import parse_config
 from rollbackd.core.rules import parse_rules
 from rollbackd.journal import SqliteJournal, journal_path
 from rollbackd.loader import Loaded, load
-from rollbackd.service import Daemon
+from rollbackd.runtime import Runtime
 from rollbackd.testing import ScriptedMetrics
 from tests.support.processes import free_port
-from tests.test_api import LiveServer
 
 ADMIN_TOKEN = "tok-fuzz-admin-5d41402abc4b2a76b9719d91"  # noqa: S105 -- made up for this test
 EXAMPLES_PER_ENDPOINT = 30
@@ -79,7 +77,7 @@ def openapi_document() -> dict[str, Any]:
     loaded = Loaded(config, Path("fuzz.toml"), tuple(parse_rules(RULES, "rules.toml")), ())
     journal = SqliteJournal(Path(":memory:"))
     try:
-        daemon = Daemon(loaded, journal, metrics_source=ScriptedMetrics(["web"]))
+        daemon = Runtime(loaded, journal, metrics_source=ScriptedMetrics(["web"]))
         return create_app(daemon).openapi()
     finally:
         journal.close()
@@ -102,7 +100,7 @@ def filter_path_parameters(context: Any, path_parameters: dict[str, Any] | None)
 
 @pytest.fixture(scope="module")
 def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real daemon served by uvicorn on loopback; its base URL."""
+    """A real daemon served by its runtime on loopback, cycles running; its base URL."""
     root = tmp_path_factory.mktemp("fuzz")
     (root / "rules").mkdir()
     (root / "rules" / "errors.toml").write_text(RULES, encoding="utf-8")
@@ -111,26 +109,14 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config.write_text(config_text(root / "state", port), encoding="utf-8")
     loaded = load(Path(config), env={})
     journal = SqliteJournal(journal_path(loaded.config.daemon.state_dir))
-    daemon = Daemon(loaded, journal, metrics_source=ScriptedMetrics(["web"]))
-    daemon.start()
-    stopped = threading.Event()
-
-    def loop() -> None:  # cycles as `run` does, so /readyz is 200 as long as they complete
-        while not stopped.wait(0.5):
-            daemon.cycle()
-
-    cycles = threading.Thread(target=loop, name="cycles", daemon=True)
-    cycles.start()
-    server = LiveServer(create_app(daemon), port)
-    server.start()
+    daemon = Runtime(
+        loaded, journal, config, log_level="critical", metrics_source=ScriptedMetrics(["web"])
+    )
+    daemon.start()  # cycles as `run` does, so /readyz is 200 as long as they complete
     try:
-        yield server.url
+        yield daemon.url
     finally:
-        stopped.set()
-        cycles.join(timeout=10)
-        server.stop()
-        daemon.shutdown()
-        journal.close()
+        daemon.stop()
 
 
 @pytest.fixture(scope="module")

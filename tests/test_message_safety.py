@@ -1,6 +1,6 @@
 """What people are told is built one way: sanitised and bounded, whatever an alert says.
 
-A real :class:`~rollbackd.service.Daemon` with a real SQLite journal and its
+A real daemon (:class:`~rollbackd.runtime.Runtime`) with a real SQLite journal and its
 ``[[notifiers]]`` (Slack) posting to an HTTP receiver on loopback; an
 Alertmanager webhook carries a hostile alert. The decision it leads to, and the
 message asking for approval, must reach Slack on one line per field, bounded,
@@ -23,7 +23,7 @@ from rollbackd.errors import InvalidInput
 from rollbackd.journal import IncidentState, SqliteJournal, journal_path
 from rollbackd.loader import load
 from rollbackd.notify.retry import build_notifier
-from rollbackd.service import Daemon
+from rollbackd.runtime import Runtime
 from rollbackd.testing import FixedClock, ScriptedMetrics, constant
 from tests.reliability.support import Reply, StubServer, close_daemon, finish_rollbacks
 
@@ -85,7 +85,7 @@ def slack() -> Iterator[StubServer]:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, slack: StubServer) -> Iterator[Daemon]:
+def daemon(tmp_path: Path, slack: StubServer) -> Iterator[Runtime]:
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "rules.toml").write_text(RULES, encoding="utf-8")
     path = tmp_path / "config.toml"
@@ -94,25 +94,25 @@ def daemon(tmp_path: Path, slack: StubServer) -> Iterator[Daemon]:
     journal = SqliteJournal(journal_path(loaded.config.daemon.state_dir))
     metrics = ScriptedMetrics(["web"])
     metrics.set(ERRORS, constant(0.0))
-    started = Daemon(
+    started = Runtime(
         loaded,
         journal,
         metrics_source=metrics,
         clock=FixedClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC)),
         notifiers=lambda config: build_notifier(config.notifiers),
     )
-    started.start()
+    started.restore()
     try:
         yield started
     finally:
         close_daemon(started)
 
 
-def cycle(daemon: Daemon) -> None:
-    clock = daemon.clock
+def cycle(daemon: Runtime) -> None:
+    clock = daemon.state.clock
     assert isinstance(clock, FixedClock)
     clock.advance(POLL)
-    assert daemon.cycle() is not None, daemon.last_cycle_error
+    assert daemon.loop.cycle() is not None, daemon.loop.last_cycle_error
     finish_rollbacks(daemon)
 
 
@@ -146,22 +146,22 @@ def texts(document: Any) -> Iterator[str]:
 
 
 def test_a_hostile_alert_reaches_slack_only_sanitised_and_bounded(
-    daemon: Daemon, slack: StubServer
+    daemon: Runtime, slack: StubServer
 ) -> None:
     """An alert whose name holds a fake instruction line, a terminal escape, a bidi override
     and Slack mentions, with a 60 KB annotation, asks for approval in a message where none
     of that survives: one line per field, escaped, and a few KB in all (with a 100 KB
     annotation the delivery is refused and nobody is told anything)."""
-    daemon.accept_deploy({"service": "web", "version": "v1"})
+    daemon.intake.accept_deploy({"service": "web", "version": "v1"})
     for _ in range(6):
         cycle(daemon)
-    daemon.accept_deploy({"service": "web", "version": "v2"})
+    daemon.intake.accept_deploy({"service": "web", "version": "v2"})
     cycle(daemon)
     with pytest.raises(InvalidInput, match="annotations: larger than 64 KiB"):
-        daemon.submit_webhook(hostile_delivery(daemon.clock(), "A" * 100_000))
+        daemon.intake.submit_webhook(hostile_delivery(daemon.state.clock(), "A" * 100_000))
     cycle(daemon)
     assert not [r for r in slack.received if r.path.startswith("/services/")]
-    daemon.submit_webhook(hostile_delivery(daemon.clock())).result()
+    daemon.intake.submit_webhook(hostile_delivery(daemon.state.clock())).result()
     cycle(daemon)
 
     [incident] = daemon.journal.incidents()

@@ -1,6 +1,6 @@
 """The recovery watch of the running daemon: what an incident keeps for it, and its verdicts.
 
-A real :class:`~rollbackd.service.Daemon` in this process with a real SQLite
+A real daemon (:class:`~rollbackd.runtime.Runtime`) in this process with a real SQLite
 journal, its rules answered by :class:`~rollbackd.testing.ScriptedMetrics`, on
 a :class:`~rollbackd.testing.FixedClock` that the recovery watch moves as it
 sleeps. Rollbacks run the ``command`` executor, which touches a file; the
@@ -21,7 +21,7 @@ import pytest
 from rollbackd.actions import StepResult
 from rollbackd.journal import IncidentRecord, IncidentState, Outcome
 from rollbackd.notify import Message
-from rollbackd.service import Daemon
+from rollbackd.runtime import Runtime
 from rollbackd.testing import FixedClock, ScriptedMetrics, ValueAt
 from tests.reliability.support import close_daemon, finish_rollbacks, in_process_daemon
 
@@ -85,7 +85,7 @@ class Recorder:
 class World:
     """The daemon, its clock and metrics, and the file the rollback command touches."""
 
-    daemon: Daemon
+    daemon: Runtime
     clock: FixedClock
     metrics: ScriptedMetrics
     rolled_back: Path
@@ -97,15 +97,15 @@ class World:
 
     def cycle(self) -> None:
         self.clock.advance(POLL)
-        assert self.daemon.cycle() is not None, self.daemon.last_cycle_error
+        assert self.daemon.loop.cycle() is not None, self.daemon.loop.last_cycle_error
         finish_rollbacks(self.daemon)
 
     def v1_good_then_v2(self) -> None:
         """v1 runs clean past known_good_after; then v2 is deployed."""
-        self.daemon.accept_deploy({"service": "web", "version": "v1"})
+        self.daemon.intake.accept_deploy({"service": "web", "version": "v1"})
         for _ in range(6):
             self.cycle()
-        self.daemon.accept_deploy({"service": "web", "version": "v2"})
+        self.daemon.intake.accept_deploy({"service": "web", "version": "v2"})
 
     def incident(self) -> IncidentRecord:
         [listed] = self.daemon.journal.incidents()
@@ -123,7 +123,7 @@ class World:
             "fingerprint": "7b96a6924af08f2f",
         }
         body = {"version": "4", "status": status, "alerts": [alert]}
-        self.daemon.submit_webhook(json.dumps(body).encode()).result()
+        self.daemon.intake.submit_webhook(json.dumps(body).encode()).result()
 
 
 @pytest.fixture
@@ -133,11 +133,11 @@ def world(tmp_path: Path) -> Iterator[World]:
     rolled_back = tmp_path / "rolled-back"
     daemon = in_process_daemon(tmp_path, config_text(tmp_path, rolled_back), RULES, clock, metrics)
     told = Recorder()
-    daemon.checklist.parts.notifier = told
+    daemon.state.checklist.parts.notifier = told
     world = World(daemon, clock, metrics, rolled_back, told)
     metrics.set(ERRORS, world.before_and_after(0.0, 0.0))
     metrics.set(LATENCY, world.before_and_after(0.12, 0.12))
-    daemon.start()
+    daemon.restore()
     try:
         yield world
     finally:
@@ -203,7 +203,7 @@ def test_the_alert_that_triggered_the_rollback_must_be_resolved_for_recovery(
     world.v1_good_then_v2()
     starts = world.clock() + timedelta(seconds=1)
     world.webhook("firing", starts)
-    sleep = world.daemon.checklist.parts.watcher.sleep
+    sleep = world.daemon.state.checklist.parts.watcher.sleep
     sleeps = []
 
     def sleep_and_resolve(seconds: float) -> object:
@@ -212,7 +212,7 @@ def test_the_alert_that_triggered_the_rollback_must_be_resolved_for_recovery(
             world.webhook("resolved", starts, world.clock())
         return sleep(seconds)
 
-    world.daemon.checklist.parts.watcher.sleep = sleep_and_resolve
+    world.daemon.state.checklist.parts.watcher.sleep = sleep_and_resolve
     world.cycle()
     incident = world.incident()
     assert incident.decisions[0].rules == ["alert:WebDown"]

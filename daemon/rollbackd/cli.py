@@ -151,7 +151,6 @@ def run(config: ConfigOption = None) -> None:
     """Run the daemon: scheduler, webhook/API server, executors (systemd Type=notify)."""
     from rollbackd.logs import configure  # noqa: PLC0415 -- only the daemon configures logging
     from rollbackd.runtime import Runtime  # noqa: PLC0415 -- keeps other commands light
-    from rollbackd.service import Daemon  # noqa: PLC0415
 
     loaded = _load(config)
     configure(loaded.config.daemon.log_format)
@@ -160,9 +159,14 @@ def run(config: ConfigOption = None) -> None:
         journal = open_journal(loaded.config)
     except JournalError as exc:
         _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
-    daemon = Daemon(loaded, journal, notifiers=lambda config: notifier_for(config, journal))
+    runtime = Runtime(
+        loaded,
+        journal,
+        loaded.config_path,
+        notifiers=lambda config: notifier_for(config, journal),
+    )
     with lock:
-        Runtime(daemon, loaded.config_path).run()
+        runtime.run()
 
 
 def _lock_state_dir(loaded: Loaded, holder: str) -> StateLock:

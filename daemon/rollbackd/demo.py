@@ -30,13 +30,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from rollbackd.core.model import Decision, FindingState
 from rollbackd.errors import RollbackdError
+from rollbackd.events import Decided, Event, Finished, Opened, StepDone
 from rollbackd.journal import IncidentState
+
+if TYPE_CHECKING:
+    from rollbackd.runtime import Runtime
 
 SCENARIOS = ("rollback", "approval", "migration")
 PROMETHEUS = "prometheus"
@@ -435,21 +439,25 @@ def _bad_release(clone: Path, scenario: str) -> str:
     return git(clone, "rev-parse", "HEAD")
 
 
-def _start_daemon(loaded: Any, cleanup: list[Callable[[], None]]) -> tuple[Any, str]:
+def _start_daemon(loaded: Any, cleanup: list[Callable[[], None]]) -> tuple[Runtime, str]:
     """The daemon as `rollbackd run` starts it (its runtime: scheduler, server, systemd)."""
     from rollbackd.assembly import notifier_for, open_journal  # noqa: PLC0415
     from rollbackd.runtime import Runtime  # noqa: PLC0415 -- only the demo and run serve
-    from rollbackd.service import Daemon  # noqa: PLC0415
 
     journal = open_journal(loaded.config)
-    daemon = Daemon(loaded, journal, notifier=notifier_for(loaded.config, journal))
-    runtime = Runtime(daemon, loaded.config_path, log_level="error")
+    runtime = Runtime(
+        loaded,
+        journal,
+        loaded.config_path,
+        log_level="error",
+        notifier=notifier_for(loaded.config, journal),
+    )
     try:
         runtime.start()
     except RollbackdError as exc:
         raise DemoFailed(f"the daemon did not start: {exc}") from None
     cleanup.append(runtime.stop)
-    return daemon, runtime.url
+    return runtime, runtime.url
 
 
 def _wait(check: Callable[[], bool], timeout: float, failure: str) -> None:
@@ -462,26 +470,26 @@ def _wait(check: Callable[[], bool], timeout: float, failure: str) -> None:
 
 
 def _narrate(
-    daemon: Any,
+    daemon: Runtime,
     scenario: str,
     story: Story,
     base: str,
     tokens: Mapping[str, str],
     render_report: Callable[..., str],
 ) -> int:
-    events: list[tuple[str, Mapping[str, Any]]] = []
+    events: list[Event] = []
     lock = threading.Lock()
 
-    def collect(kind: str, facts: Mapping[str, Any]) -> None:
+    def collect(event: Event) -> None:
         with lock:
-            events.append((kind, facts))
+            events.append(event)
 
-    daemon.on_event = collect
+    daemon.events.subscribe(collect)
     incident: int | None = None
     final: str | None = None
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline and final is None:
-        report = daemon.last_report
+        report = daemon.state.last_report
         for finding in report.notable if report else ():
             if finding.service != "web":
                 continue
@@ -494,19 +502,19 @@ def _narrate(
                 story(f"firing: {finding.rule}: {finding.reason}", once=f"f{finding.rule}")
         with lock:
             batch, events[:] = list(events), []
-        for kind, facts in batch:
-            if kind == "decision":
-                decision: Decision = facts["decision"]
+        for event in batch:
+            if isinstance(event, Decided):
+                decision = event.decision
                 story(f"severity {decision.severity.value}: {_severity_reason(daemon, decision)}")
                 story(
                     f"policy: {decision.proposed.value.replace('_', ' ')}; decision: "
                     f"{decision.action.value.replace('_', ' ')}"
                     + (f" (guards: {', '.join(decision.guards)})" if decision.guards else "")
                 )
-            elif kind == "incident":
-                incident = int(facts["incident"])
-                story(f"incident {incident} opened: {facts['state'].replace('_', ' ')}")
-                if facts["state"] == IncidentState.AWAITING_APPROVAL.value:
+            elif isinstance(event, Opened):
+                incident = event.incident
+                story(f"incident {incident} opened: {event.state.value.replace('_', ' ')}")
+                if event.state is IncidentState.AWAITING_APPROVAL:
                     story(
                         f"approval requested from senior_admin (deadline 10m); approving "
                         f"through the API: POST {base}/api/v1/incidents/{incident}/approve"
@@ -517,12 +525,12 @@ def _narrate(
                         timeout=10,
                     )
                     story(f"approved: HTTP {response.status_code}, the rollback starts")
-                if facts["state"] in ("escalated", "recorded"):
-                    final = facts["state"]
-            elif kind == "step":
-                story(f"checklist: {facts['step']}: {facts['outcome']}")
-            elif kind == "finished":
-                final = str(facts["state"])
+                if event.state in (IncidentState.ESCALATED, IncidentState.RECORDED):
+                    final = event.state.value
+            elif isinstance(event, StepDone):
+                story(f"checklist: {event.step}: {event.outcome}")
+            elif isinstance(event, Finished):
+                final = event.state.value
         time.sleep(0.25)
     if incident is None:
         story("no incident was opened in time")
@@ -537,8 +545,8 @@ def _narrate(
     return 0 if record is not None and record.state.value == expected else 1
 
 
-def _severity_reason(daemon: Any, decision: Decision) -> str:
-    report = daemon.last_report
+def _severity_reason(daemon: Runtime, decision: Decision) -> str:
+    report = daemon.state.last_report
     for finding in report.notable if report else ():
         if finding.service == decision.service and finding.rule in decision.rules:
             return str(finding.severity_reason)

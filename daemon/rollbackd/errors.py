@@ -25,11 +25,11 @@
         DaemonRefused               (a sibling) the daemon answered with an error status
 
 A journal error is never answered with a 2xx: what was not stored was not
-accepted. Library errors (httpx,
-requests, sqlite3, GitPython, subprocess) are caught where the call is made and
-turned into these, or into a step's outcome or a rule's missing data: they never
-cross a module boundary. The HTTP layer maps this tree to statuses in one table
-(``rollbackd.api``); the CLI maps it to exit codes.
+accepted. Library errors (httpx, sqlite3, subprocess) are caught where the call
+is made and turned into these, or into a step's outcome or a rule's missing
+data: they never cross a module boundary. The HTTP layer maps this tree to
+statuses in one table (``rollbackd.api.errors.STATUS``); the CLI maps it to
+exit codes.
 
 A :class:`Problem` names the unit of work at fault (``config.toml:
 services[0].repo: ...``, ``rules/errors.toml: rule "error-rate": condition:

@@ -48,7 +48,7 @@ from rollbackd.config import Config
 from rollbackd.logs import get_logger
 
 if TYPE_CHECKING:
-    from rollbackd.service import Daemon
+    from rollbackd.state import State
 
 log = get_logger("rollbackd.http")
 
@@ -282,14 +282,14 @@ def _timed_out(part: str, seconds: float) -> bytes:
     return head.encode() + body
 
 
-def server_options(daemon: Daemon) -> dict[str, Any]:
+def server_options(state: State) -> dict[str, Any]:
     """The ``uvicorn.Config`` arguments that guard a daemon's server: the protocol and
     the backlog, sized from the descriptor limit the process has now."""
     descriptors = descriptor_limit()
     guard = ConnectionGuard(
-        lambda: connection_limits(daemon.config),
+        lambda: connection_limits(state.config),
         descriptors,
-        on_drop=lambda reason: daemon.metrics.connections_dropped.labels(reason).inc(),
+        on_drop=lambda reason: state.metrics.connections_dropped.labels(reason).inc(),
     )
     log.info(
         "connection limits",

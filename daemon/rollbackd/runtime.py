@@ -1,17 +1,21 @@
 """The one lifecycle of a running daemon: start-up, main loop, shutdown, signals.
 
-:class:`Runtime` wires a :class:`~rollbackd.service.Daemon` to what runs it —
-the HTTP server (uvicorn, guarded by :mod:`rollbackd.httpserver`), the
-scheduler that runs a cycle every ``poll_interval`` at its planned instant,
-systemd notifications (READY, STATUS, WATCHDOG, RELOADING, STOPPING) and the
-signals (SIGHUP reloads, SIGTERM and SIGINT stop after the step in progress).
-``rollbackd run``, ``rollbackd demo``, the benchmarks and the tests all start
-a daemon through it, so what they run is what production runs.
+:class:`Runtime` is the one place that wires a daemon together: its
+:class:`~rollbackd.state.State` (config, engine, readers, checklist, notifier),
+the :class:`~rollbackd.loop.Loop`, :class:`~rollbackd.incidents.Incidents`,
+:class:`~rollbackd.intake.Intake` and :class:`~rollbackd.views.Views` over it,
+and what runs them — the HTTP server (uvicorn, guarded by
+:mod:`rollbackd.httpserver`), the scheduler that runs a cycle every
+``poll_interval`` at its planned instant, systemd notifications (READY, STATUS,
+WATCHDOG, RELOADING, STOPPING) and the signals (SIGHUP reloads, SIGTERM and
+SIGINT stop after the step in progress). ``rollbackd run``, ``rollbackd demo``,
+the benchmarks and the tests all build a daemon through it, so what they run is
+what production runs.
 
 Start-up order: the daemon restores and warms up (bounded), the heap is
 settled, the cycles start, then the server listens; READY is sent once it
 does. Shutdown is the reverse: the server stops accepting, the cycles stop,
-the daemon finishes the step in progress, the journal closes.
+the rollback in progress finishes its step, the journal closes.
 """
 
 from __future__ import annotations
@@ -25,16 +29,27 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rollbackd.assembly import now_utc
+from rollbackd.config import Config
 from rollbackd.core.durations import format_duration
 from rollbackd.errors import RollbackdError
+from rollbackd.events import CycleDone, Event, Events
+from rollbackd.incidents import Incidents
+from rollbackd.intake import Intake
+from rollbackd.journal import Journal
+from rollbackd.loader import Loaded
 from rollbackd.logs import get_logger
+from rollbackd.loop import Loop
+from rollbackd.notify import Notifier
 from rollbackd.sdnotify import SystemdNotifier
+from rollbackd.sources import MetricSource
+from rollbackd.sources.probes import Prober
+from rollbackd.state import State
+from rollbackd.views import Views
 
 if TYPE_CHECKING:
     import uvicorn
     from apscheduler.schedulers.background import BackgroundScheduler
-
-    from rollbackd.service import Daemon
 
 log = get_logger("rollbackd.runtime")
 
@@ -48,7 +63,7 @@ START_TIMEOUT = 30.0
 """Seconds a runtime started in the background waits for its server to listen."""
 
 
-def settle_heap() -> None:
+def settle_heap() -> tuple[int, int, int]:
     """Tune the garbage collector for a loop that allocates in bursts, once start-up is done.
 
     What is loaded by now lives as long as the process: frozen, it stays out of
@@ -60,8 +75,16 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_OBJECTS, older, oldest)
+    before = gc.get_threshold()
+    gc.set_threshold(YOUNG_OBJECTS, before[1], before[2])
+    return before
+
+
+def unsettle_heap(threshold: tuple[int, int, int]) -> None:
+    """Undo :func:`settle_heap` when a runtime stops: a process that goes on (tests, the
+    benchmarks) collects what the runtime froze once it becomes garbage."""
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 def planned(first: datetime, interval: timedelta, now: datetime) -> datetime:
@@ -72,7 +95,7 @@ def planned(first: datetime, interval: timedelta, now: datetime) -> datetime:
 
 
 def scheduler(
-    daemon: Daemon, after_cycle: Callable[[], object] | None = None
+    state: State, loop: Loop, after_cycle: Callable[[], object] | None = None
 ) -> BackgroundScheduler:
     """A cycle every poll interval, at its planned instant, one at a time (not started)."""
     from apscheduler.schedulers.background import (  # noqa: PLC0415 -- only a runtime schedules
@@ -80,14 +103,14 @@ def scheduler(
     )
     from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
 
-    first, interval = daemon.clock(), daemon.config.daemon.poll_interval
+    first, interval = state.clock(), state.config.daemon.poll_interval
 
     def tick() -> None:
         # The planned time, not the moment the thread woke: cycles exactly one interval
         # apart, so a rule's `for` is reached at the cycle it should be, not one late.
         # The trigger's, which a reload may have replaced (reschedule).
         trigger = jobs.get_job(CYCLE_JOB).trigger
-        daemon.cycle(planned(trigger.start_date, trigger.interval, daemon.clock()))
+        loop.cycle(planned(trigger.start_date, trigger.interval, state.clock()))
         if after_cycle is not None:
             after_cycle()
 
@@ -104,52 +127,124 @@ def scheduler(
     return jobs
 
 
-def reschedule(jobs: BackgroundScheduler, daemon: Daemon) -> bool:
+def reschedule(jobs: BackgroundScheduler, state: State) -> bool:
     """After a reload: cycles every (new) ``poll_interval`` from now on; False if unchanged."""
     from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
 
-    interval = daemon.config.daemon.poll_interval
+    interval = state.config.daemon.poll_interval
     if jobs.get_job(CYCLE_JOB).trigger.interval == interval:
         return False
-    trigger = IntervalTrigger(seconds=interval.total_seconds(), start_date=daemon.clock())
+    trigger = IntervalTrigger(seconds=interval.total_seconds(), start_date=state.clock())
     jobs.reschedule_job(CYCLE_JOB, trigger=trigger)
     log.info("poll interval changed", poll_interval=format_duration(interval))
     return True
 
 
 class Runtime:
-    """A daemon, its HTTP server, its cycles and systemd, started and stopped as one.
+    """A daemon — its state, loop, incidents, intake and views — with its HTTP server, its
+    cycles and systemd, built, started and stopped as one.
 
     ``run()`` serves in the calling (main) thread until SIGTERM or SIGINT, as
     ``rollbackd run`` does; ``start()`` and ``stop()`` run the same thing in
-    the background, for the demo, benchmarks and tests. ``cycles=False`` leaves
-    the cycles to the caller (tests that move a fake clock call
-    ``daemon.cycle()`` themselves); ``config_path`` is what SIGHUP reloads.
+    the background, for the demo, benchmarks and tests; ``restore()`` and
+    ``shutdown()`` alone give a daemon with no server and no scheduler (tests
+    that call ``loop.cycle()`` with a fake clock). ``cycles=False`` leaves the
+    cycles to the caller; ``config_path`` is what SIGHUP reloads; ``port``
+    replaces the configured port (0: any free one). The parts that read the
+    world (``metrics_source``, ``prober``, ``notifier``/``notifiers``, ``clock``)
+    default to production's and are passed in by tests.
     """
 
     def __init__(
         self,
-        daemon: Daemon,
+        loaded: Loaded,
+        journal: Journal,
         config_path: Path | None = None,
         *,
         cycles: bool = True,
         systemd: SystemdNotifier | None = None,
         log_level: str = "warning",
+        port: int | None = None,
+        metrics_source: MetricSource | None = None,
+        prober: Prober | None = None,
+        notifier: Notifier | None = None,
+        notifiers: Callable[[Config], Notifier] | None = None,
+        clock: Callable[[], datetime] = now_utc,
     ) -> None:
-        self.daemon = daemon
+        self.events = Events()
+        self.state = State(
+            loaded,
+            journal,
+            self.events,
+            metrics_source=metrics_source,
+            prober=prober,
+            notifier=notifier,
+            notifiers=notifiers,
+            clock=clock,
+        )
+        self.incidents = Incidents(self.state, self.events)
+        self.loop = Loop(self.state, self.incidents, self.events)
+        self.intake = Intake(self.state)
+        self.views = Views(self.state, self.loop)
         self.config_path = config_path
         self.systemd = systemd if systemd is not None else SystemdNotifier()
         self.log_level = log_level
+        self.port = port
         self._wants_cycles = cycles
         self.jobs: BackgroundScheduler | None = None
         self.server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._restored = False
+        self._down = False
         self._stopped = False
+        self._threshold: tuple[int, int, int] | None = None
+        self.events.subscribe(self._on_event)
+
+    @property
+    def journal(self) -> Journal:
+        return self.state.journal
+
+    @property
+    def config(self) -> Config:
+        """The running config (a reload replaces it)."""
+        return self.state.config
 
     @property
     def url(self) -> str:
-        config = self.daemon.config.daemon
-        return f"http://{config.host}:{config.port}"
+        """Where the server listens (the port it was given, once it listens on port 0)."""
+        host, port = self.config.daemon.host, self.config.daemon.port
+        if self.server is not None and self.server.started and self.server.servers:
+            port = self.server.servers[0].sockets[0].getsockname()[1]
+        elif self.port is not None:
+            port = self.port
+        return f"http://{host}:{port}"
+
+    def restore(self) -> None:
+        """Restore what the journal knows: warm up from history (bounded), follow every
+        unfinished incident again and resume the rollbacks a crash interrupted."""
+        if self._restored:
+            return
+        self._restored = True
+        now = self.state.clock()
+        self.loop.warm_up(now)
+        self.incidents.resume(now)
+        self.loop.status_line = "started"
+
+    def shutdown(self, timeout: float = 900.0) -> None:
+        """Stop after the step in progress (incidents left mid-checklist resume on restart);
+        queued notifications still go out within ``min(timeout, 30 s)``. The journal stays
+        open: :meth:`stop` closes it."""
+        if self._down:
+            return
+        self._down = True
+        self.state.stopping.set()
+        self.state.live.close()
+        self.incidents.shutdown()
+        self.state.drain_notifiers(min(timeout, 30.0))
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, CycleDone):
+            self.systemd.status(event.status)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -202,32 +297,24 @@ class Runtime:
         from rollbackd.api import create_app  # noqa: PLC0415
         from rollbackd.httpserver import server_options  # noqa: PLC0415
 
-        daemon, systemd = self.daemon, self.systemd
-        previous = daemon.on_cycle
-
-        def on_cycle(line: str) -> None:
-            previous(line)
-            systemd.status(line)
-
-        daemon.on_cycle = on_cycle
-        config = daemon.config.daemon
+        config = self.config.daemon
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(daemon),
+                create_app(self),
                 host=config.host,
-                port=config.port,
+                port=config.port if self.port is None else self.port,
                 access_log=False,
                 log_level=self.log_level,
                 lifespan="off",
-                **server_options(daemon),
+                **server_options(self.state),
             )
         )
         self.server = server
-        daemon.start()
-        settle_heap()
+        self.restore()
+        self._threshold = settle_heap()
         if self._wants_cycles:
             # Only a loop that completes a cycle keeps the watchdog fed.
-            self.jobs = scheduler(daemon, after_cycle=systemd.watchdog)
+            self.jobs = scheduler(self.state, self.loop, after_cycle=self.systemd.watchdog)
             self.jobs.start()
         threading.Thread(target=self._announce_ready, name="ready", daemon=True).start()
         return server
@@ -239,8 +326,9 @@ class Runtime:
             time.sleep(0.05)
         if server.started:
             self.systemd.ready()
-            config = self.daemon.config
-            log.info("ready", listen=config.daemon.listen, services=len(config.services))
+            log.info(
+                "ready", listen=self.url.removeprefix("http://"), services=len(self.config.services)
+            )
 
     def _shutdown(self) -> None:
         if self._stopped:
@@ -250,8 +338,10 @@ class Runtime:
         log.info("stopping: finishing the step in progress")
         if self.jobs is not None:
             self.jobs.shutdown(wait=True)
-        self.daemon.shutdown()
-        self.daemon.journal.close()
+        self.shutdown()
+        self.journal.close()
+        if self._threshold is not None:
+            unsettle_heap(self._threshold)
         log.info("stopped")
 
     def reload(self) -> None:
@@ -259,9 +349,9 @@ class Runtime:
         if self.config_path is None:
             return
         self.systemd.reloading()
-        self.systemd.status(self.daemon.reload(self.config_path))
+        self.systemd.status(self.state.reload(self.config_path))
         if self.jobs is not None:
-            reschedule(self.jobs, self.daemon)
+            reschedule(self.jobs, self.state)
         self.systemd.ready()
 
     def _install_signals(self) -> None:
@@ -277,7 +367,7 @@ class Runtime:
         signal.signal(signal.SIGINT, on_stop)
 
     def _cannot_listen(self) -> str:
-        listen = self.daemon.config.daemon.listen
+        listen = self.url.removeprefix("http://")
         return (
             f"cannot listen on {listen}: the address is taken or not this host's "
             "(another rollbackd running?)"

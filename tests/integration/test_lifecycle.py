@@ -2,7 +2,7 @@
 
 The demo apps use the official prometheus_client: a labelled series (a 5xx
 code) appears on first use, and a restart resets every counter. A real
-:class:`~rollbackd.service.Daemon` reads that Prometheus; the tests step its
+a daemon (:class:`~rollbackd.runtime.Runtime`) reads that Prometheus; the tests step its
 cycles themselves, one a second, on the wall clock. Rollbacks run a command
 that touches a file, so what is rolled back is seen without git.
 """
@@ -22,10 +22,11 @@ import structlog
 
 from rollbackd.core.engine import CycleReport
 from rollbackd.core.model import Action, Decision
+from rollbackd.incidents import Caller
 from rollbackd.journal import IncidentState, SqliteJournal, journal_path
 from rollbackd.loader import load
 from rollbackd.logs import configure
-from rollbackd.service import Caller, Daemon
+from rollbackd.runtime import Runtime
 from tests.support.fixtures import DemoAppFactory, PrometheusFactory
 from tests.support.processes import DemoApp, Prometheus
 
@@ -99,13 +100,13 @@ class World:
         self.journals: list[SqliteJournal] = []
         self.daemon = self.start()
 
-    def start(self) -> Daemon:
+    def start(self) -> Runtime:
         """A daemon on the journal (a new one on the same file, as after a restart)."""
         loaded = load(self.config, env={})
         journal = SqliteJournal(journal_path(loaded.config.daemon.state_dir))
         self.journals.append(journal)
-        daemon = Daemon(loaded, journal)
-        daemon.start()
+        daemon = Runtime(loaded, journal)
+        daemon.restore()
         self.daemon = daemon
         return daemon
 
@@ -114,8 +115,8 @@ class World:
         self.daemon.journal.close()
 
     def cycle(self) -> CycleReport:
-        report = self.daemon.cycle()
-        assert report is not None, self.daemon.last_cycle_error
+        report = self.daemon.loop.cycle()
+        assert report is not None, self.daemon.loop.last_cycle_error
         return report
 
     def cycles_until(
@@ -188,7 +189,7 @@ def test_a_second_bad_deploy_gets_its_own_decision_whatever_the_first_incident_b
         "db": Action.ESCALATE,
     }
     v2 = {s: world.daemon.journal.incidents(service=s)[0].id for s in SERVICES}
-    world.daemon.veto(v2["api"], PERSON)
+    world.daemon.incidents.veto(v2["api"], PERSON)
     assert [world.state(v2[s]) for s in SERVICES] == [
         IncidentState.AWAITING_APPROVAL,
         IncidentState.VETOED,
@@ -262,10 +263,10 @@ def test_after_hours_of_downtime_unfinished_incidents_come_back(world: World) ->
     report = world.cycle()
     assert [d for d in report.decisions if d.service == "web"] == []
     assert world.state(number) is IncidentState.AWAITING_APPROVAL
-    judged = daemon.engine.judgement("web")
+    judged = daemon.state.engine.judgement("web")
     assert judged is not None and judged.incident == number
 
-    daemon.approve(number, PERSON)
+    daemon.incidents.approve(number, PERSON)
     deploy(world, "web", "v1", error_rate=0.0)  # what the rollback command stands for
     world.apps["web"].restart_in_place()  # counters reset; the 5xx series is gone
     deadline = time.monotonic() + 40
@@ -282,4 +283,4 @@ def test_after_hours_of_downtime_unfinished_incidents_come_back(world: World) ->
     assert record is not None
     assert [s.name for s in record.steps].count("execute") == 1
     assert "error rate (error-rate) 0 < 0.01" in record.summary
-    assert timedelta(0) < world.daemon.clock() - record.opened_at
+    assert timedelta(0) < world.daemon.state.clock() - record.opened_at

@@ -25,7 +25,7 @@ import pytest
 from rollbackd.core.durations import format_instant
 from rollbackd.journal import IncidentRecord, SqliteJournal, journal_path
 from rollbackd.loader import load
-from rollbackd.service import Daemon
+from rollbackd.runtime import Runtime
 from tests.conftest import RunCli
 from tests.support.fixtures import DemoAppFactory, PrometheusFactory
 from tests.support.processes import DemoApp, Prometheus, RollbackdProcess, free_port
@@ -248,11 +248,13 @@ def test_after_a_manual_rollback_the_daemon_shows_the_target_as_current(
     assert rollback_deploys(world) == reverted_to_v1(world)
     loaded = load(world.config, env={})
     journal = SqliteJournal(journal_path(loaded.config.daemon.state_dir))
-    daemon = Daemon(loaded, journal)
+    daemon = Runtime(loaded, journal)
     try:
-        daemon.start()
-        assert daemon.cycle() is not None, daemon.last_cycle_error  # sees HEAD: the revert commit
-        [web] = daemon.services_view()
+        daemon.restore()
+        assert daemon.loop.cycle() is not None, (
+            daemon.loop.last_cycle_error
+        )  # sees HEAD: the revert commit
+        [web] = daemon.views.services()
     finally:
         daemon.shutdown()
         journal.close()

@@ -7,7 +7,7 @@
 - :func:`daemon_process` runs ``python -m rollbackd run`` in its own process
   group, so that a crash can be simulated with SIGKILL of the daemon alone and
   the test can still wait for the git commands it left running to finish.
-- :func:`in_process_daemon` builds a real :class:`~rollbackd.service.Daemon`
+- :func:`in_process_daemon` builds a real daemon (:class:`~rollbackd.runtime.Runtime`)
   on a :class:`~rollbackd.testing.FixedClock` whose recovery watch sleeps by
   moving that clock, so simulated hours take seconds.
 """
@@ -30,12 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
-from rollbackd.api import create_app
 from rollbackd.journal import SqliteJournal, journal_path
 from rollbackd.loader import load
-from rollbackd.service import Daemon
+from rollbackd.runtime import Runtime
 from rollbackd.sources import MetricSource
 from rollbackd.testing import FixedClock
 from tests.support.processes import LOOPBACK, RollbackdProcess, free_port
@@ -305,34 +303,22 @@ def daemon_process(config: Path, port: int, log_dir: Path) -> RollbackdProcess:
 
 
 class LiveServer:
-    """uvicorn serving a daemon's API on a free loopback port in a thread, as ``serve`` does."""
+    """The API of an in-process daemon, served by its runtime on a free loopback port."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(daemon),
-                host=LOOPBACK,
-                port=self.port,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-            )
-        )
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+    def __init__(self, daemon: Runtime) -> None:
+        self.daemon = daemon
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return self.daemon.url
 
     def start(self, timeout: float = 15.0) -> LiveServer:
-        self.thread.start()
-        wait_until("uvicorn to start", lambda: self.server.started, timeout)
+        """Serve (restoring the daemon first if that is not done yet)."""
+        self.daemon.start(timeout)
         return self
 
-    def stop(self, timeout: float = 15.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout)
+    def stop(self) -> None:
+        self.daemon.stop()
 
     def get(self, path: str, role: str | None = None) -> httpx.Response:
         headers = bearer(role) if role else {}
@@ -348,8 +334,8 @@ def in_process_daemon(
     rules: str,
     clock: FixedClock,
     metrics_source: MetricSource | None = None,
-) -> Daemon:
-    """A real Daemon over ``config`` (``rules`` in ``rules/rules.toml``) on ``clock``.
+) -> Runtime:
+    """A real daemon over ``config`` (``rules`` in ``rules/rules.toml``) on ``clock``.
 
     The recovery watch sleeps by advancing ``clock`` instead of waiting, so a
     15-minute window passes at once; run rollbacks to their end with
@@ -361,19 +347,27 @@ def in_process_daemon(
     path.write_text(config, encoding="utf-8")
     loaded = load(path, env={})
     journal = SqliteJournal(journal_path(loaded.config.daemon.state_dir))
-    daemon = Daemon(loaded, journal, metrics_source=metrics_source, clock=clock)
-    daemon.checklist.parts.watcher.sleep = lambda seconds: clock.advance(timedelta(seconds=seconds))
+    daemon = Runtime(
+        loaded,
+        journal,
+        path,
+        cycles=False,  # the tests run each cycle, on their clock
+        port=free_port(),
+        metrics_source=metrics_source,
+        clock=clock,
+    )
+    watcher = daemon.state.checklist.parts.watcher
+    watcher.sleep = lambda seconds: clock.advance(timedelta(seconds=seconds))
     return daemon
 
 
-def finish_rollbacks(daemon: Daemon, timeout: float = 60.0) -> int:
+def finish_rollbacks(daemon: Runtime, timeout: float = 60.0) -> int:
     """Wait until every rollback the daemon started has ended; how many there were."""
-    futures = list(daemon.running.values())
+    futures = list(daemon.incidents.running.values())
     for future in futures:
         future.result(timeout=timeout)
     return len(futures)
 
 
-def close_daemon(daemon: Daemon) -> None:
-    daemon.shutdown(timeout=5)
-    daemon.journal.close()
+def close_daemon(daemon: Runtime) -> None:
+    daemon.stop()

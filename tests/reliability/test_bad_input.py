@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.transport import Response, response_content_type
 
+from rollbackd.api import create_app
 from rollbackd.config import Config, parse_config
 from rollbackd.core.durations import format_duration, parse_duration
 from rollbackd.core.model import Action, Decision, Severity
@@ -48,7 +49,7 @@ from rollbackd.core.rules import Rule, parse_condition, parse_rules
 from rollbackd.errors import InvalidInput, Problem
 from rollbackd.journal import IncidentState, NewIncident, Outcome, SqliteJournal, journal_path
 from rollbackd.loader import Loaded, load
-from rollbackd.service import Daemon
+from rollbackd.runtime import Runtime
 from rollbackd.sources.alerts import parse_webhook
 from rollbackd.sources.deploys import parse_event
 from rollbackd.testing import ScriptedMetrics
@@ -638,14 +639,13 @@ timeout = "5s"
 
 def document() -> dict[str, Any]:
     """The OpenAPI document of the app, from a daemon that touches no file."""
-    from rollbackd.api import create_app  # noqa: PLC0415 -- api imports service: import it late
 
     config = parse_config(fuzz_config(Path("/nonexistent"), 9), "fuzz.toml", env={})
     loaded = Loaded(config, Path("fuzz.toml"), tuple(parse_rules(FUZZ_RULES, "r.toml")), ())
     journal = SqliteJournal(Path(":memory:"))
     try:
         return create_app(
-            Daemon(loaded, journal, metrics_source=ScriptedMetrics(["web"]))
+            Runtime(loaded, journal, metrics_source=ScriptedMetrics(["web"]))
         ).openapi()
     finally:
         journal.close()
@@ -719,8 +719,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     metrics.set('sum(rate(http_requests_total{code=~"5.."}[1m])) by (service)', lambda _s, _t: 0.0)
     figures.record(SECTION, "incidents seeded for the API fuzzing", seed_incidents(journal))
     figures.record(SECTION, "API callers", "admin (1/3), every other role, unknown token, none")
-    daemon = Daemon(loaded, journal, metrics_source=metrics)
-    daemon.start()
+    daemon = Runtime(loaded, journal, cycles=False, metrics_source=metrics)
     server = LiveServer(daemon).start()
     try:
         response = httpx.get(f"{server.url}/openapi.json", timeout=10)
@@ -728,8 +727,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
-        daemon.shutdown(timeout=10)
-        journal.close()
 
 
 CALLERS = ("admin", "admin", "admin", *ROLES, "unknown-token", "no-token")

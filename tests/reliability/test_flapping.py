@@ -1,6 +1,6 @@
 """Flapping: a fault that comes and goes every few minutes for a simulated hour.
 
-A real :class:`~rollbackd.service.Daemon` in this process, its rule answered by
+A real daemon (:class:`~rollbackd.runtime.Runtime`) in this process, its rule answered by
 :class:`~rollbackd.testing.ScriptedMetrics`, its clock a
 :class:`~rollbackd.testing.FixedClock`; rollbacks run the ``command``
 executor (``true``) and the recovery watch sleeps by moving the clock, so an
@@ -27,7 +27,7 @@ import pytest
 
 from rollbackd.journal import IncidentRecord, Outcome
 from rollbackd.report import render_report
-from rollbackd.service import Daemon
+from rollbackd.runtime import Runtime
 from rollbackd.testing import FixedClock, ScriptedMetrics
 from tests.reliability import figures
 from tests.reliability.support import close_daemon, finish_rollbacks, in_process_daemon
@@ -88,7 +88,7 @@ timeout = "5m"
 class Flapping:
     """The daemon, its clock, and the fault spans it has been given so far."""
 
-    daemon: Daemon
+    daemon: Runtime
     clock: FixedClock
     spans: list[tuple[datetime, datetime]] = field(default_factory=list)
     cycles: int = 0
@@ -98,13 +98,13 @@ class Flapping:
 
     def deploy(self, version: str) -> None:
         now = self.clock()
-        self.daemon.accept_deploy({"service": "web", "version": version})
+        self.daemon.intake.accept_deploy({"service": "web", "version": version})
         self.spans.append((now + FAULT_AFTER, now + FAULT_AFTER + FAULT_FOR))
 
     def cycle(self) -> None:
         self.clock.advance(POLL)
-        report = self.daemon.cycle()
-        assert report is not None, self.daemon.last_cycle_error
+        report = self.daemon.loop.cycle()
+        assert report is not None, self.daemon.loop.last_cycle_error
         self.cycles += 1
         finish_rollbacks(self.daemon)
 
@@ -116,7 +116,7 @@ def flapping(tmp_path: Path) -> Iterator[Flapping]:
     daemon = in_process_daemon(tmp_path, config_text(tmp_path), RULES, clock, metrics)
     world = Flapping(daemon, clock)
     metrics.set(ERRORS, world.error_rate)
-    daemon.start()
+    daemon.restore()
     try:
         yield world
     finally:
@@ -144,7 +144,7 @@ def simulate(flapping: Flapping, span: timedelta) -> int:
     return version
 
 
-def incidents(daemon: Daemon) -> list[IncidentRecord]:
+def incidents(daemon: Runtime) -> list[IncidentRecord]:
     """Every incident with its decisions and steps, oldest first."""
     listed = reversed(daemon.journal.incidents(limit=1000))
     return [r for r in (daemon.journal.incident(i.id) for i in listed) if r is not None]

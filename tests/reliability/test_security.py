@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rollbackd.service import Daemon
+from rollbackd.runtime import Runtime
 from rollbackd.testing import FixedClock, ScriptedMetrics
 from tests.reliability import figures
 from tests.reliability.support import (
@@ -103,7 +103,7 @@ class HostileWorld:
     remote: Path
     clone: Path
     v1: str
-    daemon: Daemon
+    daemon: Runtime
     clock: FixedClock
     api: LiveServer
     marker: Path
@@ -115,8 +115,8 @@ class HostileWorld:
     def cycles(self, count: int) -> None:
         for _ in range(count):
             self.clock.advance(timedelta(seconds=15))
-            report = self.daemon.cycle()
-            assert report is not None, self.daemon.last_cycle_error
+            report = self.daemon.loop.cycle()
+            assert report is not None, self.daemon.loop.last_cycle_error
             finish_rollbacks(self.daemon)
 
     def db(self) -> sqlite3.Connection:
@@ -165,7 +165,6 @@ def hostile_world(tmp_path: Path) -> Iterator[HostileWorld]:
         clock,
         metrics,
     )
-    daemon.start()
     api = LiveServer(daemon).start()
     try:
         yield HostileWorld(

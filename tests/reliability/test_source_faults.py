@@ -1,6 +1,6 @@
 """Source faults: Prometheus stopped, slow, or answering garbage, for 10 simulated minutes.
 
-A real :class:`~rollbackd.service.Daemon` in this process queries a real
+A real daemon (:class:`~rollbackd.runtime.Runtime`) in this process queries a real
 :class:`~rollbackd.sources.prometheus.PrometheusSource` (HTTP, with its
 timeout) pointed at a stub Prometheus on loopback. The daemon's clock is a
 :class:`~rollbackd.testing.FixedClock` moved by ``poll_interval`` before each
@@ -42,7 +42,7 @@ import pytest
 
 from rollbackd.core.engine import CycleReport
 from rollbackd.core.model import FindingState
-from rollbackd.service import Daemon
+from rollbackd.runtime import Runtime
 from rollbackd.testing import FixedClock
 from tests.reliability import figures
 from tests.reliability.support import (
@@ -165,7 +165,7 @@ known_good_after = "1m"
 class Scenario:
     """The daemon, its clock, the stub behind the URL, and the API over the daemon."""
 
-    daemon: Daemon
+    daemon: Runtime
     clock: FixedClock
     prometheus: Prometheus
     api: LiveServer
@@ -173,8 +173,8 @@ class Scenario:
 
     def cycle(self) -> CycleReport:
         self.clock.advance(POLL)
-        report = self.daemon.cycle()
-        assert report is not None, self.daemon.last_cycle_error
+        report = self.daemon.loop.cycle()
+        assert report is not None, self.daemon.loop.last_cycle_error
         self.cycles += 1
         return report
 
@@ -182,7 +182,7 @@ class Scenario:
         return [self.cycle() for _ in range(int(span / POLL))]
 
     def deploy(self, version: str) -> None:
-        self.daemon.accept_deploy({"service": "web", "version": version})
+        self.daemon.intake.accept_deploy({"service": "web", "version": version})
 
     def degraded(self) -> dict[str, str]:
         response = self.api.get("/readyz")
@@ -200,7 +200,6 @@ def scenario(tmp_path: Path) -> Iterator[Scenario]:
     prometheus.server.start()
     clock = FixedClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
     daemon = in_process_daemon(tmp_path, config_text(tmp_path, prometheus.server.url), RULES, clock)
-    daemon.start()
     api = LiveServer(daemon).start()
     try:
         yield Scenario(daemon, clock, prometheus, api)
@@ -234,7 +233,7 @@ def test_a_failing_prometheus_leads_to_no_action_and_the_daemon_recovers_by_itse
     scenario.deploy("v1")
     for report in scenario.run_for(timedelta(minutes=2)):
         assert all(f.state is FindingState.OK for f in report.findings), report.findings
-    assert scenario.daemon.services_view()[0]["last_good_version"] == "v1"
+    assert scenario.daemon.views.services()[0]["last_good_version"] == "v1"
     scenario.deploy("v2")
 
     port = scenario.prometheus.server.port
@@ -256,7 +255,7 @@ def test_a_failing_prometheus_leads_to_no_action_and_the_daemon_recovers_by_itse
     assert set(degraded) == set(PROMQL_RULES), degraded
     assert all(explained(reason, fault) for reason in degraded.values()), degraded
     assert scenario.daemon.journal.incidents() == []
-    assert scenario.daemon.last_cycle_error is None
+    assert scenario.daemon.loop.last_cycle_error is None
 
     if fault == "stopped":
         scenario.prometheus = Prometheus(port)

@@ -1,0 +1,199 @@
+"""The evaluation loop: gather the measurements, decide, act. One cycle at a time.
+
+:meth:`Loop.cycle` is one evaluation (the runtime's scheduler runs it every
+``poll_interval`` at its planned instant): Prometheus, probes and git are read
+on reading threads without the state lock, within a budget; then, under the
+lock, the engine decides and :class:`~rollbackd.incidents.Incidents` acts. A
+cycle never raises: a failure is logged, shown on the status page and /readyz,
+and the next cycle tries again. :meth:`Loop.warm_up` replays recent history at
+start-up so rule states and known good versions survive a restart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from datetime import datetime, timedelta
+
+from rollbackd.core.durations import format_duration
+from rollbackd.core.engine import CycleReport
+from rollbackd.core.model import FindingState
+from rollbackd.core.rules import rule_trigger_severity
+from rollbackd.events import CycleDone, Events
+from rollbackd.incidents import Incidents
+from rollbackd.journal import AlertRecord, IncidentState, JournalUnavailable
+from rollbackd.logs import get_logger
+from rollbackd.sources import guarded_instant
+from rollbackd.sources.alerts import alert_findings
+from rollbackd.state import State
+
+log = get_logger("rollbackd")
+
+WARM_UP_BUDGET = timedelta(seconds=30)
+"""Start-up replays recent history for at most this long: READY comes well within
+systemd's start timeout (90 s by default) even when Prometheus hangs."""
+STUCK_AFTER_POLLS = 3
+"""/readyz fails when no cycle completed for this many polls past the cycle's read budget."""
+
+
+class Loop:
+    """The evaluation loop over the daemon's :class:`~rollbackd.state.State`."""
+
+    def __init__(self, state: State, incidents: Incidents, events: Events) -> None:
+        self.state = state
+        self.incidents = incidents
+        self.events = events
+        self.last_cycle_error: str | None = None
+        self.status_line = "starting"
+        self.created = time.monotonic()
+        self.last_completed: float | None = None
+        """time.monotonic() of the last cycle that completed (None: none yet)."""
+
+    def warm_up(self, now: datetime) -> None:
+        """Replay recent history so rule states and known-good versions survive a restart.
+
+        The replay decides nothing that is acted on; it only rebuilds what the
+        engine would know had it been running (pending rules, which versions
+        ran clean). Without Prometheus history this does nothing.
+        """
+        from rollbackd.evaluation import lookback  # noqa: PLC0415 -- start-up only
+        from rollbackd.replay import Replay  # noqa: PLC0415
+
+        if not any(rule.query is not None for rule in self.state.loaded.rules):
+            return
+        label = self.state.config.alerts.service_label  # a label name: checked by the config
+        trivial = f'label_replace(vector(1), "{label}", "rollbackd", "", "")'
+        answer = guarded_instant(self.state.source, trivial, now)
+        if answer.error is not None:  # one bounded read, rather than a budget spent waiting
+            log.warning(
+                "warm-up skipped: rule states start fresh",
+                error=f"Prometheus did not answer a trivial query: {answer.error}",
+            )
+            return
+        step = self.state.config.daemon.poll_interval
+        budget = WARM_UP_BUDGET.total_seconds()
+        replay = Replay(
+            self.state.config, self.state.loaded.rules, self.state.source, step, self.state.history,
+            simulate_rollbacks=False, deadline=time.monotonic() + budget,
+        )  # fmt: skip
+        try:
+            for _ in replay.run(
+                now - lookback(self.state.config, self.state.loaded.rules), now - step
+            ):
+                pass
+        except Exception as exc:  # noqa: BLE001 -- a warm-up must never keep the daemon from starting
+            log.warning(
+                "warm-up skipped: rule states start fresh",
+                error=f"{type(exc).__name__}: {exc}",
+                budget=format_duration(WARM_UP_BUDGET),
+            )
+            return
+        self.state.engine.adopt(replay.engine, judgements=False)
+        log.info("warmed up from history", rules=len(self.state.loaded.rules))
+
+    def cycle(self, at: datetime | None = None) -> CycleReport | None:
+        """One evaluation at ``at`` (default: now): gather, decide, act. Never raises.
+
+        Prometheus, probes and git are read without the state lock, so webhooks,
+        deploy events and approvals are answered while a source hangs; deciding
+        and acting hold it. A failure is logged and shown on the status page and
+        /readyz.
+        """
+        started = time.monotonic()
+        try:
+            with self.state.lock:  # fix what to read; then read with no lock held
+                now = at or self.state.clock()
+                live, plan = self.state.live, self.state.live.plan(now)
+            measured = live.measure(plan)
+            with self.state.lock:
+                if live is not self.state.live:  # reloaded while reading: read again next cycle
+                    return None
+                inputs = live.apply(measured)
+                moved = self.state.history.revision != plan.revision
+                unread = live.unread_baselines() if moved else []
+            if unread:  # a deploy seen just now: its baseline is read before deciding
+                live.read_baselines(unread)
+            with self.state.lock:
+                if live is not self.state.live:
+                    return None
+                if unread:
+                    inputs.baselines.update(live.known_baselines())
+                for service in self.state.engine.services:
+                    self.state.engine.rollbacks[service] = self.state.journal.rollbacks(service)
+                firing = self._firing_alerts(now, self.state.engine.services)
+                alerts, ignored = alert_findings(
+                    firing, self.state.engine.services, self.state.config.alerts.trigger_label, now
+                )
+                inputs.alerts.extend(alerts)
+                for line in ignored:
+                    inputs.source_errors.setdefault("alerts", line)
+                unwritable = self.state.journal.problem()
+                if unwritable is not None:  # nothing decided can be kept: decide once it can
+                    raise JournalUnavailable(f"{unwritable}; decisions wait until it can")
+                report = self.state.engine.step(now, inputs)
+                self.state.last_report = report
+                for event in report.events:
+                    self.incidents.follow(event)
+                self.incidents.act_on(report, firing)
+                self.incidents.deadlines(now)
+            self.last_cycle_error = None
+            self.last_completed = time.monotonic()
+        except Exception as exc:  # the loop must survive any one bad cycle
+            self.last_cycle_error = f"{type(exc).__name__}: {exc}"
+            log.exception("cycle failed", error=self.last_cycle_error)
+            return None
+        finally:
+            self.state.metrics.cycle_seconds.observe(time.monotonic() - started)
+        self._record_cycle(report)
+        return report
+
+    def _firing_alerts(self, now: datetime, services: Collection[str]) -> list[AlertRecord]:
+        """The watched services' alerts firing now, less those not re-sent for expire_after."""
+        expired = now - self.state.config.alerts.expire_after
+        return self.state.journal.firing_alerts(now, services, received_after=expired)
+
+    def _record_cycle(self, report: CycleReport) -> None:
+        self.state.metrics.evaluations.inc()
+        self.state.metrics.findings.clear()
+        counts: dict[tuple[str, str, str], int] = {}
+        for f in report.notable:
+            key = (f.rule, f.severity.value, f.state.value)
+            counts[key] = counts.get(key, 0) + 1
+        severities = {r.name: rule_trigger_severity(r).value for r in self.state.engine.rules}
+        for rule, quiet in report.quiet.items():
+            key = (rule, severities[rule], FindingState.OK.value)
+            counts[key] = counts.get(key, 0) + quiet
+        for (rule, severity, state), count in counts.items():
+            self.state.metrics.findings.labels(rule, severity, state).set(count)
+        for source in {
+            "deploys" if k == "deploys" else "alerts" if k == "alerts" else "prometheus"
+            for k in report.source_errors
+        }:
+            self.state.metrics.source_errors.labels(source).inc()
+        firing = sum(1 for f in report.notable if f.firing)
+        unfinished = self.state.journal.incidents(limit=None, unfinished_only=True)
+        pending = len(unfinished)
+        self.state.metrics.pending_approvals.set(
+            sum(1 for i in unfinished if i.state is IncidentState.AWAITING_APPROVAL)
+        )
+        services = len(self.state.engine.services)
+        self.status_line = (
+            f"{services} services, {firing} firing, {pending} open incidents, "
+            f"{len(report.source_errors)} source errors"
+        )
+        self.events.emit(CycleDone(self.status_line))
+
+    def stuck(self) -> str | None:
+        """Why the evaluation loop looks stuck (no cycle completed for too long), or None."""
+        since = self.last_completed if self.last_completed is not None else self.created
+        poll = self.state.config.daemon.poll_interval
+        limit = self.state.live.budget + STUCK_AFTER_POLLS * poll
+        waited = timedelta(seconds=time.monotonic() - since)
+        if waited <= limit:
+            return None
+        what = "no cycle completed" if self.last_completed is None else "the last cycle completed"
+        error = f": {self.last_cycle_error}" if self.last_cycle_error else ""
+        return (
+            f"{what} {format_duration(waited)} ago (poll_interval {format_duration(poll)}): "
+            f"the evaluation loop is stuck{error}"
+        )
