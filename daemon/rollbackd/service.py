@@ -28,7 +28,7 @@ from rollbackd.core.deploys import Deploy, DeployHistory
 from rollbackd.core.durations import format_duration, format_instant
 from rollbackd.core.engine import CycleReport, Engine, IncidentEvent, Judgement
 from rollbackd.core.engine import Outcome as Ended
-from rollbackd.core.model import Action, Decision, Finding, FindingState, Severity
+from rollbackd.core.model import Action, Decision, Finding, FindingState
 from rollbackd.core.rules import rule_trigger_severity
 from rollbackd.errors import (
     AlreadyThere,
@@ -42,6 +42,7 @@ from rollbackd.errors import (
 )
 from rollbackd.journal import (
     AlertRecord,
+    EvidenceKind,
     IncidentRecord,
     IncidentState,
     Journal,
@@ -220,7 +221,7 @@ class Daemon:
             return None  # a rollback by hand: nothing fired that the engine must follow
         rules = set(decision.rules)
         for evidence in record.evidence:
-            if evidence.kind == "folded" and isinstance(evidence.body, dict):
+            if evidence.kind == EvidenceKind.FOLDED and isinstance(evidence.body, dict):
                 rules.update(str(r) for r in evidence.body.get("rules") or ())
         made = []
         executed = record.step("execute")
@@ -228,18 +229,17 @@ class Daemon:
             made.append(
                 Deploy(
                     service=record.service,
-                    version=str(record.facts.get("target_version") or record.target),
+                    version=record.facts.target_version or record.target,
                     time=executed.finished_at or record.opened_at,
                     source="event",
                     ref=executed.data.get("after") or record.target,
                 )
             )
-        deployed = record.facts.get("deployed_at")
         return Judgement(
             opened=record.opened_at,
             decision=decision,
             version=record.current_version,
-            deployed_at=datetime.fromisoformat(deployed) if isinstance(deployed, str) else None,
+            deployed_at=record.facts.deployed_at,
             rules=rules,
             reported=set(rules),
             rolled_back_to=made,
@@ -510,8 +510,8 @@ class Daemon:
             NewIncident(
                 service=decision.service,
                 opened_at=decision.time,
-                severity=decision.severity.value,
-                action=decision.action.value,
+                severity=decision.severity,
+                action=decision.action,
                 origin="automatic",
                 reason=summary,
                 target=decision.target,
@@ -541,7 +541,7 @@ class Daemon:
             self.journal.add_evidence(
                 event.incident,
                 event.time,
-                "folded",
+                EvidenceKind.FOLDED,
                 {"rules": list(event.rules), "reason": event.reason},
             )
             return
@@ -660,16 +660,8 @@ class Daemon:
 
     @staticmethod
     def _deadline(record: IncidentRecord) -> datetime | None:
-        """When an incident awaiting approval rolls back without a veto: its decision's
-        deadline (an "approval" evidence in journals written before it was the one place)."""
-        for decision in reversed(record.decisions):
-            if decision.deadline is not None:
-                return decision.deadline
-        for evidence in reversed(record.evidence):
-            if evidence.kind == "approval" and isinstance(evidence.body, dict):
-                raw = evidence.body.get("deadline")
-                return datetime.fromisoformat(raw) if isinstance(raw, str) else None
-        return None
+        """When an incident awaiting approval rolls back without a veto (see the record's)."""
+        return record.approval_deadline
 
     def _submit(self, incident: int) -> None:
         if incident in self.running and not self.running[incident].done():
@@ -891,7 +883,7 @@ class Daemon:
         return Decision(
             service=record.service,
             time=now,
-            severity=Severity(record.severity),
+            severity=record.severity,
             action=action,
             proposed=Action.REQUEST_APPROVAL,
             rules=(),
@@ -935,9 +927,9 @@ class Daemon:
                 return Decision(
                     service=record.service,
                     time=d.time,
-                    severity=Severity(d.severity),
-                    action=Action(d.action),
-                    proposed=Action(d.proposed),
+                    severity=d.severity,
+                    action=d.action,
+                    proposed=d.proposed,
                     rules=tuple(d.rules),
                     reason=d.reason,
                     approver=d.approver,
