@@ -153,7 +153,7 @@ def test_the_latency_baseline_of_a_rule_that_never_fired_is_kept_and_recovery_pr
     world.cycle()
     incident = world.incident()
     assert [d.rules for d in incident.decisions] == [["error-rate"]]
-    assert incident.facts["baselines"] == {"latency-regression": pytest.approx(0.12)}
+    assert incident.facts.baselines == {"latency-regression": pytest.approx(0.12)}
     assert incident.state is IncidentState.RECOVERED, incident.summary
     assert incident.summary.startswith("recovered: every criterion with data held for 1m")
     assert incident.summary.endswith(

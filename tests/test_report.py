@@ -19,7 +19,14 @@ import pytest
 from markdown_it import MarkdownIt
 
 from rollbackd.core.model import Action, Decision, Severity
-from rollbackd.journal import IncidentRecord, IncidentState, NewIncident, Outcome, SqliteJournal
+from rollbackd.journal import (
+    IncidentRecord,
+    IncidentState,
+    NewIncident,
+    Outcome,
+    RollbackFacts,
+    SqliteJournal,
+)
 from rollbackd.report import FOLLOW_UP, OUTPUT_LIMIT, markdown_text, render_report
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -68,14 +75,14 @@ def full_incident(journal: SqliteJournal, output: str = HOSTILE_OUTPUT) -> Incid
         NewIncident(
             service="web",
             opened_at=at(5),
-            severity="high",
-            action="rollback",
+            severity=Severity.HIGH,
+            action=Action.ROLLBACK,
             origin="automatic",
             reason=HOSTILE,
             target="v1",
             current_version="v2",
             state=IncidentState.ROLLING_BACK,
-            facts={"deployed_at": T0.isoformat(), "baselines": {"latency": 0.12}},
+            facts=RollbackFacts(deployed_at=T0, baselines={"latency": 0.12}),
         )
     )
     journal.add_decision(
@@ -180,8 +187,8 @@ def bare_incident(journal: SqliteJournal) -> IncidentRecord:
         NewIncident(
             service="web",
             opened_at=at(5),
-            severity="low",
-            action="record",
+            severity=Severity.LOW,
+            action=Action.RECORD,
             origin="automatic",
             reason="minor UI issue",
             state=IncidentState.RECORDED,
@@ -524,8 +531,8 @@ def test_a_recovery_that_could_not_be_proven_says_which_criteria_had_no_data(
         NewIncident(
             service="web",
             opened_at=at(5),
-            severity="high",
-            action="rollback",
+            severity=Severity.HIGH,
+            action=Action.ROLLBACK,
             origin="automatic",
             reason="error-rate firing",
             state=IncidentState.ROLLING_BACK,
@@ -601,8 +608,8 @@ def test_odd_journal_content_still_renders(journal: SqliteJournal, fmt: str) -> 
         NewIncident(
             service="web",
             opened_at=at(5),
-            severity="critical",
-            action="rollback",
+            severity=Severity.CRITICAL,
+            action=Action.ROLLBACK,
             origin="manual",
             reason="by hand",
             state=IncidentState.ROLLING_BACK,

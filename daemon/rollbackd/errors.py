@@ -8,6 +8,8 @@
     ├── NotPermitted                the caller's role may not do this          HTTP: 403
     ├── NotFound                    no such incident or service                HTTP: 404
     ├── Conflict                    the request does not fit the current state HTTP: 409
+    ├── InvalidTransition           a state change the incident model does not allow
+    │                                 (a bug in the caller, never a race): HTTP: 500
     ├── RollbackRefused             a rollback that must not start (one is under way,
     │                                 the target is invalid, the incident moved on)
     ├── NoTarget                    no target named, and no version is known good
@@ -78,6 +80,15 @@ class NotFound(RollbackdError):  # noqa: N818 -- names the condition
 
 class Conflict(RollbackdError):  # noqa: N818 -- names the condition
     """The request does not fit the current state (the message says which)."""
+
+
+class InvalidTransition(RollbackdError):  # noqa: N818 -- names the condition
+    """An incident was to move between two states the incident model's table does not join.
+
+    Not a :class:`Conflict`: callers that race on an incident say which states
+    they expect and are told they lost; a move the table does not allow is a
+    mistake in the code that asked for it, and nothing is written.
+    """
 
 
 class RollbackRefused(RollbackdError):  # noqa: N818 -- names the outcome for the caller

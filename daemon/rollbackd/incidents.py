@@ -21,7 +21,7 @@ from rollbackd.core.deploys import Deploy
 from rollbackd.core.durations import format_instant
 from rollbackd.core.engine import CycleReport, IncidentEvent, Judgement
 from rollbackd.core.engine import Outcome as Ended
-from rollbackd.core.model import Action, Decision, Finding, FindingState, Severity
+from rollbackd.core.model import Action, Decision, Finding, FindingState
 from rollbackd.errors import (
     AlreadyThere,
     Conflict,
@@ -35,6 +35,7 @@ from rollbackd.errors import (
 from rollbackd.events import Decided, Events, Finished, Followed, Opened
 from rollbackd.journal import (
     AlertRecord,
+    EvidenceKind,
     IncidentRecord,
     IncidentState,
     JournalError,
@@ -126,7 +127,7 @@ class Incidents:
             return None  # a rollback by hand: nothing fired that the engine must follow
         rules = set(decision.rules)
         for evidence in record.evidence:
-            if evidence.kind == "folded" and isinstance(evidence.body, dict):
+            if evidence.kind == EvidenceKind.FOLDED and isinstance(evidence.body, dict):
                 rules.update(str(r) for r in evidence.body.get("rules") or ())
         made = []
         executed = record.step("execute")
@@ -134,18 +135,17 @@ class Incidents:
             made.append(
                 Deploy(
                     service=record.service,
-                    version=str(record.facts.get("target_version") or record.target),
+                    version=record.facts.target_version or record.target,
                     time=executed.finished_at or record.opened_at,
                     source="event",
                     ref=executed.data.get("after") or record.target,
                 )
             )
-        deployed = record.facts.get("deployed_at")
         return Judgement(
             opened=record.opened_at,
             decision=decision,
             version=record.current_version,
-            deployed_at=datetime.fromisoformat(deployed) if isinstance(deployed, str) else None,
+            deployed_at=record.facts.deployed_at,
             rules=rules,
             reported=set(rules),
             rolled_back_to=made,
@@ -236,8 +236,8 @@ class Incidents:
             NewIncident(
                 service=decision.service,
                 opened_at=decision.time,
-                severity=decision.severity.value,
-                action=decision.action.value,
+                severity=decision.severity,
+                action=decision.action,
                 origin="automatic",
                 reason=summary,
                 target=decision.target,
@@ -267,7 +267,7 @@ class Incidents:
             self.state.journal.add_evidence(
                 event.incident,
                 event.time,
-                "folded",
+                EvidenceKind.FOLDED,
                 {"rules": list(event.rules), "reason": event.reason},
             )
             return
@@ -573,7 +573,7 @@ class Incidents:
         return Decision(
             service=record.service,
             time=now,
-            severity=Severity(record.severity),
+            severity=record.severity,
             action=action,
             proposed=Action.REQUEST_APPROVAL,
             rules=(),
@@ -606,16 +606,8 @@ class Incidents:
 
 
 def deadline_of(record: IncidentRecord) -> datetime | None:
-    """When an incident awaiting approval rolls back without a veto: its decision's
-    deadline (an "approval" evidence in journals written before it was the one place)."""
-    for decision in reversed(record.decisions):
-        if decision.deadline is not None:
-            return decision.deadline
-    for evidence in reversed(record.evidence):
-        if evidence.kind == "approval" and isinstance(evidence.body, dict):
-            raw = evidence.body.get("deadline")
-            return datetime.fromisoformat(raw) if isinstance(raw, str) else None
-    return None
+    """When an incident awaiting approval rolls back without a veto (None: never by itself)."""
+    return record.approval_deadline
 
 
 def approver_of(record: IncidentRecord) -> str:
@@ -623,16 +615,15 @@ def approver_of(record: IncidentRecord) -> str:
 
 
 def last_decision(record: IncidentRecord) -> Decision | None:
+    """rollbackd's own latest decision on an incident (None: only people decided, by hand)."""
     for d in reversed(record.decisions):
-        if d.actor != "rollbackd":
-            continue
-        try:
+        if d.actor == "rollbackd":
             return Decision(
                 service=record.service,
                 time=d.time,
-                severity=Severity(d.severity),
-                action=Action(d.action),
-                proposed=Action(d.proposed),
+                severity=d.severity,
+                action=d.action,
+                proposed=d.proposed,
                 rules=tuple(d.rules),
                 reason=d.reason,
                 approver=d.approver,
@@ -641,6 +632,4 @@ def last_decision(record: IncidentRecord) -> Decision | None:
                 value=d.value,
                 target=d.target,
             )
-        except ValueError:
-            return None
     return None

@@ -12,11 +12,13 @@ from rollbackd.journal import (
     BATCH_ALERTS,
     AlertRecord,
     Delivery,
+    EvidenceKind,
     IncidentRecord,
     IncidentState,
     Journal,
     NewIncident,
     Outcome,
+    RollbackFacts,
     SqliteJournal,
 )
 
@@ -29,14 +31,14 @@ def incident(journal: Journal, service: str = "web") -> int:
         NewIncident(
             service=service,
             opened_at=T0,
-            severity="critical",
-            action="rollback",
+            severity=Severity.CRITICAL,
+            action=Action.ROLLBACK,
             origin="automatic",
             reason=HOSTILE,
             target="v1",
             current_version="v2",
             state=IncidentState.ROLLING_BACK,
-            facts={"baselines": {"latency": 0.2}},
+            facts=RollbackFacts(baselines={"latency": 0.2}),
         )
     )
 
@@ -73,7 +75,7 @@ def assert_everything(again: IncidentRecord | None) -> None:
     """What :func:`write_everything` wrote, read back whole."""
     assert again is not None
     assert again.reason == HOSTILE
-    assert again.facts == {"baselines": {"latency": 0.2}}
+    assert again.facts == RollbackFacts(baselines={"latency": 0.2})
     assert [d.rules for d in again.decisions] == [["outage"]]
     executed = again.step("execute")
     assert executed is not None
@@ -103,15 +105,15 @@ def awaiting_approval() -> NewIncident:
     return NewIncident(
         service="web",
         opened_at=T0,
-        severity="high",
-        action="request_approval",
+        severity=Severity.HIGH,
+        action=Action.REQUEST_APPROVAL,
         origin="automatic",
         reason="rule error-rate firing",
         target="v1",
         current_version="v2",
         state=IncidentState.AWAITING_APPROVAL,
         decision=approval_decision(),
-        evidence={"snapshot": {"findings": [{"rule": "error-rate"}]}},
+        evidence={EvidenceKind.SNAPSHOT: {"findings": [{"rule": "error-rate"}]}},
     )
 
 

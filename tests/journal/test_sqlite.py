@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from rollbackd.core.model import Action, Severity
 from rollbackd.journal import (
     SCHEMA_VERSION,
     IncidentState,
     JournalError,
     JournalUnavailable,
+    RollbackFacts,
     SqliteJournal,
     journal_path,
 )
@@ -284,3 +287,39 @@ def test_a_journal_of_schema_3_keeps_finished_incidents_finished(tmp_path: Path)
     unfinished = journal.incidents(unfinished_only=True)
     assert [i.state for i in unfinished] == [IncidentState.ROLLING_BACK]
     assert all(i.updated_at == T0 for i in journal.incidents())
+
+
+def test_an_old_or_edited_journal_reads_leniently(tmp_path: Path) -> None:
+    """Values no version writes now (a severity, an action, odd facts) read as documented, and
+    the deadline an older version kept as "approval" evidence is still the incident's."""
+    path = journal_path(tmp_path)
+    journal = SqliteJournal(path)
+    number = journal.open_incident(awaiting_approval())
+    journal.close()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE incidents SET severity = 'sev1', action = 'page', facts = ? WHERE id = ?",
+            (
+                '{"baselines": {"latency": "fast", "errors": 0.01}, "migrations": [1, {}],'
+                ' "deployed_at": "yesterday", "target_version": 7, "owner": "team-a"}',
+                number,
+            ),
+        )
+        db.execute("UPDATE decisions SET severity = '', action = 'page', deadline = NULL")
+        db.execute(
+            "INSERT INTO evidence (incident_id, time, kind, body) VALUES (?, ?, 'approval', ?)",
+            (number, T0.isoformat(), '{"deadline": "2026-05-01T12:15:00+00:00"}'),
+        )
+    journal = SqliteJournal(path)
+    try:
+        record = journal.incident(number)
+    finally:
+        journal.close()
+    assert record is not None
+    assert (record.severity, record.action) == (Severity.CRITICAL, Action.ESCALATE)
+    assert (record.decisions[0].severity, record.decisions[0].action) == (
+        Severity.CRITICAL,
+        Action.ESCALATE,
+    )
+    assert record.facts == RollbackFacts(baselines={"errors": 0.01})
+    assert record.approval_deadline == T0 + timedelta(minutes=15)

@@ -5,13 +5,23 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from rollbackd.core.deploys import Deploy, MigrationFact
-from rollbackd.journal import IncidentState, Journal, JournalError, JournalUnavailable, Outcome
+from rollbackd.core.model import Action, Severity
+from rollbackd.errors import InvalidTransition
+from rollbackd.journal import (
+    EvidenceKind,
+    IncidentState,
+    Journal,
+    JournalError,
+    JournalUnavailable,
+    Outcome,
+    RollbackFacts,
+)
 from tests.journal.support import (
     T0,
     alert,
@@ -78,8 +88,7 @@ def test_an_incident_waiting_on_people_stays_open_until_it_ends(journal: Journal
 
 def test_a_state_change_from_an_expected_state_has_one_winner(journal: Journal) -> None:
     """Approve and veto racing on one incident: the first change wins, the second is refused."""
-    number = incident(journal)
-    journal.set_state(number, IncidentState.AWAITING_APPROVAL, "asks", T0)
+    number = journal.open_incident(awaiting_approval())
     awaiting = (IncidentState.AWAITING_APPROVAL,)
     vetoed = journal.set_state(number, IncidentState.VETOED, "vetoed", T0, expect=awaiting)
     approved = journal.set_state(
@@ -91,13 +100,72 @@ def test_a_state_change_from_an_expected_state_has_one_winner(journal: Journal) 
     assert not journal.set_state(404, IncidentState.RESOLVED, "no such incident", T0)
 
 
+def test_a_state_change_the_incident_model_does_not_allow_is_refused_unwritten(
+    journal: Journal,
+) -> None:
+    """A finished incident never reopens, nor a rollback under way is vetoed: nothing is
+    written, and the error names the incident and both states."""
+    number = incident(journal)
+    assert journal.set_state(number, IncidentState.RECOVERING, "watching", T0)
+    later = T0 + timedelta(minutes=5)
+    with pytest.raises(InvalidTransition, match=rf"incident {number}: recovering → vetoed"):
+        journal.set_state(number, IncidentState.VETOED, "vetoed", later)
+    assert journal.set_state(number, IncidentState.RECOVERED, "recovered", later)
+    with pytest.raises(InvalidTransition, match=rf"incident {number}: recovered → rolling_back"):
+        journal.set_state(
+            number,
+            IncidentState.ROLLING_BACK,
+            "again",
+            later + timedelta(minutes=1),
+            expect=(IncidentState.RECOVERED,),
+        )
+    record = journal.incident(number)
+    assert record is not None
+    assert (record.state, record.summary) == (IncidentState.RECOVERED, "recovered")
+    assert record.updated_at == record.closed_at == later
+
+
+def test_severities_actions_and_evidence_kinds_come_back_typed(journal: Journal) -> None:
+    """What rollbackd wrote reads back as its members; a kind it does not write, as text."""
+    number = write_everything(journal)
+    journal.add_evidence(number, T0, "custom_probe", {"ok": True})
+    record = journal.incident(number)
+    assert record is not None
+    assert (record.severity, record.action) == (Severity.CRITICAL, Action.ROLLBACK)
+    decision = record.decisions[0]
+    assert (decision.severity, decision.action, decision.proposed) == (
+        Severity.CRITICAL,
+        Action.ROLLBACK,
+        Action.ROLLBACK,
+    )
+    assert [e.kind for e in record.evidence] == [EvidenceKind.SNAPSHOT, "custom_probe"]
+    assert isinstance(record.evidence[0].kind, EvidenceKind)
+
+
+def test_facts_are_read_back_as_they_were_kept(journal: Journal) -> None:
+    """Baselines, migration facts, the deploy's time and the target version survive the store."""
+    deployed = datetime(2026, 5, 1, 11, 59, 30, 123456, tzinfo=UTC)
+    facts = RollbackFacts(
+        baselines={"latency": 0.2},
+        migrations=(MigrationFact("db/001.sql", True, None),),
+        deployed_at=deployed,
+        target_version="v1",
+    )
+    number = journal.open_incident(replace(awaiting_approval(), facts=facts))
+    again = journal.incident(number)
+    assert again is not None and again.facts == facts
+    assert [r.facts for r in journal.incidents()] == [facts]
+
+
 def test_an_incident_opens_with_its_decision_and_evidence_or_not_at_all(journal: Journal) -> None:
     """Opening fails in the middle (evidence that cannot be written): nothing is left; once
     it can be written, the incident opens whole, its decision saying who decides by when."""
     circular: list[Any] = []
     circular.append(circular)
     with pytest.raises(ValueError, match="Circular reference"):
-        journal.open_incident(replace(awaiting_approval(), evidence={"snapshot": circular}))
+        journal.open_incident(
+            replace(awaiting_approval(), evidence={EvidenceKind.SNAPSHOT: circular})
+        )
     assert journal.incidents() == []
 
     number = journal.open_incident(awaiting_approval())

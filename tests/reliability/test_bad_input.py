@@ -665,8 +665,8 @@ def seed_incidents(journal: SqliteJournal) -> int:
             NewIncident(
                 service=service,
                 opened_at=opened,
-                severity="high",
-                action="rollback",
+                severity=Severity.HIGH,
+                action=Action.ROLLBACK,
                 origin="automatic",
                 reason=f"seeded <b>{state.value}</b> & `$(id)`",
                 target="v1",

@@ -54,12 +54,14 @@ from rollbackd.core.model import ALERT_RULE_PREFIX, Action, Decision, Severity
 from rollbackd.core.recovery import Check, Verdict
 from rollbackd.errors import RollbackRefused
 from rollbackd.journal import (
+    EvidenceKind,
     IncidentRecord,
     IncidentState,
     Journal,
     JournalUnavailable,
     NewIncident,
     Outcome,
+    RollbackFacts,
     StepRecord,
 )
 from rollbackd.logs import get_logger
@@ -125,6 +127,8 @@ class Parts:
     observer_for: Callable[[ServiceConfig, Mapping[str, float], Sequence[str]], Observer]
     """The recovery watch's observer for a service, given the incident's pre-deploy
     baselines (by rule) and the alerts that triggered it (``alert:NAME``)."""
+    clock: Callable[[], datetime]
+    """The time every step is journaled at (production: UTC wall clock, ``assembly.now_utc``)."""
     gate: Callable[[Path, str, str, Sequence[str], Sequence[MigrationFact]], Any] | None = None
     history: (
         Callable[
@@ -132,7 +136,6 @@ class Parts:
         ]
         | None
     ) = None
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
     on_step: Callable[[str, str], None] = field(default=lambda *_: None)
     on_deploy: Callable[[Deploy], None] = field(default=lambda _: None)
     """Told the deploy of the target once execute succeeded (it is journaled already)."""
@@ -173,18 +176,18 @@ class Checklist:
             raise RollbackRefused(f"no service named {request.service!r} is configured")
         self.refuse_if_busy(request.service)
         now = self.parts.clock()
-        facts = {
-            "baselines": dict(request.baselines),
-            "migrations": [m.__dict__ for m in request.migrations],
-            "deployed_at": request.deployed_at.isoformat() if request.deployed_at else None,
-            "target_version": request.target_version,
-        }
+        facts = RollbackFacts(
+            baselines=dict(request.baselines),
+            migrations=tuple(request.migrations),
+            deployed_at=request.deployed_at,
+            target_version=request.target_version,
+        )
         incident = self.journal.open_incident(
             NewIncident(
                 service=request.service,
                 opened_at=now,
-                severity=request.severity.value,
-                action=Action.ROLLBACK.value,
+                severity=request.severity,
+                action=Action.ROLLBACK,
                 origin=request.origin,
                 reason=request.reason,
                 target=request.target,
@@ -193,7 +196,9 @@ class Checklist:
                 facts=facts,
                 decision=request.decision,
                 decided_by=request.decided_by,
-                evidence={"snapshot": dict(request.evidence)} if request.evidence else {},
+                evidence={EvidenceKind.SNAPSHOT: dict(request.evidence)}
+                if request.evidence
+                else {},
             )
         )
         return incident
@@ -287,7 +292,7 @@ class Checklist:
                 Decision(
                     service=record.service,
                     time=now,
-                    severity=Severity(record.severity),
+                    severity=record.severity,
                     action=Action.ESCALATE,
                     proposed=Action.ROLLBACK,
                     rules=(),
@@ -531,10 +536,8 @@ class _Run:
         def history() -> str:
             if self.parts.history is None or previous is not None:
                 return ""
-            deployed = self.record.facts.get("deployed_at")
             opened = self.record.opened_at
-            start = datetime.fromisoformat(deployed) if deployed else opened
-            start = min(start, opened) - HISTORY_BEFORE
+            start = min(self.record.facts.deployed_at or opened, opened) - HISTORY_BEFORE
             series = self.parts.history(self.service, start, opened)
             rows = [(t, name, v) for name, points in series.items() for t, v in points]
             self.journal.add_samples(self.record.id, rows)
@@ -542,7 +545,7 @@ class _Run:
 
         def work() -> StepResult:
             kept = history()
-            evidence = [e for e in self.record.evidence if e.kind == "snapshot"]
+            evidence = [e for e in self.record.evidence if e.kind == EvidenceKind.SNAPSHOT]
             kinds = sorted({k for e in evidence if isinstance(e.body, dict) for k in e.body})
             facts = self.record.facts
             summary = (
@@ -550,7 +553,7 @@ class _Run:
                 f"{self.record.current_version or 'the current version'} to "
                 f"{self.record.target}; reason: {self.record.reason or 'none given'}; "
                 f"evidence kept: {', '.join(kinds) or 'none'}; "
-                f"{len(facts.get('baselines') or {})} baselines{kept}"
+                f"{len(facts.baselines)} baselines{kept}"
             )
             return StepResult(True, summary)
 
@@ -579,7 +582,7 @@ class _Run:
         repo = self.service.repo
         head = self.verified.get("head")
         target_sha = self.verified.get("target_sha")
-        facts = [MigrationFact(**m) for m in self.record.facts.get("migrations") or []]
+        facts = self.record.facts.migrations
 
         def work() -> StepResult:
             if gate is None or repo is None or not head or not target_sha:
@@ -668,14 +671,14 @@ class _Run:
             return
         at = executed.finished_at or executed.started_at
         target = record.target
-        wanted = record.facts.get("target_version")
+        wanted = record.facts.target_version
         journaled = [d for d in self.journal.deploys() if d.service == record.service]
         earlier = [
             d
             for d in journaled
             if d.time <= at and (d.version == wanted if wanted else target in (d.version, d.ref))
         ]
-        version = str(wanted) if wanted else earlier[-1].version if earlier else target
+        version = wanted if wanted else earlier[-1].version if earlier else target
         deploy = Deploy(
             service=record.service,
             version=version,
@@ -728,9 +731,7 @@ class _Run:
             self._finish_interrupted(
                 previous, Outcome.SKIPPED, "interrupted by a restart; the watch starts again"
             )
-        baselines = {
-            str(k): float(v) for k, v in (self.record.facts.get("baselines") or {}).items()
-        }
+        baselines = self.record.facts.baselines
         alerts = sorted(
             {
                 rule
@@ -748,7 +749,7 @@ class _Run:
             self.journal.add_evidence(
                 self.record.id,
                 check.time,
-                "recovery_check",
+                EvidenceKind.RECOVERY_CHECK,
                 {
                     "held": check.held,
                     "failures": list(check.failures),

@@ -25,12 +25,16 @@ from rollbackd.core.incident import (
     AlertRecord,
     DecisionRecord,
     Delivery,
+    EvidenceKind,
     EvidenceRecord,
     IncidentRecord,
     IncidentState,
     NewIncident,
     Outcome,
+    RollbackFacts,
     StepRecord,
+    check_transition,
+    evidence_kind,
 )
 from rollbackd.core.model import Decision
 from rollbackd.errors import JournalError
@@ -130,12 +134,12 @@ class MemoryJournal:
                     current_version=new.current_version,
                     reason=new.reason,
                     summary="",
-                    facts=kept_json(dict(new.facts)),
+                    facts=RollbackFacts.from_json(kept_json(new.facts.to_json())),
                     updated_at=opened_at,
                 ),
                 decisions=[] if new.decision is None else [_decision(new.decision, new.decided_by)],
                 evidence=[
-                    EvidenceRecord(opened_at, kind, kept_json(body))
+                    EvidenceRecord(opened_at, evidence_kind(kind), kept_json(body))
                     for kind, body in new.evidence.items()
                 ],
             )
@@ -150,13 +154,17 @@ class MemoryJournal:
         at: datetime,
         expect: Collection[IncidentState] | None = None,
     ) -> bool:
-        """Move an incident to ``state``; with ``expect``, only from one of those states."""
+        """Move an incident to ``state``; with ``expect``, only from one of those states.
+
+        InvalidTransition, writing nothing, for a move the incident model does not allow.
+        """
         moment = kept_time(at)
         with self._lock:
             self._open()
             kept = self._incidents.get(incident)
             if kept is None or (expect is not None and kept.record.state not in expect):
                 return False
+            check_transition(incident, kept.record.state, state)
             kept.record = replace(
                 kept.record,
                 state=state,
@@ -172,8 +180,10 @@ class MemoryJournal:
             self._open()
             self._incident(incident).decisions.append(kept)
 
-    def add_evidence(self, incident: int, at: datetime, kind: str, body: Any) -> None:
-        kept = EvidenceRecord(kept_time(at), kind, kept_json(body))
+    def add_evidence(
+        self, incident: int, at: datetime, kind: EvidenceKind | str, body: Any
+    ) -> None:
+        kept = EvidenceRecord(kept_time(at), evidence_kind(kind), kept_json(body))
         with self._lock:
             self._open()
             self._incident(incident).evidence.append(kept)
@@ -388,9 +398,9 @@ def _decision(decision: Decision, actor: str) -> DecisionRecord:
     return DecisionRecord(
         time=kept_time(decision.time),
         actor=actor,
-        action=decision.action.value,
-        proposed=decision.proposed.value,
-        severity=decision.severity.value,
+        action=decision.action,
+        proposed=decision.proposed,
+        severity=decision.severity,
         rules=list(decision.rules),
         reason=decision.reason,
         approver=decision.approver,

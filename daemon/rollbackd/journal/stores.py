@@ -15,8 +15,13 @@ What every store promises:
 - :class:`JournalUnavailable` means nothing was written *and* the same write may
   succeed later (the disk is full, the file was removed); any other
   :class:`JournalError` is about the write itself (an incident that does not exist).
-- Times come back in UTC, to the millisecond; facts, evidence and step data come
-  back as JSON would give them (lists, not tuples; times as RFC 3339 text).
+- Times come back in UTC, to the millisecond; evidence and step data come back
+  as JSON would give them (lists, not tuples; times as RFC 3339 text); facts as
+  :meth:`RollbackFacts.from_json <rollbackd.core.incident.RollbackFacts.from_json>`
+  reads their JSON.
+- Severities, actions and evidence kinds come back typed; a value an old or
+  edited journal holds that is no member reads leniently (severity: critical,
+  action: escalate, evidence kind: its text), never as an error.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from rollbackd.core.deploys import Deploy
 from rollbackd.core.incident import (
     AlertRecord,
     Delivery,
+    EvidenceKind,
     IncidentRecord,
     IncidentState,
     NewIncident,
@@ -57,12 +63,19 @@ class IncidentStore(Protocol):
 
         Compare and set: of two callers racing on one incident, one wins (True)
         and the other is told it lost (False), as is a caller naming no incident.
+        A move :data:`~rollbackd.core.incident.TRANSITIONS` does not allow (from the
+        state the incident is in) raises :class:`~rollbackd.errors.InvalidTransition`
+        and writes nothing: a mistake of the caller's, not a race it lost.
         """
         ...
 
     def add_decision(self, incident: int, decision: Decision, actor: str) -> None: ...
 
-    def add_evidence(self, incident: int, at: datetime, kind: str, body: Any) -> None: ...
+    def add_evidence(
+        self, incident: int, at: datetime, kind: EvidenceKind | str, body: Any
+    ) -> None:
+        """Keep ``body`` with the incident; read back, a kind rollbackd writes is its member."""
+        ...
 
     def add_samples(self, incident: int, rows: Sequence[tuple[datetime, str, float]]) -> None:
         """Keep measured values with the incident; values that are not finite are left out."""

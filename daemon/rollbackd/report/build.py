@@ -67,7 +67,7 @@ def build_view(incident: IncidentRecord) -> ReportView:
         summary=_summary(incident),
         facts=tuple(
             Field(clean(str(key)), compact(value))
-            for key, value in sorted(incident.facts.items())
+            for key, value in sorted(incident.facts.to_json().items())
             if key != "deployed_at" and value not in (None, [], {})
         ),
         timeline=timeline(incident, items, deploys),
@@ -94,7 +94,7 @@ def _summary(incident: IncidentRecord) -> tuple[Field, ...]:
         closed = f"not closed: still {incident.state.value}"
         last = max((t for t, *_ in moments(incident)), default=opened)
         duration = f"ongoing; last journaled event {format_duration(last - opened)} after opening"
-    deployed = parse_time(incident.facts.get("deployed_at"))
+    deployed = incident.facts.deployed_at
     fields = [
         Field("Service", clean(incident.service)),
         Field("Severity", clean(incident.severity)),

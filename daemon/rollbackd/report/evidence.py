@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from rollbackd.journal import EvidenceRecord, IncidentRecord
+from rollbackd.journal import EvidenceKind, EvidenceRecord, IncidentRecord
 
 TABLE_KINDS = {
     "findings": "findings",
@@ -40,7 +40,7 @@ COLUMNS = {
     "alerts": ("alertname", "status", "severity", "startsAt", "labels", "summary"),
 }
 """The tabular kinds, each with the columns it is shown with, in order."""
-RECOVERY_CHECK = "recovery_check"
+RECOVERY_CHECK = EvidenceKind.RECOVERY_CHECK
 """The kind of evidence the recovery watch journals once per check."""
 
 
@@ -142,7 +142,7 @@ def journaled_deploys(incident: IncidentRecord, items: Sequence[Item]) -> list[D
             version = None if row.get("version") is None else str(row["version"])
             source = None if row.get("source") is None else str(row["source"])
             found.setdefault((at, version), Deploy(at, version, source))
-    deployed_at = parse_time(incident.facts.get("deployed_at"))
+    deployed_at = incident.facts.deployed_at
     if deployed_at is not None and not any(d.time == deployed_at for d in found.values()):
         found[(deployed_at, incident.current_version)] = Deploy(
             deployed_at, incident.current_version, None
@@ -152,7 +152,7 @@ def journaled_deploys(incident: IncidentRecord, items: Sequence[Item]) -> list[D
 
 def the_deploy(incident: IncidentRecord, deploys: Sequence[Deploy]) -> Deploy | None:
     """The deploy the incident is about: ``deployed_at``, else the latest before opening."""
-    deployed_at = parse_time(incident.facts.get("deployed_at"))
+    deployed_at = incident.facts.deployed_at
     if deployed_at is not None:
         return next((d for d in deploys if d.time == deployed_at), None)
     before = [d for d in deploys if d.time <= incident.opened_at] or list(deploys)

@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rollbackd.errors import JournalError, JournalUnavailable
-from rollbackd.journal.codec import encode_time
 from rollbackd.logs import get_logger
 
 log = get_logger("rollbackd.journal")
@@ -45,6 +44,9 @@ this often (seconds)."""
 PROBE_BYTES = 4096
 """What a test write writes, and deletes in the same transaction: a page, so that it
 needs room in the file and in the write-ahead log as a real write does."""
+PROBE_TIME = "1970-01-01T00:00:00.000+00:00"
+"""The test write's time: its row is deleted in its own transaction and never read, so it
+needs no clock."""
 SALVAGE_PAUSE = 10.0
 """Seconds between two attempts at copying a journal that was removed or replaced."""
 NOT_THE_DISK = (
@@ -253,7 +255,7 @@ class Database:
                 cursor = db.execute(
                     "INSERT INTO deliveries (received_at, source, alerts, duplicates, body)"
                     " VALUES (?, 'rollbackd: test write', 0, 0, ?)",
-                    (encode_time(datetime.now(UTC)), "x" * PROBE_BYTES),
+                    (PROBE_TIME, "x" * PROBE_BYTES),
                 )
                 db.execute("DELETE FROM deliveries WHERE id = ?", (cursor.lastrowid,))
             log.info("the journal can be written again", path=str(self.path))

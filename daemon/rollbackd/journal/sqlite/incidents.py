@@ -14,12 +14,18 @@ from typing import Any
 from rollbackd.core.incident import (
     ACTIVE_STATES,
     DecisionRecord,
+    EvidenceKind,
     EvidenceRecord,
     IncidentRecord,
     IncidentState,
     NewIncident,
     Outcome,
+    RollbackFacts,
     StepRecord,
+    action_of,
+    check_transition,
+    evidence_kind,
+    severity_of,
 )
 from rollbackd.core.model import Decision
 from rollbackd.errors import JournalError
@@ -46,13 +52,13 @@ class SqliteIncidents(SqliteStore):
                     new.service,
                     encode_optional_time(new.opened_at),
                     new.state.value,
-                    new.severity,
-                    new.action,
+                    new.severity.value,
+                    new.action.value,
                     new.origin,
                     new.target,
                     new.current_version,
                     new.reason,
-                    encode_json(dict(new.facts)),
+                    encode_json(new.facts.to_json()),
                     encode_optional_time(new.opened_at),
                 ),
             )
@@ -75,14 +81,20 @@ class SqliteIncidents(SqliteStore):
     ) -> bool:
         """Move an incident to ``state``; with ``expect``, only from one of those states.
 
-        One statement, so two callers racing on one incident (an approval and a veto,
-        a deadline and a resolution) cannot both win: False for the one that lost.
+        One write transaction, so two callers racing on one incident (an approval and
+        a veto, a deadline and a resolution) cannot both win: False for the one that
+        lost. InvalidTransition, writing nothing, for a move the incident model does
+        not allow from the state the incident is in.
         """
         condition, params = "", []
         if expect is not None:
             condition = f" AND state IN ({','.join('?' * len(expect))})"
             params = [s.value for s in expect]
         with self._database.transaction() as db:
+            row = db.execute("SELECT state FROM incidents WHERE id = ?", (incident,)).fetchone()
+            if row is None or (expect is not None and row[0] not in params):
+                return False
+            check_transition(incident, IncidentState(row[0]), state)
             cursor = db.execute(
                 "UPDATE incidents SET state = ?, summary = ?, updated_at = ?,"  # noqa: S608 -- placeholders only
                 " closed_at = CASE WHEN ? THEN ? ELSE NULL END WHERE id = ?" + condition,
@@ -102,7 +114,9 @@ class SqliteIncidents(SqliteStore):
         with self._database.transaction() as db:
             _insert_decision(db, incident, decision, actor)
 
-    def add_evidence(self, incident: int, at: datetime, kind: str, body: Any) -> None:
+    def add_evidence(
+        self, incident: int, at: datetime, kind: EvidenceKind | str, body: Any
+    ) -> None:
         with self._database.transaction() as db:
             _insert_evidence(db, incident, at, kind, body)
 
@@ -164,9 +178,9 @@ class SqliteIncidents(SqliteStore):
                 DecisionRecord(
                     time=decode_time(r[0]),
                     actor=r[1],
-                    action=r[2],
-                    proposed=r[3],
-                    severity=r[4],
+                    action=action_of(r[2]),
+                    proposed=action_of(r[3]),
+                    severity=severity_of(r[4]),
                     rules=json.loads(r[5]),
                     reason=r[6],
                     approver=r[7],
@@ -200,7 +214,7 @@ class SqliteIncidents(SqliteStore):
                 )
             )
             evidence = tuple(
-                EvidenceRecord(decode_time(r[0]), r[1], json.loads(r[2]))
+                EvidenceRecord(decode_time(r[0]), evidence_kind(r[1]), json.loads(r[2]))
                 for r in db.execute(
                     "SELECT time, kind, body FROM evidence WHERE incident_id = ? ORDER BY id",
                     (incident,),
@@ -280,7 +294,7 @@ def _insert_decision(db: sqlite3.Connection, incident: int, decision: Decision, 
 
 
 def _insert_evidence(
-    db: sqlite3.Connection, incident: int, at: datetime, kind: str, body: Any
+    db: sqlite3.Connection, incident: int, at: datetime, kind: EvidenceKind | str, body: Any
 ) -> None:
     db.execute(
         "INSERT INTO evidence (incident_id, time, kind, body) VALUES (?,?,?,?)",
@@ -301,13 +315,21 @@ def _incident(row: Sequence[Any]) -> IncidentRecord:
         opened_at=decode_time(row[2]),
         closed_at=decode_optional_time(row[3]),
         state=IncidentState(row[4]),
-        severity=row[5],
-        action=row[6],
+        severity=severity_of(row[5]),
+        action=action_of(row[6]),
         origin=row[7],
         target=row[8],
         current_version=row[9],
         reason=row[10],
         summary=row[11],
-        facts=json.loads(row[12]),
+        facts=RollbackFacts.from_json(_json(row[12])),
         updated_at=decode_optional_time(row[13]) or decode_time(row[2]),
     )
+
+
+def _json(text: str | None) -> Any:
+    """Journaled JSON, or None where it is not (an edited journal): facts then read as none."""
+    try:
+        return json.loads(text or "null")
+    except ValueError:
+        return None
