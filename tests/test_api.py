@@ -211,7 +211,7 @@ def make_api(tmp_path: Path) -> Iterator[ApiFactory]:
             cycles=False,  # the tests run each cycle, on their clock
             log_level="critical",
             metrics_source=metrics,
-            notifiers=lambda config: notifier_for(config, journal),  # as `rollbackd run` does
+            notifiers=lambda config: notifier_for(config, journal, clock),  # as `run` does
             clock=clock,
         )
         api = Api(daemon, journal, metrics, clock, logs, root, rolled_back)

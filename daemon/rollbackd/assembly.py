@@ -23,7 +23,7 @@ from rollbackd.config import Config, ServiceConfig
 from rollbackd.core.deploys import Deploy
 from rollbackd.core.recovery import Criteria
 from rollbackd.core.rules import Rule, applies_to
-from rollbackd.journal import Journal, SqliteJournal, journal_path
+from rollbackd.journal import EvidenceKind, Journal, SqliteJournal, journal_path
 from rollbackd.notify import JournalOnly, Message, Notifier
 from rollbackd.notify.retry import Background, build_notifier
 from rollbackd.sources import MetricSource
@@ -55,10 +55,13 @@ def executor_for(service: ServiceConfig) -> Executor:
     )
 
 
-def notifier_for(config: Config, journal: Journal | None = None) -> Notifier:
+def notifier_for(
+    config: Config, journal: Journal | None = None, clock: Callable[[], datetime] = now_utc
+) -> Notifier:
     """The configured notifiers, delivering in the background so no rollback waits on them.
 
-    Each delivery's real outcome (after retries) is journaled with its incident.
+    Each delivery's real outcome (after retries) is journaled with its incident, dated
+    by ``clock`` (the daemon's).
     """
     if not config.notifiers:
         return JournalOnly()
@@ -67,8 +70,8 @@ def notifier_for(config: Config, journal: Journal | None = None) -> Notifier:
         if journal is not None and message.incident:
             journal.add_evidence(
                 message.incident,
-                now_utc(),
-                "notification",
+                clock(),
+                EvidenceKind.NOTIFICATION,
                 {
                     "title": message.title,
                     "role": message.role,

@@ -719,7 +719,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     metrics.set('sum(rate(http_requests_total{code=~"5.."}[1m])) by (service)', lambda _s, _t: 0.0)
     figures.record(SECTION, "incidents seeded for the API fuzzing", seed_incidents(journal))
     figures.record(SECTION, "API callers", "admin (1/3), every other role, unknown token, none")
-    daemon = Runtime(loaded, journal, cycles=False, metrics_source=metrics)
+    daemon = Runtime(loaded, journal, metrics_source=metrics)  # cycles run: /readyz stays 200
     server = LiveServer(daemon).start()
     try:
         response = httpx.get(f"{server.url}/openapi.json", timeout=10)
