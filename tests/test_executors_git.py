@@ -382,6 +382,21 @@ def test_not_a_working_copy_is_a_failed_step(tmp_path: Path) -> None:
         assert ex.state(facts(), {}).progress is Progress.UNKNOWN
 
 
+def test_a_working_copy_removed_or_replaced_between_steps_is_seen_by_the_next_step(
+    d: Deployed,
+) -> None:
+    """Between verify and execute the working copy goes, then comes back as a bare
+    repository: each next step says so instead of acting on what it saw before."""
+    ex = executor(d)
+    assert ex.verify_target(facts()).ok
+    moved = d.root / "moved"
+    d.work.rename(moved)
+    assert "does not exist" in ex.execute(facts()).summary
+    git(d.root, "init", "-q", "--bare", str(d.work))
+    assert "is a bare repository" in ex.execute(facts()).summary
+    assert git(moved, "rev-parse", "HEAD") == d.v3
+
+
 # -- the remote moved meanwhile ------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from rollbackd.actions import process
 from rollbackd.core.durations import format_duration
 from rollbackd.errors import GitError, NoSuchRepository, NotARepository
+from rollbackd.text import one_line
 
 GIT_ENV: Mapping[str, str] = {
     "GIT_TERMINAL_PROMPT": "0",
@@ -56,6 +57,9 @@ must not make a read run a command that could hang or act."""
 GIT_OUTPUT_LIMIT = 1024 * 1024
 """Bytes of each of git's streams kept (head and tail): far more than any answer read here."""
 
+WHY_LIMIT = 200
+"""Characters of git's first error line kept in :meth:`GitOutcome.why`."""
+
 READ_TIMEOUT = timedelta(seconds=10)
 """The deadline of one git read in deploy discovery (HEAD, the reflog): a working copy that
 cannot answer this fast has no known HEAD this cycle, said in the log."""
@@ -73,6 +77,7 @@ class GitOutcome:
     limit: timedelta = timedelta(0)
     notes: str = ""
     cut: bool = False
+    pid: int = 0
 
     @property
     def ok(self) -> bool:
@@ -91,7 +96,7 @@ class GitOutcome:
         if self.cut:
             return f"`{self.command}` answered more than {GIT_OUTPUT_LIMIT} bytes"
         first = next((line.strip() for line in self.err.splitlines() if line.strip()), "")
-        return first[:200] or f"`{self.command}` exited with {self.status}"
+        return one_line(first, WHY_LIMIT) or f"`{self.command}` exited with {self.status}"
 
 
 @dataclass(frozen=True)
@@ -118,11 +123,17 @@ def run_git(
     *args: str,
     timeout: timedelta,
     config: Sequence[str] = (),
+    leftovers: bool = False,
 ) -> GitOutcome:
     """``git [-c config]… subcommand args…`` in ``repo``, ended at ``timeout``; never raises.
 
     A git that cannot start (not installed, ``repo`` missing) is a failed
-    outcome with the reason in ``err``.
+    outcome with the reason in ``err``. What git left running (a hook's
+    background job) is named in ``notes`` only with ``leftovers=True``: the look
+    is a pass over ``/proc`` that costs more than most git commands, and only a
+    caller that shows the notes needs it. The git executor looks once per step
+    instead (:func:`rollbackd.actions.process.left_running` with the outcome's
+    ``pid``); reads (deploy discovery, the migration gate) show no notes.
     """
     label = f"git {subcommand}"
     settings = [part for setting in config for part in ("-c", setting)]
@@ -137,6 +148,7 @@ def run_git(
             timeout=timeout,
             limit=GIT_OUTPUT_LIMIT,
             merge_stderr=False,
+            leftovers=leftovers,
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         return GitOutcome(label, -1, "", str(exc), False, timeout)
@@ -149,6 +161,7 @@ def run_git(
         timeout,
         finished.notes(label),
         finished.cut > 0,
+        finished.pid,
     )
 
 

@@ -15,7 +15,9 @@ such text, so every place that shows it keeps the same one:
 - :func:`visible`: several lines kept, every other invisible control shown as
   an escape (``\\x1b``, ``\\u202e``).
 - :func:`head_and_tail`: a long output bounded to its head and its tail, with a
-  line saying how much was cut between (:func:`elided` writes that line).
+  line saying how much was cut between (:func:`elided` writes that line);
+  :func:`utf8_pieces` decodes a head and a tail cut out of UTF-8 bytes on
+  character boundaries, for bounds counted in bytes.
 
 Nothing here escapes for a format (Slack's ``&<>``, HTML, Markdown): that is
 the job of the format that knows its own rules.
@@ -124,3 +126,33 @@ def elided(head: str, tail: str, dropped: int, unit: str) -> str:
     """``head`` and ``tail`` joined by a line saying that ``dropped`` ``unit`` were cut
     between them (``… [1200 characters cut] …``)."""
     return f"{head}\n{ELLIPSIS} [{dropped} {unit} cut] {ELLIPSIS}\n{tail}"
+
+
+def utf8_pieces(head: bytes, tail: bytes) -> tuple[str, str, int]:
+    """``head`` and ``tail``, the two ends of UTF-8 bytes cut out of a longer text, decoded
+    on character boundaries, and how many of their bytes were left out to get there.
+
+    A character the cut split is left out whole: the incomplete sequence at the
+    end of ``head`` and the continuation bytes at the start of ``tail`` (at most
+    three). Neither piece then starts or ends with a replacement character the
+    text did not have; bytes that are not UTF-8 elsewhere become U+FFFD.
+    """
+    skipped_head = _unfinished(head)
+    head_text = head[: len(head) - skipped_head].decode("utf-8", errors="replace")
+    skipped_tail = 0
+    while skipped_tail < min(len(tail), 3) and 0x80 <= tail[skipped_tail] <= 0xBF:
+        skipped_tail += 1
+    tail_text = tail[skipped_tail:].decode("utf-8", errors="replace")
+    return head_text, tail_text, skipped_head + skipped_tail
+
+
+def _unfinished(data: bytes) -> int:
+    """How many bytes at the end of ``data`` begin a UTF-8 character they do not finish."""
+    for back in range(1, min(len(data), 4) + 1):
+        byte = data[-back]
+        if byte < 0x80:  # ASCII: complete
+            return 0
+        if byte >= 0xC0:  # the lead byte says how long its character is
+            length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return back if back < length else 0
+    return 0

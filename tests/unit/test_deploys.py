@@ -454,6 +454,16 @@ def test_a_bad_deploy_event_names_the_field(body: dict[str, object], expected: s
     assert any(str(p).startswith(expected) for p in caught.value.problems), caught.value
 
 
+def test_an_unknown_field_named_by_a_hostile_key_is_shown_quoted_and_bounded() -> None:
+    """A key with a line break and 10,000 characters is named as one short quoted literal."""
+    key = "ok\n[rollbackd] approved" + "x" * 10_000
+    with pytest.raises(InvalidInput) as caught:
+        parse_event({"service": "web", "version": "v2", key: 1}, T0, {"web"})
+    (shown,) = (str(p) for p in caught.value.problems if "unknown field" in str(p))
+    assert "\n" not in shown and len(shown) < 120
+    assert shown.startswith("request: 'ok\\n[rollbackd] approved")
+
+
 @pytest.mark.parametrize(
     "ref", ["--upload-pack=x", "-x", "a..b", "a b", "x@{1}", "a;b", "$(x)", "a\nb", "", "x.lock"]
 )

@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollbackd.text import clip, elided, head_and_tail, one_line, printable, quoted, visible
+from rollbackd.text import (
+    clip,
+    elided,
+    head_and_tail,
+    one_line,
+    printable,
+    quoted,
+    utf8_pieces,
+    visible,
+)
 
 # Every code point, lone surrogates included: JSON's "\ud800" reaches rollbackd as one.
 anything = st.text(st.characters(exclude_categories=()), max_size=300)
@@ -115,3 +124,26 @@ def test_head_and_tail_keeps_both_ends_and_counts_what_was_cut(text: str, limit:
 def test_elided_names_the_unit_of_what_was_cut(unit: str) -> None:
     """The line between head and tail says how much of what was left out."""
     assert elided("start", "end", 42, unit) == f"start\n… [42 {unit} cut] …\nend"
+
+
+@given(
+    st.text(st.characters(exclude_categories=["Cs"]), max_size=200),
+    st.integers(min_value=0, max_value=800),
+    st.integers(min_value=0, max_value=800),
+)
+def test_utf8_pieces_cut_on_characters_and_count_what_they_left_out(
+    text: str, head_end: int, tail_start: int
+) -> None:
+    """Bytes cut anywhere out of UTF-8 text decode to the text's own ends, the split
+    characters left out and counted, never shown as replacement characters."""
+    data = text.encode()
+    head_bytes, tail_bytes = data[:head_end], data[tail_start:]
+    head, tail, left_out = utf8_pieces(head_bytes, tail_bytes)
+    assert text.startswith(head) and text.endswith(tail)
+    assert len(head.encode()) + len(tail.encode()) + left_out == len(head_bytes) + len(tail_bytes)
+    assert left_out <= 6
+
+
+def test_utf8_pieces_replace_bytes_that_are_not_utf8_inside_a_piece() -> None:
+    """Bytes that are not UTF-8 in the middle of a piece show as U+FFFD and are not counted."""
+    assert utf8_pieces(b"a\xffb\xc3", b"\xa9c\xfed") == ("a\ufffdb", "c\ufffdd", 2)

@@ -42,6 +42,7 @@ from rollbackd.actions import (
     IncidentFacts,
     Progress,
     StepResult,
+    process,
 )
 from rollbackd.core.durations import format_duration
 from rollbackd.errors import GitError, NoSuchRepository, NotARepository
@@ -111,12 +112,20 @@ def _plural(count: int, noun: str) -> str:
 
 
 class _Session:
-    """git commands on one open working copy, each bounded by the timeout and transcribed."""
+    """git commands on one open working copy, each bounded by the timeout and transcribed.
+
+    What the commands left running (a hook's background job) is looked for
+    once, when the step's output is read, and named after the transcript: one
+    pass over ``/proc`` per step instead of one per git command, which cost
+    more than git itself (a dozen commands in an execute step).
+    """
 
     def __init__(self, repo: Repository, timeout: timedelta) -> None:
         self.repo = repo
         self.timeout = timeout
         self.transcript: list[str] = []
+        self.commands: list[tuple[int, str]] = []
+        """(pid, label) of each git command run, for the look for what they left running."""
 
     def run(
         self,
@@ -127,8 +136,12 @@ class _Session:
     ) -> GitOutcome:
         """``git [-c config]… subcommand args…``; a failure is a GitOutcome, never an exception."""
         limit = timeout or self.timeout
-        result = run_git(self.repo.path, subcommand, *args, timeout=limit, config=config)
+        result = run_git(
+            self.repo.path, subcommand, *args, timeout=limit, config=config, leftovers=False
+        )
         label = result.command
+        if result.pid:
+            self.commands.append((result.pid, label))
         if result.timed_out:
             ending = f"\n(timed out after {format_duration(limit)})"
         else:
@@ -142,7 +155,13 @@ class _Session:
         return result
 
     def output(self) -> str:
-        return head_and_tail("\n".join(self.transcript), OUTPUT_LIMIT)
+        """The transcript, then a line for each command that left processes running."""
+        return head_and_tail("\n".join([*self.transcript, *self._left_notes()]), OUTPUT_LIMIT)
+
+    def _left_notes(self) -> list[str]:
+        left = process.left_running([pid for pid, _ in self.commands])
+        named: dict[int, str] = dict(self.commands)  # a reused pid: its latest command
+        return [process.left_note(named[pid], left[pid]) for pid in named if left[pid]]
 
     def failure(
         self, out: GitOutcome, what: str, data: Mapping[str, str] | None = None
@@ -183,6 +202,7 @@ class GitExecutor:
         self.strategy = strategy
         self.timeout = timeout
         self.fetch_timeout = min(fetch_timeout or FETCH_TIMEOUT, timeout)
+        self._opened: Repository | None = None
 
     # -- the Executor protocol -------------------------------------------------------
 
@@ -217,7 +237,7 @@ class GitExecutor:
         if refused is not None:
             return ExecutionState(Progress.UNKNOWN, refused.summary)
         try:
-            repo = open_repository(self.repo, self.timeout)
+            repo = self._open()
         except GitError as exc:
             return ExecutionState(Progress.UNKNOWN, f"cannot open {self.repo}: {exc!r}")
         try:
@@ -246,7 +266,7 @@ class GitExecutor:
         if refused is not None:
             return refused
         try:
-            repo = open_repository(self.repo, self.timeout)
+            repo = self._open()
         except NoSuchRepository:
             return StepResult(False, f"{what}: the working copy {self.repo} does not exist")
         except NotARepository:
@@ -264,6 +284,16 @@ class GitExecutor:
             return failed.result
         except (OSError, ValueError) as exc:
             return StepResult(False, f"{what}: {exc!r}", session.output())
+
+    def _open(self) -> Repository:
+        """The working copy, asked of git once and again only when it or its git directory
+        is gone: the steps of one rollback follow each other within a second, and each
+        git process costs more than the check."""
+        opened = self._opened
+        if opened is not None and self.repo.is_dir() and opened.git_dir.is_dir():
+            return opened
+        self._opened = open_repository(self.repo, self.timeout)
+        return self._opened
 
     def _refused(self, facts: IncidentFacts) -> StepResult | None:
         """A failed result naming the first ref that must not reach git, else None."""

@@ -8,7 +8,7 @@ for people. It is pure: no clock, no I/O besides loading its templates.
 
 One module per concern, each importing only those listed before it:
 
-* :mod:`.escape`: cleaning untrusted text and escaping it for Markdown (HTML is
+* :mod:`.escape`: escaping untrusted text for Markdown (HTML is
   escaped by Jinja2's autoescaping); the XSS-safety argument is in its docstring.
 * :mod:`.playbook`: the playbook's step names, success criteria and follow-up.
 * :mod:`.view`: the dataclasses the templates show, plain text throughout.
@@ -22,7 +22,7 @@ One module per concern, each importing only those listed before it:
 
 from rollbackd.report.build import CHECK_ROWS, NO_SAMPLES, build_view
 from rollbackd.report.cells import OUTPUT_LIMIT
-from rollbackd.report.escape import MarkdownBlock, clean, markdown_fence, markdown_text
+from rollbackd.report.escape import MarkdownBlock, markdown_fence, markdown_text
 from rollbackd.report.playbook import (
     CRITERIA_BY_HAND,
     CRITERIA_CHECKED,
@@ -46,7 +46,6 @@ __all__ = [
     "ReportFormat",
     "ReportView",
     "build_view",
-    "clean",
     "markdown_fence",
     "markdown_text",
     "render_report",

@@ -12,7 +12,6 @@ from rollbackd.core.durations import format_duration, format_instant
 from rollbackd.journal import IncidentRecord, Outcome, StepRecord
 from rollbackd.report.cells import clip, compact, json_text, number_text, offset, or_missing
 from rollbackd.report.chart import charts, finite
-from rollbackd.report.escape import clean
 from rollbackd.report.evidence import (
     COLUMNS,
     RECOVERY_CHECK,
@@ -42,6 +41,7 @@ from rollbackd.report.view import (
     StepView,
     Table,
 )
+from rollbackd.text import visible
 
 CHECK_ROWS = 40
 """Recovery checks listed one per row; beyond this, only the changes and the last are listed."""
@@ -61,12 +61,12 @@ def build_view(incident: IncidentRecord) -> ReportView:
     state = incident.state.value
     return ReportView(
         id=incident.id,
-        title=f"Incident {incident.id}: {clean(incident.service)} — {state}",
-        service=clean(incident.service),
+        title=f"Incident {incident.id}: {visible(incident.service)} — {state}",
+        service=visible(incident.service),
         state=state,
         summary=_summary(incident),
         facts=tuple(
-            Field(clean(str(key)), compact(value))
+            Field(visible(str(key)), compact(value))
             for key, value in sorted(incident.facts.to_json().items())
             if key != "deployed_at" and value not in (None, [], {})
         ),
@@ -96,10 +96,10 @@ def _summary(incident: IncidentRecord) -> tuple[Field, ...]:
         duration = f"ongoing; last journaled event {format_duration(last - opened)} after opening"
     deployed = incident.facts.deployed_at
     fields = [
-        Field("Service", clean(incident.service)),
-        Field("Severity", clean(incident.severity)),
+        Field("Service", visible(incident.service)),
+        Field("Severity", visible(incident.severity)),
         Field("Origin", _origin(incident.origin)),
-        Field("Action", clean(incident.action)),
+        Field("Action", visible(incident.action)),
         Field("Opened", format_instant(opened)),
         Field("Closed", closed),
         Field("Duration", duration),
@@ -121,7 +121,7 @@ def _summary(incident: IncidentRecord) -> tuple[Field, ...]:
 
 def _origin(origin: str) -> str:
     known = {"automatic": "automatic (rollbackd decided)", "manual": "manual (a person asked)"}
-    return known.get(origin, clean(origin))
+    return known.get(origin, visible(origin))
 
 
 def _cell(key: str, value: Any) -> str:
@@ -192,7 +192,9 @@ def _evidence_groups(incident: IncidentRecord, items: Sequence[Item]) -> tuple[E
         if kind in COLUMNS:
             groups.append(_table_group(kind, members, incident.service))
         elif kind == UNMEASURED:
-            names = sorted({clean(str(n)) for item in members for n in rows_of(item.body)[1] if n})
+            names = sorted(
+                {visible(str(n)) for item in members for n in rows_of(item.body)[1] if n}
+            )
             groups.append(
                 EvidenceGroup(
                     kind,
@@ -220,7 +222,7 @@ def _evidence_groups(incident: IncidentRecord, items: Sequence[Item]) -> tuple[E
                     f"incident {incident.id}, evidence record {item.record + 1}",
                 )
                 raw.append(Field(format_instant(item.time), text + (f"\n[{note}]" if note else "")))
-            groups.append(EvidenceGroup(kind, clean(kind), len(members), None, tuple(raw), ""))
+            groups.append(EvidenceGroup(kind, visible(kind), len(members), None, tuple(raw), ""))
     return tuple(groups)
 
 
@@ -228,29 +230,29 @@ def _decisions(incident: IncidentRecord) -> tuple[DecisionView, ...]:
     views = []
     for number, d in enumerate(incident.decisions, 1):
         fields = [
-            Field("Actor", clean(d.actor)),
-            Field("Action", clean(d.action)),
-            Field("Proposed", clean(d.proposed)),
-            Field("Severity", clean(d.severity)),
-            Field("Rules", ", ".join(clean(str(r)) for r in d.rules) or "none"),
+            Field("Actor", visible(d.actor)),
+            Field("Action", visible(d.action)),
+            Field("Proposed", visible(d.proposed)),
+            Field("Severity", visible(d.severity)),
+            Field("Rules", ", ".join(visible(str(r)) for r in d.rules) or "none"),
             Field("Reason", or_missing(d.reason)),
         ]
         if d.value is not None:
             fields.append(Field("Value", number_text(d.value)))
         if d.target is not None:
-            fields.append(Field("Target", clean(d.target)))
+            fields.append(Field("Target", visible(d.target)))
         fields += [
             Field("Approver", or_missing(d.approver, "none needed")),
             Field("Deadline", format_instant(d.deadline) if d.deadline else "none"),
-            Field("Guards", ", ".join(clean(str(g)) for g in d.guards) or "none"),
+            Field("Guards", ", ".join(visible(str(g)) for g in d.guards) or "none"),
         ]
         views.append(
             DecisionView(
                 number,
                 format_instant(d.time),
                 offset(d.time, incident.opened_at),
-                clean(d.actor),
-                clean(d.action),
+                visible(d.actor),
+                visible(d.action),
                 tuple(fields),
             )
         )
@@ -264,17 +266,17 @@ def _step_view(incident: IncidentRecord, number: int, step: StepRecord) -> StepV
         outcome = (step.outcome or Outcome.UNKNOWN).value
         finished = format_instant(step.finished_at)
         duration = format_duration(step.finished_at - step.started_at)
-    output, note = clip(clean(step.output), f"incident {incident.id}, step {step.id}")
+    output, note = clip(visible(step.output), f"incident {incident.id}, step {step.id}")
     return StepView(
         number=number,
-        name=clean(step.name),
+        name=visible(step.name),
         playbook=playbook_item(step.name),
         outcome=outcome,
         started=format_instant(step.started_at),
         finished=finished,
         duration=duration,
         summary=or_missing(step.summary),
-        data=tuple(Field(clean(str(k)), _cell(str(k), v)) for k, v in sorted(step.data.items())),
+        data=tuple(Field(visible(str(k)), _cell(str(k), v)) for k, v in sorted(step.data.items())),
         output=output,
         output_note=note,
         has_output=bool(step.output),
@@ -363,9 +365,9 @@ def _check_table(incident: IncidentRecord, checks: Sequence[Item]) -> tuple[Tabl
                 str(n + 1),
                 format_instant(check.time),
                 "—" if held is None else ("yes" if held else "no"),
-                "; ".join(clean(str(f)) for f in body.get("failures") or []) or "—",
-                "; ".join(clean(str(p)) for p in body.get("passes") or []) or "—",
-                "; ".join(clean(str(m)) for m in body.get("missing") or []) or "—",
+                "; ".join(visible(str(f)) for f in body.get("failures") or []) or "—",
+                "; ".join(visible(str(p)) for p in body.get("passes") or []) or "—",
+                "; ".join(visible(str(m)) for m in body.get("missing") or []) or "—",
             )
         )
     return Table(("#", "time", "held", "failures", "passes", "no data"), tuple(rows)), note
@@ -378,7 +380,7 @@ def _series_table(samples: Mapping[str, list[tuple[datetime, float]]]) -> Table 
         values = [v for _, v in good]
         rows.append(
             (
-                clean(name),
+                visible(name),
                 str(len(points)),
                 number_text(min(values)) if values else "—",
                 number_text(max(values)) if values else "—",

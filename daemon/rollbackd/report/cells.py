@@ -7,7 +7,7 @@ import math
 from datetime import datetime, timedelta
 
 from rollbackd.core.durations import format_duration
-from rollbackd.report.escape import clean
+from rollbackd.text import utf8_pieces, visible
 
 OUTPUT_LIMIT = 4096
 """Bytes of one step's output (or one evidence body) shown in the report; the journal keeps all."""
@@ -20,8 +20,9 @@ def offset(moment: datetime, origin: datetime) -> str:
 
 
 def or_missing(value: object, missing: str = "—") -> str:
-    """The cleaned text of ``value``, or ``missing`` when nothing was journaled."""
-    return missing if value is None or value == "" else clean(str(value))
+    """The text of ``value`` made visible (:func:`rollbackd.text.visible`), or ``missing``
+    when nothing was journaled."""
+    return missing if value is None or value == "" else visible(str(value))
 
 
 def number_text(value: object) -> str:
@@ -37,14 +38,14 @@ def number_text(value: object) -> str:
 
 def json_text(value: object) -> str:
     """Compact JSON, keys sorted: how evidence the report does not understand is shown."""
-    return clean(
+    return visible(
         json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     )
 
 
 def compact(value: object) -> str:
     """A table cell: a string as itself, anything else as compact JSON."""
-    return clean(value) if isinstance(value, str) else json_text(value)
+    return visible(value) if isinstance(value, str) else json_text(value)
 
 
 def size_text(count: int) -> str:
@@ -62,9 +63,8 @@ def clip(text: str, where: str) -> tuple[str, str]:
     if len(raw) <= OUTPUT_LIMIT:
         return text, ""
     head_bytes = OUTPUT_LIMIT // 4
-    head = raw[:head_bytes].decode(errors="ignore")
-    tail = raw[len(raw) - (OUTPUT_LIMIT - head_bytes) :].decode(errors="ignore")
-    omitted = len(raw) - len(head.encode()) - len(tail.encode())
+    head, tail, split = utf8_pieces(raw[:head_bytes], raw[len(raw) - (OUTPUT_LIMIT - head_bytes) :])
+    omitted = len(raw) - OUTPUT_LIMIT + split
     shown = f"{head}\n[… {size_text(omitted)} omitted …]\n{tail}"
     note = (
         f"{size_text(len(raw))} in all; the report shows the first {size_text(len(head.encode()))} "

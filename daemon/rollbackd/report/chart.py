@@ -9,8 +9,8 @@ from datetime import datetime
 
 from rollbackd.core.durations import format_instant
 from rollbackd.report.cells import number_text
-from rollbackd.report.escape import clean
 from rollbackd.report.view import Chart, Marker
+from rollbackd.text import visible
 
 _WIDTH = 640.0
 _LEFT = 64.0
@@ -93,7 +93,7 @@ def _chart(
     note = f"{dropped} samples that were not finite numbers are left out" if dropped else ""
     return Chart(
         number=number,
-        series=clean(name),
+        series=visible(name),
         width=_WIDTH,
         height=bottom + 34.0,
         left=_LEFT,

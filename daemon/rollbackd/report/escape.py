@@ -1,10 +1,10 @@
 """Escaping: how untrusted text from the journal is made safe for Markdown and HTML.
 
 Everything read from the journal is untrusted text (alert labels, reasons
-typed by people, command output). It is first *cleaned* (line breaks
-normalised, control and bidi characters shown as ``\\xNN``), then escaped for
-the format at the very last moment, by the template engine itself
-(:mod:`rollbackd.report.render`):
+typed by people, command output). It is first made visible by
+:func:`rollbackd.text.visible` (line breaks normalised, control and bidi
+characters shown as ``\\xNN``), then escaped for the format at the very last
+moment, by the template engine itself (:mod:`rollbackd.report.render`):
 
 * HTML: Jinja2 autoescaping, values are never placed in ``href``, ``src``,
   ``style`` or script, and a Content-Security-Policy forbids scripts anyway.
@@ -22,23 +22,12 @@ from __future__ import annotations
 
 import re
 
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+from rollbackd.text import visible
+
 _MD_SPECIAL = re.compile(r"[\\`*_\[\]<>|&~#@]")
 _LINE_BREAK = re.compile(r"[ \t]*\n[ \t]*")
 _WWW = re.compile(r"(?i)(www)\.")
 _BACKTICKS = re.compile(r"`+")
-
-
-def clean(text: str) -> str:
-    """Untrusted text with line breaks normalised and invisible controls made visible."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n")
-    text = text.replace("\u2029", "\n")
-    return _CONTROL.sub(_visible, text)
-
-
-def _visible(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class MarkdownBlock(str):
@@ -49,7 +38,7 @@ class MarkdownBlock(str):
 
 def markdown_text(value: object) -> str:
     """One line of Markdown that reads as ``value`` and renders as nothing but text."""
-    text = _LINE_BREAK.sub(" ↵ ", clean(str(value)).strip("\n"))
+    text = _LINE_BREAK.sub(" ↵ ", visible(str(value)).strip("\n"))
     text = _MD_SPECIAL.sub(lambda m: "\\" + m.group(), text)
     text = text.replace("://", "\\://")
     return _WWW.sub(r"\1\\.", text)
@@ -57,7 +46,7 @@ def markdown_text(value: object) -> str:
 
 def markdown_fence(text: str) -> MarkdownBlock:
     """A fenced code block holding ``text``, with a fence the text cannot close."""
-    body = clean(text)
+    body = visible(text)
     longest = max((len(run) for run in _BACKTICKS.findall(body)), default=0)
     fence = "`" * max(3, longest + 1)
     if body and not body.endswith("\n"):

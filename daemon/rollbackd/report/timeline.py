@@ -10,7 +10,6 @@ from typing import Any
 from rollbackd.core.durations import format_instant
 from rollbackd.journal import IncidentRecord, Outcome
 from rollbackd.report.cells import json_text, offset, or_missing
-from rollbackd.report.escape import clean
 from rollbackd.report.evidence import (
     COLUMNS,
     RECOVERY_CHECK,
@@ -23,6 +22,7 @@ from rollbackd.report.evidence import (
 )
 from rollbackd.report.playbook import EXECUTE_STEP, RECOVERY_STEP
 from rollbackd.report.view import Event
+from rollbackd.text import one_line, visible
 
 
 def moments(incident: IncidentRecord) -> Iterator[tuple[datetime, str]]:
@@ -47,7 +47,7 @@ def timeline(
         entries.append((at, priority, kind, text))
 
     for deploy in deploys:
-        source = f" (from {clean(deploy.source)})" if deploy.source else ""
+        source = f" (from {visible(deploy.source)})" if deploy.source else ""
         add(
             deploy.time,
             0,
@@ -58,8 +58,8 @@ def timeline(
         incident.opened_at,
         2,
         "incident",
-        f"incident opened: {clean(incident.origin)}, severity {clean(incident.severity)}, "
-        f"action {clean(incident.action)} — {or_missing(incident.reason)}",
+        f"incident opened: {visible(incident.origin)}, severity {visible(incident.severity)}, "
+        f"action {visible(incident.action)} — {or_missing(incident.reason)}",
     )
     seen_findings: set[tuple[str, str, str]] = set()
     checks = [i for i in items if i.kind == RECOVERY_CHECK]
@@ -78,7 +78,7 @@ def timeline(
                     since,
                     1,
                     "finding",
-                    f"{or_missing(row.get('rule'), 'a rule')} {clean(state)} since here: "
+                    f"{or_missing(row.get('rule'), 'a rule')} {visible(state)} since here: "
                     f"{or_missing(row.get('reason'))}",
                 )
         add(item.time, 3, "evidence", f"evidence journaled: {describe(item)}")
@@ -96,26 +96,26 @@ def timeline(
         approval = ""
         if decision.approver:
             deadline = f" by {format_instant(decision.deadline)}" if decision.deadline else ""
-            approval = f"; approver {clean(decision.approver)}{deadline}"
+            approval = f"; approver {visible(decision.approver)}{deadline}"
         add(
             decision.time,
             4,
             "decision",
-            f"{clean(decision.actor)} decided {clean(decision.action)} (proposed "
-            f"{clean(decision.proposed)}, severity {clean(decision.severity)}{approval}) — "
+            f"{visible(decision.actor)} decided {visible(decision.action)} (proposed "
+            f"{visible(decision.proposed)}, severity {visible(decision.severity)}{approval}) — "
             f"{or_missing(decision.reason)}",
         )
     for step in incident.steps:
         if step.finished_at is None:
-            add(step.started_at, 5, "step", f"step {clean(step.name)} started; never finished")
+            add(step.started_at, 5, "step", f"step {visible(step.name)} started; never finished")
             continue
-        add(step.started_at, 5, "step", f"step {clean(step.name)} started")
+        add(step.started_at, 5, "step", f"step {visible(step.name)} started")
         outcome = step.outcome.value if step.outcome else "unknown"
         add(
             step.finished_at,
             5,
             "step",
-            f"step {clean(step.name)} finished: {outcome} — {or_missing(step.summary)}",
+            f"step {visible(step.name)} finished: {outcome} — {or_missing(step.summary)}",
         )
     if incident.closed_at is not None:
         add(
@@ -137,7 +137,7 @@ def describe(item: Item) -> str:
         dicts, others = rows_of(item.body)
         count = len(dicts) + len(others)
         return f"{count} {item.kind if count != 1 else item.kind.rstrip('s')}"
-    return clean(item.kind)
+    return visible(item.kind)
 
 
 def check_text(body: Any) -> str:
@@ -146,9 +146,9 @@ def check_text(body: Any) -> str:
         return f"unreadable ({json_text(body)})"
     if body.get("held"):
         return "the criteria hold"
-    failures = [clean(str(f)) for f in body.get("failures") or []]
+    failures = [visible(str(f)) for f in body.get("failures") or []]
     if not failures:
-        missing = [clean(str(m)) for m in body.get("missing") or []]
+        missing = [visible(str(m)) for m in body.get("missing") or []]
         return "the criteria do not hold" + (f": {missing[-1]}" if missing else "")
     more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
     return f"the criteria do not hold: {failures[0]}{more}"
@@ -162,7 +162,7 @@ def markers(incident: IncidentRecord, deploys: Sequence[Deploy]) -> list[tuple[d
         marks.append((deploy.time, _short(f"deploy {deploy.version or ''}".strip()), "deploy"))
     if incident.decisions:
         first = min(incident.decisions, key=lambda d: d.time)
-        marks.append((first.time, _short(f"decision: {clean(first.action)}"), "decision"))
+        marks.append((first.time, _short(f"decision: {visible(first.action)}"), "decision"))
     execute = incident.step(EXECUTE_STEP)
     if execute is not None:
         failed = execute.outcome not in (None, Outcome.OK)
@@ -176,5 +176,5 @@ def markers(incident: IncidentRecord, deploys: Sequence[Deploy]) -> list[tuple[d
 
 
 def _short(text: str, limit: int = 28) -> str:
-    text = clean(text).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """A label on the chart: one line, its controls shown as escapes, clipped."""
+    return one_line(visible(text), limit)

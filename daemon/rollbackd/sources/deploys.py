@@ -22,7 +22,7 @@ from rollbackd.core.durations import format_duration, format_instant
 from rollbackd.errors import GitError, InvalidInput, Problem
 from rollbackd.git import READ_TIMEOUT, read_git
 from rollbackd.logs import get_logger
-from rollbackd.text import quoted
+from rollbackd.text import clip, printable, quoted
 
 log = get_logger("rollbackd.core.deploys")
 
@@ -64,7 +64,7 @@ def parse_event(
     allowed = {"service", "version", "ref", "time", "migrations"}
     for key in body:
         if key not in allowed:
-            bad(str(key)[:SHOWN_LIMIT], "unknown field")
+            bad(printable(clip(str(key), SHOWN_LIMIT)), "unknown field")
     service = body.get("service")
     if not isinstance(service, str) or not service:
         bad("service", "required, a configured service name")
@@ -124,7 +124,7 @@ def _migrations(raw: Any, bad: Any) -> tuple[MigrationFact, ...]:
             continue
         unknown = set(item) - {"file", "backwards_compatible", "changes_data"}
         if unknown:
-            bad(f"{where}.{sorted(unknown)[0][:SHOWN_LIMIT]}", "unknown field")
+            bad(f"{where}.{printable(clip(sorted(unknown)[0], SHOWN_LIMIT))}", "unknown field")
         file = item.get("file")
         if not isinstance(file, str) or not file or file.startswith("-") or "\x00" in file:
             bad(f"{where}.file", "required, the migration file's path in the repository")
