@@ -53,6 +53,7 @@ from rollbackd.runtime import Runtime
 from rollbackd.sources.alerts import parse_webhook
 from rollbackd.sources.deploys import parse_event
 from rollbackd.testing import ScriptedMetrics
+from rollbackd.text import clip, printable
 from tests.conftest import EXAMPLES, REPO
 from tests.reliability import figures
 from tests.reliability.support import ROLES, TOKENS, LiveServer, sha256, tokens_toml
@@ -307,13 +308,14 @@ def webhook_problem_named(problem: Problem, payload: Any) -> bool:
 
 
 def event_problem_named(problem: Problem, body: dict[str, Any]) -> bool:
-    """The problem names a key of the event (an unknown one by its first 60 characters)."""
+    """The problem names a key of the event (an unknown one by its first 60 characters, made
+    printable: a control character is shown escaped, never raw)."""
     if problem.source != "request" or not problem.message:
         return False
-    known = {str(key)[:60] for key in body} | {"service", "version"}
+    known = {printable(clip(str(key), 60)) for key in body} | {"service", "version"}
     if problem.location in known:
         return True
-    match = re.match(r"^migrations\[(\d+)\](\.(.{1,60}))?$", problem.location, re.DOTALL)
+    match = re.match(r"^migrations\[(\d+)\](\.(.+))?$", problem.location, re.DOTALL)
     if match is None:
         return False
     items = body.get("migrations")
