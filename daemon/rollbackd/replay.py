@@ -221,14 +221,7 @@ class Replay:
                             deployed = True
                     if deployed or done == 1:
                         current = self._current(services)
-                    ms = round(moment.timestamp() * 1000)
-                    inputs = Inputs(
-                        measurements=probe_missing,
-                        baselines=self._baselines_at(moment, ms, current, fetched),
-                        impacts=_impacts_at(fetched.impacts, ms),
-                        source_errors=fetched.errors,
-                        vectors={name: _vector_at(m, ms) for name, m in fetched.values.items()},
-                    )
+                    inputs = self._inputs(moment, current, fetched, probe_missing)
                     report = self.engine.step(moment, inputs, self.explain)
                     for decision in report.decisions if self.simulate_rollbacks else ():
                         if decision.action.value == "rollback":
@@ -290,15 +283,30 @@ class Replay:
         baselines, _ = self.baselines.current(self.engine.rules, services, self.history)
         return baselines, {service: self.history.current(service) for service in services}
 
-    def _baselines_at(
-        self, moment: datetime, ms: int, current: _Current, fetched: _Window
-    ) -> dict[Key, Measurement]:
-        """The pre-deploy baselines, seasonal rules' adjusted by earlier days at ``moment``."""
+    def _inputs(
+        self,
+        moment: datetime,
+        current: _Current,
+        fetched: _Window,
+        probe_missing: dict[Key, Measurement],
+    ) -> Inputs:
+        """The engine's inputs at ``moment``: the fetched values there, the baselines
+        (seasonal rules' adjusted by earlier days at ``moment``)."""
+        ms = round(moment.timestamp() * 1000)
+        vectors = {name: _vector_at(m, ms) for name, m in fetched.values.items()}
         baselines, deploys = current
-        if not fetched.arounds:
-            return baselines
-        arounds = {key: _vector_at(matrix, ms) for key, matrix in fetched.arounds.items()}
-        return self.baselines.seasonal(self.engine.rules, baselines, deploys, arounds, moment)
+        if fetched.arounds:
+            arounds = {key: _vector_at(matrix, ms) for key, matrix in fetched.arounds.items()}
+            baselines = self.baselines.seasonal(
+                self.engine.rules, baselines, deploys, arounds, moment, vectors
+            )
+        return Inputs(
+            measurements=probe_missing,
+            baselines=baselines,
+            impacts=_impacts_at(fetched.impacts, ms),
+            source_errors=fetched.errors,
+            vectors=vectors,
+        )
 
     def _around(self, rule: Rule, offset: timedelta, start: datetime, end: datetime) -> Matrix:
         """The rule's values around each step's time of day ``offset`` earlier, keyed by the

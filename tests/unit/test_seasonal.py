@@ -276,3 +276,13 @@ def test_earlier_days_that_cannot_be_read_leave_the_rule_inconclusive() -> None:
     assert finding.state is FindingState.INCONCLUSIVE
     assert "could not be read: no answer within 10s" in finding.reason
     assert result.decisions == ()
+
+
+def test_a_value_within_the_pre_deploy_baseline_needs_no_earlier_days() -> None:
+    """Before the rush the plain comparison already says OK: no seasonal work, and it says so."""
+    metrics = rush_world()
+    result = evaluate_now(config(), rules(), DEPLOYED + timedelta(minutes=3), prometheus=metrics)
+    (finding,) = result.report.findings
+    assert finding.state is FindingState.OK
+    assert finding.baseline == pytest.approx(0.12)
+    assert "pre-deploy (the value is within it: earlier days not needed)" in finding.reason

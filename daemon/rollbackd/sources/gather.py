@@ -150,6 +150,8 @@ class BaselineCache:
                 f"no value in the {rule.baseline_window} before the deploy of "
                 f"{deploy.version}: {measurement.reason}"
             )
+        elif rule.seasonal:  # what it stays where earlier days are not needed (see seasonal)
+            measurement = Measurement(measurement.value, WITHIN_PRE_DEPLOY)
         if vector.error is None:
             self._measurements[(rule.name, deploy.service, deploy.time)] = measurement
         return measurement
@@ -190,16 +192,36 @@ class BaselineCache:
         deploys: Mapping[str, Deploy | None],
         arounds: Arounds,
         now: datetime,
+        values: Mapping[str, Vector],
     ) -> dict[Key, Measurement]:
         """``baselines`` with each seasonal rule's pre-deploy value adjusted by the rhythm
-        of earlier days (core.seasonal), from what was read: no I/O."""
+        of earlier days (core.seasonal), from what was read: no I/O.
+
+        ``values``: each rule's values now, by rule name. The seasonal baseline is never
+        tighter than the pre-deploy one, so a value that does not hold even against the
+        pre-deploy baseline is OK either way: for those (nearly every service, nearly
+        always) the pre-deploy baseline stays, saying so (:meth:`get`), and nothing is
+        computed. A service without a value now is inconclusive whatever its baseline.
+        """
         adjusted = dict(baselines)
         for rule in rules:
-            if not rule.seasonal:
+            vector = values.get(rule.name) if rule.seasonal else None
+            if vector is None:
                 continue
-            for service, deploy in deploys.items():
-                key = (rule.name, service)
+            # The common case in as few operations as possible: OK against the pre-deploy.
+            name, compare, min_change = rule.name, rule.condition.compare, rule.min_change
+            factor = 1.0 + rule.condition.amount
+            for service, number in vector.numbers.items():
+                key = (name, service)
                 pre = baselines.get(key)
+                base = None if pre is None else pre.value
+                if (
+                    base is None
+                    or not compare(number, base * factor)
+                    or (min_change is not None and abs(number - base) < min_change)
+                ):
+                    continue
+                deploy = deploys.get(service)
                 if deploy is None or pre is None or pre.is_missing:
                     continue
                 days = [
@@ -208,6 +230,10 @@ class BaselineCache:
                 ]
                 adjusted[key] = seasonal_baseline(pre, days, rule.fires_on_rise, deploy.time, now)
         return adjusted
+
+
+WITHIN_PRE_DEPLOY = "pre-deploy (the value is within it: earlier days not needed)"
+"""A seasonal rule's basis where the plain pre-deploy comparison already leaves it OK."""
 
 
 MEASURE_WORKERS = 8
@@ -263,7 +289,7 @@ class LiveCycle:
         self.prober = prober
         self.baselines = BaselineCache(prometheus)
         self._settled: tuple[int, dict[Key, Measurement]] | None = None
-        self._arounds: tuple[datetime, Arounds] | None = None
+        self._arounds: tuple[datetime, Arounds, Mapping[str, Vector]] | None = None
         self._pool = ThreadPoolExecutor(MEASURE_WORKERS, thread_name_prefix="measure")
 
     def close(self) -> None:
@@ -346,10 +372,10 @@ class LiveCycle:
                 offset = timedelta(seconds=int(seconds))
                 arounds[(rule_name, offset)] = Vector(error=why) if why is not None else found
         baselines, why = outcome("baselines")
-        self._arounds = (plan.time, arounds)
+        self._arounds = (plan.time, arounds, vectors)
         if why is None:
             baselines = self.baselines.seasonal(
-                plan.rules, baselines, plan.deploys, arounds, plan.time
+                plan.rules, baselines, plan.deploys, arounds, plan.time, vectors
             )
         return Measured(
             plan, running, heads, probes, vectors, impacts, baselines if why is None else {}, errors
@@ -510,9 +536,9 @@ class LiveCycle:
                                 "the same hours of earlier days are read next cycle"
                             )
             return known
-        at, arounds = self._arounds
+        at, arounds, values = self._arounds
         deploys = {service: history.current(service) for service in self.engine.services}
-        return self.baselines.seasonal(self.engine.rules, known, deploys, arounds, at)
+        return self.baselines.seasonal(self.engine.rules, known, deploys, arounds, at, values)
 
     def baselines_of(self, service: str) -> dict[str, float]:
         """Every relative rule's pre-deploy value for ``service``'s current deploy, by rule.
