@@ -31,6 +31,7 @@ def finding_record(finding: Finding) -> dict[str, Any]:
         "condition": finding.condition,
         "threshold": finding.threshold,
         "baseline": finding.baseline,
+        "baseline_basis": finding.baseline_basis or None,
         "since": _time(finding.since),
         "missing_for": None
         if finding.missing_for is None

@@ -22,10 +22,11 @@ from rollbackd.core.deploys import Deploy, DeployHistory, deploys_from_presence
 from rollbackd.core.engine import CycleReport, Engine, Inputs
 from rollbackd.core.model import Matrix, Measurement, Vector
 from rollbackd.core.rules import Key, Rule
+from rollbackd.core.seasonal import SLACK
 from rollbackd.errors import OutOfTime
 from rollbackd.sources import MetricSource, guarded_range
 from rollbackd.sources.deploys import git_deploys
-from rollbackd.sources.gather import BaselineCache, version_query
+from rollbackd.sources.gather import BaselineCache, around_query, version_query
 from rollbackd.sources.prometheus import QueryError
 from rollbackd.text import one_line
 
@@ -70,6 +71,13 @@ class _Window:
     values: dict[str, Matrix]
     impacts: dict[str, Matrix]
     errors: dict[str, str]
+    arounds: dict[tuple[str, timedelta], Matrix] = field(default_factory=dict)
+    """Seasonal rules' values around each step's time of day, offset earlier, by (rule,
+    offset), keyed by the step's own time."""
+
+
+_Current = tuple[dict[Key, Measurement], dict[str, Deploy | None]]
+"""The current deploys' pre-deploy baselines by (rule, service), and the deploys by service."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +201,7 @@ class Replay:
             )
             probe_missing = self._probes_missing()
             pending = list(deploys)
-            baselines: dict[Key, Measurement] = {}
+            current: _Current = ({}, {})
             done = 0
             for index, window in enumerate(windows):
                 fetch_ahead(index)
@@ -212,17 +220,8 @@ class Replay:
                             self.history.record(deploy)
                             deployed = True
                     if deployed or done == 1:
-                        baselines, _ = self.baselines.current(
-                            self.engine.rules, services, self.history
-                        )
-                    ms = round(moment.timestamp() * 1000)
-                    inputs = Inputs(
-                        measurements=probe_missing,
-                        baselines=baselines,
-                        impacts=_impacts_at(fetched.impacts, ms),
-                        source_errors=fetched.errors,
-                        vectors={name: _vector_at(m, ms) for name, m in fetched.values.items()},
-                    )
+                        current = self._current(services)
+                    inputs = self._inputs(moment, current, fetched, probe_missing)
                     report = self.engine.step(moment, inputs, self.explain)
                     for decision in report.decisions if self.simulate_rollbacks else ():
                         if decision.action.value == "rollback":
@@ -274,7 +273,57 @@ class Replay:
             if rule.impact_query is not None:
                 impact = guarded_range(self.prometheus, rule.impact_query, start, end, self.step)
                 window.impacts[rule.name] = impact
+            if rule.seasonal:
+                for offset in rule.seasonality:
+                    window.arounds[(rule.name, offset)] = self._around(rule, offset, start, end)
         return window
+
+    def _current(self, services: Collection[str]) -> _Current:
+        """The current deploys' pre-deploy baselines (read at need), and those deploys."""
+        baselines, _ = self.baselines.current(self.engine.rules, services, self.history)
+        return baselines, {service: self.history.current(service) for service in services}
+
+    def _inputs(
+        self,
+        moment: datetime,
+        current: _Current,
+        fetched: _Window,
+        probe_missing: dict[Key, Measurement],
+    ) -> Inputs:
+        """The engine's inputs at ``moment``: the fetched values there, the baselines
+        (seasonal rules' adjusted by earlier days at ``moment``)."""
+        ms = round(moment.timestamp() * 1000)
+        vectors = {name: _vector_at(m, ms) for name, m in fetched.values.items()}
+        baselines, deploys = current
+        if fetched.arounds:
+            arounds = {key: _vector_at(matrix, ms) for key, matrix in fetched.arounds.items()}
+            baselines = self.baselines.seasonal(
+                self.engine.rules, baselines, deploys, arounds, moment, vectors
+            )
+        return Inputs(
+            measurements=probe_missing,
+            baselines=baselines,
+            impacts=_impacts_at(fetched.impacts, ms),
+            source_errors=fetched.errors,
+            vectors=vectors,
+        )
+
+    def _around(self, rule: Rule, offset: timedelta, start: datetime, end: datetime) -> Matrix:
+        """The rule's values around each step's time of day ``offset`` earlier, keyed by the
+        step's own time: one range query, read ``offset - SLACK`` back."""
+        back = offset - SLACK
+        query = around_query(rule)
+        matrix = guarded_range(self.prometheus, query, start - back, end - back, self.step)
+        if matrix.error is not None:
+            return matrix
+        shift = round(back.total_seconds() * 1000)
+        return Matrix(
+            {
+                service: {ms + shift: value for ms, value in points.items()}
+                for service, points in matrix.series.items()
+            },
+            ambiguous=matrix.ambiguous,
+        )
 
 
 def _vector_at(matrix: Matrix, ms: int) -> Vector:

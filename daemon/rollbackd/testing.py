@@ -10,6 +10,7 @@ suite as the SQLite one (``tests/journal/``).
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -113,7 +114,13 @@ class ScriptedMetrics:
 
 
 def _averaged(value_at: ValueAt, query: str) -> ValueAt:
-    """A baseline subquery ``avg_over_time((Q)[Ns:Rs])`` answered from Q's function."""
+    """A subquery ``avg_over_time((Q)[Ns:Rs])`` (a baseline) answered from Q's function;
+    ``max_over_time`` and ``min_over_time`` (a seasonal rule's earlier days) likewise."""
+    combine: Callable[[list[float]], float] = statistics.fmean
+    if query.startswith("max_over_time("):
+        combine = max
+    elif query.startswith("min_over_time("):
+        combine = min
     window_text = query.rsplit("[", 1)[1].split(":", 1)[0].rstrip("s")
     resolution_text = query.rsplit(":", 1)[1].rstrip("])s")
     window = timedelta(seconds=int(window_text))
@@ -125,7 +132,7 @@ def _averaged(value_at: ValueAt, query: str) -> ValueAt:
             for moment in step_times(at - window, at, resolution)
             if moment > at - window and (v := value_at(service, moment)) is not None
         ]
-        return sum(values) / len(values) if values else None
+        return combine(values) if values else None
 
     return average
 

@@ -205,6 +205,8 @@ class Finding:
     severity_reason: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     last_seen: datetime | None = None
+    baseline_basis: str = ""
+    """How ``baseline`` was made when it is not the plain pre-deploy value (a seasonal one)."""
 
     @property
     def firing(self) -> bool:

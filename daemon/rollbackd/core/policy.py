@@ -254,7 +254,8 @@ def _describe(finding: Finding) -> str:
     value = "no value" if finding.value is None else f"{finding.value:.6g}"
     text = f"rule {finding.rule} ({finding.trigger.value}) firing: {value} {finding.condition}"
     if finding.baseline is not None and finding.threshold is not None:
-        text += f" (threshold {finding.threshold:.6g}, baseline {finding.baseline:.6g})"
+        basis = f" = {finding.baseline_basis}" if finding.baseline_basis else ""
+        text += f" (threshold {finding.threshold:.6g}, baseline {finding.baseline:.6g}{basis})"
     return text
 
 

@@ -41,6 +41,7 @@ from rollbackd.core.model import (
     Trigger,
     Vector,
 )
+from rollbackd.core.seasonal import DEFAULT_SEASONALITY
 from rollbackd.core.validation import NAME_PATTERN, problems_from
 from rollbackd.errors import InvalidInput, Problem
 
@@ -129,8 +130,9 @@ class Rule(BaseModel):
     probe: str | None = Field(default=None, pattern=NAME_PATTERN)
     condition: Condition
     for_: Duration = Field(default=timedelta(0), alias="for")
-    baseline: Literal["before_deploy"] | None = None
+    baseline: Literal["before_deploy", "seasonal"] | None = None
     baseline_window: Duration = timedelta(minutes=30)
+    seasonality: tuple[Duration, ...] = DEFAULT_SEASONALITY
     min_change: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     severity: Severity | None = None
     impact_query: str | None = Field(default=None, min_length=1)
@@ -167,6 +169,10 @@ class Rule(BaseModel):
                 raise ValueError("baseline_window is used only by relative conditions ('> +50%')")
             if self.min_change is not None:
                 raise ValueError("min_change is used only by relative conditions ('> +50%')")
+        if "seasonality" in self.model_fields_set and self.baseline != "seasonal":
+            raise ValueError('seasonality is used only by baseline = "seasonal"')
+        if self.baseline == "seasonal":
+            _check_seasonality(self.seasonality)
         if self.baseline_window <= timedelta(0):
             raise ValueError("baseline_window must be longer than 0s")
         return self
@@ -174,6 +180,16 @@ class Rule(BaseModel):
     @property
     def relative(self) -> bool:
         return self.condition.relative
+
+    @property
+    def seasonal(self) -> bool:
+        """Whether the baseline allows for the daily and weekly rhythm (core.seasonal)."""
+        return self.baseline == "seasonal"
+
+    @property
+    def fires_on_rise(self) -> bool:
+        """Whether the condition fires on high values (``>``, ``>=``), not low ones."""
+        return self.condition.op in (">", ">=")
 
     @cached_property
     def lookback(self) -> timedelta:
@@ -196,6 +212,24 @@ class Rule(BaseModel):
         """How long after a deploy a finding that held before it still speaks of the old
         version: its ``for``, or its query's look back if that is longer."""
         return max(self.for_, self.lookback)
+
+
+MAX_SEASONALITY = 4
+"""Earlier days a seasonal rule may look at: each costs a query per cycle."""
+
+
+def _check_seasonality(offsets: tuple[timedelta, ...]) -> None:
+    if not offsets:
+        raise ValueError('seasonality needs at least one offset, e.g. ["1d", "7d"]')
+    if len(offsets) > MAX_SEASONALITY:
+        raise ValueError(f"seasonality takes at most {MAX_SEASONALITY} offsets")
+    if len(set(offsets)) != len(offsets):
+        raise ValueError("seasonality lists an offset twice")
+    for offset in offsets:
+        if offset < timedelta(hours=1):
+            raise ValueError(
+                f"seasonality offsets are earlier days ('1d', '7d'), not {format_duration(offset)}"
+            )
 
 
 def parse_rules(text: str, source: str) -> list[Rule]:
@@ -328,7 +362,8 @@ def evaluate(
     comparison = f"{_fmt(value)} {rule.condition.op} {_fmt(threshold)}"
     if base is not None:
         relative = rule.condition.text.removeprefix(rule.condition.op).strip()
-        comparison += f" ({relative} of baseline {_fmt(base)})"
+        basis = _baseline_basis(rule, baseline)
+        comparison += f" ({relative} of baseline {_fmt(base)}{f' = {basis}' if basis else ''})"
     if measurement.reason:
         comparison += f" ({measurement.reason})"
     holds = rule.condition.holds(value, threshold)
@@ -596,6 +631,7 @@ def _evaluate_finding(
         value=step.value,
         threshold=step.threshold,
         baseline=_baseline_value(rule, baseline),
+        baseline_basis=_baseline_basis(rule, baseline),
         condition=rule.condition.text,
         severity=severity,
         reason=step.reason,
@@ -623,6 +659,13 @@ def _baseline_value(rule: Rule, baseline: Measurement | None) -> float | None:
     if not rule.relative or baseline is None or baseline.is_missing:
         return None
     return baseline.value
+
+
+def _baseline_basis(rule: Rule, baseline: Measurement | None) -> str:
+    """How a baseline with a value was made (a seasonal one says so; a plain one is "")."""
+    if not rule.relative or baseline is None or baseline.is_missing:
+        return ""
+    return baseline.reason
 
 
 def rule_trigger_severity(rule: Rule) -> Severity:

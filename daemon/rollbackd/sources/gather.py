@@ -28,6 +28,7 @@ from rollbackd.core.model import (
     Vector,
 )
 from rollbackd.core.rules import Key, Rule, applies_to
+from rollbackd.core.seasonal import SLACK, SLACK_RESOLUTION, PastDay, seasonal_baseline
 from rollbackd.sources import MetricSource, guarded_instant
 from rollbackd.sources.deploys import git_head
 from rollbackd.sources.probes import Prober, probes_of
@@ -58,13 +59,78 @@ def baseline_query(rule: Rule) -> str:
     )
 
 
+def around_query(rule: Rule) -> str:
+    """The rule's largest value (smallest, for a rule that fires on a fall) within
+    :data:`~rollbackd.core.seasonal.SLACK` before the time it is evaluated at.
+
+    Evaluated at ``now - offset + SLACK``, it is the value around now's time of day,
+    ``offset`` ago: one query per seasonal rule and offset serves every service.
+    """
+    assert rule.query is not None  # noqa: S101 -- relative rules are PromQL rules (Rule validates)
+    function = "max_over_time" if rule.fires_on_rise else "min_over_time"
+    return (
+        f"{function}(({rule.query})[{int((2 * SLACK).total_seconds())}s:"
+        f"{int(SLACK_RESOLUTION.total_seconds())}s])"
+    )
+
+
+Arounds = Mapping[tuple[str, timedelta], Vector]
+"""By (seasonal rule name, offset): the rule's values around now's time of day, offset ago."""
+
+
 class BaselineCache:
-    """Baselines per (rule, deploy time): computed once, since history does not change."""
+    """Baselines per (rule, deploy time): computed once, since history does not change.
+
+    For a seasonal rule it also keeps, per offset, the rule's pre-deploy window's
+    average that many days before the deploy (:meth:`past`).
+    """
 
     def __init__(self, source: MetricSource) -> None:
         self._source = source
         self._cache: dict[tuple[str, datetime], Vector] = {}
         self._measurements: dict[tuple[str, str, datetime], Measurement] = {}
+        self._past_vectors: dict[tuple[str, datetime, timedelta], Vector] = {}
+        self._past: dict[tuple[str, str, datetime, timedelta], Measurement] = {}
+
+    def past(self, rule: Rule, deploy: Deploy, offset: timedelta) -> Measurement:
+        """The average over the baseline window before the deploy's time, ``offset`` earlier
+        (read once per deploy and offset; a failed read is tried again next time)."""
+        key = (rule.name, deploy.service, deploy.time, offset)
+        known = self._past.get(key)
+        if known is not None:
+            return known
+        shared = (rule.name, deploy.time, offset)
+        vector = self._past_vectors.get(shared)
+        if vector is None:
+            vector = guarded_instant(
+                self._source, baseline_query(rule), deploy.time - BASELINE_EDGE - offset
+            )
+            if vector.error is None:
+                self._past_vectors[shared] = vector
+        measurement = vector.get(deploy.service)
+        if vector.error is None:
+            self._past[key] = measurement
+        return measurement
+
+    def past_day(
+        self, rule: Rule, deploy: Deploy, offset: timedelta, around: Vector | None
+    ) -> PastDay:
+        """One earlier day for the seasonal baseline, from what was read (no I/O)."""
+        before = self._past.get((rule.name, deploy.service, deploy.time, offset))
+        if around is None:
+            now_side = Measurement.missing("not read this cycle")
+        else:
+            now_side = around.get(deploy.service)
+        if before is None:
+            return PastDay(offset, Measurement.missing("not read"), now_side, failed=True)
+        return PastDay(offset, before, now_side, failed=around is None or around.error is not None)
+
+    def past_known(self, rule: Rule, deploy: Deploy) -> bool:
+        """Whether every earlier day's pre-deploy value of a seasonal rule was read for good."""
+        return all(
+            (rule.name, deploy.service, deploy.time, offset) in self._past
+            for offset in rule.seasonality
+        )
 
     def get(self, rule: Rule, deploy: Deploy) -> Measurement:
         known = self._measurements.get((rule.name, deploy.service, deploy.time))
@@ -84,6 +150,8 @@ class BaselineCache:
                 f"no value in the {rule.baseline_window} before the deploy of "
                 f"{deploy.version}: {measurement.reason}"
             )
+        elif rule.seasonal:  # what it stays where earlier days are not needed (see seasonal)
+            measurement = Measurement(measurement.value, WITHIN_PRE_DEPLOY)
         if vector.error is None:
             self._measurements[(rule.name, deploy.service, deploy.time)] = measurement
         return measurement
@@ -111,7 +179,61 @@ class BaselineCache:
                 if deploy is not None:
                     baselines[(rule.name, service)] = self.get(rule, deploy)
                     settled = settled and (rule.name, service, deploy.time) in self._measurements
+                    if rule.seasonal:
+                        for offset in rule.seasonality:
+                            self.past(rule, deploy, offset)
+                        settled = settled and self.past_known(rule, deploy)
         return baselines, settled
+
+    def seasonal(
+        self,
+        rules: Iterable[Rule],
+        baselines: Mapping[Key, Measurement],
+        deploys: Mapping[str, Deploy | None],
+        arounds: Arounds,
+        now: datetime,
+        values: Mapping[str, Vector],
+    ) -> dict[Key, Measurement]:
+        """``baselines`` with each seasonal rule's pre-deploy value adjusted by the rhythm
+        of earlier days (core.seasonal), from what was read: no I/O.
+
+        ``values``: each rule's values now, by rule name. The seasonal baseline is never
+        tighter than the pre-deploy one, so a value that does not hold even against the
+        pre-deploy baseline is OK either way: for those (nearly every service, nearly
+        always) the pre-deploy baseline stays, saying so (:meth:`get`), and nothing is
+        computed. A service without a value now is inconclusive whatever its baseline.
+        """
+        adjusted = dict(baselines)
+        for rule in rules:
+            vector = values.get(rule.name) if rule.seasonal else None
+            if vector is None:
+                continue
+            # The common case in as few operations as possible: OK against the pre-deploy.
+            name, compare, min_change = rule.name, rule.condition.compare, rule.min_change
+            factor = 1.0 + rule.condition.amount
+            for service, number in vector.numbers.items():
+                key = (name, service)
+                pre = baselines.get(key)
+                base = None if pre is None else pre.value
+                if (
+                    base is None
+                    or not compare(number, base * factor)
+                    or (min_change is not None and abs(number - base) < min_change)
+                ):
+                    continue
+                deploy = deploys.get(service)
+                if deploy is None or pre is None or pre.is_missing:
+                    continue
+                days = [
+                    self.past_day(rule, deploy, offset, arounds.get((rule.name, offset)))
+                    for offset in rule.seasonality
+                ]
+                adjusted[key] = seasonal_baseline(pre, days, rule.fires_on_rise, deploy.time, now)
+        return adjusted
+
+
+WITHIN_PRE_DEPLOY = "pre-deploy (the value is within it: earlier days not needed)"
+"""A seasonal rule's basis where the plain pre-deploy comparison already leaves it OK."""
 
 
 MEASURE_WORKERS = 8
@@ -167,6 +289,7 @@ class LiveCycle:
         self.prober = prober
         self.baselines = BaselineCache(prometheus)
         self._settled: tuple[int, dict[Key, Measurement]] | None = None
+        self._arounds: tuple[datetime, Arounds, Mapping[str, Vector]] | None = None
         self._pool = ThreadPoolExecutor(MEASURE_WORKERS, thread_name_prefix="measure")
 
     def close(self) -> None:
@@ -221,6 +344,7 @@ class LiveCycle:
         probes: dict[tuple[str, str], Measurement] = {}
         vectors: dict[str, Vector] = {}
         impacts: dict[str, Vector] = {}
+        arounds: dict[tuple[str, timedelta], Vector] = {}
         for key in reads:
             kind, _, name = key.partition(":")
             found, why = outcome(key)
@@ -243,7 +367,16 @@ class LiveCycle:
                 (vectors if kind == "rule" else impacts)[name] = answer
                 if kind == "rule" and answer.error is not None:
                     errors[name] = answer.error
+            elif kind == "around":
+                rule_name, _, seconds = name.rpartition(":")
+                offset = timedelta(seconds=int(seconds))
+                arounds[(rule_name, offset)] = Vector(error=why) if why is not None else found
         baselines, why = outcome("baselines")
+        self._arounds = (plan.time, arounds, vectors)
+        if why is None:
+            baselines = self.baselines.seasonal(
+                plan.rules, baselines, plan.deploys, arounds, plan.time, vectors
+            )
         return Measured(
             plan, running, heads, probes, vectors, impacts, baselines if why is None else {}, errors
         )
@@ -274,6 +407,11 @@ class LiveCycle:
                 if rule.impact_query is not None:
                     reads[f"impact:{rule.name}"] = self._pool.submit(
                         guarded_instant, self.prometheus, rule.impact_query, now
+                    )
+            if rule.seasonal:  # one query per offset, for every service at once
+                for offset in rule.seasonality:
+                    reads[f"around:{rule.name}:{int(offset.total_seconds())}"] = self._pool.submit(
+                        guarded_instant, self.prometheus, around_query(rule), now - offset + SLACK
                     )
         probe_names = {r.probe for r in plan.rules if r.probe is not None}
         if self.prober is not None and probe_names:
@@ -345,6 +483,12 @@ class LiveCycle:
     def read_baselines(self, unread: list[tuple[Rule, Deploy]]) -> None:
         """Read those baselines (I/O, no lock), at once, within the cycle's budget."""
         reads = [self._pool.submit(self.baselines.get, rule, deploy) for rule, deploy in unread]
+        reads.extend(
+            self._pool.submit(self.baselines.past, rule, deploy, offset)
+            for rule, deploy in unread
+            if rule.seasonal
+            for offset in rule.seasonality
+        )
         wait(reads, timeout=self.budget.total_seconds())
 
     def _baselines_for(self, plan: Plan) -> dict[Key, Measurement]:
@@ -360,6 +504,10 @@ class LiveCycle:
                 if deploy is not None:
                     baselines[(rule.name, service)] = self.baselines.get(rule, deploy)
                     settled = settled and self.baselines.known(rule, deploy)
+                    if rule.seasonal:
+                        for offset in rule.seasonality:
+                            self.baselines.past(rule, deploy, offset)
+                        settled = settled and self.baselines.past_known(rule, deploy)
         if settled:
             self._settled = (plan.revision, baselines)
         return baselines
@@ -379,7 +527,18 @@ class LiveCycle:
                             f"the baseline before {deploy.version} is read next cycle"
                         )
                     )
-        return known
+        if self._arounds is None:  # no cycle has read the earlier days yet
+            for rule in self.engine.rules:
+                if rule.seasonal:
+                    for service in self.engine.services:
+                        if (rule.name, service) in known:
+                            known[(rule.name, service)] = Measurement.missing(
+                                "the same hours of earlier days are read next cycle"
+                            )
+            return known
+        at, arounds, values = self._arounds
+        deploys = {service: history.current(service) for service in self.engine.services}
+        return self.baselines.seasonal(self.engine.rules, known, deploys, arounds, at, values)
 
     def baselines_of(self, service: str) -> dict[str, float]:
         """Every relative rule's pre-deploy value for ``service``'s current deploy, by rule.
