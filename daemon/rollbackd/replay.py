@@ -70,6 +70,7 @@ class _Window:
     values: dict[str, Matrix]
     impacts: dict[str, Matrix]
     errors: dict[str, str]
+    counts: dict[str, tuple[Matrix, Matrix]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,10 @@ class Replay:
                         impacts=_impacts_at(fetched.impacts, ms),
                         source_errors=fetched.errors,
                         vectors={name: _vector_at(m, ms) for name, m in fetched.values.items()},
+                        counts={
+                            name: (_vector_at(events, ms), _vector_at(volume, ms))
+                            for name, (events, volume) in fetched.counts.items()
+                        },
                     )
                     report = self.engine.step(moment, inputs, self.explain)
                     for decision in report.decisions if self.simulate_rollbacks else ():
@@ -260,7 +265,7 @@ class Replay:
             raise OutOfTime("the replay ran out of its time waiting for Prometheus") from None
 
     def _fetch(self, start: datetime, end: datetime) -> _Window:
-        """Every PromQL rule's (and impact query's) samples in [start, end]."""
+        """Every PromQL rule's (and impact, events and volume queries') samples in [start, end]."""
         window = _Window({}, {}, {})
         for rule in self.engine.rules:
             if rule.query is None:
@@ -274,6 +279,11 @@ class Replay:
             if rule.impact_query is not None:
                 impact = guarded_range(self.prometheus, rule.impact_query, start, end, self.step)
                 window.impacts[rule.name] = impact
+            if rule.events is not None and rule.volume is not None:
+                window.counts[rule.name] = (
+                    guarded_range(self.prometheus, rule.events, start, end, self.step),
+                    guarded_range(self.prometheus, rule.volume, start, end, self.step),
+                )
         return window
 
 
