@@ -255,6 +255,11 @@ def _describe(finding: Finding) -> str:
     text = f"rule {finding.rule} ({finding.trigger.value}) firing: {value} {finding.condition}"
     if finding.baseline is not None and finding.threshold is not None:
         text += f" (threshold {finding.threshold:.6g}, baseline {finding.baseline:.6g})"
+    if finding.volume is not None and finding.bound is not None:
+        text += (
+            f" (evidence: {finding.events:.6g} events in a volume of {finding.volume:.6g}, "
+            f"bound {finding.bound:.4g} at confidence {finding.confidence:g})"
+        )
     return text
 
 
