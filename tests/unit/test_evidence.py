@@ -19,8 +19,8 @@ from rollbackd.core.evidence import (
     restart_if_healthy,
     side,
 )
-from rollbackd.core.model import NO_SERIES, FindingState, Measurement, RuleState
-from rollbackd.core.rules import Rule, evaluate, parse_rules
+from rollbackd.core.model import NO_SERIES, FindingState, Measurement, RuleState, Vector
+from rollbackd.core.rules import Rule, evaluate, evaluate_cycle, parse_rules
 from rollbackd.errors import InvalidInput
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -214,7 +214,7 @@ def test_a_test_that_shows_health_restarts_so_a_later_regression_is_seen() -> No
     evidence = Evidence(start=T0, deploy=T0, events=10, volume=5000)
     verdict = judge(evidence, 0.05, above=True, confidence=0.99)
     assert verdict.side is Side.BELOW
-    restarted = restart_if_healthy(evidence, verdict, above=True)
+    restarted = restart_if_healthy(evidence, verdict.side, above=True)
     assert restarted.restarts == 1
     assert restarted.trials == (0, 0)
     later = Evidence(
@@ -390,3 +390,48 @@ def test_a_gross_regression_at_20_requests_a_second_fires_at_the_first_look() ->
 
     seen = step_rule(weighed_rule(), counts, deploy, deploy + MINUTE)
     assert first_firing(seen) == deploy + POLL
+
+
+def test_a_whole_cycle_keeps_the_evidence_of_quiet_services_and_shows_it_in_findings() -> None:
+    """Quiet services cost no finding, yet their counts go on; `findings` (what --explain
+    lists) shows them; a clearly healthy test restarts, so a service that turns bad fires
+    at the first look that sees it."""
+    rule = weighed_rule()
+    services: dict[str, tuple[str, ...]] = {"calm": (), "turns": ()}
+    states: dict[tuple[str, str], RuleState] = {}
+    deploy = T0
+    fired = None
+    for look in range(1, 9):
+        now = deploy + look * POLL
+        bad = 30.0 if look >= 6 else 0.5  # per 15 s, of 300; "turns" fails 10 % from look 6
+        ratio = {"calm": 0.002, "turns": bad / 300}
+        events = {"calm": 0.5 * 4, "turns": bad * 4}
+        volume = {"calm": 1200.0, "turns": 1200.0}
+        cycle = evaluate_cycle(
+            [rule],
+            services,
+            {},
+            {},
+            {},
+            states,
+            now,
+            {rule.name: Vector(ratio)},
+            None,
+            {rule.name: (Vector(events), Vector(volume))},
+            {"calm": deploy, "turns": deploy},
+        )
+        states = cycle.states
+        if look == 5:
+            assert cycle.notable == ()
+            assert cycle.quiet == {rule.name: 2}
+            calm = next(f for f in cycle.findings if f.service == "calm")
+            assert calm.state is FindingState.OK
+            assert calm.volume is not None and calm.volume > 0
+            assert calm.bound is not None and calm.bound < 0.05 and calm.confidence == 0.99
+            assert "the test restarted" in calm.reason
+        if fired is None and cycle.firing("turns"):
+            fired = look
+    assert fired == 6
+    calm_evidence = states[(rule.name, "calm")].evidence
+    assert calm_evidence is not None and calm_evidence.restarts >= 1
+    assert calm_evidence.volume == pytest.approx(8 * 300, rel=0.01)

@@ -147,12 +147,18 @@ def accumulate(
     looks = (*_kept(previous.looks, edge), (now, events, volume))
     if len(looks) > LOOKS_KEPT:
         looks = looks[-LOOKS_KEPT:]
-    return replace(
-        previous,
-        events=events,
-        volume=volume,
-        looks=looks,
-        window=(window_events, window_volume),
+    return Evidence(  # not dataclasses.replace: this runs per service and look
+        previous.start,
+        previous.deploy,
+        events,
+        volume,
+        looks,
+        (window_events, window_volume),
+        previous.before,
+        previous.tested_events,
+        previous.tested_volume,
+        previous.tested_from,
+        previous.restarts,
     )
 
 
@@ -305,14 +311,14 @@ def judge(evidence: Evidence, threshold: float, above: bool, confidence: float) 
     return Verdict(where is wanted, lower if above else upper, events, volume, where)
 
 
-def restart_if_healthy(evidence: Evidence, verdict: Verdict, above: bool) -> Evidence:
+def restart_if_healthy(evidence: Evidence, where: Side, above: bool) -> Evidence:
     """A new test from here when the evidence shows the healthy side of the threshold.
 
     Counts since the deploy go on; the test judges only what comes after the
     restart, so a long healthy run does not hide a later regression.
     """
     healthy = Side.BELOW if above else Side.ABOVE
-    if verdict.side is not healthy:
+    if where is not healthy:
         return evidence
     return replace(
         evidence,

@@ -30,7 +30,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rollbackd.core.durations import Duration, format_duration, format_instant, parse_duration
-from rollbackd.core.evidence import Evidence, Verdict, accumulate, carry, judge, restart_if_healthy
+from rollbackd.core.evidence import (
+    Evidence,
+    Verdict,
+    accumulate,
+    carry,
+    judge,
+    restart_if_healthy,
+    side,
+)
 from rollbackd.core.matrix import assess_severity
 from rollbackd.core.model import (
     NO_SERIES,
@@ -492,7 +500,7 @@ def _evaluate_evidence(
     verdict = None if evidence is None else judge(evidence, threshold, above, rule.confidence)
     weighed = _weighed(rule, evidence, verdict)
     if evidence is not None and verdict is not None:
-        evidence = restart_if_healthy(evidence, verdict, above)
+        evidence = restart_if_healthy(evidence, verdict.side, above)
     if not rule.condition.holds(value, threshold):
         was = ""
         if previous.firing_since is not None:
@@ -748,14 +756,17 @@ def evaluate_cycle(
                 key = (rule.name, service)
                 found = by_key.get(key) or weighed.get(key)
                 if found is None:
+                    weighs = rule.weighs_evidence
                     _, found = _evaluate_finding(
                         rule,
                         service,
                         _measurement(vectors.get(rule.name), measurements, key, service),
-                        baselines.get(key),
+                        None if weighs else baselines.get(key),
                         impacts.get(key),
-                        None,
+                        _before(states, previously, key) if weighs else None,
                         now,
+                        _counts_of((counts or {}).get(rule.name), service) if weighs else None,
+                        (deploys or {}).get(service),
                     )
                 everything.append(found)
         return tuple(everything)
@@ -786,12 +797,17 @@ def _evaluate_weighing(
     quiet = 0
     for service in targets:
         key = (rule.name, service)
-        previous = states.get(key)
-        if previous is None and previously is not None:
-            previous = previously.seen(key)
-        service_counts = (
-            None if answers is None else (answers[0].get(service), answers[1].get(service))
+        previous = _before(states, previously, key)
+        service_counts = _counts_of(answers, service)
+        number = (
+            vector.numbers.get(service) if vector is not None else _number(measurements.get(key))
         )
+        stays = _stays_quiet(rule, number, previous, service_counts, deploys.get(service), now)
+        if stays is not None:
+            if stays.evidence is not None:
+                new_states[key] = stays
+            quiet += 1
+            continue
         state, finding = _evaluate_finding(
             rule,
             service,
@@ -811,6 +827,45 @@ def _evaluate_weighing(
         else:
             notable.append(finding)
     return quiet
+
+
+def _before(
+    states: Mapping[Key, RuleState], previously: Previously | None, key: Key
+) -> RuleState | None:
+    """What a pair had before this cycle: its state, or what the last evaluation saw."""
+    previous = states.get(key)
+    if previous is None and previously is not None:
+        previous = previously.seen(key)
+    return previous
+
+
+def _counts_of(
+    answers: tuple[Vector, Vector] | None, service: str
+) -> tuple[Measurement, Measurement] | None:
+    return None if answers is None else (answers[0].get(service), answers[1].get(service))
+
+
+def _stays_quiet(
+    rule: Rule,
+    number: float | None,
+    previous: RuleState | None,
+    counts: tuple[Measurement, Measurement] | None,
+    deploy: datetime | None,
+    now: datetime,
+) -> RuleState | None:
+    """The state of a quiet pair whose ratio does not hold, as :func:`evaluate` would
+    keep it, at the cost of one look at the evidence (None: evaluate it in full)."""
+    condition = rule.condition
+    if number is None or condition.holds(number, condition.amount):
+        return None
+    if previous is not None and not _is_quiet(previous):
+        return None
+    evidence = _counted(rule, previous.evidence if previous else None, counts, deploy, now)
+    if evidence is not None:
+        events, volume = evidence.trials
+        where = side(events, volume, condition.amount, rule.confidence)
+        evidence = restart_if_healthy(evidence, where, condition.op in (">", ">="))
+    return RuleState(last_seen=now, last_value=number, evidence=evidence)
 
 
 def _is_quiet(state: RuleState) -> bool:
