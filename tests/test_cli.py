@@ -102,13 +102,14 @@ def test_environment_overrides_reach_check_config(
             "rules/high.toml",
             'for = "2m"',
             'for = "2 minutes"',
-            "rules/high.toml: rule \"error-rate\": for: expected a duration such as '15s'",
+            'rules/high.toml: rule "major-feature-broken": for: '
+            "expected a duration such as '15s'",
         ),
         (
             "rules/high.toml",
             'for = "2m"',
             'for = "2m"\nthreshold = 3',
-            'rules/high.toml: rule "error-rate": threshold: unknown key',
+            'rules/high.toml: rule "major-feature-broken": threshold: unknown key',
         ),
         (
             "rules/medium.toml",

@@ -45,7 +45,7 @@ from rollbackd.journal import (
 from rollbackd.logs import get_logger
 from rollbackd.manual import manual_request
 from rollbackd.notify.message import compose, notice
-from rollbackd.output import finding_record
+from rollbackd.output import evidence_fields, finding_record
 from rollbackd.sources.deploys import valid_ref
 from rollbackd.state import State
 from rollbackd.text import quoted
@@ -179,6 +179,7 @@ class Incidents:
             rules=list(decision.rules),
             value=decision.value,
             thresholds={f.rule: f.threshold for f in findings if f.firing},
+            evidence={f.rule: e for f in findings if f.firing and (e := evidence_fields(f))},
             policy=self.state.config.policy.table()[decision.severity].action.value,
             guards=list(decision.guards),
             reason=decision.reason,

@@ -40,6 +40,20 @@ def finding_record(finding: Finding) -> dict[str, Any]:
         "severity_reason": finding.severity_reason,
         "last_seen": _time(finding.last_seen),
         "measured": not finding.unmeasured,
+        **evidence_fields(finding),
+    }
+
+
+def evidence_fields(finding: Finding) -> dict[str, float]:
+    """What stood behind a weighed finding's value: events, volume, bound, confidence
+    (nothing for a rule that does not weigh its traffic)."""
+    if finding.volume is None or finding.events is None or finding.bound is None:
+        return {}
+    return {
+        "events": finding.events,
+        "volume": finding.volume,
+        "bound": finding.bound,
+        "confidence": finding.confidence if finding.confidence is not None else 0.0,
     }
 
 

@@ -74,6 +74,7 @@ class _Window:
     arounds: dict[tuple[str, timedelta], Matrix] = field(default_factory=dict)
     """Seasonal rules' values around each step's time of day, offset earlier, by (rule,
     offset), keyed by the step's own time."""
+    counts: dict[str, tuple[Matrix, Matrix]] = field(default_factory=dict)
 
 
 _Current = tuple[dict[Key, Measurement], dict[str, Deploy | None]]
@@ -259,7 +260,7 @@ class Replay:
             raise OutOfTime("the replay ran out of its time waiting for Prometheus") from None
 
     def _fetch(self, start: datetime, end: datetime) -> _Window:
-        """Every PromQL rule's (and impact query's) samples in [start, end]."""
+        """Every PromQL rule's (and impact, events and volume queries') samples in [start, end]."""
         window = _Window({}, {}, {})
         for rule in self.engine.rules:
             if rule.query is None:
@@ -276,6 +277,11 @@ class Replay:
             if rule.seasonal:
                 for offset in rule.seasonality:
                     window.arounds[(rule.name, offset)] = self._around(rule, offset, start, end)
+            if rule.events is not None and rule.volume is not None:
+                window.counts[rule.name] = (
+                    guarded_range(self.prometheus, rule.events, start, end, self.step),
+                    guarded_range(self.prometheus, rule.volume, start, end, self.step),
+                )
         return window
 
     def _current(self, services: Collection[str]) -> _Current:
@@ -306,6 +312,10 @@ class Replay:
             impacts=_impacts_at(fetched.impacts, ms),
             source_errors=fetched.errors,
             vectors=vectors,
+            counts={
+                name: (_vector_at(events, ms), _vector_at(volume, ms))
+                for name, (events, volume) in fetched.counts.items()
+            },
         )
 
     def _around(self, rule: Rule, offset: timedelta, start: datetime, end: datetime) -> Matrix:

@@ -197,7 +197,8 @@ class Inputs:
     """One cycle's measurements by (rule, service), and the errors behind missing ones.
 
     ``vectors`` holds a PromQL rule's whole answer by rule name (what the
-    live cycle has); ``measurements`` one value per (rule, service).
+    live cycle has); ``measurements`` one value per (rule, service);
+    ``counts`` the (events, volume) answers of rules that weigh their traffic.
     """
 
     measurements: dict[Key, Measurement] = field(default_factory=dict)
@@ -206,6 +207,7 @@ class Inputs:
     source_errors: dict[str, str] = field(default_factory=dict)
     alerts: list[Finding] = field(default_factory=list)
     vectors: dict[str, Vector] = field(default_factory=dict)
+    counts: dict[str, tuple[Vector, Vector]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,7 @@ class Engine:
             self._guards = replace(self._guards, dry_run=False)
         self._expire_after = settings.expire_after
         self._previously: Previously | None = None
+        self._weighing = any(r.weighs_evidence for r in self.rules)
 
     @property
     def services(self) -> Mapping[str, list[str]]:
@@ -274,6 +277,8 @@ class Engine:
             now,
             inputs.vectors,
             self._previously,
+            inputs.counts,
+            self._deploy_times() if self._weighing else None,
         )
         self.states = cycle.states
         self._previously = Previously(now, self._rule_names, frozenset(self._services))
@@ -312,6 +317,15 @@ class Engine:
             cycle=cycle,
             explanations=self._explain(explain, cycle, inputs.alerts, outcomes, now),
         )
+
+    def _deploy_times(self) -> dict[str, datetime]:
+        """Each service's current deploy time: what the evidence of its rules counts from."""
+        times = {}
+        for service in self._services:
+            current = self.history.current(service)
+            if current is not None:
+                times[service] = current.time
+        return times
 
     def _judge(
         self,

@@ -13,6 +13,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Self
 
+from rollbackd.core.evidence import Evidence
+
 
 class Severity(StrEnum):
     """The playbook's severities, ordered from least to most urgent."""
@@ -167,7 +169,8 @@ class RuleState:
     ``pending_since``: when the condition was first seen holding without a
     break; ``firing_since``: when it had held for the rule's ``for``;
     ``missing_since``: when the current run of missing data began;
-    ``last_seen``: the time of the last evaluation that had data.
+    ``last_seen``: the time of the last evaluation that had data; ``evidence``:
+    the counts since the deploy of a rule that weighs its traffic.
     """
 
     pending_since: datetime | None = None
@@ -175,6 +178,7 @@ class RuleState:
     missing_since: datetime | None = None
     last_seen: datetime | None = None
     last_value: float | None = None
+    evidence: Evidence | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,9 @@ class Finding:
     data); ``started`` is when the condition first held, which is what the
     attribution guard compares to the deploy time; ``last_seen`` is the last
     evaluation that had a value (None: never, since rollbackd began looking).
+    A rule that weighs its traffic says what stood behind its value: ``events``
+    of ``volume`` since the deploy (or the test's restart), and ``bound``, the
+    end of the confidence sequence nearest the threshold at ``confidence``.
     """
 
     rule: str
@@ -207,6 +214,10 @@ class Finding:
     last_seen: datetime | None = None
     baseline_basis: str = ""
     """How ``baseline`` was made when it is not the plain pre-deploy value (a seasonal one)."""
+    events: float | None = None
+    volume: float | None = None
+    bound: float | None = None
+    confidence: float | None = None
 
     @property
     def firing(self) -> bool:

@@ -256,6 +256,11 @@ def _describe(finding: Finding) -> str:
     if finding.baseline is not None and finding.threshold is not None:
         basis = f" = {finding.baseline_basis}" if finding.baseline_basis else ""
         text += f" (threshold {finding.threshold:.6g}, baseline {finding.baseline:.6g}{basis})"
+    if finding.volume is not None and finding.bound is not None:
+        text += (
+            f" (evidence: {finding.events:.6g} events in a volume of {finding.volume:.6g}, "
+            f"bound {finding.bound:.4g} at confidence {finding.confidence:g})"
+        )
     return text
 
 

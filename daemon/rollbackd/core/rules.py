@@ -30,6 +30,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rollbackd.core.durations import Duration, format_duration, format_instant, parse_duration
+from rollbackd.core.evidence import (
+    Evidence,
+    Verdict,
+    accumulate,
+    carry,
+    judge,
+    restart_if_healthy,
+    side,
+)
 from rollbackd.core.matrix import assess_severity
 from rollbackd.core.model import (
     NO_SERIES,
@@ -138,6 +147,10 @@ class Rule(BaseModel):
     impact_query: str | None = Field(default=None, min_length=1)
     labels: dict[str, str] = Field(default_factory=dict)
     description: str = ""
+    events: str | None = Field(default=None, min_length=1)
+    volume: str | None = Field(default=None, min_length=1)
+    confidence: float = Field(default=0.99, gt=0.5, lt=1, allow_inf_nan=False)
+    min_volume: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
     @field_validator("condition", mode="before")
     @classmethod
@@ -175,7 +188,18 @@ class Rule(BaseModel):
             _check_seasonality(self.seasonality)
         if self.baseline_window <= timedelta(0):
             raise ValueError("baseline_window must be longer than 0s")
+        _check_evidence(self)
         return self
+
+    @property
+    def weighs_evidence(self) -> bool:
+        """Whether the rule judges its ratio on the traffic behind it (``events``/``volume``)."""
+        return self.events is not None
+
+    @cached_property
+    def evidence_window(self) -> timedelta:
+        """The window ``events`` and ``volume`` count over (0: not an evidence rule)."""
+        return _longest_range(self.events) if self.events is not None else timedelta(0)
 
     @property
     def relative(self) -> bool:
@@ -199,13 +223,7 @@ class Rule(BaseModel):
         """
         if self.query is None:
             return timedelta(0)
-        longest = timedelta(0)
-        for match in _LOOKBACKS.finditer(self.query):
-            try:
-                longest = max(longest, parse_duration(match.group(1) or match.group(2)))
-            except ValueError:
-                continue
-        return longest
+        return _longest_range(self.query)
 
     @property
     def settles_after(self) -> timedelta:
@@ -230,6 +248,67 @@ def _check_seasonality(offsets: tuple[timedelta, ...]) -> None:
             raise ValueError(
                 f"seasonality offsets are earlier days ('1d', '7d'), not {format_duration(offset)}"
             )
+
+
+def _longest_range(query: str) -> timedelta:
+    """The longest range, subquery or offset ``query`` reads back (0: none)."""
+    longest = timedelta(0)
+    for match in _LOOKBACKS.finditer(query):
+        try:
+            longest = max(longest, parse_duration(match.group(1) or match.group(2)))
+        except ValueError:
+            continue
+    return longest
+
+
+_EVIDENCE_KEYS = ("confidence", "min_volume")
+
+
+def _check_evidence(rule: Rule) -> None:
+    """An evidence rule: events and volume together, on a proportion, over one window."""
+    if (rule.events is None) != (rule.volume is None):
+        raise ValueError(
+            "'events' and 'volume' go together: the count of bad events and the count "
+            "of all, per service, over the same window"
+        )
+    if rule.events is None or rule.volume is None:
+        extra = [key for key in _EVIDENCE_KEYS if key in rule.model_fields_set]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} is used only with 'events' and 'volume'")
+        return
+    if rule.query is None:
+        raise ValueError("'events' and 'volume' need 'query' (the ratio they stand behind)")
+    condition = rule.condition
+    if condition.relative or condition.op not in (">", ">=", "<", "<="):
+        raise ValueError(
+            "'events' and 'volume' weigh a proportion against a number: the condition must be "
+            f"'> 0.05' or '< 0.05' (> >= < <=), not {condition.text!r}"
+        )
+    if not 0 < condition.amount < 1:
+        raise ValueError(
+            f"'events' and 'volume' weigh a proportion: the threshold must be between 0 and 1, "
+            f"not {condition.amount:.10g}"
+        )
+    if rule.for_ > timedelta(0):
+        raise ValueError(
+            "'for' does not apply to a rule with 'events' and 'volume': it fires once the "
+            "evidence holds at its 'confidence' over every look (raise 'confidence' or "
+            "'min_volume' to ask for more)"
+        )
+    windows = {
+        key: _longest_range(query)
+        for key, query in (("events", rule.events), ("volume", rule.volume))
+    }
+    for key, window in windows.items():
+        if window <= timedelta(0):
+            raise ValueError(
+                f"{key}: count over a window, e.g. 'sum by (service) (increase(x[1m]))'"
+            )
+    if windows["events"] != windows["volume"]:
+        raise ValueError(
+            f"'events' and 'volume' must count over the same window, not "
+            f"{format_duration(windows['events'])} and {format_duration(windows['volume'])}"
+        )
 
 
 def parse_rules(text: str, source: str) -> list[Rule]:
@@ -329,6 +408,7 @@ class Step:
     since: datetime | None = None
     started: datetime | None = None
     missing_for: timedelta | None = None
+    verdict: Verdict | None = None
 
 
 def _fmt(value: float) -> str:
@@ -345,12 +425,19 @@ def evaluate(
     baseline: Measurement | None,
     previous: RuleState,
     now: datetime,
+    counts: tuple[Measurement, Measurement] | None = None,
+    deploy: datetime | None = None,
 ) -> tuple[RuleState, Step]:
     """Step one (rule, service) state machine to ``now``.
 
     ``baseline`` is the pre-deploy value for relative rules (None: no deploy
-    known). Returns the state to keep and what this evaluation concluded.
+    known). A rule that weighs its traffic takes ``counts``, this look's (events,
+    volume) over its window, and ``deploy``, the time of the service's deploy its
+    evidence counts from (None: none known). Returns the state to keep and what
+    this evaluation concluded.
     """
+    if rule.weighs_evidence:
+        return _evaluate_evidence(rule, measurement, previous, now, counts, deploy)
     missing_reason = _missing_reason(rule, measurement, baseline)
     if missing_reason is not None:
         return _missing(rule, previous, now, missing_reason)
@@ -418,6 +505,134 @@ def evaluate(
     )
 
 
+def _evaluate_evidence(
+    rule: Rule,
+    measurement: Measurement,
+    previous: RuleState,
+    now: datetime,
+    counts: tuple[Measurement, Measurement] | None,
+    deploy: datetime | None,
+) -> tuple[RuleState, Step]:
+    """Step a rule that weighs its traffic: its value (the ratio over the query's
+    window) says whether the trouble is there now; the evidence since the deploy
+    says whether it is more than noise. It fires when both hold, at once: the
+    confidence sequence already holds over every look, so ``for`` does not apply.
+    Once firing it stays so while its value holds; a new deploy starts a new test.
+    """
+    evidence = _counted(rule, previous.evidence, counts, deploy, now)
+    if previous.evidence is not None and previous.evidence.deploy != deploy:
+        previous = replace(previous, pending_since=None, firing_since=None)
+    if measurement.is_missing:
+        state, step = _missing(rule, previous, now, f"no data: {measurement.reason or 'no value'}")
+        return replace(state, evidence=evidence), step
+    value = measurement.value
+    assert value is not None  # noqa: S101 -- is_missing is False
+    threshold = rule.condition.amount
+    above = rule.condition.op in (">", ">=")
+    comparison = f"{_fmt(value)} {rule.condition.op} {_fmt(threshold)}"
+    if measurement.reason:
+        comparison += f" ({measurement.reason})"
+    verdict = None if evidence is None else judge(evidence, threshold, above, rule.confidence)
+    weighed = _weighed(rule, evidence, verdict)
+    if evidence is not None and verdict is not None:
+        evidence = restart_if_healthy(evidence, verdict.side, above)
+    if not rule.condition.holds(value, threshold):
+        was = ""
+        if previous.firing_since is not None:
+            was = f"; resolved (was firing since {format_instant(previous.firing_since)})"
+        state = RuleState(last_seen=now, last_value=value, evidence=evidence)
+        reason = f"{comparison} does not hold{was}; {weighed}"
+        return state, Step(FindingState.OK, value, threshold, reason, verdict=verdict)
+    pending_since = previous.pending_since or now
+    firing_since = previous.firing_since
+    enough = (
+        evidence is not None
+        and verdict is not None
+        and verdict.past
+        and evidence.volume >= rule.min_volume
+    )
+    if firing_since is None and enough:
+        firing_since = now
+    state = RuleState(
+        pending_since=pending_since,
+        firing_since=firing_since,
+        last_seen=now,
+        last_value=value,
+        evidence=evidence,
+    )
+    if firing_since is not None:
+        reason = (
+            f"{comparison} and the evidence holds: {weighed}; "
+            f"firing since {format_instant(firing_since)}"
+        )
+        return state, Step(
+            FindingState.FIRING,
+            value,
+            threshold,
+            reason,
+            since=firing_since,
+            started=pending_since,
+            verdict=verdict,
+        )
+    reason = f"{comparison}, but the evidence is not enough yet: {weighed}"
+    return state, Step(
+        FindingState.PENDING,
+        value,
+        threshold,
+        reason,
+        since=pending_since,
+        started=pending_since,
+        verdict=verdict,
+    )
+
+
+def _counted(
+    rule: Rule,
+    previous: Evidence | None,
+    counts: tuple[Measurement, Measurement] | None,
+    deploy: datetime | None,
+    now: datetime,
+) -> Evidence | None:
+    """The evidence after this look: its counts added, or kept as it was without them.
+
+    No series of events while there is volume is no event yet (prometheus_client
+    creates a labelled series at its first use); no volume is no evidence.
+    """
+    if counts is None:
+        return carry(previous, deploy)
+    events, volume = counts
+    if volume.is_missing or volume.value is None:
+        return carry(previous, deploy)
+    if events.value is not None and not events.is_missing:
+        bad = events.value
+    elif events.reason == NO_SERIES:
+        bad = 0.0
+    else:
+        return carry(previous, deploy)
+    return accumulate(previous, bad, volume.value, rule.evidence_window, deploy, now)
+
+
+def _weighed(rule: Rule, evidence: Evidence | None, verdict: Verdict | None) -> str:
+    """What stands behind the value: the counts, the bound and the confidence."""
+    if evidence is None or verdict is None:
+        return "no counts of events and volume yet"
+    since = (
+        f"since {format_instant(evidence.tested_from)} (the test restarted: healthy before)"
+        if evidence.tested_from is not None
+        else f"since the deploy at {format_instant(evidence.start)}"
+        if evidence.deploy is not None
+        else f"since {format_instant(evidence.start)} (no deploy known)"
+    )
+    which = "lower" if rule.condition.op in (">", ">=") else "upper"
+    text = (
+        f"{verdict.events:.6g} events in a volume of {verdict.volume:.6g} {since}, "
+        f"{which} bound {verdict.bound:.4g} at confidence {rule.confidence:g}"
+    )
+    if evidence.volume < rule.min_volume:
+        text += f" (volume {evidence.volume:.6g} is below min_volume {rule.min_volume:g})"
+    return text
+
+
 def _missing_reason(
     rule: Rule, measurement: Measurement, baseline: Measurement | None
 ) -> str | None:
@@ -481,6 +696,8 @@ def evaluate_cycle(
     now: datetime,
     vectors: Mapping[str, Vector] | None = None,
     previously: Previously | None = None,
+    counts: Mapping[str, tuple[Vector, Vector]] | None = None,
+    deploys: Mapping[str, datetime] | None = None,
 ) -> Cycle:
     """Evaluate every rule for every service it applies to at ``now``.
 
@@ -488,13 +705,17 @@ def evaluate_cycle(
     come from ``vectors[rule.name]`` when given (one query's answer), else from
     ``measurements``; a (rule, service) found in neither has no data.
     ``previously`` describes the evaluation before this one (None: this is the
-    first), so that data missing now is told from data never seen.
+    first), so that data missing now is told from data never seen. ``counts``
+    holds, by rule name, the (events, volume) answers of rules that weigh their
+    traffic; ``deploys`` each service's current deploy time, which their evidence
+    counts from. Such a rule keeps its evidence for every service, quiet or not.
 
     A quiet rule whose condition does not hold is the common case, and costs a
     comparison: no finding is built for it unless :attr:`Cycle.findings` asks.
     """
     rules = tuple(rules)
     vectors = vectors or {}
+    weighed: dict[Key, Finding] = {}
     new_states: dict[Key, RuleState] = {}
     notable: list[Finding] = []
     quiet: dict[str, int] = {}
@@ -513,6 +734,17 @@ def evaluate_cycle(
         )
         absolute = not rule.condition.relative
         compare, threshold = rule.condition.compare, rule.condition.amount
+        if rule.weighs_evidence:
+            quiet[rule.name] = _evaluate_weighing(
+                rule,
+                targets,
+                (vector, measurements, (counts or {}).get(rule.name), deploys or {}, impacts),
+                states,
+                previously,
+                now,
+                (new_states, notable, weighed),
+            )
+            continue
         quiet_here = 0
         for service in targets:
             # The common case first, in as few operations as possible: a quiet rule, a
@@ -547,6 +779,7 @@ def evaluate_cycle(
             notable.append(finding)
         if quiet_here:
             quiet[rule.name] = quiet_here
+    quiet = {name: count for name, count in quiet.items() if count}
 
     def build_all() -> tuple[Finding, ...]:
         by_key = {(f.rule, f.service): f for f in notable}
@@ -556,21 +789,118 @@ def evaluate_cycle(
                 if not applies_to(rule, probes):
                     continue
                 key = (rule.name, service)
-                found = by_key.get(key)
+                found = by_key.get(key) or weighed.get(key)
                 if found is None:
+                    weighs = rule.weighs_evidence
                     _, found = _evaluate_finding(
                         rule,
                         service,
                         _measurement(vectors.get(rule.name), measurements, key, service),
-                        baselines.get(key),
+                        None if weighs else baselines.get(key),
                         impacts.get(key),
-                        None,
+                        _before(states, previously, key) if weighs else None,
                         now,
+                        _counts_of((counts or {}).get(rule.name), service) if weighs else None,
+                        (deploys or {}).get(service),
                     )
                 everything.append(found)
         return tuple(everything)
 
     return Cycle(new_states, tuple(notable), quiet, build_all)
+
+
+def _evaluate_weighing(
+    rule: Rule,
+    targets: Iterable[str],
+    reads: tuple[
+        Vector | None,
+        Mapping[Key, Measurement],
+        tuple[Vector, Vector] | None,
+        Mapping[str, datetime],
+        Mapping[Key, Measurement],
+    ],
+    states: Mapping[Key, RuleState],
+    previously: Previously | None,
+    now: datetime,
+    into: tuple[dict[Key, RuleState], list[Finding], dict[Key, Finding]],
+) -> int:
+    """Evaluate a rule that weighs its traffic for every service: each keeps its
+    evidence. Returns how many were quiet (OK now, quiet before); their findings go
+    to the third of ``into``, for :attr:`Cycle.findings`."""
+    vector, measurements, answers, deploys, impacts = reads
+    new_states, notable, weighed = into
+    quiet = 0
+    for service in targets:
+        key = (rule.name, service)
+        previous = _before(states, previously, key)
+        service_counts = _counts_of(answers, service)
+        number = (
+            vector.numbers.get(service) if vector is not None else _number(measurements.get(key))
+        )
+        stays = _stays_quiet(rule, number, previous, service_counts, deploys.get(service), now)
+        if stays is not None:
+            if stays.evidence is not None:
+                new_states[key] = stays
+            quiet += 1
+            continue
+        state, finding = _evaluate_finding(
+            rule,
+            service,
+            _measurement(vector, measurements, key, service),
+            None,
+            impacts.get(key),
+            previous,
+            now,
+            service_counts,
+            deploys.get(service),
+        )
+        if not _is_quiet(state) or state.evidence is not None:
+            new_states[key] = state
+        if finding.state is FindingState.OK and (previous is None or _is_quiet(previous)):
+            weighed[key] = finding
+            quiet += 1
+        else:
+            notable.append(finding)
+    return quiet
+
+
+def _before(
+    states: Mapping[Key, RuleState], previously: Previously | None, key: Key
+) -> RuleState | None:
+    """What a pair had before this cycle: its state, or what the last evaluation saw."""
+    previous = states.get(key)
+    if previous is None and previously is not None:
+        previous = previously.seen(key)
+    return previous
+
+
+def _counts_of(
+    answers: tuple[Vector, Vector] | None, service: str
+) -> tuple[Measurement, Measurement] | None:
+    return None if answers is None else (answers[0].get(service), answers[1].get(service))
+
+
+def _stays_quiet(
+    rule: Rule,
+    number: float | None,
+    previous: RuleState | None,
+    counts: tuple[Measurement, Measurement] | None,
+    deploy: datetime | None,
+    now: datetime,
+) -> RuleState | None:
+    """The state of a quiet pair whose ratio does not hold, as :func:`evaluate` would
+    keep it, at the cost of one look at the evidence (None: evaluate it in full)."""
+    condition = rule.condition
+    if number is None or condition.holds(number, condition.amount):
+        return None
+    if previous is not None and not _is_quiet(previous):
+        return None
+    evidence = _counted(rule, previous.evidence if previous else None, counts, deploy, now)
+    if evidence is not None:
+        events, volume = evidence.trials
+        where = side(events, volume, condition.amount, rule.confidence)
+        evidence = restart_if_healthy(evidence, where, condition.op in (">", ">="))
+    return RuleState(last_seen=now, last_value=number, evidence=evidence)
 
 
 def _is_quiet(state: RuleState) -> bool:
@@ -614,8 +944,11 @@ def _evaluate_finding(
     impact: Measurement | None,
     previous: RuleState | None,
     now: datetime,
+    counts: tuple[Measurement, Measurement] | None = None,
+    deploy: datetime | None = None,
 ) -> tuple[RuleState, Finding]:
-    state, step = evaluate(rule, measurement, baseline, previous or QUIET, now)
+    state, step = evaluate(rule, measurement, baseline, previous or QUIET, now, counts, deploy)
+    verdict = step.verdict
     impact_value = None if impact is None or impact.is_missing else impact.value
     severity, severity_reason = (
         _severity(rule.trigger, rule.severity)
@@ -642,6 +975,10 @@ def _evaluate_finding(
         severity_reason=severity_reason,
         labels=dict(rule.labels),
         last_seen=state.last_seen,
+        events=None if verdict is None else verdict.events,
+        volume=None if verdict is None else verdict.volume,
+        bound=None if verdict is None else verdict.bound,
+        confidence=rule.confidence if rule.weighs_evidence else None,
     )
 
 

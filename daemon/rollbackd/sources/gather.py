@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -268,6 +268,8 @@ class Measured:
     impacts: Mapping[str, Vector]
     baselines: Mapping[Key, Measurement]
     source_errors: Mapping[str, str]
+    counts: Mapping[str, tuple[Vector, Vector]] = field(default_factory=dict)
+    """The (events, volume) answers of rules that weigh their traffic, by rule name."""
 
 
 class LiveCycle:
@@ -345,6 +347,7 @@ class LiveCycle:
         vectors: dict[str, Vector] = {}
         impacts: dict[str, Vector] = {}
         arounds: dict[tuple[str, timedelta], Vector] = {}
+        weighed: dict[str, dict[str, Vector]] = {"events": {}, "volume": {}}
         for key in reads:
             kind, _, name = key.partition(":")
             found, why = outcome(key)
@@ -362,6 +365,8 @@ class LiveCycle:
                     if why is not None
                     else Measurement(found.value, found.reason)
                 )
+            elif kind in weighed:
+                weighed[kind][name] = Vector(error=why) if why is not None else found
             elif kind in ("rule", "impact"):
                 answer = Vector(error=why) if why is not None else found
                 (vectors if kind == "rule" else impacts)[name] = answer
@@ -377,8 +382,21 @@ class LiveCycle:
             baselines = self.baselines.seasonal(
                 plan.rules, baselines, plan.deploys, arounds, plan.time, vectors
             )
+        counts = {
+            name: (events, weighed["volume"][name])
+            for name, events in weighed["events"].items()
+            if name in weighed["volume"]
+        }
         return Measured(
-            plan, running, heads, probes, vectors, impacts, baselines if why is None else {}, errors
+            plan,
+            running,
+            heads,
+            probes,
+            vectors,
+            impacts,
+            baselines if why is None else {},
+            errors,
+            counts,
         )
 
     def _start_reads(self, plan: Plan) -> dict[str, Future[Any]]:
@@ -408,6 +426,11 @@ class LiveCycle:
                     reads[f"impact:{rule.name}"] = self._pool.submit(
                         guarded_instant, self.prometheus, rule.impact_query, now
                     )
+                if rule.events is not None and rule.volume is not None:
+                    for kind, query in (("events", rule.events), ("volume", rule.volume)):
+                        reads[f"{kind}:{rule.name}"] = self._pool.submit(
+                            guarded_instant, self.prometheus, query, now
+                        )
             if rule.seasonal:  # one query per offset, for every service at once
                 for offset in rule.seasonality:
                     reads[f"around:{rule.name}:{int(offset.total_seconds())}"] = self._pool.submit(
@@ -436,7 +459,7 @@ class LiveCycle:
         for service, sha in measured.heads.items():
             if service not in seen:
                 history.observe_versions(service, [sha[:12]], now, "git", {sha[:12]: sha})
-        inputs = Inputs(source_errors=dict(measured.source_errors))
+        inputs = Inputs(source_errors=dict(measured.source_errors), counts=dict(measured.counts))
         if history.revision == plan.revision:
             inputs.baselines.update(measured.baselines)
         else:  # a deploy changed while reading: what is known for the new one (see unread)
