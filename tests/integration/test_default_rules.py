@@ -290,6 +290,15 @@ def test_targets_down_or_gone_read_0_and_unlabelled_targets_are_ignored(
     }
 
 
+def test_a_prometheus_without_any_data_is_no_outage_of_any_service(
+    backfilled: Prometheus,
+) -> None:
+    """When Prometheus itself has no data (it was down: no series at all, its own included),
+    targets-down is no data for every service, not 0: missing data never rolls back."""
+    assert values_at(backfilled, "outage-targets-down", HISTORY_END - 60)["steady"] == 1.0
+    assert values_at(backfilled, "outage-targets-down", HISTORY_END + 6 * 60) == {}
+
+
 # -- backtest sees a killed app in Prometheus alone -------------------------------------------
 
 OUTAGE_FOR = 3

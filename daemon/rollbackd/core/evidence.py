@@ -29,7 +29,13 @@ is no evidence either way, and is left out.
 
 The test restarts when its evidence says the proportion is on the healthy side
 of the threshold (a repeated sequential test, like Page's CUSUM): a version that
-served well for hours is still judged promptly if it starts failing later.
+served well for hours is still judged promptly if it starts failing later. Each
+restart is a new chance of a false alarm, so restarts are rationed and pay for
+themselves: a test restarts only once it has judged at least as much traffic as
+all the tests before it (the volume doubles from one restart to the next, so a
+day of traffic makes a few dozen restarts, not thousands), and test ``k`` (from
+0) is held to ``alpha / 2**(k + 1)`` (:func:`spent`): over every test since the
+deploy the false alarms add up to ``alpha`` at most, as for one test.
 
 Pure: values and times in, values out; no I/O, no clock.
 """
@@ -302,8 +308,15 @@ class Verdict:
     side: Side
 
 
+def spent(confidence: float, restarts: int) -> float:
+    """The confidence test number ``restarts`` is held to: its share ``alpha / 2**(k + 1)``
+    of the false-alarm probability ``alpha = 1 - confidence`` (the shares add up to alpha)."""
+    return 1.0 - (1.0 - confidence) / 2.0 ** (restarts + 1)
+
+
 def judge(evidence: Evidence, threshold: float, above: bool, confidence: float) -> Verdict:
     """Whether ``evidence`` shows the true proportion above (``above``) or below the threshold."""
+    confidence = spent(confidence, evidence.restarts)
     events, volume = evidence.trials
     where = side(events, volume, threshold, confidence)
     lower, upper = bounds(events, volume, threshold, confidence)
@@ -319,6 +332,8 @@ def restart_if_healthy(evidence: Evidence, where: Side, above: bool) -> Evidence
     """
     healthy = Side.BELOW if above else Side.ABOVE
     if where is not healthy:
+        return evidence
+    if evidence.trials[1] < evidence.tested_volume:  # rationed: the volume doubles each time
         return evidence
     return replace(
         evidence,

@@ -38,6 +38,7 @@ from rollbackd.core.evidence import (
     judge,
     restart_if_healthy,
     side,
+    spent,
 )
 from rollbackd.core.matrix import assess_severity
 from rollbackd.core.model import (
@@ -898,7 +899,7 @@ def _stays_quiet(
     evidence = _counted(rule, previous.evidence if previous else None, counts, deploy, now)
     if evidence is not None:
         events, volume = evidence.trials
-        where = side(events, volume, condition.amount, rule.confidence)
+        where = side(events, volume, condition.amount, spent(rule.confidence, evidence.restarts))
         evidence = restart_if_healthy(evidence, where, condition.op in (">", ">="))
     return RuleState(last_seen=now, last_value=number, evidence=evidence)
 
