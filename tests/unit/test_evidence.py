@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +19,7 @@ from rollbackd.core.evidence import (
     judge,
     restart_if_healthy,
     side,
+    spent,
 )
 from rollbackd.core.model import NO_SERIES, FindingState, Measurement, RuleState, Vector
 from rollbackd.core.rules import Rule, evaluate, evaluate_cycle, parse_rules
@@ -226,6 +228,22 @@ def test_a_test_that_shows_health_restarts_so_a_later_regression_is_seen() -> No
         tested_volume=restarted.tested_volume,
     )
     assert judge(later, 0.05, above=True, confidence=0.99).past
+
+
+def test_restarts_are_rationed_and_share_one_false_alarm_budget() -> None:
+    """A test restarts only once it judged as much traffic as all tests before it, and the
+    tests since a deploy share one alpha: a day of healthy looks is not thousands of
+    fresh chances of a false alarm."""
+    evidence = Evidence(start=T0, deploy=T0, events=10, volume=5000)
+    once = restart_if_healthy(evidence, Side.BELOW, above=True)
+    assert once.restarts == 1
+    grown = replace(once, events=once.events + 10, volume=once.volume + 4000)
+    assert restart_if_healthy(grown, Side.BELOW, above=True) is grown  # 4,000 < 5,000 before
+    doubled = replace(once, events=once.events + 12, volume=once.volume + 5000)
+    assert restart_if_healthy(doubled, Side.BELOW, above=True).restarts == 2
+    alpha = 1 - 0.99
+    assert sum(1 - spent(0.99, k) for k in range(200)) <= alpha
+    assert spent(0.99, 0) == pytest.approx(1 - alpha / 2)
 
 
 # -- rules that weigh their traffic --------------------------------------------------------
