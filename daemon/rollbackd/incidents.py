@@ -21,7 +21,7 @@ from rollbackd.core.deploys import Deploy
 from rollbackd.core.durations import format_instant
 from rollbackd.core.engine import CycleReport, IncidentEvent, Judgement
 from rollbackd.core.engine import Outcome as Ended
-from rollbackd.core.model import Action, Decision, Finding, FindingState
+from rollbackd.core.model import Action, Decision, Finding
 from rollbackd.errors import (
     AlreadyThere,
     Conflict,
@@ -43,9 +43,9 @@ from rollbackd.journal import (
     Outcome,
 )
 from rollbackd.logs import get_logger
-from rollbackd.manual import manual_request
+from rollbackd.manual import manual_request, request_evidence
 from rollbackd.notify.message import compose, notice
-from rollbackd.output import evidence_fields, finding_record
+from rollbackd.output import evidence_fields
 from rollbackd.sources.deploys import valid_ref
 from rollbackd.state import State
 from rollbackd.text import quoted
@@ -320,16 +320,7 @@ class Incidents:
             current_version=current.version if current else None,
             decision=decision,
             evidence={
-                "findings": [
-                    finding_record(f)
-                    for f in findings
-                    if f.state is not FindingState.OK and not f.unmeasured
-                ],
-                "unmeasured": sorted(f.rule for f in findings if f.unmeasured),
-                "deploys": [
-                    {"version": d.version, "time": format_instant(d.time), "source": d.source}
-                    for d in self.state.history.deploys(decision.service)[-5:]
-                ],
+                **request_evidence(findings, self.state.history.deploys(decision.service)),
                 "alerts": alerts,
             },
             baselines=self.state.live.baselines_of(decision.service),

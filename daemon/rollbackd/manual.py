@@ -10,10 +10,11 @@ history and the findings are passed in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from rollbackd.actions.checklist import RollbackRequest
-from rollbackd.core.deploys import DeployHistory
+from rollbackd.core.deploys import Deploy, DeployHistory
 from rollbackd.core.durations import format_instant
 from rollbackd.core.model import Finding, FindingState, Severity
 from rollbackd.errors import AlreadyThere, NoTarget
@@ -57,20 +58,28 @@ def manual_request(
         origin=MANUAL,
         severity=Severity.highest([f.severity for f in firing]) if firing else Severity.MEDIUM,
         current_version=current.version if current else None,
-        evidence={
-            "findings": [
-                finding_record(f)
-                for f in own
-                if f.state is not FindingState.OK and not f.unmeasured
-            ],
-            "unmeasured": sorted(f.rule for f in own if f.unmeasured),
-            "deploys": [
-                {"version": d.version, "time": format_instant(d.time), "source": d.source}
-                for d in history.deploys(service)[-5:]
-            ],
-        },
+        evidence=request_evidence(own, history.deploys(service)),
         baselines=dict(baselines),
         migrations=current.migrations if current else (),
         deployed_at=current.time if current else None,
         target_version=version,
     )
+
+
+def request_evidence(findings: Iterable[Finding], deploys: Sequence[Deploy]) -> dict[str, Any]:
+    """What a rollback request keeps from the start, a person's or rollbackd's own: the
+    service's ``findings`` that were not OK, the rules it could not measure, and its last
+    five ``deploys``."""
+    findings = list(findings)
+    return {
+        "findings": [
+            finding_record(f)
+            for f in findings
+            if f.state is not FindingState.OK and not f.unmeasured
+        ],
+        "unmeasured": sorted(f.rule for f in findings if f.unmeasured),
+        "deploys": [
+            {"version": d.version, "time": format_instant(d.time), "source": d.source}
+            for d in deploys[-5:]
+        ],
+    }
