@@ -21,12 +21,15 @@ import pytest
 
 from rollbackd.core.rules import Rule, parse_rules
 from tests.conftest import REPO, RunCli
-from tests.support.fixtures import DemoAppFactory, PrometheusFactory, require_prometheus
+from tests.support.fixtures import (
+    DemoAppFactory,
+    PrometheusFactory,
+    backfilled_prometheus,
+)
 from tests.support.processes import (
     Point,
     Prometheus,
     QueryResult,
-    backfill,
     counter_points,
     gauge_points,
     openmetrics_document,
@@ -205,15 +208,8 @@ def history() -> str:
 @pytest.fixture(scope="module")
 def backfilled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     """One Prometheus over the backfilled history, shared by this module's history tests."""
-    require_prometheus()
-    root = tmp_path_factory.mktemp("default-rules-history")
-    backfill(history(), root / "data")
-    prometheus = Prometheus(root / "prometheus", storage_dir=root / "data")
-    prometheus.start()
-    try:
+    with backfilled_prometheus(tmp_path_factory, "default-rules-history", history()) as prometheus:
         yield prometheus
-    finally:
-        prometheus.stop()
 
 
 def values_at(prometheus: Prometheus, name: str, at: float) -> dict[str, float]:

@@ -20,11 +20,10 @@ import pytest
 
 from rollbackd.core.rules import parse_rules
 from tests.conftest import REPO
-from tests.support.fixtures import require_prometheus
+from tests.support.fixtures import backfilled_prometheus
 from tests.support.processes import (
     Point,
     Prometheus,
-    backfill,
     gauge_points,
     openmetrics_document,
     openmetrics_family,
@@ -122,15 +121,8 @@ def history() -> str:
 @pytest.fixture(scope="module")
 def backfilled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     """One Prometheus over the backfilled history, shared by this module's tests."""
-    require_prometheus()
-    root = tmp_path_factory.mktemp("evidence-history")
-    backfill(history(), root / "data")
-    prometheus = Prometheus(root / "prometheus", storage_dir=root / "data")
-    prometheus.start()
-    try:
+    with backfilled_prometheus(tmp_path_factory, "evidence-history", history()) as prometheus:
         yield prometheus
-    finally:
-        prometheus.stop()
 
 
 def write_config(directory: Path, prometheus: Prometheus) -> Path:

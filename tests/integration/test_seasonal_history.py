@@ -19,12 +19,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunCli
-from tests.support.fixtures import require_prometheus
+from tests.support.fixtures import backfilled_prometheus
 from tests.support.processes import (
     REPO,
     Point,
     Prometheus,
-    backfill,
     openmetrics_document,
     openmetrics_family,
 )
@@ -96,15 +95,8 @@ def history() -> str:
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     """One Prometheus over the backfilled week, shared by this module's tests."""
-    require_prometheus()
-    root = tmp_path_factory.mktemp("seasonal-history")
-    backfill(history(), root / "data")
-    server = Prometheus(root / "prometheus", storage_dir=root / "data")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    with backfilled_prometheus(tmp_path_factory, "seasonal-history", history()) as prometheus:
+        yield prometheus
 
 
 def write_config(directory: Path, prometheus_url: str) -> Path:

@@ -12,6 +12,7 @@ a skipped integration test looks like a passing one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.support.processes import (
     DemoApp,
     Prometheus,
     Target,
+    backfill,
 )
 
 
@@ -63,6 +65,23 @@ def require_prometheus() -> None:
     for binary in (PROMETHEUS_BIN, PROMTOOL_BIN):
         if not os.access(binary, os.X_OK):
             pytest.fail(f"{binary} not found: {INSTALL_HINT}", pytrace=False)
+
+
+@contextlib.contextmanager
+def backfilled_prometheus(
+    tmp_path_factory: pytest.TempPathFactory, name: str, openmetrics_text: str
+) -> Iterator[Prometheus]:
+    """A Prometheus over ``openmetrics_text`` backfilled with promtool, stopped at the end
+    (for a module-scoped fixture that shares one history between a module's tests)."""
+    require_prometheus()
+    root = tmp_path_factory.mktemp(name)
+    backfill(openmetrics_text, root / "data")
+    prometheus = Prometheus(root / "prometheus", storage_dir=root / "data")
+    prometheus.start()
+    try:
+        yield prometheus
+    finally:
+        prometheus.stop()
 
 
 def _stop_all(started: Sequence[tuple[str, DemoApp | Prometheus]]) -> None:
