@@ -21,6 +21,7 @@ from rollbackd.journal import (
     SqliteJournal,
     journal_path,
 )
+from rollbackd.journal.sqlite.database import Database
 from rollbackd.journal.sqlite.schema import MIGRATIONS
 from tests.journal.support import (
     T0,
@@ -176,6 +177,38 @@ def test_a_journal_file_replaced_under_it_is_left_alone_and_ours_is_kept_beside(
     assert record is not None
     assert [e.body for e in record.evidence] == ["written once ours is back"]
     assert rows(other, "incidents") == 0  # the other file was never written
+
+
+def test_a_replaced_journal_whose_copy_failed_is_copied_when_rollbackd_closes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy that could not be made while the daemon ran (no room for it then) is made at
+    close, so a shutdown right after the replacement loses nothing that was journaled."""
+    path = journal_path(tmp_path)
+    journal = SqliteJournal(path)
+    number = incident(journal)
+    other = journal_path(tmp_path / "other")
+    SqliteJournal(other).close()
+    aside = tmp_path / "moved-away.sqlite3"
+    path.rename(aside)
+    other.rename(path)
+    copy_to = Database._copy_to
+
+    def no_room(self: Database, destination: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Database, "_copy_to", no_room)
+    with pytest.raises(JournalUnavailable, match="was replaced while rollbackd had it open"):
+        journal.add_evidence(number, T0, "note", "refused")
+    problem = journal.problem()
+    assert problem is not None and "no copy could be kept" in problem
+    assert list(tmp_path.glob("journal.sqlite3.kept-*")) == []
+
+    monkeypatch.setattr(Database, "_copy_to", copy_to)  # room again, within the retry pause
+    journal.close()
+    [kept] = tmp_path.glob("journal.sqlite3.kept-*")
+    assert rows(kept, "incidents") == 1
+    assert rows(path, "incidents") == 0  # the file put in its place was left alone
 
 
 def test_a_full_journal_refuses_writes_and_says_so_until_there_is_room(

@@ -121,10 +121,24 @@ class Database:
         if self._checkpointer is not None:
             self._checkpointer.join()
         if self._displaced is not None:
+            if not self._kept():
+                # The last chance: once this process exits, what it journaled into a
+                # file no longer at the path is gone.
+                with self.lock:
+                    try:
+                        now = _Identity.of(self._where)
+                    except OSError as exc:
+                        self._salvage = f"no copy could be kept ({exc})"
+                    else:
+                        self._salvage = self._keep_copy(now)
             # SQLite's last close deletes the write-ahead log and its index *by name*:
             # at the path, they may now be another file's. The process's exit closes
             # these connections without touching any file.
-            log.warning("the journal's connections are left open", reason=self._displaced)
+            log.warning(
+                "the journal's connections are left open",
+                reason=self._displaced,
+                salvage=self._salvage,
+            )
             return
         with self._read_lock:
             self._reader.close()
@@ -293,15 +307,18 @@ class Database:
                 path=str(self.path),
                 reason=self._displaced,
             )
-        kept = self._salvage is not None and not self._salvage.startswith("no copy")
         due = time.monotonic() - self._salvage_tried >= SALVAGE_PAUSE
-        if not kept and due and self.lock.acquire(timeout=0.2):
+        if not self._kept() and due and self.lock.acquire(timeout=0.2):
             try:
                 self._salvage_tried = time.monotonic()
                 self._salvage = self._keep_copy(now)
             finally:
                 self.lock.release()
         return f"{self._displaced}; {self._salvage or 'no copy kept yet'}"
+
+    def _kept(self) -> bool:
+        """Whether a copy of a displaced journal was kept (or it was found complete where it is)."""
+        return self._salvage is not None and not self._salvage.startswith("no copy")
 
     def _keep_copy(self, now: _Identity) -> str:
         """Copy everything journaled where a person, or a restart, will find it; what was done.
