@@ -203,8 +203,13 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
         try:
             context.load_cert_chain(tls.cert_file, tls.key_file)
         except (OSError, ssl.SSLError) as exc:
-            unreadable_key = tls.cert_file.is_file() and not tls.key_file.is_file()
-            key = "key_file" if unreadable_key else "cert_file"
+            if isinstance(exc, ssl.SSLError):
+                raise TLSFileError(
+                    "cert_file",
+                    f"{tls.cert_file} with key_file {tls.key_file}: not a certificate and its "
+                    f"key ({exc.reason or exc})",
+                ) from None
+            key = "cert_file" if not tls.cert_file.is_file() else "key_file"
             raise TLSFileError(key, _tls_file_reason(getattr(tls, key), exc)) from None
     if tls.insecure_skip_verify:
         context.check_hostname = False
