@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -24,6 +26,7 @@ import pytest
 
 from rollbackd.actions import StepResult
 from rollbackd.config import NotifierConfig
+from rollbackd.httpconfig import TLSConfig
 from rollbackd.notify import Message
 from rollbackd.notify.message import compose
 from rollbackd.notify.retry import Background, Fanout, Retrying, build_notifier
@@ -31,6 +34,7 @@ from rollbackd.notify.slack import SlackSender
 from rollbackd.notify.webhook import DeliveryError
 from tests.reliability.support import Reply as StubReply
 from tests.reliability.support import StubServer
+from tests.support.pki import Pki
 
 WAIT = 10.0
 """Upper bound for waiting on an event; a safety net against hangs, never an assertion."""
@@ -68,8 +72,9 @@ class Recorded:
 class Receiver:
     """A real HTTP receiver that records POSTs and answers from a plan (then 200 "ok")."""
 
-    def __init__(self, *, hang: bool = False) -> None:
+    def __init__(self, *, hang: bool = False, tls: ssl.SSLContext | None = None) -> None:
         self.replies: list[Reply] = []
+        self.scheme = "http" if tls is None else "https"
         self.requests: list[Recorded] = []
         self.hang = hang
         self.holding = threading.Event()
@@ -107,13 +112,15 @@ class Receiver:
                 return  # a client that gave up (timeout) is expected here
 
         self._server = Server(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), daemon=True
         )
         self._thread.start()
 
     def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+        return f"{self.scheme}://127.0.0.1:{self._server.server_address[1]}{path}"
 
     def stop(self) -> None:
         self.release.set()
@@ -126,8 +133,8 @@ def receivers() -> Iterator[Callable[..., Receiver]]:
     """Starts real receivers on free loopback ports; releases and stops them after the test."""
     started: list[Receiver] = []
 
-    def start(*, hang: bool = False) -> Receiver:
-        receiver = Receiver(hang=hang)
+    def start(*, hang: bool = False, tls: ssl.SSLContext | None = None) -> Receiver:
+        receiver = Receiver(hang=hang, tls=tls)
         started.append(receiver)
         return receiver
 
@@ -282,6 +289,28 @@ def test_webhook_delivers_the_generic_json(
     assert body["role"] == "senior_admin"
     assert body["title"] == approval_message().title
     assert_says_how_to_decide(body["text"])
+
+
+def test_a_webhook_behind_mutual_tls_gets_its_headers(
+    receivers: Callable[..., Receiver], build: Build, tmp_path: Path
+) -> None:
+    """A receiver on a private CA that wants a client certificate and a header: delivered."""
+    pki = Pki.create(tmp_path / "pki")
+    receiver = receivers(tls=pki.server_context(require_client_cert=True))
+    config = notifier_config("webhook", receiver.url()).model_copy(
+        update={
+            "headers": {"X-Tenant": "team-a"},
+            "tls": TLSConfig(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key),
+        }
+    )
+    result = build([config]).notify(approval_message())
+    assert result.ok, result.summary
+    [request] = receiver.requests
+    assert request.headers["X-Tenant"] == "team-a"
+
+    untrusting = build([notifier_config("webhook", receiver.url())]).notify(approval_message())
+    assert not untrusting.ok
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusting.summary
 
 
 def test_slack_delivers_header_section_and_context(

@@ -21,6 +21,7 @@ import rollbackd
 from rollbackd.config import ProbeConfig
 from rollbackd.sources.probes import Prober
 from tests.reliability.support import Reply, StubServer
+from tests.support.pki import Pki
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -201,3 +202,85 @@ def test_a_probe_the_daemon_has_no_descriptor_for_is_inconclusive(server: str) -
     result = json.loads(done.stdout)
     assert result["value"] is None
     assert "Too many open files (EMFILE)" in result["reason"], result
+
+
+class _TenantHandler(BaseHTTPRequestHandler):
+    """200 for the tenant ``team-a`` (``X-Scope-OrgID``), 403 for anyone else."""
+
+    def do_GET(self) -> None:
+        status = 200 if self.headers.get("X-Scope-OrgID") == "team-a" else 403
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.create(tmp_path_factory.mktemp("pki"), extra_names=("web.internal",))
+
+
+@pytest.fixture(scope="module")
+def tls_server(pki: Pki) -> Iterator[str]:
+    """An HTTPS server on loopback that wants a client certificate signed by ``pki``'s CA."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _TenantHandler)
+    httpd.socket = pki.server_context(require_client_cert=True).wrap_socket(
+        httpd.socket, server_side=True
+    )
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_probe_with_headers_and_mutual_tls_passes(
+    prober: Prober, tls_server: str, pki: Pki
+) -> None:
+    """The tenant header and the client certificate get it in; verified against the CA given."""
+    tls = {"ca_file": pki.ca, "cert_file": pki.client_cert, "key_file": pki.client_key}
+    passed, reason = probe(prober, tls_server, tls=tls, headers={"X-Scope-OrgID": "team-a"})
+    assert passed, reason
+    named = {**tls, "server_name": "web.internal"}
+    passed, reason = probe(prober, tls_server, tls=named, headers={"X-Scope-OrgID": "team-a"})
+    assert passed, reason
+
+
+def test_a_probe_without_its_header_is_answered_as_anyone_else(
+    prober: Prober, tls_server: str, pki: Pki
+) -> None:
+    """Without the tenant header the server says 403: the probe fails naming the status."""
+    tls = {"ca_file": pki.ca, "cert_file": pki.client_cert, "key_file": pki.client_key}
+    passed, reason = probe(prober, tls_server, tls=tls)
+    assert not passed
+    assert "answered 403, expected 200" in reason
+
+
+@pytest.mark.parametrize(
+    ("variation", "expected"),
+    [
+        ("no ca_file", "certificate verify failed"),
+        ("a server_name the certificate lacks", "Hostname mismatch"),
+        ("no client certificate", "certificate required"),
+    ],
+)
+def test_a_probe_whose_tls_does_not_hold_fails_saying_tls(
+    prober: Prober, tls_server: str, pki: Pki, variation: str, expected: str
+) -> None:
+    """A certificate the probe cannot trust, or none shown, fails the probe: users see the same."""
+    client = {"cert_file": pki.client_cert, "key_file": pki.client_key}
+    tls = {
+        "no ca_file": client,
+        "a server_name the certificate lacks": {
+            "ca_file": pki.ca,
+            "server_name": "other.internal",
+            **client,
+        },
+        "no client certificate": {"ca_file": pki.ca},
+    }[variation]
+    passed, reason = probe(prober, tls_server, tls=tls, headers={"X-Scope-OrgID": "team-a"})
+    assert not passed
+    assert expected in reason, reason

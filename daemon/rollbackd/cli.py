@@ -25,7 +25,7 @@ from rollbackd import __version__
 from rollbackd.actions.checklist import RollbackRequest
 from rollbackd.assembly import build_checklist, notifier_for, now_utc, open_journal
 from rollbackd.client import DaemonClient
-from rollbackd.config import DEFAULT_CONFIG_PATH
+from rollbackd.config import DEFAULT_CONFIG_PATH, Config
 from rollbackd.core.deploys import DeployHistory
 from rollbackd.core.durations import format_duration, format_instant, parse_duration, parse_instant
 from rollbackd.core.engine import CycleReport, Explanation
@@ -44,6 +44,7 @@ from rollbackd.errors import (
     StateDirBusy,
 )
 from rollbackd.evaluation import Evaluation, evaluate_now
+from rollbackd.httpconfig import describe, without_password
 from rollbackd.journal import IncidentState, JournalError, SqliteJournal
 from rollbackd.loader import Loaded, load, shown
 from rollbackd.manual import manual_request
@@ -831,8 +832,34 @@ def _print_summary(loaded: Loaded, console: Console) -> None:
         f"attribution window {format_duration(cfg.deploys.attribution_window)}, "
         f"{_count(len(cfg.silences), 'maintenance silence')}"
     )
+    for line in _http_lines(cfg):
+        console.print(line, markup=False)
     for warning in loaded.warnings:
         console.print(f"warning: {warning}")
+
+
+def _http_lines(cfg: Config) -> list[str]:
+    """How Prometheus, and each probe or notifier that needs more than a URL, is reached:
+    what is set and where each secret comes from, never the secret."""
+    prometheus = cfg.prometheus
+    phrases = describe(
+        headers=prometheus.headers,
+        tls=prometheus.tls,
+        basic_auth=prometheus.basic_auth,
+        authorization=prometheus.authorization,
+        proxy_url=prometheus.proxy_url,
+    )
+    lines = [f"prometheus: {without_password(prometheus.url)}" + "".join(f", {p}" for p in phrases)]
+    for service in cfg.services:
+        for probe in service.probes:
+            phrases = describe(headers=probe.headers, tls=probe.tls)
+            if phrases:
+                lines.append(f"probe {service.name}/{probe.name}: " + ", ".join(phrases))
+    for notifier in cfg.notifiers:
+        phrases = describe(headers=notifier.headers, tls=notifier.tls)
+        if phrases:
+            lines.append(f"notifier {notifier.name}: " + ", ".join(phrases))
+    return lines
 
 
 def _count(number: int, noun: str) -> str:

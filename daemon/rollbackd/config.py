@@ -34,6 +34,17 @@ from rollbackd.core.model import Action, Severity
 from rollbackd.core.policy import DEFAULT_POLICY, Guards, PolicyEntry, Silence
 from rollbackd.core.validation import NAME_PATTERN, problems_from
 from rollbackd.errors import InvalidInput, Problem
+from rollbackd.httpconfig import (
+    AuthorizationConfig,
+    BasicAuthConfig,
+    SecretFileError,
+    TLSConfig,
+    TLSFileError,
+    check_headers,
+    check_proxy_url,
+    read_secret,
+    ssl_context,
+)
 from rollbackd.text import quoted
 
 ENV_PREFIX = "ROLLBACKD_"
@@ -125,8 +136,17 @@ class PrometheusConfig(_Section):
     max_response_bytes: int = Field(default=64 << 20, ge=64 << 10, le=4 << 30)
     """One answer longer than this is refused unread (the rule is inconclusive): memory
     stays bounded whatever Prometheus, or a proxy in front of it, sends."""
+    basic_auth: BasicAuthConfig | None = None
+    authorization: AuthorizationConfig | None = None
+    tls: TLSConfig | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Sent with every query (a tenant: ``X-Scope-OrgID``); not for secrets, which
+    ``check-config`` would not show but which sit in the config file."""
+    proxy_url: str | None = None
 
     _url = field_validator("url")(_http_url)
+    _headers = field_validator("headers")(check_headers)
+    _proxy_url = field_validator("proxy_url")(check_proxy_url)
 
     @field_validator("timeout")
     @classmethod
@@ -134,6 +154,12 @@ class PrometheusConfig(_Section):
         if not timedelta(0) < value <= timedelta(minutes=5):
             raise ValueError("must be between 1ms and 5m: every call to Prometheus needs a timeout")
         return value
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> PrometheusConfig:
+        if self.basic_auth is not None and self.authorization is not None:
+            raise ValueError("basic_auth and authorization are both set: at most one can be")
+        return self
 
 
 class ProbeConfig(_Section):
@@ -146,8 +172,11 @@ class ProbeConfig(_Section):
     body_match: str | None = None
     latency_budget: Duration | None = None
     timeout: Duration = timedelta(seconds=5)
+    headers: dict[str, str] = Field(default_factory=dict)
+    tls: TLSConfig | None = None
 
     _url = field_validator("url")(_http_url)
+    _headers = field_validator("headers")(check_headers)
 
     @field_validator("expect_status", mode="before")
     @classmethod
@@ -389,8 +418,11 @@ class NotifierConfig(_Section):
     routing_key: str | None = Field(default=None, min_length=1, max_length=200)
     timeout: Duration = timedelta(seconds=5)
     retries: int = Field(default=3, ge=0, le=10)
+    headers: dict[str, str] = Field(default_factory=dict)
+    tls: TLSConfig | None = None
 
     _url = field_validator("url")(_http_url)
+    _headers = field_validator("headers")(check_headers)
 
     @field_validator("timeout")
     @classmethod
@@ -530,6 +562,9 @@ def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput([Problem(source, "", f"not valid TOML: {exc}")]) from None
+    written = _secrets_written(data)
+    if written:
+        raise InvalidInput([Problem(source, where, message) for where, message in written])
     overrides: dict[str, Any] = {}
     if env:
         try:
@@ -540,6 +575,31 @@ def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -
         return Config(**_merge(data, overrides))
     except ValidationError as exc:
         raise InvalidInput(_locate(problems_from(exc, source), overrides)) from None
+
+
+SECRET_KEYS = {
+    "basic_auth": ("password", "password_file"),
+    "authorization": ("credentials", "credentials_file"),
+}
+"""The secrets of ``[prometheus]``, each with the key that names its file."""
+
+
+def _secrets_written(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Secrets written into the config file itself, which is shown, copied and committed."""
+    prometheus = data.get("prometheus")
+    written = []
+    for table, (secret, file_key) in SECRET_KEYS.items():
+        section = prometheus.get(table) if isinstance(prometheus, Mapping) else None
+        if isinstance(section, Mapping) and secret in section:
+            variable = f"{ENV_PREFIX}PROMETHEUS__{table.upper()}__{secret.upper()}"
+            written.append(
+                (
+                    f"prometheus.{table}.{secret}",
+                    f"a secret is never written in the config file: put it in a file "
+                    f"named by {file_key}, or in the environment as {variable}",
+                )
+            )
+    return written
 
 
 def _undecodable(env: Mapping[str, str]) -> list[Problem]:
@@ -606,4 +666,71 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         raise InvalidInput(
             [Problem(str(path), "", f"cannot read the config file: {reason}")]
         ) from None
-    return parse_config(text, str(path), os.environ if env is None else env)
+    config = parse_config(text, str(path), os.environ if env is None else env)
+    return read_http_files(config, path.parent, str(path))
+
+
+def read_http_files(config: Config, base: Path, source: str) -> Config:
+    """``config`` with its HTTP clients' files checked and its secret files read.
+
+    Relative paths are relative to ``base`` (the config file's directory), as in
+    Prometheus, and come back absolute. Every TLS file must make a context and
+    every secret file must be readable: each that cannot is a Problem naming its
+    key, and nothing the files hold is ever part of one.
+    """
+    problems: list[Problem] = []
+
+    def tls_checked(tls: TLSConfig | None, where: str) -> TLSConfig | None:
+        if tls is None:
+            return None
+        files = {
+            key: base / getattr(tls, key)
+            for key in ("ca_file", "cert_file", "key_file")
+            if getattr(tls, key) is not None
+        }
+        resolved = tls.model_copy(update=files)
+        try:
+            ssl_context(resolved)
+        except TLSFileError as exc:
+            problems.append(Problem(source, f"{where}.tls.{exc.key}", str(exc)))
+        return resolved
+
+    prometheus = config.prometheus
+    updates: dict[str, Any] = {"tls": tls_checked(prometheus.tls, "prometheus")}
+    for table, (secret, file_key) in SECRET_KEYS.items():
+        section = getattr(prometheus, table)
+        path = None if section is None else getattr(section, file_key)
+        if path is None:
+            continue
+        try:
+            value = read_secret(base / path)
+        except SecretFileError as exc:
+            problems.append(Problem(source, f"prometheus.{table}.{file_key}", str(exc)))
+            continue
+        updates[table] = section.model_copy(update={file_key: base / path, secret: value})
+    services = [
+        service.model_copy(
+            update={
+                "probes": [
+                    probe.model_copy(
+                        update={"tls": tls_checked(probe.tls, f"services[{i}].probes[{j}]")}
+                    )
+                    for j, probe in enumerate(service.probes)
+                ]
+            }
+        )
+        for i, service in enumerate(config.services)
+    ]
+    notifiers = [
+        notifier.model_copy(update={"tls": tls_checked(notifier.tls, f"notifiers[{i}]")})
+        for i, notifier in enumerate(config.notifiers)
+    ]
+    if problems:
+        raise InvalidInput(problems)
+    return config.model_copy(
+        update={
+            "prometheus": prometheus.model_copy(update=updates),
+            "services": services,
+            "notifiers": notifiers,
+        }
+    )

@@ -58,6 +58,25 @@ def rule_files(config: Config, config_path: Path) -> tuple[list[Path], list[Prob
     return files, problems
 
 
+def unverified_tls(config: Config) -> list[str]:
+    """Where ``insecure_skip_verify = true`` is set (``prometheus``, ``services[0].probes[1]``)."""
+    found = []
+    if config.prometheus.tls is not None and config.prometheus.tls.insecure_skip_verify:
+        found.append("prometheus")
+    for i, service in enumerate(config.services):
+        found.extend(
+            f"services[{i}].probes[{j}]"
+            for j, probe in enumerate(service.probes)
+            if probe.tls is not None and probe.tls.insecure_skip_verify
+        )
+    found.extend(
+        f"notifiers[{i}]"
+        for i, notifier in enumerate(config.notifiers)
+        if notifier.tls is not None and notifier.tls.insecure_skip_verify
+    )
+    return found
+
+
 def load(config_path: Path, env: Mapping[str, str] | None = None) -> Loaded:
     """Load config and rules; raise InvalidInput with every problem found."""
     config = load_config(config_path, env)
@@ -99,4 +118,9 @@ def load(config_path: Path, env: Mapping[str, str] | None = None) -> Loaded:
     ]
     if not config.services:
         warnings.append(f"{shown(config_path)}: services: none configured, so nothing is watched")
+    warnings.extend(
+        f"{shown(config_path)}: {where}.tls.insecure_skip_verify: the server's certificate is "
+        "not verified, so anyone in between can read and answer in its name"
+        for where in unverified_tls(config)
+    )
     return Loaded(config, config_path, tuple(rules), tuple(files), tuple(warnings))

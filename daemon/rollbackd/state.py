@@ -85,6 +85,7 @@ class State:
         self.history = history
         self.engine = Engine(config.engine_settings(), loaded.rules, history)
         self.source = self._metrics_source or PrometheusSource.from_config(config)
+        self.prober.forget_tls()  # certificate files may have been replaced: read them again
         previous: LiveCycle | None = getattr(self, "live", None)
         if previous is not None:
             previous.close()

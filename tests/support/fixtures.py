@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
@@ -69,14 +69,22 @@ def require_prometheus() -> None:
 
 @contextlib.contextmanager
 def backfilled_prometheus(
-    tmp_path_factory: pytest.TempPathFactory, name: str, openmetrics_text: str
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    openmetrics_text: str,
+    *,
+    web_config: Mapping[str, Any] | None = None,
+    client: Mapping[str, Any] | None = None,
 ) -> Iterator[Prometheus]:
     """A Prometheus over ``openmetrics_text`` backfilled with promtool, stopped at the end
-    (for a module-scoped fixture that shares one history between a module's tests)."""
+    (for a module-scoped fixture that shares one history between a module's tests);
+    ``web_config`` and ``client`` as for :class:`~tests.support.processes.Prometheus`."""
     require_prometheus()
     root = tmp_path_factory.mktemp(name)
     backfill(openmetrics_text, root / "data")
-    prometheus = Prometheus(root / "prometheus", storage_dir=root / "data")
+    prometheus = Prometheus(
+        root / "prometheus", storage_dir=root / "data", web_config=web_config, client=client
+    )
     prometheus.start()
     try:
         yield prometheus

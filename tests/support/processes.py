@@ -99,6 +99,7 @@ class Supervised:
     """
 
     label = "process"
+    scheme = "http"
     ready_path = "/-/ready"
     ready_status: int | None = httpx.codes.OK
     """The status that means ready; None accepts any answer."""
@@ -120,8 +121,12 @@ class Supervised:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``, without a trailing slash."""
-        return f"http://{LOOPBACK}:{self.port}"
+        """``http://127.0.0.1:PORT`` (``https`` for a TLS server), without a trailing slash."""
+        return f"{self.scheme}://{LOOPBACK}:{self.port}"
+
+    def client_options(self) -> dict[str, Any]:
+        """What this helper's own HTTP requests need to be let in (auth, TLS): httpx options."""
+        return {}
 
     @property
     def running(self) -> bool:
@@ -166,7 +171,7 @@ class Supervised:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         last = "no answer yet"
-        with httpx.Client(timeout=self.probe_timeout) as client:
+        with httpx.Client(timeout=self.probe_timeout, **self.client_options()) as client:
             while time.monotonic() < deadline:
                 process = self._process
                 if process is None or process.poll() is not None:
@@ -353,6 +358,10 @@ class Prometheus(Supervised):
     Retention is 3650 days so backfilled history is never deleted as too old.
 
     ``rule_files`` are the contents of Prometheus rule files (YAML).
+
+    ``web_config`` is the content of a ``--web.config.file`` (``basic_auth_users``,
+    ``tls_server_config``): with ``tls_server_config`` it serves HTTPS. ``client``
+    is what this helper's own requests then need (httpx's ``auth``, ``verify``).
     """
 
     label = "Prometheus"
@@ -370,8 +379,14 @@ class Prometheus(Supervised):
         extra_args: Sequence[str] = (),
         binary: Path = PROMETHEUS_BIN,
         start_timeout: float = 60.0,  # longer than the warm-up budget (30s) on a busy machine
+        web_config: Mapping[str, Any] | None = None,
+        client: Mapping[str, Any] | None = None,
     ) -> None:
         self.workdir = workdir.absolute()
+        self.web_config = dict(web_config) if web_config is not None else None
+        self.client = dict(client or {})
+        if self.web_config is not None and "tls_server_config" in self.web_config:
+            self.scheme = "https"
         super().__init__(
             self.workdir,
             self.workdir / "prometheus.log",
@@ -386,6 +401,11 @@ class Prometheus(Supervised):
         self.extra_args = list(extra_args)
         self.binary = binary
         self.config_path = self.workdir / "prometheus.yml"
+        self.web_config_path = self.workdir / "web.yml"
+
+    def client_options(self) -> dict[str, Any]:
+        """The ``client`` options this Prometheus was given (empty for a plain one)."""
+        return dict(self.client)
 
     def config(self) -> dict[str, Any]:
         """The configuration written to ``prometheus.yml`` (JSON, which is YAML)."""
@@ -417,6 +437,8 @@ class Prometheus(Supervised):
         for index, content in enumerate(self.rule_files):
             self._rule_path(index).write_text(content, encoding="utf-8")
         self.config_path.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
+        if self.web_config is not None:
+            self.web_config_path.write_text(json.dumps(self.web_config), encoding="utf-8")
 
     def command(self) -> list[str]:
         """The argv Prometheus is started with."""
@@ -427,6 +449,7 @@ class Prometheus(Supervised):
             "--storage.tsdb.retention.time=3650d",
             f"--web.listen-address={LOOPBACK}:{self.port}",
             "--web.enable-lifecycle",
+            *([f"--web.config.file={self.web_config_path}"] if self.web_config else []),
             *self.extra_args,
         ]
 
@@ -442,14 +465,16 @@ class Prometheus(Supervised):
         if targets is not None:
             self.targets = list(targets)
         self.write_config()
-        response = httpx.post(f"{self.url}/-/reload", timeout=10.0)
+        response = httpx.post(f"{self.url}/-/reload", timeout=10.0, **self.client_options())
         if response.status_code != httpx.codes.OK:
             raise ProcessError(
                 f"reload refused: {response.status_code} {response.text}\n{tail(self.log_path)}"
             )
 
     def _api(self, endpoint: str, params: Mapping[str, str]) -> QueryResult:
-        response = httpx.get(f"{self.url}/api/v1/{endpoint}", params=params, timeout=10.0)
+        response = httpx.get(
+            f"{self.url}/api/v1/{endpoint}", params=params, timeout=10.0, **self.client_options()
+        )
         try:
             document = response.json()
         except ValueError as error:

@@ -42,6 +42,7 @@ import httpx
 from rollbackd import __version__
 from rollbackd.actions import StepResult
 from rollbackd.config import NotifierConfig
+from rollbackd.httpconfig import TLSConfig, ssl_context
 from rollbackd.notify import Message, Notifier
 from rollbackd.notify.pagerduty import PagerDutySender
 from rollbackd.notify.slack import SlackSender
@@ -169,14 +170,15 @@ class Fanout:
         notifiers: Sequence[tuple[NotifierConfig, Notifier]],
         *,
         client: httpx.Client | None = None,
+        clients: Sequence[httpx.Client] = (),
     ) -> None:
         self._notifiers = list(notifiers)
-        self._client = client
+        self._clients = [*([client] if client is not None else []), *clients]
 
     def close(self) -> None:
-        """Close the HTTP client the notifiers share, if this fan-out owns one."""
-        if self._client is not None:
-            self._client.close()
+        """Close the HTTP clients of the notifiers, if this fan-out owns them."""
+        for client in self._clients:
+            client.close()
 
     def _targets(self, message: Message) -> list[tuple[NotifierConfig, Notifier]]:
         return [
@@ -330,20 +332,30 @@ class Background:
 def build_notifier(configs: Sequence[NotifierConfig], *, sleep: Sleep = time.sleep) -> Fanout:
     """Every ``[[notifiers]]`` entry in its format, wrapped in :class:`Retrying`
     (``1 + retries`` attempts), behind one :class:`Fanout` and one shared HTTP
-    client (closed by :meth:`Fanout.close`)."""
+    client, or one of its own for a notifier with ``tls`` (closed by :meth:`Fanout.close`)."""
     if not configs:
         return Fanout([])
-    # No idle connections: every attempt connects anew, so its deadline watches the socket.
-    client = httpx.Client(
-        follow_redirects=False,
-        headers={"User-Agent": f"rollbackd/{__version__}"},
-        limits=httpx.Limits(max_keepalive_connections=0),
-    )
+
+    def new_client(tls: TLSConfig | None) -> httpx.Client:
+        # No idle connections: every attempt connects anew, so its deadline watches the socket.
+        return httpx.Client(
+            follow_redirects=False,
+            headers={"User-Agent": f"rollbackd/{__version__}"},
+            limits=httpx.Limits(max_keepalive_connections=0),
+            verify=True if tls is None else ssl_context(tls),
+        )
+
+    clients = {None: new_client(None)} | {c.tls: new_client(c.tls) for c in configs if c.tls}
     routes: list[tuple[NotifierConfig, Notifier]] = [
         (
             config,
-            Retrying(SENDERS[config.kind](config, client), 1 + config.retries, BACKOFF_BASE, sleep),
+            Retrying(
+                SENDERS[config.kind](config, clients[config.tls]),
+                1 + config.retries,
+                BACKOFF_BASE,
+                sleep,
+            ),
         )
         for config in configs
     ]
-    return Fanout(routes, client=client)
+    return Fanout(routes, clients=list(clients.values()))

@@ -128,6 +128,7 @@ def post_json(
                 "POST",
                 config.url,
                 json=payload,
+                headers=config.headers,
                 timeout=timeout,
                 follow_redirects=False,
                 extensions={"trace": watch_httpx},

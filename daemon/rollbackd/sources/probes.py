@@ -17,6 +17,9 @@ would otherwise "see" an outage and roll back a healthy deploy.
 
 Each probe ends within its ``timeout`` in total (connect, headers and body;
 see :mod:`rollbackd.bounded`) and reads at most :data:`BODY_LIMIT` of the body.
+
+A probe sends its ``headers`` and speaks TLS as its ``tls`` says (see
+:mod:`rollbackd.httpconfig`): probes with the same ``tls`` share one client.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import errno
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +38,10 @@ import httpx
 from rollbackd.bounded import Deadline, format_size, watch_httpx, within
 from rollbackd.config import ProbeConfig, ServiceConfig
 from rollbackd.core.durations import format_duration
+from rollbackd.httpconfig import TLSConfig, ssl_context
+from rollbackd.logs import get_logger
+
+log = get_logger("rollbackd")
 
 HEALTH = "health"
 BODY_LIMIT = 1 << 20
@@ -88,18 +96,55 @@ class Prober:
 
     The client keeps no idle connections: each probe connects anew (as a
     user's first request would), which also lets the deadline watch every
-    connection it uses.
+    connection it uses. A probe with ``tls`` runs on a client of its own
+    settings, made at its first use after :meth:`forget_tls` (a reload), so
+    that replaced certificate files apply.
     """
 
     def __init__(self, transport: httpx.BaseTransport | None = None) -> None:
-        self._client = httpx.Client(
-            transport=transport,
+        self._transport = transport
+        self._client = self._new_client(None)
+        self._lock = threading.Lock()
+        self._tls_clients: dict[TLSConfig, httpx.Client] = {}
+
+    def _new_client(self, tls: TLSConfig | None) -> httpx.Client:
+        return httpx.Client(
+            transport=self._transport,
             follow_redirects=False,
             limits=httpx.Limits(max_keepalive_connections=0),
+            verify=True if tls is None else ssl_context(tls),
         )
+
+    def _client_for(self, probe: ProbeConfig) -> httpx.Client:
+        if probe.tls is None:
+            return self._client
+        with self._lock:
+            client = self._tls_clients.get(probe.tls)
+            if client is None:
+                if probe.tls.insecure_skip_verify:
+                    log.warning(
+                        "probe: TLS certificates are not verified (insecure_skip_verify)",
+                        probe=probe.name,
+                        url=probe.url,
+                    )
+                client = self._tls_clients[probe.tls] = self._new_client(probe.tls)
+            return client
+
+    def forget_tls(self) -> None:
+        """Read the TLS files again at each probe's next use (after a reload).
+
+        The old clients are left to the probes that may still run on them; they keep
+        no connections, so nothing is held open.
+        """
+        with self._lock:
+            self._tls_clients = {}
 
     def close(self) -> None:
         self._client.close()
+        with self._lock:
+            clients, self._tls_clients = list(self._tls_clients.values()), {}
+        for client in clients:
+            client.close()
 
     def probe(self, service: str, probe: ProbeConfig) -> ProbeResult:
         """Run one probe now; never raises for anything the network, server or daemon does."""
@@ -120,11 +165,12 @@ class Prober:
         started = time.monotonic()
         with within(seconds) as deadline:
             try:
-                with self._client.stream(
+                with self._client_for(probe).stream(
                     probe.method,
                     probe.url,
+                    headers=probe.headers,
                     timeout=httpx.Timeout(seconds),
-                    extensions={"trace": watch_httpx},
+                    extensions=_extensions(probe.tls),
                 ) as response:
                     body = _head(response, BODY_LIMIT)
             except (httpx.HTTPError, OSError) as exc:
@@ -177,6 +223,13 @@ class Prober:
                 if names is None or probe.name in names:
                     results.append(self.probe(service.name, probe))
         return results
+
+
+def _extensions(tls: TLSConfig | None) -> dict[str, object]:
+    """httpx's per-request extensions: the deadline's watch, and ``server_name`` for SNI."""
+    if tls is not None and tls.server_name:
+        return {"trace": watch_httpx, "sni_hostname": tls.server_name}
+    return {"trace": watch_httpx}
 
 
 def _head(response: httpx.Response, limit: int) -> bytes:

@@ -17,7 +17,8 @@ characters (see :mod:`rollbackd.bounded`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ssl
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,7 +36,11 @@ from rollbackd.bounded import TooLargeError, json_problem, read_capped, watch, w
 from rollbackd.config import Config
 from rollbackd.core.durations import format_duration
 from rollbackd.core.model import Matrix, Measurement, Vector
+from rollbackd.httpconfig import TLSConfig, request_headers, ssl_context
+from rollbackd.logs import get_logger
 from rollbackd.text import one_line
+
+log = get_logger("rollbackd")
 
 __all__ = ["MAX_RESPONSE_BYTES", "Matrix", "PrometheusSource", "QueryError", "Vector", "chunks"]
 
@@ -78,10 +83,40 @@ _WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 
 class _WatchedAdapter(HTTPAdapter):
-    """requests' adapter on connections that the call's total deadline can cut; no retries."""
+    """requests' adapter on connections that the call's total deadline can cut; no retries.
 
-    def __init__(self) -> None:
+    With ``tls`` set, HTTPS connections use the context it describes (its CA alone,
+    its client certificate, its ``server_name`` for SNI and verification) instead
+    of requests' own, which knows no server name and adds the system's CAs.
+    """
+
+    def __init__(self, tls: TLSConfig | None = None) -> None:
+        self._tls = tls
+        self._context = None if tls is None else ssl_context(tls)
         super().__init__(max_retries=Retry(total=0, connect=0, read=False, redirect=0, status=0))
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        host, pool = super().build_connection_pool_key_attributes(request, verify, cert)
+        if self._tls is None or self._context is None or host.get("scheme") != "https":
+            return host, pool
+        for key in ("ca_certs", "ca_cert_dir", "cert_file", "key_file"):
+            pool.pop(key, None)
+        pool["ssl_context"] = self._context
+        pool["cert_reqs"] = "CERT_NONE" if self._tls.insecure_skip_verify else "CERT_REQUIRED"
+        if self._tls.server_name:
+            pool["server_hostname"] = self._tls.server_name
+        return host, pool
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        """requests would add its own CA bundle to the context: with ``tls`` it adds nothing."""
+        if self._tls is None or not url.lower().startswith("https"):
+            super().cert_verify(conn, url, verify, cert)
+            return
+        conn.cert_reqs = "CERT_NONE" if self._tls.insecure_skip_verify else "CERT_REQUIRED"
+        conn.ca_certs = None
+        conn.ca_cert_dir = None
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -109,10 +144,11 @@ class _DeadlineSession(requests.Session):
     against the JSON parse limits before prometheus-api-client parses it.
     """
 
-    def __init__(self, total: float, max_bytes: int) -> None:
+    def __init__(self, total: float, max_bytes: int, refused_hint: str) -> None:
         super().__init__()
         self.total = total
         self.max_bytes = max_bytes
+        self.refused_hint = refused_hint
 
     def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs["stream"] = True
@@ -132,6 +168,11 @@ class _DeadlineSession(requests.Session):
         self, method: str, url: str | bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> requests.Response:
         response = super().request(method, url, *args, **kwargs)
+        if response.status_code in (401, 403):
+            response.close()  # the body is not read: a proxy's error page may echo the request
+            raise _RefusedError(
+                f"answered {response.status_code} {response.reason}: {self.refused_hint}"
+            )
         try:
             body = read_capped(
                 response.iter_content(_READ_SIZE),
@@ -166,11 +207,28 @@ class PrometheusSource:
         timeout: timedelta,
         service_label: str = "service",
         max_bytes: int = MAX_RESPONSE_BYTES,
+        *,
+        headers: Mapping[str, str] | None = None,
+        tls: TLSConfig | None = None,
+        proxy_url: str | None = None,
+        authenticated: bool = False,
     ) -> None:
+        """``headers`` go with every call (the ``Authorization`` one too, see
+        :func:`~rollbackd.httpconfig.request_headers`); ``tls`` and ``proxy_url`` as in
+        ``[prometheus]``; ``authenticated`` says whether those headers carry credentials."""
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.service_label = service_label
-        session = _DeadlineSession(timeout.total_seconds(), max_bytes)
+        self.client_cert = tls is not None and tls.cert_file is not None
+        hint = (
+            "it refused rollbackd's credentials ([prometheus] basic_auth or authorization)"
+            if authenticated
+            else "it wants credentials: set [prometheus] basic_auth or authorization"
+        )
+        session = _DeadlineSession(timeout.total_seconds(), max_bytes, hint)
+        session.headers.update(headers or {})
+        if proxy_url is not None:
+            session.proxies = {"http": proxy_url, "https": proxy_url}
         self._client = PrometheusConnect(
             url=self.url,
             retry=Retry(total=0, connect=0, read=False, redirect=0, status=0),
@@ -178,16 +236,32 @@ class PrometheusSource:
             session=session,
         )
         # The client mounts an adapter of its own for this URL; ours replaces it.
-        session.mount(self.url, _WatchedAdapter())
+        session.mount(self.url, _WatchedAdapter(tls))
 
     @classmethod
     def from_config(cls, config: Config) -> PrometheusSource:
-        """The source ``[prometheus]`` describes, keyed by ``[alerts] service_label``."""
+        """The source ``[prometheus]`` describes, keyed by ``[alerts] service_label``.
+
+        ``config`` must come from :func:`~rollbackd.config.load_config`, which reads the
+        secret files.
+        """
+        prometheus = config.prometheus
+        if prometheus.tls is not None and prometheus.tls.insecure_skip_verify:
+            log.warning(
+                "prometheus: TLS certificates are not verified (insecure_skip_verify)",
+                url=prometheus.url,
+            )
         return cls(
-            config.prometheus.url,
-            config.prometheus.timeout,
+            prometheus.url,
+            prometheus.timeout,
             config.alerts.service_label,
-            config.prometheus.max_response_bytes,
+            prometheus.max_response_bytes,
+            headers=request_headers(
+                prometheus.headers, prometheus.basic_auth, prometheus.authorization
+            ),
+            tls=prometheus.tls,
+            proxy_url=prometheus.proxy_url,
+            authenticated=prometheus.basic_auth is not None or prometheus.authorization is not None,
         )
 
     def instant(self, query: str, at: datetime) -> Vector:
@@ -340,7 +414,10 @@ class PrometheusSource:
             raise QueryError(
                 f"Prometheus at {self.url} did not answer within {format_duration(self.timeout)}"
             ) from None
-        except requests.ConnectionError:
+        except requests.ConnectionError as exc:
+            tls = tls_failure(exc, self.client_cert)
+            if tls is not None:
+                raise QueryError(f"Prometheus at {self.url}: TLS failed: {tls}") from None
             raise QueryError(f"Prometheus at {self.url} is unreachable") from None
         except PrometheusApiClientException as exc:
             raise QueryError(
@@ -359,6 +436,53 @@ class PrometheusSource:
             raise QueryError(
                 f"Prometheus at {self.url} answered what cannot be read: {type(exc).__name__}"
             ) from None
+
+
+def tls_failure(exc: BaseException, client_cert: bool) -> str | None:
+    """Why a TLS handshake failed, in words and with what to set, if that is what ``exc`` is.
+
+    ``client_cert`` says whether rollbackd showed one: a server that wants one and got
+    none answers much as one that refused it.
+
+    requests wraps urllib3's error, which wraps the ssl module's: it is looked for
+    through arguments, ``reason`` and causes (a bounded search).
+    """
+    cause = _ssl_error(exc, depth=0, seen=set())
+    if cause is None:
+        return None
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        detail = cause.verify_message or cause.reason or "verification failed"
+        if "hostname" in detail.lower() or "ip address mismatch" in detail.lower():
+            return f"its certificate is not for this host: {detail} ([prometheus] tls.server_name)"
+        return (
+            f"its certificate is not trusted: {detail} "
+            "(set [prometheus] tls.ca_file to the CA that signed it)"
+        )
+    reason = one_line(str(cause.reason or cause), ERROR_LIMIT)
+    refused = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIFICATE_UNKNOWN")
+    if any(alert in reason.upper() for alert in refused):
+        if not client_cert:
+            return (
+                f"it requires a client certificate ({reason}): set [prometheus] tls.cert_file "
+                "and tls.key_file"
+            )
+        return f"it refused rollbackd's client certificate ({reason})"
+    if client_cert and isinstance(cause, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return f"{reason} (did it refuse rollbackd's client certificate?)"
+    return reason
+
+
+def _ssl_error(exc: object, depth: int, seen: set[int]) -> ssl.SSLError | None:
+    if isinstance(exc, ssl.SSLError):
+        return exc
+    if not isinstance(exc, BaseException) or depth > 8 or id(exc) in seen:
+        return None
+    seen.add(id(exc))
+    for inner in (*exc.args, getattr(exc, "reason", None), exc.__cause__, exc.__context__):
+        found = _ssl_error(inner, depth + 1, seen)
+        if found is not None:
+            return found
+    return None
 
 
 def chunks(start: datetime, end: datetime, step: timedelta) -> Iterator[tuple[datetime, datetime]]:

@@ -1,0 +1,308 @@
+"""How rollbackd's HTTP clients reach a server behind something: Prometheus' own ``http_config``.
+
+``[prometheus]`` takes ``basic_auth``, ``authorization``, ``tls``, ``headers`` and
+``proxy_url``; health and smoke probes and notifiers take ``headers`` and ``tls``.
+The tables here are the config's; the functions build what the clients use
+from them, once for all (requests for Prometheus, httpx for probes and
+notifiers): the ``Authorization`` and other headers (:func:`request_headers`),
+the TLS context (:func:`ssl_context`) and the sentence ``check-config`` prints
+(:func:`describe`).
+
+Secrets come only from files (``password_file``, ``credentials_file``, read at
+load and at every reload, so a rotated secret applies on SIGHUP) or from the
+environment (``ROLLBACKD_PROMETHEUS__BASIC_AUTH__PASSWORD``,
+``ROLLBACKD_PROMETHEUS__AUTHORIZATION__CREDENTIALS``), never from the config
+file itself. They are held as :class:`~pydantic.SecretStr`, whose ``repr`` and
+``str`` are stars, and no message built here contains one.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from base64 import b64encode
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+MAX_SECRET_BYTES = 64 << 10
+"""A secret file longer than this is refused: it is not a password or a token."""
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+"""An HTTP token (RFC 9110): a header's name, an authorization scheme."""
+
+RESERVED_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "host",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "user-agent",
+    }
+)
+"""Headers ``headers`` may not set (as Prometheus refuses them in ``http_headers``): the
+client sets them itself, or ``basic_auth`` and ``authorization`` do."""
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSConfig(_Table):
+    """``tls``: Prometheus' ``tls_config``: whom to trust, and which certificate to show."""
+
+    ca_file: Path | None = None
+    """The CA certificates (PEM) the server's certificate must chain to; absent: the system's."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", max_length=253
+    )
+    """The name sent in SNI and that the certificate must carry, instead of the URL's host."""
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: a client certificate needs both")
+        return self
+
+
+class BasicAuthConfig(_Table):
+    """``basic_auth``: a user name, and its password from a file or the environment."""
+
+    username: str = Field(min_length=1, max_length=256, pattern=r"^[^:\x00-\x1f\x7f]+$")
+    password_file: Path | None = None
+    password: SecretStr | None = None
+    """From ``ROLLBACKD_…__BASIC_AUTH__PASSWORD``, or read from ``password_file`` at load."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BasicAuthConfig:
+        if self.password_file is None and self.password is None:
+            raise ValueError(
+                "basic_auth needs password_file (or the password in the environment, "
+                "ROLLBACKD_PROMETHEUS__BASIC_AUTH__PASSWORD)"
+            )
+        if self.password_file is not None and self.password is not None:
+            raise ValueError(
+                "basic_auth has both password_file and a password from the environment: keep one"
+            )
+        return self
+
+
+class AuthorizationConfig(_Table):
+    """``authorization``: an ``Authorization: <type> <credentials>`` header (a bearer token)."""
+
+    type: str = Field(default="Bearer", pattern=_TOKEN.pattern, max_length=64)
+    credentials_file: Path | None = None
+    credentials: SecretStr | None = None
+    """From ``ROLLBACKD_…__AUTHORIZATION__CREDENTIALS``, or read from ``credentials_file``."""
+
+    @field_validator("type")
+    @classmethod
+    def _not_basic(cls, value: str) -> str:
+        if value.lower() == "basic":
+            raise ValueError("type 'Basic' is what basic_auth is for: use basic_auth instead")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AuthorizationConfig:
+        if self.credentials_file is None and self.credentials is None:
+            raise ValueError(
+                "authorization needs credentials_file (or the credentials in the environment, "
+                "ROLLBACKD_PROMETHEUS__AUTHORIZATION__CREDENTIALS)"
+            )
+        if self.credentials_file is not None and self.credentials is not None:
+            raise ValueError(
+                "authorization has both credentials_file and credentials from the "
+                "environment: keep one"
+            )
+        return self
+
+
+def check_headers(value: dict[str, str]) -> dict[str, str]:
+    """``headers``: names that are HTTP tokens and not reserved, values on one line."""
+    seen: set[str] = set()
+    for name, header in value.items():
+        if not _TOKEN.match(name):
+            raise ValueError(f"{name!r} is not a valid header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise ValueError(
+                f"{name!r} cannot be set here: the client sets it, or basic_auth and "
+                "authorization do"
+            )
+        if name.lower() in seen:
+            raise ValueError(f"{name!r} is set twice")
+        seen.add(name.lower())
+        if any(c in header for c in "\r\n\x00") or len(header) > 4096:
+            raise ValueError(f"the value of {name!r} must be one line of at most 4096 characters")
+    return value
+
+
+def check_proxy_url(value: str | None) -> str | None:
+    """``proxy_url``: an http(s):// or socks5:// URL."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https", "socks5", "socks5h") or not parts.hostname:
+        raise ValueError("expected an http://, https:// or socks5:// proxy URL")
+    return value
+
+
+class SecretFileError(ValueError):
+    """A secret file that cannot be used; the message says why, never what it holds."""
+
+
+def read_secret(path: Path) -> SecretStr:
+    """A password or token read from ``path``, surrounding white space removed (as Prometheus)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise SecretFileError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise SecretFileError(f"{path} is longer than {MAX_SECRET_BYTES} bytes: not a secret")
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise SecretFileError(f"{path} is not UTF-8 text") from None
+    if not text:
+        raise SecretFileError(f"{path} is empty")
+    if any(c in text for c in "\r\n\x00"):
+        raise SecretFileError(f"{path} holds more than one line")
+    return SecretStr(text)
+
+
+class TLSFileError(ValueError):
+    """A TLS file that cannot be used: ``key`` is the one at fault (``ca_file``, ``cert_file``)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+
+
+def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The client TLS context ``tls`` describes; raise TLSFileError naming the file at fault.
+
+    With ``ca_file`` only those CAs are trusted (not the system's too), as in Prometheus.
+    """
+    try:
+        context = ssl.create_default_context(cafile=None if tls.ca_file is None else tls.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSFileError("ca_file", _tls_file_reason(tls.ca_file, exc)) from None
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            if isinstance(exc, ssl.SSLError):
+                raise TLSFileError(
+                    "cert_file",
+                    f"{tls.cert_file} with key_file {tls.key_file}: not a certificate and its "
+                    f"key ({exc.reason or exc})",
+                ) from None
+            key = "cert_file" if not tls.cert_file.is_file() else "key_file"
+            raise TLSFileError(key, _tls_file_reason(getattr(tls, key), exc)) from None
+    if tls.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _tls_file_reason(path: Path | None, exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"{path}: not usable: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot read {path}: {exc.strerror}"
+    return f"{path}: not usable: {exc}"
+
+
+def basic_credentials(username: str, password: str) -> str:
+    """The ``Authorization`` value of HTTP basic auth (RFC 7617, UTF-8)."""
+    return "Basic " + b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+def request_headers(
+    headers: dict[str, str],
+    basic_auth: BasicAuthConfig | None = None,
+    authorization: AuthorizationConfig | None = None,
+) -> dict[str, str]:
+    """Every header one request carries: ``headers`` and the ``Authorization`` the config sets.
+
+    A secret not yet read (a config parsed but not loaded) is a bug in the caller: it raises
+    rather than send a request without the credentials the config asks for.
+    """
+    built = dict(headers)
+    if basic_auth is not None:
+        if basic_auth.password is None:
+            raise RuntimeError("basic_auth.password_file was not read: load the config first")
+        built["Authorization"] = basic_credentials(
+            basic_auth.username, basic_auth.password.get_secret_value()
+        )
+    elif authorization is not None:
+        if authorization.credentials is None:
+            raise RuntimeError("authorization.credentials_file was not read: load the config first")
+        built["Authorization"] = (
+            f"{authorization.type} {authorization.credentials.get_secret_value()}"
+        )
+    return built
+
+
+def without_password(url: str) -> str:
+    """``url`` with any password in it replaced by ``***`` (a proxy URL may carry one)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def describe(
+    *,
+    headers: dict[str, str],
+    tls: TLSConfig | None,
+    basic_auth: BasicAuthConfig | None = None,
+    authorization: AuthorizationConfig | None = None,
+    proxy_url: str | None = None,
+) -> list[str]:
+    """What is set, in phrases for ``check-config``: where each secret comes from, never it."""
+    phrases = []
+    if basic_auth is not None:
+        where = (
+            f"password from {basic_auth.password_file}"
+            if basic_auth.password_file is not None
+            else "password from the environment"
+        )
+        phrases.append(f"basic auth as user {basic_auth.username!r} ({where})")
+    if authorization is not None:
+        where = (
+            f"credentials from {authorization.credentials_file}"
+            if authorization.credentials_file is not None
+            else "credentials from the environment"
+        )
+        phrases.append(f"{authorization.type} authorization ({where})")
+    if tls is not None:
+        parts = [f"CA {tls.ca_file}" if tls.ca_file else "the system's CAs"]
+        if tls.cert_file is not None:
+            parts.append(f"client certificate {tls.cert_file} (key {tls.key_file})")
+        if tls.server_name:
+            parts.append(f"server name {tls.server_name}")
+        if tls.insecure_skip_verify:
+            parts.append("certificate NOT verified (insecure_skip_verify)")
+        phrases.append("TLS with " + ", ".join(parts))
+    if headers:
+        phrases.append("headers: " + ", ".join(headers))
+    if proxy_url:
+        phrases.append(f"through proxy {without_password(proxy_url)}")
+    return phrases

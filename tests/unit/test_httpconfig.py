@@ -1,0 +1,236 @@
+"""[prometheus]'s http_config keys (and probes' and notifiers' headers and tls), as loaded."""
+
+from __future__ import annotations
+
+from base64 import b64decode
+from pathlib import Path
+
+import pytest
+
+from rollbackd.config import load_config, parse_config
+from rollbackd.errors import InvalidInput
+from rollbackd.httpconfig import describe, request_headers, without_password
+from rollbackd.loader import load
+from tests.support.pki import Pki
+
+PASSWORD = "pw-7f3a9c-never-shown"  # noqa: S105 -- a fake secret to look for
+TOKEN = "tok-51d2e8-never-shown"  # noqa: S105 -- a fake secret to look for
+
+
+def write(tmp_path: Path, prometheus: str, rest: str = "") -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[prometheus]\nurl = "https://prom.internal:9090"\n{prometheus}\n{rest}')
+    return path
+
+
+def load_problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(InvalidInput) as caught:
+        load_config(path, env=env or {})
+    return [str(p) for p in caught.value.problems]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.create(tmp_path_factory.mktemp("pki"))
+
+
+def test_the_password_file_is_read_at_load_relative_to_the_config_and_stripped(
+    tmp_path: Path,
+) -> None:
+    """password_file next to the config: its content (no newline) becomes the basic credentials."""
+    (tmp_path / "prom.pass").write_text(PASSWORD + "\n")
+    path = write(tmp_path, 'basic_auth = { username = "rb", password_file = "prom.pass" }')
+    config = load_config(path, env={})
+    auth = config.prometheus.basic_auth
+    assert auth is not None
+    assert auth.password_file == tmp_path / "prom.pass"
+    headers = request_headers(config.prometheus.headers, auth, None)
+    assert b64decode(headers["Authorization"].removeprefix("Basic ")) == f"rb:{PASSWORD}".encode()
+    assert PASSWORD not in repr(config)
+    assert PASSWORD not in str(config.model_dump())
+
+
+def test_a_password_file_read_again_on_the_next_load_picks_up_a_rotated_password(
+    tmp_path: Path,
+) -> None:
+    """Rotation: a reload reads the file again."""
+    secret = tmp_path / "prom.pass"
+    secret.write_text("old-password")
+    path = write(tmp_path, 'basic_auth = { username = "rb", password_file = "prom.pass" }')
+    first = load_config(path, env={}).prometheus.basic_auth
+    secret.write_text("new-password")
+    second = load_config(path, env={}).prometheus.basic_auth
+    assert first is not None and first.password is not None
+    assert second is not None and second.password is not None
+    assert first.password.get_secret_value() == "old-password"
+    assert second.password.get_secret_value() == "new-password"
+
+
+def test_a_missing_secret_file_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    """Exit-2 material: the file, the key, and why, at load rather than at the first query."""
+    path = write(tmp_path, 'authorization = { credentials_file = "absent.token" }')
+    assert load_problems(path) == [
+        f"{path}: prometheus.authorization.credentials_file: cannot read "
+        f"{tmp_path / 'absent.token'}: No such file or directory"
+    ]
+
+
+def test_an_empty_secret_file_is_refused(tmp_path: Path) -> None:
+    """A file holding nothing would send empty credentials: refused at load."""
+    (tmp_path / "prom.pass").write_text("\n")
+    path = write(tmp_path, 'basic_auth = { username = "rb", password_file = "prom.pass" }')
+    assert load_problems(path) == [
+        f"{path}: prometheus.basic_auth.password_file: {tmp_path / 'prom.pass'} is empty"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        (
+            f'basic_auth = {{ username = "rb", password = "{PASSWORD}" }}',
+            "config.toml: prometheus.basic_auth.password: a secret is never written in the "
+            "config file: put it in a file named by password_file, or in the environment as "
+            "ROLLBACKD_PROMETHEUS__BASIC_AUTH__PASSWORD",
+        ),
+        (
+            f'authorization = {{ credentials = "{TOKEN}" }}',
+            "config.toml: prometheus.authorization.credentials: a secret is never written in "
+            "the config file: put it in a file named by credentials_file, or in the environment "
+            "as ROLLBACKD_PROMETHEUS__AUTHORIZATION__CREDENTIALS",
+        ),
+    ],
+)
+def test_a_secret_written_in_the_config_file_is_refused_without_echoing_it(
+    table: str, expected: str
+) -> None:
+    """The config file is shown, copied and committed: a secret in it is an error."""
+    with pytest.raises(InvalidInput) as caught:
+        parse_config(f"[prometheus]\n{table}\n", "config.toml", {})
+    assert [str(p) for p in caught.value.problems] == [expected]
+    assert PASSWORD not in str(caught.value)
+    assert TOKEN not in str(caught.value)
+
+
+def test_secrets_from_the_environment(tmp_path: Path) -> None:
+    """ROLLBACKD_PROMETHEUS__AUTHORIZATION__CREDENTIALS gives a bearer token, no file needed."""
+    path = write(tmp_path, "[prometheus.authorization]")
+    env = {"ROLLBACKD_PROMETHEUS__AUTHORIZATION__CREDENTIALS": TOKEN}
+    config = load_config(path, env=env)
+    headers = request_headers({}, None, config.prometheus.authorization)
+    assert headers == {"Authorization": f"Bearer {TOKEN}"}
+    assert describe(headers={}, tls=None, authorization=config.prometheus.authorization) == [
+        "Bearer authorization (credentials from the environment)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        (
+            'basic_auth = { username = "rb", password_file = "/p" }\n'
+            'authorization = { credentials_file = "/t" }',
+            "config.toml: prometheus: basic_auth and authorization are both set: at most one "
+            "can be",
+        ),
+        (
+            'basic_auth = { username = "rb" }',
+            "config.toml: prometheus.basic_auth: basic_auth needs password_file (or the password "
+            "in the environment, ROLLBACKD_PROMETHEUS__BASIC_AUTH__PASSWORD)",
+        ),
+        (
+            'authorization = { type = "Basic", credentials_file = "/t" }',
+            "config.toml: prometheus.authorization.type: type 'Basic' is what basic_auth is for: "
+            "use basic_auth instead",
+        ),
+        (
+            'tls = { cert_file = "/c.pem" }',
+            "config.toml: prometheus.tls: cert_file and key_file go together: a client "
+            "certificate needs both",
+        ),
+        (
+            'headers = { Authorization = "Bearer x" }',
+            "config.toml: prometheus.headers: 'Authorization' cannot be set here: the client "
+            "sets it, or basic_auth and authorization do",
+        ),
+        (
+            'headers = { "X Tenant" = "a" }',
+            "config.toml: prometheus.headers: 'X Tenant' is not a valid header name",
+        ),
+        (
+            'proxy_url = "proxy:3128"',
+            "config.toml: prometheus.proxy_url: expected an http://, https:// or socks5:// "
+            "proxy URL",
+        ),
+    ],
+)
+def test_invalid_http_config_is_refused_naming_the_key(table: str, expected: str) -> None:
+    """Each mistake names its key and says what to do, as Prometheus would refuse it."""
+    with pytest.raises(InvalidInput) as caught:
+        parse_config(f"[prometheus]\n{table}\n", "config.toml", {})
+    assert [str(p) for p in caught.value.problems] == [expected]
+
+
+def test_tls_files_are_checked_at_load_for_prometheus_probes_and_notifiers(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """A CA file that is no certificate, or a missing one, is a config error naming the key."""
+    (tmp_path / "not-a-ca.pem").write_text("hello\n")
+    probe = (
+        '[[services]]\nname = "web"\nexecutor = "command"\ncommand = ["true"]\n'
+        '[[services.probes]]\nname = "login"\nurl = "https://127.0.0.1:1/"\n'
+        'tls = { ca_file = "absent.pem" }\n'
+        '[[notifiers]]\nname = "chat"\nkind = "webhook"\nurl = "https://127.0.0.1:1/"\n'
+        f'tls = {{ ca_file = "{pki.ca}", cert_file = "{pki.client_cert}", '
+        f'key_file = "{pki.ca}" }}\n'
+    )
+    path = write(tmp_path, 'tls = { ca_file = "not-a-ca.pem" }', probe)
+    found = load_problems(path)
+    assert [line.split(": ")[1] for line in found] == [
+        "prometheus.tls.ca_file",
+        "services[0].probes[0].tls.ca_file",
+        "notifiers[0].tls.cert_file",
+    ]
+    assert f"cannot read {tmp_path / 'absent.pem'}: No such file or directory" in found[1]
+
+
+def test_check_config_says_what_is_set_and_where_secrets_come_from_never_them(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """The summary line of [prometheus]; insecure_skip_verify is a warning."""
+    (tmp_path / "prom.pass").write_text(PASSWORD)
+    (tmp_path / "rules").mkdir()
+    path = write(
+        tmp_path,
+        'basic_auth = { username = "rb", password_file = "prom.pass" }\n'
+        'headers = { "X-Scope-OrgID" = "team-a" }\n'
+        f'tls = {{ ca_file = "{pki.ca}", cert_file = "{pki.client_cert}", '
+        f'key_file = "{pki.client_key}", server_name = "prom.internal", '
+        "insecure_skip_verify = true }\n"
+        'proxy_url = "http://user:proxy-pw@proxy:3128"',
+        '[daemon]\nrules = []\n[[services]]\nname = "web"\nexecutor = "command"\n'
+        'command = ["true"]\n',
+    )
+    loaded = load(path, env={})
+    prometheus = loaded.config.prometheus
+    phrases = describe(
+        headers=prometheus.headers,
+        tls=prometheus.tls,
+        basic_auth=prometheus.basic_auth,
+        authorization=prometheus.authorization,
+        proxy_url=prometheus.proxy_url,
+    )
+    assert phrases == [
+        f"basic auth as user 'rb' (password from {tmp_path / 'prom.pass'})",
+        f"TLS with CA {pki.ca}, client certificate {pki.client_cert} (key {pki.client_key}), "
+        "server name prom.internal, certificate NOT verified (insecure_skip_verify)",
+        "headers: X-Scope-OrgID",
+        "through proxy http://user:***@proxy:3128",
+    ]
+    assert any("prometheus.tls.insecure_skip_verify" in w for w in loaded.warnings)
+
+
+def test_without_password_hides_only_the_password() -> None:
+    """A proxy URL keeps its user, host and port; its password is stars."""
+    assert without_password("http://u:p@[::1]:3128/x") == "http://u:***@[::1]:3128/x"
+    assert without_password("http://proxy:3128") == "http://proxy:3128"
