@@ -10,7 +10,7 @@ import pytest
 from rollbackd.core.canary import SideBySide, Split, forms_of
 from rollbackd.core.deploys import Deploy, DeployHistory
 from rollbackd.core.engine import Engine, EngineSettings, Inputs
-from rollbackd.core.model import Action, Measurement, Vector
+from rollbackd.core.model import Action, Decision, Measurement, Vector
 from rollbackd.core.policy import DEFAULT_POLICY, Guards
 from rollbackd.core.promql_split import Labels, NotRewritable, per_version
 from rollbackd.core.rules import parse_rules
@@ -162,7 +162,7 @@ def look(
 def test_a_failing_canary_is_rolled_back_to_the_version_alongside() -> None:
     """v2 at 30 % errors beside v1 at 0.3 %: the decision rolls back v2's share to v1."""
     subject = engine()
-    decisions = []
+    decisions: list[Decision] = []
     for step in range(1, 9):
         now = DEPLOYED + timedelta(seconds=15 * step)
         decisions += subject.step(now, look(step / 4, (0.3, 0.003), (5.0, 15.0))).decisions
@@ -214,7 +214,7 @@ def test_latency_rising_on_both_versions_is_judged_against_the_old_one() -> None
 def test_a_slow_canary_is_rolled_back_by_the_latency_rule_side_by_side() -> None:
     """v2 at 0.6 s beside v1 at 0.2 s for the rule's `for`: rolled back to v1, scope canary."""
     subject = engine()
-    decisions = []
+    decisions: list[Decision] = []
     for step in range(1, 13):
         now = DEPLOYED + timedelta(seconds=15 * step)
         inputs = look(step / 4, (0.0, 0.0), (5.0, 15.0), (0.6, 0.2), whole_latency=0.3)
