@@ -12,7 +12,7 @@ The engine itself (rollbackd.core.engine) does no I/O.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
@@ -254,6 +254,19 @@ class BaselineCache:
         return adjusted
 
 
+def _collect(
+    split: dict[str, dict[str, Vector]],
+    reads: Mapping[str, Future[Any]],
+    outcome: Callable[[str], tuple[Any, str | None]],
+) -> None:
+    """The per-version answers among ``reads`` into ``split`` (by kind, then rule name)."""
+    for key in reads:
+        kind, _, name = key.partition(":")
+        if kind in split:
+            found, why = outcome(key)
+            split[kind][name] = Vector(error=why) if why is not None else found
+
+
 def _side_by_side(
     split: Mapping[str, Mapping[str, Vector]], instances: tuple[Any, str | None]
 ) -> SideBySide:
@@ -397,7 +410,6 @@ class LiveCycle:
             except Exception as exc:  # noqa: BLE001 -- one read's failure is its own, said
                 return None, f"{type(exc).__name__}: {one_line(str(exc), 300)}"
 
-        config = self.config
         errors: dict[str, str] = {}
         running: Mapping[str, Mapping[str, list[datetime]]] = {}
         heads: dict[str, str] = {}
@@ -412,7 +424,7 @@ class LiveCycle:
             found, why = outcome(key)
             if kind == "versions":
                 if why is not None:
-                    errors["deploys"] = f"cannot read {config.deploys.version_metric}: {why}"
+                    errors["deploys"] = f"cannot read {self.config.deploys.version_metric}: {why}"
                 else:
                     running = found
             elif kind == "head" and isinstance(found, str):
@@ -426,8 +438,6 @@ class LiveCycle:
                 )
             elif kind in weighed:
                 weighed[kind][name] = Vector(error=why) if why is not None else found
-            elif kind in split:
-                split[kind][name] = Vector(error=why) if why is not None else found
             elif kind in ("rule", "impact"):
                 answer = Vector(error=why) if why is not None else found
                 (vectors if kind == "rule" else impacts)[name] = answer
@@ -437,6 +447,11 @@ class LiveCycle:
                 rule_name, _, seconds = name.rpartition(":")
                 offset = timedelta(seconds=int(seconds))
                 arounds[(rule_name, offset)] = Vector(error=why) if why is not None else found
+        if "instances" not in reads and any(len(v) > 1 for v in running.values()):
+            # A split seen for the first time: its per-version reads now, in what is left
+            # of the budget, so that its first look is judged side by side too.
+            reads.update(self._split_reads(plan.rules, plan.time))
+        _collect(split, reads, outcome)
         baselines, why = outcome("baselines")
         self._arounds = (plan.time, arounds, vectors)
         if why is None:
@@ -499,22 +514,7 @@ class LiveCycle:
                         guarded_instant, self.prometheus, around_query(rule), now - offset + SLACK
                     )
         if plan.splits:  # per-version reads only while some service serves two versions
-            labels = split_labels(config)
-            forms = self.forms(plan.rules)
-            if labels is not None and forms:
-                reads["instances"] = self._pool.submit(
-                    guarded_instant, self.prometheus, instances_query(labels), now
-                )
-                for name, form in forms.items():
-                    for kind, query in (
-                        ("split", form.query),
-                        ("splitevents", form.events),
-                        ("splitvolume", form.volume),
-                    ):
-                        if query is not None:
-                            reads[f"{kind}:{name}"] = self._pool.submit(
-                                guarded_instant, self.prometheus, query, now
-                            )
+            reads.update(self._split_reads(plan.rules, now))
         probe_names = {r.probe for r in plan.rules if r.probe is not None}
         if self.prober is not None and probe_names:
             for configured in config.services:
@@ -524,6 +524,28 @@ class LiveCycle:
                             self.prober.probe, configured.name, probe
                         )
         reads["baselines"] = self._pool.submit(self._baselines_for, plan)
+        return reads
+
+    def _split_reads(self, rules: tuple[Rule, ...], now: datetime) -> dict[str, Future[Any]]:
+        """The per-version forms' reads, on the reading threads (none without forms)."""
+        labels = split_labels(self.config)
+        forms = self.forms(rules)
+        reads: dict[str, Future[Any]] = {}
+        if labels is None or not forms:
+            return reads
+        reads["instances"] = self._pool.submit(
+            guarded_instant, self.prometheus, instances_query(labels), now
+        )
+        for name, form in forms.items():
+            for kind, query in (
+                ("split", form.query),
+                ("splitevents", form.events),
+                ("splitvolume", form.volume),
+            ):
+                if query is not None:
+                    reads[f"{kind}:{name}"] = self._pool.submit(
+                        guarded_instant, self.prometheus, query, now
+                    )
         return reads
 
     def apply(self, measured: Measured) -> Inputs:
