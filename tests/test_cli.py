@@ -63,6 +63,17 @@ def test_check_config_on_the_example_prints_the_summary(run_cli: RunCli, repo: P
     assert "Rules by severity: critical" in out
 
 
+def test_check_config_says_which_rules_are_judged_side_by_side(run_cli: RunCli, repo: Path) -> None:
+    """With a version metric, check-config lists the rules judged per version while two
+    versions serve, and names each rule that cannot be with the reason."""
+    result = run_cli("check-config", "--config", str(repo / "config.example.toml"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    side = out[out.index("Side by side") : out.index("Rules by severity")]
+    for rule in ("error-rate", "auth-failures", "latency-regression", "noticeable-slowdown"):
+        assert rule in side
+
+
 def test_check_config_finds_the_file_through_rollbackd_config(
     run_cli: RunCli, repo: Path, tmp_path: Path
 ) -> None:

@@ -360,7 +360,18 @@ def test_incident_facts_arrive_as_environment_values_only() -> None:
         "ROLLBACKD_CURRENT_VERSION": "",
         "ROLLBACKD_REASON": "bad deploy",
         "ROLLBACKD_SEVERITY": "high",
+        "ROLLBACKD_SCOPE": "all",
+        "ROLLBACKD_CANARY_VERSION": "",
     }
+
+
+def test_a_canary_rollback_names_the_canary_for_the_deploy_tool() -> None:
+    """A side-by-side decision tells the command to take out only the canary (v2), back to v1."""
+    env = incident_env(
+        IncidentFacts(7, "web", "v1", "v2", "canary failing", "high", "canary", "v2"), {}
+    )
+    assert (env["ROLLBACKD_SCOPE"], env["ROLLBACKD_CANARY_VERSION"]) == ("canary", "v2")
+    assert env["ROLLBACKD_TARGET"] == "v1"
 
 
 def test_an_unencodable_reason_still_runs_the_command(tmp_path: Path) -> None:

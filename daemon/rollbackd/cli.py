@@ -772,6 +772,19 @@ def demo(
     raise typer.Exit(run_demo(scenario.value, keep, typer.echo))
 
 
+def _print_side_by_side(loaded: Loaded, console: Console) -> None:
+    """Which rules are judged side by side while two versions serve, and why not the others."""
+    from rollbackd.sources.gather import side_by_side_forms  # noqa: PLC0415 -- keeps it light
+
+    if loaded.config.deploys.version_metric is None:
+        console.print("Side by side: off (no [deploys] version_metric)")
+        return
+    forms, unsplittable = side_by_side_forms(loaded.config, tuple(loaded.rules))
+    console.print(f"Side by side while two versions serve: {', '.join(forms) or 'no rule'}")
+    for name, why in unsplittable.items():
+        console.print(f"  {name}: judged on the whole service only: {why}")
+
+
 def _print_summary(loaded: Loaded, console: Console) -> None:
     cfg = loaded.config
     console.print(
@@ -804,6 +817,7 @@ def _print_summary(loaded: Loaded, console: Console) -> None:
         rules.add_row(trigger.value, TRIGGER_SEVERITY[trigger].value, ", ".join(names) or "—")
     console.print(rules)
 
+    _print_side_by_side(loaded, console)
     counts = Counter(rule_trigger_severity(r) for r in loaded.rules)
     console.print(
         "Rules by severity: "

@@ -341,6 +341,9 @@ class DeploysConfig(_Section):
 
     version_metric: str | None = Field(default=None, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
     version_label: str = Field(default="version", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    instance_label: str = Field(default="instance", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    """The label that names one instance, on the version metric and the rules' metrics alike:
+    side-by-side judgement joins the two on it (core.canary)."""
     attribution_window: Duration = timedelta(hours=2)
     known_good_after: Duration = timedelta(minutes=30)
     max_clock_skew: Duration = timedelta(minutes=5)

@@ -327,6 +327,8 @@ class Incidents:
             migrations=current.migrations if current else (),
             deployed_at=current.time if current else None,
             target_version=decision.target,
+            scope=decision.scope,
+            canary_version=decision.canary_version,
         )
 
     def _tell(self, incident: int, decision: Decision, asks: bool, why: str = "") -> None:

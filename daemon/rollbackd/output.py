@@ -76,7 +76,10 @@ def decision_record(decision: Decision, dry_run: bool = False) -> dict[str, Any]
         "deadline": _time(decision.deadline),
         "guards": list(decision.guards),
         "target": decision.target,
+        "scope": decision.scope,
     }
+    if decision.canary_version is not None:
+        record["canary_version"] = decision.canary_version
     if len(decision.rules) == 1:
         record["rule"] = decision.rules[0]
     if dry_run:

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from rollbackd.config import Config
+from rollbackd.core.canary import SideBySide, Split, instances_query, split_of
 from rollbackd.core.deploys import Deploy, DeployHistory, deploys_from_presence
 from rollbackd.core.engine import CycleReport, Engine, Inputs
 from rollbackd.core.model import Matrix, Measurement, Vector
@@ -26,7 +27,13 @@ from rollbackd.core.seasonal import SLACK
 from rollbackd.errors import OutOfTime
 from rollbackd.sources import MetricSource, guarded_range
 from rollbackd.sources.deploys import git_deploys
-from rollbackd.sources.gather import BaselineCache, around_query, version_query
+from rollbackd.sources.gather import (
+    BaselineCache,
+    around_query,
+    side_by_side_forms,
+    split_labels,
+    version_query,
+)
 from rollbackd.sources.prometheus import QueryError
 from rollbackd.text import one_line
 
@@ -94,6 +101,8 @@ class FoundDeploys:
     present_at_end: dict[str, set[str]]
     error: str | None
     first_seen: dict[str, tuple[datetime, set[str]]] = field(default_factory=dict)
+    presence: dict[str, dict[str, list[datetime]]] = field(default_factory=dict)
+    """By service and version, the times the version metric showed it (side by side)."""
 
 
 def find_deploys(
@@ -101,6 +110,7 @@ def find_deploys(
 ) -> FoundDeploys:
     """Deploys in [start - DEPLOY_LOOKBACK, end]: the version metric, else git reflogs."""
     deploys: list[Deploy] = []
+    presence: dict[str, dict[str, list[datetime]]] = {}
     present: dict[str, set[str]] = {}
     first_seen: dict[str, tuple[datetime, set[str]]] = {}
     error = None
@@ -135,7 +145,8 @@ def find_deploys(
         deploys.extend(git_deploys(configured.name, configured.repo))
     deploys.sort(key=lambda d: d.time)
     found = bool(deploys or first_seen)
-    return FoundDeploys(deploys, present, error if not found else None, first_seen)
+    seen = presence if query is not None else {}
+    return FoundDeploys(deploys, present, error if not found else None, first_seen, seen)
 
 
 class Replay:
@@ -167,6 +178,7 @@ class Replay:
         self.baselines = BaselineCache(prometheus)
         self.deploy_error: str | None = None
         self.simulate_rollbacks = simulate_rollbacks
+        self._split_window: tuple[int, dict[str, Matrix]] | None = None
 
     def run(
         self,
@@ -201,6 +213,7 @@ class Replay:
                 if service in services
             )
             probe_missing = self._probes_missing()
+            serving = _serving(found.presence, services)
             pending = list(deploys)
             current: _Current = ({}, {})
             done = 0
@@ -222,7 +235,12 @@ class Replay:
                             deployed = True
                     if deployed or done == 1:
                         current = self._current(services)
-                    inputs = self._inputs(moment, current, fetched, probe_missing)
+                    inputs = self._side_by_side(
+                        self._inputs(moment, current, fetched, probe_missing),
+                        serving,
+                        (window, index),
+                        moment,
+                    )
                     report = self.engine.step(moment, inputs, self.explain)
                     for decision in report.decisions if self.simulate_rollbacks else ():
                         if decision.action.value == "rollback":
@@ -235,6 +253,65 @@ class Replay:
                     yield report
         finally:  # out of time: the reads still in flight end with their own deadlines
             fetcher.shutdown(wait=self.deadline is None, cancel_futures=True)
+
+    def _side_by_side(
+        self,
+        inputs: Inputs,
+        serving: dict[str, dict[int, set[str]]],
+        where: tuple[list[datetime], int],
+        moment: datetime,
+    ) -> Inputs:
+        """``inputs`` with the per-version answers at ``moment`` while some service serves two
+        versions (the version metric's history says which); fetched once per window, and only
+        for windows that need them."""
+        ms = round(moment.timestamp() * 1000)
+        splits: dict[str, Split] = {}
+        for service, by_time in serving.items():
+            split = split_of(service, by_time.get(ms, ()), self.history)
+            if split is not None:
+                splits[service] = split
+        if not splits:
+            return inputs
+        window, index = where
+        if self._split_window is None or self._split_window[0] != index:
+            self._split_window = (index, self._fetch_split(window[0], window[-1]))
+        matrices = self._split_window[1]
+        vectors = {name: _vector_at(m, ms) for name, m in matrices.items() if ":" not in name}
+        counts = {
+            name.removeprefix("events:"): (_vector_at(m, ms), _vector_at(matrices[volume], ms))
+            for name, m in matrices.items()
+            if name.startswith("events:")
+            and (volume := "volume:" + name.removeprefix("events:")) in matrices
+        }
+        instances = matrices.get("instances:")
+        looked = SideBySide(
+            splits,
+            vectors,
+            counts,
+            _vector_at(instances, ms) if instances is not None else None,
+        )
+        return replace(inputs, side_by_side=looked)
+
+    def _fetch_split(self, start: datetime, end: datetime) -> dict[str, Matrix]:
+        """The per-version forms' samples in [start, end]: by rule name, ``events:``/``volume:``
+        and the rule name for its counts, and ``instances:``."""
+        labels = split_labels(self.config)
+        forms, _ = side_by_side_forms(self.config, self.engine.rules)
+        matrices: dict[str, Matrix] = {}
+        if labels is None or not forms:
+            return matrices
+        step = self.step
+        matrices["instances:"] = guarded_range(
+            self.prometheus, instances_query(labels), start, end, step
+        )
+        for name, form in forms.items():
+            matrices[name] = guarded_range(self.prometheus, form.query, start, end, step)
+            if form.events is not None and form.volume is not None:
+                for kind, query in (("events", form.events), ("volume", form.volume)):
+                    matrices[f"{kind}:{name}"] = guarded_range(
+                        self.prometheus, query, start, end, step
+                    )
+        return matrices
 
     def _probes_missing(self) -> dict[Key, Measurement]:
         """Probe rules have no history: missing, with the reason, for every service."""
@@ -334,6 +411,23 @@ class Replay:
             },
             ambiguous=matrix.ambiguous,
         )
+
+
+def _serving(
+    presence: dict[str, dict[str, list[datetime]]], services: Collection[str]
+) -> dict[str, dict[int, set[str]]]:
+    """By service (of those that ever showed two versions), the versions at each instant."""
+    serving: dict[str, dict[int, set[str]]] = {}
+    for service, versions in presence.items():
+        if service not in services or len(versions) < 2:
+            continue
+        by_time: dict[int, set[str]] = {}
+        for version, times in versions.items():
+            for moment in times:
+                by_time.setdefault(round(moment.timestamp() * 1000), set()).add(version)
+        if any(len(each) > 1 for each in by_time.values()):
+            serving[service] = by_time
+    return serving
 
 
 def _vector_at(matrix: Matrix, ms: int) -> Vector:

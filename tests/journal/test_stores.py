@@ -143,13 +143,16 @@ def test_severities_actions_and_evidence_kinds_come_back_typed(journal: Journal)
 
 
 def test_facts_are_read_back_as_they_were_kept(journal: Journal) -> None:
-    """Baselines, migration facts, the deploy's time and the target version survive the store."""
+    """Baselines, migration facts, the deploy's time, the target version and a canary's scope
+    survive the store."""
     deployed = datetime(2026, 5, 1, 11, 59, 30, 123456, tzinfo=UTC)
     facts = RollbackFacts(
         baselines={"latency": 0.2},
         migrations=(MigrationFact("db/001.sql", True, None),),
         deployed_at=deployed,
         target_version="v1",
+        scope="canary",
+        canary_version="v2",
     )
     number = journal.open_incident(replace(awaiting_approval(), facts=facts))
     again = journal.incident(number)

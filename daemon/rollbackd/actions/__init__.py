@@ -36,6 +36,9 @@ class IncidentFacts:
     current_version: str | None = None
     reason: str = ""
     severity: str = ""
+    scope: str = "all"
+    """``canary``: only ``canary_version`` is to be taken out (a side-by-side decision)."""
+    canary_version: str | None = None
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,9 @@ class RollbackRequest:
     migrations: Sequence[MigrationFact] = ()
     deployed_at: datetime | None = None
     target_version: str | None = None
+    scope: str = "all"
+    """``canary``: take out only ``canary_version`` (core.canary); ``all``: the service."""
+    canary_version: str | None = None
     decided_by: str = "rollbackd"
     """Who made ``decision``: rollbackd, or the person who asked for the rollback."""
 
@@ -181,6 +184,8 @@ class Checklist:
             migrations=tuple(request.migrations),
             deployed_at=request.deployed_at,
             target_version=request.target_version,
+            scope=request.scope,
+            canary_version=request.canary_version,
         )
         incident = self.journal.open_incident(
             NewIncident(
@@ -415,6 +420,8 @@ class _Run:
             current_version=record.current_version,
             reason=record.reason,
             severity=record.severity,
+            scope=record.facts.scope,
+            canary_version=record.facts.canary_version,
         )
         self.verified: Mapping[str, str] = {}
 

@@ -10,9 +10,10 @@ is a :class:`StepResult`.
 
 What the rollback is about reaches the command only as environment values
 (:func:`incident_env`): ``ROLLBACKD_INCIDENT``, ``ROLLBACKD_SERVICE``,
-``ROLLBACKD_TARGET``, ``ROLLBACKD_CURRENT_VERSION``, ``ROLLBACKD_REASON`` and
-``ROLLBACKD_SEVERITY``. The argv itself comes from the config and is never
-built from incident text.
+``ROLLBACKD_TARGET``, ``ROLLBACKD_CURRENT_VERSION``, ``ROLLBACKD_REASON``,
+``ROLLBACKD_SEVERITY``, ``ROLLBACKD_SCOPE`` (``canary``: abort only the new version
+serving alongside the target, ``ROLLBACKD_CANARY_VERSION``; ``all``: the service). The
+argv itself comes from the config and is never built from incident text.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ def incident_env(facts: IncidentFacts, base: Mapping[str, str]) -> dict[str, str
         "ROLLBACKD_CURRENT_VERSION": facts.current_version or "",
         "ROLLBACKD_REASON": facts.reason,
         "ROLLBACKD_SEVERITY": facts.severity,
+        "ROLLBACKD_SCOPE": facts.scope,
+        "ROLLBACKD_CANARY_VERSION": facts.canary_version or "",
     }
     env.update({key: _env_value(value) for key, value in facts_env.items()})
     return env

@@ -305,6 +305,13 @@ class DeployHistory:
             new.append(seen)
         return new
 
+    def serving(self, service: str, source: str = "metric") -> frozenset[str]:
+        """The versions ``source`` saw running at its last look (none: not looked yet)."""
+        history = self._services.get(service)
+        if history is None:
+            return frozenset()
+        return history.present.get(source, frozenset())
+
     def set_present(self, service: str, versions: Iterable[str], source: str = "metric") -> None:
         """The versions seen running last, so that the next observation compares with them."""
         history = self._services.setdefault(service, _ServiceHistory())

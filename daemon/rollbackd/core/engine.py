@@ -40,6 +40,15 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
 
+from rollbackd.core.canary import (
+    CanaryState,
+    SideBySide,
+    canary_decision,
+    is_side_by_side,
+    judge_evidence,
+    override_relative,
+    share_text,
+)
 from rollbackd.core.deploys import Deploy, DeployHistory
 from rollbackd.core.durations import format_duration, format_instant
 from rollbackd.core.model import (
@@ -208,6 +217,8 @@ class Inputs:
     alerts: list[Finding] = field(default_factory=list)
     vectors: dict[str, Vector] = field(default_factory=dict)
     counts: dict[str, tuple[Vector, Vector]] = field(default_factory=dict)
+    side_by_side: SideBySide | None = None
+    """The per-version answers while a service serves two versions (core.canary)."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +267,9 @@ class Engine:
         self._expire_after = settings.expire_after
         self._previously: Previously | None = None
         self._weighing = any(r.weighs_evidence for r in self.rules)
+        self._canary: dict[Key, CanaryState] = {}
+        self._looked: SideBySide | None = None
+        self._judged: set[Key] = set()
 
     @property
     def services(self) -> Mapping[str, list[str]]:
@@ -267,22 +281,24 @@ class Engine:
         ``explain`` names services whose every finding and outcome the report
         should carry (``--explain``): that costs a full evaluation, so only on request.
         """
+        vectors, baselines, side_by_side = self._side_by_side(now, inputs)
         cycle = evaluate_cycle(
             self.rules,
             self._services,
             inputs.measurements,
-            inputs.baselines,
+            baselines,
             inputs.impacts,
             self.states,
             now,
-            inputs.vectors,
+            vectors,
             self._previously,
             inputs.counts,
             self._deploy_times() if self._weighing else None,
         )
         self.states = cycle.states
         self._previously = Previously(now, self._rule_names, frozenset(self._services))
-        notable = (*cycle.notable, *inputs.alerts)
+        extra = [*side_by_side, *inputs.alerts]
+        notable = (*cycle.notable, *extra)
         decisions: list[Decision] = []
         events: list[IncidentEvent] = []
         outcomes: dict[str, str] = {}
@@ -315,8 +331,24 @@ class Engine:
             source_errors=dict(inputs.source_errors),
             quiet=cycle.quiet,
             cycle=cycle,
-            explanations=self._explain(explain, cycle, inputs.alerts, outcomes, now),
+            explanations=self._explain(explain, cycle, extra, outcomes, now),
         )
+
+    def _side_by_side(
+        self, now: datetime, inputs: Inputs
+    ) -> tuple[dict[str, Vector], dict[Key, Measurement], list[Finding]]:
+        """The rules' vectors and baselines with split services' relative rules judged on the
+        new version against the old one, and the evidence rules' ``canary:`` findings."""
+        looked = inputs.side_by_side
+        if looked is None or not looked.splits:
+            self._looked, self._judged, self._canary = None, set(), {}
+            return inputs.vectors, inputs.baselines, []
+        vectors, baselines, self._judged = override_relative(
+            self.rules, looked, inputs.vectors, inputs.baselines
+        )
+        self._canary, findings = judge_evidence(self.rules, looked, self._canary, now)
+        self._looked = looked
+        return vectors, baselines, findings
 
     def _deploy_times(self) -> dict[str, datetime]:
         """Each service's current deploy time: what the evidence of its rules counts from."""
@@ -360,7 +392,7 @@ class Engine:
         severity = Severity.highest([f.severity for f in firing])
         if judgement is not None and severity.rank <= judgement.decision.severity.rank:
             return None, self._fold(service, judgement, firing, now, events)
-        decision = decide(service, firing, self.facts(service), now, self._policy, self._guards)
+        decision = self._decide(service, firing, now)
         if decision is None:
             return None, ended_why or _quiet_outcome(own, judgement)
         if judgement is not None:
@@ -377,6 +409,21 @@ class Engine:
             )
         self._judgements[service] = self._open(service, decision, judgement, own, now)
         return decision, f"decision: {decision.action.value}: {decision.reason}"
+
+    def _decide(self, service: str, firing: list[Finding], now: datetime) -> Decision | None:
+        """The policy's decision; one on side-by-side findings only rolls back the new
+        version's share, to the old version serving alongside (core.canary)."""
+        looked = self._looked
+        split = looked.splits.get(service) if looked is not None else None
+        facts = self.facts(service)
+        if split is None or not all(is_side_by_side(f, self._judged, firing) for f in firing):
+            return decide(service, firing, facts, now, self._policy, self._guards)
+        assert looked is not None  # noqa: S101 -- split came from it
+        facts = replace(facts, last_good_version=split.old)
+        decision = decide(service, firing, facts, now, self._policy, self._guards)
+        if decision is None:
+            return None
+        return canary_decision(decision, split, share_text(looked, split, firing))
 
     def _explain(
         self,
@@ -596,6 +643,7 @@ class Engine:
         that are no longer configured too.
         """
         self.states = {k: v for k, v in other.states.items() if k[0] in self._rule_names}
+        self._canary = {k: v for k, v in other._canary.items() if k[0] in self._rule_names}
         if judgements:
             self.rollbacks = {s: list(t) for s, t in other.rollbacks.items()}
             self._judgements = {s: j for s, j in other._judgements.items() if s in self._services}

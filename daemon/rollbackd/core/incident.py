@@ -211,6 +211,10 @@ class RollbackFacts:
     migrations: tuple[MigrationFact, ...] = ()
     deployed_at: datetime | None = None
     target_version: str | None = None
+    scope: str = "all"
+    """``canary``: the rollback takes out only ``canary_version``, the new version serving
+    beside ``target_version`` (a side-by-side decision, core.canary); ``all``: the service."""
+    canary_version: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object journaled, keyed as journals always kept it."""
@@ -226,6 +230,8 @@ class RollbackFacts:
             ],
             "deployed_at": self.deployed_at.isoformat() if self.deployed_at else None,
             "target_version": self.target_version,
+            "scope": self.scope,
+            "canary_version": self.canary_version,
         }
 
     @classmethod
@@ -242,6 +248,8 @@ class RollbackFacts:
         baselines = value.get("baselines")
         migrations = value.get("migrations")
         target = value.get("target_version")
+        scope = value.get("scope")
+        canary = value.get("canary_version")
         return cls(
             baselines={
                 str(rule): number
@@ -262,6 +270,8 @@ class RollbackFacts:
             ),
             deployed_at=_time(value.get("deployed_at")),
             target_version=target if isinstance(target, str) and target else None,
+            scope="canary" if scope == "canary" else "all",
+            canary_version=canary if isinstance(canary, str) and canary else None,
         )
 
 

@@ -259,3 +259,7 @@ class Decision:
     guards: tuple[str, ...] = ()
     value: float | None = None
     target: str | None = None
+    scope: str = "all"
+    """What a rollback undoes: ``all`` of the service, or only the ``canary`` (core.canary)."""
+    canary_version: str | None = None
+    """With scope ``canary``: the new version serving alongside ``target``, to take out."""

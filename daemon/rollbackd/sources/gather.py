@@ -12,14 +12,15 @@ The engine itself (rollbackd.core.engine) does no I/O.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from rollbackd.config import Config
+from rollbackd.core.canary import Forms, SideBySide, Split, forms_of, instances_query, split_of
 from rollbackd.core.deploys import Deploy, DeployHistory
 from rollbackd.core.durations import format_duration
 from rollbackd.core.engine import Engine, Inputs
@@ -27,6 +28,7 @@ from rollbackd.core.model import (
     Measurement,
     Vector,
 )
+from rollbackd.core.promql_split import Labels
 from rollbackd.core.rules import Key, Rule, applies_to
 from rollbackd.core.seasonal import SLACK, SLACK_RESOLUTION, PastDay, seasonal_baseline
 from rollbackd.sources import MetricSource, guarded_instant
@@ -42,6 +44,26 @@ def version_query(config: Config) -> str | None:
     if metric is None:
         return None
     return f"max by ({config.alerts.service_label}, {config.deploys.version_label}) ({metric})"
+
+
+def split_labels(config: Config) -> Labels | None:
+    """The labels side-by-side judgement joins on (None: no version metric, no judgement)."""
+    metric = config.deploys.version_metric
+    if metric is None:
+        return None
+    deploys = config.deploys
+    service = config.alerts.service_label
+    return Labels(service, deploys.version_label, deploys.instance_label, metric)
+
+
+def side_by_side_forms(
+    config: Config, rules: tuple[Rule, ...]
+) -> tuple[dict[str, Forms], dict[str, str]]:
+    """The rules' per-version forms, and why the others cannot be judged side by side."""
+    labels = split_labels(config)
+    if labels is None:
+        return {}, {}
+    return forms_of(rules, labels)
 
 
 BASELINE_EDGE = timedelta(seconds=1)
@@ -232,6 +254,37 @@ class BaselineCache:
         return adjusted
 
 
+def _collect(
+    split: dict[str, dict[str, Vector]],
+    reads: Mapping[str, Future[Any]],
+    outcome: Callable[[str], tuple[Any, str | None]],
+) -> None:
+    """The per-version answers among ``reads`` into ``split`` (by kind, then rule name)."""
+    for key in reads:
+        kind, _, name = key.partition(":")
+        if kind in split:
+            found, why = outcome(key)
+            split[kind][name] = Vector(error=why) if why is not None else found
+
+
+def _side_by_side(
+    split: Mapping[str, Mapping[str, Vector]], instances: tuple[Any, str | None]
+) -> SideBySide:
+    """The per-version answers read (``split``: by kind, then rule name), no splits yet."""
+    volumes = split["splitvolume"]
+    found, failed = instances
+    return SideBySide(
+        {},
+        dict(split["split"]),
+        {
+            name: (events, volumes[name])
+            for name, events in split["splitevents"].items()
+            if name in volumes
+        },
+        Vector(error=failed) if failed is not None else found,
+    )
+
+
 WITHIN_PRE_DEPLOY = "pre-deploy (the value is within it: earlier days not needed)"
 """A seasonal rule's basis where the plain pre-deploy comparison already leaves it OK."""
 
@@ -254,6 +307,8 @@ class Plan:
     services: Mapping[str, list[str]]
     deploys: Mapping[str, Deploy | None]
     revision: int
+    splits: Mapping[str, Split] = field(default_factory=dict)
+    """The services that served two versions at the last look: their per-version reads."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +325,9 @@ class Measured:
     source_errors: Mapping[str, str]
     counts: Mapping[str, tuple[Vector, Vector]] = field(default_factory=dict)
     """The (events, volume) answers of rules that weigh their traffic, by rule name."""
+    side_by_side: SideBySide | None = None
+    """The per-version answers, read while some service serves two versions (no splits yet:
+    they are the versions seen now, in :meth:`LiveCycle.apply`)."""
 
 
 class LiveCycle:
@@ -293,6 +351,7 @@ class LiveCycle:
         self._settled: tuple[int, dict[Key, Measurement]] | None = None
         self._arounds: tuple[datetime, Arounds, Mapping[str, Vector]] | None = None
         self._pool = ThreadPoolExecutor(MEASURE_WORKERS, thread_name_prefix="measure")
+        self._forms: tuple[tuple[Rule, ...], dict[str, Forms]] | None = None
 
     def close(self) -> None:
         """Stop the reading threads (those still waiting on an answer end with its deadline)."""
@@ -308,13 +367,25 @@ class LiveCycle:
         """What to read at ``now`` (under the state lock: it reads the deploy history)."""
         history = self.engine.history
         services = self.engine.services
+        splits = {}
+        for service in services:
+            split = split_of(service, history.serving(service), history)
+            if split is not None:
+                splits[service] = split
         return Plan(
             now,
             self.engine.rules,
             services,
             {service: history.current(service) for service in services},
             history.revision,
+            splits,
         )
+
+    def forms(self, rules: tuple[Rule, ...]) -> dict[str, Forms]:
+        """The rules' per-version forms (rewritten once per set of rules)."""
+        if self._forms is None or self._forms[0] is not rules:
+            self._forms = (rules, side_by_side_forms(self.config, rules)[0])
+        return self._forms[1]
 
     def measure(self, plan: Plan) -> Measured:
         """Read everything the plan names, at once, within :attr:`budget`; never raises.
@@ -339,7 +410,6 @@ class LiveCycle:
             except Exception as exc:  # noqa: BLE001 -- one read's failure is its own, said
                 return None, f"{type(exc).__name__}: {one_line(str(exc), 300)}"
 
-        config = self.config
         errors: dict[str, str] = {}
         running: Mapping[str, Mapping[str, list[datetime]]] = {}
         heads: dict[str, str] = {}
@@ -348,12 +418,13 @@ class LiveCycle:
         impacts: dict[str, Vector] = {}
         arounds: dict[tuple[str, timedelta], Vector] = {}
         weighed: dict[str, dict[str, Vector]] = {"events": {}, "volume": {}}
+        split: dict[str, dict[str, Vector]] = {"split": {}, "splitevents": {}, "splitvolume": {}}
         for key in reads:
             kind, _, name = key.partition(":")
             found, why = outcome(key)
             if kind == "versions":
                 if why is not None:
-                    errors["deploys"] = f"cannot read {config.deploys.version_metric}: {why}"
+                    errors["deploys"] = f"cannot read {self.config.deploys.version_metric}: {why}"
                 else:
                     running = found
             elif kind == "head" and isinstance(found, str):
@@ -376,6 +447,11 @@ class LiveCycle:
                 rule_name, _, seconds = name.rpartition(":")
                 offset = timedelta(seconds=int(seconds))
                 arounds[(rule_name, offset)] = Vector(error=why) if why is not None else found
+        if "instances" not in reads and any(len(v) > 1 for v in running.values()):
+            # A split seen for the first time: its per-version reads now, in what is left
+            # of the budget, so that its first look is judged side by side too.
+            reads.update(self._split_reads(plan.rules, plan.time))
+        _collect(split, reads, outcome)
         baselines, why = outcome("baselines")
         self._arounds = (plan.time, arounds, vectors)
         if why is None:
@@ -397,6 +473,7 @@ class LiveCycle:
             baselines if why is None else {},
             errors,
             counts,
+            _side_by_side(split, outcome("instances")) if "instances" in reads else None,
         )
 
     def _start_reads(self, plan: Plan) -> dict[str, Future[Any]]:
@@ -436,6 +513,8 @@ class LiveCycle:
                     reads[f"around:{rule.name}:{int(offset.total_seconds())}"] = self._pool.submit(
                         guarded_instant, self.prometheus, around_query(rule), now - offset + SLACK
                     )
+        if plan.splits:  # per-version reads only while some service serves two versions
+            reads.update(self._split_reads(plan.rules, now))
         probe_names = {r.probe for r in plan.rules if r.probe is not None}
         if self.prober is not None and probe_names:
             for configured in config.services:
@@ -445,6 +524,28 @@ class LiveCycle:
                             self.prober.probe, configured.name, probe
                         )
         reads["baselines"] = self._pool.submit(self._baselines_for, plan)
+        return reads
+
+    def _split_reads(self, rules: tuple[Rule, ...], now: datetime) -> dict[str, Future[Any]]:
+        """The per-version forms' reads, on the reading threads (none without forms)."""
+        labels = split_labels(self.config)
+        forms = self.forms(rules)
+        reads: dict[str, Future[Any]] = {}
+        if labels is None or not forms:
+            return reads
+        reads["instances"] = self._pool.submit(
+            guarded_instant, self.prometheus, instances_query(labels), now
+        )
+        for name, form in forms.items():
+            for kind, query in (
+                ("split", form.query),
+                ("splitevents", form.events),
+                ("splitvolume", form.volume),
+            ):
+                if query is not None:
+                    reads[f"{kind}:{name}"] = self._pool.submit(
+                        guarded_instant, self.prometheus, query, now
+                    )
         return reads
 
     def apply(self, measured: Measured) -> Inputs:
@@ -459,7 +560,19 @@ class LiveCycle:
         for service, sha in measured.heads.items():
             if service not in seen:
                 history.observe_versions(service, [sha[:12]], now, "git", {sha[:12]: sha})
-        inputs = Inputs(source_errors=dict(measured.source_errors), counts=dict(measured.counts))
+        side_by_side = measured.side_by_side
+        if side_by_side is not None:  # the versions seen now: the splits judged now
+            splits = {}
+            for service, versions in measured.running.items():
+                split = split_of(service, versions, history)
+                if split is not None and service in plan.services:
+                    splits[service] = split
+            side_by_side = replace(side_by_side, splits=splits)
+        inputs = Inputs(
+            source_errors=dict(measured.source_errors),
+            counts=dict(measured.counts),
+            side_by_side=side_by_side,
+        )
         if history.revision == plan.revision:
             inputs.baselines.update(measured.baselines)
         else:  # a deploy changed while reading: what is known for the new one (see unread)
