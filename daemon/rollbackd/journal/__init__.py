@@ -7,7 +7,9 @@ deploy events are journaled as received.
 - what is kept (incidents, steps, decisions, evidence, alerts) is the incident model,
   :mod:`rollbackd.core.incident`, re-exported here;
 - :mod:`.stores`: the interfaces, one protocol per concern, and :class:`Journal`;
-- :mod:`.sqlite`: :class:`SqliteJournal`, the journal in one SQLite file (production);
+- :mod:`.sqlite`: :class:`SqliteJournal`, the journal in one SQLite file (production, the
+  default: in the state directory);
+- :mod:`.postgresql`: :class:`PostgresJournal`, the journal in PostgreSQL (``[journal] url``);
 - :mod:`.memory`: :class:`MemoryJournal`, the same in Python structures (tests, fakes).
 
 Callers type against :class:`Journal` (or the one store they use) and import
@@ -31,6 +33,7 @@ from rollbackd.core.incident import (
 )
 from rollbackd.errors import JournalError, JournalUnavailable
 from rollbackd.journal.memory import MemoryJournal
+from rollbackd.journal.postgresql import PostgresJournal
 from rollbackd.journal.sqlite import SqliteJournal, journal_path
 from rollbackd.journal.sqlite.schema import SCHEMA_VERSION
 from rollbackd.journal.sqlite.writer import BATCH_ALERTS, BATCH_DELIVERIES
@@ -61,6 +64,7 @@ __all__ = [
     "MemoryJournal",
     "NewIncident",
     "Outcome",
+    "PostgresJournal",
     "RollbackFacts",
     "SqliteJournal",
     "StepRecord",
