@@ -25,7 +25,7 @@ from rollbackd.core.deploys import Deploy
 from rollbackd.core.recovery import Criteria
 from rollbackd.core.rules import Rule, applies_to
 from rollbackd.errors import JournalError
-from rollbackd.journal import EvidenceKind, Journal, PostgresJournal, SqliteJournal, journal_path
+from rollbackd.journal import EvidenceKind, Journal, SqliteJournal, journal_path
 from rollbackd.notify import JournalOnly, Message, Notifier
 from rollbackd.notify.retry import Background, build_notifier
 from rollbackd.sources import MetricSource
@@ -102,6 +102,8 @@ def open_journal(config: Config) -> Journal:
     settings = config.journal
     if settings.url is None:
         return SqliteJournal(journal_path(config.daemon.state_dir))
+    from rollbackd.journal.postgresql import PostgresJournal  # noqa: PLC0415 -- psycopg at need
+
     return PostgresJournal(
         settings.url,
         password=journal_password(settings.password_file),

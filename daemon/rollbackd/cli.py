@@ -51,8 +51,7 @@ from rollbackd.errors import (
 )
 from rollbackd.evaluation import Evaluation, evaluate_now
 from rollbackd.journal import IncidentState, Journal, JournalError, journal_path
-from rollbackd.journal.postgresql.check import check_journal
-from rollbackd.journal.postgresql.database import check_url
+from rollbackd.journal.pgurl import check_url
 from rollbackd.loader import Loaded, load, shown
 from rollbackd.manual import manual_request
 from rollbackd.notify import Notifier
@@ -175,10 +174,14 @@ def _check_journal(loaded: Loaded) -> str | None:
         password = journal_password(settings.password_file)
     except JournalError as exc:
         _fail([f"{source}: {exc}"], EXIT_INVALID)
+    from rollbackd.journal.postgresql.check import check_journal  # noqa: PLC0415 -- psycopg
+
+    from_env = any(name.upper() == "ROLLBACKD_JOURNAL__URL" for name in os.environ)
+    where = "environment ROLLBACKD_JOURNAL__URL" if from_env else f"{source}: journal.url"
     try:
         return check_journal(settings.url, password, settings.timeout.total_seconds())
     except ValueError as exc:
-        _fail([f"{source}: journal.url: {exc}"], EXIT_INVALID)
+        _fail([f"{where}: {exc}"], EXIT_INVALID)
 
 
 @journal_app.command("migrate")

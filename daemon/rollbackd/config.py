@@ -34,7 +34,7 @@ from rollbackd.core.model import Action, Severity
 from rollbackd.core.policy import DEFAULT_POLICY, Guards, PolicyEntry, Silence
 from rollbackd.core.validation import NAME_PATTERN, problems_from
 from rollbackd.errors import InvalidInput, Problem
-from rollbackd.journal.postgresql.database import check_url, password_of
+from rollbackd.journal.pgurl import check_url, password_of
 from rollbackd.text import quoted
 
 ENV_PREFIX = "ROLLBACKD_"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rollbackd.journal import Journal, MemoryJournal, PostgresJournal, SqliteJournal, journal_path
+from rollbackd.journal import Journal, MemoryJournal, SqliteJournal, journal_path
+from rollbackd.journal.postgresql import PostgresJournal
 from tests.support.postgres import PostgresServer
 
 

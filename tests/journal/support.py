@@ -18,10 +18,10 @@ from rollbackd.journal import (
     Journal,
     NewIncident,
     Outcome,
-    PostgresJournal,
     RollbackFacts,
     SqliteJournal,
 )
+from rollbackd.journal.postgresql import PostgresJournal
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
 HOSTILE = "--upload-pack=touch /tmp/x; $(rm -rf /)\n`id` <script>"

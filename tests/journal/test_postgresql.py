@@ -16,8 +16,8 @@ from rollbackd.journal import (
     IncidentState,
     JournalError,
     JournalUnavailable,
-    PostgresJournal,
 )
+from rollbackd.journal.postgresql import PostgresJournal
 from rollbackd.journal.postgresql.schema import SCHEMA_VERSION
 from tests.journal.support import (
     T0,

@@ -9,7 +9,8 @@ deploy events are journaled as received.
 - :mod:`.stores`: the interfaces, one protocol per concern, and :class:`Journal`;
 - :mod:`.sqlite`: :class:`SqliteJournal`, the journal in one SQLite file (production, the
   default: in the state directory);
-- :mod:`.postgresql`: :class:`PostgresJournal`, the journal in PostgreSQL (``[journal] url``);
+- :mod:`.postgresql`: ``PostgresJournal``, the journal in PostgreSQL (``[journal] url``),
+  imported from there: psycopg loads only for a journal in PostgreSQL;
 - :mod:`.memory`: :class:`MemoryJournal`, the same in Python structures (tests, fakes).
 
 Callers type against :class:`Journal` (or the one store they use) and import
@@ -33,7 +34,6 @@ from rollbackd.core.incident import (
 )
 from rollbackd.errors import JournalError, JournalUnavailable
 from rollbackd.journal.memory import MemoryJournal
-from rollbackd.journal.postgresql import PostgresJournal
 from rollbackd.journal.sqlite import SqliteJournal, journal_path
 from rollbackd.journal.sqlite.schema import SCHEMA_VERSION
 from rollbackd.journal.sqlite.writer import BATCH_ALERTS, BATCH_DELIVERIES
@@ -64,7 +64,6 @@ __all__ = [
     "MemoryJournal",
     "NewIncident",
     "Outcome",
-    "PostgresJournal",
     "RollbackFacts",
     "SqliteJournal",
     "StepRecord",

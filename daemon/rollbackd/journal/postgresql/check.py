@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from rollbackd.journal.postgresql.database import password_of, place, scrub, shown_url
+from rollbackd.journal.pgurl import password_of, place, scrub, shown_url
 from rollbackd.journal.postgresql.schema import SCHEMA_VERSION, version_of
 
 CHECK_TIMEOUT = 3.0

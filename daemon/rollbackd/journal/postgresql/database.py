@@ -34,16 +34,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
-from psycopg import conninfo
 from psycopg.types.string import StrDumper
 
 from rollbackd.errors import JournalError, JournalUnavailable
 from rollbackd.journal.codec import encode_json
+from rollbackd.journal.pgurl import password_of, scrub, shown_url
 from rollbackd.logs import get_logger
 
 log = get_logger("rollbackd.journal")
 
-SCHEMES = ("postgresql", "postgres")
 PROBE_PAUSE = 1.0
 """While the last call failed, :meth:`Database.problem` tries the server at most this often."""
 THE_WRITE_ITSELF = (
@@ -56,68 +55,6 @@ THE_WRITE_ITSELF = (
 whether the journal can be written: trying again would fail the same way."""
 
 Connection = psycopg.Connection[tuple[Any, ...]]
-
-
-def check_url(url: str) -> str:
-    """``url`` if it is a ``postgresql://`` URL libpq reads; ValueError (password masked) if not."""
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES or (not parts.netloc and not parts.path.strip("/")):
-        raise ValueError(f"expected a postgresql://USER@HOST:PORT/DB URL, got {masked_url(url)!r}")
-    try:
-        conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError as exc:
-        reason = scrub(str(exc).strip(), password_of(url))
-        raise ValueError(f"not a URL libpq reads: {reason}") from None
-    return url
-
-
-def password_of(url: str) -> str | None:
-    """The password the URL holds, if any (for scrubbing messages)."""
-    try:
-        password = conninfo.conninfo_to_dict(url).get("password")
-    except psycopg.ProgrammingError:
-        password = urlsplit(url).password
-    return str(password) if password else None
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password, if any, shown as ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return parts._replace(netloc=f"{name}:***@{host}").geturl()
-
-
-def shown_url(url: str) -> str:
-    """``postgresql://user@host:port/db``: where the journal is, for people and logs."""
-    try:
-        info = conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return masked_url(url)
-    user = f"{info['user']}@" if info.get("user") else ""
-    return f"postgresql://{user}{place(url)}"
-
-
-def place(url: str) -> str:
-    """``host:port/db`` (libpq's defaults for what the URL leaves out)."""
-    try:
-        info = conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        info = {}
-    host = str(info.get("host") or "localhost")
-    if host.startswith("/"):
-        host = f"[{host}]"  # a unix socket directory
-    return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or info.get('user') or ''}"
-
-
-def scrub(text: str, *secrets: str | None) -> str:
-    """``text`` without any of ``secrets`` in it (a libpq message quoting a URL, say)."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 def json_text(value: Any) -> str:
@@ -169,7 +106,7 @@ class Database:
     ) -> None:
         self._url = url
         self._password = password
-        self._secrets = (password, password_of(url))
+        self._secrets = (password, password_of(url), urlsplit(url).password)
         self.timeout = timeout
         self.location = shown_url(url)
         """Where the journal is, without the password."""
