@@ -13,13 +13,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.reliability import figures
+from tests.support.postgres import PostgresServer
 
 WORKER_OUTPUT = "rollbackd_reliability_figures"
 
@@ -84,3 +85,18 @@ def run_cli(tmp_path: Path) -> RunCli:
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session (per xdist worker): initdb once, not per test."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's PostgreSQL; its URL, password included."""
+    if not postgres_server.running:  # a test stopped it and failed before starting it again
+        postgres_server.start()
+    return postgres_server.create_database()

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from rollbackd.actions import Executor, StepResult
 from rollbackd.actions.checklist import Checklist, Observer, Parts
@@ -23,6 +24,7 @@ from rollbackd.config import Config, ServiceConfig
 from rollbackd.core.deploys import Deploy
 from rollbackd.core.recovery import Criteria
 from rollbackd.core.rules import Rule, applies_to
+from rollbackd.errors import JournalError
 from rollbackd.journal import EvidenceKind, Journal, SqliteJournal, journal_path
 from rollbackd.notify import JournalOnly, Message, Notifier
 from rollbackd.notify.retry import Background, build_notifier
@@ -93,8 +95,32 @@ def criteria(config: Config) -> Criteria:
     )
 
 
-def open_journal(config: Config) -> SqliteJournal:
-    return SqliteJournal(journal_path(config.daemon.state_dir))
+def open_journal(config: Config) -> Journal:
+    """The journal the config names, for every command that opens one: in PostgreSQL at
+    ``[journal] url``, else in SQLite in the state directory. JournalError if it cannot be
+    opened (the message never holds the password)."""
+    settings = config.journal
+    if settings.url is None:
+        return SqliteJournal(journal_path(config.daemon.state_dir))
+    from rollbackd.journal.postgresql import PostgresJournal  # noqa: PLC0415 -- psycopg at need
+
+    return PostgresJournal(
+        settings.url,
+        password=journal_password(settings.password_file),
+        timeout=settings.timeout.total_seconds(),
+    )
+
+
+def journal_password(path: Path | None) -> str | None:
+    """The first line of ``[journal] password_file``; None without one."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise JournalError(f"journal.password_file: cannot read {path}: {reason}") from None
+    return text.splitlines()[0] if text else ""
 
 
 def build_checklist(

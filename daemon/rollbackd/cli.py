@@ -23,7 +23,13 @@ from rich.table import Table
 
 from rollbackd import __version__
 from rollbackd.actions.checklist import RollbackRequest
-from rollbackd.assembly import build_checklist, notifier_for, now_utc, open_journal
+from rollbackd.assembly import (
+    build_checklist,
+    journal_password,
+    notifier_for,
+    now_utc,
+    open_journal,
+)
 from rollbackd.client import DaemonClient
 from rollbackd.config import DEFAULT_CONFIG_PATH, Config
 from rollbackd.core.deploys import DeployHistory
@@ -45,7 +51,8 @@ from rollbackd.errors import (
 )
 from rollbackd.evaluation import Evaluation, evaluate_now
 from rollbackd.httpconfig import describe, without_password
-from rollbackd.journal import IncidentState, JournalError, SqliteJournal
+from rollbackd.journal import IncidentState, Journal, JournalError, journal_path
+from rollbackd.journal.pgurl import check_url
 from rollbackd.loader import Loaded, load, shown
 from rollbackd.manual import manual_request
 from rollbackd.notify import Notifier
@@ -140,11 +147,110 @@ def _root(
     configure("auto")  # logs go to stderr: stdout is the command's output (JSON lines too)
 
 
+journal_app = typer.Typer(
+    help="The journal: copy a SQLite journal into PostgreSQL.", no_args_is_help=True
+)
+app.add_typer(journal_app, name="journal")
+
+
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
-    """Validate config and every rule file: a summary (exit 0) or each problem (exit 2)."""
+    """Validate config and every rule file, and reach the journal's PostgreSQL if one is
+    configured: a summary (exit 0) or each problem (exit 2)."""
     loaded = _load(config)
-    _print_summary(loaded, Console(highlight=False))
+    reached = _check_journal(loaded)
+    console = Console(highlight=False)
+    _print_summary(loaded, console)
+    if reached is not None:
+        console.print(reached)
+
+
+def _check_journal(loaded: Loaded) -> str | None:
+    """With ``[journal] url``: a line saying PostgreSQL is reachable; exit 2 saying why not."""
+    settings = loaded.config.journal
+    if settings.url is None:
+        return None
+    source = shown(loaded.config_path)
+    try:
+        password = journal_password(settings.password_file)
+    except JournalError as exc:
+        _fail([f"{source}: {exc}"], EXIT_INVALID)
+    from rollbackd.journal.postgresql.check import check_journal  # noqa: PLC0415 -- psycopg
+
+    from_env = any(name.upper() == "ROLLBACKD_JOURNAL__URL" for name in os.environ)
+    where = "environment ROLLBACKD_JOURNAL__URL" if from_env else f"{source}: journal.url"
+    try:
+        return check_journal(settings.url, password, settings.timeout.total_seconds())
+    except ValueError as exc:
+        _fail([f"{where}: {exc}"], EXIT_INVALID)
+
+
+@journal_app.command("migrate")
+def journal_migrate(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            metavar="URL",
+            help="The PostgreSQL journal: postgresql://USER@HOST:PORT/DB (the password from "
+            "--password-file or PGPASSFILE rather than the command line).",
+        ),
+    ],
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            metavar="PATH",
+            help="The SQLite journal (default: journal.sqlite3 in the config's state_dir).",
+        ),
+    ] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option("--password-file", help="A file whose first line is the password."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Copy a SQLite journal into an empty PostgreSQL one, numbers and times kept, at once."""
+    from rollbackd.journal.postgresql import PostgresJournal  # noqa: PLC0415 -- one command's
+    from rollbackd.journal.postgresql.copy import TargetNotEmpty, copy_sqlite  # noqa: PLC0415
+
+    try:
+        check_url(to)
+    except ValueError as exc:
+        _fail([f"--to: {exc}"], EXIT_INVALID)
+    held: StateLock | None = None
+    if source is None:
+        loaded = _load(config)
+        source = journal_path(loaded.config.daemon.state_dir)
+        held = _lock_state_dir(loaded, "rollbackd journal migrate")
+    try:
+        try:
+            password = journal_password(password_file)
+        except JournalError as exc:
+            _fail([f"--password-file: {str(exc).partition(': ')[2]}"], EXIT_INVALID)
+        try:
+            target = PostgresJournal(to, password=password)
+        except JournalError as exc:
+            _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
+        try:
+            copied = copy_sqlite(source, target)
+        except TargetNotEmpty as exc:
+            _fail([f"--to: {exc}"], EXIT_INVALID)
+        except JournalError as exc:
+            _fail([f"rollbackd: {exc}"], EXIT_RUNTIME)
+        finally:
+            target.close()
+    finally:
+        if held is not None:
+            held.release()
+    typer.echo(
+        f"copied {source} to {target.location}: "
+        f"{_count(copied['incidents'], 'incident')} ({_count(copied['decisions'], 'decision')}, "
+        f"{_count(copied['steps'], 'step')}, {copied['evidence']} evidence, "
+        f"{_count(copied['samples'], 'sample')}), {_count(copied['alerts'], 'alert')}, "
+        f"{copied['deliveries']} deliver{'y' if copied['deliveries'] == 1 else 'ies'}, "
+        f"{_count(copied['deploys'], 'deploy')}"
+    )
 
 
 @app.command()
@@ -577,7 +683,7 @@ def _deliver(notifier: Notifier) -> None:
 
 
 def _manual_request(
-    loaded: Loaded, journal: SqliteJournal, service: str, to: str | None, reason: str | None
+    loaded: Loaded, journal: Journal, service: str, to: str | None, reason: str | None
 ) -> RollbackRequest:
     """The request as the daemon would build it: deploy events from the journal, the rest
     from monitoring (see :func:`rollbackd.manual.manual_request`)."""
@@ -640,7 +746,7 @@ def incidents(
     journal, problem = _readable_journal(loaded)
     if journal is not None:
         records = [incident_record(r) for r in journal.incidents(limit=limit)]
-        where = str(journal.path)
+        where = journal.location
     else:
         client = _daemon_instead(loaded, problem)
         records = _ask(client.get, problem, "/api/v1/incidents", limit=limit)
@@ -721,7 +827,7 @@ def veto(
     typer.echo(f"incident {record['id']}: {record['state']} — {record['summary']}")
 
 
-def _readable_journal(loaded: Loaded) -> tuple[SqliteJournal | None, str]:
+def _readable_journal(loaded: Loaded) -> tuple[Journal | None, str]:
     """The journal, read directly (a post-mortem must not need the daemon), or why not."""
     try:
         return open_journal(loaded.config), ""

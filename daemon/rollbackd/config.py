@@ -45,6 +45,7 @@ from rollbackd.httpconfig import (
     read_secret,
     ssl_context,
 )
+from rollbackd.journal.pgurl import check_url, password_of
 from rollbackd.text import quoted
 
 ENV_PREFIX = "ROLLBACKD_"
@@ -411,6 +412,36 @@ class IncidentsConfig(_Section):
         return value
 
 
+class JournalConfig(_Section):
+    """``[journal]``: where the journal is kept. Without ``url``: SQLite in ``state_dir``."""
+
+    url: str | None = Field(default=None, repr=False)
+    """``postgresql://USER@HOST:PORT/DB``: the journal in PostgreSQL. Its password, if it
+    holds one, is never shown (nor is the URL: ``repr=False``)."""
+    password_file: Path | None = None
+    """A file holding PostgreSQL's password (its first line); else the URL's, else libpq's
+    ``PGPASSFILE`` or ``~/.pgpass``."""
+    timeout: Duration = timedelta(seconds=5)
+    """Connecting to PostgreSQL, and each statement, at most this long."""
+
+    _url = field_validator("url")(lambda value: None if value is None else check_url(value))
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(minutes=1):
+            raise ValueError("must be between 1s and 1m")
+        return value
+
+    @model_validator(mode="after")
+    def _one_password(self) -> JournalConfig:
+        if self.password_file is not None and self.url is None:
+            raise ValueError("password_file needs url (the journal in PostgreSQL)")
+        if self.password_file is not None and self.url and password_of(self.url):
+            raise ValueError("the password is in both url and password_file: keep one")
+        return self
+
+
 class NotifierConfig(_Section):
     """``[[notifiers]]``: where people are told (a JSON webhook, Slack, PagerDuty)."""
 
@@ -476,6 +507,7 @@ class Config(BaseSettings):
     deploys: DeploysConfig = Field(default_factory=DeploysConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    journal: JournalConfig = Field(default_factory=JournalConfig)
     notifiers: list[NotifierConfig] = Field(default_factory=list)
     tokens: list[TokenConfig] = Field(default_factory=list)
 

@@ -161,15 +161,19 @@ class State:
 
 
 def keep_running(running: Config, loaded: Loaded) -> tuple[Loaded, list[str]]:
-    """``loaded`` with the running values of :data:`RESTART_KEYS`, and each one that changed."""
+    """``loaded`` with the running values of :data:`RESTART_KEYS` and of ``[journal]`` (the
+    journal open is the one written to), and each one that changed."""
     changed = {
         key: (getattr(running.daemon, key), getattr(loaded.config.daemon, key))
         for key in RESTART_KEYS
         if getattr(running.daemon, key) != getattr(loaded.config.daemon, key)
     }
-    if not changed:
+    journal_changed = running.journal != loaded.config.journal
+    if not changed and not journal_changed:
         return loaded, []
     daemon = loaded.config.daemon.model_copy(update={k: old for k, (old, _) in changed.items()})
-    config = loaded.config.model_copy(update={"daemon": daemon})
+    config = loaded.config.model_copy(update={"daemon": daemon, "journal": running.journal})
     described = [f"daemon.{key} ({old} → {new})" for key, (old, new) in changed.items()]
+    if journal_changed:
+        described.append("journal (its URL is not shown: it may hold a password)")
     return replace(loaded, config=config), described

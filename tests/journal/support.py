@@ -21,6 +21,7 @@ from rollbackd.journal import (
     RollbackFacts,
     SqliteJournal,
 )
+from rollbackd.journal.postgresql import PostgresJournal
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
 HOSTILE = "--upload-pack=touch /tmp/x; $(rm -rf /)\n`id` <script>"
@@ -142,14 +143,15 @@ def delivery(*alerts: AlertRecord, group: str = "{}:{}") -> Delivery:
 
 @contextmanager
 def one_batch(journal: Journal) -> Iterator[None]:
-    """What is queued inside is written in one batch (SQLite: the writer is kept busy meanwhile).
+    """What is queued inside is written in one batch (SQLite, PostgreSQL: the writer is kept
+    busy meanwhile).
 
     A delivery of BATCH_ALERTS (resolved) alerts is a batch of its own; the
     writer waits with it for the journal's write lock, held here, while the
     deliveries queued inside wait together for the next batch. A store
     without a writer thread applies each delivery at once.
     """
-    if not isinstance(journal, SqliteJournal):
+    if not isinstance(journal, SqliteJournal | PostgresJournal):
         yield
         return
     with journal.database.lock:

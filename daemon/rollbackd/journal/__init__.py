@@ -7,7 +7,10 @@ deploy events are journaled as received.
 - what is kept (incidents, steps, decisions, evidence, alerts) is the incident model,
   :mod:`rollbackd.core.incident`, re-exported here;
 - :mod:`.stores`: the interfaces, one protocol per concern, and :class:`Journal`;
-- :mod:`.sqlite`: :class:`SqliteJournal`, the journal in one SQLite file (production);
+- :mod:`.sqlite`: :class:`SqliteJournal`, the journal in one SQLite file (production, the
+  default: in the state directory);
+- :mod:`.postgresql`: ``PostgresJournal``, the journal in PostgreSQL (``[journal] url``),
+  imported from there: psycopg loads only for a journal in PostgreSQL;
 - :mod:`.memory`: :class:`MemoryJournal`, the same in Python structures (tests, fakes).
 
 Callers type against :class:`Journal` (or the one store they use) and import

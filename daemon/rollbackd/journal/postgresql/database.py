@@ -1,0 +1,288 @@
+"""The PostgreSQL database under the journal's stores: connections, transactions, and whether
+it can be written at all.
+
+Two connections, each guarded by a lock, as the SQLite store has: one writes (every write
+takes its turn on it, under :attr:`Database.lock`), one reads (read-only, repeatable-read
+transactions, so that an incident and what is kept with it are read from one snapshot). Not
+a pool: the daemon's writes are few and go one at a time anyway (the webhook deliveries are
+group-committed by one thread), reads are short indexed lookups, and two sessions per daemon
+keep PostgreSQL's connection count predictable with no other dependency.
+
+Every call is bounded: ``connect_timeout``, ``statement_timeout``, ``lock_timeout`` and TCP
+keepalives and ``tcp_user_timeout`` (a server that vanished from the network). A connection
+error or a timeout is :class:`JournalUnavailable`: the connection is dropped, and the next
+call connects again. A transaction whose ``BEGIN`` fails on a connection that went stale
+while idle (PostgreSQL restarted) is tried once more on a new connection: nothing was sent.
+A ``COMMIT`` cut off by a lost connection is reported unavailable although PostgreSQL may
+have committed it: no client can know, and the stores' writes are kept so that the
+retries that matter (webhook deliveries) change nothing.
+
+The password (in the URL, from ``password_file``, or from ``PGPASSFILE`` by libpq) is never
+in a message or a log: places are shown as ``postgresql://user@host:port/db``
+(:func:`shown_url`) and every error text is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg.types.string import StrDumper
+
+from rollbackd.errors import JournalError, JournalUnavailable
+from rollbackd.journal.codec import encode_json
+from rollbackd.journal.pgurl import password_of, scrub, shown_url
+from rollbackd.logs import get_logger
+
+log = get_logger("rollbackd.journal")
+
+PROBE_PAUSE = 1.0
+"""While the last call failed, :meth:`Database.problem` tries the server at most this often."""
+THE_WRITE_ITSELF = (
+    psycopg.IntegrityError,
+    psycopg.DataError,
+    psycopg.ProgrammingError,
+    psycopg.NotSupportedError,
+)
+"""Errors about the statement (a bad reference, a value PostgreSQL refuses), not about
+whether the journal can be written: trying again would fail the same way."""
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+def json_text(value: Any) -> str:
+    """JSON as the other stores write it (:func:`~rollbackd.journal.codec.encode_json`), but
+    valid: PostgreSQL refuses NaN and infinities, so a non-finite number is kept as the
+    text JSON would spell it (``"NaN"``, ``"Infinity"``); ValueError for a circular value."""
+    text = encode_json(value)
+    if "NaN" not in text and "Infinity" not in text:
+        return text
+    return encode_json(_finite(value))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+class _Text(StrDumper):
+    """Text as PostgreSQL keeps it: a NUL (which no text column takes, and a hostile label may
+    hold) becomes U+FFFD, and a lone surrogate (which no encoder takes) "?"; anything else is
+    sent as is. A webhook whose labels hold a NUL is journaled, not refused for ever."""
+
+    def dump(self, obj: str) -> bytes:
+        if "\x00" in obj:
+            obj = obj.replace("\x00", "\ufffd")
+        return obj.encode("utf-8", "replace")
+
+
+class Database:
+    """One PostgreSQL journal, open for reading and writing; safe to share between threads.
+
+    ``migrate`` brings its schema up to date on the first connection, before anything reads
+    it (:func:`rollbackd.journal.postgresql.schema.migrate`). ``timeout`` bounds connecting
+    and each statement (seconds).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        migrate: Callable[[Connection], None],
+        *,
+        password: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self._url = url
+        self._password = password
+        self._secrets = (password, password_of(url), urlsplit(url).password)
+        self.timeout = timeout
+        self.location = shown_url(url)
+        """Where the journal is, without the password."""
+        self.lock = threading.RLock()
+        """Held by every write: one transaction at a time on the writing connection."""
+        self._read_lock = threading.RLock()
+        self._writer: Connection | None = None
+        self._reader: Connection | None = None
+        self._failure: str | None = None
+        """Why the last call failed (unreachable, timed out); None once one succeeds."""
+        self._probed = -math.inf
+        self._closed = False
+        try:
+            self._writer = self.connect()
+            migrate(self._writer)
+        except psycopg.Error as exc:
+            if self._writer is not None:
+                self._writer.close()
+            reason = self.reason(exc)
+            raise JournalError(f"cannot open the journal {self.location}: {reason}") from None
+        except BaseException:
+            if self._writer is not None:
+                self._writer.close()
+            raise
+
+    def connect(self, *, statement_timeout: float | None = None) -> Connection:
+        """A new session, every call in it bounded; autocommit: transactions are explicit."""
+        ms = int((self.timeout if statement_timeout is None else statement_timeout) * 1000)
+        extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
+        connection: Connection = psycopg.connect(
+            self._url,
+            autocommit=True,
+            connect_timeout=max(1, math.ceil(self.timeout)),
+            application_name="rollbackd",
+            options=(
+                f"-c statement_timeout={ms} -c lock_timeout={ms} "
+                f"-c idle_in_transaction_session_timeout={max(ms, 1000) * 4} -c TimeZone=UTC"
+            ),
+            keepalives=1,
+            keepalives_idle=max(1, math.ceil(self.timeout)),
+            keepalives_interval=1,
+            keepalives_count=3,
+            tcp_user_timeout=max(ms, 1000) * 2,
+            **extra,
+        )
+        connection.adapters.register_dumper(str, _Text)
+        return connection
+
+    def reason(self, exc: BaseException) -> str:
+        """What went wrong, in one line, without the password."""
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return scrub(text, *self._secrets)
+
+    def close(self) -> None:
+        """Close both sessions; later calls are refused."""
+        self._closed = True
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        with self.lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    def refuse_if_closed(self) -> None:
+        if self._closed:
+            raise JournalError(f"the journal {self.location} is closed")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction: committed on exit, or not at all; errors as JournalError."""
+        with self.lock:
+            self.refuse_if_closed()
+            db = self._begin("BEGIN", reading=False)
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException as exc:
+                with suppress(psycopg.Error):  # the error to report is the first one
+                    db.execute("ROLLBACK")
+                if isinstance(exc, psycopg.Error):
+                    raise self.failed(exc, reading=False) from exc
+                raise
+            self.succeeded()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """One read-only transaction on the reading session: a consistent snapshot."""
+        with self._read_lock:
+            self.refuse_if_closed()
+            db = self._begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", reading=True)
+            try:
+                yield db
+            except psycopg.Error as exc:
+                raise self.failed(exc, reading=True) from exc
+            finally:
+                with suppress(psycopg.Error):
+                    db.execute("COMMIT")
+
+    def _begin(self, statement: str, *, reading: bool) -> Connection:
+        """A session with a transaction begun; a stale one is replaced once (nothing was sent)."""
+        while True:
+            stale = (self._reader if reading else self._writer) is not None
+            try:
+                db = self._session(reading)
+                db.execute(statement)
+            except psycopg.Error as exc:
+                if isinstance(exc, THE_WRITE_ITSELF):
+                    raise self.failed(exc, reading=reading) from exc
+                self._drop(reading)
+                if not stale:  # a new session failed: the server, not the session
+                    raise self.failed(exc, reading=reading) from exc
+            else:
+                return db
+
+    def _session(self, reading: bool) -> Connection:
+        current = self._reader if reading else self._writer
+        if current is not None and not current.closed:
+            return current
+        fresh = self.connect()
+        if reading:
+            self._reader = fresh
+        else:
+            self._writer = fresh
+        return fresh
+
+    def _drop(self, reading: bool) -> None:
+        current = self._reader if reading else self._writer
+        if current is not None:
+            with suppress(psycopg.Error):
+                current.close()
+        if reading:
+            self._reader = None
+        else:
+            self._writer = None
+
+    def failed(self, exc: psycopg.Error, *, reading: bool) -> JournalError:
+        """The error a failed call raises; one about reaching the server is remembered."""
+        reason = self.reason(exc)
+        if isinstance(exc, THE_WRITE_ITSELF):
+            return JournalError(f"the journal {self.location}: {reason}")
+        self._drop(reading)
+        failure = f"the journal {self.location} cannot be reached: {reason}"
+        if self._failure is None:
+            log.error("the journal cannot be reached", journal=self.location, error=reason)
+        self._failure = failure
+        return JournalUnavailable(failure)
+
+    def succeeded(self) -> None:
+        """A write went through: the journal can be written (see :meth:`problem`)."""
+        if self._failure is not None:
+            log.info("the journal can be written again", journal=self.location)
+        self._failure = None
+
+    def problem(self) -> str | None:
+        """Why the journal cannot be written now; None when it can, as far as is known.
+
+        Once a call failed, the server is tried here (connect, and ask whether it takes
+        writes: a standby does not) at most once per :data:`PROBE_PAUSE`, so that the
+        answer turns when PostgreSQL is back even if nothing else writes.
+        """
+        if self._failure is not None and time.monotonic() - self._probed >= PROBE_PAUSE:
+            self._probe()
+        return self._failure
+
+    def _probe(self) -> None:
+        if not self.lock.acquire(timeout=0.2):
+            return  # a write is under way: its outcome will say
+        try:
+            self._probed = time.monotonic()
+            with self.transaction() as db:
+                row = db.execute("SELECT pg_is_in_recovery()").fetchone()
+            if row is not None and row[0]:
+                self._failure = f"the journal {self.location} is a standby: it cannot be written"
+        except JournalError:
+            pass  # still failing: _failure says why
+        finally:
+            self.lock.release()
