@@ -22,13 +22,19 @@ from rollbackd.actions.recovery import LiveObserver, RecoveryWatcher, probe_runn
 from rollbackd.actions.script import ScriptExecutor
 from rollbackd.config import Config, ServiceConfig
 from rollbackd.core.deploys import Deploy
-from rollbackd.core.recovery import Criteria
+from rollbackd.core.recovery import Criteria, FiringAlerts
 from rollbackd.core.rules import Rule, applies_to
 from rollbackd.errors import JournalError
 from rollbackd.journal import EvidenceKind, Journal, SqliteJournal, journal_path
 from rollbackd.notify import JournalOnly, Message, Notifier
 from rollbackd.notify.retry import Background, build_notifier
 from rollbackd.sources import MetricSource
+from rollbackd.sources.alertmanager import (
+    AlertmanagerError,
+    AlertmanagerSource,
+    merge,
+    resolved_delivery,
+)
 from rollbackd.sources.alerts import alert_findings
 from rollbackd.sources.probes import Prober
 from rollbackd.sources.prometheus import PrometheusSource
@@ -140,19 +146,35 @@ def build_checklist(
     """A checklist wired with the real executors, gate and recovery watch."""
     source = metrics or PrometheusSource.from_config(config)
     probes = prober or Prober()
+    alertmanager = AlertmanagerSource.from_config(config)
 
     def observer_for(
         service: ServiceConfig, baselines: Mapping[str, float], alerts: Sequence[str]
     ) -> Observer:
         own_rules = [r for r in rules if applies_to(r, service.probe_names)]
 
-        def firing(now: datetime) -> dict[str, datetime]:
-            """The service's alerts firing at ``now``, as the evaluation loop sees them."""
+        def firing(now: datetime) -> FiringAlerts:
+            """The service's alerts firing at ``now``, as the evaluation loop sees them;
+            muted ones too (a silenced alert has not resolved)."""
+            services = [service.name]
             journaled = journal.firing_alerts(
-                now, [service.name], received_after=now - config.alerts.expire_after
+                now, services, received_after=now - config.alerts.expire_after
             )
-            found, _ = alert_findings(journaled, [service.name], config.alerts.trigger_label, now)
-            return {f.rule: f.since or now for f in found}
+            unseen = None
+            if alertmanager is not None:
+                try:
+                    answer = alertmanager.active()
+                except AlertmanagerError as exc:
+                    unseen = str(exc)
+                else:
+                    fresh = journal.firing_alerts(now, services, received_after=now)
+                    merged = merge(journaled, answer, services, {a.fingerprint for a in fresh})
+                    journaled = [*merged.firing, *merged.muted]
+                    if merged.resolved:
+                        delivery, body = resolved_delivery(merged.resolved, now, alertmanager.url)
+                        journal.submit_delivery(now, delivery, body)
+            found, _ = alert_findings(journaled, services, config.alerts.trigger_label, now)
+            return FiringAlerts({f.rule: f.since or now for f in found}, unseen)
 
         return LiveObserver(
             service.name,

@@ -970,6 +970,20 @@ def _http_lines(cfg: Config) -> list[str]:
         proxy_url=prometheus.proxy_url,
     )
     lines = [f"prometheus: {without_password(prometheus.url)}" + "".join(f", {p}" for p in phrases)]
+    alertmanager = cfg.alertmanager
+    if alertmanager.url is not None:
+        phrases = describe(
+            headers=alertmanager.headers,
+            tls=alertmanager.tls,
+            basic_auth=alertmanager.basic_auth,
+            authorization=alertmanager.authorization,
+            proxy_url=alertmanager.proxy_url,
+        )
+        lines.append(
+            f"alertmanager: {without_password(alertmanager.url)}, active alerts read every cycle "
+            f"(timeout {format_duration(alertmanager.timeout)})"
+            + "".join(f", {p}" for p in phrases)
+        )
     for service in cfg.services:
         for probe in service.probes:
             phrases = describe(headers=probe.headers, tls=probe.tls)

@@ -163,6 +163,57 @@ class PrometheusConfig(_Section):
         return self
 
 
+class AlertmanagerConfig(_Section):
+    """``[alertmanager]``: Alertmanager's API, read every cycle beside its webhooks.
+
+    With ``url`` set, each cycle reads the active alerts (``GET /api/v2/alerts``):
+    an alert firing there is a finding even if its webhook was lost, a firing
+    alert the journal holds that Alertmanager no longer has is resolved, and an
+    Alertmanager that answered with no alert for a service watched only through
+    alerts counts as real data for its version. The same ``http_config`` keys as
+    ``[prometheus]``.
+    """
+
+    url: str | None = None
+    timeout: Duration = timedelta(seconds=5)
+    """The whole of one call (connect, headers, body), whatever the server does."""
+    max_response_bytes: int = Field(default=16 << 20, ge=64 << 10, le=1 << 30)
+    """One answer longer than this is refused unread (a source error)."""
+    basic_auth: BasicAuthConfig | None = None
+    authorization: AuthorizationConfig | None = None
+    tls: TLSConfig | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Sent with every call (a tenant header); not for secrets."""
+    proxy_url: str | None = None
+
+    _headers = field_validator("headers")(check_headers)
+    _proxy_url = field_validator("proxy_url")(check_proxy_url)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= timedelta(minutes=5):
+            raise ValueError(
+                "must be between 1ms and 5m: every call to Alertmanager needs a timeout"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> AlertmanagerConfig:
+        if self.basic_auth is not None and self.authorization is not None:
+            raise ValueError("basic_auth and authorization are both set: at most one can be")
+        if self.url is None and (
+            self.basic_auth or self.authorization or self.tls or self.headers or self.proxy_url
+        ):
+            raise ValueError("url is not set: without it the other keys would do nothing")
+        return self
+
+
 class ProbeConfig(_Section):
     """``[[services.probes]]``: a health or smoke check (the playbook's critical path)."""
 
@@ -499,6 +550,7 @@ class Config(BaseSettings):
 
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
+    alertmanager: AlertmanagerConfig = Field(default_factory=AlertmanagerConfig)
     services: list[ServiceConfig] = Field(default_factory=list)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
@@ -616,24 +668,27 @@ SECRET_KEYS = {
     "basic_auth": ("password", "password_file"),
     "authorization": ("credentials", "credentials_file"),
 }
-"""The secrets of ``[prometheus]``, each with the key that names its file."""
+"""The secrets of ``[prometheus]`` and ``[alertmanager]``, each with the key naming its file."""
+SECRET_SECTIONS = ("prometheus", "alertmanager")
+"""The sections that take ``basic_auth`` and ``authorization``."""
 
 
 def _secrets_written(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Secrets written into the config file itself, which is shown, copied and committed."""
-    prometheus = data.get("prometheus")
     written = []
-    for table, (secret, file_key) in SECRET_KEYS.items():
-        section = prometheus.get(table) if isinstance(prometheus, Mapping) else None
-        if isinstance(section, Mapping) and secret in section:
-            variable = f"{ENV_PREFIX}PROMETHEUS__{table.upper()}__{secret.upper()}"
-            written.append(
-                (
-                    f"prometheus.{table}.{secret}",
-                    f"a secret is never written in the config file: put it in a file "
-                    f"named by {file_key}, or in the environment as {variable}",
+    for client in SECRET_SECTIONS:
+        held = data.get(client)
+        for table, (secret, file_key) in SECRET_KEYS.items():
+            section = held.get(table) if isinstance(held, Mapping) else None
+            if isinstance(section, Mapping) and secret in section:
+                variable = f"{ENV_PREFIX}{client.upper()}__{table.upper()}__{secret.upper()}"
+                written.append(
+                    (
+                        f"{client}.{table}.{secret}",
+                        f"a secret is never written in the config file: put it in a file "
+                        f"named by {file_key}, or in the environment as {variable}",
+                    )
                 )
-            )
     return written
 
 
@@ -730,19 +785,22 @@ def read_http_files(config: Config, base: Path, source: str) -> Config:
             problems.append(Problem(source, f"{where}.tls.{exc.key}", str(exc)))
         return resolved
 
-    prometheus = config.prometheus
-    updates: dict[str, Any] = {"tls": tls_checked(prometheus.tls, "prometheus")}
-    for table, (secret, file_key) in SECRET_KEYS.items():
-        section = getattr(prometheus, table)
-        path = None if section is None else getattr(section, file_key)
-        if path is None:
-            continue
-        try:
-            value = read_secret(base / path)
-        except SecretFileError as exc:
-            problems.append(Problem(source, f"prometheus.{table}.{file_key}", str(exc)))
-            continue
-        updates[table] = section.model_copy(update={file_key: base / path, secret: value})
+    clients: dict[str, Any] = {}
+    for client in SECRET_SECTIONS:
+        held = getattr(config, client)
+        updates: dict[str, Any] = {"tls": tls_checked(held.tls, client)}
+        for table, (secret, file_key) in SECRET_KEYS.items():
+            section = getattr(held, table)
+            path = None if section is None else getattr(section, file_key)
+            if path is None:
+                continue
+            try:
+                value = read_secret(base / path)
+            except SecretFileError as exc:
+                problems.append(Problem(source, f"{client}.{table}.{file_key}", str(exc)))
+                continue
+            updates[table] = section.model_copy(update={file_key: base / path, secret: value})
+        clients[client] = held.model_copy(update=updates)
     services = [
         service.model_copy(
             update={
@@ -764,7 +822,7 @@ def read_http_files(config: Config, base: Path, source: str) -> Config:
         raise InvalidInput(problems)
     return config.model_copy(
         update={
-            "prometheus": prometheus.model_copy(update=updates),
+            **clients,
             "services": services,
             "notifiers": notifiers,
         }

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from rollbackd.core.durations import format_duration
-from rollbackd.core.engine import CycleReport
+from rollbackd.core.engine import CycleReport, Inputs
 from rollbackd.core.model import FindingState
 from rollbackd.core.rules import rule_trigger_severity
 from rollbackd.events import CycleDone, Events
@@ -24,6 +24,7 @@ from rollbackd.incidents import Incidents
 from rollbackd.journal import AlertRecord, IncidentState, JournalUnavailable
 from rollbackd.logs import get_logger
 from rollbackd.sources import guarded_instant
+from rollbackd.sources.alertmanager import ActiveAlerts, merge, resolved_delivery
 from rollbackd.sources.alerts import alert_findings
 from rollbackd.state import State
 
@@ -121,6 +122,8 @@ class Loop:
                 for service in self.state.engine.services:
                     self.state.engine.rollbacks[service] = self.state.journal.rollbacks(service)
                 firing = self._firing_alerts(now, self.state.engine.services)
+                if measured.alertmanager is not None:
+                    firing = self._with_alertmanager(firing, measured.alertmanager, now, inputs)
                 alerts, ignored = alert_findings(
                     firing, self.state.engine.services, self.state.config.alerts.trigger_label, now
                 )
@@ -152,6 +155,26 @@ class Loop:
         expired = now - self.state.config.alerts.expire_after
         return self.state.journal.firing_alerts(now, services, received_after=expired)
 
+    def _with_alertmanager(
+        self, firing: list[AlertRecord], answer: ActiveAlerts, now: datetime, inputs: Inputs
+    ) -> list[AlertRecord]:
+        """The journaled alerts merged with Alertmanager's answer (sources.alertmanager);
+        those it shows resolved are journaled so, and the quiet services noted in ``inputs``."""
+        services = self.state.engine.services
+        journal = self.state.journal
+        fresh = {a.fingerprint for a in journal.firing_alerts(now, services, received_after=now)}
+        merged = merge(firing, answer, services, fresh)
+        inputs.quiet_alerts.update(merged.quiet)
+        if merged.resolved:
+            url = self.state.config.alertmanager.url or ""
+            delivery, body = resolved_delivery(merged.resolved, now, url)
+            journal.submit_delivery(now, delivery, body)
+            log.info(
+                "alerts resolved: Alertmanager no longer has them (resolved webhook lost)",
+                alerts=[a.name or a.fingerprint for a in merged.resolved],
+            )
+        return merged.firing
+
     def _record_cycle(self, report: CycleReport) -> None:
         self.state.metrics.evaluations.inc()
         self.state.metrics.findings.clear()
@@ -166,7 +189,7 @@ class Loop:
         for (rule, severity, state), count in counts.items():
             self.state.metrics.findings.labels(rule, severity, state).set(count)
         for source in {
-            "deploys" if k == "deploys" else "alerts" if k == "alerts" else "prometheus"
+            k if k in ("deploys", "alerts", "alertmanager") else "prometheus"
             for k in report.source_errors
         }:
             self.state.metrics.source_errors.labels(source).inc()

@@ -28,6 +28,7 @@ from rollbackd.logs import get_logger
 from rollbackd.metrics import DaemonMetrics
 from rollbackd.notify import JournalOnly, Notifier
 from rollbackd.sources import MetricSource
+from rollbackd.sources.alertmanager import AlertmanagerSource
 from rollbackd.sources.gather import LiveCycle
 from rollbackd.sources.probes import Prober
 from rollbackd.sources.prometheus import PrometheusSource
@@ -89,7 +90,9 @@ class State:
         previous: LiveCycle | None = getattr(self, "live", None)
         if previous is not None:
             previous.close()
-        self.live = LiveCycle(self.engine, config, self.source, self.prober)
+        self.live = LiveCycle(
+            self.engine, config, self.source, self.prober, AlertmanagerSource.from_config(config)
+        )
         self.checklist: Checklist = build_checklist(
             config,
             loaded.rules,

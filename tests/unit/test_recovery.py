@@ -9,6 +9,7 @@ from rollbackd.core.model import NO_SERIES, Measurement, Vector
 from rollbackd.core.recovery import (
     Check,
     Criteria,
+    FiringAlerts,
     ProbeOutcome,
     Verdict,
     WatchState,
@@ -384,9 +385,9 @@ def test_the_live_observer_asks_whether_each_triggering_alert_still_fires() -> N
     metrics.set("loss", constant(0.0))
     asked: list[datetime] = []
 
-    def firing(now: datetime) -> dict[str, datetime]:
+    def firing(now: datetime) -> FiringAlerts:
         asked.append(now)
-        return {"alert:HighErrorRate": T0 - timedelta(minutes=5), "alert:Other": T0}
+        return FiringAlerts({"alert:HighErrorRate": T0 - timedelta(minutes=5), "alert:Other": T0})
 
     observer = LiveObserver(
         "web",

@@ -16,6 +16,7 @@ from rollbackd.config import ProbeConfig, ServiceConfig
 from rollbackd.core.recovery import (
     Check,
     Criteria,
+    FiringAlerts,
     ProbeOutcome,
     Verdict,
     WatchState,
@@ -65,7 +66,7 @@ class LiveObserver:
 
     ``alerts`` are the finding names (``alert:NAME``) of the alerts that
     triggered the rollback; ``firing(now)`` gives the service's alerts firing
-    at ``now``, by finding name, with the time each started.
+    at ``now``, by finding name, with the time each started, and why one may fire unseen.
     """
 
     def __init__(
@@ -77,7 +78,7 @@ class LiveObserver:
         baselines: Mapping[str, float],
         criteria: Criteria,
         alerts: Sequence[str] = (),
-        firing: Callable[[datetime], Mapping[str, datetime]] = lambda _now: {},
+        firing: Callable[[datetime], FiringAlerts] = lambda _now: FiringAlerts(),
     ) -> None:
         self.service = service
         self.rules = [r for r in rules if r.query is not None and watched(r)]
@@ -94,8 +95,10 @@ class LiveObserver:
             assert rule.query is not None  # noqa: S101 -- filtered in __init__
             values[rule.name] = guarded_instant(self.metrics, rule.query, now).get(self.service)
         probes = {name: run() for name, run in self.probes.items()}
-        firing = self.firing(now) if self.alerts else {}
-        alerts = {name: firing.get(name) for name in self.alerts}
+        firing = self.firing(now) if self.alerts else FiringAlerts()
+        alerts: dict[str, datetime | str | None] = {
+            name: firing.since.get(name, firing.unseen) for name in self.alerts
+        }
         return judge(self.rules, values, probes, self.baselines, self.criteria, now, alerts)
 
 

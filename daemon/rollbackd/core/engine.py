@@ -219,6 +219,9 @@ class Inputs:
     counts: dict[str, tuple[Vector, Vector]] = field(default_factory=dict)
     side_by_side: SideBySide | None = None
     """The per-version answers while a service serves two versions (core.canary)."""
+    quiet_alerts: set[str] = field(default_factory=set)
+    """Services Alertmanager's API answered for with no alert: real data for a service
+    no rule watches, so that its version can become known good."""
 
 
 @dataclass(frozen=True)
@@ -311,7 +314,7 @@ class Engine:
             own = by_service.get(service, [])
             firing = [f for f in own if f.firing]
             if not own:
-                if evaluated > 0:
+                if evaluated > 0 or service in inputs.quiet_alerts:
                     quiet.append(service)
             else:
                 conclusive = len(own) < evaluated or any(

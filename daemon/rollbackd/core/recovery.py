@@ -66,6 +66,16 @@ class ProbeOutcome:
 
 
 @dataclass(frozen=True)
+class FiringAlerts:
+    """A service's alerts firing at one look: each one's start by finding name
+    (``alert:NAME``), and why one not listed may still fire unseen (None: every
+    source answered)."""
+
+    since: Mapping[str, datetime] = field(default_factory=dict)
+    unseen: str | None = None
+
+
+@dataclass(frozen=True)
 class Check:
     """One look at the criteria: did they hold, and each criterion with its value.
 
@@ -136,12 +146,13 @@ def judge(
     baselines: Mapping[str, float],
     criteria: Criteria,
     now: datetime,
-    alerts: Mapping[str, datetime | None] | None = None,
+    alerts: Mapping[str, datetime | str | None] | None = None,
 ) -> Check:
     """Check every criterion once; ``values`` and ``baselines`` are by rule name.
 
     ``alerts`` holds each alert that triggered the rollback, by its finding
-    name (``alert:NAME``): since when it fires, or None once it is resolved.
+    name (``alert:NAME``): since when it fires, None once it is resolved, or
+    why it cannot be known (Alertmanager did not answer): no data.
     """
     judged: list[tuple[_Result, str]] = []
     samples: dict[str, float] = {}
@@ -168,6 +179,8 @@ def judge(
         shown = printable(name.removeprefix(ALERT_RULE_PREFIX))
         if firing_since is None:
             judged.append((_Result.PASSES, f"alert {shown} resolved"))
+        elif isinstance(firing_since, str):
+            judged.append((_Result.NO_DATA, f"alert {shown}: no data ({firing_since})"))
         else:
             judged.append(
                 (

@@ -32,6 +32,7 @@ from rollbackd.core.promql_split import Labels
 from rollbackd.core.rules import Key, Rule, applies_to
 from rollbackd.core.seasonal import SLACK, SLACK_RESOLUTION, PastDay, seasonal_baseline
 from rollbackd.sources import MetricSource, guarded_instant
+from rollbackd.sources.alertmanager import ActiveAlerts, AlertmanagerError, AlertmanagerSource
 from rollbackd.sources.deploys import git_head
 from rollbackd.sources.probes import Prober, probes_of
 from rollbackd.sources.prometheus import QueryError
@@ -267,6 +268,21 @@ def _collect(
             split[kind][name] = Vector(error=why) if why is not None else found
 
 
+def _active_alerts(
+    reads: Mapping[str, Future[Any]],
+    outcome: Callable[[str], tuple[Any, str | None]],
+    errors: dict[str, str],
+) -> ActiveAlerts | None:
+    """Alertmanager's answer among ``reads``; None (and the error said) if it was not read."""
+    if "alertmanager" not in reads:
+        return None
+    active, failed = outcome("alertmanager")
+    if failed is not None:
+        errors["alertmanager"] = failed
+        return None
+    return active if isinstance(active, ActiveAlerts) else None
+
+
 def _side_by_side(
     split: Mapping[str, Mapping[str, Vector]], instances: tuple[Any, str | None]
 ) -> SideBySide:
@@ -328,6 +344,8 @@ class Measured:
     side_by_side: SideBySide | None = None
     """The per-version answers, read while some service serves two versions (no splits yet:
     they are the versions seen now, in :meth:`LiveCycle.apply`)."""
+    alertmanager: ActiveAlerts | None = None
+    """Alertmanager's active alerts (None: not configured, or not read: see source_errors)."""
 
 
 class LiveCycle:
@@ -341,12 +359,19 @@ class LiveCycle:
     """
 
     def __init__(
-        self, engine: Engine, config: Config, prometheus: MetricSource, prober: Prober | None
+        self,
+        engine: Engine,
+        config: Config,
+        prometheus: MetricSource,
+        prober: Prober | None,
+        alertmanager: AlertmanagerSource | None = None,
     ) -> None:
+        """``alertmanager``: its active alerts are read every cycle too (the daemon's loop)."""
         self.engine = engine
         self.config = config
         self.prometheus = prometheus
         self.prober = prober
+        self.alertmanager = alertmanager
         self.baselines = BaselineCache(prometheus)
         self._settled: tuple[int, dict[Key, Measurement]] | None = None
         self._arounds: tuple[datetime, Arounds, Mapping[str, Vector]] | None = None
@@ -405,7 +430,7 @@ class LiveCycle:
                     None,
                     f"no answer within the cycle's budget of {budget}",
                 )
-            except QueryError as exc:
+            except (QueryError, AlertmanagerError) as exc:
                 return None, str(exc)
             except Exception as exc:  # noqa: BLE001 -- one read's failure is its own, said
                 return None, f"{type(exc).__name__}: {one_line(str(exc), 300)}"
@@ -474,6 +499,7 @@ class LiveCycle:
             errors,
             counts,
             _side_by_side(split, outcome("instances")) if "instances" in reads else None,
+            _active_alerts(reads, outcome, errors),  # its error joins errors, passed above
         )
 
     def _start_reads(self, plan: Plan) -> dict[str, Future[Any]]:
@@ -523,6 +549,8 @@ class LiveCycle:
                         reads[f"probe:{configured.name}:{probe.name}"] = self._pool.submit(
                             self.prober.probe, configured.name, probe
                         )
+        if self.alertmanager is not None:
+            reads["alertmanager"] = self._pool.submit(self.alertmanager.active)
         reads["baselines"] = self._pool.submit(self._baselines_for, plan)
         return reads
 

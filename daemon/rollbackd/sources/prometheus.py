@@ -144,11 +144,18 @@ class _DeadlineSession(requests.Session):
     against the JSON parse limits before prometheus-api-client parses it.
     """
 
-    def __init__(self, total: float, max_bytes: int, refused_hint: str) -> None:
+    def __init__(
+        self,
+        total: float,
+        max_bytes: int,
+        refused_hint: str,
+        limit_key: str = "[prometheus] max_response_bytes",
+    ) -> None:
         super().__init__()
         self.total = total
         self.max_bytes = max_bytes
         self.refused_hint = refused_hint
+        self.limit_key = limit_key
 
     def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs["stream"] = True
@@ -180,7 +187,7 @@ class _DeadlineSession(requests.Session):
                 response.headers.get("Content-Length"),
             )
         except TooLargeError as exc:
-            raise _RefusedError(f"{exc} (the limit is [prometheus] max_response_bytes)") from None
+            raise _RefusedError(f"{exc} (the limit is {self.limit_key})") from None
         finally:
             response.close()
         problem = json_problem(body) if response.status_code == 200 else None
@@ -438,7 +445,7 @@ class PrometheusSource:
             ) from None
 
 
-def tls_failure(exc: BaseException, client_cert: bool) -> str | None:
+def tls_failure(exc: BaseException, client_cert: bool, section: str = "prometheus") -> str | None:
     """Why a TLS handshake failed, in words and with what to set, if that is what ``exc`` is.
 
     ``client_cert`` says whether rollbackd showed one: a server that wants one and got
@@ -453,17 +460,17 @@ def tls_failure(exc: BaseException, client_cert: bool) -> str | None:
     if isinstance(cause, ssl.SSLCertVerificationError):
         detail = cause.verify_message or cause.reason or "verification failed"
         if "hostname" in detail.lower() or "ip address mismatch" in detail.lower():
-            return f"its certificate is not for this host: {detail} ([prometheus] tls.server_name)"
+            return f"its certificate is not for this host: {detail} ([{section}] tls.server_name)"
         return (
             f"its certificate is not trusted: {detail} "
-            "(set [prometheus] tls.ca_file to the CA that signed it)"
+            f"(set [{section}] tls.ca_file to the CA that signed it)"
         )
     reason = one_line(str(cause.reason or cause), ERROR_LIMIT)
     refused = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIFICATE_UNKNOWN")
     if any(alert in reason.upper() for alert in refused):
         if not client_cert:
             return (
-                f"it requires a client certificate ({reason}): set [prometheus] tls.cert_file "
+                f"it requires a client certificate ({reason}): set [{section}] tls.cert_file "
                 "and tls.key_file"
             )
         return f"it refused rollbackd's client certificate ({reason})"
