@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from rollbackd.config import parse_config
+from rollbackd.cli import _http_lines
+from rollbackd.config import load_config, parse_config
 from rollbackd.core.deploys import Deploy, DeployHistory
 from rollbackd.core.engine import Engine, Inputs
 from rollbackd.errors import InvalidInput
@@ -74,3 +76,23 @@ def test_alertmanager_keys_without_a_url_or_with_a_written_secret_are_refused() 
         )
     with pytest.raises(InvalidInput, match=r"alertmanager\.url"):
         parse_config('[alertmanager]\nurl = "am:9093"\n', "c.toml")
+
+
+def test_check_config_says_how_alertmanager_is_reached_without_the_secret(tmp_path: Path) -> None:
+    """check-config names Alertmanager's URL, timeout and where its password comes from,
+    never the password itself."""
+    (tmp_path / "am.pass").write_text("hunter2-secret\n")
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[alertmanager]\nurl = "https://am.internal:9093"\ntimeout = "3s"\n'
+        'basic_auth = { username = "rollbackd", password_file = "am.pass" }\n'
+    )
+    config = load_config(path, env={})
+    assert config.alertmanager.basic_auth is not None
+    assert config.alertmanager.basic_auth.password is not None
+    lines = [line for line in _http_lines(config) if line.startswith("alertmanager:")]
+    assert lines == [
+        "alertmanager: https://am.internal:9093, active alerts read every cycle (timeout 3s), "
+        f"basic auth as user 'rollbackd' (password from {tmp_path / 'am.pass'})"
+    ]
+    assert "hunter2" not in "".join(_http_lines(config))
