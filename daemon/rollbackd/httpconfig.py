@@ -90,7 +90,7 @@ class BasicAuthConfig(_Table):
         if self.password_file is None and self.password is None:
             raise ValueError(
                 "basic_auth needs password_file (or the password in the environment, "
-                "ROLLBACKD_PROMETHEUS__BASIC_AUTH__PASSWORD)"
+                "ROLLBACKD_<SECTION>__BASIC_AUTH__PASSWORD)"
             )
         if self.password_file is not None and self.password is not None:
             raise ValueError(
@@ -119,7 +119,7 @@ class AuthorizationConfig(_Table):
         if self.credentials_file is None and self.credentials is None:
             raise ValueError(
                 "authorization needs credentials_file (or the credentials in the environment, "
-                "ROLLBACKD_PROMETHEUS__AUTHORIZATION__CREDENTIALS)"
+                "ROLLBACKD_<SECTION>__AUTHORIZATION__CREDENTIALS)"
             )
         if self.credentials_file is not None and self.credentials is not None:
             raise ValueError(

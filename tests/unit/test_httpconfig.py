@@ -136,7 +136,7 @@ def test_secrets_from_the_environment(tmp_path: Path) -> None:
         (
             'basic_auth = { username = "rb" }',
             "config.toml: prometheus.basic_auth: basic_auth needs password_file (or the password "
-            "in the environment, ROLLBACKD_PROMETHEUS__BASIC_AUTH__PASSWORD)",
+            "in the environment, ROLLBACKD_<SECTION>__BASIC_AUTH__PASSWORD)",
         ),
         (
             'authorization = { type = "Basic", credentials_file = "/t" }',
