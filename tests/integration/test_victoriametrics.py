@@ -9,7 +9,9 @@ The history (2026-10-02, and the same hours of the day before for the seasonal
 baseline): web deploys v2 at 02:00 and from 02:05 one request in five fails until
 v1 is back at 02:40; a data-loss counter is born on web at 02:25. api deploys v2
 at 02:00 and its p95 latency doubles on top of the rush it has every day from
-02:10 to 02:40. db's targets are down from 02:10 and gone from 02:20.
+02:10 to 02:40. db's targets are down from 02:10 and gone from 02:20. shop runs a
+v2 canary beside v1 from 02:00, and three of its requests in ten fail. Samples
+are taken 7 s into every 30 s, off the grid rollbackd evaluates on, as scrapes are.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ pytestmark = pytest.mark.integration
 
 DAY = datetime(2026, 10, 2, tzinfo=UTC)
 STEP = 30.0
+SCRAPED = 7.0
+"""Seconds after each 30 s step that samples are taken: off the evaluation grid."""
 RPS = 10.0
 BUCKETS = ("0.1", "0.25", "0.5", "1.0", "+Inf")
 NORMAL = (0.85, 1.0, 1.0, 1.0, 1.0)  # cumulative share of requests per bucket: p95 0.2 s
@@ -69,22 +73,18 @@ def latency_buckets() -> Series:
     times += [ts(0) + SCRAPED + i * STEP for i in range(int(4 * 3600 / STEP) + 1)]
     totals = [0.0] * len(BUCKETS)
     points: list[list[Point]] = [[] for _ in BUCKETS]
+    rush = (timedelta(hours=2, minutes=10), timedelta(hours=2, minutes=40))
     for index, t in enumerate(times):
         if index:
-            rush = ts(2, 10) <= t % 86400 + DAY.timestamp() < ts(2, 40)
             shares = NORMAL
-            if rush:
-                shares = RUSH_REGRESSED if t >= ts(2) else RUSH
+            if rush[0].total_seconds() <= t % 86400 < rush[1].total_seconds():
+                shares = RUSH_REGRESSED if t >= ts(2) else RUSH  # today, v2 is slower
             elapsed = min(t - times[index - 1], 60.0)  # the counters carry over the night
             for bucket, share in enumerate(shares):
                 totals[bucket] += RPS * elapsed * share
         for bucket in range(len(BUCKETS)):
             points[bucket].append((t, totals[bucket]))
     return [({"service": "api", "le": le}, points[i]) for i, le in enumerate(BUCKETS)]
-
-
-SCRAPED = 7.0
-"""Seconds after each 30 s step that samples are taken: off the evaluation grid, as scrapes are."""
 
 
 def canary_split(start: float, end: float) -> tuple[Series, Series]:
@@ -111,6 +111,7 @@ def canary_split(start: float, end: float) -> tuple[Series, Series]:
 
 
 def history() -> str:
+    """The whole history as OpenMetrics text, for promtool and for VictoriaMetrics' import."""
     start, end = ts(0) + SCRAPED, ts(4) + SCRAPED
     fault = (ts(2, 5), ts(2, 40))
 
@@ -166,15 +167,19 @@ def history() -> str:
 
 @dataclass(frozen=True)
 class Engines:
+    """The two servers over the same history."""
+
     prometheus: Prometheus
     victoriametrics: VictoriaMetrics
 
     def each(self) -> list[tuple[str, str]]:
+        """(name, url) of each, Prometheus first."""
         return [("prometheus", self.prometheus.url), ("victoriametrics", self.victoriametrics.url)]
 
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
+    """One Prometheus and one VictoriaMetrics over the history, shared by the module."""
     text = history()
     with (
         backfilled_prometheus(tmp_path_factory, "prometheus", text) as prometheus,
@@ -184,10 +189,12 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
 
 
 def rules_text() -> str:
+    """Every shipped rule, verbatim."""
     return "\n".join((REPO / "rules" / name).read_text() for name in RULE_FILES)
 
 
 def config_text(directory: Path, url: str) -> str:
+    """The four services on ``url``, deploys from the version metric."""
     services = "".join(
         f'[[services]]\nname = "{name}"\nexecutor = "command"\ncommand = ["true"]\n'
         for name in ("web", "api", "db", "shop")
@@ -209,6 +216,7 @@ attribution_window = "2h"
 
 
 def write_config(directory: Path, url: str) -> Path:
+    """The config file and the shipped rules in ``directory``."""
     (directory / "rules").mkdir(parents=True, exist_ok=True)
     (directory / "rules" / "rules.toml").write_text(rules_text())
     path = directory / "config.toml"
