@@ -1,14 +1,16 @@
 # rollbackd: `make test` and `make demo` work on a fresh Debian machine.
 # They create .venv, install the package with its test extras, and install the
 # Debian packages the tests and the demo run for real (prometheus,
-# prometheus-alertmanager, git, systemd-analyze, headless chromium, postgresql)
+# prometheus-alertmanager, git, systemd-analyze, headless chromium, postgresql,
+# victoria-metrics)
 # when they are missing.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager git systemd chromium fonts-dejavu-core postgresql
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager git systemd chromium fonts-dejavu-core postgresql \
+	victoria-metrics
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo lint unit bench bench-quick debian-packages demo-packages venv clean
@@ -54,6 +56,7 @@ debian-packages:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	command -v victoria-metrics >/dev/null || missing="$$missing victoria-metrics"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $(DEBIAN_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && \

@@ -24,9 +24,12 @@ from tests.support.processes import (
     INSTALL_HINT,
     PROMETHEUS_BIN,
     PROMTOOL_BIN,
+    VICTORIAMETRICS_BIN,
+    VICTORIAMETRICS_HINT,
     DemoApp,
     Prometheus,
     Target,
+    VictoriaMetrics,
     backfill,
 )
 
@@ -90,6 +93,23 @@ def backfilled_prometheus(
         yield prometheus
     finally:
         prometheus.stop()
+
+
+@contextlib.contextmanager
+def imported_victoriametrics(
+    tmp_path_factory: pytest.TempPathFactory, name: str, openmetrics_text: str
+) -> Iterator[VictoriaMetrics]:
+    """A VictoriaMetrics over ``openmetrics_text`` (what :func:`backfilled_prometheus`
+    backfills), imported and flushed before it is handed over; stopped at the end."""
+    if not os.access(VICTORIAMETRICS_BIN, os.X_OK):
+        pytest.fail(f"{VICTORIAMETRICS_BIN} not found: {VICTORIAMETRICS_HINT}", pytrace=False)
+    victoriametrics = VictoriaMetrics(tmp_path_factory.mktemp(name))
+    victoriametrics.start()
+    try:
+        victoriametrics.import_history(openmetrics_text)
+        yield victoriametrics
+    finally:
+        victoriametrics.stop()
 
 
 def _stop_all(started: Sequence[tuple[str, DemoApp | Prometheus]]) -> None:

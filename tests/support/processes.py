@@ -1,4 +1,5 @@
-"""Real processes for integration tests: the demo app, Prometheus, and promtool backfill.
+"""Real processes for integration tests: the demo app, Prometheus (and VictoriaMetrics), and
+promtool backfill.
 
 Everything listens on 127.0.0.1 on a free port, keeps its files in a directory
 the caller owns (pytest's ``tmp_path`` in the fixtures), and is stopped with
@@ -40,6 +41,8 @@ REPO = Path(__file__).resolve().parent.parent.parent
 PROMETHEUS_BIN = Path("/usr/bin/prometheus")
 PROMTOOL_BIN = Path("/usr/bin/promtool")
 INSTALL_HINT = "install Debian package prometheus (make test does this)"
+VICTORIAMETRICS_BIN = Path("/usr/bin/victoria-metrics")
+VICTORIAMETRICS_HINT = "install Debian package victoria-metrics (make test does this)"
 LOOPBACK = "127.0.0.1"
 
 Target = tuple[str, str, Mapping[str, str]]
@@ -528,6 +531,69 @@ class Prometheus(Supervised):
                     f"predicate; last: {last}; log:\n{tail(self.log_path, 15)}"
                 )
             time.sleep(interval)
+
+
+class VictoriaMetrics(Supervised):
+    """``/usr/bin/victoria-metrics`` (single node) on a free loopback port, its data in
+    ``workdir/data``, answering PromQL (MetricsQL) at ``/api/v1/query`` as Prometheus does.
+
+    It scrapes nothing: :meth:`import_history` loads the same OpenMetrics text the
+    Prometheus tests backfill with promtool. Retention is 100 years, as it refuses
+    samples older than its retention; the response cache is off, so history imported
+    after a query is seen by the next one. Otherwise it runs as installed: in
+    particular it hides its newest 30 s (``-search.latencyOffset``) from queries near
+    its clock, as rollbackd meets it in production.
+    """
+
+    label = "VictoriaMetrics"
+    ready_path = "/health"
+
+    def __init__(
+        self, workdir: Path, *, port: int | None = None, start_timeout: float = 30.0
+    ) -> None:
+        self.workdir = workdir.absolute()
+        super().__init__(
+            self.workdir,
+            self.workdir / "victoria-metrics.log",
+            port=port,
+            start_timeout=start_timeout,
+        )
+        self.storage_dir = self.workdir / "data"
+
+    def command(self) -> list[str]:
+        """The argv VictoriaMetrics is started with."""
+        return [
+            str(VICTORIAMETRICS_BIN),
+            f"-storageDataPath={self.storage_dir}",
+            f"-httpListenAddr={LOOPBACK}:{self.port}",
+            "-retentionPeriod=100y",
+            "-search.disableCache",
+            "-loggerLevel=WARN",
+        ]
+
+    def prepare(self) -> None:
+        """Check the binary, then create the storage directory."""
+        if not VICTORIAMETRICS_BIN.exists():
+            raise ProcessError(f"{VICTORIAMETRICS_BIN} is missing: {VICTORIAMETRICS_HINT}")
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+
+    def import_history(self, openmetrics_text: str) -> None:
+        """Load ``openmetrics_text`` (as :func:`backfill` takes it: timestamps in seconds)
+        through ``/api/v1/import/prometheus`` (timestamps in milliseconds), then flush it
+        to searchable storage (``/internal/force_flush``), so the next query sees all of it.
+        """
+        lines = []
+        for line in openmetrics_text.splitlines():
+            if line and not line.startswith("#"):
+                series, value, timestamp = line.rsplit(" ", 2)
+                lines.append(f"{series} {value} {round(float(timestamp) * 1000)}")
+        with httpx.Client(base_url=self.url, timeout=120.0) as client:
+            response = client.post("/api/v1/import/prometheus", content="\n".join(lines) + "\n")
+            if response.status_code != httpx.codes.NO_CONTENT:
+                raise ProcessError(
+                    f"import refused: {response.status_code} {response.text}\n{tail(self.log_path)}"
+                )
+            client.get("/internal/force_flush").raise_for_status()
 
 
 class RollbackdProcess(Supervised):

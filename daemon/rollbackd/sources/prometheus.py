@@ -380,6 +380,19 @@ class PrometheusSource:
             instants[raw] = _instant(raw)
             return instants[raw]
 
+        if start == end:
+            # One look (a live cycle): an instant query, the same on Prometheus. A range
+            # query ending within VictoriaMetrics' -search.latencyOffset (30 s) of its clock
+            # drops a point that has no earlier one in its range: it would answer nothing.
+            result = self._call(
+                self._client.custom_query, query, params={"time": start.timestamp()}
+            )
+            for item in result if isinstance(result, list) else []:
+                if isinstance(item, dict):
+                    service, value = _label(item, self.service_label), _label(item, label)
+                    if service is not None and value is not None:
+                        seen.setdefault(service, {}).setdefault(value, []).append(start)
+            return seen
         for chunk_start, chunk_end in chunks(start, end, step):
             result = self._call(
                 self._client.custom_query_range,
