@@ -48,6 +48,7 @@ PROMQL = {name: rule for name, rule in SHIPPED.items() if rule.query is not None
 DEMO_EXPORTS = {
     "outage-no-traffic-served",
     "outage-targets-down",
+    "targets-gone",
     "auth-failures",
     "data-loss",
     "error-rate",
@@ -260,39 +261,62 @@ def test_a_counter_seen_again_after_a_scrape_gap_is_history_not_an_event(
     assert values_at(backfilled, "data-loss", minutes_after_birth(0.25))["restored"] == 0.0
 
 
-def test_targets_down_or_gone_read_0_and_unlabelled_targets_are_ignored(
+def test_targets_down_read_0_and_unlabelled_targets_are_ignored(
     backfilled: Prometheus,
 ) -> None:
-    """One target up is enough; all down, or all gone in the last 10 minutes, is 0."""
+    """One target up is enough; all down is 0; targets gone are no data, not an outage."""
     assert values_at(backfilled, "outage-targets-down", minutes_after_birth(-1)) == {
         "steady": 1.0,
         "born": 1.0,
         "failing": 0.0,
         "gone": 1.0,
-        "restored": 0.0,
     }
-    assert values_at(backfilled, "outage-targets-down", minutes_after_birth(6)) == {
+    for minutes in (6, 11):
+        assert values_at(backfilled, "outage-targets-down", minutes_after_birth(minutes)) == {
+            "steady": 1.0,
+            "born": 1.0,
+            "failing": 0.0,
+            "restored": 1.0,
+        }, minutes
+
+
+def test_targets_gone_within_10_minutes_read_0_for_the_medium_rule(
+    backfilled: Prometheus,
+) -> None:
+    """Every target of a service vanished (no up series) reads 0 for 10 minutes for
+    targets-gone, which escalates; a target scraped at all, up or down, reads 1."""
+    assert values_at(backfilled, "targets-gone", minutes_after_birth(-1)) == {
         "steady": 1.0,
         "born": 1.0,
-        "failing": 0.0,
+        "failing": 1.0,
+        "gone": 1.0,
+        "restored": 0.0,
+    }
+    assert values_at(backfilled, "targets-gone", minutes_after_birth(6)) == {
+        "steady": 1.0,
+        "born": 1.0,
+        "failing": 1.0,
         "gone": 0.0,
         "restored": 1.0,
     }
-    assert values_at(backfilled, "outage-targets-down", minutes_after_birth(11)) == {
+    assert values_at(backfilled, "targets-gone", minutes_after_birth(11)) == {
         "steady": 1.0,
         "born": 1.0,
-        "failing": 0.0,
+        "failing": 1.0,
         "restored": 1.0,
     }
+    assert SHIPPED["targets-gone"].severity == "medium"
 
 
 def test_a_prometheus_without_any_data_is_no_outage_of_any_service(
     backfilled: Prometheus,
 ) -> None:
     """When Prometheus itself has no data (it was down: no series at all, its own included),
-    targets-down is no data for every service, not 0: missing data never rolls back."""
-    assert values_at(backfilled, "outage-targets-down", HISTORY_END - 60)["steady"] == 1.0
-    assert values_at(backfilled, "outage-targets-down", HISTORY_END + 6 * 60) == {}
+    targets-down and targets-gone are no data for every service, not 0: missing data never
+    rolls back, nor escalates."""
+    for name in ("outage-targets-down", "targets-gone"):
+        assert values_at(backfilled, name, HISTORY_END - 60)["steady"] == 1.0
+        assert values_at(backfilled, name, HISTORY_END + 6 * 60) == {}
 
 
 # -- backtest sees a killed app in Prometheus alone -------------------------------------------
