@@ -521,3 +521,50 @@ def test_extrapolation_noise_of_prometheus_windows_is_not_a_regression() -> None
     assert first_firing(seen) is None
     restarted = [reason for _, _, reason in seen if "the test restarted" in reason]
     assert restarted  # the test did restart: a healthy run was shown, then judged anew
+
+
+def test_trouble_firing_before_a_deploy_keeps_its_start_when_it_goes_on() -> None:
+    """30 % failing from 20 minutes before a deploy to after it: once the new deploy's
+    evidence shows it, the finding started before the deploy (the deploy did not cause
+    it); trouble that was only pending (unconfirmed) at the deploy starts anew."""
+    deploy = T0 + 30 * MINUTE
+
+    def counts(end: datetime, window: timedelta) -> tuple[float, float, float]:
+        def rate(second: float) -> tuple[float, float]:
+            return (0.6, 2.0) if second >= 600 else (0.01, 2.0)
+
+        events, volume = window_counts(rate, end, window)
+        return events, volume, 0.0
+
+    rule = weighed_rule()
+    state = RuleState()
+    started = []
+    moment = T0 + POLL
+    while moment <= deploy + 5 * MINUTE:
+        events, volume, _ = counts(moment, rule.evidence_window)
+        state, step = evaluate(
+            rule,
+            Measurement.of(events / volume),
+            None,
+            state,
+            moment,
+            (Measurement(events), Measurement(volume)),
+            T0 if moment < deploy else deploy,
+        )
+        if moment > deploy and step.state is FindingState.FIRING:
+            started.append(step.started)
+        moment += POLL
+    assert started, "the trouble goes on after the deploy and its evidence shows it"
+    assert all(s is not None and s < deploy for s in started)
+
+    pending_only = RuleState(pending_since=T0, last_seen=T0, evidence=Evidence(T0, T0))
+    _, step = evaluate(
+        rule,
+        Measurement.of(0.3),
+        None,
+        pending_only,
+        deploy + POLL,
+        (Measurement(9.0), Measurement(30.0)),
+        deploy,
+    )
+    assert step.started == deploy + POLL

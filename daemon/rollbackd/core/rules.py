@@ -519,10 +519,14 @@ def _evaluate_evidence(
     says whether it is more than noise. It fires when both hold, at once: the
     confidence sequence already holds over every look, so ``for`` does not apply.
     Once firing it stays so while its value holds; a new deploy starts a new test.
+    Trouble that was already firing when the deploy came keeps its start (as any
+    other rule's does): if it goes on, it began before the deploy, and the
+    attribution guard does not blame the deploy for it.
     """
     evidence = _counted(rule, previous.evidence, counts, deploy, now)
     if previous.evidence is not None and previous.evidence.deploy != deploy:
-        previous = replace(previous, pending_since=None, firing_since=None)
+        began = previous.pending_since if previous.firing_since is not None else None
+        previous = replace(previous, pending_since=began, firing_since=None)
     if measurement.is_missing:
         state, step = _missing(rule, previous, now, f"no data: {measurement.reason or 'no value'}")
         return replace(state, evidence=evidence), step
