@@ -568,3 +568,52 @@ def test_trouble_firing_before_a_deploy_keeps_its_start_when_it_goes_on() -> Non
         deploy,
     )
     assert step.started == deploy + POLL
+
+
+def burst_counts(
+    burst_from: float, burst_to: float, after: float | None = None
+) -> Callable[[datetime, timedelta], tuple[float, float, float]]:
+    """20 req/s failing 0.5 %, 50 % in [burst_from, burst_to) seconds after T0 (and from
+    ``after`` on for good, when given)."""
+
+    def counts(end: datetime, window: timedelta) -> tuple[float, float, float]:
+        def rate(second: float) -> tuple[float, float]:
+            bad = burst_from <= second < burst_to or (after is not None and second >= after)
+            return (10.0 if bad else 0.1, 20.0)
+
+        events, volume = window_counts(rate, end, window)
+        return events, volume, 0.0
+
+    return counts
+
+
+def test_a_burst_after_the_version_showed_health_must_be_sustained() -> None:
+    """A version healthy for 10 minutes, then 30 s of 50 % failures (a dependency blipped):
+    no firing with the shipped 2m sustain; the same trouble for good fires once it held 2m,
+    and trouble from the deploy on still fires at the first look."""
+    rule = weighed_rule(sustain='"2m"')
+    deploy = T0 + 10 * MINUTE
+    onset = 600 + 600  # seconds after T0: ten minutes after the deploy
+    burst = step_rule(rule, burst_counts(onset, onset + 30), deploy, deploy + 20 * MINUTE)
+    assert first_firing(burst) is None
+    assert any("sustain 2m" in reason for _, _, reason in burst)
+    lasting = step_rule(rule, burst_counts(onset, onset + 30, onset), deploy, deploy + 20 * MINUTE)
+    fired = first_firing(lasting)
+    assert fired is not None
+    assert timedelta(minutes=2) <= fired - (T0 + timedelta(seconds=onset)) <= 3 * MINUTE
+    at_once = step_rule(rule, burst_counts(600, 600, 600), deploy, deploy + MINUTE)
+    assert first_firing(at_once) == deploy + POLL
+    unsustained = step_rule(
+        weighed_rule(), burst_counts(onset, onset + 30), deploy, deploy + 20 * MINUTE
+    )
+    assert first_firing(unsustained) is not None  # without sustain the burst fires
+
+
+def test_sustain_is_refused_without_events_and_volume() -> None:
+    """sustain belongs to rules that weigh their traffic."""
+    text = (
+        '[[rules]]\nname = "x"\ntrigger = "outage"\nquery = "up"\ncondition = "< 1"\n'
+        'sustain = "2m"\n'
+    )
+    with pytest.raises(InvalidInput, match="sustain is used only with 'events' and 'volume'"):
+        parse_rules(text, "rules/x.toml")
