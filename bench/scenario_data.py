@@ -499,6 +499,7 @@ def _deploy_stories() -> list[Scenario]:
                     versions=((0.0, "v1"), (DEPLOY, "v2"), (DEPLOY + 4 * MINUTE, "v3")),
                 ),
             ),
+            onset=DEPLOY,
         ),
         Scenario(
             "successive-second-bad",

@@ -298,12 +298,24 @@ def main() -> None:
     def extra(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--hours", type=float, help="evaluated window (default 24, quick 4)")
         parser.add_argument("--fleet", type=int, help="healthy services (default 40, quick 6)")
+        parser.add_argument(
+            "--only",
+            help="comma-separated scenario names to run (the fleet only if named:"
+            " healthy-fleet); the results file is not written",
+        )
 
     args = arguments(__doc__.splitlines()[0] if __doc__ else "scenarios", extra)
     quick: bool = args.quick
     hours: float = args.hours or (4.0 if quick else 24.0)
     fleet_size: int = args.fleet or (6 if quick else 40)
     chosen = scenarios(quick, hours, fleet_size)
+    only: str | None = args.only
+    if only:
+        wanted = {name.strip() for name in only.split(",") if name.strip()}
+        unknown = wanted - {s.name for s in scenarios(False, hours, fleet_size)}
+        if unknown:
+            raise SystemExit(f"--only: no scenario named {', '.join(sorted(unknown))}")
+        chosen = [s for s in scenarios(False, hours, fleet_size) if s.name in wanted]
     labels = load_labels()
     missing = [s.name for s in chosen if s.name not in labels]
     if missing:
@@ -341,7 +353,8 @@ def main() -> None:
     report.fact("window_days", hours * HOUR / DAY)
     verdicts = judge(chosen, labels, actions, origin, hours)
     score(report, verdicts, chosen)
-    report.write()
+    if not only:
+        report.write()
     sys.stdout.flush()
 
 

@@ -48,6 +48,8 @@ PROMQL = {name: rule for name, rule in SHIPPED.items() if rule.query is not None
 DEMO_EXPORTS = {
     "outage-no-traffic-served",
     "outage-targets-down",
+    "targets-gone",
+    "traffic-vanished",
     "auth-failures",
     "data-loss",
     "error-rate",
@@ -165,12 +167,14 @@ def target(service: str, instance: str = "a", job: str = "app", **labels: str) -
 def history() -> str:
     """steady: traffic, no errors, counters at 0; born: event counters created at an event;
     failing: every request fails, targets down; quiet: no traffic; gone: targets vanish;
+    vanished: its target stays up, its requests stop at BORN (a process that never served);
     restored: a job Prometheus stopped scraping for 10 minutes, its counter at 3 throughout."""
     requests = [
         (target("steady", code="200"), counter(10)),
         (target("born", code="200"), counter(10)),
         (target("failing", code="500"), counter(5, initial=1)),
         (target("quiet", code="200"), counter(0, initial=7)),
+        (target("vanished", code="200"), counter_points(HISTORY_START, BORN, STEP, 5)),
     ]
     auth = [(target("steady", result="success"), counter(2))]
     page_views = [(target("steady"), counter(3)), (target("quiet"), counter(0, initial=4))]
@@ -191,6 +195,7 @@ def history() -> str:
         (target("born"), gauge(1)),
         (target("failing"), gauge(0)),
         (target("gone"), gauge(1, end=BORN)),
+        (target("vanished"), gauge(1)),
         (target("restored", **restored), gauge(1, end=BORN - 600) + gauge(1, start=BORN)),
         ({"job": "prometheus", "instance": "self"}, gauge(1)),
     ]
@@ -260,39 +265,81 @@ def test_a_counter_seen_again_after_a_scrape_gap_is_history_not_an_event(
     assert values_at(backfilled, "data-loss", minutes_after_birth(0.25))["restored"] == 0.0
 
 
-def test_targets_down_or_gone_read_0_and_unlabelled_targets_are_ignored(
+def test_targets_down_read_0_and_unlabelled_targets_are_ignored(
     backfilled: Prometheus,
 ) -> None:
-    """One target up is enough; all down, or all gone in the last 10 minutes, is 0."""
+    """One target up is enough; all down is 0; targets gone are no data, not an outage."""
     assert values_at(backfilled, "outage-targets-down", minutes_after_birth(-1)) == {
         "steady": 1.0,
         "born": 1.0,
+        "vanished": 1.0,
         "failing": 0.0,
+        "gone": 1.0,
+    }
+    for minutes in (6, 11):
+        assert values_at(backfilled, "outage-targets-down", minutes_after_birth(minutes)) == {
+            "steady": 1.0,
+            "born": 1.0,
+            "vanished": 1.0,
+            "failing": 0.0,
+            "restored": 1.0,
+        }, minutes
+
+
+def test_targets_gone_within_10_minutes_read_0_for_the_medium_rule(
+    backfilled: Prometheus,
+) -> None:
+    """Every target of a service vanished (no up series) reads 0 for 10 minutes for
+    targets-gone, which escalates; a target scraped at all, up or down, reads 1."""
+    assert values_at(backfilled, "targets-gone", minutes_after_birth(-1)) == {
+        "steady": 1.0,
+        "born": 1.0,
+        "vanished": 1.0,
+        "failing": 1.0,
         "gone": 1.0,
         "restored": 0.0,
     }
-    assert values_at(backfilled, "outage-targets-down", minutes_after_birth(6)) == {
+    assert values_at(backfilled, "targets-gone", minutes_after_birth(6)) == {
         "steady": 1.0,
         "born": 1.0,
-        "failing": 0.0,
+        "vanished": 1.0,
+        "failing": 1.0,
         "gone": 0.0,
         "restored": 1.0,
     }
-    assert values_at(backfilled, "outage-targets-down", minutes_after_birth(11)) == {
+    assert values_at(backfilled, "targets-gone", minutes_after_birth(11)) == {
         "steady": 1.0,
         "born": 1.0,
-        "failing": 0.0,
+        "vanished": 1.0,
+        "failing": 1.0,
         "restored": 1.0,
     }
+    assert SHIPPED["targets-gone"].severity == "medium"
 
 
 def test_a_prometheus_without_any_data_is_no_outage_of_any_service(
     backfilled: Prometheus,
 ) -> None:
     """When Prometheus itself has no data (it was down: no series at all, its own included),
-    targets-down is no data for every service, not 0: missing data never rolls back."""
-    assert values_at(backfilled, "outage-targets-down", HISTORY_END - 60)["steady"] == 1.0
-    assert values_at(backfilled, "outage-targets-down", HISTORY_END + 6 * 60) == {}
+    targets-down and targets-gone are no data for every service, not 0: missing data never
+    rolls back, nor escalates."""
+    for name in ("outage-targets-down", "targets-gone"):
+        assert values_at(backfilled, name, HISTORY_END - 60)["steady"] == 1.0
+        assert values_at(backfilled, name, HISTORY_END + 6 * 60) == {}
+
+
+def test_traffic_reads_0_while_the_target_is_up_and_no_request_series_exists(
+    backfilled: Prometheus,
+) -> None:
+    """traffic-vanished: requests per second, 0 (not absent) once a scraped target's
+    request series is gone; a service with no target and no series stays absent."""
+    before = values_at(backfilled, "traffic-vanished", minutes_after_birth(-1))
+    assert before["vanished"] == pytest.approx(5.0)
+    after = values_at(backfilled, "traffic-vanished", minutes_after_birth(11))
+    assert after["vanished"] == 0.0
+    assert after["steady"] == pytest.approx(10.0)
+    assert after["quiet"] == 0.0
+    assert "gone" not in after
 
 
 # -- backtest sees a killed app in Prometheus alone -------------------------------------------

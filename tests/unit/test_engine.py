@@ -508,3 +508,46 @@ def test_a_range_query_that_raises_leaves_its_rule_inconclusive_in_a_replay() ->
     for report in reports:
         assert "RecursionError" in report.source_errors["error-rate"]
         assert "latency-regression" not in report.source_errors
+
+
+WEIGHED_RULES = """
+[[rules]]
+name = "error-rate"
+trigger = "high_error_rate"
+query = "ratio"
+events = 'sum by (service) (increase(bad[1m]))'
+volume = 'sum by (service) (increase(all[1m]))'
+condition = "> 0.05"
+sustain = "2m"
+"""
+
+
+def test_a_slow_regression_found_after_known_good_after_still_rolls_back_the_deploy() -> None:
+    """Errors creep from 0.5 % to 20 % over two hours after v2's deploy (a leak) and the
+    1m ratio wobbles: the evidence shows it only after v2 ran 30 minutes, but its test
+    judged the traffic since it last restarted as a whole, so v2 is not vouched for: roll
+    back to v1 (approval), not "v2 is already the last known good"."""
+    metrics = ScriptedMetrics(["web"])
+    metrics.deploy("web", "v1", DAY)
+    metrics.deploy("web", "v2", NOON)
+
+    def ratio(_service: str, at: datetime) -> float:
+        since = (at - NOON).total_seconds()
+        return 0.005 if since <= 0 else min(0.2, 0.005 + 0.195 * since / 7200)
+
+    def one_minute(service: str, at: datetime) -> float:
+        """The rule's 1m ratio: one minute in four reads low, as a short window does."""
+        return ratio(service, at) * (0.5 if int(at.timestamp() // 60) % 4 == 0 else 1.0)
+
+    metrics.set("ratio", one_minute)
+    metrics.set("sum by (service) (increase(bad[1m]))", lambda s, at: 180 * ratio(s, at))
+    metrics.set("sum by (service) (increase(all[1m]))", constant(180.0))
+    cfg = config()
+    run = Replay(cfg, tuple(parse_rules(WEIGHED_RULES, "rules.toml")), metrics, STEP)
+    reports = list(run.run(NOON - timedelta(hours=1), NOON + timedelta(hours=2)))
+    decisions = [d for r in reports for d in r.decisions if d.service == "web"]
+    assert decisions, "the regression is found"
+    first = decisions[0]
+    assert first.time - NOON > timedelta(minutes=30), "found after v2 could be known good"
+    assert first.action is Action.REQUEST_APPROVAL, first.reason
+    assert first.target == "v1"

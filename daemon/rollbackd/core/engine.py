@@ -320,7 +320,7 @@ class Engine:
                 conclusive = len(own) < evaluated or any(
                     f.state is not FindingState.INCONCLUSIVE for f in own
                 )
-                started = min((f.started or f.since or now for f in firing), default=None)
+                started = self._doubted_from(service, firing, now)
                 self.history.note_evaluation(service, now, conclusive, started)
             decision, outcomes[service] = self._judge(service, own, firing, now, events)
             if decision is not None:
@@ -352,6 +352,22 @@ class Engine:
         self._canary, findings = judge_evidence(self.rules, looked, self._canary, now)
         self._looked = looked
         return vectors, baselines, findings
+
+    def _doubted_from(self, service: str, firing: list[Finding], now: datetime) -> datetime | None:
+        """Since when the version's health is in doubt, for the known-good judgement:
+        each firing finding's start, or for a rule that weighs its traffic the start of
+        the test that shows it. That test judged all the traffic since it began, as a
+        whole, to be past the threshold: nobody can vouch for the version over it, even
+        though the evidence became enough only now (a slow regression)."""
+        begins = []
+        for finding in firing:
+            begin = finding.started or finding.since or now
+            state = self.states.get((finding.rule, service))
+            evidence = state.evidence if state is not None else None
+            if evidence is not None:
+                begin = min(begin, evidence.tested_from or evidence.start)
+            begins.append(begin)
+        return min(begins, default=None)
 
     def _deploy_times(self) -> dict[str, datetime]:
         """Each service's current deploy time: what the evidence of its rules counts from."""

@@ -23,9 +23,16 @@ probability at most ``alpha`` over all those looks together, not per look.
 Counts since the deploy come from rate windows (``increase(x[1m])``): the count
 in the last window is seen exactly, what came before it is remembered from
 earlier looks (:func:`accumulate`), so the evidence has no window's lag and a
-gross regression is decided within seconds. Counter resets are handled by
-``increase()``; a part of the time no look saw (a gap longer than the window)
-is no evidence either way, and is left out.
+gross regression is decided within seconds. What came before is one running
+total, the *settled* count, that adds each look's window at the share of the
+window since the look before: every request counted once, by one chain of
+looks. (Adding each window to the count a window earlier instead would make
+four independent chains at a 1m window and a 15s poll, each adding up its own
+share of Prometheus' extrapolation noise; the difference between two chains
+grows without bound, and after a restart of the test it reads as a burst of
+errors that never happened.) Counter resets are handled by ``increase()``; a
+part of the time no look saw (a gap longer than the window) is no evidence
+either way, and is left out.
 
 The test restarts when its evidence says the proportion is on the healthy side
 of the threshold (a repeated sequential test, like Page's CUSUM): a version that
@@ -79,7 +86,8 @@ class Evidence:
     is known); ``deploy`` is that deploy's time (None: none known). ``events`` and
     ``volume`` are estimated counts since ``start`` (fractional: rate windows are
     extrapolated by Prometheus); ``looks`` holds recent (time, events, volume)
-    cumulative points, to know the count up to a window's start; ``window`` is
+    settled cumulative points (see :func:`accumulate`), to know the count up to a
+    window's start; ``window`` is
     the last look's window counts, ``before`` the last window's counts before the
     start (the previous version's rate). ``tested_events``/``tested_volume`` are the
     counts at the test's last restart, ``tested_from`` its time (None: the test runs
@@ -109,6 +117,15 @@ class Evidence:
     def last_look(self) -> datetime | None:
         return self.looks[-1][0] if self.looks else None
 
+    @property
+    def settled(self) -> tuple[float, float]:
+        """The settled (events, volume) at the last look: one running total, where
+        ``events``/``volume`` add the last window exactly to the settled count a window ago."""
+        if not self.looks:
+            return self.events, self.volume
+        _, events, volume = self.looks[-1]
+        return events, volume
+
 
 def accumulate(
     previous: Evidence | None,
@@ -121,11 +138,16 @@ def accumulate(
     """The evidence after one look that saw ``window_events`` of ``window_volume``
     in the ``window`` ending at ``now``.
 
-    The count since the start is the count in this window plus the count up to
-    the window's start, read from earlier looks (interpolated between the looks
-    around it). A window reaching back before the start holds some of the
-    previous version's traffic: that part is taken out at the rate the last
-    window before the start showed (at this window's own rate when none did).
+    The count since the start is the count in this window plus the settled count
+    up to the window's start, read from earlier looks (interpolated between the
+    looks around it). The settled count adds each window at the share of it that
+    is new since the look before (all of it after a gap longer than the window):
+    one running total, so two looks' counts differ by what came between them, not
+    by the extrapolation noise of separate chains of windows. A window reaching
+    back before the start holds some of the previous version's traffic: that part
+    is taken out at the rate the last window before the start showed (at this
+    window's own rate when none did); until the first window has passed, the
+    settled count is the window's own.
     """
     seconds = window.total_seconds()
     if seconds <= 0:
@@ -146,11 +168,17 @@ def accumulate(
         volume = window_volume - share * rate[1]
         events = max(min(events, volume), 0.0) if volume > 0 else 0.0
         volume = max(volume, 0.0)
+        settled = (events, volume)
     else:
         upto_events, upto_volume = _at(previous, edge)
         events = upto_events + window_events
         volume = upto_volume + window_volume
-    looks = (*_kept(previous.looks, edge), (now, events, volume))
+        settled = (events, volume)
+        if previous.looks:
+            last, last_events, last_volume = previous.looks[-1]
+            share = min(max((now - last).total_seconds(), 0.0) / seconds, 1.0)
+            settled = (last_events + share * window_events, last_volume + share * window_volume)
+    looks = (*_kept(previous.looks, edge), (now, *settled))
     if len(looks) > LOOKS_KEPT:
         looks = looks[-LOOKS_KEPT:]
     return Evidence(  # not dataclasses.replace: this runs per service and look
@@ -335,10 +363,12 @@ def restart_if_healthy(evidence: Evidence, where: Side, above: bool) -> Evidence
         return evidence
     if evidence.trials[1] < evidence.tested_volume:  # rationed: the volume doubles each time
         return evidence
+    # From the settled count: the last window's own noise is not carried into the next test.
+    events, volume = evidence.settled
     return replace(
         evidence,
-        tested_events=evidence.events,
-        tested_volume=evidence.volume,
+        tested_events=events,
+        tested_volume=volume,
         tested_from=evidence.last_look,
         restarts=evidence.restarts + 1,
     )

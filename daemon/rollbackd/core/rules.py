@@ -152,6 +152,9 @@ class Rule(BaseModel):
     volume: str | None = Field(default=None, min_length=1)
     confidence: float = Field(default=0.99, gt=0.5, lt=1, allow_inf_nan=False)
     min_volume: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    sustain: Duration = timedelta(0)
+    """An evidence rule: once its test restarted on the healthy side (the version
+    showed itself healthy), later trouble fires only after its ratio held this long."""
 
     @field_validator("condition", mode="before")
     @classmethod
@@ -262,7 +265,7 @@ def _longest_range(query: str) -> timedelta:
     return longest
 
 
-_EVIDENCE_KEYS = ("confidence", "min_volume")
+_EVIDENCE_KEYS = ("confidence", "min_volume", "sustain")
 
 
 def _check_evidence(rule: Rule) -> None:
@@ -519,10 +522,14 @@ def _evaluate_evidence(
     says whether it is more than noise. It fires when both hold, at once: the
     confidence sequence already holds over every look, so ``for`` does not apply.
     Once firing it stays so while its value holds; a new deploy starts a new test.
+    Trouble that was already firing when the deploy came keeps its start (as any
+    other rule's does): if it goes on, it began before the deploy, and the
+    attribution guard does not blame the deploy for it.
     """
     evidence = _counted(rule, previous.evidence, counts, deploy, now)
     if previous.evidence is not None and previous.evidence.deploy != deploy:
-        previous = replace(previous, pending_since=None, firing_since=None)
+        began = previous.pending_since if previous.firing_since is not None else None
+        previous = replace(previous, pending_since=began, firing_since=None)
     if measurement.is_missing:
         state, step = _missing(rule, previous, now, f"no data: {measurement.reason or 'no value'}")
         return replace(state, evidence=evidence), step
@@ -552,7 +559,10 @@ def _evaluate_evidence(
         and verdict.past
         and evidence.volume >= rule.min_volume
     )
-    if firing_since is None and enough:
+    waiting = ""
+    if firing_since is None and enough and evidence is not None:
+        waiting = _unsustained(rule, evidence, pending_since, now)
+    if firing_since is None and enough and not waiting:
         firing_since = now
     state = RuleState(
         pending_since=pending_since,
@@ -576,6 +586,8 @@ def _evaluate_evidence(
             verdict=verdict,
         )
     reason = f"{comparison}, but the evidence is not enough yet: {weighed}"
+    if waiting:
+        reason = f"{comparison} and the evidence holds ({weighed}), {waiting}"
     return state, Step(
         FindingState.PENDING,
         value,
@@ -584,6 +596,26 @@ def _evaluate_evidence(
         since=pending_since,
         started=pending_since,
         verdict=verdict,
+    )
+
+
+def _unsustained(rule: Rule, evidence: Evidence, pending_since: datetime, now: datetime) -> str:
+    """Why trouble the evidence shows does not fire yet: it began after the version had
+    shown itself healthy (the test restarted) and has not held ``sustain`` ("": it fires).
+
+    A version that served well and then fails for a moment met a burst from outside
+    (a dependency, a garbage collection): the sequential test assumes a steady rate, a
+    burst is not one. Trouble from the deploy on is judged at once, as the test allows.
+    """
+    if rule.sustain <= timedelta(0) or evidence.tested_from is None:
+        return ""
+    held = _elapsed(now, pending_since)
+    if held >= rule.sustain:
+        return ""
+    return (
+        f"but it began after the version had shown itself healthy (the test restarted at "
+        f"{format_instant(evidence.tested_from)}): it has held {format_duration(held)} of "
+        f"sustain {format_duration(rule.sustain)}"
     )
 
 
