@@ -142,6 +142,7 @@ def build_checklist(
     on_step: Callable[[str, str], None] = lambda *_: None,
     on_deploy: Callable[[Deploy], None] = lambda _: None,
     should_stop: Callable[[], bool] = lambda: False,
+    may_act: Callable[[], bool] = lambda: True,
 ) -> Checklist:
     """A checklist wired with the real executors, gate and recovery watch."""
     source = metrics or PrometheusSource.from_config(config)
@@ -220,6 +221,7 @@ def build_checklist(
         on_step=on_step,
         on_deploy=on_deploy,
         should_stop=should_stop,
+        may_act=may_act,
         pause=sleep,
     )
     return Checklist(config, parts)

@@ -493,6 +493,27 @@ class JournalConfig(_Section):
         return self
 
 
+class ClusterConfig(_Section):
+    """``[cluster]``: replicas sharing one journal in PostgreSQL, one of which leads (acts).
+
+    With SQLite (no ``[journal] url``) the daemon is alone and always leads."""
+
+    name: str = Field(default="rollbackd", pattern=NAME_PATTERN, max_length=64)
+    """The cluster: replicas of one name share a lease (one journal may hold several)."""
+    replica_name: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=128)
+    """This replica, as /readyz and the lease show it; default: ``HOST-PID-RANDOM``."""
+    lease: Duration = timedelta(seconds=15)
+    """How long a leader's lease runs unless renewed (every third of it): a dead leader is
+    replaced after at most this long (plus a poll interval to act)."""
+
+    @field_validator("lease")
+    @classmethod
+    def _lease(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(minutes=10):
+            raise ValueError("must be between 1s and 10m")
+        return value
+
+
 class NotifierConfig(_Section):
     """``[[notifiers]]``: where people are told (a JSON webhook, Slack, PagerDuty)."""
 
@@ -560,6 +581,7 @@ class Config(BaseSettings):
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     notifiers: list[NotifierConfig] = Field(default_factory=list)
     tokens: list[TokenConfig] = Field(default_factory=list)
 

@@ -140,6 +140,11 @@ class JournalUnavailable(JournalError):  # noqa: N818 -- names the condition
     """
 
 
+class NotLeader(JournalError):  # noqa: N818 -- names the condition
+    """This replica no longer leads (its lease ran out, another replica holds it): the write
+    was refused and nothing was kept. Not a fault to retry: the leader carries on."""
+
+
 class DaemonUnavailable(RollbackdError):  # noqa: N818 -- names the condition
     """No daemon answers at the configured address."""
 

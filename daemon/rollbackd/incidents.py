@@ -7,6 +7,12 @@ tells a person. People approve, veto, or roll back by hand through it; an
 approval deadline passing without a veto rolls back. Each change of state is
 one compare-and-set in the journal: of an approval, a veto and a deadline at
 the same instant exactly one wins, and what happens follows the winner.
+
+In a cluster, any replica journals what people ask (approvals, vetoes, rollbacks by
+hand); only the leader runs rollbacks, each on its worker in the leader's term (its
+writes fenced by the epoch). The leader picks up, every cycle, the rollbacks journaled
+as under way that no worker of its own runs: approved or asked for on another replica,
+or left unfinished by a former leader.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from rollbackd.errors import (
     InvalidInput,
     NoTarget,
     NotFound,
+    NotLeader,
     NotPermitted,
     Problem,
     RollbackRefused,
@@ -87,6 +94,25 @@ class Incidents:
         self.events = events
         self.worker = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="rollback")
         self.running: dict[int, Future[Any]] = {}
+
+    def pick_up(self) -> None:
+        """Run every rollback journaled as under way that no worker here runs or ran (the
+        leader, each cycle): approved or asked for on another replica, or interrupted when
+        this replica last stopped leading."""
+        for listed in self.state.journal.incidents(limit=None, active_only=True):
+            if listed.id in self.running or listed.state not in (
+                IncidentState.ROLLING_BACK,
+                IncidentState.RECOVERING,
+            ):
+                continue
+            log.info("picking up a rollback", incident=listed.id, service=listed.service)
+            with self.state.lock:
+                self.state.engine.rolling_back(listed.service, listed.id)
+            self.submit(listed.id)
+
+    def forget_finished(self) -> None:
+        """Forget the workers that ended (a new term of leadership resumes their incidents)."""
+        self.running = {k: f for k, f in list(self.running.items()) if not f.done()}
 
     def shutdown(self) -> None:
         """Let the rollback in progress reach the end of its step; queued ones resume at start."""
@@ -379,18 +405,31 @@ class Incidents:
                     log.info("deadline not acted on", incident=record.id, reason=str(exc))
 
     def submit(self, incident: int) -> None:
+        """Run the incident's rollback on a worker, in this replica's term; on a follower,
+        nothing: it is journaled, and the leader picks it up (:meth:`pick_up`)."""
         if incident in self.running and not self.running[incident].done():
             return
         if self.state.stopping.is_set():
             return
-        self.running[incident] = self.worker.submit(self._run, incident)
+        epoch = self.state.leader.leads()
+        if epoch is None:
+            log.info("rollback left to the leader", incident=incident)
+            return
+        self.running[incident] = self.worker.submit(self._run, incident, epoch)
 
-    def _run(self, incident: int) -> None:
+    def _run(self, incident: int, epoch: int) -> None:
         try:
-            record = self.state.checklist.run(incident)
+            with self.state.leader.term(epoch):
+                record = self.state.checklist.run(incident)
+        except NotLeader as exc:
+            self._left(incident, str(exc))
+            return
         except Exception as exc:  # a worker must report, not die silently
             log.exception("rollback failed", incident=incident, error=str(exc))
             self._tell_stopped(incident, f"{type(exc).__name__}: {exc}")
+            return
+        if record.state.active and self.state.leader.leads() != epoch:
+            self._left(incident, f"this replica no longer leads (epoch {epoch})")
             return
         with self.state.lock:
             if record.state is IncidentState.RECOVERED or record.state in WAITING:
@@ -406,6 +445,12 @@ class Incidents:
             self.state.metrics.recoveries.labels(record.service, outcome).inc()
         log.info("rollback finished", incident=incident, state=outcome, summary=record.summary)
         self.events.emit(Finished(incident, record.state, record.summary))
+
+    def _left(self, incident: int, why: str) -> None:
+        """The rollback stopped because this replica no longer leads: the leader resumes it
+        (and so does this replica, should it lead again: the worker is forgotten)."""
+        log.warning("rollback left to the leader", incident=incident, reason=why)
+        self.running.pop(incident, None)
 
     def _tell_stopped(self, incident: int, why: str) -> None:
         """A rollback's worker ended on an error: whatever its journaled state, a person

@@ -53,7 +53,6 @@ class Intake:
             max_skew=self.state.config.deploys.max_clock_skew,
         )
         self.state.journal.record_deploy(deploy, now)
-        with self.state.lock:
-            self.state.history.record(deploy)
+        self.state.record_deploy(deploy)
         log.info("deploy", service=deploy.service, version=deploy.version, ref=deploy.ref)
         return deploy

@@ -7,6 +7,12 @@ lock, the engine decides and :class:`~rollbackd.incidents.Incidents` acts. A
 cycle never raises: a failure is logged, shown on the status page and /readyz,
 and the next cycle tries again. :meth:`Loop.warm_up` replays recent history at
 start-up so rule states and known good versions survive a restart.
+
+In a cluster only the leader evaluates and acts, in its term (:meth:`Leader.term
+<rollbackd.cluster.Leader.term>`: every write fenced by its epoch). A follower's cycle
+only reads the deploys other replicas journaled. A replica that becomes the leader does
+what a restarted daemon does (:meth:`Loop.take_over`) at its next cycle: within one poll
+interval of taking the lease.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from rollbackd.core.durations import format_duration
 from rollbackd.core.engine import CycleReport, Inputs
 from rollbackd.core.model import FindingState
 from rollbackd.core.rules import rule_trigger_severity
+from rollbackd.errors import NotLeader
 from rollbackd.events import CycleDone, Events
 from rollbackd.incidents import Incidents
 from rollbackd.journal import AlertRecord, IncidentState, JournalUnavailable
@@ -49,6 +56,48 @@ class Loop:
         self.created = time.monotonic()
         self.last_completed: float | None = None
         """time.monotonic() of the last cycle that completed (None: none yet)."""
+        self.epoch: int | None = None
+        """The epoch this replica acts in (None: it follows, or has not started)."""
+        self._terms = 0
+        self._followed = False
+
+    def start(self, now: datetime) -> None:
+        """At start-up: claim the lease once, then keep renewing it in the background (while
+        the warm-up and all after it run); the leader takes over, a follower follows."""
+        epoch = self.state.leader.renew()
+        self.state.leader.start()
+        if epoch is None:
+            self._follow()
+        else:
+            self.take_over(now, epoch)
+
+    def take_over(self, now: datetime, epoch: int) -> None:
+        """Lead in ``epoch``: do what a restarted daemon does. Start again from the journal
+        (once this replica followed or led before: others wrote since), warm up from
+        history, follow every unfinished incident and resume the rollbacks under way at the
+        step where they stopped (a finished step is never run again)."""
+        log.info("taking over", epoch=epoch, replica=self.state.leader.replica)
+        if self._terms or self._followed:
+            self.state.rebuild()
+        self.incidents.forget_finished()
+        self.warm_up(now)
+        with self.state.leader.term(epoch):
+            self.incidents.resume(now)
+        self.epoch = epoch
+        self._terms += 1
+
+    def _follow(self) -> None:
+        """A follower's cycle: read the deploys other replicas journaled; decide nothing."""
+        if self.epoch is not None:
+            log.warning("following: this replica does not act", epoch=self.epoch)
+        self.epoch = None
+        self._followed = True
+        if self.state.clustered:
+            self.state.follow_deploys()
+        leader = self.state.leader.view()["leader"] or "nobody yet"
+        self.status_line = f"following {leader}: the leader evaluates and acts"
+        self.last_cycle_error = None
+        self.last_completed = time.monotonic()
 
     def warm_up(self, now: datetime) -> None:
         """Replay recent history so rule states and known-good versions survive a restart.
@@ -102,45 +151,26 @@ class Loop:
         """
         started = time.monotonic()
         try:
-            with self.state.lock:  # fix what to read; then read with no lock held
-                now = at or self.state.clock()
-                live, plan = self.state.live, self.state.live.plan(now)
-            measured = live.measure(plan)
-            with self.state.lock:
-                if live is not self.state.live:  # reloaded while reading: read again next cycle
-                    return None
-                inputs = live.apply(measured)
-                moved = self.state.history.revision != plan.revision
-                unread = live.unread_baselines() if moved else []
-            if unread:  # a deploy seen just now: its baseline is read before deciding
-                live.read_baselines(unread)
-            with self.state.lock:
-                if live is not self.state.live:
-                    return None
-                if unread:
-                    inputs.baselines.update(live.known_baselines())
-                for service in self.state.engine.services:
-                    self.state.engine.rollbacks[service] = self.state.journal.rollbacks(service)
-                firing = self._firing_alerts(now, self.state.engine.services)
-                if measured.alertmanager is not None:
-                    firing = self._with_alertmanager(firing, measured.alertmanager, now, inputs)
-                alerts, ignored = alert_findings(
-                    firing, self.state.engine.services, self.state.config.alerts.trigger_label, now
-                )
-                inputs.alerts.extend(alerts)
-                for line in ignored:
-                    inputs.source_errors.setdefault("alerts", line)
-                unwritable = self.state.journal.problem()
-                if unwritable is not None:  # nothing decided can be kept: decide once it can
-                    raise JournalUnavailable(f"{unwritable}; decisions wait until it can")
-                report = self.state.engine.step(now, inputs)
-                self.state.last_report = report
-                for event in report.events:
-                    self.incidents.follow(event)
-                self.incidents.act_on(report, firing)
-                self.incidents.deadlines(now)
+            epoch = self.state.leader.leads()
+            if epoch is None:
+                self._follow()
+                return None
+            if epoch != self.epoch:
+                if self._terms or self._followed:
+                    self.take_over(at or self.state.clock(), epoch)
+                else:  # never started (tests drive cycles alone): lead as things stand
+                    self.epoch = epoch
+            if self.state.clustered:
+                self.state.follow_deploys()
+            with self.state.leader.term(epoch):
+                report = self._evaluate(at)
+            if report is None:
+                return None
             self.last_cycle_error = None
             self.last_completed = time.monotonic()
+        except NotLeader as exc:  # lost the lease during the cycle: the new leader decides
+            log.warning("cycle stopped: this replica no longer leads", reason=str(exc))
+            return None
         except Exception as exc:  # the loop must survive any one bad cycle
             self.last_cycle_error = f"{type(exc).__name__}: {exc}"
             log.exception("cycle failed", error=self.last_cycle_error)
@@ -148,6 +178,48 @@ class Loop:
         finally:
             self.state.metrics.cycle_seconds.observe(time.monotonic() - started)
         self._record_cycle(report)
+        return report
+
+    def _evaluate(self, at: datetime | None) -> CycleReport | None:
+        """Gather, decide, act (the leader, in its term); None if reloaded meanwhile."""
+        with self.state.lock:  # fix what to read; then read with no lock held
+            now = at or self.state.clock()
+            live, plan = self.state.live, self.state.live.plan(now)
+        measured = live.measure(plan)
+        with self.state.lock:
+            if live is not self.state.live:  # reloaded while reading: read again next cycle
+                return None
+            inputs = live.apply(measured)
+            moved = self.state.history.revision != plan.revision
+            unread = live.unread_baselines() if moved else []
+        if unread:  # a deploy seen just now: its baseline is read before deciding
+            live.read_baselines(unread)
+        with self.state.lock:
+            if live is not self.state.live:
+                return None
+            if unread:
+                inputs.baselines.update(live.known_baselines())
+            for service in self.state.engine.services:
+                self.state.engine.rollbacks[service] = self.state.journal.rollbacks(service)
+            firing = self._firing_alerts(now, self.state.engine.services)
+            if measured.alertmanager is not None:
+                firing = self._with_alertmanager(firing, measured.alertmanager, now, inputs)
+            alerts, ignored = alert_findings(
+                firing, self.state.engine.services, self.state.config.alerts.trigger_label, now
+            )
+            inputs.alerts.extend(alerts)
+            for line in ignored:
+                inputs.source_errors.setdefault("alerts", line)
+            unwritable = self.state.journal.problem()
+            if unwritable is not None:  # nothing decided can be kept: decide once it can
+                raise JournalUnavailable(f"{unwritable}; decisions wait until it can")
+            report = self.state.engine.step(now, inputs)
+            self.state.last_report = report
+            for event in report.events:
+                self.incidents.follow(event)
+            self.incidents.act_on(report, firing)
+            self.incidents.deadlines(now)
+            self.incidents.pick_up()
         return report
 
     def _firing_alerts(self, now: datetime, services: Collection[str]) -> list[AlertRecord]:

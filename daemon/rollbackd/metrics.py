@@ -71,6 +71,16 @@ class DaemonMetrics:
         self.pending_approvals = Gauge(
             "rollbackd_pending_approvals", "Rollbacks waiting for a person.", registry=r
         )
+        self.leader = Gauge(
+            "rollbackd_leader",
+            "1 while this replica leads its cluster (evaluates and acts), 0 while it follows.",
+            registry=r,
+        )
+        self.leader_changes = Counter(
+            "rollbackd_leader_changes",
+            "Changes of the cluster's leader (a new epoch) this replica saw.",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -220,15 +220,15 @@ class Runtime:
         return f"http://{host}:{port}"
 
     def restore(self) -> None:
-        """Restore what the journal knows: warm up from history (bounded), follow every
-        unfinished incident again and resume the rollbacks a crash interrupted."""
+        """Claim the lease; as the leader (always, on a journal of its own), restore what the
+        journal knows: warm up from history (bounded), follow every unfinished incident again
+        and resume the rollbacks a crash interrupted. A follower does that once it leads."""
         if self._restored:
             return
         self._restored = True
-        now = self.state.clock()
-        self.loop.warm_up(now)
-        self.incidents.resume(now)
-        self.loop.status_line = "started"
+        self.loop.start(self.state.clock())
+        if self.loop.epoch is not None:
+            self.loop.status_line = "started"
 
     def shutdown(self, timeout: float = 900.0) -> None:
         """Stop after the step in progress (incidents left mid-checklist resume on restart);
@@ -240,6 +240,7 @@ class Runtime:
         self.state.stopping.set()
         self.state.live.close()
         self.incidents.shutdown()
+        self.state.leader.stop()  # after the last step: another replica takes over at once
         self.state.drain_notifiers(min(timeout, 30.0))
 
     def _on_event(self, event: Event) -> None:

@@ -17,12 +17,14 @@ from pathlib import Path
 
 from rollbackd.actions.checklist import Checklist
 from rollbackd.assembly import build_checklist, now_utc
+from rollbackd.cluster import Leader, default_replica_name
 from rollbackd.config import Config
 from rollbackd.core.deploys import Deploy, DeployHistory
 from rollbackd.core.engine import CycleReport, Engine
 from rollbackd.errors import InvalidInput
 from rollbackd.events import Events, StepDone
 from rollbackd.journal import Journal
+from rollbackd.journal.codec import kept_time
 from rollbackd.loader import Loaded, load
 from rollbackd.logs import get_logger
 from rollbackd.metrics import DaemonMetrics
@@ -38,6 +40,9 @@ log = get_logger("rollbackd")
 RESTART_KEYS = ("listen", "state_dir", "log_format")
 """``[daemon]`` keys a running daemon cannot change (its socket, its journal, its logging):
 a reload keeps their running values and says which changed."""
+DEPLOYS_REREAD = 64
+"""Deploys re-read before the last one known when following the journal: a deploy another
+replica was still committing may be numbered before one already read."""
 
 
 class State:
@@ -73,14 +78,26 @@ class State:
         self.prober = prober or Prober()
         self.last_report: CycleReport | None = None
         """The latest cycle's report: what the views show and a rollback by hand keeps."""
+        cluster = loaded.config.cluster
+        self.leader = Leader(
+            journal,
+            cluster.name,
+            cluster.replica_name or default_replica_name(),
+            cluster.lease,
+            self.metrics,
+        )
+        """Whether this replica leads its cluster (always, on a journal of its own)."""
+        self._deploys_read = 0
         self._build(loaded)
 
     def _build(self, loaded: Loaded, history: DeployHistory | None = None) -> None:
         config = loaded.config
         if history is None:
             history = DeployHistory(config.deploys.known_good_after)
-            for deploy in self.journal.deploys():
+            journaled = self.journal.deploys()
+            for deploy in journaled:
                 history.record(deploy)
+            self._deploys_read = len(journaled)
         self.loaded = loaded
         self.config = config
         self.history = history
@@ -102,10 +119,43 @@ class State:
             notifier=self.notifier,
             clock=self.clock,
             sleep=self.stopping.wait,
-            should_stop=self.stopping.is_set,
+            should_stop=self._should_stop,
+            may_act=self.leader.acting,
             on_step=self._step_done,
             on_deploy=self._rolled_back_to,
         )
+
+    @property
+    def clustered(self) -> bool:
+        """Whether other replicas may share the journal (it is in PostgreSQL)."""
+        return self.config.journal.url is not None
+
+    def _should_stop(self) -> bool:
+        """A rollback stops between steps when the daemon stops or this replica stops leading."""
+        return self.stopping.is_set() or not self.leader.acting()
+
+    def rebuild(self) -> None:
+        """Start again from the journal, as a restarted daemon does: the deploy history read
+        anew (other replicas journaled deploys and rollbacks), a fresh engine, readers and
+        checklist. For a replica that becomes the leader."""
+        with self.lock:
+            self._build(self.loaded)
+
+    def follow_deploys(self) -> int:
+        """Add the deploys other replicas journaled since the last read; how many were new."""
+        journaled = self.journal.deploys()
+        added = 0
+        with self.lock:
+            for deploy in journaled[max(self._deploys_read - DEPLOYS_REREAD, 0) :]:
+                added += self.history.record(deploy)
+            self._deploys_read = len(journaled)
+        return added
+
+    def record_deploy(self, deploy: Deploy) -> None:
+        """A deploy journaled here: into the history as the journal keeps it (to the
+        millisecond), so that reading it back from the journal finds it known."""
+        with self.lock:
+            self.history.record(replace(deploy, time=kept_time(deploy.time)))
 
     def _step_done(self, step: str, text: str) -> None:
         log.info("step", step=step, outcome=text)
@@ -164,19 +214,25 @@ class State:
 
 
 def keep_running(running: Config, loaded: Loaded) -> tuple[Loaded, list[str]]:
-    """``loaded`` with the running values of :data:`RESTART_KEYS` and of ``[journal]`` (the
-    journal open is the one written to), and each one that changed."""
+    """``loaded`` with the running values of :data:`RESTART_KEYS`, of ``[journal]`` (the
+    journal open is the one written to) and of ``[cluster]`` (the lease claimed), and each
+    one that changed."""
     changed = {
         key: (getattr(running.daemon, key), getattr(loaded.config.daemon, key))
         for key in RESTART_KEYS
         if getattr(running.daemon, key) != getattr(loaded.config.daemon, key)
     }
     journal_changed = running.journal != loaded.config.journal
-    if not changed and not journal_changed:
+    cluster_changed = running.cluster != loaded.config.cluster
+    if not changed and not journal_changed and not cluster_changed:
         return loaded, []
     daemon = loaded.config.daemon.model_copy(update={k: old for k, (old, _) in changed.items()})
-    config = loaded.config.model_copy(update={"daemon": daemon, "journal": running.journal})
+    config = loaded.config.model_copy(
+        update={"daemon": daemon, "journal": running.journal, "cluster": running.cluster}
+    )
     described = [f"daemon.{key} ({old} → {new})" for key, (old, new) in changed.items()]
     if journal_changed:
         described.append("journal (its URL is not shown: it may hold a password)")
+    if cluster_changed:
+        described.append("cluster")
     return replace(loaded, config=config), described

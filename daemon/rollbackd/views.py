@@ -73,7 +73,8 @@ class Views:
         """Ready: not stopping, the journal can be written, and the evaluation loop
         completes cycles. An unwritable journal acknowledges nothing and holds rollbacks
         (``journal_error`` says why); a stuck loop is not ready (``loop`` says why): a slow
-        source must never look like a working daemon."""
+        source must never look like a working daemon. A follower is ready: it serves the
+        API (``role``, ``leader``, ``epoch`` and ``lease_expires`` say who acts)."""
         report = self.state.last_report
         sources: dict[str, str] = {}
         if report is not None:
@@ -92,4 +93,5 @@ class Views:
             "cycle_error": self.loop.last_cycle_error,
             "degraded": sources,
             "poll_interval": format_duration(self.state.config.daemon.poll_interval),
+            **self.state.leader.view(),
         }

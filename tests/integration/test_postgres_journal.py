@@ -112,7 +112,7 @@ def test_a_sqlite_journal_moved_to_postgresql_serves_the_same_daemon_through_an_
     checked = run_cli("check-config", "--config", str(config))
     assert checked.returncode == 0, checked.stderr
     assert f"journal: PostgreSQL at 127.0.0.1:{postgres_server.port}/" in checked.stdout
-    assert "reachable, schema version 1" in checked.stdout
+    assert "reachable, schema version 2" in checked.stdout
 
     daemon = daemons(config, port)
     assert answers(daemon) == on_sqlite

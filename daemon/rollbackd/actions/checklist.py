@@ -14,6 +14,10 @@ else → "outcome unknown", escalated), and an interrupted command escalates.
 A rollback that fails, is blocked, or does not recover escalates to a person
 and is never retried automatically.
 
+In a cluster, only the leader runs rollbacks, and every record is journaled under its
+epoch: a write refused because another replica leads now (:class:`NotLeader`) ends the
+pass at once, without concluding anything: the new leader resumes the incident.
+
 Once ``execute`` has succeeded, the target runs: that is a deploy of it,
 journaled once (whichever process ran the checklist, and however often it
 was resumed) and told to ``Parts.on_deploy``, so that the daemon, at once or
@@ -52,7 +56,7 @@ from rollbackd.core.deploys import Deploy, MigrationFact
 from rollbackd.core.migrations import DEFAULT_MIGRATION_GLOBS
 from rollbackd.core.model import ALERT_RULE_PREFIX, Action, Decision, Severity
 from rollbackd.core.recovery import Check, Verdict
-from rollbackd.errors import RollbackRefused
+from rollbackd.errors import NotLeader, RollbackRefused
 from rollbackd.journal import (
     EvidenceKind,
     IncidentRecord,
@@ -88,6 +92,9 @@ FAILPOINT_ENV = "ROLLBACKD_FAILPOINT"
 """Crash testing: ``before:STEP``, ``started:STEP`` (journaled, not yet run), ``worked:STEP``
 (run, outcome not yet journaled), ``finished:STEP`` (outcome journaled, not yet acted on) or
 ``after:STEP`` makes the process SIGKILL itself there."""
+FAILPOINT_SIGNAL_ENV = "ROLLBACKD_FAILPOINT_SIGNAL"
+"""Crash testing: ``STOP`` makes the failpoint pause the process (SIGSTOP) rather than kill
+it, as a VM frozen or a process swapped out would be; SIGCONT lets it go on."""
 
 log = get_logger("rollbackd.checklist")
 _T = TypeVar("_T")
@@ -143,14 +150,20 @@ class Parts:
     on_deploy: Callable[[Deploy], None] = field(default=lambda _: None)
     """Told the deploy of the target once execute succeeded (it is journaled already)."""
     should_stop: Callable[[], bool] = field(default=lambda: False)
+    may_act: Callable[[], bool] = field(default=lambda: True)
+    """Checked once a step is journaled as started, right before its work: False (this
+    replica stopped leading) leaves the step unrun, as interrupted, for the leader."""
     pause: Callable[[float], object] = time.sleep
     """Waits that many seconds, or less once the daemon is stopping (``should_stop``)."""
 
 
 def failpoint(where: str) -> None:
-    """Kill this process here if crash testing asks for it (``ROLLBACKD_FAILPOINT``)."""
+    """Kill (or pause) this process here if crash testing asks for it (``ROLLBACKD_FAILPOINT``)."""
     if os.environ.get(FAILPOINT_ENV) == where:
-        os.kill(os.getpid(), signal.SIGKILL)
+        pause = os.environ.get(FAILPOINT_SIGNAL_ENV) == "STOP"
+        os.kill(os.getpid(), signal.SIGSTOP if pause else signal.SIGKILL)
+        if pause:  # the stop reaches this thread a moment later: not one step further
+            time.sleep(0.5)
 
 
 class Checklist:
@@ -251,6 +264,9 @@ class Checklist:
         while True:
             try:
                 done = self._run(record.id, waiting)
+            except NotLeader as exc:
+                log.warning("rollback left to the leader", incident=incident_id, reason=str(exc))
+                return self._load(incident_id)
             except JournalUnavailable as exc:
                 if not waiting.wait(f"journaling the rollback's progress failed: {exc}"):
                     return self._load(incident_id)
@@ -377,6 +393,8 @@ class _JournalWait:
         while True:
             try:
                 done = write()
+            except NotLeader:
+                raise
             except JournalUnavailable as exc:
                 if not self.wait(f"{what}: {exc}"):
                     raise Interrupted from exc
@@ -485,9 +503,12 @@ class _Run:
             f"journaling the start of {name}",
         )
         failpoint(f"started:{name}")
+        if not self.parts.may_act():
+            log.warning("step left unrun: not the leader any more", step=name)
+            raise Interrupted
         try:
             result = work()
-        except (Interrupted, JournalUnavailable):
+        except (Interrupted, JournalUnavailable, NotLeader):
             raise
         except Exception as exc:  # noqa: BLE001 -- a step's bug is journaled, then escalated
             result = StepResult(False, f"{name} raised {type(exc).__name__}: {exc}")

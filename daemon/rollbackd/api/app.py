@@ -339,6 +339,7 @@ def render_status(runtime: Served) -> str:
         open_incidents=open_incidents,
         rollbacks=rollbacks,
         status=runtime.loop.status_line,
+        cluster=runtime.state.leader.view() if runtime.state.clustered else None,
         now=format_instant(runtime.state.clock()),
         when=format_instant,
         version=__version__,

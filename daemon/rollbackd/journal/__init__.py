@@ -11,7 +11,8 @@ deploy events are journaled as received.
   default: in the state directory);
 - :mod:`.postgresql`: ``PostgresJournal``, the journal in PostgreSQL (``[journal] url``),
   imported from there: psycopg loads only for a journal in PostgreSQL;
-- :mod:`.memory`: :class:`MemoryJournal`, the same in Python structures (tests, fakes).
+- :mod:`.memory`: :class:`MemoryJournal`, the same in Python structures (tests, fakes);
+- :mod:`.sole`: the leadership of a journal one process owns (memory, SQLite): it leads.
 
 Callers type against :class:`Journal` (or the one store they use) and import
 from here.
@@ -42,6 +43,8 @@ from rollbackd.journal.stores import (
     DeployStore,
     IncidentStore,
     Journal,
+    Leadership,
+    Lease,
 )
 
 __all__ = [
@@ -61,6 +64,8 @@ __all__ = [
     "Journal",
     "JournalError",
     "JournalUnavailable",
+    "Leadership",
+    "Lease",
     "MemoryJournal",
     "NewIncident",
     "Outcome",

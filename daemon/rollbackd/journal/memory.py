@@ -46,6 +46,7 @@ from rollbackd.journal.codec import (
     kept_optional_time,
     kept_time,
 )
+from rollbackd.journal.sole import SoleLeadership
 
 
 @dataclass
@@ -73,7 +74,7 @@ class _Alert:
     last_received: str
 
 
-class MemoryJournal:
+class MemoryJournal(SoleLeadership):
     """The whole :class:`~rollbackd.journal.stores.Journal` in memory; safe to share between
     threads (one lock, held by every call)."""
 

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future
-from datetime import datetime
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from rollbackd.core.deploys import Deploy
@@ -173,7 +175,50 @@ class DeployStore(Protocol):
         ...
 
 
-class Journal(IncidentStore, AlertStore, DeployStore, Protocol):
+@dataclass(frozen=True)
+class Lease:
+    """Who leads a cluster of replicas, since which change of leader, and until when."""
+
+    holder: str
+    """The replica that holds the lease (its ``[cluster] replica_name``)."""
+    epoch: int
+    """Grows each time the lease changes hands (or is taken again after it ran out): every
+    side effect is journaled under the epoch it was decided in (:meth:`Leadership.fenced`)."""
+    expires_at: datetime | None
+    """When the lease ends unless renewed, by the journal's clock (PostgreSQL's ``now()``);
+    None: it never does (a journal only one process uses)."""
+
+
+class Leadership(Protocol):
+    """The lease that makes one replica of a cluster the leader, and fencing by its epoch.
+
+    A journal one process owns (memory, SQLite) has nobody to share with: whoever claims
+    leads, at epoch 1, for ever. PostgreSQL's is a row per cluster, taken and renewed by
+    compare and set, timed by the server's clock.
+    """
+
+    def claim(self, cluster: str, replica: str, lease: timedelta) -> Lease:
+        """Take the lease if it is free or ran out, renew it if ``replica`` holds it; either
+        way one compare and set. The lease as it stands after: ``replica``'s if it won."""
+        ...
+
+    def lease(self, cluster: str) -> Lease | None:
+        """The lease as it stands (None: nobody ever claimed it)."""
+        ...
+
+    def release(self, cluster: str, replica: str) -> None:
+        """Give the lease up at once if ``replica`` holds it (a clean stop: no one waits for
+        it to run out); the epoch stays, the next holder's is one more."""
+        ...
+
+    def fenced(self, cluster: str, epoch: int) -> AbstractContextManager[None]:
+        """Within it, this thread's writes are kept only while ``epoch`` is the cluster's
+        and its lease runs: each is checked in its own transaction, and refused with
+        :class:`~rollbackd.errors.NotLeader` (nothing kept) otherwise."""
+        ...
+
+
+class Journal(IncidentStore, AlertStore, DeployStore, Leadership, Protocol):
     """The whole journal: every store, whether it can be written, where it is, closing it."""
 
     @property

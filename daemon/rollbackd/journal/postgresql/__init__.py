@@ -6,6 +6,7 @@
   advisory lock;
 - :mod:`.incidents`, :mod:`.alerts` (with its group-commit writer), :mod:`.deploys`: the
   SQL of each store;
+- :mod:`.leadership`: the lease of a cluster of replicas, and its epoch;
 - :mod:`.copy`: ``rollbackd journal migrate``, a SQLite journal copied in.
 
 Opened by :func:`rollbackd.journal.open_journal` when ``[journal] url`` is set.
@@ -18,9 +19,10 @@ from rollbackd.journal.postgresql.alerts import PostgresAlerts
 from rollbackd.journal.postgresql.database import Database
 from rollbackd.journal.postgresql.deploys import PostgresDeploys
 from rollbackd.journal.postgresql.incidents import PostgresIncidents
+from rollbackd.journal.postgresql.leadership import PostgresLeadership
 
 
-class PostgresJournal(PostgresIncidents, PostgresAlerts, PostgresDeploys):
+class PostgresJournal(PostgresIncidents, PostgresAlerts, PostgresDeploys, PostgresLeadership):
     """The journal in a PostgreSQL database; safe to share between threads.
 
     ``url`` is a ``postgresql://`` URL; ``password`` (from ``password_file``) overrides the
@@ -41,6 +43,7 @@ class PostgresJournal(PostgresIncidents, PostgresAlerts, PostgresDeploys):
     def close(self) -> None:
         """Write the deliveries already queued, then close; later calls are refused."""
         super().close()
+        self.close_lease_session()
         self.database.close()
 
 

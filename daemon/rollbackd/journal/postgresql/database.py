@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg.types.string import StrDumper
 
-from rollbackd.errors import JournalError, JournalUnavailable
+from rollbackd.errors import JournalError, JournalUnavailable, NotLeader
 from rollbackd.journal.codec import encode_json
 from rollbackd.journal.pgurl import password_of, scrub, shown_url
 from rollbackd.logs import get_logger
@@ -119,6 +119,8 @@ class Database:
         """Why the last call failed (unreachable, timed out); None once one succeeds."""
         self._probed = -math.inf
         self._closed = False
+        self._fence = threading.local()
+        """This thread's (cluster, epoch) while it writes as a leader (:meth:`fenced`)."""
         try:
             self._writer = self.connect()
             migrate(self._writer)
@@ -177,12 +179,29 @@ class Database:
             raise JournalError(f"the journal {self.location} is closed")
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """One transaction: committed on exit, or not at all; errors as JournalError."""
+    def fenced(self, cluster: str, epoch: int) -> Iterator[None]:
+        """Within it, every transaction of this thread first checks that ``epoch`` is the
+        cluster's and its lease runs, and takes a share lock on the lease row: a takeover
+        (an UPDATE of that row) waits for the transaction's commit, and one that committed
+        first makes it fail with NotLeader. Nested: the innermost applies."""
+        before = getattr(self._fence, "value", None)
+        self._fence.value = (cluster, epoch)
+        try:
+            yield
+        finally:
+            self._fence.value = before
+
+    @contextmanager
+    def transaction(self, *, fenced: bool = True) -> Iterator[Connection]:
+        """One transaction: committed on exit, or not at all; errors as JournalError.
+        In :meth:`fenced` (unless ``fenced`` is False), only while this replica leads."""
+        fence = getattr(self._fence, "value", None) if fenced else None
         with self.lock:
             self.refuse_if_closed()
             db = self._begin("BEGIN", reading=False)
             try:
+                if fence is not None:
+                    _check_fence(db, *fence)
                 yield db
                 db.execute("COMMIT")
             except BaseException as exc:
@@ -278,7 +297,7 @@ class Database:
             return  # a write is under way: its outcome will say
         try:
             self._probed = time.monotonic()
-            with self.transaction() as db:
+            with self.transaction(fenced=False) as db:
                 row = db.execute("SELECT pg_is_in_recovery()").fetchone()
             if row is not None and row[0]:
                 self._failure = f"the journal {self.location} is a standby: it cannot be written"
@@ -286,3 +305,19 @@ class Database:
             pass  # still failing: _failure says why
         finally:
             self.lock.release()
+
+
+def _check_fence(db: Connection, cluster: str, epoch: int) -> None:
+    """NotLeader unless ``epoch`` is the cluster's and its lease runs, by the server's clock;
+    the row stays share-locked to the end of the transaction."""
+    row = db.execute(
+        "SELECT epoch, holder, expires_at > now() FROM leadership WHERE cluster = %s FOR SHARE",
+        (cluster,),
+    ).fetchone()
+    if row is None or int(row[0]) != epoch or not row[2]:
+        now = "nobody" if row is None else f"epoch {row[0]}, {row[1]}"
+        state = "" if row is None or row[2] else ", lease ran out"
+        raise NotLeader(
+            f"cluster {cluster}: not the leader of epoch {epoch} any more "
+            f"(the lease: {now}{state}); nothing was written"
+        )

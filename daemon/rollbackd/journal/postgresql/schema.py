@@ -6,7 +6,7 @@ next one. :func:`migrate` runs those it lacks in one transaction, under a transa
 advisory lock (:data:`MIGRATION_LOCK`), so that two rollbackd starting at once against one
 database do not race: the second waits, then finds the schema current. A database of a
 newer schema is refused: an older rollbackd never writes into a schema it does not know.
-The next version (leadership: a lease row and epochs, for replicas) is one more entry.
+Version 2 adds the leadership table: a lease row per cluster of replicas, with its epoch.
 
 The tables are those of the SQLite journal (:mod:`rollbackd.journal.sqlite.schema`, version
 4), with times as ``timestamptz`` and what SQLite keeps as JSON text as ``json``: checked
@@ -139,7 +139,20 @@ _V1 = [
     )
     """,
 ]
-MIGRATIONS = [_V1]
+_V2 = [
+    """
+    CREATE TABLE leadership (
+        cluster text PRIMARY KEY,
+        holder text NOT NULL,
+        epoch bigint NOT NULL,
+        expires_at timestamptz NOT NULL,
+        acquired_at timestamptz NOT NULL,
+        renewed_at timestamptz NOT NULL
+    )
+    """,
+]
+"""The lease of each cluster of replicas (:mod:`rollbackd.journal.postgresql.leadership`)."""
+MIGRATIONS = [_V1, _V2]
 """Statements taking the schema from version i to i + 1."""
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES_WITH_IDS = ("incidents", "decisions", "steps", "evidence", "deliveries", "deploys")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rollbackd.journal.sole import SoleLeadership
 from rollbackd.journal.sqlite import schema
 from rollbackd.journal.sqlite.alerts import SqliteAlerts
 from rollbackd.journal.sqlite.database import Database
@@ -17,7 +18,7 @@ from rollbackd.journal.sqlite.deploys import SqliteDeploys
 from rollbackd.journal.sqlite.incidents import SqliteIncidents
 
 
-class SqliteJournal(SqliteIncidents, SqliteAlerts, SqliteDeploys):
+class SqliteJournal(SqliteIncidents, SqliteAlerts, SqliteDeploys, SoleLeadership):
     """The journal in one SQLite file (``:memory:``: a database of its own); safe to share
     between threads."""
 
