@@ -422,11 +422,15 @@ def test_a_working_copy_removed_or_replaced_between_steps_is_seen_by_the_next_st
 # -- the remote moved meanwhile ------------------------------------------------------------
 
 
-def test_a_reset_never_discards_a_push_made_after_verification(d: Deployed) -> None:
-    """A reset stops, changing nothing, when the remote branch moved past the head it checked."""
+@pytest.mark.parametrize("backup", [False, True])
+def test_a_reset_never_discards_a_push_made_after_verification(d: Deployed, backup: bool) -> None:
+    """A reset stops, changing nothing, when the remote branch moved past the head it checked
+    (with a backup between: it keeps what verify checked, not the unchecked push)."""
     ex = executor(d, "reset")
     assert ex.verify_target(facts()).ok
     v4 = someone_pushes(d, "v4")
+    if backup:
+        assert ex.backup(facts(), NOW).data["sha"] == d.v3
     result = ex.execute(facts())
     assert not result.ok
     assert "someone pushed meanwhile" in result.summary

@@ -25,7 +25,8 @@ naming what is wrong, and a person looks. The remote is the truth about
 whether the rollback happened: a remote branch that already holds it (this
 incident's revert commit, or the target's content) is recorded as done, and a
 push refused because the branch moved is looked at again (done by someone else
-→ recorded, never reverted twice; otherwise retried once on the new state).
+→ recorded, never reverted twice; otherwise ``revert`` tries once more on the
+new state). A ``reset`` never goes past the head verify and the backup saw.
 
 Every ref is checked with :func:`~rollbackd.sources.deploys.valid_ref` before
 git sees it and is passed after ``--end-of-options`` (or, for ``reset`` and
@@ -230,9 +231,10 @@ class GitExecutor:
     # -- the Executor protocol -------------------------------------------------------
 
     def verify_target(self, facts: IncidentFacts) -> StepResult:
-        """Fetch, resolve the target, check it lies behind HEAD and that the tree is clean.
+        """Fetch, bring a clean copy to the remote, check the target lies behind HEAD.
 
-        ``data``: ``head`` (HEAD before), ``target_sha``, ``strategy``, ``target``.
+        ``data``: ``head`` (HEAD before, after any fast-forward), ``target_sha``,
+        ``strategy``, ``target``.
         """
         return self._step(facts, "verify target", lambda s: self._verify(s, facts))
 
@@ -244,15 +246,21 @@ class GitExecutor:
         return self._step(facts, "backup", lambda s: self._backup(s, facts, now))
 
     def execute(self, facts: IncidentFacts) -> StepResult:
-        """Roll back with the configured strategy; ``data``: ``before``, ``after``, ``pushed``."""
+        """Roll back with the configured strategy; ``data``: ``before``, ``after``, ``pushed``.
+
+        ``pushed`` is ``already`` when the remote branch held the rollback
+        already (another replica or a person did it); ``after`` is then its head.
+        """
         return self._step(facts, "execute", lambda s: self._execute(s, facts))
 
     def state(self, facts: IncidentFacts, before: Mapping[str, str]) -> ExecutionState:
         """Judge an interrupted execute from the working copy.
 
         ``before`` is verify's data: ``head`` (``before`` is accepted too) and
-        ``target_sha``. DONE when HEAD has the target's content (revert) or is the
-        target (reset, tag), with a note whether the remote branch has it yet;
+        ``target_sha``. DONE when the remote branch holds the rollback (the
+        working copy then follows it), or when HEAD has the target's content
+        (revert) or is the target (reset, tag), with a note whether the remote
+        branch has it yet; a stale copy is fast-forwarded before it is judged;
         NOT_STARTED when HEAD is still ``head`` and nothing is under way;
         UNKNOWN otherwise, with the reason.
         """
@@ -369,9 +377,10 @@ class GitExecutor:
         )
 
     def _backup(self, s: _Session, facts: IncidentFacts, now: datetime) -> StepResult:
-        remote = self._fetch(s) if self.strategy != "tag" else _Remote(None)
+        checked = self._checked.get(facts.incident)
+        remote = self._fetch(s) if self.strategy != "tag" and not checked else _Remote(None)
         head = self._head(s)
-        if (
+        if (  # a copy verify did not bring up to date here (another replica, a restart)
             remote.sha is not None
             and remote.sha != head
             and self._is_ancestor(s, head, remote.sha)
@@ -380,7 +389,7 @@ class GitExecutor:
         ):
             self._fast_forward(s, remote.sha)  # back up what the remote runs, not a stale copy
             head = remote.sha
-        self._checked[facts.incident] = head
+        self._checked.setdefault(facts.incident, head)
         stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         name = f"rollbackd/backup/{facts.incident}-{stamp}"
         if not valid_ref(name):
