@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from rollbackd.actions import IncidentFacts, Progress
+from rollbackd.actions import IncidentFacts, Progress, StepResult
 from rollbackd.actions.git import GitExecutor, Strategy
 
 NOW = datetime(2026, 1, 1, 12, 30, 5, tzinfo=UTC)
@@ -271,18 +272,39 @@ def test_revert_with_a_merge_in_range_fails_and_changes_nothing(d: Deployed) -> 
     assert not (d.work / ".git" / "REVERT_HEAD").exists()
 
 
-def test_a_failed_revert_is_aborted_and_the_working_copy_left_as_it_was(d: Deployed) -> None:
-    """When the revert cannot apply, HEAD, index and the blocking file are as before."""
+def test_an_untracked_file_the_rollback_would_overwrite_is_named_and_nothing_changes(
+    d: Deployed,
+) -> None:
+    """An untracked file where the target has one stops verify and execute up front, named."""
     (d.work / "extra.txt").write_text("untracked local file\n")  # v2 deleted it; v1 has it
-    result = executor(d).execute(facts())
-    assert not result.ok
-    assert "revert to v1 failed" in result.summary
-    assert "as it was" in result.summary
-    assert "extra.txt" in result.output
+    (d.work / "notes.txt").write_text("untracked, in nobody's way\n")
+    for result in (executor(d).verify_target(facts()), executor(d).execute(facts())):
+        assert not result.ok
+        assert "untracked extra.txt would be overwritten" in result.summary
+        assert "notes.txt" not in result.summary
+        assert "a person must look" in result.summary
     assert d.head() == d.v3
     assert d.remote_ref() == d.v3
-    assert git(d.work, "status", "--porcelain") == "?? extra.txt"
+    assert git(d.work, "status", "--porcelain") == "?? extra.txt\n?? notes.txt"
     assert (d.work / "extra.txt").read_text() == "untracked local file\n"
+
+
+def test_a_failed_revert_commit_is_undone_and_the_working_copy_left_as_it_was(
+    d: Deployed,
+) -> None:
+    """When the revert cannot be committed (a hook refuses), HEAD, index and files are as before."""
+    hook = d.work / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho refused by policy >&2\nexit 1\n")
+    hook.chmod(0o755)
+    result = executor(d).execute(facts())
+    assert not result.ok
+    assert "commit of the revert failed" in result.summary
+    assert "as it was" in result.summary
+    assert "refused by policy" in result.output
+    assert d.head() == d.v3
+    assert d.remote_ref() == d.v3
+    assert d.status() == ""
+    assert d.version() == 'version = "v3"\n'
     assert not (d.work / ".git" / "REVERT_HEAD").exists()
     assert not (d.work / ".git" / "sequencer").exists()
 
@@ -400,28 +422,270 @@ def test_a_working_copy_removed_or_replaced_between_steps_is_seen_by_the_next_st
 # -- the remote moved meanwhile ------------------------------------------------------------
 
 
-def test_force_with_lease_refuses_when_someone_pushed_meanwhile(d: Deployed) -> None:
-    """A reset never overwrites a push made after verification: the step fails and says so."""
+@pytest.mark.parametrize("backup", [False, True])
+def test_a_reset_never_discards_a_push_made_after_verification(d: Deployed, backup: bool) -> None:
+    """A reset stops, changing nothing, when the remote branch moved past the head it checked
+    (with a backup between: it keeps what verify checked, not the unchecked push)."""
     ex = executor(d, "reset")
     assert ex.verify_target(facts()).ok
     v4 = someone_pushes(d, "v4")
+    if backup:
+        assert ex.backup(facts(), NOW).data["sha"] == d.v3
     result = ex.execute(facts())
     assert not result.ok
-    assert "--force-with-lease refused" in result.summary
     assert "someone pushed meanwhile" in result.summary
+    assert "the remote branch is unchanged" in result.summary
     assert d.remote_ref() == v4
+    assert d.head() == d.v3
+    assert result.data == {"before": d.v3, "after": d.v3, "pushed": "no"}
+
+
+def test_force_with_lease_refuses_a_push_made_during_the_reset(d: Deployed) -> None:
+    """A push that lands between the reset's fetch and its push is never overwritten."""
+    ex = executor(d, "reset")
+    assert ex.verify_target(facts()).ok
+    other = replica(d, "person")
+    commit(other, "v4", tag=False)
+    hook(d.work, "pre-push", f'git -C "{other}" push -q origin main')
+    result = ex.execute(facts())
+    assert not result.ok
+    assert "--force-with-lease was refused" in result.summary
+    assert "someone pushed meanwhile" in result.summary
+    assert d.remote_ref() == git(other, "rev-parse", "HEAD")
     assert result.data == {"before": d.v3, "after": d.v1, "pushed": "no"}
 
 
-def test_a_revert_push_is_refused_when_someone_pushed_meanwhile(d: Deployed) -> None:
-    """The revert commit is kept locally, and the refused push is reported."""
+# -- several replicas, each with its own working copy ----------------------------------------
+
+
+def replica(d: Deployed, name: str) -> Path:
+    """Another machine's working copy of the same remote, cloned now (at the remote's head)."""
+    path = d.root / name
+    git(d.root, "clone", "-q", str(d.remote), str(path))
+    return path
+
+
+def executor_at(path: Path, strategy: Strategy = "revert") -> GitExecutor:
+    return GitExecutor(path, remote="origin", branch="main", strategy=strategy, timeout=TIMEOUT)
+
+
+def hook(work: Path, name: str, body: str, times: int = 1) -> None:
+    """A git hook in ``work`` that runs ``body`` (the first ``times`` times it fires)."""
+    count = work / ".git" / f"{name}.count"
+    script = work / ".git" / "hooks" / name
+    script.write_text(
+        "#!/bin/sh\nunset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE GIT_PREFIX\n"
+        f'n=$(cat "{count}" 2>/dev/null || echo 0)\necho $((n + 1)) > "{count}"\n'
+        f'[ "$n" -ge {times} ] && exit 0\n'
+        f"export HOME={work} GIT_CONFIG_NOSYSTEM=1 GIT_AUTHOR_NAME=dev "
+        "GIT_AUTHOR_EMAIL=dev@example.invalid GIT_COMMITTER_NAME=dev "
+        "GIT_COMMITTER_EMAIL=dev@example.invalid\n"
+        f"{body}\nexit 0\n"
+    )
+    script.chmod(0o755)
+
+
+def reverts_on_the_remote(d: Deployed) -> list[str]:
+    """Subjects of the rollbackd revert commits on the remote's main since v1."""
+    subjects = git(d.remote, "log", "--format=%s", f"{d.v1}..main").splitlines()
+    return [s for s in subjects if s.startswith("rollbackd: revert")]
+
+
+def remote_serves_v1(d: Deployed) -> bool:
+    return git(d.remote, "rev-parse", "main^{tree}") == git(
+        d.remote, "rev-parse", f"{d.v1}^{{tree}}"
+    )
+
+
+def test_a_stale_working_copy_is_fast_forwarded_to_the_remote_before_acting(d: Deployed) -> None:
+    """A replica whose copy missed the latest deploy rolls back what the remote runs."""
     v4 = someone_pushes(d, "v4")
+    ex = executor(d)
+    verified = ex.verify_target(facts())
+    assert verified.ok, verified
+    assert f"fast-forwarded 1 commit from {d.v3[:8]} to origin/main {v4[:8]}" in verified.summary
+    assert verified.data["head"] == v4
+    result = ex.execute(facts())
+    assert result.ok, result
+    assert git(d.remote, "rev-parse", "main^") == v4
+    assert reverts_on_the_remote(d) == ["rollbackd: revert to v1 (incident 7)"]
+    assert remote_serves_v1(d)
+
+
+@pytest.mark.parametrize("strategy", ["revert", "reset"])
+def test_a_working_copy_with_local_commits_is_never_forced(d: Deployed, strategy: Strategy) -> None:
+    """Commits the remote lacks stop verify and execute, with a reason for a person."""
+    v4 = commit(d.work, "v4", tag=False)
+    for result in (
+        executor(d, strategy).verify_target(facts()),
+        executor(d, strategy).execute(facts()),
+    ):
+        assert not result.ok
+        assert (
+            f"has 1 commit that origin/main ({d.v3[:8]}) does not have: {v4[:8]} v4"
+            in result.summary
+        )
+        assert "A person must look" in result.summary
+        assert str(d.work) in result.summary
+    assert (d.head(), d.remote_ref(), d.status()) == (v4, d.v3, "")
+
+
+def test_a_dirty_stale_working_copy_is_neither_fast_forwarded_nor_rolled_back(d: Deployed) -> None:
+    """Uncommitted changes stop the step before the fast-forward: the copy stays as it was."""
+    someone_pushes(d, "v4")
+    (d.work / "app.toml").write_text("hand edit\n")
+    result = executor(d).execute(facts())
+    assert not result.ok
+    assert "not clean: uncommitted changes in app.toml" in result.summary
+    assert "a person must look" in result.summary
+    assert d.head() == d.v3
+    assert (d.work / "app.toml").read_text() == "hand edit\n"
+    assert reverts_on_the_remote(d) == []
+
+
+def test_a_second_replica_on_the_same_incident_does_not_revert_again(d: Deployed) -> None:
+    """After one replica reverted and pushed, another (stale) replica records it as done."""
+    other = replica(d, "b")
+    ex_a, ex_b = executor(d), executor_at(other)
+    verified = ex_a.verify_target(facts())
+    assert ex_a.execute(facts()).ok
+    state = ex_b.state(facts(), verified.data)
+    assert state.progress is Progress.DONE, state
+    assert "has the content of v1 already" in state.reason
+    again = ex_b.execute(facts())
+    assert again.ok, again
+    assert "not rolled back a second time" in again.summary
+    assert again.data["pushed"] == "already"
+    assert reverts_on_the_remote(d) == ["rollbackd: revert to v1 (incident 7)"]
+    assert git(other, "rev-parse", "HEAD") == d.remote_ref()
+
+
+def test_a_fix_pushed_after_the_revert_is_not_reverted_by_another_replica(d: Deployed) -> None:
+    """The remote holds this incident's revert and a later fix: a second replica keeps both."""
+    other = replica(d, "b")
+    assert executor(d).execute(facts()).ok
+    fix = someone_pushes(d, "v4-fix")
+    result = executor_at(other).execute(facts())
+    assert result.ok, result
+    assert "has this incident's revert" in result.summary
+    assert d.remote_ref() == fix
+    assert reverts_on_the_remote(d) == ["rollbackd: revert to v1 (incident 7)"]
+    assert (other / "app.toml").read_text() == 'version = "v4-fix"\n'
+
+
+def test_two_replicas_acting_at_once_leave_exactly_one_revert_on_the_remote(d: Deployed) -> None:
+    """Two working copies execute the same incident concurrently: one revert, both steps ok."""
+    other = replica(d, "b")
+    executors = [executor(d), executor_at(other)]
+    start = threading.Barrier(len(executors))
+    results: list[StepResult] = []
+
+    def act(ex: GitExecutor) -> None:
+        start.wait()
+        results.append(ex.execute(facts()))
+
+    threads = [threading.Thread(target=act, args=(ex,)) for ex in executors]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(r.ok for r in results), "\n".join(f"{r.ok} {r.summary}" for r in results)
+    assert {r.data["pushed"] for r in results} <= {"already", "yes"}  # the same commit twice: yes
+    assert reverts_on_the_remote(d) == ["rollbackd: revert to v1 (incident 7)"]
+    assert remote_serves_v1(d)
+    for work in (d.work, other):
+        assert git(work, "rev-parse", "HEAD") == d.remote_ref()
+        assert git(work, "status", "--porcelain") == ""
+
+
+def test_a_push_race_with_another_replicas_revert_is_recorded_without_a_second_one(
+    d: Deployed,
+) -> None:
+    """The push is refused because another replica pushed the same rollback meanwhile: done."""
+    other = replica(d, "b")
+    hook(
+        d.work,
+        "pre-push",
+        f'git -C "{other}" revert --no-edit --no-commit {d.v1}..HEAD && '
+        f'git -C "{other}" commit -q -m "rollbackd: revert to v1 (incident 7)" && '
+        f'git -C "{other}" push -q origin main',
+    )
+    result = executor(d).execute(facts())
+    assert result.ok, result
+    assert "the push to origin/main was refused" in result.summary
+    assert "not rolled back a second time" in result.summary
+    assert "dropping its own unpublished revert" in result.summary
+    assert result.data["pushed"] == "already"
+    assert reverts_on_the_remote(d) == ["rollbackd: revert to v1 (incident 7)"]
+    assert d.head() == d.remote_ref() == git(other, "rev-parse", "HEAD")
+    assert d.status() == ""
+
+
+def test_a_push_race_with_another_commit_is_retried_once_on_the_new_remote_state(
+    d: Deployed,
+) -> None:
+    """Someone pushed between the revert and its push: it is reverted once more, on top."""
+    other = replica(d, "person")
+    v4 = commit(other, "v4", tag=False)
+    hook(d.work, "pre-push", f'git -C "{other}" push -q origin main')
+    result = executor(d).execute(facts())
+    assert result.ok, result
+    assert "second try: the first push was refused because origin/main had moved" in result.summary
+    assert f"{v4[:8]} v4" in result.summary
+    assert git(d.remote, "rev-parse", "main^") == v4
+    assert reverts_on_the_remote(d) == ["rollbackd: revert to v1 (incident 7)"]
+    assert remote_serves_v1(d)
+
+
+def test_a_push_refused_twice_escalates_and_keeps_the_remote(d: Deployed) -> None:
+    """When the branch moves again during the second try, the step fails; nothing is forced."""
+    other = replica(d, "person")
+    hook(
+        d.work,
+        "pre-push",
+        f'echo "n$(date +%s%N)" >> "{other}/log.txt" && git -C "{other}" add log.txt && '
+        f'git -C "{other}" commit -q -m busy && git -C "{other}" push -q origin main',
+        times=2,
+    )
     result = executor(d).execute(facts())
     assert not result.ok
     assert "reverted to v1 locally" in result.summary
-    assert "[rejected]" in result.summary
-    assert d.remote_ref() == v4
+    assert "rejected]" in result.summary
     assert result.data["pushed"] == "no"
+    assert d.remote_ref() == git(other, "rev-parse", "HEAD")
+    assert reverts_on_the_remote(d) == []
+
+
+def test_a_reset_by_another_replica_never_discards_a_push_made_after_its_backup(
+    d: Deployed,
+) -> None:
+    """A replica without the verify in memory finds the head checked in the backup branch."""
+    ex_a = executor(d, "reset")
+    assert ex_a.verify_target(facts()).ok
+    assert ex_a.backup(facts(), NOW).ok
+    v4 = someone_pushes(d, "v4")
+    result = executor_at(replica(d, "b"), "reset").execute(facts())
+    assert not result.ok
+    assert f"moved from {d.v3[:8]} (the head checked and backed up) to {v4[:8]}" in result.summary
+    assert d.remote_ref() == v4
+
+
+def test_a_reset_done_by_another_replica_is_recorded_and_the_stale_copy_follows(
+    d: Deployed,
+) -> None:
+    """The remote is at the target already: a stale replica records it and resets its copy."""
+    other = replica(d, "b")
+    ex_a = executor(d, "reset")
+    verified = ex_a.verify_target(facts())
+    assert ex_a.execute(facts()).ok
+    ex_b = executor_at(other, "reset")
+    state = ex_b.state(facts(), verified.data)
+    assert state.progress is Progress.DONE, state
+    assert "is at v1" in state.reason
+    assert "dropping the commits the reset undoes" in state.reason
+    assert git(other, "rev-parse", "HEAD") == d.v1
+    assert ex_b.execute(facts()).data["pushed"] == "already"
+    assert d.remote_ref() == d.v1
 
 
 # -- state after a crash -------------------------------------------------------------------

@@ -15,6 +15,19 @@ of three ways (``strategy`` in ``[[services]]``):
 ``tag``
     ``checkout --detach`` of ``refs/tags/<target>``; nothing is pushed.
 
+The working copy may be one of several (one per replica of rollbackd, each on
+its own machine), so for ``revert`` and ``reset`` every step first brings it to
+the remote's state: ``fetch`` of the configured branch, a check that it is
+clean (nothing uncommitted, no operation under way, no untracked file the
+rollback would overwrite), then a fast-forward when it is behind. A working
+copy with commits the remote does not have is never forced: the step fails,
+naming what is wrong, and a person looks. The remote is the truth about
+whether the rollback happened: a remote branch that already holds it (this
+incident's revert commit, or the target's content) is recorded as done, and a
+push refused because the branch moved is looked at again (done by someone else
+→ recorded, never reverted twice; otherwise ``revert`` tries once more on the
+new state). A ``reset`` never goes past the head verify and the backup saw.
+
 Every ref is checked with :func:`~rollbackd.sources.deploys.valid_ref` before
 git sees it and is passed after ``--end-of-options`` (or, for ``reset`` and
 ``checkout``, which do not take it in git 2.39, only as a resolved hexadecimal
@@ -32,6 +45,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -85,6 +99,14 @@ _IN_PROGRESS: Mapping[str, str] = {
     "index.lock": "another git process holds index.lock",
 }
 """Files in the git directory that mean an operation is under way."""
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """What the fetch found: the remote branch's head, or ``None`` and why not (``note``)."""
+
+    sha: str | None
+    note: str = ""
 
 
 class _StepError(Exception):
@@ -203,13 +225,16 @@ class GitExecutor:
         self.timeout = timeout
         self.fetch_timeout = min(fetch_timeout or FETCH_TIMEOUT, timeout)
         self._opened: Repository | None = None
+        self._checked: dict[int, str] = {}
+        """The head verify (then backup) saw, by incident: a reset never goes past it."""
 
     # -- the Executor protocol -------------------------------------------------------
 
     def verify_target(self, facts: IncidentFacts) -> StepResult:
-        """Fetch, resolve the target, check it lies behind HEAD and that the tree is clean.
+        """Fetch, bring a clean copy to the remote, check the target lies behind HEAD.
 
-        ``data``: ``head`` (HEAD before), ``target_sha``, ``strategy``, ``target``.
+        ``data``: ``head`` (HEAD before, after any fast-forward), ``target_sha``,
+        ``strategy``, ``target``.
         """
         return self._step(facts, "verify target", lambda s: self._verify(s, facts))
 
@@ -221,15 +246,21 @@ class GitExecutor:
         return self._step(facts, "backup", lambda s: self._backup(s, facts, now))
 
     def execute(self, facts: IncidentFacts) -> StepResult:
-        """Roll back with the configured strategy; ``data``: ``before``, ``after``, ``pushed``."""
+        """Roll back with the configured strategy; ``data``: ``before``, ``after``, ``pushed``.
+
+        ``pushed`` is ``already`` when the remote branch held the rollback
+        already (another replica or a person did it); ``after`` is then its head.
+        """
         return self._step(facts, "execute", lambda s: self._execute(s, facts))
 
     def state(self, facts: IncidentFacts, before: Mapping[str, str]) -> ExecutionState:
         """Judge an interrupted execute from the working copy.
 
         ``before`` is verify's data: ``head`` (``before`` is accepted too) and
-        ``target_sha``. DONE when HEAD has the target's content (revert) or is the
-        target (reset, tag), with a note whether the remote branch has it yet;
+        ``target_sha``. DONE when the remote branch holds the rollback (the
+        working copy then follows it), or when HEAD has the target's content
+        (revert) or is the target (reset, tag), with a note whether the remote
+        branch has it yet; a stale copy is fast-forwarded before it is judged;
         NOT_STARTED when HEAD is still ``head`` and nothing is under way;
         UNKNOWN otherwise, with the reason.
         """
@@ -315,20 +346,12 @@ class GitExecutor:
 
     def _verify(self, s: _Session, facts: IncidentFacts) -> StepResult:
         target = facts.target
-        fetch_args = ["--tags"] if self.strategy == "tag" else []
-        fetched = s.run(
-            "fetch", *fetch_args, "--end-of-options", self.remote, timeout=self.fetch_timeout
-        )
-        note = ""
-        if not fetched.ok:
-            why = (
-                f"timed out after {format_duration(self.fetch_timeout)}"
-                if fetched.timed_out
-                else _gist(fetched.err) or f"exit {fetched.status}"
-            )
-            note = f"; fetch from {self.remote} failed ({why}), checked against local refs"
+        remote = self._fetch(s)
         sha = self._resolve(s, target)
         head = self._head(s)
+        synced = ""
+        if self.strategy != "tag":
+            head, synced = self._sync(s, head, remote, sha)
         if sha == head:
             raise s.fail(f"target {target} is HEAD already ({sha[:8]}): nothing to roll back")
         ancestor = self._is_ancestor(s, sha, head)
@@ -345,15 +368,28 @@ class GitExecutor:
             relation = f"{_plural(count, 'commit')} behind HEAD {head[:8]}"
         else:
             relation = f"not an ancestor of HEAD {head[:8]}"
+        self._checked[facts.incident] = head
         return StepResult(
             True,
-            f"target {target} is {sha[:8]} ({relation}){note}",
+            f"target {target} is {sha[:8]} ({relation}){synced}{remote.note}",
             s.output(),
             {"head": head, "target_sha": sha, "strategy": self.strategy, "target": target},
         )
 
     def _backup(self, s: _Session, facts: IncidentFacts, now: datetime) -> StepResult:
+        checked = self._checked.get(facts.incident)
+        remote = self._fetch(s) if self.strategy != "tag" and not checked else _Remote(None)
         head = self._head(s)
+        if (  # a copy verify did not bring up to date here (another replica, a restart)
+            remote.sha is not None
+            and remote.sha != head
+            and self._is_ancestor(s, head, remote.sha)
+            and not self._problems(s)
+            and not self._in_the_way(s, head, remote.sha)
+        ):
+            self._fast_forward(s, remote.sha)  # back up what the remote runs, not a stale copy
+            head = remote.sha
+        self._checked.setdefault(facts.incident, head)
         stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         name = f"rollbackd/backup/{facts.incident}-{stamp}"
         if not valid_ref(name):
@@ -386,8 +422,20 @@ class GitExecutor:
         )
 
     def _execute(self, s: _Session, facts: IncidentFacts) -> StepResult:
+        remote = self._fetch(s)
         sha = self._resolve(s, facts.target)
         head = self._head(s)
+        synced = remote.note
+        if self.strategy != "tag":
+            if remote.sha is not None and not self._problems(s):
+                held = self._holds(s, facts, sha, remote.sha)
+                if held:
+                    return self._already(s, facts, sha, head, head, remote.sha, held)
+            unsynced = {"before": head, "after": head, "pushed": "no"}
+            if self.strategy == "reset" and remote.sha is not None:
+                self._unmoved(s, facts, remote.sha, unsynced)
+            head, ff = self._sync(s, head, remote, sha, unsynced)
+            synced = ff + remote.note
         unchanged = {"before": head, "after": head, "pushed": "no"}
         if sha == head:
             raise s.fail(
@@ -406,10 +454,18 @@ class GitExecutor:
                 unchanged,
             )
         if self.strategy == "revert":
-            return self._revert(s, facts, sha, head)
-        return self._reset(s, facts, sha, head)
+            return self._revert(s, facts, sha, head, synced)
+        return self._reset(s, facts, sha, head, synced)
 
-    def _revert(self, s: _Session, facts: IncidentFacts, sha: str, head: str) -> StepResult:
+    def _revert(
+        self,
+        s: _Session,
+        facts: IncidentFacts,
+        sha: str,
+        head: str,
+        note: str = "",
+        retried: bool = False,
+    ) -> StepResult:
         target = facts.target
         span = f"{sha}..{head}"
         unchanged = {"before": head, "after": head, "pushed": "no"}
@@ -440,7 +496,7 @@ class GitExecutor:
             s.run("revert", "--quit")
         elif staged.status == 1:
             message = (
-                f"rollbackd: revert to {target} (incident {facts.incident})\n\n"
+                f"{self._subject(facts)}\n\n"
                 f"Reverts {_plural(len(log), 'commit')} in {sha[:12]}..{head[:12]}:\n"
                 + "".join(f"  {line}\n" for line in log)
             )
@@ -452,24 +508,53 @@ class GitExecutor:
             restored = self._restore(s, head)
             raise s.failure(staged, f"reading the reverted index failed; {restored}", unchanged)
         after = self._head(s)
+        where = self._where()
         pushed = s.run("push", "--end-of-options", self.remote, f"HEAD:refs/heads/{self.branch}")
         data = {"before": head, "after": after, "pushed": "yes" if pushed.ok else "no"}
-        if not pushed.ok:
-            raise s.failure(
-                pushed,
-                f"reverted to {target} locally (HEAD {after[:8]}) but the push to "
-                f"{self.remote}/{self.branch} failed",
+        if pushed.ok:
+            return StepResult(
+                True,
+                f"reverted {_plural(len(log), 'commit')} back to {target}: HEAD {head[:8]} -> "
+                f"{after[:8]}, pushed to {where}{note}",
+                s.output(),
                 data,
             )
-        return StepResult(
-            True,
-            f"reverted {_plural(len(log), 'commit')} back to {target}: HEAD {head[:8]} -> "
-            f"{after[:8]}, pushed to {self.remote}/{self.branch}",
-            s.output(),
+        remote = self._fetch(s)
+        if remote.sha is not None:  # at ``after`` too: the same commit, pushed by another replica
+            held = self._holds(s, facts, sha, remote.sha)
+            if held:
+                return self._already(s, facts, sha, head, after, remote.sha, held, refused=True)
+            if (
+                not retried
+                and self._is_ancestor(s, head, remote.sha)
+                and not self._in_the_way(s, after, remote.sha)
+            ):
+                moved = self._log(s, head, remote.sha)
+                s.need(  # only this step's own revert commit is dropped: it was never pushed
+                    s.run("reset", "--hard", "--quiet", _hex(remote.sha), "--"),
+                    f"bringing the working copy to {where} {remote.sha[:8]} for a second try",
+                )
+                listed = ", ".join(f"{c[:8]} {one_line(subject, 60)}" for c, subject in moved[:5])
+                more = f" and {len(moved) - 5} more" if len(moved) > 5 else ""
+                return self._revert(
+                    s,
+                    facts,
+                    sha,
+                    remote.sha,
+                    f"{note}; second try: the first push was refused because {where} had moved "
+                    f"from {head[:8]} to {remote.sha[:8]} ({_plural(len(moved), 'commit')} "
+                    f"pushed meanwhile, reverted too: {listed}{more})",
+                    retried=True,
+                )
+        raise s.failure(
+            pushed,
+            f"reverted to {target} locally (HEAD {after[:8]}) but the push to {where} failed",
             data,
         )
 
-    def _reset(self, s: _Session, facts: IncidentFacts, sha: str, head: str) -> StepResult:
+    def _reset(
+        self, s: _Session, facts: IncidentFacts, sha: str, head: str, note: str = ""
+    ) -> StepResult:
         target = facts.target
         s.need(
             s.run("reset", "--hard", "--quiet", _hex(sha), "--"),
@@ -479,11 +564,16 @@ class GitExecutor:
         pushed = self._lease_push(s, head)
         data = {"before": head, "after": after, "pushed": "yes" if pushed.ok else "no"}
         if not pushed.ok:
-            if "stale info" in pushed.err:
+            remote = self._fetch(s)
+            if remote.sha is not None:
+                held = self._holds(s, facts, sha, remote.sha)
+                if held:
+                    return self._already(s, facts, sha, head, after, remote.sha, held, refused=True)
+            if "stale info" in pushed.err or remote.sha not in (None, head):
                 raise s.fail(
-                    f"reset to {target} ({after[:8]}) locally, but --force-with-lease refused to "
-                    f"push: {self.remote}/{self.branch} is no longer at {head[:8]} (someone "
-                    "pushed meanwhile); the remote branch is unchanged",
+                    f"reset to {target} ({after[:8]}) locally, but the push with "
+                    f"--force-with-lease was refused: {self.remote}/{self.branch} is no longer "
+                    f"at {head[:8]} (someone pushed meanwhile); the remote branch is unchanged",
                     data,
                 )
             raise s.failure(
@@ -495,7 +585,7 @@ class GitExecutor:
         return StepResult(
             True,
             f"reset to {target}: HEAD {head[:8]} -> {after[:8]}, "
-            f"{self.remote}/{self.branch} rewritten with --force-with-lease",
+            f"{self.remote}/{self.branch} rewritten with --force-with-lease{note}",
             s.output(),
             data,
         )
@@ -514,6 +604,31 @@ class GitExecutor:
             {"before": head, "after": after, "pushed": "n/a"},
         )
 
+    def _already(
+        self,
+        s: _Session,
+        facts: IncidentFacts,
+        sha: str,
+        head: str,
+        local: str,
+        remote: str,
+        held: str,
+        refused: bool = False,
+    ) -> StepResult:
+        """The remote branch holds the rollback already: done, without a second one.
+
+        ``head`` is HEAD before this step, ``local`` HEAD now (this step's own
+        unpublished revert or reset, when its push was ``refused``).
+        """
+        adopted = self._adopt(s, facts, local, remote, sha)
+        why = f"the push to {self._where()} was refused: " if refused else ""
+        return StepResult(
+            True,
+            f"{why}{held}, so it is not rolled back a second time{adopted}",
+            s.output(),
+            {"before": head, "after": remote, "pushed": "already"},
+        )
+
     def _state(
         self, s: _Session, facts: IncidentFacts, before: Mapping[str, str]
     ) -> ExecutionState:
@@ -522,10 +637,22 @@ class GitExecutor:
         sha = recorded if _SHA.match(recorded) else self._resolve(s, facts.target)
         before_head = before.get("head") or before.get("before") or ""
         problems = self._problems(s)
-        if self.strategy == "revert":
-            done = self._tree(s, head) == self._tree(s, sha)
-        else:
-            done = head == sha
+        if self.strategy != "tag" and not problems:
+            remote = self._fetch(s)
+            if remote.sha is not None and remote.sha != head:
+                held = self._holds(s, facts, sha, remote.sha)
+                if held:
+                    return ExecutionState(
+                        Progress.DONE, f"{held}{self._adopt(s, facts, head, remote.sha, sha)}"
+                    )
+                if (
+                    not self._done_locally(s, head, sha)
+                    and self._is_ancestor(s, head, remote.sha)
+                    and not self._in_the_way(s, head, remote.sha)
+                ):
+                    self._fast_forward(s, remote.sha)  # a stale copy judged on the remote's state
+                    head = remote.sha
+        done = self._done_locally(s, head, sha)
         if done and not problems:
             what = (
                 f"HEAD {head[:8]} has the content of {facts.target}"
@@ -534,13 +661,16 @@ class GitExecutor:
             )
             if self.strategy == "tag":
                 return ExecutionState(Progress.DONE, what)
-            remote = s.run(
+            remote_head = s.run(
                 "ls-remote", "--end-of-options", self.remote, f"refs/heads/{self.branch}"
             )
-            remote_sha = remote.out.split()[0] if remote.ok and remote.out.split() else ""
-            where = f"{self.remote}/{self.branch}"
-            if not remote.ok:
-                note = f"{where} could not be read ({_gist(remote.err)}); push() publishes HEAD"
+            listed = remote_head.out.split() if remote_head.ok else []
+            remote_sha = listed[0] if listed else ""
+            where = self._where()
+            if not remote_head.ok:
+                note = (
+                    f"{where} could not be read ({_gist(remote_head.err)}); push() publishes HEAD"
+                )
             elif remote_sha == head:
                 note = f"{where} has it too"
             else:
@@ -563,7 +693,14 @@ class GitExecutor:
         if self.strategy == "tag":
             return StepResult(True, "strategy 'tag' publishes nothing")
         head = self._head(s)
-        where = f"{self.remote}/{self.branch}"
+        where = self._where()
+        recorded = before.get("target_sha", "")
+        sha = recorded if _SHA.match(recorded) else self._resolve(s, facts.target)
+        remote = self._fetch(s)
+        if remote.sha is not None and remote.sha != head:
+            held = self._holds(s, facts, sha, remote.sha)
+            if held:
+                return self._already(s, facts, sha, head, head, remote.sha, held)
         listed = s.need(
             s.run("ls-remote", "--end-of-options", self.remote, f"refs/heads/{self.branch}"),
             f"cannot read {where}",
@@ -586,6 +723,228 @@ class GitExecutor:
                 )
             s.need(self._lease_push(s, lease), f"push of HEAD {head[:8]} to {where} refused")
         return StepResult(True, f"pushed HEAD {head[:8]} to {where}", s.output(), data)
+
+    # -- the remote, the truth in a cluster --------------------------------------------
+
+    def _where(self) -> str:
+        return f"{self.remote}/{self.branch}"
+
+    def _subject(self, facts: IncidentFacts) -> str:
+        """The subject of this incident's revert commit: how any replica recognises it."""
+        return f"rollbackd: revert to {facts.target} (incident {facts.incident})"
+
+    def _fetch(self, s: _Session) -> _Remote:
+        """Fetch the remote branch (and tags); its head, or ``None`` with a note why not.
+
+        A remote that cannot be reached is not an error here: a single machine
+        rolls back its own working copy all the same, and a push to that remote
+        then fails and says so.
+        """
+        if self.strategy == "tag":
+            args = ["--tags", "--end-of-options", self.remote]
+        else:
+            refspec = f"+refs/heads/{self.branch}:{self._tracking()}"
+            args = ["--end-of-options", self.remote, refspec]
+        fetched = s.run("fetch", *args, timeout=self.fetch_timeout)
+        if not fetched.ok:
+            why = (
+                f"timed out after {format_duration(self.fetch_timeout)}"
+                if fetched.timed_out
+                else _gist(fetched.err) or f"exit {fetched.status}"
+            )
+            return _Remote(
+                None, f"; fetch from {self.remote} failed ({why}), checked against local refs"
+            )
+        if self.strategy == "tag":
+            return _Remote(None)
+        out = s.run("rev-parse", "--verify", "--quiet", f"{self._tracking()}^{{commit}}")
+        sha = out.out.strip()
+        if not out.ok or not _SHA.match(sha):
+            return _Remote(None, f"; {self._where()} could not be read after the fetch")
+        return _Remote(sha)
+
+    def _tracking(self) -> str:
+        return f"refs/remotes/{self.remote}/{self.branch}"
+
+    def _sync(
+        self,
+        s: _Session,
+        head: str,
+        remote: _Remote,
+        sha: str,
+        data: Mapping[str, str] | None = None,
+    ) -> tuple[str, str]:
+        """Bring a clean working copy to the remote branch; HEAD then, and what was done.
+
+        Ends the step, changing nothing, when the working copy is not clean or
+        has commits the remote does not have: that is for a person to look at.
+        """
+        problems = self._problems(s) + self._in_the_way(s, head, remote.sha or head, sha)
+        if problems:
+            raise s.fail(
+                f"working copy {self.repo} is not clean: {'; '.join(problems)} "
+                "(a person must look; nothing was changed)",
+                data,
+            )
+        if remote.sha is None or remote.sha == head:
+            return head, ""
+        where = self._where()
+        if self._is_ancestor(s, head, remote.sha):
+            count = self._count(s, head, remote.sha)
+            self._fast_forward(s, remote.sha)
+            return remote.sha, (
+                f"; working copy fast-forwarded {_plural(count, 'commit')} "
+                f"from {head[:8]} to {where} {remote.sha[:8]}"
+            )
+        local = self._log(s, remote.sha, head)
+        listed = ", ".join(f"{c[:8]} {one_line(subject, 60)}" for c, subject in local[:3])
+        more = f" and {len(local) - 3} more" if len(local) > 3 else ""
+        raise s.fail(
+            f"working copy {self.repo} has {_plural(len(local), 'commit')} that {where} "
+            f"({remote.sha[:8]}) does not have: {listed}{more}. A person must look: rollbackd "
+            "never forces a working copy or a remote, and nothing was changed",
+            data,
+        )
+
+    def _unmoved(
+        self, s: _Session, facts: IncidentFacts, remote: str, data: Mapping[str, str]
+    ) -> None:
+        """End a reset, changing nothing, if the remote branch moved since it was checked.
+
+        The head checked is the one verify or backup saw (kept by this executor),
+        else the incident's backup branch on the remote (any replica can read
+        it). Commits pushed after it were neither looked at by the migration
+        gate nor backed up, and a reset would discard them from the branch.
+        """
+        checked = self._checked.get(facts.incident) or self._backed_up(s, facts)
+        if not checked or checked == remote:
+            return
+        raise s.fail(
+            f"not reset to {facts.target}: {self._where()} moved from {checked[:8]} (the head "
+            f"checked and backed up) to {remote[:8]}: someone pushed meanwhile, and a reset "
+            "would discard it; the remote branch is unchanged (a person must look)",
+            data,
+        )
+
+    def _backed_up(self, s: _Session, facts: IncidentFacts) -> str:
+        """The head this incident's latest backup branch on the remote keeps, or ``""``."""
+        listed = s.run(
+            "ls-remote",
+            "--end-of-options",
+            self.remote,
+            f"refs/heads/rollbackd/backup/{facts.incident}-*",
+        )
+        rows = sorted(
+            (ref, sha)
+            for sha, _, ref in (line.partition("\t") for line in listed.out.splitlines())
+            if listed.ok and _SHA.match(sha)
+        )
+        return rows[-1][1] if rows else ""
+
+    def _holds(self, s: _Session, facts: IncidentFacts, sha: str, remote: str) -> str:
+        """Why the remote branch at ``remote`` holds the rollback already, or ``""``.
+
+        It does when it is at the target, has the target's content (a person
+        rolled back by hand), or, for ``revert``, has this incident's revert
+        commit since the target (another replica did it, and maybe more was
+        pushed after it: reverting again would undo that).
+        """
+        where = self._where()
+        if remote == sha:
+            return f"{where} is at {facts.target} ({sha[:8]}) already"
+        if self._tree(s, remote) == self._tree(s, sha):
+            return f"{where} ({remote[:8]}) has the content of {facts.target} already"
+        if self.strategy == "revert" and self._is_ancestor(s, sha, remote):
+            mine = self._subject(facts)
+            for commit, subject in self._log(s, sha, remote):
+                if subject == mine:
+                    return f"{where} ({remote[:8]}) has this incident's revert {commit[:8]} already"
+        return ""
+
+    def _adopt(self, s: _Session, facts: IncidentFacts, head: str, remote: str, sha: str) -> str:
+        """Bring the working copy to a remote head that holds the rollback; say what was done.
+
+        Only what the rollback itself explains is dropped: this incident's own
+        unpublished revert commits, or (``reset``) the commits a reset to the
+        target undoes. Anything else stays, named, for a person.
+        """
+        if head == remote:
+            return ""
+        where = self._where()
+        problems = self._problems(s) + self._in_the_way(s, head, remote)
+        if problems:
+            return f"; working copy {self.repo} left as it is: {'; '.join(problems)}"
+        if self._is_ancestor(s, head, remote):
+            self._fast_forward(s, remote)
+            return f"; working copy fast-forwarded to {where} {remote[:8]}"
+        local = self._log(s, remote, head)
+        mine = self._subject(facts)
+        ours = self.strategy == "revert" and all(subject == mine for _, subject in local)
+        undone = self.strategy == "reset" and remote == sha and self._is_ancestor(s, remote, head)
+        if not (ours or undone):
+            return (
+                f"; working copy {self.repo} keeps {_plural(len(local), 'commit')} that "
+                f"{where} does not have: a person should look"
+            )
+        s.need(
+            s.run("reset", "--hard", "--quiet", _hex(remote), "--"),
+            f"bringing the working copy to {where} {remote[:8]}",
+        )
+        dropped = "its own unpublished revert" if ours else "the commits the reset undoes"
+        return f"; working copy brought to {where} {remote[:8]} (dropping {dropped})"
+
+    def _done_locally(self, s: _Session, head: str, sha: str) -> bool:
+        """HEAD has the target's content (revert) or is the target (reset, tag)."""
+        if self.strategy == "revert":
+            return self._tree(s, head) == self._tree(s, sha)
+        return head == sha
+
+    def _fast_forward(self, s: _Session, remote: str) -> None:
+        s.need(
+            s.run("merge", "--ff-only", "--quiet", _hex(remote)),
+            f"fast-forward of the working copy to {self._where()} {remote[:8]} failed",
+        )
+
+    def _log(self, s: _Session, base: str, tip: str) -> list[tuple[str, str]]:
+        """(sha, subject) of the commits in ``base..tip``, newest first."""
+        out = s.need(
+            s.run("log", "--no-decorate", "--format=%H %s", f"{_hex(base)}..{_hex(tip)}", "--"),
+            f"listing the commits in {base[:8]}..{tip[:8]}",
+        )
+        return [
+            (commit, subject)
+            for commit, _, subject in (line.partition(" ") for line in out.out.splitlines())
+        ]
+
+    def _in_the_way(self, s: _Session, head: str, *tips: str) -> list[str]:
+        """Untracked files a move from ``head`` to any of ``tips`` would overwrite."""
+        moves = [tip for tip in dict.fromkeys(tips) if tip != head]
+        if not moves:
+            return []
+        listed = s.need(
+            s.run("ls-files", "-z", "--others", "--exclude-standard", "--directory"),
+            "listing untracked files",
+        )
+        untracked = [path for path in listed.out.split("\0") if path]
+        if not untracked:
+            return []
+        written: set[str] = set()
+        for tip in moves:
+            diff = s.need(
+                s.run("diff", "--name-only", "-z", "--no-renames", _hex(head), _hex(tip), "--"),
+                f"listing the files that differ between {head[:8]} and {tip[:8]}",
+            )
+            written.update(path for path in diff.out.split("\0") if path)
+        hit = [
+            path
+            for path in untracked
+            if path in written
+            or (path.endswith("/") and any(name.startswith(path) for name in written))
+        ]
+        if not hit:
+            return []
+        shown = ", ".join(hit[:5]) + (f" and {len(hit) - 5} more" if len(hit) > 5 else "")
+        return [f"untracked {shown} would be overwritten"]
 
     # -- helpers ---------------------------------------------------------------------
 
