@@ -621,39 +621,23 @@ def test_a_push_race_with_another_replicas_revert_is_recorded_without_a_second_o
     assert d.status() == ""
 
 
-def test_a_push_race_with_another_commit_is_retried_once_on_the_new_remote_state(
+def test_a_push_race_with_another_commit_escalates_and_reverts_nothing_unchecked(
     d: Deployed,
 ) -> None:
-    """Someone pushed between the revert and its push: it is reverted once more, on top."""
+    """Someone pushed between the revert and its push: the step fails naming the commit, the
+    remote keeps it, and the copy drops its own unpublished revert."""
     other = replica(d, "person")
     v4 = commit(other, "v4", tag=False)
     hook(d.work, "pre-push", f'git -C "{other}" push -q origin main')
     result = executor(d).execute(facts())
-    assert result.ok, result
-    assert "second try: the first push was refused because origin/main had moved" in result.summary
-    assert f"{v4[:8]} v4" in result.summary
-    assert git(d.remote, "rev-parse", "main^") == v4
-    assert reverts_on_the_remote(d) == ["rollbackd: revert to v1 (incident 7)"]
-    assert remote_serves_v1(d)
-
-
-def test_a_push_refused_twice_escalates_and_keeps_the_remote(d: Deployed) -> None:
-    """When the branch moves again during the second try, the step fails; nothing is forced."""
-    other = replica(d, "person")
-    hook(
-        d.work,
-        "pre-push",
-        f'echo "n$(date +%s%N)" >> "{other}/log.txt" && git -C "{other}" add log.txt && '
-        f'git -C "{other}" commit -q -m busy && git -C "{other}" push -q origin main',
-        times=2,
-    )
-    result = executor(d).execute(facts())
     assert not result.ok
-    assert "reverted to v1 locally" in result.summary
-    assert "rejected]" in result.summary
+    assert "the push of the revert to v1 was refused: origin/main moved" in result.summary
+    assert f"{v4[:8]} v4" in result.summary
+    assert "a person must decide" in result.summary
     assert result.data["pushed"] == "no"
-    assert d.remote_ref() == git(other, "rev-parse", "HEAD")
+    assert d.remote_ref() == v4
     assert reverts_on_the_remote(d) == []
+    assert d.head() == v4 and d.status() == ""
 
 
 def test_a_reset_by_another_replica_never_discards_a_push_made_after_its_backup(

@@ -464,7 +464,6 @@ class GitExecutor:
         sha: str,
         head: str,
         note: str = "",
-        retried: bool = False,
     ) -> StepResult:
         target = facts.target
         span = f"{sha}..{head}"
@@ -524,27 +523,23 @@ class GitExecutor:
             held = self._holds(s, facts, sha, remote.sha)
             if held:
                 return self._already(s, facts, sha, head, after, remote.sha, held, refused=True)
-            if (
-                not retried
-                and self._is_ancestor(s, head, remote.sha)
-                and not self._in_the_way(s, after, remote.sha)
+            if self._is_ancestor(s, head, remote.sha) and not self._in_the_way(
+                s, after, remote.sha
             ):
                 moved = self._log(s, head, remote.sha)
                 s.need(  # only this step's own revert commit is dropped: it was never pushed
                     s.run("reset", "--hard", "--quiet", _hex(remote.sha), "--"),
-                    f"bringing the working copy to {where} {remote.sha[:8]} for a second try",
+                    f"bringing the working copy to {where} {remote.sha[:8]}",
                 )
                 listed = ", ".join(f"{c[:8]} {one_line(subject, 60)}" for c, subject in moved[:5])
                 more = f" and {len(moved) - 5} more" if len(moved) > 5 else ""
-                return self._revert(
-                    s,
-                    facts,
-                    sha,
-                    remote.sha,
-                    f"{note}; second try: the first push was refused because {where} had moved "
-                    f"from {head[:8]} to {remote.sha[:8]} ({_plural(len(moved), 'commit')} "
-                    f"pushed meanwhile, reverted too: {listed}{more})",
-                    retried=True,
+                raise s.fail(
+                    f"the push of the revert to {target} was refused: {where} moved from "
+                    f"{head[:8]} to {remote.sha[:8]} ({_plural(len(moved), 'commit')} pushed "
+                    f"meanwhile: {listed}{more}). rollbackd does not revert commits it did not "
+                    "check (a person's fix, a migration): a person must decide. The remote "
+                    "branch is unchanged",
+                    {"before": head, "after": remote.sha, "pushed": "no"},
                 )
         raise s.failure(
             pushed,
