@@ -10,9 +10,7 @@ finishes; the controller prints them all once. (They are here, not in
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.reliability import figures
+from tests.support.cli import rollbackd
 from tests.support.postgres import PostgresServer
 
 WORKER_OUTPUT = "rollbackd_reliability_figures"
@@ -72,17 +71,7 @@ def run_cli(tmp_path: Path) -> RunCli:
     def run(
         *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("ROLLBACKD_")}
-        environment.update(env or {})
-        return subprocess.run(
-            [sys.executable, "-m", "rollbackd", *args],
-            capture_output=True,
-            text=True,
-            cwd=cwd or tmp_path,
-            env=environment,
-            timeout=60,
-            check=False,
-        )
+        return rollbackd(*args, cwd=cwd or tmp_path, env=env)
 
     return run
 

@@ -9,9 +9,6 @@ prometheus_client exports them and Prometheus scrapes them, every 15 s.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
+from tests.support.cli import rfc3339, rollbackd
 from tests.support.fixtures import backfilled_prometheus
 from tests.support.processes import (
     Point,
@@ -200,36 +198,11 @@ attribution_window = "15m"
     return config
 
 
-def rfc3339(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def backtest(config: Path, *extra: str) -> list[str]:
     """``rollbackd backtest`` over the history from ten minutes in, as a user runs it."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("ROLLBACKD_")}
-    command = [
-        sys.executable,
-        "-m",
-        "rollbackd",
-        "backtest",
-        "--config",
-        str(config),
-        "--start",
-        rfc3339(START + 10 * 60),
-        "--end",
-        rfc3339(END),
-        "--step",
-        "15s",
-        *extra,
-    ]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        cwd=config.parent,
-        env=environment,
-        timeout=300,
-        check=False,
+    window = ["--start", rfc3339(START + 10 * 60), "--end", rfc3339(END), "--step", "15s"]
+    result = rollbackd(
+        "backtest", "--config", str(config), *window, *extra, cwd=config.parent, timeout=300
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()

@@ -21,6 +21,7 @@ import pytest
 
 from rollbackd.core.rules import Rule, parse_rules
 from tests.conftest import REPO, RunCli
+from tests.support.cli import rfc3339
 from tests.support.fixtures import (
     DemoAppFactory,
     PrometheusFactory,
@@ -381,10 +382,6 @@ attribution_window = "10m"
         encoding="utf-8",
     )
     return config
-
-
-def rfc3339(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_backtest_rolls_back_a_killed_app_from_prometheus_history_alone(

@@ -1,0 +1,34 @@
+"""Running ``rollbackd`` as a user does: a child process, without the test's own settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def rollbackd(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m rollbackd ARGS`` in ``cwd``; no ``ROLLBACKD_…`` variable of ours leaks in."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ROLLBACKD_")}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "rollbackd", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=environment,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def rfc3339(moment: datetime | float) -> str:
+    """An instant (or unix seconds) as the RFC 3339 text the commands take, in UTC."""
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
