@@ -69,9 +69,12 @@ def run_cli(tmp_path: Path) -> RunCli:
     """Run ``rollbackd`` as a user would, in a fresh working directory."""
 
     def run(
-        *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        return rollbackd(*args, cwd=cwd or tmp_path, env=env)
+        return rollbackd(*args, cwd=cwd or tmp_path, env=env, timeout=timeout)
 
     return run
 
