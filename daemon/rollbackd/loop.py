@@ -152,6 +152,8 @@ class Loop:
         started = time.monotonic()
         try:
             epoch = self.state.leader.leads()
+            if epoch is None and not self.state.clustered:
+                epoch = self.state.leader.renew()  # its own journal: it leads, started or not
             if epoch is None:
                 self._follow()
                 return None
