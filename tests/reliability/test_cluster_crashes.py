@@ -363,8 +363,8 @@ def test_the_leader_sigkilled_20_times_mid_rollback_reverts_each_incident_once_a
 
     with psycopg.connect(cluster.url) as db:
         journaled = {row[0] for row in db.execute("SELECT fingerprint FROM alerts")}
-        states = dict(db.execute("SELECT id, state FROM incidents").fetchall())
-        executed = dict(
+        states: dict[int, str] = dict(db.execute("SELECT id, state FROM incidents").fetchall())
+        executed: dict[int, int] = dict(
             db.execute(
                 "SELECT incident_id, count(*) FROM steps WHERE name = 'execute'"
                 " AND outcome = 'ok' GROUP BY incident_id"
