@@ -228,7 +228,11 @@ class Cluster:
         return found
 
 
-def config_text(root: Path, name: str, clone: Path, port: int, url: str, health: str) -> str:
+def config_text(
+    root: Path, name: str, clone: Path, port: int, url: str, health: str, window: str = "2s"
+) -> str:
+    """A replica's config: its own port, state and working copy, the cluster's journal; the
+    health probe at ``health``/health/NAME (which replica probes is seen)."""
     return f"""
 [daemon]
 listen = "127.0.0.1:{port}"
@@ -243,7 +247,7 @@ timeout = "1s"
 
 [[services]]
 name = "web"
-health_url = "{health}/health"
+health_url = "{health}/health/{name}"
 repo = "{clone}"
 strategy = "revert"
 command_timeout = "30s"
@@ -254,7 +258,7 @@ max_rollbacks = 100
 window = "1h"
 
 [recovery]
-window = "2s"
+window = "{window}"
 timeout = "20s"
 
 [journal]
