@@ -71,6 +71,8 @@ class Watchdog:
         self._armed: dict[int, tuple[float, Connection]] = {}
         self._next = 0
         self._thread: threading.Thread | None = None
+        self._sleeping_until = -math.inf
+        """Until when the watching thread sleeps (-inf: it is awake, or not started)."""
         self.fired: set[int] = set()
         """Sessions (``id()``) whose call the watchdog ended."""
 
@@ -83,13 +85,15 @@ class Watchdog:
         with self._cond:
             self._next += 1
             token = self._next
-            self._armed[token] = (time.monotonic() + seconds, connection)
+            at = time.monotonic() + seconds
+            self._armed[token] = (at, connection)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._watch, name="journal-deadlines", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if at < self._sleeping_until:  # else it wakes in time: no switch per transaction
+                self._cond.notify()
         try:
             yield
         finally:
@@ -103,8 +107,11 @@ class Watchdog:
                 due = [t for t, (at, _) in self._armed.items() if at <= now]
                 late = [self._armed.pop(t)[1] for t in due]
                 if not late:
-                    soonest = min((at for at, _ in self._armed.values()), default=now + 60)
-                    self._cond.wait(max(soonest - now, 0.0) + 0.001)
+                    self._sleeping_until = min(
+                        (at for at, _ in self._armed.values()), default=now + 60
+                    )
+                    self._cond.wait(max(self._sleeping_until - now, 0.0) + 0.001)
+                    self._sleeping_until = -math.inf
                     continue
             for connection in late:
                 self.fired.add(id(connection))
