@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.common import REPO, RESULTS, Figure, child_env, machine, stop
 
-ORDER = ("detection", "ingest", "stall", "cycle", "backtest", "scenarios")
+ORDER = ("detection", "ingest", "failover", "stall", "cycle", "backtest", "scenarios")
 BACKGROUND = "footprint"
 TIMEOUT = {"quick": 300.0, "full": 1200.0}
 

@@ -8,6 +8,7 @@ are counted, never timed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -817,3 +818,46 @@ def test_deadline_must_have_a_time_zone() -> None:
         ).role
         is None
     )
+
+
+@dataclass
+class Leadership:
+    """A replica's leadership as :class:`Background` sees it: the epoch it leads in now,
+    and the epoch the calling thread acts in."""
+
+    leading: int | None = 1
+    acting_in: int | None = 1
+    journaled_in: list[int] = field(default_factory=list)
+
+    def thread_term(self) -> int | None:
+        return self.acting_in
+
+    def leads_in(self, epoch: int) -> bool:
+        return self.leading == epoch
+
+    @contextlib.contextmanager
+    def term(self, epoch: int) -> Iterator[None]:
+        self.journaled_in.append(epoch)
+        yield
+
+
+def test_a_former_leaders_queued_notifications_are_not_sent() -> None:
+    """Notifications queued while leading in epoch 1 and still queued once another replica
+    leads are dropped, neither sent nor journaled; those sent are journaled in their epoch."""
+    gate = threading.Event()
+    blocked = Recording(gate)
+    outcomes: list[StepResult] = []
+    background = Background(blocked, on_result=lambda _, result: outcomes.append(result))
+    leadership = Leadership()
+    background.fence = leadership
+
+    assert background.notify(Message(1, "web", "critical", "rolling back", "x")).ok
+    assert blocked.started.wait(WAIT)
+    assert background.notify(Message(2, "web", "critical", "rolled back", "x")).ok
+    leadership.leading = None  # the lease ran out while the first was being delivered
+    gate.set()
+    assert background.drain(WAIT) == 0
+
+    assert [m.incident for m in blocked.messages] == [1]
+    assert len(outcomes) == 1
+    assert leadership.journaled_in == [1]

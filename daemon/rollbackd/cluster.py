@@ -190,6 +190,15 @@ class Leader:
         finally:
             self._term.epoch = before
 
+    def thread_term(self) -> int | None:
+        """The epoch this thread acts in (:meth:`term`), or None."""
+        epoch: int | None = getattr(self._term, "epoch", None)
+        return epoch
+
+    def leads_in(self, epoch: int) -> bool:
+        """Whether this replica leads now, in ``epoch``."""
+        return self.leads() == epoch
+
     def acting(self) -> bool:
         """Whether this thread may act: this replica leads, in the term the thread acts in."""
         epoch = self.leads()

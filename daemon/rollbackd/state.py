@@ -29,6 +29,7 @@ from rollbackd.loader import Loaded, load
 from rollbackd.logs import get_logger
 from rollbackd.metrics import DaemonMetrics
 from rollbackd.notify import JournalOnly, Notifier
+from rollbackd.notify.retry import Background
 from rollbackd.sources import MetricSource
 from rollbackd.sources.alertmanager import AlertmanagerSource
 from rollbackd.sources.gather import LiveCycle
@@ -87,6 +88,7 @@ class State:
             self.metrics,
         )
         """Whether this replica leads its cluster (always, on a journal of its own)."""
+        self._fence_notifier()
         self._deploys_read = 0
         self._build(loaded)
 
@@ -124,6 +126,11 @@ class State:
             on_step=self._step_done,
             on_deploy=self._rolled_back_to,
         )
+
+    def _fence_notifier(self) -> None:
+        """A former leader's queued notifications are not sent (:class:`Background`)."""
+        if isinstance(self.notifier, Background):
+            self.notifier.fence = self.leader
 
     @property
     def clustered(self) -> bool:
@@ -189,6 +196,7 @@ class State:
             if self._notifiers is not None and loaded.config.notifiers != self.config.notifiers:
                 self._retired_notifiers.append(self.notifier)  # drained at shutdown
                 self.notifier = self._notifiers(loaded.config)
+                self._fence_notifier()
             self.history.known_good_after = loaded.config.deploys.known_good_after
             self._build(loaded, self.history)
             self.engine.adopt(before)

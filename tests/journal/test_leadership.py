@@ -17,10 +17,13 @@ import psycopg
 import pytest
 
 from rollbackd.cluster import Leader
-from rollbackd.errors import NotLeader
+from rollbackd.errors import JournalUnavailable, NotLeader
 from rollbackd.journal import Journal, Lease
 from rollbackd.journal.postgresql import PostgresJournal
 from tests.journal.support import T0, incident
+from tests.support.postgres import PostgresServer
+from tests.support.processes import LOOPBACK
+from tests.support.tcpproxy import TcpProxy
 
 LONG = timedelta(seconds=30)
 SHORT = timedelta(seconds=1)
@@ -166,3 +169,32 @@ def test_a_leader_that_cannot_renew_stops_before_the_server_could_give_the_lease
         assert leader.view()["role"] == "follower"
     finally:
         journal.close()
+
+
+def test_over_a_frozen_path_a_claim_and_a_write_end_on_the_clients_own_deadline(
+    postgres_url: str, postgres_server: PostgresServer
+) -> None:
+    """A path that takes what is sent and never answers (no timeout of the server's or of
+    TCP ends it) fails a claim within a third of the lease and a write within twice the
+    journal's timeout, as unavailable; once it flows again, both work."""
+    with TcpProxy((LOOPBACK, postgres_server.port)) as proxy:
+        url = postgres_url.replace(f":{postgres_server.port}/", f":{proxy.port}/")
+        journal = PostgresJournal(url, timeout=1.0)
+        try:
+            journal.claim("main", "a", timedelta(seconds=3))
+            number = incident(journal)
+            proxy.freeze()
+            started = time.monotonic()
+            with pytest.raises(JournalUnavailable, match="no answer in time"):
+                journal.claim("main", "a", timedelta(seconds=3))
+            assert time.monotonic() - started < 2.0
+            started = time.monotonic()
+            with pytest.raises(JournalUnavailable):
+                journal.step_started(number, "document", T0)
+            assert time.monotonic() - started < 4.0
+            proxy.thaw()
+            assert journal.claim("main", "a", timedelta(seconds=3)).holder == "a"
+            journal.step_started(number, "verify_target", T0)
+        finally:
+            proxy.thaw()
+            journal.close()

@@ -21,7 +21,10 @@ Which to use:
   rollback: "a failing notifier never blocks a critical rollback". Its result
   only says the message was queued (and for how many notifiers); the real
   outcome arrives later through ``on_result(message, result)``, which should
-  journal it. Call :meth:`Background.drain` at shutdown.
+  journal it. Call :meth:`Background.drain` at shutdown. In a cluster its ``fence``
+  (the replica's :class:`~rollbackd.cluster.Leader`) keeps a former leader quiet: a
+  message queued while acting as the leader of an epoch is sent only if this replica
+  still leads in it when its turn comes, and its outcome is journaled fenced by it.
 * **Fanout** (what :func:`build_notifier` returns) where a person waits for the
   answer and nothing else is held up: a CLI command, a test of the config.
   It returns after every notifier delivered or gave up, at most
@@ -35,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol, runtime_checkable
 
 import httpx
@@ -43,10 +47,13 @@ from rollbackd import __version__
 from rollbackd.actions import StepResult
 from rollbackd.config import NotifierConfig
 from rollbackd.httpconfig import TLSConfig, ssl_context
+from rollbackd.logs import get_logger
 from rollbackd.notify import Message, Notifier
 from rollbackd.notify.pagerduty import PagerDutySender
 from rollbackd.notify.slack import SlackSender
 from rollbackd.notify.webhook import DeliveryError, JsonSender, Sender, WebhookSender
+
+log = get_logger("rollbackd.notify")
 
 BACKOFF_BASE = 0.5
 """Seconds before the first retry; each further retry waits twice as long."""
@@ -234,6 +241,20 @@ def _safely(notifier: Notifier, message: Message) -> StepResult:
         return StepResult(False, f"the notifier failed with {type(exc).__name__}")
 
 
+class Fence(Protocol):
+    """What :class:`Background` asks of the replica's leadership (a :class:`Leader
+    <rollbackd.cluster.Leader>`)."""
+
+    def thread_term(self) -> int | None:
+        """The epoch the calling thread acts in as the leader (None: it does not)."""
+
+    def leads_in(self, epoch: int) -> bool:
+        """Whether this replica leads in ``epoch`` now."""
+
+    def term(self, epoch: int) -> AbstractContextManager[None]:
+        """Act (journal) as the leader of ``epoch`` in this thread."""
+
+
 class Background:
     """Hands each message to one worker thread and returns at once.
 
@@ -256,11 +277,13 @@ class Background:
         self._notifier = notifier
         self._on_result = on_result
         self._maxsize = maxsize
-        self._queue: queue.Queue[Message | None] = queue.Queue(maxsize)
+        self._queue: queue.Queue[tuple[Message, int | None] | None] = queue.Queue(maxsize)
         self._done = threading.Condition()
         self._pending = 0
         self._closed = False
         self._stopped = False
+        self.fence: Fence | None = None
+        """The replica's leadership, in a cluster: see the module's docstring."""
         self._worker = threading.Thread(target=self._run, name="rollbackd-notify", daemon=True)
         self._worker.start()
 
@@ -281,8 +304,9 @@ class Background:
                 return StepResult(
                     False, "not sent: rollbackd is shutting down its notifications", message.text
                 )
+            epoch = self.fence.thread_term() if self.fence is not None else None
             try:
-                self._queue.put_nowait(message)
+                self._queue.put_nowait((message, epoch))
             except queue.Full:
                 return StepResult(
                     False,
@@ -314,13 +338,24 @@ class Background:
 
     def _run(self) -> None:
         while True:
-            message = self._queue.get()
-            if message is None:
+            queued = self._queue.get()
+            if queued is None:
                 return
+            message, epoch = queued
+            fence = self.fence if epoch is not None else None
             try:
+                if fence is not None and epoch is not None and not fence.leads_in(epoch):
+                    log.warning(
+                        "notification not sent: queued by this replica as a former leader",
+                        incident=message.incident,
+                        title=message.title,
+                        epoch=epoch,
+                    )
+                    continue  # what is still true, the leader tells
                 result = _safely(self._notifier, message)
                 if self._on_result is not None:
-                    self._on_result(message, result)
+                    with fence.term(epoch) if fence is not None and epoch else nullcontext():
+                        self._on_result(message, result)
             except Exception:  # noqa: BLE001, S110 -- a failing hook must not stop later messages
                 pass
             finally:

@@ -152,7 +152,7 @@ def copy_sqlite(source: Path, target: PostgresJournal) -> dict[str, int]:
     copied: dict[str, int] = {}
     try:
         reader.execute("BEGIN")
-        with target.database.transaction() as db:
+        with target.database.transaction(bounded=False) as db:
             db.execute("SET LOCAL statement_timeout = 0")  # a large journal takes its time
             held = db.execute(
                 "SELECT (SELECT count(*) FROM incidents), (SELECT count(*) FROM deliveries),"

@@ -9,13 +9,15 @@ group-committed by one thread), reads are short indexed lookups, and two session
 keep PostgreSQL's connection count predictable with no other dependency.
 
 Every call is bounded: ``connect_timeout``, ``statement_timeout``, ``lock_timeout`` and TCP
-keepalives and ``tcp_user_timeout`` (a server that vanished from the network). A connection
-error or a timeout is :class:`JournalUnavailable`: the connection is dropped, and the next
-call connects again. A transaction whose ``BEGIN`` fails on a connection that went stale
-while idle (PostgreSQL restarted) is tried once more on a new connection: nothing was sent.
-A ``COMMIT`` cut off by a lost connection is reported unavailable although PostgreSQL may
-have committed it: no client can know, and the stores' writes are kept so that the
-retries that matter (webhook deliveries) change nothing.
+keepalives and ``tcp_user_timeout`` (a server that vanished from the network), and at last
+by a deadline of the client's own (:class:`Watchdog`): a path that takes what is sent and
+never answers (a hung server or proxy, a middlebox that acknowledges) defeats every timeout
+of the server's and of TCP. A connection error or a timeout is :class:`JournalUnavailable`:
+the connection is dropped, and the next call connects again. A transaction whose ``BEGIN``
+fails on a connection that went stale while idle (PostgreSQL restarted) is tried once more
+on a new connection: nothing was sent. A ``COMMIT`` cut off by a lost connection is
+reported unavailable although PostgreSQL may have committed it: no client can know, and
+the stores' writes are kept so that the retries that matter (webhook deliveries) change nothing.
 
 The password (in the URL, from ``password_file``, or from ``PGPASSFILE`` by libpq) is never
 in a message or a log: places are shown as ``postgresql://user@host:port/db``
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +59,75 @@ THE_WRITE_ITSELF = (
 whether the journal can be written: trying again would fail the same way."""
 
 Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+class Watchdog:
+    """Ends a call that outlives its deadline: shuts its session's socket down, so that the
+    client's wait for an answer ends at once (psycopg raises OperationalError, and the
+    session is dropped). One thread for every session of a journal, started at need."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: dict[int, tuple[float, Connection]] = {}
+        self._next = 0
+        self._thread: threading.Thread | None = None
+        self._sleeping_until = -math.inf
+        """Until when the watching thread sleeps (-inf: it is awake, or not started)."""
+        self.fired: set[int] = set()
+        """Sessions (``id()``) whose call the watchdog ended."""
+
+    @contextmanager
+    def bounded(self, connection: Connection, seconds: float | None) -> Iterator[None]:
+        """Within it, ``connection``'s calls end after ``seconds`` in total (None: no bound)."""
+        if seconds is None:
+            yield
+            return
+        with self._cond:
+            self._next += 1
+            token = self._next
+            at = time.monotonic() + seconds
+            self._armed[token] = (at, connection)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name="journal-deadlines", daemon=True
+                )
+                self._thread.start()
+            if at < self._sleeping_until:  # else it wakes in time: no switch per transaction
+                self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._armed.pop(token, None)
+
+    def _watch(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [t for t, (at, _) in self._armed.items() if at <= now]
+                late = [self._armed.pop(t)[1] for t in due]
+                if not late:
+                    self._sleeping_until = min(
+                        (at for at, _ in self._armed.values()), default=now + 60
+                    )
+                    self._cond.wait(max(self._sleeping_until - now, 0.0) + 0.001)
+                    self._sleeping_until = -math.inf
+                    continue
+            for connection in late:
+                self.fired.add(id(connection))
+                _cut(connection)
+
+
+def _cut(connection: Connection) -> None:
+    """Shut the session's socket down under whatever waits on it (nothing is closed here:
+    its owner drops it when its call fails)."""
+    with suppress(OSError, psycopg.Error):
+        fd = connection.pgconn.socket
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
 
 
 def json_text(value: Any) -> str:
@@ -121,6 +194,10 @@ class Database:
         self._closed = False
         self._fence = threading.local()
         """This thread's (cluster, epoch) while it writes as a leader (:meth:`fenced`)."""
+        self.watchdog = Watchdog()
+        self.bound: float | None = 2 * timeout
+        """Seconds a transaction may take in all, from BEGIN to COMMIT (its statements are
+        bounded by ``timeout`` each, on the server, which a frozen path never reaches)."""
         try:
             self._writer = self.connect()
             migrate(self._writer)
@@ -157,8 +234,12 @@ class Database:
         connection.adapters.register_dumper(str, _Text)
         return connection
 
-    def reason(self, exc: BaseException) -> str:
-        """What went wrong, in one line, without the password."""
+    def reason(self, exc: BaseException, connection: Connection | None = None) -> str:
+        """What went wrong, in one line, without the password (``connection``: the session
+        it happened on, to say when the watchdog ended its call)."""
+        if connection is not None and id(connection) in self.watchdog.fired:
+            self.watchdog.fired.discard(id(connection))
+            return "no answer in time (the client's own deadline: the path or server hangs)"
         text = " ".join(str(exc).split()) or type(exc).__name__
         return scrub(text, *self._secrets)
 
@@ -192,23 +273,26 @@ class Database:
             self._fence.value = before
 
     @contextmanager
-    def transaction(self, *, fenced: bool = True) -> Iterator[Connection]:
+    def transaction(self, *, fenced: bool = True, bounded: bool = True) -> Iterator[Connection]:
         """One transaction: committed on exit, or not at all; errors as JournalError.
-        In :meth:`fenced` (unless ``fenced`` is False), only while this replica leads."""
+        In :meth:`fenced` (unless ``fenced`` is False), only while this replica leads.
+        It ends within :attr:`bound` seconds in all (unless ``bounded`` is False)."""
         fence = getattr(self._fence, "value", None) if fenced else None
         with self.lock:
             self.refuse_if_closed()
             db = self._begin("BEGIN", reading=False)
             try:
-                if fence is not None:
-                    _check_fence(db, *fence)
-                yield db
-                db.execute("COMMIT")
+                with self.watchdog.bounded(db, self.bound if bounded else None):
+                    if fence is not None:
+                        _check_fence(db, *fence)
+                    yield db
+                    db.execute("COMMIT")
             except BaseException as exc:
-                with suppress(psycopg.Error):  # the error to report is the first one
-                    db.execute("ROLLBACK")
+                if not db.closed and id(db) not in self.watchdog.fired:
+                    with suppress(psycopg.Error):  # the error to report is the first one
+                        db.execute("ROLLBACK")
                 if isinstance(exc, psycopg.Error):
-                    raise self.failed(exc, reading=False) from exc
+                    raise self.failed(exc, reading=False, connection=db) from exc
                 raise
             self.succeeded()
 
@@ -219,12 +303,14 @@ class Database:
             self.refuse_if_closed()
             db = self._begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", reading=True)
             try:
-                yield db
+                with self.watchdog.bounded(db, self.bound):
+                    yield db
             except psycopg.Error as exc:
-                raise self.failed(exc, reading=True) from exc
+                raise self.failed(exc, reading=True, connection=db) from exc
             finally:
-                with suppress(psycopg.Error):
-                    db.execute("COMMIT")
+                if not db.closed:
+                    with suppress(psycopg.Error):
+                        db.execute("COMMIT")
 
     def _begin(self, statement: str, *, reading: bool) -> Connection:
         """A session with a transaction begun; a stale one is replaced once (nothing was sent)."""
@@ -232,7 +318,8 @@ class Database:
             stale = (self._reader if reading else self._writer) is not None
             try:
                 db = self._session(reading)
-                db.execute(statement)
+                with self.watchdog.bounded(db, self.timeout):
+                    db.execute(statement)
             except psycopg.Error as exc:
                 if isinstance(exc, THE_WRITE_ITSELF):
                     raise self.failed(exc, reading=reading) from exc
@@ -263,9 +350,11 @@ class Database:
         else:
             self._writer = None
 
-    def failed(self, exc: psycopg.Error, *, reading: bool) -> JournalError:
+    def failed(
+        self, exc: psycopg.Error, *, reading: bool, connection: Connection | None = None
+    ) -> JournalError:
         """The error a failed call raises; one about reaching the server is remembered."""
-        reason = self.reason(exc)
+        reason = self.reason(exc, connection)
         if isinstance(exc, THE_WRITE_ITSELF):
             return JournalError(f"the journal {self.location}: {reason}")
         self._drop(reading)

@@ -11,7 +11,9 @@ killed, a TCP connection timed out) while the replica that held it still believe
 leads, and it carries no epoch that a late write could be checked against.
 
 The lease has a session of its own, so that a renewal never waits behind the journal's
-writes (a burst of webhooks), with statements bounded by a third of the lease.
+writes (a burst of webhooks), and each claim is bounded by a third of the lease, by the
+server (``statement_timeout``) and by the client's own deadline (the journal's watchdog: a
+frozen path is never answered, and the server never sees the statement to time it out).
 """
 
 from __future__ import annotations
@@ -57,7 +59,12 @@ class PostgresLeadership(PostgresStore):
 
     def claim(self, cluster: str, replica: str, lease: timedelta) -> Lease:
         params = {"cluster": cluster, "replica": replica, "lease": lease}
-        with self._session(lease / 3) as db, db.transaction():
+        bound = lease / 3
+        with (
+            self._session(bound) as db,
+            self._database.watchdog.bounded(db, bound.total_seconds()),
+            db.transaction(),
+        ):
             row = db.execute(CLAIM, params).fetchone()
             if row is None:
                 row = db.execute(CURRENT, (cluster,)).fetchone()
@@ -72,7 +79,8 @@ class PostgresLeadership(PostgresStore):
         return Lease(holder=row[0], epoch=int(row[1]), expires_at=_utc(row[2]))
 
     def release(self, cluster: str, replica: str) -> None:
-        with self._session(timedelta(seconds=self._database.timeout)) as db:
+        bound = timedelta(seconds=self._database.timeout)
+        with self._session(bound) as db, self._database.watchdog.bounded(db, bound.total_seconds()):
             db.execute(
                 "UPDATE leadership SET expires_at = now(), renewed_at = now()"
                 " WHERE cluster = %s AND holder = %s AND expires_at > now()",
@@ -95,9 +103,12 @@ class PostgresLeadership(PostgresStore):
                     self._lease_session = self._database.connect(statement_timeout=seconds)
                 yield self._lease_session
             except psycopg.Error as exc:
-                self._close_lease_session()
+                session, self._lease_session = self._lease_session, None
                 where = f"the journal {self._database.location}"
-                reason = self._database.reason(exc)
+                reason = self._database.reason(exc, session)
+                if session is not None:
+                    with suppress(psycopg.Error):
+                        session.close()
                 if isinstance(exc, THE_WRITE_ITSELF):
                     raise JournalError(f"{where}: the lease: {reason}") from None
                 raise JournalUnavailable(f"{where} cannot be reached: {reason}") from None
