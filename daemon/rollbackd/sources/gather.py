@@ -652,9 +652,15 @@ class LiveCycle:
         return inputs
 
     def gather(self, now: datetime) -> Inputs:
-        """Plan, measure and apply at once (for ``evaluate``: no one else holds its engine)."""
-        inputs = self.apply(self.measure(self.plan(now)))
-        unread = self.unread_baselines()
+        """Plan, measure and apply at once (for ``evaluate``: no one else holds its engine).
+
+        As the daemon's loop does, it looks for unread baselines only when a deploy
+        changed while reading: otherwise :meth:`measure` read them for the plan's deploys.
+        """
+        plan = self.plan(now)
+        inputs = self.apply(self.measure(plan))
+        moved = self.engine.history.revision != plan.revision
+        unread = self.unread_baselines() if moved else []
         if unread:
             self.read_baselines(unread)
             inputs.baselines.update(self.known_baselines())
