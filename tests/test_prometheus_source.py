@@ -253,6 +253,18 @@ def test_deeply_nested_json_is_a_reason_for_every_kind_of_query(stub: StubServer
         prometheus.labels_over_time("up", "version", AT, AT, timedelta(seconds=30))
 
 
+def test_a_value_nested_hundreds_of_levels_deep_is_that_service_s_reason(
+    stub: StubServer,
+) -> None:
+    """orjson reads 900 levels (its limit is 1,024): the odd value is named, never printed."""
+    deep = b"[" * 900 + b"1" + b"]" * 900
+    body = VECTOR_HEAD + b'{"metric":{"service":"api"},"value":[1,' + deep + b"]}," + SERIES[:-1]
+    url = answering(stub, Reply(200, body + b"]}}"))
+    result = source(url).instant("up", AT)
+    assert result.numbers == {"web": 1.0}
+    assert result.get("api").reason == "the value is a JSON list"
+
+
 def test_a_giant_number_is_a_reason(stub: StubServer) -> None:
     """5,000 digits (Python refuses to make an int of them) is named, not a crash."""
     body = VECTOR_HEAD + b'{"metric":{"service":"web"},"value":[' + b"9" * 5000 + b',"1"]}]}}'

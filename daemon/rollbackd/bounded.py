@@ -1,6 +1,6 @@
 """Bounded external reads: a total deadline per call, a size cap, and JSON parse limits.
 
-Every HTTP client in rollbackd (Prometheus through prometheus-api-client and
+Every HTTP client in rollbackd (Prometheus and Alertmanager's API through
 requests, probes and notifiers through httpx) bounds each socket operation
 with a timeout, but a server can answer one byte just before each timeout runs
 out: headers trickled a byte a second keep a one-second timeout happy for

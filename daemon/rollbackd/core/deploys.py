@@ -268,6 +268,8 @@ class DeployHistory:
         history = self._services.setdefault(service, _ServiceHistory())
         now_present = frozenset(versions)
         before = history.present.get(source)
+        if before == now_present:  # nearly every service, nearly every cycle
+            return []
         history.present[source] = now_present
         sightings = [
             Deploy(service, version, at, source, ref=(refs or {}).get(version))

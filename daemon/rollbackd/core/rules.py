@@ -719,7 +719,7 @@ def applies_to(rule: Rule, service_probes: Iterable[str]) -> bool:
     return rule.probe is None or rule.probe in set(service_probes)
 
 
-def evaluate_cycle(
+def evaluate_cycle(  # noqa: PLR0915 -- the hot loop in one piece: no call per (rule, service)
     rules: Iterable[Rule],
     services: Mapping[str, Iterable[str]],
     measurements: Mapping[Key, Measurement],
@@ -767,6 +767,7 @@ def evaluate_cycle(
         )
         absolute = not rule.condition.relative
         compare, threshold = rule.condition.compare, rule.condition.amount
+        factor, min_change = 1.0 + threshold, rule.min_change
         if rule.weighs_evidence:
             quiet[rule.name] = _evaluate_weighing(
                 rule,
@@ -787,13 +788,25 @@ def evaluate_cycle(
                     number = numbers.get(service)
                 else:
                     number = _number(measurements.get((rule.name, service)))
-                if number is not None and (
-                    not compare(number, threshold)
-                    if absolute
-                    else _quiet_ok(rule, number, baselines.get((rule.name, service)))
-                ):
-                    quiet_here += 1
-                    continue
+                if number is not None:
+                    if absolute:
+                        if not compare(number, threshold):
+                            quiet_here += 1
+                            continue
+                    else:  # a usable baseline, and the value is within it (or too close)
+                        pre = baselines.get((rule.name, service))
+                        base = None if pre is None else pre.value
+                        if (
+                            base is not None
+                            and base - base == 0.0  # finite
+                            and base > 0
+                            and (
+                                not compare(number, base * factor)
+                                or (min_change is not None and abs(number - base) < min_change)
+                            )
+                        ):
+                            quiet_here += 1
+                            continue
             key = (rule.name, service)
             previous = states.get(key)
             if previous is None and previously is not None:
@@ -956,17 +969,6 @@ def _measurement(
         return vector.get(service)
     found = measurements.get(key)
     return found if found is not None else Measurement.missing(NO_SERIES)
-
-
-def _quiet_ok(rule: Rule, number: float, baseline: Measurement | None) -> bool:
-    """Whether ``number`` leaves a quiet relative rule OK (False: evaluate it in full)."""
-    condition = rule.condition
-    base = _number(baseline)
-    if base is None or base <= 0:
-        return False  # no usable baseline: inconclusive, said in full
-    if not condition.holds(number, base * (1.0 + condition.amount)):
-        return True
-    return rule.min_change is not None and abs(number - base) < rule.min_change
 
 
 def _evaluate_finding(

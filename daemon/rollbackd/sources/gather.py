@@ -100,6 +100,11 @@ def around_query(rule: Rule) -> str:
 Arounds = Mapping[tuple[str, timedelta], Vector]
 """By (seasonal rule name, offset): the rule's values around now's time of day, offset ago."""
 
+Failed = dict[tuple[str, datetime, timedelta], Vector]
+"""Baseline reads that failed, by (rule name, deploy time, offset; 0 for the deploy's own):
+the deploys made at one time share one answer, so a loop over services reads a failed
+one once, not once per service."""
+
 
 class BaselineCache:
     """Baselines per (rule, deploy time): computed once, since history does not change.
@@ -115,21 +120,28 @@ class BaselineCache:
         self._past_vectors: dict[tuple[str, datetime, timedelta], Vector] = {}
         self._past: dict[tuple[str, str, datetime, timedelta], Measurement] = {}
 
-    def past(self, rule: Rule, deploy: Deploy, offset: timedelta) -> Measurement:
+    def past(
+        self, rule: Rule, deploy: Deploy, offset: timedelta, failed: Failed | None = None
+    ) -> Measurement:
         """The average over the baseline window before the deploy's time, ``offset`` earlier
-        (read once per deploy and offset; a failed read is tried again next time)."""
+        (read once per deploy and offset; a failed read is tried again next time, and not
+        before: ``failed`` keeps it for the caller's other services)."""
         key = (rule.name, deploy.service, deploy.time, offset)
         known = self._past.get(key)
         if known is not None:
             return known
         shared = (rule.name, deploy.time, offset)
         vector = self._past_vectors.get(shared)
+        if vector is None and failed is not None:
+            vector = failed.get(shared)
         if vector is None:
             vector = guarded_instant(
                 self._source, baseline_query(rule), deploy.time - BASELINE_EDGE - offset
             )
             if vector.error is None:
                 self._past_vectors[shared] = vector
+            elif failed is not None:
+                failed[shared] = vector
         measurement = vector.get(deploy.service)
         if vector.error is None:
             self._past[key] = measurement
@@ -155,18 +167,25 @@ class BaselineCache:
             for offset in rule.seasonality
         )
 
-    def get(self, rule: Rule, deploy: Deploy) -> Measurement:
+    def get(self, rule: Rule, deploy: Deploy, failed: Failed | None = None) -> Measurement:
+        """The rule's average over its window before the deploy (read once per rule and
+        deploy time; a failed read is tried again next time, and not before: ``failed``
+        keeps it for the caller's other services)."""
         known = self._measurements.get((rule.name, deploy.service, deploy.time))
         if known is not None:
             return known
         key = (rule.name, deploy.time)
         vector = self._cache.get(key)
+        if vector is None and failed is not None:
+            vector = failed.get((*key, timedelta(0)))
         if vector is None:
             vector = guarded_instant(
                 self._source, baseline_query(rule), deploy.time - BASELINE_EDGE
             )
             if vector.error is None:
                 self._cache[key] = vector
+            elif failed is not None:
+                failed[(*key, timedelta(0))] = vector
         measurement = vector.get(deploy.service)
         if measurement.is_missing:
             measurement = Measurement.missing(
@@ -178,6 +197,14 @@ class BaselineCache:
         if vector.error is None:
             self._measurements[(rule.name, deploy.service, deploy.time)] = measurement
         return measurement
+
+    def read(self, rule: Rule, deploys: list[Deploy]) -> None:
+        """The baselines of ``deploys``, all made at one time: one answer holds them all."""
+        failed: Failed = {}
+        for deploy in deploys:
+            self.get(rule, deploy, failed)
+            for offset in rule.seasonality if rule.seasonal else ():
+                self.past(rule, deploy, offset, failed)
 
     def known(self, rule: Rule, deploy: Deploy) -> bool:
         """Whether the baseline was read for good (a value, or a clear 'none')."""
@@ -194,17 +221,18 @@ class BaselineCache:
         every one was read (a value, or a clear 'none'), none lost to a source error."""
         baselines: dict[Key, Measurement] = {}
         settled = True
+        failed: Failed = {}
         for rule in rules:
             if not rule.relative:
                 continue
             for service in services:
                 deploy = history.current(service)
                 if deploy is not None:
-                    baselines[(rule.name, service)] = self.get(rule, deploy)
+                    baselines[(rule.name, service)] = self.get(rule, deploy, failed)
                     settled = settled and (rule.name, service, deploy.time) in self._measurements
                     if rule.seasonal:
                         for offset in rule.seasonality:
-                            self.past(rule, deploy, offset)
+                            self.past(rule, deploy, offset, failed)
                         settled = settled and self.past_known(rule, deploy)
         return baselines, settled
 
@@ -624,9 +652,15 @@ class LiveCycle:
         return inputs
 
     def gather(self, now: datetime) -> Inputs:
-        """Plan, measure and apply at once (for ``evaluate``: no one else holds its engine)."""
-        inputs = self.apply(self.measure(self.plan(now)))
-        unread = self.unread_baselines()
+        """Plan, measure and apply at once (for ``evaluate``: no one else holds its engine).
+
+        As the daemon's loop does, it looks for unread baselines only when a deploy
+        changed while reading: otherwise :meth:`measure` read them for the plan's deploys.
+        """
+        plan = self.plan(now)
+        inputs = self.apply(self.measure(plan))
+        moved = self.engine.history.revision != plan.revision
+        unread = self.unread_baselines() if moved else []
         if unread:
             self.read_baselines(unread)
             inputs.baselines.update(self.known_baselines())
@@ -645,14 +679,21 @@ class LiveCycle:
         return unread
 
     def read_baselines(self, unread: list[tuple[Rule, Deploy]]) -> None:
-        """Read those baselines (I/O, no lock), at once, within the cycle's budget."""
-        reads = [self._pool.submit(self.baselines.get, rule, deploy) for rule, deploy in unread]
-        reads.extend(
-            self._pool.submit(self.baselines.past, rule, deploy, offset)
-            for rule, deploy in unread
-            if rule.seasonal
-            for offset in rule.seasonality
-        )
+        """Read those baselines (I/O, no lock), at once, within the cycle's budget.
+
+        One read per rule and deploy time: the deploys made at one time share one
+        answer. At start-up every service's deploy is first seen at once, and one
+        read per service (10,000 of the same query) would run the query once per
+        reading thread and, while it failed, once per service, queued past the
+        budget in front of the next cycles' reads.
+        """
+        together: dict[tuple[str, datetime], tuple[Rule, list[Deploy]]] = {}
+        for rule, deploy in unread:
+            together.setdefault((rule.name, deploy.time), (rule, []))[1].append(deploy)
+        reads = [
+            self._pool.submit(self.baselines.read, rule, deploys)
+            for rule, deploys in together.values()
+        ]
         wait(reads, timeout=self.budget.total_seconds())
 
     def _baselines_for(self, plan: Plan) -> dict[Key, Measurement]:
@@ -661,16 +702,17 @@ class LiveCycle:
             return self._settled[1]
         baselines: dict[Key, Measurement] = {}
         settled = True
+        failed: Failed = {}
         for rule in plan.rules:
             if not rule.relative:
                 continue
             for service, deploy in plan.deploys.items():
                 if deploy is not None:
-                    baselines[(rule.name, service)] = self.baselines.get(rule, deploy)
+                    baselines[(rule.name, service)] = self.baselines.get(rule, deploy, failed)
                     settled = settled and self.baselines.known(rule, deploy)
                     if rule.seasonal:
                         for offset in rule.seasonality:
-                            self.baselines.past(rule, deploy, offset)
+                            self.baselines.past(rule, deploy, offset, failed)
                         settled = settled and self.baselines.past_known(rule, deploy)
         if settled:
             self._settled = (plan.revision, baselines)

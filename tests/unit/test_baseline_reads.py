@@ -1,0 +1,98 @@
+"""Baselines of many services deployed at once: one read per rule, also when it fails."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from rollbackd.config import parse_config
+from rollbackd.core.deploys import DeployHistory
+from rollbackd.core.engine import Engine
+from rollbackd.core.model import Vector
+from rollbackd.core.rules import parse_rules
+from rollbackd.sources.gather import LiveCycle
+from rollbackd.testing import ScriptedMetrics, constant
+
+NOON = datetime(2026, 3, 1, 12, tzinfo=UTC)
+SERVICES = [f"svc{index:03d}" for index in range(200)]
+RULES = """
+[[rules]]
+name = "latency-regression"
+trigger = "performance_degradation"
+query = "latency"
+condition = "> +50%"
+baseline_window = "30m"
+for = "5m"
+"""
+
+
+@dataclass
+class SlowBaselines(ScriptedMetrics):
+    """Answers the baselines' subquery in 50 ms, as a real Prometheus takes its time."""
+
+    def instant(self, query: str, at: datetime) -> Vector:
+        if query.startswith("avg_over_time("):
+            time.sleep(0.05)
+        return super().instant(query, at)
+
+
+@dataclass
+class BaselinesDown(ScriptedMetrics):
+    """Answers every query but the baselines' (a subquery that times out)."""
+
+    def instant(self, query: str, at: datetime) -> Vector:
+        if query.startswith("avg_over_time("):
+            self.calls.append(("instant", query))
+            return Vector(error="Prometheus did not answer within 10s")
+        return super().instant(query, at)
+
+
+def live_cycle(metrics: ScriptedMetrics) -> LiveCycle:
+    tables = "".join(
+        f'[[services]]\nname = "{name}"\nexecutor = "command"\ncommand = ["true"]\n'
+        for name in SERVICES
+    )
+    config = parse_config(
+        f'[deploys]\nversion_metric = "app_build_info"\nknown_good_after = "30m"\n{tables}',
+        "config.toml",
+    )
+    engine = Engine(
+        config.engine_settings(),
+        tuple(parse_rules(RULES, "rules.toml")),
+        DeployHistory(config.deploys.known_good_after),
+    )
+    return LiveCycle(engine, config, metrics, None)
+
+
+def world(metrics: ScriptedMetrics) -> ScriptedMetrics:
+    metrics.set("latency", constant(0.2))
+    for name in SERVICES:
+        metrics.deploy(name, "v1", NOON - timedelta(hours=1))
+    return metrics
+
+
+def baseline_reads(metrics: ScriptedMetrics) -> int:
+    return sum(1 for _, query in metrics.calls if query.startswith("avg_over_time("))
+
+
+def test_services_deployed_at_once_share_one_baseline_read() -> None:
+    """Two hundred services first seen together: one baseline query, and every one has it."""
+    metrics = world(SlowBaselines(SERVICES))
+    live = live_cycle(metrics)
+    inputs = live.gather(NOON)
+    assert baseline_reads(metrics) == 1
+    assert {inputs.baselines[("latency-regression", name)].value for name in SERVICES} == {0.2}
+    live.close()
+
+
+def test_a_failed_baseline_read_is_tried_once_per_cycle_not_once_per_service() -> None:
+    """A baseline query that fails costs one read a cycle; the baselines stay missing."""
+    metrics = world(BaselinesDown(SERVICES))
+    live = live_cycle(metrics)
+    first = live.gather(NOON)
+    assert baseline_reads(metrics) == 1
+    assert first.baselines[("latency-regression", "svc007")].is_missing
+    live.gather(NOON + timedelta(seconds=30))
+    assert baseline_reads(metrics) == 2  # once a cycle
+    live.close()
