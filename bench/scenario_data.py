@@ -32,6 +32,7 @@ Times are seconds relative to the start of the evaluated window (W0).
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import random
@@ -130,6 +131,38 @@ class Service:
     login_failures: TimeFn = field(default=constant(0.0))
     history_start: float | None = None
     """When the service began to exist (relative to W0); None: the suite's history start."""
+    instances: tuple[Instance, ...] = ()
+    """Its processes, each its own scrape target; none: one (``SERVICE:8000``) that runs
+    ``versions`` and takes every request."""
+    version_errors: Mapping[str, TimeFn] = field(default_factory=dict)
+    """By version, its error ratio where it differs from ``errors`` (a failing canary)."""
+    version_latency: Mapping[str, TimeFn] = field(default_factory=dict)
+    """By version, its median latency where it differs from ``latency``."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One process of a service that runs several (a canary, a rolling deploy).
+
+    It serves from ``start`` to ``stop`` (None: the whole history) and takes
+    ``weight`` of the traffic among the instances serving at that moment.
+    ``versions``: (time, version) it runs, the first being the one it starts
+    with; each later one restarts it (counters reset) into that version; None:
+    the service's ``versions``. ``forced_errors``: as the service's, on this
+    instance. The service's ``restarts``, ``down`` and ``missing`` apply to
+    every instance.
+    """
+
+    name: str
+    weight: float = 1.0
+    versions: tuple[tuple[float, str], ...] | None = None
+    start: float | None = None
+    stop: float | None = None
+    forced_errors: tuple[tuple[float, int], ...] = ()
+
+    def label(self, service: str) -> str:
+        """Its ``instance`` label: the address Prometheus scrapes."""
+        return f"{service}-{self.name}:8000"
 
 
 @dataclass(frozen=True)
@@ -588,6 +621,123 @@ def _deploy_stories() -> list[Scenario]:
     ]
 
 
+OLD_PODS = tuple(Instance(name, versions=((0.0, "v1"),)) for name in ("a", "b", "c"))
+"""Three instances on v1 throughout; a canary scenario's fourth runs v2 from the deploy."""
+
+
+def _canary_pod(forced_errors: tuple[tuple[float, int], ...] = ()) -> Instance:
+    """The canary: a new instance running v2 from the deploy, as a canary ReplicaSet's pod."""
+    return Instance("canary", versions=((DEPLOY, "v2"),), start=DEPLOY, forced_errors=forced_errors)
+
+
+def _rolling(count: int, every: float) -> tuple[Instance, ...]:
+    """A rolling deploy of ``count`` instances: every ``every`` seconds from the deploy, one
+    new instance on v2 starts and one old one on v1 stops (a Deployment's rolling update)."""
+    old = tuple(
+        Instance(f"old{k}", versions=((0.0, "v1"),), stop=DEPLOY + k * every) for k in range(count)
+    )
+    new = tuple(
+        Instance(f"new{k}", versions=((DEPLOY + k * every, "v2"),), start=DEPLOY + k * every)
+        for k in range(count)
+    )
+    return old + new
+
+
+def _canaries() -> list[Scenario]:
+    """Two versions serving at once: judged side by side, the new one against the old one."""
+    rush_peak = DEPLOY + 70 * MINUTE
+    rush = daily_rush(rush_peak, 2.5 * HOUR, 1.0)
+    traffic_rush = daily_rush(rush_peak, 2.5 * HOUR, 2.0)
+    return [
+        Scenario(
+            "canary-failing",
+            "8 req/s over 3 instances of v1 at 0.5 % errors; at the deploy a fourth instance "
+            "(the canary, a quarter of the traffic) runs v2, which fails 30 %",
+            (
+                Service(
+                    "canary-failing",
+                    constant(8.0),
+                    constant(0.005),
+                    versions=_deployed(),
+                    instances=(*OLD_PODS, _canary_pod()),
+                    version_errors={"v2": constant(0.3)},
+                ),
+            ),
+            onset=DEPLOY,
+            regression="canary fails 30 % (1 of 4 instances)",
+            traffic="mid (2 of 8 req/s)",
+            quick=True,
+        ),
+        Scenario(
+            "canary-rush",
+            "the morning rush (traffic x3, latency x2 over 2.5 h) on 3 instances of v1; a v2 "
+            "canary joins 30 minutes before it and is as fast as v1. No earlier days in "
+            "Prometheus: side by side alone must tell the rush from a regression",
+            (
+                Service(
+                    "canary-rush",
+                    times(traffic_rush, constant(8.0)),
+                    constant(0.002),
+                    times(rush, constant(0.08)),
+                    versions=_deployed(),
+                    instances=(*OLD_PODS, _canary_pod()),
+                ),
+            ),
+        ),
+        Scenario(
+            "canary-incident-both",
+            "8 req/s over 3 instances of v1; a dependency fails 20 % of every version's "
+            "requests from 10 minutes before the canary's deploy to 40 minutes after it",
+            (
+                Service(
+                    "canary-incident-both",
+                    constant(8.0),
+                    window(DEPLOY - 10 * MINUTE, DEPLOY + 40 * MINUTE, 0.2, 0.005),
+                    versions=_deployed(),
+                    instances=(*OLD_PODS, _canary_pod()),
+                ),
+            ),
+        ),
+        Scenario(
+            "canary-low-traffic",
+            "0.4 req/s over 3 instances of v1 at 1 % errors; the v2 canary serves 6 requests "
+            "a minute, two of its first ten fail (chance), then it is as good as v1",
+            (
+                Service(
+                    "canary-low-traffic",
+                    constant(0.4),
+                    constant(0.01),
+                    versions=_deployed(),
+                    instances=(
+                        *OLD_PODS,
+                        _canary_pod(forced_errors=((DEPLOY + 40, 1), (DEPLOY + 85, 1))),
+                    ),
+                ),
+            ),
+            quick=True,
+        ),
+        Scenario(
+            "rolling-slower",
+            "8 req/s over 4 instances; a rolling deploy replaces one instance every 5 minutes "
+            "with v2, whose every request takes twice as long",
+            (
+                Service(
+                    "rolling-slower",
+                    constant(8.0),
+                    constant(0.002),
+                    constant(0.08),
+                    versions=_deployed(),
+                    instances=_rolling(4, 5 * MINUTE),
+                    version_latency={"v2": constant(0.16)},
+                ),
+            ),
+            onset=DEPLOY,
+            regression="rolling deploy, latency x2",
+            traffic="mid (8 req/s)",
+        ),
+    ]
+
+
 FLEET_RPS = (0.05, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 FLEET_ERRORS = (0.0, 0.002, 0.01, 0.02, 0.03)
 
@@ -628,7 +778,9 @@ def fleet(count: int, hours: float) -> Scenario:
 
 def scenarios(quick: bool, hours: float, fleet_size: int) -> list[Scenario]:
     """Every scenario (the ``--quick`` subset when ``quick``), the fleet last."""
-    chosen = _error_grid() + _noise() + _latency() + _data_trouble() + _deploy_stories()
+    chosen = (
+        _error_grid() + _noise() + _latency() + _data_trouble() + _deploy_stories() + _canaries()
+    )
     if quick:
         chosen = [s for s in chosen if s.quick]
     return [*chosen, fleet(fleet_size, hours)]
@@ -727,7 +879,7 @@ def selector(name: str, labels: Mapping[str, str]) -> str:
 
 @dataclass(frozen=True)
 class _Selectors:
-    """The series one service exports, rendered once."""
+    """The series one process exports, rendered once."""
 
     up: str
     ok: str
@@ -736,14 +888,16 @@ class _Selectors:
     count: str
     total: str
     logins: dict[str, str]
+    service: str
+    instance: str
 
     @classmethod
-    def of(cls, service: str) -> _Selectors:
-        own = {"service": service}
+    def of(cls, service: str, instance: str) -> _Selectors:
+        own = {"service": service, "instance": instance}
         handler = {**own, "handler": HANDLER}
         bounds = [*(repr(b) for b in BUCKETS), "+Inf"]
         return cls(
-            up=selector("up", {**own, "instance": f"{service}:8000", "job": service}),
+            up=selector("up", {**own, "job": service}),
             ok=selector("http_requests_total", {**handler, "code": "200"}),
             failed=selector("http_requests_total", {**handler, "code": "500"}),
             buckets=tuple(
@@ -756,6 +910,14 @@ class _Selectors:
                 result: selector("app_auth_attempts_total", {**own, "result": result})
                 for result in ("success", "failure")
             },
+            service=service,
+            instance=instance,
+        )
+
+    def build(self, version: str) -> str:
+        return selector(
+            "app_build_info",
+            {"service": self.service, "instance": self.instance, "version": version},
         )
 
 
@@ -763,17 +925,73 @@ def _inside(moment: float, spans: Sequence[tuple[float, float]]) -> bool:
     return any(a <= moment < b for a, b in spans)
 
 
+@dataclass(frozen=True)
+class _Serving:
+    """One process of a service as simulated: its instance, versions, span and share."""
+
+    service: Service
+    instance: Instance
+
+    def share(self, moment: float) -> float:
+        """Its share of the service's requests at ``moment`` (0 while it does not serve)."""
+        if not _serves(self.instance, moment):
+            return 0.0
+        if len(self.service.instances) <= 1:
+            return 1.0
+        total = sum(i.weight for i in self.service.instances if _serves(i, moment))
+        return self.instance.weight / total if total > 0 else 0.0
+
+    def errors(self, version: str) -> TimeFn:
+        return self.service.version_errors.get(version, self.service.errors)
+
+    def latency(self, version: str) -> TimeFn:
+        return self.service.version_latency.get(version, self.service.latency)
+
+
+def _serves(instance: Instance, moment: float) -> bool:
+    return (instance.start is None or instance.start <= moment) and (
+        instance.stop is None or moment < instance.stop
+    )
+
+
 def scrapes(service: Service, begin: float, end: float, seed: str) -> Iterator[list[Sample]]:
-    """Each scrape of ``service`` from ``begin`` (or its own start) to ``end``: its samples."""
+    """Each scrape of every process of ``service`` from ``begin`` (or its own start) to
+    ``end``, in time order: its samples."""
+    if not service.instances:
+        only = Instance("", versions=service.versions, forced_errors=service.forced_errors)
+        return _process_scrapes(_Serving(service, only), f"{service.name}:8000", begin, end, seed)
+    streams = [
+        _process_scrapes(
+            _Serving(service, instance),
+            instance.label(service.name),
+            begin,
+            end,
+            f"{seed}/{instance.name}",
+        )
+        for instance in service.instances
+    ]
+    return heapq.merge(*streams, key=lambda samples: samples[0][2])
+
+
+def _process_scrapes(
+    serving: _Serving, instance: str, begin: float, end: float, seed: str
+) -> Iterator[list[Sample]]:
+    """Each scrape of one process (its instance restarting as its versions change)."""
+    service = serving.service
     rng = random.Random(zlib.crc32(seed.encode()))  # noqa: S311 -- simulated, seeded
     start = begin if service.history_start is None else max(begin, service.history_start)
+    if serving.instance.start is not None:
+        start = max(start, serving.instance.start)
+    if serving.instance.stop is not None:
+        end = min(end, serving.instance.stop)
     phase = rng.uniform(0.0, SCRAPE)
-    versions = sorted(service.versions[1:])
+    runs = serving.instance.versions or service.versions
+    versions = sorted(runs[1:])
     starts = sorted({t for t, _ in versions} | set(service.restarts))
-    forced = sorted(service.forced_errors)
-    names = _Selectors.of(service.name)
+    forced = sorted(serving.instance.forced_errors)
+    names = _Selectors.of(service.name, instance)
     builds: dict[str, str] = {}
-    process = _Process(service.versions[0][1])
+    process = _Process(runs[0][1])
     previous = start
     moment = start + phase
     while moment <= end:
@@ -786,7 +1004,7 @@ def scrapes(service: Service, begin: float, end: float, seed: str) -> Iterator[l
                 if deploy_time <= started:
                     version = deployed
             process = _Process(version)
-        _serve(rng, service, process, previous, at, forced)
+        _serve(rng, serving, process, previous, at, forced)
         previous = at
         moment += SCRAPE
         if _inside(at, service.missing):
@@ -796,9 +1014,7 @@ def scrapes(service: Service, begin: float, end: float, seed: str) -> Iterator[l
             continue
         build = builds.get(process.version)
         if build is None:
-            build = selector(
-                "app_build_info", {"service": service.name, "version": process.version}
-            )
+            build = names.build(process.version)
             builds[process.version] = build
         samples: list[Sample] = [("up", names.up, at, 1.0), ("app_build_info", build, at, 1.0)]
         _export(samples, names, process, at)
@@ -818,18 +1034,20 @@ def simulate(
 
 def _serve(
     rng: random.Random,
-    service: Service,
+    serving: _Serving,
     process: _Process,
     since: float,
     until: float,
     forced: list[tuple[float, int]],
 ) -> None:
     """The requests (and logins) ``process`` served in (since, until]."""
+    service = serving.service
     middle = (since + until) / 2
     span = until - since
     down = _inside(middle, service.down)
-    count = 0 if down else _poisson(rng, service.rps(middle) * span)
-    failed = _binomial(rng, count, service.errors(middle))
+    share = serving.share(middle)
+    count = 0 if down else _poisson(rng, service.rps(middle) * share * span)
+    failed = _binomial(rng, count, serving.errors(process.version)(middle))
     while forced and forced[0][0] <= until:
         extra = forced.pop(0)[1]
         count += extra
@@ -839,12 +1057,12 @@ def _serve(
         process.ok += count - failed
         process.failed += failed
         process.failed_exists = process.failed_exists or failed > 0
-        counts, total = _latencies(rng, count, service.latency(middle))
+        counts, total = _latencies(rng, count, serving.latency(process.version)(middle))
         for index, drawn in enumerate(counts):
             process.buckets[index] += drawn
         process.latency_sum += total
     if service.logins is not None and not down:
-        attempts = _poisson(rng, service.logins(middle) * span)
+        attempts = _poisson(rng, service.logins(middle) * share * span)
         failures = _binomial(rng, attempts, service.login_failures(middle))
         for result, number in (("success", attempts - failures), ("failure", failures)):
             if number:

@@ -1,14 +1,17 @@
 """The scored scenario suite: labelled incident histories replayed through ``rollbackd backtest``.
 
-Every scenario of :mod:`bench.scenario_data` (33: error regressions by size and
+Every scenario of :mod:`bench.scenario_data` (38: error regressions by size and
 traffic, noise that a raw ratio mistakes for a regression, latency and the
 daily rush, gaps, counter resets, zero traffic, new services, incidents under
-way at a deploy, successive deploys, a slow regression, logins, and a fleet of
-healthy services) is generated as prometheus_client would have exported it,
-backfilled with promtool into a real Prometheus, and replayed with the shipped
-default rules (``rules/*.toml``) by ``rollbackd backtest --json --step 15s``
-(the default poll interval). Each service's decisions are compared with
-``scenario_labels.json``.
+way at a deploy, successive deploys, a slow regression, logins, canaries and a
+rolling deploy judged side by side, and a fleet of healthy services) is
+generated as prometheus_client would have exported it, backfilled with promtool
+into a real Prometheus, and replayed with the shipped default rules
+(``rules/*.toml``) by ``rollbackd backtest --json --step 15s`` (the default
+poll interval). Each service's decisions are compared with
+``scenario_labels.json``; where a label names the scope and target (a canary:
+the new version's share, to the old version serving alongside), the first
+rolling-back decision must have them, or it counts as wrong (acted on, not caught).
 
 Printed: precision and recall of the decisions that roll back (rollback or
 request_approval), false alarms per 1,000 service-hours of healthy history,
@@ -49,7 +52,8 @@ STEP = "15s"
 STEP_SECONDS = 15.0
 ROLLS_BACK = ("rollback", "request_approval")
 GANDALF = "Gandalf (Azure, NSDI 2020): precision 92.4-94.9 %, recall 99.8-100 %"
-BACKTEST_TIMEOUT = 900.0
+BACKTEST_TIMEOUT = 2700.0
+"""A safety net, not a measure: at a load of 5x the cores the full replay took over 900 s."""
 
 
 def config_text(chosen: Sequence[Scenario], prometheus_url: str) -> str:
@@ -124,6 +128,8 @@ class Verdict:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     first_positive: float | None = None
     """Seconds from the fault's onset to the first rolling-back decision after it."""
+    first_action: dict[str, Any] | None = None
+    """That decision's record (its target and scope)."""
     false_alarms: int = 0
     """Rolling-back decisions of a service that should have none (or before its fault)."""
 
@@ -181,6 +187,9 @@ def judge(
             observed = "escalate"
         else:
             observed = "nothing"
+        first = after[0][1] if after and expect in ROLLS_BACK else None
+        if first is not None:
+            observed += misdirected(labels[scenario.name], first)
         exists_from = max(0.0, service.history_start or 0.0)
         verdicts.append(
             Verdict(
@@ -191,10 +200,25 @@ def judge(
                 hours=(hours * HOUR - exists_from) / HOUR,
                 decisions=decisions,
                 first_positive=after[0][0] - onset if after and onset is not None else None,
+                first_action=first,
                 false_alarms=wrong,
             )
         )
     return verdicts
+
+
+def misdirected(label: dict[str, str], record: dict[str, Any]) -> str:
+    """`` (scope all, target v0)`` when the first rolling-back decision does not roll back the
+    label's scope to its target (a canary's share to the version alongside); else ``""``."""
+    wrong = any(key in label and record.get(key) != label[key] for key in ("scope", "target"))
+    if not wrong:
+        return ""
+    return f" (scope {record.get('scope')}, target {record.get('target')})"
+
+
+def rolls_back(verdict: Verdict) -> bool:
+    """Whether the service was acted on with a rollback or an approval request (to any target)."""
+    return verdict.observed.split(" ")[0] in ROLLS_BACK
 
 
 def score(report: Report, verdicts: list[Verdict], chosen: Sequence[Scenario]) -> None:
@@ -202,8 +226,9 @@ def score(report: Report, verdicts: list[Verdict], chosen: Sequence[Scenario]) -
     positive = [v for v in verdicts if v.expect in ROLLS_BACK]
     negative = [v for v in verdicts if v.expect not in ROLLS_BACK]
     caught = [v for v in positive if v.observed in ROLLS_BACK]
-    raised = [v for v in negative if v.observed in ROLLS_BACK]
-    flagged = len(caught) + len(raised)
+    raised = [v for v in negative if rolls_back(v)]
+    misaimed = [v for v in positive if rolls_back(v) and v.observed not in ROLLS_BACK]
+    flagged = len(caught) + len(raised) + len(misaimed)
     precision = len(caught) / flagged if flagged else None
     recall = len(caught) / len(positive) if positive else None
     healthy = [v for v in verdicts if v.expect == "nothing"]
@@ -257,12 +282,11 @@ def score(report: Report, verdicts: list[Verdict], chosen: Sequence[Scenario]) -
         verdict = next(v for v in verdicts if v.scenario == scenario.name)
         seconds = verdict.first_positive
         target = 30.0 if scenario.name == "errors-gross-high" else None
+        note = scenario.name if seconds is not None else f"{scenario.name}: no decision"
+        if verdict.first_action is not None and verdict.first_action.get("scope") == "canary":
+            note += f" (canary: {verdict.first_action.get('target')} alongside)"
         report.figure(
-            f"  {scenario.regression}, {scenario.traffic}",
-            seconds,
-            "s",
-            target,
-            note=scenario.name if seconds is not None else f"{scenario.name}: no decision",
+            f"  {scenario.regression}, {scenario.traffic}", seconds, "s", target, note=note
         )
     wrong = [v for v in verdicts if not v.right]
     report.fact("verdicts", [_record(v) for v in verdicts])
@@ -288,7 +312,10 @@ def _record(verdict: Verdict) -> dict[str, Any]:
         "seconds_to_decision": verdict.first_positive,
         "false_alarms": verdict.false_alarms,
         "decisions": [
-            {k: r.get(k) for k in ("time", "action", "rules", "severity", "reason")}
+            {
+                k: r.get(k)
+                for k in ("time", "action", "rules", "severity", "target", "scope", "reason")
+            }
             for r in verdict.decisions
         ],
     }

@@ -48,11 +48,20 @@ def test_quick_subset_is_labelled_and_smaller() -> None:
 
 @pytest.mark.integration
 def test_generated_history_is_openmetrics_that_promtool_backfills(tmp_path: Path) -> None:
-    """A slice of the suite's history (restarts, gaps, logins, a new service) backfills."""
+    """A slice of the suite's history (restarts, gaps, logins, a new service, a canary and
+    a rolling deploy on several instances) backfills."""
     chosen = [
         s
         for s in scenarios(False, 1.5, 2)
-        if s.name in ("counter-resets", "gap-after-deploy", "auth-broken", "new-service-healthy")
+        if s.name
+        in (
+            "counter-resets",
+            "gap-after-deploy",
+            "auth-broken",
+            "new-service-healthy",
+            "canary-failing",
+            "rolling-slower",
+        )
     ]
     files, series, samples = generate(chosen, tmp_path / "om", ORIGIN, 1.5, history_cap=0.02)
     assert series > 20
@@ -92,3 +101,67 @@ def test_no_traffic_means_no_request_series_and_gaps_mean_no_samples() -> None:
     up = next(points for name, points in simulate(gap, 0.0, 3 * HOUR, "t").items() if "up{" in name)
     assert not [at for at, _ in up if start <= at < end]
     assert [at for at, _ in up if at >= end]
+
+
+def test_a_canary_is_its_own_instance_with_its_own_version_counters_and_share() -> None:
+    """The canary's series carry its own instance, its counters start at its start, it runs
+    v2 beside v1's instances, takes a quarter of the traffic and fails at v2's rate."""
+    scenario = next(s for s in scenarios(False, 3.0, 1) if s.name == "canary-failing")
+    service = scenario.services[0]
+    deploy = scenario.onset
+    assert deploy is not None
+    series = simulate(service, 0.0, deploy + HOUR, "test")
+    for name in series:
+        assert 'instance="canary-failing-' in name, name
+    builds = sorted(name for name in series if name.startswith("app_build_info"))
+    assert [("canary:8000" in b, 'version="v2"' in b) for b in builds] == [
+        (False, False),
+        (False, False),
+        (False, False),
+        (True, True),
+    ]
+
+    def requests(instance: str, code: str) -> list[tuple[float, float]]:
+        return next(
+            points
+            for name, points in series.items()
+            if name.startswith("http_requests_total{")
+            and f'code="{code}"' in name
+            and f'instance="canary-failing-{instance}:8000"' in name
+        )
+
+    canary_ok, canary_failed = requests("canary", "200"), requests("canary", "500")
+    assert canary_ok[0][0] >= deploy and canary_ok[0][1] < 60
+    served = canary_ok[-1][1] + canary_failed[-1][1]
+    old_ok, old_failed = requests("a", "200"), requests("a", "500")
+    old_after = (
+        old_ok[-1][1]
+        + old_failed[-1][1]
+        - next(v for t, v in old_ok if t >= deploy)
+        - next(v for t, v in old_failed if t >= deploy)
+    )
+    assert 0.7 < served / old_after < 1.3  # one of four instances each, after the deploy
+    assert 0.25 < canary_failed[-1][1] / served < 0.35
+    assert old_failed[-1][1] / (old_ok[-1][1] + old_failed[-1][1]) < 0.02
+
+
+def test_a_rolling_deploy_replaces_one_instance_at_a_time() -> None:
+    """Every few minutes one new instance on v2 starts and one old one on v1 stops: midway,
+    two of each serve."""
+    scenario = next(s for s in scenarios(False, 3.0, 1) if s.name == "rolling-slower")
+    service = scenario.services[0]
+    deploy = scenario.onset
+    assert deploy is not None
+    series = simulate(service, 0.0, deploy + HOUR, "test")
+    midway = deploy + 7 * MINUTE
+
+    def serving(version: str) -> int:
+        return sum(
+            1
+            for name, points in series.items()
+            if name.startswith("app_build_info")
+            and f'version="{version}"' in name
+            and any(abs(at - midway) < 15 for at, _ in points)
+        )
+
+    assert (serving("v1"), serving("v2")) == (2, 2)
