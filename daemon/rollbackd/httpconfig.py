@@ -22,6 +22,7 @@ import re
 import ssl
 from base64 import b64encode
 from pathlib import Path
+from typing import Protocol, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -228,6 +229,42 @@ def _tls_file_reason(path: Path | None, exc: Exception) -> str:
 def basic_credentials(username: str, password: str) -> str:
     """The ``Authorization`` value of HTTP basic auth (RFC 7617, UTF-8)."""
     return "Basic " + b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+class ServerSection(Protocol):
+    """A config section that reaches one server as Prometheus' ``http_config`` does
+    (``[prometheus]``, ``[alertmanager]``)."""
+
+    @property
+    def headers(self) -> dict[str, str]: ...
+    @property
+    def basic_auth(self) -> BasicAuthConfig | None: ...
+    @property
+    def authorization(self) -> AuthorizationConfig | None: ...
+    @property
+    def tls(self) -> TLSConfig | None: ...
+    @property
+    def proxy_url(self) -> str | None: ...
+
+
+class ClientOptions(TypedDict):
+    """What a source's client takes from its section (see :func:`client_options`)."""
+
+    headers: dict[str, str]
+    tls: TLSConfig | None
+    proxy_url: str | None
+    authenticated: bool
+
+
+def client_options(section: ServerSection) -> ClientOptions:
+    """The headers (``Authorization`` included), TLS and proxy a section's client uses, and
+    whether its headers carry credentials (a refusal is then "wrong credentials")."""
+    return ClientOptions(
+        headers=request_headers(section.headers, section.basic_auth, section.authorization),
+        tls=section.tls,
+        proxy_url=section.proxy_url,
+        authenticated=section.basic_auth is not None or section.authorization is not None,
+    )
 
 
 def request_headers(

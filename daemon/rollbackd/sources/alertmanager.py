@@ -46,7 +46,7 @@ import urllib3
 from rollbackd.config import Config
 from rollbackd.core.durations import format_duration, format_instant
 from rollbackd.errors import InvalidInput
-from rollbackd.httpconfig import TLSConfig, request_headers
+from rollbackd.httpconfig import TLSConfig, client_options
 from rollbackd.journal import AlertRecord, Delivery
 from rollbackd.logs import get_logger
 from rollbackd.sources.alerts import _alert, _json_document, _Problems
@@ -202,10 +202,7 @@ class AlertmanagerSource:
             section.timeout,
             config.alerts.service_label,
             section.max_response_bytes,
-            headers=request_headers(section.headers, section.basic_auth, section.authorization),
-            tls=section.tls,
-            proxy_url=section.proxy_url,
-            authenticated=section.basic_auth is not None or section.authorization is not None,
+            **client_options(section),
         )
 
     def active(self) -> ActiveAlerts:

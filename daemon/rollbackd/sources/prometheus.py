@@ -52,7 +52,7 @@ from rollbackd.bounded import TooLargeError, json_problem, read_capped, watch, w
 from rollbackd.config import Config
 from rollbackd.core.durations import format_duration
 from rollbackd.core.model import Matrix, Measurement, Vector
-from rollbackd.httpconfig import TLSConfig, request_headers, ssl_context
+from rollbackd.httpconfig import TLSConfig, client_options, ssl_context
 from rollbackd.logs import get_logger
 from rollbackd.text import one_line
 
@@ -277,12 +277,7 @@ class PrometheusSource:
             prometheus.timeout,
             config.alerts.service_label,
             prometheus.max_response_bytes,
-            headers=request_headers(
-                prometheus.headers, prometheus.basic_auth, prometheus.authorization
-            ),
-            tls=prometheus.tls,
-            proxy_url=prometheus.proxy_url,
-            authenticated=prometheus.basic_auth is not None or prometheus.authorization is not None,
+            **client_options(prometheus),
         )
 
     def instant(self, query: str, at: datetime) -> Vector:
