@@ -59,10 +59,16 @@ def rule_files(config: Config, config_path: Path) -> tuple[list[Path], list[Prob
 
 
 def unverified_tls(config: Config) -> list[str]:
-    """Where ``insecure_skip_verify = true`` is set (``prometheus``, ``services[0].probes[1]``)."""
-    found = []
-    if config.prometheus.tls is not None and config.prometheus.tls.insecure_skip_verify:
-        found.append("prometheus")
+    """Where ``insecure_skip_verify = true`` is set (``prometheus``, ``alertmanager``,
+    ``services[0].probes[1]``)."""
+    found = [
+        name
+        for name, section in (
+            ("prometheus", config.prometheus),
+            ("alertmanager", config.alertmanager),
+        )
+        if section.tls is not None and section.tls.insecure_skip_verify
+    ]
     for i, service in enumerate(config.services):
         found.extend(
             f"services[{i}].probes[{j}]"

@@ -13,6 +13,7 @@ from rollbackd.core.deploys import Deploy, DeployHistory
 from rollbackd.core.engine import Engine, Inputs
 from rollbackd.errors import InvalidInput
 from rollbackd.journal import AlertRecord
+from rollbackd.loader import load
 from rollbackd.sources.alertmanager import ActiveAlerts, merge
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
@@ -96,3 +97,17 @@ def test_check_config_says_how_alertmanager_is_reached_without_the_secret(tmp_pa
         f"basic auth as user 'rollbackd' (password from {tmp_path / 'am.pass'})"
     ]
     assert "hunter2" not in "".join(_http_lines(config))
+
+
+def test_unverified_tls_to_alertmanager_is_a_warning(tmp_path: Path) -> None:
+    """insecure_skip_verify under [alertmanager] is warned about, as under [prometheus]."""
+    (tmp_path / "rules").mkdir()
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[daemon]\nrules = []\n[[services]]\nname = "web"\nexecutor = "command"\n'
+        'command = ["true"]\n'
+        '[alertmanager]\nurl = "https://am.internal:9093"\n'
+        "tls = { insecure_skip_verify = true }\n"
+    )
+    warnings = load(path, env={}).warnings
+    assert any("alertmanager.tls.insecure_skip_verify" in w for w in warnings), warnings
