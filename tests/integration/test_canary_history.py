@@ -8,7 +8,6 @@ prometheus_client exports them and Prometheus scrapes them, every 15 s.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-from tests.support.cli import rfc3339, rollbackd
+from tests.support.cli import actions_by_service
+from tests.support.cli import backtest as run_backtest
 from tests.support.fixtures import backfilled_prometheus
 from tests.support.processes import (
     Point,
@@ -200,12 +200,7 @@ attribution_window = "15m"
 
 def backtest(config: Path, *extra: str) -> list[str]:
     """``rollbackd backtest`` over the history from ten minutes in, as a user runs it."""
-    window = ["--start", rfc3339(START + 10 * 60), "--end", rfc3339(END), "--step", "15s"]
-    result = rollbackd(
-        "backtest", "--config", str(config), *window, *extra, cwd=config.parent, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.splitlines()
+    return run_backtest(config, START + 10 * 60, END, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -214,12 +209,7 @@ def decisions(
 ) -> dict[str, list[dict[str, Any]]]:
     """Every decision of a backtest over the history, by service."""
     config = write_config(tmp_path_factory.mktemp("canary-config"), backfilled)
-    by_service: dict[str, list[dict[str, Any]]] = {}
-    for line in backtest(config, "--json"):
-        record = json.loads(line)
-        if record.get("type") == "action":
-            by_service.setdefault(record["service"], []).append(record)
-    return by_service
+    return actions_by_service(backtest(config, "--json"))
 
 
 def after_the_deploy(action: dict[str, Any]) -> timedelta:
