@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -222,3 +223,23 @@ def test_a_slow_canary_is_rolled_back_by_the_latency_rule_side_by_side() -> None
     assert [d.rules for d in decisions] == [("latency",)]
     assert (decisions[0].target, decisions[0].scope) == ("v1", "canary")
     assert "v1 serving alongside at the same moment" in decisions[0].reason
+
+
+def test_per_version_reads_that_fail_never_roll_back_a_canary() -> None:
+    """Prometheus refuses the per-version queries (an instance showing two versions, garbage):
+    no side-by-side finding fires, whatever the canary did; only the whole service is judged."""
+    refused = "Prometheus at http://prom:9090 refused the query: many-to-many matching"
+    subject = engine()
+    for step in range(1, 13):
+        now = DEPLOYED + timedelta(seconds=15 * step)
+        inputs = look(step / 4, (0.3, 0.003), (5.0, 15.0))
+        assert inputs.side_by_side is not None
+        failed = replace(
+            inputs.side_by_side,
+            vectors={"error-rate": Vector(error=refused), "latency": Vector(error=refused)},
+            counts={"error-rate": (Vector(error=refused), Vector(error=refused))},
+        )
+        report = subject.step(now, replace(inputs, side_by_side=failed))
+        assert not [f for f in report.notable if f.rule.startswith("canary:") and f.firing]
+        for decision in report.decisions:
+            assert decision.scope == "all" and decision.canary_version is None
