@@ -27,6 +27,7 @@ from tests.journal.support import (
     delivery,
     firing_resolved_then_late_retry,
     incident,
+    one_batch,
     write_everything,
 )
 from tests.support.postgres import PostgresServer
@@ -178,3 +179,31 @@ def test_deliveries_in_one_batch_keep_their_order_across_a_restart(postgres_url:
     assert [a.fingerprint for a in again.firing_alerts(T0)] == ["a2"]
     assert [a.fingerprint for a in again.firing_alerts(T0 - timedelta(hours=1))] == ["a2"]
     again.close()
+
+
+def test_a_delivery_postgresql_refuses_fails_alone_and_its_batch_is_kept(
+    postgres_url: str,
+) -> None:
+    """A delivery PostgreSQL refuses (here a check of the test's) fails alone: the others of
+    its batch, written together, are journaled with their own counts."""
+    journal = PostgresJournal(postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF NEW.group_key = 'poison' THEN RAISE EXCEPTION 'refused by test'"
+            " USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$"
+        )
+        admin.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON deliveries"
+            " FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    with one_batch(journal):
+        before = journal.submit_delivery(T0, delivery(alert("b1"), alert("b1")), "before")
+        poisoned = journal.submit_delivery(T0, delivery(alert("p1"), group="poison"), "poison")
+        after = journal.submit_delivery(T0, delivery(alert("b2"), alert("b1")), "after")
+    assert (before.result(), after.result()) == ((1, 1), (1, 1))
+    with pytest.raises(JournalError, match=r"could not record this delivery: .*refused by test"):
+        poisoned.result()
+    assert {a.fingerprint for a in journal.firing_alerts(T0)} == {"b1", "b2"}
+    assert journal.deliveries() == 3  # the batch-filling delivery of one_batch, and these two
+    journal.close()

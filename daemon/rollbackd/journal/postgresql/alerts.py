@@ -108,29 +108,24 @@ class PostgresAlerts(PostgresStore):
     def _write_batch(self, batch: Sequence[Queued]) -> None:
         """One transaction, one commit; then each delivery's request is answered.
 
-        A delivery PostgreSQL refuses for what it holds fails alone (its savepoint is
-        rolled back); if the transaction cannot be committed, every delivery of the batch
-        fails, and none of them is in the journal.
+        The whole batch is written by four statements (its alerts read and locked, their
+        inserts and updates, its deliveries), whatever its size: PostgreSQL is a round trip
+        away, and one per delivery would cap the journal far below what Alertmanager can
+        send. If PostgreSQL refuses the batch for what it holds, it is written again one
+        delivery at a time, each in a savepoint, so that the delivery at fault fails alone.
+        If the transaction cannot be committed, every delivery of the batch fails, and none
+        of them is in the journal.
         """
-        outcomes: list[tuple[int, int] | JournalError] = []
         try:
-            with self._database.transaction() as db:
-                for item in batch:
-                    try:
-                        with db.transaction():  # a savepoint
-                            outcomes.append(_write_delivery(db, item))
-                    except THE_WRITE_ITSELF as exc:
-                        log.exception(
-                            "a webhook delivery could not be journaled",
-                            group_key=item.delivery.group_key,
-                            alerts=len(item.delivery.alerts),
-                        )
-                        outcomes.append(
-                            JournalError(
-                                f"the journal {self.location} could not record this delivery: "
-                                f"{self._database.reason(exc)}"
-                            )
-                        )
+            try:
+                with self._database.transaction() as db:
+                    outcomes: list[tuple[int, int] | JournalError] = list(
+                        _write_deliveries(db, batch)
+                    )
+            except JournalError as exc:
+                if len(batch) == 1 or not isinstance(exc.__cause__, THE_WRITE_ITSELF):
+                    raise
+                outcomes = self._write_one_by_one(batch)
         except JournalUnavailable as exc:
             log.warning(
                 "webhook deliveries refused: the journal cannot be written",
@@ -139,12 +134,46 @@ class PostgresAlerts(PostgresStore):
             )
             outcomes = [exc] * len(batch)
         except JournalError as exc:
+            if len(batch) == 1 and isinstance(exc.__cause__, THE_WRITE_ITSELF):
+                log.error(
+                    "a webhook delivery could not be journaled",
+                    group_key=batch[0].delivery.group_key,
+                    alerts=len(batch[0].delivery.alerts),
+                    reason=str(exc),
+                )
+                exc = JournalError(
+                    f"the journal {self.location} could not record this delivery: "
+                    f"{self._database.reason(exc.__cause__)}"
+                )
             outcomes = [exc] * len(batch)
         for item, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, JournalError):
                 item.future.set_exception(outcome)
             else:
                 item.future.set_result(outcome)
+
+    def _write_one_by_one(self, batch: Sequence[Queued]) -> list[tuple[int, int] | JournalError]:
+        """The batch again, each delivery in a savepoint of its own (one was refused)."""
+        outcomes: list[tuple[int, int] | JournalError] = []
+        with self._database.transaction() as db:
+            for item in batch:
+                try:
+                    with db.transaction():  # a savepoint
+                        outcomes.extend(_write_deliveries(db, [item]))
+                except THE_WRITE_ITSELF as exc:
+                    log.error(
+                        "a webhook delivery could not be journaled",
+                        group_key=item.delivery.group_key,
+                        alerts=len(item.delivery.alerts),
+                        reason=self._database.reason(exc),
+                    )
+                    outcomes.append(
+                        JournalError(
+                            f"the journal {self.location} could not record this delivery: "
+                            f"{self._database.reason(exc)}"
+                        )
+                    )
+        return outcomes
 
     def firing_alerts(
         self,
@@ -184,75 +213,96 @@ class PostgresAlerts(PostgresStore):
         return int(row[0]) if row else 0
 
 
-def _write_delivery(db: Connection, item: Queued) -> tuple[int, int]:
-    """A delivery's alerts and the delivery itself; (new or changed, duplicates)."""
-    delivery, when = item.delivery, kept_time(item.received_at)
-    keys = [(a.fingerprint, kept_time(a.starts_at)) for a in delivery.alerts]
+def _write_deliveries(db: Connection, batch: Sequence[Queued]) -> list[tuple[int, int]]:
+    """Deliveries' alerts and the deliveries themselves, in the order they came; for each,
+    (new or changed alerts, duplicates). Each delivery sees what those before it wrote."""
+    keyed = [
+        [(a.fingerprint, kept_time(a.starts_at)) for a in item.delivery.alerts] for item in batch
+    ]
     known: dict[tuple[str, datetime], tuple[str, datetime | None]] = {}
-    fingerprints = sorted({fingerprint for fingerprint, _ in keys})
+    fingerprints = sorted({fingerprint for keys in keyed for fingerprint, _ in keys})
     if fingerprints:
         for fingerprint, starts_at, status, ends_at in db.execute(
             "SELECT fingerprint, starts_at, status, ends_at FROM alerts"
-            " WHERE fingerprint = ANY(%s) FOR UPDATE",
+            " WHERE fingerprint = ANY(%b) ORDER BY fingerprint, starts_at FOR UPDATE",
             (fingerprints,),
         ):
             known[(fingerprint, _utc(starts_at))] = (status, _optional_utc(ends_at))
-    upserts: list[tuple[object, ...]] = []
-    touched: list[tuple[object, ...]] = []
-    for alert, key in zip(delivery.alerts, keys, strict=True):
-        status, ends_at = alert.status, kept_optional_time(alert.ends_at)
-        before = known.get(key)
-        if before is not None and before[0] == "resolved":
-            status, ends_at = "resolved", before[1] or ends_at  # never back to firing
-        if before == (status, ends_at):
-            touched.append((when, *key))
-            continue
-        known[key] = (status, ends_at)  # the same alert again in this delivery: a duplicate
-        upserts.append(
-            (
-                *key,
+    upserts: dict[tuple[str, datetime], list[object]] = {}
+    """The row each alert written ends with (first_received: the first delivery's)."""
+    touched: dict[tuple[str, datetime], datetime] = {}
+    """Alerts received again unchanged, and when last."""
+    counts: list[tuple[int, int]] = []
+    for item, keys in zip(batch, keyed, strict=True):
+        when = kept_time(item.received_at)
+        changed = 0
+        for alert, key in zip(item.delivery.alerts, keys, strict=True):
+            status, ends_at = alert.status, kept_optional_time(alert.ends_at)
+            before = known.get(key)
+            if before is not None and before[0] == "resolved":
+                status, ends_at = "resolved", before[1] or ends_at  # never back to firing
+            if before == (status, ends_at):
+                if key in upserts:
+                    upserts[key][-1] = when
+                else:
+                    touched[key] = when
+                continue
+            known[key] = (status, ends_at)  # the same alert again in this batch: a duplicate
+            changed += 1
+            first = upserts[key][-2] if key in upserts else when
+            touched.pop(key, None)
+            upserts[key] = [
                 status,
                 ends_at,
                 alert.service,
                 alert.name,
                 json.dumps(dict(alert.labels)),
                 json.dumps(dict(alert.annotations)),
+                first,
                 when,
-                when,
-            )
+            ]
+        counts.append((changed, len(keys) - changed))
+    if upserts:
+        columns = list(zip(*([*key, *row] for key, row in upserts.items()), strict=True))
+        db.execute(
+            "INSERT INTO alerts (fingerprint, starts_at, status, ends_at, service, name,"
+            " labels, annotations, first_received, last_received)"
+            " SELECT f, s, st, e, sv, n, l::json, a::json, fr, lr FROM unnest("
+            "%b::text[], %b::timestamptz[], %b::text[], %b::timestamptz[], %b::text[],"
+            " %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[])"
+            " AS u(f, s, st, e, sv, n, l, a, fr, lr)"
+            " ON CONFLICT (fingerprint, starts_at) DO UPDATE SET status = excluded.status,"
+            " ends_at = excluded.ends_at, labels = excluded.labels,"
+            " annotations = excluded.annotations, last_received = excluded.last_received",
+            [list(column) for column in columns],
         )
-    with db.cursor() as cursor:
-        if upserts:
-            cursor.executemany(
-                "INSERT INTO alerts (fingerprint, starts_at, status, ends_at, service, name,"
-                " labels, annotations, first_received, last_received)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s::json,%s::json,%s,%s)"
-                " ON CONFLICT (fingerprint, starts_at) DO UPDATE SET status = excluded.status,"
-                " ends_at = excluded.ends_at, labels = excluded.labels,"
-                " annotations = excluded.annotations, last_received = excluded.last_received",
-                upserts,
-            )
-        if touched:
-            cursor.executemany(
-                "UPDATE alerts SET last_received = %s WHERE fingerprint = %s AND starts_at = %s",
-                touched,
-            )
-    changed = len(upserts)
-    duplicates = len(delivery.alerts) - changed
+    if touched:
+        db.execute(
+            "UPDATE alerts SET last_received = u.lr FROM unnest("
+            "%b::text[], %b::timestamptz[], %b::timestamptz[]) AS u(f, s, lr)"
+            " WHERE fingerprint = u.f AND starts_at = u.s",
+            (
+                [key[0] for key in touched],
+                [key[1] for key in touched],
+                list(touched.values()),
+            ),
+        )
     db.execute(
         "INSERT INTO deliveries (received_at, source, group_key, status, alerts,"
-        " duplicates, body) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+        " duplicates, body) SELECT r, so, g, st, a, d, b FROM unnest(%b::timestamptz[],"
+        " %b::text[], %b::text[], %b::text[], %b::integer[], %b::integer[], %b::text[])"
+        " WITH ORDINALITY AS u(r, so, g, st, a, d, b, o) ORDER BY o",
         (
-            when,
-            delivery.source,
-            delivery.group_key,
-            delivery.status,
-            len(delivery.alerts),
-            duplicates,
-            item.body,
+            [kept_time(item.received_at) for item in batch],
+            [item.delivery.source for item in batch],
+            [item.delivery.group_key for item in batch],
+            [item.delivery.status for item in batch],
+            [len(item.delivery.alerts) for item in batch],
+            [duplicates for _, duplicates in counts],
+            [item.body for item in batch],
         ),
     )
-    return changed, duplicates
+    return counts
 
 
 _FIRING = (

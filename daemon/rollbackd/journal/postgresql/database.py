@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
-from psycopg.types.string import StrDumper
+from psycopg.types.string import StrBinaryDumper, StrDumper
 
 from rollbackd.errors import JournalError, JournalUnavailable, NotLeader
 from rollbackd.journal.codec import encode_json
@@ -150,15 +150,28 @@ def _finite(value: Any) -> Any:
     return value
 
 
-class _Text(StrDumper):
+def _kept_text(text: str) -> bytes:
     """Text as PostgreSQL keeps it: a NUL (which no text column takes, and a hostile label may
     hold) becomes U+FFFD, and a lone surrogate (which no encoder takes) "?"; anything else is
     sent as is. A webhook whose labels hold a NUL is journaled, not refused for ever."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    return text.encode("utf-8", "replace")
+
+
+class _Text(StrDumper):
+    """A text parameter, sent as :func:`_kept_text` says."""
 
     def dump(self, obj: str) -> bytes:
-        if "\x00" in obj:
-            obj = obj.replace("\x00", "\ufffd")
-        return obj.encode("utf-8", "replace")
+        return _kept_text(obj)
+
+
+class _BinaryText(StrBinaryDumper):
+    """A text parameter in the binary format (``%b``), as :func:`_kept_text` says: arrays
+    of text are sent this way, ten times faster than psycopg builds their text form."""
+
+    def dump(self, obj: str) -> bytes:
+        return _kept_text(obj)
 
 
 class Database:
@@ -231,7 +244,8 @@ class Database:
             tcp_user_timeout=max(ms, 1000) * 2,
             **extra,
         )
-        connection.adapters.register_dumper(str, _Text)
+        connection.adapters.register_dumper(str, _BinaryText)
+        connection.adapters.register_dumper(str, _Text)  # the one %s takes
         return connection
 
     def reason(self, exc: BaseException, connection: Connection | None = None) -> str:
