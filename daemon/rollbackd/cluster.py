@@ -22,7 +22,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -40,6 +40,9 @@ SAFETY = 0.8
 margin for the two clocks' rates and for the claim's own round trip."""
 RENEWALS = 3
 """Claims per lease: the lease is renewed every third of it."""
+AT_EXPIRY = 0.02
+"""A follower claims this long (seconds) after another's lease runs out by the journal's
+clock, not up to a renewal later: failover takes the lease, not the lease and a third."""
 
 
 def default_replica_name() -> str:
@@ -78,6 +81,7 @@ class Leader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._term = threading.local()
+        self._on_lead: list[Callable[[int], object]] = []
 
     # -- the lease ------------------------------------------------------------------------
 
@@ -108,6 +112,11 @@ class Leader:
                 )
         return self._note()
 
+    def on_lead(self, callback: Callable[[int], object]) -> None:
+        """Call ``callback(epoch)`` (in the claiming thread) each time this replica starts
+        leading: the runtime runs a cycle at once, not at the next planned one."""
+        self._on_lead.append(callback)
+
     def leads(self) -> int | None:
         """The epoch this replica leads in now, or None (a follower, or its lease ran out)."""
         with self._lock:
@@ -125,6 +134,11 @@ class Leader:
             holder = self._seen.holder if self._seen else None
         if epoch is not None:
             log.info("leading", cluster=self.cluster, replica=self.replica, epoch=epoch)
+            for callback in self._on_lead:
+                try:
+                    callback(epoch)
+                except Exception:  # a listener's failure never stops the claims
+                    log.exception("a listener of the leadership failed", epoch=epoch)
         elif before is not None:
             log.warning(
                 "no longer leading: acting stops",
@@ -151,10 +165,13 @@ class Leader:
             started = time.monotonic()
             self.renew()
             with self._lock:
-                until = self._until
+                until, seen = self._until, self._seen
             if until == math.inf:
                 return  # a lease that never ends: nothing to renew
             next_claim = started + every
+            if seen is not None and seen.holder != self.replica and seen.remaining is not None:
+                ends = started + seen.remaining.total_seconds() + AT_EXPIRY
+                next_claim = min(next_claim, max(ends, time.monotonic() + AT_EXPIRY))
             while not self._stop.is_set() and time.monotonic() < next_claim:
                 # wake at the lease's end too: its loss is said (and counted) at once
                 wake = min(next_claim, until) if until > time.monotonic() else next_claim

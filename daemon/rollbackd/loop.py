@@ -11,8 +11,8 @@ start-up so rule states and known good versions survive a restart.
 In a cluster only the leader evaluates and acts, in its term (:meth:`Leader.term
 <rollbackd.cluster.Leader.term>`: every write fenced by its epoch). A follower's cycle
 only reads the deploys other replicas journaled. A replica that becomes the leader does
-what a restarted daemon does (:meth:`Loop.take_over`) at its next cycle: within one poll
-interval of taking the lease.
+what a restarted daemon does (:meth:`Loop.take_over`) at its next cycle, which the runtime
+runs as soon as it takes the lease.
 """
 
 from __future__ import annotations

@@ -243,6 +243,14 @@ class Runtime:
         self.state.leader.stop()  # after the last step: another replica takes over at once
         self.state.drain_notifiers(min(timeout, 30.0))
 
+    def _cycle_now(self, epoch: int) -> None:
+        """This replica took the lease: its next cycle (which takes over) runs now, not up to
+        a poll interval later. Later cycles keep their planned instants."""
+        jobs = self.jobs
+        if jobs is not None and jobs.running and not self._down:
+            log.info("took the lease: cycling now", epoch=epoch)
+            jobs.modify_job(CYCLE_JOB, next_run_time=now_utc())
+
     def _on_event(self, event: Event) -> None:
         if isinstance(event, CycleDone):
             self.systemd.status(event.status)
@@ -317,6 +325,7 @@ class Runtime:
             # Only a loop that completes a cycle keeps the watchdog fed.
             self.jobs = scheduler(self.state, self.loop, after_cycle=self.systemd.watchdog)
             self.jobs.start()
+            self.state.leader.on_lead(self._cycle_now)
         threading.Thread(target=self._announce_ready, name="ready", daemon=True).start()
         return server
 

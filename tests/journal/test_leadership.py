@@ -152,6 +152,29 @@ def test_a_released_lease_is_taken_at_once(postgres_url: str) -> None:
         journal.close()
 
 
+def test_a_follower_takes_the_lease_when_it_runs_out_not_a_renewal_later(
+    postgres_url: str,
+) -> None:
+    """A follower claims again at the held lease's end by the server's clock (here well before
+    its next renewal, a third of a 6 s lease), then tells its listeners it leads."""
+    journal = PostgresJournal(postgres_url)
+    lease = timedelta(seconds=6)
+    follower = Leader(journal, "main", "b", lease)
+    took: list[tuple[int, float]] = []
+    follower.on_lead(lambda epoch: took.append((epoch, time.monotonic())))
+    try:
+        held = journal.claim("main", "a", timedelta(seconds=0.5))
+        follower.start()
+        deadline = time.monotonic() + 1.5  # its next renewal would come at 2 s
+        while not took and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [epoch for epoch, _ in took] == [held.epoch + 1]  # before its first renewal
+        assert follower.view()["role"] == "leader"
+    finally:
+        follower.stop()
+        journal.close()
+
+
 def test_a_leader_that_cannot_renew_stops_before_the_server_could_give_the_lease_away(
     postgres_url: str,
 ) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -187,6 +187,9 @@ class Lease:
     expires_at: datetime | None
     """When the lease ends unless renewed, by the journal's clock (PostgreSQL's ``now()``);
     None: it never does (a journal only one process uses)."""
+    remaining: timedelta | None = field(default=None, compare=False)
+    """How long it still ran when read, by the journal's clock (a follower claims again
+    then, not a whole renewal later); None: it never ends, or unknown."""
 
 
 class Leadership(Protocol):

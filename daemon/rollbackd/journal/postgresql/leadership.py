@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 
@@ -42,11 +43,14 @@ ON CONFLICT (cluster) DO UPDATE SET
     expires_at = excluded.expires_at,
     renewed_at = now()
 WHERE l.holder = excluded.holder OR l.expires_at <= now()
-RETURNING holder, epoch, expires_at
+RETURNING holder, epoch, expires_at, greatest(expires_at - now(), interval '0')
 """
 """Take the lease (free, or run out) or renew it (held by the claimant and not run out: the
 same epoch); no row comes back when another replica holds it."""
-CURRENT = "SELECT holder, epoch, expires_at FROM leadership WHERE cluster = %s"
+CURRENT = (
+    "SELECT holder, epoch, expires_at, greatest(expires_at - now(), interval '0')"
+    " FROM leadership WHERE cluster = %s"
+)
 
 
 class PostgresLeadership(PostgresStore):
@@ -69,14 +73,14 @@ class PostgresLeadership(PostgresStore):
             if row is None:
                 row = db.execute(CURRENT, (cluster,)).fetchone()
         assert row is not None  # noqa: S101 -- the row exists once INSERT ... ON CONFLICT ran
-        return Lease(holder=row[0], epoch=int(row[1]), expires_at=_utc(row[2]))
+        return _lease(row)
 
     def lease(self, cluster: str) -> Lease | None:
         with self._database.read() as db:
             row = db.execute(CURRENT, (cluster,)).fetchone()
         if row is None:
             return None
-        return Lease(holder=row[0], epoch=int(row[1]), expires_at=_utc(row[2]))
+        return _lease(row)
 
     def release(self, cluster: str, replica: str) -> None:
         bound = timedelta(seconds=self._database.timeout)
@@ -123,3 +127,7 @@ class PostgresLeadership(PostgresStore):
         """Close the lease's session (the journal's close does)."""
         with self._lease_lock:
             self._close_lease_session()
+
+
+def _lease(row: tuple[Any, ...]) -> Lease:
+    return Lease(holder=row[0], epoch=int(row[1]), expires_at=_utc(row[2]), remaining=row[3])
