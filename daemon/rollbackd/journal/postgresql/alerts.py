@@ -222,6 +222,9 @@ def _write_deliveries(db: Connection, batch: Sequence[Queued]) -> list[tuple[int
     known: dict[tuple[str, datetime], tuple[str, datetime | None]] = {}
     fingerprints = sorted({fingerprint for keys in keyed for fingerprint, _ in keys})
     if fingerprints:
+        # The table grows faster than autovacuum re-analyses it: with stale statistics the
+        # planner scans it all for a few fingerprints, and ingest slows as the journal grows.
+        db.execute("SET LOCAL enable_seqscan = off")
         for fingerprint, starts_at, status, ends_at in db.execute(
             "SELECT fingerprint, starts_at, status, ends_at FROM alerts"
             " WHERE fingerprint = ANY(%b) ORDER BY fingerprint, starts_at FOR UPDATE",
