@@ -169,6 +169,24 @@ def test_text_postgresql_refuses_is_kept_readable_not_refused(postgres_url: str)
     journal.close()
 
 
+def test_a_batch_with_a_nul_and_a_lone_surrogate_is_journaled_whole(postgres_url: str) -> None:
+    """Deliveries whose labels carry a NUL or a lone surrogate (a hostile webhook's JSON can
+    hold both), written in one batch with a plain one, are all acknowledged and kept."""
+    journal = PostgresJournal(postgres_url)
+    with one_batch(journal):
+        queued = [
+            journal.submit_delivery(T0, delivery(alert("plain")), "plain"),
+            journal.submit_delivery(T0, delivery(alert("nul", service="a\x00b")), "nul"),
+            journal.submit_delivery(T0, delivery(alert("sur", service="c\ud800")), "sur"),
+        ]
+    assert [q.result() for q in queued] == [(1, 0), (1, 0), (1, 0)]
+    kept = {a.fingerprint: a for a in journal.firing_alerts(T0)}
+    assert (kept["nul"].service, kept["nul"].labels["service"]) == ("a\ufffdb", "a\x00b")
+    assert (kept["sur"].service, kept["sur"].labels["service"]) == ("c?", "c\ud800")
+    assert kept["plain"].service == "web"
+    journal.close()
+
+
 def test_deliveries_in_one_batch_keep_their_order_across_a_restart(postgres_url: str) -> None:
     """The group commit's outcome, read back by a new process: resolved stays resolved."""
     journal = PostgresJournal(postgres_url)

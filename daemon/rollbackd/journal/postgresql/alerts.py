@@ -13,14 +13,22 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import datetime
+from typing import Any
+
+import orjson
 
 from rollbackd.core.incident import AlertRecord, Delivery
 from rollbackd.errors import JournalError, JournalUnavailable
-from rollbackd.journal.codec import kept_optional_time, kept_time
-from rollbackd.journal.postgresql.database import THE_WRITE_ITSELF, Connection, Database
+from rollbackd.journal.codec import encode_time, kept_optional_time, kept_time
+from rollbackd.journal.postgresql.database import (
+    THE_WRITE_ITSELF,
+    Connection,
+    Database,
+    kept_text,
+)
 from rollbackd.journal.postgresql.incidents import PostgresStore, _optional_utc, _utc
 from rollbackd.journal.sqlite.writer import BATCH_ALERTS, BATCH_DELIVERIES, Queued
 from rollbackd.logs import get_logger
@@ -259,53 +267,93 @@ def _write_deliveries(db: Connection, batch: Sequence[Queued]) -> list[tuple[int
                 ends_at,
                 alert.service,
                 alert.name,
-                json.dumps(dict(alert.labels)),
-                json.dumps(dict(alert.annotations)),
+                _json_text(alert.labels),
+                _json_text(alert.annotations),
                 first,
                 when,
             ]
         counts.append((changed, len(keys) - changed))
-    if upserts:
-        columns = list(zip(*([*key, *row] for key, row in upserts.items()), strict=True))
-        db.execute(
-            "INSERT INTO alerts (fingerprint, starts_at, status, ends_at, service, name,"
-            " labels, annotations, first_received, last_received)"
-            " SELECT f, s, st, e, sv, n, l::json, a::json, fr, lr FROM unnest("
-            "%b::text[], %b::timestamptz[], %b::text[], %b::timestamptz[], %b::text[],"
-            " %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[])"
-            " AS u(f, s, st, e, sv, n, l, a, fr, lr)"
-            " ON CONFLICT (fingerprint, starts_at) DO UPDATE SET status = excluded.status,"
-            " ends_at = excluded.ends_at, labels = excluded.labels,"
-            " annotations = excluded.annotations, last_received = excluded.last_received",
-            [list(column) for column in columns],
-        )
-    if touched:
-        db.execute(
-            "UPDATE alerts SET last_received = u.lr FROM unnest("
-            "%b::text[], %b::timestamptz[], %b::timestamptz[]) AS u(f, s, lr)"
-            " WHERE fingerprint = u.f AND starts_at = u.s",
-            (
-                [key[0] for key in touched],
-                [key[1] for key in touched],
-                list(touched.values()),
-            ),
-        )
-    db.execute(
-        "INSERT INTO deliveries (received_at, source, group_key, status, alerts,"
-        " duplicates, body) SELECT r, so, g, st, a, d, b FROM unnest(%b::timestamptz[],"
-        " %b::text[], %b::text[], %b::text[], %b::integer[], %b::integer[], %b::text[])"
-        " WITH ORDINALITY AS u(r, so, g, st, a, d, b, o) ORDER BY o",
-        (
-            [kept_time(item.received_at) for item in batch],
-            [item.delivery.source for item in batch],
-            [item.delivery.group_key for item in batch],
-            [item.delivery.status for item in batch],
-            [len(item.delivery.alerts) for item in batch],
-            [duplicates for _, duplicates in counts],
-            [item.body for item in batch],
-        ),
-    )
+    document: list[list[list[Any]]] = [
+        [[*key, *row] for key, row in upserts.items()],
+        [[*key, when] for key, when in touched.items()],
+        [
+            [
+                kept_time(item.received_at),
+                item.delivery.source,
+                item.delivery.group_key,
+                item.delivery.status,
+                len(item.delivery.alerts),
+                duplicates,
+                item.body,
+            ]
+            for item, (_, duplicates) in zip(batch, counts, strict=True)
+        ],
+    ]
+    db.execute(_WRITE_BATCH, {"batch": _batch_json(document)})
     return counts
+
+
+_WRITE_BATCH = """
+WITH batch AS (SELECT %(batch)s::jsonb AS doc),
+written AS (
+    INSERT INTO alerts (fingerprint, starts_at, status, ends_at, service, name, labels,
+                        annotations, first_received, last_received)
+    SELECT x->>0, (x->>1)::timestamptz, x->>2, (x->>3)::timestamptz, x->>4, x->>5,
+           (x->>6)::json, (x->>7)::json, (x->>8)::timestamptz, (x->>9)::timestamptz
+    FROM batch, jsonb_array_elements(doc->0) AS x
+    ON CONFLICT (fingerprint, starts_at) DO UPDATE SET status = excluded.status,
+        ends_at = excluded.ends_at, labels = excluded.labels,
+        annotations = excluded.annotations, last_received = excluded.last_received
+),
+seen AS (
+    UPDATE alerts SET last_received = (x->>2)::timestamptz
+    FROM batch, jsonb_array_elements(doc->1) AS x
+    WHERE fingerprint = x->>0 AND starts_at = (x->>1)::timestamptz
+)
+INSERT INTO deliveries (received_at, source, group_key, status, alerts, duplicates, body)
+SELECT (x->>0)::timestamptz, x->>1, x->>2, x->>3, (x->>4)::integer, (x->>5)::integer, x->>6
+FROM batch, jsonb_array_elements(doc->2) WITH ORDINALITY AS e(x, o)
+ORDER BY o
+"""
+"""A batch in one statement, from one JSON document: its alerts written (inserted, or
+changed in place), those received again unchanged touched, and its deliveries in order.
+The two sets of alerts never share a row (one statement cannot change a row twice)."""
+
+_TEXT_FIELDS = ((0, (0, 2, 4, 5)), (1, (0,)), (2, (1, 2, 3, 6)))
+"""The fields of the batch document that become text: in its alerts, touched alerts and
+deliveries. Labels and annotations are JSON text in the document, kept as they came."""
+
+
+def _json_text(value: Mapping[str, str]) -> str:
+    """Labels as JSON text; a lone surrogate (which orjson refuses) escaped, as JSON allows."""
+    try:
+        return orjson.dumps(dict(value)).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(dict(value))
+
+
+def _batch_json(document: list[list[list[Any]]]) -> str:
+    """The batch document as JSON text, encoded in C: one parameter for the whole batch,
+    with nothing per value in Python.
+
+    PostgreSQL unescapes every string of the document as it reads it, and its text refuses
+    a NUL (``\\u0000``), which a hostile label may carry; orjson refuses a lone surrogate.
+    Either way the text fields are cleaned as every text parameter is (:func:`kept_text`)
+    and the document encoded again. Labels with a NUL are JSON text here, so escaped once
+    more: they are kept with their NUL.
+    """
+    try:
+        encoded = orjson.dumps(document)
+    except orjson.JSONEncodeError:
+        encoded = None
+    if encoded is not None and b"\\u0000" not in encoded:
+        return encoded.decode()
+    for part, fields in _TEXT_FIELDS:
+        for row in document[part]:
+            for field in fields:
+                if isinstance(row[field], str):
+                    row[field] = kept_text(row[field]).decode()
+    return json.dumps(document, default=encode_time)
 
 
 _FIRING = (

@@ -150,7 +150,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _kept_text(text: str) -> bytes:
+def kept_text(text: str) -> bytes:
     """Text as PostgreSQL keeps it: a NUL (which no text column takes, and a hostile label may
     hold) becomes U+FFFD, and a lone surrogate (which no encoder takes) "?"; anything else is
     sent as is. A webhook whose labels hold a NUL is journaled, not refused for ever."""
@@ -160,18 +160,18 @@ def _kept_text(text: str) -> bytes:
 
 
 class _Text(StrDumper):
-    """A text parameter, sent as :func:`_kept_text` says."""
+    """A text parameter, sent as :func:`kept_text` says."""
 
     def dump(self, obj: str) -> bytes:
-        return _kept_text(obj)
+        return kept_text(obj)
 
 
 class _BinaryText(StrBinaryDumper):
-    """A text parameter in the binary format (``%b``), as :func:`_kept_text` says: arrays
+    """A text parameter in the binary format (``%b``), as :func:`kept_text` says: arrays
     of text are sent this way, ten times faster than psycopg builds their text form."""
 
     def dump(self, obj: str) -> bytes:
-        return _kept_text(obj)
+        return kept_text(obj)
 
 
 class Database:
