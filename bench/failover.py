@@ -40,6 +40,7 @@ from bench.common import (
     Report,
     arguments,
     child_env,
+    cpu_seconds,
     median,
     percentile,
     stop,
@@ -186,10 +187,33 @@ def deliveries(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def ingest(report: Report, root: Path, replicas: list[Replica], url: str, seconds: float) -> None:
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) of these processes and their children, as they run now."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    wanted = set(pids)
+    wanted |= {pid for pid, parent in parents.items() if parent in wanted}
+    return sum(cpu_seconds(pid) or 0.0 for pid in wanted)
+
+
+def ingest(
+    report: Report,
+    root: Path,
+    replicas: list[Replica],
+    postgres: PostgresServer,
+    url: str,
+    seconds: float,
+) -> None:
     """The load generator spread over the replicas; rate, latency, every ack journaled."""
     per_replica = [CONCURRENCY // REPLICAS + (i < CONCURRENCY % REPLICAS) for i in range(3)]
     journaled_before = deliveries(url)
+    replica_pids = [r.process.pid for r in replicas if r.process is not None and r.alive()]
+    server_pids = [postgres.pid] if postgres.pid is not None else []
+    cpu_before = (tree_cpu(replica_pids), tree_cpu(server_pids))
     loads = []
     for index, (replica, concurrency) in enumerate(zip(replicas, per_replica, strict=True)):
         out = root / f"load-{replica.name}.json"
@@ -221,6 +245,7 @@ def ingest(report: Report, root: Path, replicas: list[Replica], url: str, second
             process.wait(timeout=seconds + 90)
         except subprocess.TimeoutExpired:
             stop(process)
+    cpu_after = (tree_cpu(replica_pids), tree_cpu(server_pids))
     results = [json.loads(out.read_text()) for _, out in loads if out.exists()]
     if len(results) != len(loads):
         report.note("a load generator wrote no results")
@@ -241,6 +266,14 @@ def ingest(report: Report, root: Path, replicas: list[Replica], url: str, second
         note=f"{ok} in {elapsed:.1f}s, {CONCURRENCY} in flight over {REPLICAS} replicas",
     )
     report.figure("ingest, 3 replicas: p50 latency", None if p50 is None else p50 * 1000, "ms")
+    for index, who in enumerate(("the replicas", "PostgreSQL")):
+        spent = cpu_after[index] - cpu_before[index]
+        report.figure(
+            f"ingest, 3 replicas: CPU of {who} per payload",
+            spent / ok * 1000 if ok else None,
+            "ms",
+            note=f"{spent:.1f} s of CPU in all, /proc/<pid>/stat",
+        )
     report.figure(
         "ingest, 3 replicas: p99 latency",
         None if p99 is None else p99 * 1000,
@@ -287,7 +320,7 @@ def main() -> None:
             replica.start()
         failover_rounds(report, replicas, rounds)
         wait_until(lambda: leader_of(replicas) is not None, 60, "no leader")
-        ingest(report, root, replicas, url, seconds)
+        ingest(report, root, replicas, postgres, url, seconds)
     report.write()
 
 

@@ -126,6 +126,11 @@ class PostgresServer:
             raise ProcessError(f"initdb failed ({result.returncode}): {result.stderr[-2000:]}")
 
     @property
+    def pid(self) -> int | None:
+        """The postmaster's process id while it runs (its backends are its children)."""
+        return self._process.pid if self.running and self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
