@@ -15,11 +15,12 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo lint unit bench bench-quick debian-packages demo-packages venv clean
 
-# Three workers on two cores, a test file each at a time (module-scoped processes stay in
-# one worker): most of the suite waits on real Prometheus, PostgreSQL, apps and daemons, so
-# a third worker fills the waits (2026-11-30: 12.5 min with three, idle; 17.5 with two, lightly loaded).
+# Three workers on two cores: most of the suite waits on real Prometheus, PostgreSQL, apps
+# and daemons, so a third worker fills the waits (2026-11-30: 12.5 min with three, idle;
+# 17.5 with two, lightly loaded). Tests are handed out one by one, long ones first, except
+# a module's that share a module-scoped process (tests/conftest.py groups them).
 test: venv debian-packages lint
-	$(BIN)/pytest -n 3 --dist loadfile
+	$(BIN)/pytest -n 3 --dist loadgroup
 
 unit: venv
 	$(BIN)/pytest tests/unit

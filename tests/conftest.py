@@ -22,6 +22,26 @@ from tests.support.cli import rollbackd
 from tests.support.postgres import PostgresServer
 
 WORKER_OUTPUT = "rollbackd_reliability_figures"
+SHARED_SCOPES = ("class", "module", "package")
+FIRST = ("tests/integration/", "tests/reliability/")
+"""Where the long tests are (real Prometheus, apps, daemons, PostgreSQL): handed out first,
+so that the short ones fill the workers' last minutes instead of one long file."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Long tests first; and with ``--dist loadgroup``, the tests of a module that share a
+    module-scoped process (a Prometheus, a daemon) stay on one worker, all others spread
+    one by one."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        definitions = info.name2fixturedefs.values() if info is not None else ()
+        if any(d.scope in SHARED_SCOPES for defs in definitions for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+    def first(item: pytest.Item) -> bool:
+        return not item.nodeid.startswith(FIRST)
+
+    items.sort(key=first)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
