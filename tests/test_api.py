@@ -728,6 +728,31 @@ def test_a_vetoed_rollback_does_not_run_at_the_deadline(api: Api) -> None:
     assert not api.rolled_back.exists()
 
 
+def test_a_veto_journaled_by_another_replica_lets_the_incident_expire_in_time(
+    make_api: ApiFactory,
+) -> None:
+    """A veto another replica journaled (the shared journal, not this daemon's API) is obeyed
+    at the deadline, and the incident ends after expire_after as a veto made here would."""
+    api = make_api('[incidents]\nexpire_after = "1h"')
+    number = drive_to_approval(api)
+    vetoed = api.clock()
+    assert api.daemon.journal.set_state(
+        number,
+        IncidentState.VETOED,
+        "vetoed by a senior admin on another replica",
+        vetoed,
+        expect=(IncidentState.AWAITING_APPROVAL,),
+    )
+    api.clock.advance(timedelta(minutes=16))
+    api.cycle()
+    assert api.incident(number)["state"] == "vetoed"
+    assert not api.rolled_back.exists()
+    api.clock.advance(timedelta(minutes=45))
+    [expired] = api.cycle().events
+    assert expired.kind.value == "expired"
+    assert api.incident(number)["state"] == "expired"
+
+
 def test_deciding_on_an_incident_that_does_not_exist_is_404(api: Api) -> None:
     """Approving, vetoing or reading an unknown incident says it does not exist."""
     for path in ("/api/v1/incidents/999/approve", "/api/v1/incidents/999/veto"):

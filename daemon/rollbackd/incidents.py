@@ -98,7 +98,21 @@ class Incidents:
     def pick_up(self) -> None:
         """Run every rollback journaled as under way that no worker here runs or ran (the
         leader, each cycle): approved or asked for on another replica, or interrupted when
-        this replica last stopped leading."""
+        this replica last stopped leading. And settle what a person decided on another
+        replica (a veto): the engine follows it as waiting on people, so it ends in time."""
+        for service, judgement in self.state.engine.judgements().items():
+            if judgement.incident is None or judgement.rolling_back or judgement.idle_since:
+                continue
+            record = self.state.journal.incident(judgement.incident)
+            if record is not None and record.state in WAITING:
+                log.info("decided on another replica", incident=record.id, state=record.state)
+                with self.state.lock:
+                    self.state.engine.settle(
+                        service,
+                        record.id,
+                        record.updated_at or self.state.clock(),
+                        recovered=False,
+                    )
         for listed in self.state.journal.incidents(limit=None, active_only=True):
             if listed.id in self.running or listed.state not in (
                 IncidentState.ROLLING_BACK,
