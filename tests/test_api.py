@@ -753,6 +753,38 @@ def test_a_veto_journaled_by_another_replica_lets_the_incident_expire_in_time(
     assert api.incident(number)["state"] == "expired"
 
 
+def test_a_request_journaled_by_a_write_whose_answer_was_lost_never_rolls_back_after_a_veto(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal commits a rollback request but its answer is lost (PostgreSQL committed,
+    the connection broke): the next cycle asks again, and the veto of the request people
+    see is obeyed at the deadline; the lost one is superseded, never rolled back."""
+    journal = api.daemon.journal
+    opened: list[int] = []
+    real_open = journal.open_incident
+
+    def committed_then_lost(new: Any) -> int:
+        opened.append(real_open(new))
+        if len(opened) == 1:
+            raise JournalUnavailable("the journal cannot be reached: connection lost at COMMIT")
+        return opened[-1]
+
+    monkeypatch.setattr(journal, "open_incident", committed_then_lost)
+    v1_good_then_v2(api)
+    api.metrics.set(ERRORS, lambda _service, _at: 0.2)
+    assert api.daemon.loop.cycle() is None  # the cycle failed: the journal did not answer
+    api.clock.advance(timedelta(seconds=30))
+    api.cycle()
+    lost, seen = opened
+    assert api.incident(seen)["state"] == "awaiting_approval"
+    assert api.post(f"/api/v1/incidents/{seen}/veto", "senior_admin").status_code == 200
+    api.clock.advance(timedelta(minutes=16))
+    api.cycle()
+    assert api.incident(lost)["state"] == "superseded"
+    assert api.incident(seen)["state"] == "vetoed"
+    assert not api.rolled_back.exists()
+
+
 def test_deciding_on_an_incident_that_does_not_exist_is_404(api: Api) -> None:
     """Approving, vetoing or reading an unknown incident says it does not exist."""
     for path in ("/api/v1/incidents/999/approve", "/api/v1/incidents/999/veto"):

@@ -402,9 +402,24 @@ class Incidents:
         )
 
     def deadlines(self, now: datetime) -> None:
-        """Roll back incidents whose approval deadline passed without a veto."""
+        """Roll back incidents whose approval deadline passed without a veto.
+
+        One the engine does not follow, because it follows a newer incident of the same
+        service, is superseded instead: it was journaled by a write whose answer was lost
+        (PostgreSQL committed, the connection broke), the same decision was journaled again
+        next cycle, and the request people see and may veto is the newer one.
+        """
         for record in self.state.journal.incidents(limit=200, active_only=True):
             if record.state is not IncidentState.AWAITING_APPROVAL:
+                continue
+            followed = self.state.engine.judgement(record.service)
+            if followed is not None and (followed.incident or 0) > record.id:
+                self._end(
+                    record,
+                    IncidentState.SUPERSEDED,
+                    f"incident {followed.incident} of {record.service} is newer",
+                    now,
+                )
                 continue
             deadline = deadline_of(self.state.journal.incident(record.id) or record)
             if deadline is not None and now >= deadline:
