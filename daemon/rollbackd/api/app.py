@@ -21,6 +21,7 @@ from rollbackd import __version__
 from rollbackd.api import errors
 from rollbackd.api.auth import ANY_ROLE, Auth
 from rollbackd.api.limits import BodyLimit
+from rollbackd.api.webhooks import WebhookFastPath
 from rollbackd.config import Config
 from rollbackd.core.durations import format_instant
 from rollbackd.errors import NotFound
@@ -101,9 +102,16 @@ def create_app(runtime: Served) -> FastAPI:  # noqa: PLR0915 -- the routes read 
         redoc_url=None,
     )
     app.add_middleware(BodyLimit, limit=lambda: runtime.config.daemon.max_body_bytes)
+    auth = Auth(lambda: runtime.config)
+    app.add_middleware(
+        WebhookFastPath,
+        auth=auth,
+        submit=runtime.intake.submit_webhook,
+        largest=PARSE_INLINE_BYTES,
+        limit=lambda: runtime.config.daemon.max_body_bytes,
+    )
 
     errors.install(app)
-    auth = Auth(lambda: runtime.config)
     requires = auth.requires
 
     webhook_doc = {
@@ -135,8 +143,8 @@ def create_app(runtime: Served) -> FastAPI:  # noqa: PLR0915 -- the routes read 
     )
     async def alertmanager(request: Request) -> Response:
         """Alertmanager's webhook (payload version 4), journaled before this answers."""
-        # The hot path: no dependency injection, no thread hop for a small body, and an
-        # answer that needs no validation. It waits on the journal's group commit.
+        # The ordinary delivery is answered before it gets here (api.webhooks); this
+        # route answers the others: errors, and large bodies (parsed in a thread).
         may_post_alerts(request)
         body = await request.body()
         if len(body) <= PARSE_INLINE_BYTES:

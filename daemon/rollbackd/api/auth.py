@@ -29,7 +29,10 @@ class Auth:
 
     def caller(self, request: Request) -> Caller | None:
         """The configured token the request's bearer token hashes to, or None."""
-        header = request.headers.get("authorization", "")
+        return self.caller_of(request.headers.get("authorization", ""))
+
+    def caller_of(self, header: str) -> Caller | None:
+        """The configured token an ``Authorization`` header's bearer token hashes to, or None."""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None

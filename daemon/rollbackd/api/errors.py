@@ -62,6 +62,10 @@ def _encodable(value: Any) -> Any:
 
 
 async def _mapped(request: Request, exc: Exception) -> Response:
+    return mapped_response(exc)
+
+
+def mapped_response(exc: Exception) -> Response:
     """The JSON error answer for ``exc``, by the first class of its MRO in :data:`STATUS`."""
     for kind in type(exc).__mro__:
         if kind in STATUS:
