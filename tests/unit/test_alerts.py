@@ -162,6 +162,14 @@ def test_json_python_chokes_on_is_one_problem_about_the_body(body: bytes, says: 
             delivery_with(annotations={"s": "x"}).replace(b'"x"', b'"\xed\xa0\x80"'),
             "alerts[0].annotations",
         ),
+        (
+            delivery_with(annotations={"s": "x"}).replace(b'"x"', b'"\\uDBFF"'),
+            "alerts[0].annotations",
+        ),
+        (
+            json.dumps({"version": "4", "alerts": [], "groupKey": "\ud800"}).encode("utf-16-le"),
+            "groupKey",
+        ),
     ],
 )
 def test_text_with_a_lone_surrogate_is_refused_naming_the_field(body: bytes, location: str) -> None:

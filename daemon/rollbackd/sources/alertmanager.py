@@ -49,7 +49,7 @@ from rollbackd.errors import InvalidInput
 from rollbackd.httpconfig import TLSConfig, client_options
 from rollbackd.journal import AlertRecord, Delivery
 from rollbackd.logs import get_logger
-from rollbackd.sources.alerts import _alert, _json_document, _Problems
+from rollbackd.sources.alerts import _alert, _json_document, _may_hold_surrogates, _Problems
 from rollbackd.sources.prometheus import (
     ERROR_LIMIT,
     _DeadlineSession,
@@ -248,7 +248,7 @@ class AlertmanagerSource:
     def _parse(self, body: bytes) -> ActiveAlerts:
         """The answer's alerts, each checked as a webhook's; InvalidInput naming what is wrong."""
         data = _json_document(body)
-        problems = _Problems()
+        problems = _Problems(may_hold_surrogates=_may_hold_surrogates(body))
         if not isinstance(data, list):
             problems.add("", "expected a list of alerts (GET /api/v2/alerts)")
             raise InvalidInput(problems.found)

@@ -72,7 +72,7 @@ _TRIGGER_FOR_SEVERITY = {
 
 def parse_webhook(body: bytes, service_label: str = "service") -> Delivery:
     """Parse a version-4 payload; InvalidInput names every field that is wrong."""
-    problems = _Problems()
+    problems = _Problems(may_hold_surrogates=_may_hold_surrogates(body))
     bad = problems.add
     data = _json_document(body)
     if not isinstance(data, dict):
@@ -92,7 +92,7 @@ def parse_webhook(body: bytes, service_label: str = "service") -> Delivery:
             if alert is not None:
                 alerts.append(alert)
     group_key = data.get("groupKey")
-    if isinstance(group_key, str) and not _unicode(group_key):
+    if isinstance(group_key, str) and problems.may_hold_surrogates and not _unicode(group_key):
         bad("groupKey", f"not valid Unicode text: {quoted(group_key, SHOWN_LIMIT)}")
     status = data.get("status")
     if problems.found:
@@ -141,6 +141,19 @@ def _json_document(body: bytes) -> Any:
         raise InvalidInput([Problem("body", "", f"not JSON: {exc}")]) from None
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _may_hold_surrogates(body: bytes) -> bool:
+    """Whether a string parsed from ``body`` may hold a lone surrogate; False is certain.
+
+    Plain ASCII UTF-8 (no byte above 127, no NUL: not UTF-16 or 32) holds one only as a
+    ``\\uD800``-``\\uDFFF`` escape, which one scan of the bytes finds. Then every label
+    need not be checked one by one, which was most of a delivery's parsing.
+    """
+    return not body.isascii() or b"\x00" in body or _SURROGATE_ESCAPE.search(body) is not None
+
+
 def _unicode(text: str) -> bool:
     """Whether ``text`` is valid Unicode: JSON escapes and Python's reader let lone
     surrogates through (``"\\ud800"``, or their UTF-8 bytes); UTF-8 cannot hold them."""
@@ -154,8 +167,11 @@ def _unicode(text: str) -> bool:
 class _Problems:
     """Problems found in a body, each located by its field path."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, may_hold_surrogates: bool) -> None:
         self.found: list[Problem] = []
+        self.may_hold_surrogates = may_hold_surrogates
+        """Whether its strings must be checked for lone surrogates (see
+        :func:`_may_hold_surrogates`)."""
 
     def add(self, where: str, message: str) -> None:
         self.found.append(Problem("body", where, message))
@@ -172,8 +188,9 @@ def _alert(raw: Any, where: str, problems: _Problems, service_label: str) -> Ale
         bad(
             f"{where}.status", f'expected "firing" or "resolved", got {quoted(status, SHOWN_LIMIT)}'
         )
-    labels = _strings(raw.get("labels"), f"{where}.labels", bad, required=True)
-    annotations = _strings(raw.get("annotations", {}), f"{where}.annotations", bad)
+    check = problems.may_hold_surrogates
+    labels = _strings(raw.get("labels"), f"{where}.labels", bad, check, required=True)
+    annotations = _strings(raw.get("annotations", {}), f"{where}.annotations", bad, check)
     fingerprint = raw.get("fingerprint")
     if not isinstance(fingerprint, str) or not _FINGERPRINT.match(fingerprint):
         bad(f"{where}.fingerprint", "expected Alertmanager's fingerprint (1-64 letters/digits)")
@@ -196,25 +213,37 @@ def _alert(raw: Any, where: str, problems: _Problems, service_label: str) -> Ale
 
 
 def _strings(
-    raw: Any, where: str, bad: Callable[[str, str], None], required: bool = False
+    raw: Any,
+    where: str,
+    bad: Callable[[str, str], None],
+    check_unicode: bool,
+    required: bool = False,
 ) -> dict[str, str]:
     if raw is None and not required:
         return {}
-    if not isinstance(raw, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
-    ):
+    strings = isinstance(raw, dict)
+    size = 0
+    if strings:
+        for key, value in raw.items():
+            if type(key) is not str or type(value) is not str:
+                strings = False
+                break
+            size += len(key) + len(value)
+    if not strings:
         bad(where, "expected an object of string values")
         return {}
-    if sum(len(k) + len(v) for k, v in raw.items()) > 64 * 1024:
+    if size > 64 * 1024:
         bad(where, "larger than 64 KiB")
         return {}
-    for key, value in raw.items():
-        if not _unicode(key) or not _unicode(value):
-            bad(
-                where,
-                f"{quoted(key, SHOWN_LIMIT)}: not valid Unicode text: {quoted(value, SHOWN_LIMIT)}",
-            )
-            return {}
+    if check_unicode:
+        for key, value in raw.items():
+            if not _unicode(key) or not _unicode(value):
+                bad(
+                    where,
+                    f"{quoted(key, SHOWN_LIMIT)}: not valid Unicode text: "
+                    f"{quoted(value, SHOWN_LIMIT)}",
+                )
+                return {}
     return dict(raw)
 
 
