@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +20,7 @@ from rollbackd.core.model import (
 )
 from rollbackd.core.policy import Guards, ServiceFacts, decide
 from rollbackd.core.rules import Key, Previously, Rule, evaluate, evaluate_cycle
+from rollbackd.journal.codec import decode_time, encode_time, kept_time
 
 DEPLOYED = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 FACTS = ServiceFacts(current_version="v2", deployed_at=DEPLOYED, last_good_version="v1")
@@ -300,3 +301,16 @@ def test_skipping_quiet_rules_changes_no_finding(
         assert got == expected
         assert len(cycle.notable) + sum(cycle.quiet.values()) == len(expected)
         assert all(f.state is not FindingState.OK or f.reason for f in cycle.notable)
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(2, 1, 1),  # noqa: DTZ001 -- hypothesis bounds are naive; zones below
+        max_value=datetime(9998, 12, 31),  # noqa: DTZ001 -- as above
+        timezones=st.sampled_from([UTC, *(timezone(timedelta(minutes=m)) for m in (-690, 330))]),
+    )
+)
+def test_a_kept_time_is_what_its_rfc3339_text_reads_back_as(moment: datetime) -> None:
+    """Every store gives back a time as its millisecond RFC 3339 text would read back."""
+    assert kept_time(moment) == decode_time(encode_time(moment))
+    assert kept_time(moment).isoformat() == decode_time(encode_time(moment)).isoformat()

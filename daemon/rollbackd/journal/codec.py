@@ -41,8 +41,10 @@ def decode_optional_time(text: str | None) -> datetime | None:
 
 
 def kept_time(moment: datetime) -> datetime:
-    """The time a store gives back for ``moment``: UTC, to the millisecond."""
-    return decode_time(encode_time(moment))
+    """The time a store gives back for ``moment``: UTC, to the millisecond (what
+    ``decode_time(encode_time(moment))`` gives, without the text in between)."""
+    utc = moment.astimezone(UTC)
+    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
 
 
 def kept_optional_time(moment: datetime | None) -> datetime | None:

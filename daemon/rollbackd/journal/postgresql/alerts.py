@@ -126,7 +126,7 @@ class PostgresAlerts(PostgresStore):
         """
         try:
             try:
-                with self._database.transaction() as db:
+                with self._database.transaction(settings=_LOOKUP_BY_INDEX) as db:
                     outcomes: list[tuple[int, int] | JournalError] = list(
                         _write_deliveries(db, batch)
                     )
@@ -163,7 +163,7 @@ class PostgresAlerts(PostgresStore):
     def _write_one_by_one(self, batch: Sequence[Queued]) -> list[tuple[int, int] | JournalError]:
         """The batch again, each delivery in a savepoint of its own (one was refused)."""
         outcomes: list[tuple[int, int] | JournalError] = []
-        with self._database.transaction() as db:
+        with self._database.transaction(settings=_LOOKUP_BY_INDEX) as db:
             for item in batch:
                 try:
                     with db.transaction():  # a savepoint
@@ -230,13 +230,10 @@ def _write_deliveries(db: Connection, batch: Sequence[Queued]) -> list[tuple[int
     known: dict[tuple[str, datetime], tuple[str, datetime | None]] = {}
     fingerprints = sorted({fingerprint for keys in keyed for fingerprint, _ in keys})
     if fingerprints:
-        # The table grows faster than autovacuum re-analyses it: with stale statistics the
-        # planner scans it all for a few fingerprints, and ingest slows as the journal grows.
-        db.execute("SET LOCAL enable_seqscan = off")
         for fingerprint, starts_at, status, ends_at in db.execute(
             "SELECT fingerprint, starts_at, status, ends_at FROM alerts"
-            " WHERE fingerprint = ANY(%b) ORDER BY fingerprint, starts_at FOR UPDATE",
-            (fingerprints,),
+            " WHERE fingerprint = ANY(%s::text[]) ORDER BY fingerprint, starts_at FOR UPDATE",
+            (_text_array(fingerprints),),
         ):
             known[(fingerprint, _utc(starts_at))] = (status, _optional_utc(ends_at))
     upserts: dict[tuple[str, datetime], list[object]] = {}
@@ -291,6 +288,19 @@ def _write_deliveries(db: Connection, batch: Sequence[Queued]) -> list[tuple[int
     ]
     db.execute(_WRITE_BATCH, {"batch": _batch_json(document)})
     return counts
+
+
+_LOOKUP_BY_INDEX = "SET LOCAL enable_seqscan = off"
+"""The alerts table grows faster than autovacuum re-analyses it: with stale statistics the
+planner scans it all for a batch's few fingerprints, and ingest slows as the journal grows."""
+
+
+def _text_array(texts: list[str]) -> str | list[str]:
+    """PostgreSQL's text of an array of texts, built in one join (psycopg builds it element by
+    element in Python); the list itself when one holds what the text would have to escape."""
+    if any('"' in text or "\\" in text for text in texts):
+        return texts
+    return '{"' + '","'.join(texts) + '"}'
 
 
 _WRITE_BATCH = """

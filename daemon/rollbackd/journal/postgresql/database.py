@@ -287,14 +287,18 @@ class Database:
             self._fence.value = before
 
     @contextmanager
-    def transaction(self, *, fenced: bool = True, bounded: bool = True) -> Iterator[Connection]:
+    def transaction(
+        self, *, fenced: bool = True, bounded: bool = True, settings: str = ""
+    ) -> Iterator[Connection]:
         """One transaction: committed on exit, or not at all; errors as JournalError.
         In :meth:`fenced` (unless ``fenced`` is False), only while this replica leads.
-        It ends within :attr:`bound` seconds in all (unless ``bounded`` is False)."""
+        It ends within :attr:`bound` seconds in all (unless ``bounded`` is False).
+        ``settings`` (``SET LOCAL`` statements, the caller's own text) are sent with its
+        ``BEGIN``, in the same round trip."""
         fence = getattr(self._fence, "value", None) if fenced else None
         with self.lock:
             self.refuse_if_closed()
-            db = self._begin("BEGIN", reading=False)
+            db = self._begin(f"BEGIN; {settings}" if settings else "BEGIN", reading=False)
             try:
                 with self.watchdog.bounded(db, self.bound if bounded else None):
                     if fence is not None:
