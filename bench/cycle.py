@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import itertools
 import json
+import pstats
 import resource
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -272,6 +275,47 @@ class CountingSource:
         )
 
 
+class ProfiledPool(ThreadPoolExecutor):
+    """Runs each read under its own profiler while ``profiles`` is a list: cProfile sees
+    only the thread that enables it, and most of a cycle's work is on the reading threads."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers, thread_name_prefix="measure")
+        self.profiles: list[cProfile.Profile] | None = None
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        profiles = self.profiles
+        if profiles is None:
+            return super().submit(fn, *args, **kwargs)
+
+        def profiled() -> Any:
+            profiler = cProfile.Profile(time.thread_time)
+            profiler.enable()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                profiler.disable()
+                profiles.append(profiler)
+
+        return super().submit(profiled)
+
+
+@dataclass
+class Collections:
+    """The garbage collector's passes (gc.callbacks): their time, and the full ones."""
+
+    seconds: float = 0.0
+    full: int = 0
+    _began: float = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        self.seconds += time.perf_counter() - self._began
+        self.full += info["generation"] == 2  # the oldest generation
+
+
 def count_calls(
     calls: list[Call], rule_queries: dict[str, str]
 ) -> tuple[dict[str, int], dict[str, int]]:
@@ -288,7 +332,7 @@ def count_calls(
     return per_rule, other
 
 
-def child(
+def child(  # noqa: PLR0915 -- one cycle measured reads as one story
     config_path: Path, at: float, cycles: int, budget: float, prom_pid: int, profile: Path | None
 ) -> None:
     """Run the cycles of one size and print one JSON object (and a cProfile dump if asked)."""
@@ -298,7 +342,7 @@ def child(
     from rollbackd.core.model import FindingState  # noqa: PLC0415
     from rollbackd.loader import load  # noqa: PLC0415
     from rollbackd.runtime import settle_heap  # noqa: PLC0415
-    from rollbackd.sources.gather import LiveCycle  # noqa: PLC0415
+    from rollbackd.sources.gather import MEASURE_WORKERS, LiveCycle  # noqa: PLC0415
     from rollbackd.sources.prometheus import PrometheusSource  # noqa: PLC0415
 
     loaded = load(config_path)
@@ -310,16 +354,23 @@ def child(
         config.engine_settings(), loaded.rules, DeployHistory(config.deploys.known_good_after)
     )
     live = LiveCycle(engine, config, source, None)
+    pool = ProfiledPool(MEASURE_WORKERS)
+    live._pool.shutdown()
+    live._pool = pool
     rule_queries = {r.query: r.name for r in loaded.rules if r.query}
     settle_heap()  # as `rollbackd run` does once it has started
     rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     results = []
+    collections = Collections()
+    gc.callbacks.append(collections)
     began = time.monotonic()
     last = 0.0
-    profiler = cProfile.Profile() if profile is not None else None
+    # CPU time, per thread: the main thread's waits for the reads cost nothing.
+    profiler = cProfile.Profile(time.thread_time) if profile is not None else None
     for index in range(cycles):
         if profiler is not None and index == 1:
             profiler.enable()  # steady cycles only: the first one also fetches baselines
+            pool.profiles = []
         # At least two cycles (the first one also fetches baselines); then only as many as
         # the budget allows, judged by the last cycle's length.
         if index >= 2 and time.monotonic() - began + last > budget:
@@ -328,6 +379,7 @@ def child(
         now = datetime.fromtimestamp(at, UTC) + index * POLL
         source.calls.clear()
         prom_before = cpu_seconds(prom_pid) or 0.0
+        collections.seconds, collections.full = 0.0, 0
         wall, cpu = time.perf_counter(), time.process_time()
         inputs = live.gather(now)
         gather_wall, gather_cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -346,6 +398,8 @@ def child(
                 "gather_cpu": gather_cpu,
                 "step_wall": step_wall,
                 "step_cpu": step_cpu,
+                "gc_seconds": collections.seconds,
+                "gc_full": collections.full,
                 "calls": len(source.calls),
                 "calls_wall": sum(c.wall for c in source.calls),
                 "calls_cpu": sum(c.cpu for c in source.calls),
@@ -360,7 +414,7 @@ def child(
         )
     if profiler is not None and profile is not None:
         profiler.disable()
-        profiler.dump_stats(profile)
+        pstats.Stats(profiler, *(pool.profiles or [])).dump_stats(profile)
     print(
         json.dumps(
             {
@@ -471,6 +525,8 @@ def main() -> None:  # noqa: PLR0915 -- one benchmark reads as one story
         waiting = median(r["calls_wall"] - r["calls_cpu"] for r in steady) or 0.0
         client = median(r["calls_cpu"] for r in steady) or 0.0
         step = median(r["step_cpu"] for r in steady) or 0.0
+        collecting = median(r["gc_seconds"] for r in steady) or 0.0
+        full_passes = median(r["gc_full"] for r in steady) or 0
         prom = median(r["prometheus_cpu"] for r in steady) or 0.0
         first = runs[0]
         per_rule_max = max((max(r["per_rule"].values(), default=0) for r in runs), default=0)
@@ -501,6 +557,12 @@ def main() -> None:  # noqa: PLR0915 -- one benchmark reads as one story
             note="per cycle, median: rollbackd's own CPU against Prometheus' for the same cycle",
         )
         report.figure(f"n={size}   of which Engine.step", step * 1000, "ms")
+        report.figure(
+            f"n={size}   of which garbage collection",
+            collecting * 1000,
+            "ms",
+            note=f"{full_passes:g} full passes per cycle (median); wall time of the passes",
+        )
         report.figure(
             f"n={size}   of which decoding answers",
             client * 1000,

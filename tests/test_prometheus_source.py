@@ -281,3 +281,23 @@ def test_a_label_that_is_not_valid_unicode_is_no_service(stub: StubServer) -> No
     url = answering(stub, Reply(200, body))
     result = source(url).instant("up", AT)
     assert result.numbers == {"web": 1.0}
+
+
+def test_one_look_at_the_versions_skips_only_the_odd_series(stub: StubServer) -> None:
+    """A cycle's look at the version metric keeps every well-formed series, and skips each
+    one without a usable service or version wherever it stands among them."""
+    series = [
+        b'{"metric":{"service":"web","version":"v2"},"value":[1700000000,"1"]}',
+        b'"junk"',
+        b'{"metric":{"service":"api","version":""},"value":[1700000000,"1"]}',
+        b'{"metric":{"service":"db"},"value":[1700000000,"1"]}',
+        b'{"metric":{"service":"q\\ud800","version":"v1"},"value":[1700000000,"1"]}',
+        b'{"metric":{"service":"w\xc3\xa9b","version":"v1"},"value":[1700000000,"1"]}',
+        b'{"metric":{"service":7,"version":"v1"},"value":[1700000000,"1"]}',
+        b'{"metric":{"service":"api","version":"a7"},"value":[1700000000,"1"]}',
+        b'{"metric":["service","api"],"value":[1700000000,"1"]}',
+        b'{"metric":{"service":"api","version":"a8"},"value":[1700000000,"1"]}',
+    ]
+    url = answering(stub, Reply(200, VECTOR_HEAD + b",".join(series) + b"]}}"))
+    seen = source(url).labels_over_time("v", "version", AT, AT, timedelta(seconds=15))
+    assert seen == {"web": {"v2": [AT]}, "wéb": {"v1": [AT]}, "api": {"a7": [AT], "a8": [AT]}}

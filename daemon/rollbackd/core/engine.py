@@ -309,14 +309,18 @@ class Engine:
         for finding in notable:
             by_service.setdefault(finding.service, []).append(finding)
         quiet: list[str] = []
+        judgements = self._judgements
         for service, evaluated in self._evaluated.items():
             # A service without notable findings has every rule quiet and OK (if any applies).
             own = by_service.get(service, [])
-            firing = [f for f in own if f.firing]
             if not own:
                 if evaluated > 0 or service in inputs.quiet_alerts:
                     quiet.append(service)
-            else:
+                if service not in judgements:  # thousands of services: nothing to follow
+                    outcomes[service] = NOTHING_FIRES
+                    continue
+            firing = [f for f in own if f.firing]
+            if own:
                 conclusive = len(own) < evaluated or any(
                     f.state is not FindingState.INCONCLUSIVE for f in own
                 )

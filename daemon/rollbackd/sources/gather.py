@@ -422,9 +422,11 @@ class LiveCycle:
         services = self.engine.services
         splits = {}
         for service in services:
-            split = split_of(service, history.serving(service), history)
-            if split is not None:
-                splits[service] = split
+            serving = history.serving(service)
+            if len(serving) > 1:  # nearly never: one version, no split (and no call)
+                split = split_of(service, serving, history)
+                if split is not None:
+                    splits[service] = split
         return Plan(
             now,
             self.engine.rules,

@@ -388,13 +388,7 @@ class PrometheusSource:
             # One look (a live cycle): an instant query, the same on Prometheus. A range
             # query ending within VictoriaMetrics' -search.latencyOffset (30 s) of its clock
             # drops a point that has no earlier one in its range: it would answer nothing.
-            result = self._call("query", {"query": query, "time": start.timestamp()})
-            for item in result if isinstance(result, list) else []:
-                if isinstance(item, dict):
-                    service, value = _label(item, service_label), _label(item, label)
-                    if service is not None and value is not None:
-                        seen.setdefault(service, {}).setdefault(value, []).append(start)
-            return seen
+            return self._present(query, label, start)
         for chunk_start, chunk_end in chunks(start, end, step):
             result = self._call("query_range", _range(query, chunk_start, chunk_end, step))
             for item in result if isinstance(result, list) else []:
@@ -410,6 +404,29 @@ class PrometheusSource:
                     _presence_carefully(item, (service_label, label), seen, instants)
                     continue
                 seen.setdefault(service, {}).setdefault(value, []).extend(times)
+        return seen
+
+    def _present(
+        self, query: str, label: str, at: datetime
+    ) -> dict[str, dict[str, list[datetime]]]:
+        """:meth:`labels_over_time` at one instant: every cycle reads it for every service,
+        so the quick way first, as for a range; a series with any surprise the careful way."""
+        seen: dict[str, dict[str, list[datetime]]] = {}
+        service_label = self.service_label
+        result = self._call("query", {"query": query, "time": at.timestamp()})
+        for item in result if isinstance(result, list) else []:
+            try:
+                metric = item["metric"]
+                service, value = metric[service_label], metric[label]
+                if not (service and value and service.isascii() and value.isascii()):
+                    raise ValueError("empty, or perhaps not valid Unicode")
+            except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+                careful = isinstance(item, dict)
+                service = _label(item, service_label) if careful else None
+                value = _label(item, label) if careful else None
+                if service is None or value is None:
+                    continue
+            seen.setdefault(service, {}).setdefault(value, []).append(at)
         return seen
 
     def _result(self, body: bytes) -> Any:
