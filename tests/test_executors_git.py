@@ -573,6 +573,38 @@ def test_a_fix_pushed_after_the_revert_is_not_reverted_by_another_replica(d: Dep
     assert (other / "app.toml").read_text() == 'version = "v4-fix"\n'
 
 
+def test_a_replica_killed_before_its_push_drops_its_stale_revert_when_it_acts_again(
+    d: Deployed,
+) -> None:
+    """A replica that committed its revert but died before pushing it, while another replica
+    reverted and pushed the same incident, drops its stale commit before its next rollback."""
+    git(d.work, "revert", "--no-edit", "--no-commit", f"{d.v1}..HEAD")
+    git(d.work, "commit", "-q", "-m", "rollbackd: revert to v1 (incident 7)")
+    other = replica(d, "b")
+    assert executor_at(other).execute(facts()).ok  # the replica that took over
+    v5 = someone_pushes(d, "v5")
+    later = IncidentFacts(
+        incident=9, service="web", target=v5, current_version="v6", reason="r", severity="high"
+    )
+    someone_pushes(d, "v6")
+    result = executor(d).verify_target(later)
+    assert result.ok, result
+    assert "dropping its own unpublished revert of incident 7" in result.summary
+    assert d.head() == d.remote_ref()
+    assert reverts_on_the_remote(d) == ["rollbackd: revert to v1 (incident 7)"]
+
+
+def test_a_stale_revert_the_remote_does_not_have_is_left_for_a_person(d: Deployed) -> None:
+    """An unpublished rollbackd revert that no replica pushed is never dropped: it escalates."""
+    git(d.work, "revert", "--no-edit", "--no-commit", f"{d.v1}..HEAD")
+    git(d.work, "commit", "-q", "-m", "rollbackd: revert to v1 (incident 7)")
+    someone_pushes(d, "v5")
+    result = executor(d).verify_target(facts("v2"))
+    assert not result.ok
+    assert "a person must look" in result.summary.lower()
+    assert reverts_on_the_remote(d) == []
+
+
 def test_two_replicas_acting_at_once_leave_exactly_one_revert_on_the_remote(d: Deployed) -> None:
     """Two working copies execute the same incident concurrently: one revert, both steps ok."""
     other = replica(d, "b")

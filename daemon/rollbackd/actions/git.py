@@ -87,6 +87,8 @@ FETCH_TIMEOUT = timedelta(minutes=1)
 """The most the optional fetch of verify_target waits (never more than the executor's timeout)."""
 
 _SHA = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
+_OWN_REVERT = re.compile(r"^rollbackd: revert to \S+ \(incident (\d{1,18})\)$")
+"""The subject of a revert commit rollbackd made (see ``GitExecutor._subject``)."""
 
 _IN_PROGRESS: Mapping[str, str] = {
     "REVERT_HEAD": "a revert is in progress",
@@ -792,6 +794,17 @@ class GitExecutor:
                 f"from {head[:8]} to {where} {remote.sha[:8]}"
             )
         local = self._log(s, remote.sha, head)
+        published = self._published_elsewhere(s, local, head, remote.sha)
+        if published:
+            s.need(
+                s.run("reset", "--hard", "--quiet", _hex(remote.sha), "--"),
+                f"bringing the working copy to {where} {remote.sha[:8]}",
+            )
+            return remote.sha, (
+                f"; working copy brought to {where} {remote.sha[:8]}, dropping its own "
+                f"unpublished {published} (this replica stopped before its push; "
+                f"{where} has {'it' if len(local) == 1 else 'them'} from another replica)"
+            )
         listed = ", ".join(f"{c[:8]} {one_line(subject, 60)}" for c, subject in local[:3])
         more = f" and {len(local) - 3} more" if len(local) > 3 else ""
         raise s.fail(
@@ -799,6 +812,32 @@ class GitExecutor:
             f"({remote.sha[:8]}) does not have: {listed}{more}. A person must look: rollbackd "
             "never forces a working copy or a remote, and nothing was changed",
             data,
+        )
+
+    def _published_elsewhere(
+        self, s: _Session, local: list[tuple[str, str]], head: str, remote: str
+    ) -> str:
+        """What the working copy's own commits are, when they are only rollbackd's reverts
+        that the remote has too (by subject: each names its incident), else ``""``.
+
+        A replica killed between its revert commit and its push keeps that commit; the
+        replica that took over reverted and pushed the same incident. Dropping the stale
+        copy then loses nothing; any other commit is for a person to look at.
+        """
+        if self.strategy != "revert" or not local:
+            return ""
+        subjects = {subject for _, subject in local}
+        if not all(_OWN_REVERT.match(subject) for subject in subjects):
+            return ""
+        theirs = {subject for _, subject in self._log(s, head, remote)}
+        if not subjects <= theirs:
+            return ""
+        incidents = sorted(int(m.group(1)) for m in map(_OWN_REVERT.match, subjects) if m)
+        named = ", ".join(str(n) for n in incidents)
+        return (
+            f"revert of incident {named}"
+            if len(incidents) == 1
+            else f"reverts of incidents {named}"
         )
 
     def _unmoved(
