@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -225,6 +227,10 @@ class QueryError(Exception):
     """Prometheus did not answer usefully; the message says why in a sentence."""
 
 
+_DECODING = threading.Lock()
+"""Held while an answer is decoded and read (:meth:`PrometheusSource._answer`)."""
+
+
 class PrometheusSource:
     """Queries one Prometheus server; every call bounded by ``timeout`` and ``max_bytes``."""
 
@@ -283,15 +289,15 @@ class PrometheusSource:
     def instant(self, query: str, at: datetime) -> Vector:
         """Evaluate ``query`` at ``at``; one value per service (or why there is none)."""
         try:
-            result = self._call("query", {"query": query, "time": at.timestamp()})
+            with self._answer("query", {"query": query, "time": at.timestamp()}) as result:
+                if not isinstance(result, list):
+                    return Vector(error="the query does not return an instant vector")
+                try:
+                    return self._vector(result)
+                except (KeyError, IndexError, TypeError, ValueError):
+                    return self._vector_carefully(result)
         except QueryError as exc:
             return Vector(error=str(exc))
-        if not isinstance(result, list):
-            return Vector(error="the query does not return an instant vector")
-        try:
-            return self._vector(result)
-        except (KeyError, IndexError, TypeError, ValueError):
-            return self._vector_carefully(result)
 
     def _vector(self, result: list[Any]) -> Vector:
         """The answer read as Prometheus writes it; any surprise raises, for the careful reader.
@@ -413,20 +419,20 @@ class PrometheusSource:
         so the quick way first, as for a range; a series with any surprise the careful way."""
         seen: dict[str, dict[str, list[datetime]]] = {}
         service_label = self.service_label
-        result = self._call("query", {"query": query, "time": at.timestamp()})
-        for item in result if isinstance(result, list) else []:
-            try:
-                metric = item["metric"]
-                service, value = metric[service_label], metric[label]
-                if not (service and value and service.isascii() and value.isascii()):
-                    raise ValueError("empty, or perhaps not valid Unicode")
-            except (TypeError, KeyError, IndexError, ValueError, AttributeError):
-                careful = isinstance(item, dict)
-                service = _label(item, service_label) if careful else None
-                value = _label(item, label) if careful else None
-                if service is None or value is None:
-                    continue
-            seen.setdefault(service, {}).setdefault(value, []).append(at)
+        with self._answer("query", {"query": query, "time": at.timestamp()}) as result:
+            for item in result if isinstance(result, list) else []:
+                try:
+                    metric = item["metric"]
+                    service, value = metric[service_label], metric[label]
+                    if not (service and value and service.isascii() and value.isascii()):
+                        raise ValueError("empty, or perhaps not valid Unicode")
+                except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+                    careful = isinstance(item, dict)
+                    service = _label(item, service_label) if careful else None
+                    value = _label(item, label) if careful else None
+                    if service is None or value is None:
+                        continue
+                seen.setdefault(service, {}).setdefault(value, []).append(at)
         return seen
 
     def _result(self, body: bytes) -> Any:
@@ -460,6 +466,30 @@ class PrometheusSource:
     def _call(self, endpoint: str, params: Mapping[str, Any]) -> Any:
         """``data.result`` of the answer at ``/api/v1/<endpoint>``, decoded once, or
         QueryError saying why there is none; nothing else escapes."""
+        body = self._fetch(endpoint, params)
+        with _DECODING:
+            return self._decoded(body)
+
+    @contextmanager
+    def _answer(self, endpoint: str, params: Mapping[str, Any]) -> Iterator[Any]:
+        """:meth:`_call`, its answer read within the block while no other thread decodes
+        one: at 10,000 services a decoded answer is tens of MiB of Python objects, and eight
+        reading threads holding one each made the daemon's peak memory. The waits for
+        Prometheus still overlap; decoding is bound by the interpreter's lock anyway."""
+        body = self._fetch(endpoint, params)
+        with _DECODING:
+            yield self._decoded(body)
+
+    def _decoded(self, body: bytes) -> Any:
+        try:
+            return self._result(body)
+        except (RecursionError, MemoryError) as exc:  # a backstop behind the parse limits
+            raise QueryError(
+                f"Prometheus at {self.url} answered what cannot be read: {type(exc).__name__}"
+            ) from None
+
+    def _fetch(self, endpoint: str, params: Mapping[str, Any]) -> bytes:
+        """The body of Prometheus' answer at ``/api/v1/<endpoint>``, or QueryError."""
         try:
             response = self._session.get(
                 f"{self.url}/api/v1/{endpoint}",
@@ -474,7 +504,7 @@ class PrometheusSource:
                         ERROR_LIMIT,
                     )
                 )
-            return self._result(response.content)
+            return response.content
         except _RefusedError as exc:
             raise QueryError(f"Prometheus at {self.url} {exc}") from None
         except requests.Timeout:
@@ -489,10 +519,6 @@ class PrometheusSource:
         except requests.RequestException as exc:
             raise QueryError(
                 f"Prometheus at {self.url}: {one_line(str(exc), ERROR_LIMIT)}"
-            ) from None
-        except (RecursionError, MemoryError) as exc:  # a backstop behind the parse limits
-            raise QueryError(
-                f"Prometheus at {self.url} answered what cannot be read: {type(exc).__name__}"
             ) from None
 
 
