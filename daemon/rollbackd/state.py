@@ -150,12 +150,13 @@ class State:
 
     def follow_deploys(self) -> int:
         """Add the deploys other replicas journaled since the last read; how many were new."""
-        journaled = self.journal.deploys()
+        skip = max(self._deploys_read - DEPLOYS_REREAD, 0)
+        journaled = self.journal.deploys(skip)
         added = 0
         with self.lock:
-            for deploy in journaled[max(self._deploys_read - DEPLOYS_REREAD, 0) :]:
+            for deploy in journaled:
                 added += self.history.record(deploy)
-            self._deploys_read = len(journaled)
+            self._deploys_read = skip + len(journaled)
         return added
 
     def record_deploy(self, deploy: Deploy) -> None:

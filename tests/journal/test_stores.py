@@ -337,3 +337,12 @@ def test_deploy_events_are_kept_in_the_order_received(journal: Journal) -> None:
         Deploy("web", "v2", T0, source="event", ref="abc123", migrations=(migration,)),
         Deploy("api", "v7", T0 + timedelta(minutes=1), source="event"),
     ]
+
+
+def test_deploys_less_the_first_ones_already_read(journal: Journal) -> None:
+    """A replica following the journal reads only the deploys after those it read."""
+    for version in ("v1", "v2", "v3"):
+        journal.record_deploy(Deploy("web", version, T0, source="event"), T0)
+    assert [d.version for d in journal.deploys(1)] == ["v2", "v3"]
+    assert [d.version for d in journal.deploys(3)] == []
+    assert [d.version for d in journal.deploys()] == ["v1", "v2", "v3"]

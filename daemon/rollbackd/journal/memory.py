@@ -388,11 +388,11 @@ class MemoryJournal(SoleLeadership):
             self._open()
             self._deploys.append(kept)
 
-    def deploys(self) -> list[Deploy]:
-        """Every deploy event received, oldest first."""
+    def deploys(self, skip: int = 0) -> list[Deploy]:
+        """Every deploy event received, oldest first, less the first ``skip``."""
         with self._lock:
             self._open()
-            return list(self._deploys)
+            return list(self._deploys[max(skip, 0) :])
 
 
 def _decision(decision: Decision, actor: str) -> DecisionRecord:

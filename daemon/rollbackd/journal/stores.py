@@ -170,8 +170,9 @@ class DeployStore(Protocol):
 
     def record_deploy(self, deploy: Deploy, received_at: datetime) -> None: ...
 
-    def deploys(self) -> list[Deploy]:
-        """Every deploy event received, oldest first."""
+    def deploys(self, skip: int = 0) -> list[Deploy]:
+        """Every deploy event received, oldest first; without the first ``skip`` of them
+        (a replica that follows the others reads only what it has not read)."""
         ...
 
 

@@ -29,11 +29,13 @@ class PostgresDeploys(PostgresStore):
                 ),
             )
 
-    def deploys(self) -> list[Deploy]:
-        """Every deploy event received, oldest first."""
+    def deploys(self, skip: int = 0) -> list[Deploy]:
+        """Every deploy event received, oldest first, less the first ``skip``."""
         with self._database.read() as db:
             rows = db.execute(
                 "SELECT service, version, ref, time, migrations FROM deploys ORDER BY id"
+                " OFFSET %s",
+                (max(skip, 0),),
             ).fetchall()
         return [
             Deploy(
