@@ -16,8 +16,8 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: test demo lint unit bench bench-quick debian-packages demo-packages venv clean
 
 # Three workers on two cores: most of the suite waits on real Prometheus, PostgreSQL, apps
-# and daemons, so a third worker fills the waits (2026-11-30: 12.5 min with three, idle;
-# 17.5 with two, lightly loaded). Tests are handed out one by one, long ones first, except
+# and daemons, so a third worker fills the waits (2026-11-30: 12.5-13.9 min with three,
+# idle; 17.5 with two, lightly loaded). Tests are handed out one by one, long ones first, except
 # a module's that share a module-scoped process (tests/conftest.py groups them).
 test: venv debian-packages lint
 	$(BIN)/pytest -n 3 --dist loadgroup
