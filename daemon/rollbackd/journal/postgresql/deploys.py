@@ -33,8 +33,7 @@ class PostgresDeploys(PostgresStore):
         """Every deploy event received, oldest first, less the first ``skip``."""
         with self._database.read() as db:
             rows = db.execute(
-                "SELECT service, version, ref, time, migrations FROM deploys ORDER BY id"
-                " OFFSET %s",
+                "SELECT service, version, ref, time, migrations FROM deploys ORDER BY id OFFSET %s",
                 (max(skip, 0),),
             ).fetchall()
         return [
