@@ -401,10 +401,7 @@ class PrometheusSource:
                 # The quick way first: every cycle reads this for every service, and a
                 # week of it is millions of samples. Any surprise: the careful way.
                 try:
-                    metric = item["metric"]
-                    service, value = metric[service_label], metric[label]
-                    if not (service and value and service.isascii() and value.isascii()):
-                        raise ValueError("empty, or perhaps not valid Unicode")
+                    service, value = _plain_labels(item, service_label, label)
                     times = [instants[raw[0]] for raw in item["values"]]
                 except (TypeError, KeyError, IndexError, ValueError, AttributeError):
                     _presence_carefully(item, (service_label, label), seen, instants)
@@ -422,16 +419,14 @@ class PrometheusSource:
         with self._answer("query", {"query": query, "time": at.timestamp()}) as result:
             for item in result if isinstance(result, list) else []:
                 try:
-                    metric = item["metric"]
-                    service, value = metric[service_label], metric[label]
-                    if not (service and value and service.isascii() and value.isascii()):
-                        raise ValueError("empty, or perhaps not valid Unicode")
+                    service, value = _plain_labels(item, service_label, label)
                 except (TypeError, KeyError, IndexError, ValueError, AttributeError):
                     careful = isinstance(item, dict)
-                    service = _label(item, service_label) if careful else None
-                    value = _label(item, label) if careful else None
-                    if service is None or value is None:
+                    found = _label(item, service_label) if careful else None
+                    named = _label(item, label) if careful else None
+                    if found is None or named is None:
                         continue
+                    service, value = found, named
                 seen.setdefault(service, {}).setdefault(value, []).append(at)
         return seen
 
@@ -520,6 +515,16 @@ class PrometheusSource:
             raise QueryError(
                 f"Prometheus at {self.url}: {one_line(str(exc), ERROR_LIMIT)}"
             ) from None
+
+
+def _plain_labels(item: Any, service_label: str, label: str) -> tuple[str, str]:
+    """A series' service and ``label``, read the quick way: any surprise (not a series, a
+    label missing, empty, or not plain ASCII) raises, for the careful reader."""
+    metric = item["metric"]
+    service, value = metric[service_label], metric[label]
+    if not (service and value and service.isascii() and value.isascii()):
+        raise ValueError("empty, or perhaps not valid Unicode")
+    return service, value
 
 
 def tls_failure(exc: BaseException, client_cert: bool, section: str = "prometheus") -> str | None:
