@@ -165,11 +165,14 @@ class Leader:
             started = time.monotonic()
             self.renew()
             with self._lock:
-                until, seen = self._until, self._seen
+                until, seen, failed = self._until, self._seen, self._error is not None
             if until == math.inf:
                 return  # a lease that never ends: nothing to renew
             next_claim = started + every
-            if seen is not None and seen.holder != self.replica and seen.remaining is not None:
+            # Another's lease: claim again as it ends. Not after a failed claim: what was
+            # seen is stale, and claiming in a loop would hammer an unreachable server.
+            held = seen is not None and seen.holder != self.replica and not failed
+            if held and seen is not None and seen.remaining is not None:
                 ends = started + seen.remaining.total_seconds() + AT_EXPIRY
                 next_claim = min(next_claim, max(ends, time.monotonic() + AT_EXPIRY))
             while not self._stop.is_set() and time.monotonic() < next_claim:

@@ -175,6 +175,32 @@ def test_a_follower_takes_the_lease_when_it_runs_out_not_a_renewal_later(
         journal.close()
 
 
+class _UnreachableAfterOneClaim:
+    """A lease store that answers one claim (another replica's lease, about to end), then
+    cannot be reached; it counts the claims."""
+
+    def __init__(self) -> None:
+        self.claims = 0
+
+    def claim(self, cluster: str, replica: str, lease: timedelta) -> Lease:
+        self.claims += 1
+        if self.claims == 1:
+            return Lease("a", 1, None, remaining=timedelta(0))
+        raise JournalUnavailable("the journal cannot be reached: connection refused")
+
+
+def test_a_follower_that_cannot_reach_the_journal_claims_once_a_renewal_not_in_a_loop() -> None:
+    """Claims that fail are not repeated at the stale lease's end: one per third of a lease."""
+    store = _UnreachableAfterOneClaim()
+    follower = Leader(store, "main", "b", timedelta(seconds=3))  # type: ignore[arg-type]
+    follower.start()
+    try:
+        time.sleep(1.5)
+    finally:
+        follower.stop()
+    assert 2 <= store.claims <= 3  # at 0, at once after the lease seen ended, then at 1 s
+
+
 def test_a_leader_that_cannot_renew_stops_before_the_server_could_give_the_lease_away(
     postgres_url: str,
 ) -> None:
