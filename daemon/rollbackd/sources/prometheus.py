@@ -433,9 +433,12 @@ class PrometheusSource:
     def _result(self, body: bytes) -> Any:
         """The answer's ``data.result``, parsed once (see the module's docstring)."""
         try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            document = self._refused(body, exc)
+            try:
+                document = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                document = self._refused(body, exc)
+        except (RecursionError, MemoryError) as exc:  # a backstop behind the parse limits
+            raise self._unreadable(exc) from None
         try:
             return document["data"]["result"]
         except (KeyError, TypeError, IndexError):
@@ -461,9 +464,8 @@ class PrometheusSource:
     def _call(self, endpoint: str, params: Mapping[str, Any]) -> Any:
         """``data.result`` of the answer at ``/api/v1/<endpoint>``, decoded once, or
         QueryError saying why there is none; nothing else escapes."""
-        body = self._fetch(endpoint, params)
-        with _DECODING:
-            return self._decoded(body)
+        with self._answer(endpoint, params) as result:
+            return result
 
     @contextmanager
     def _answer(self, endpoint: str, params: Mapping[str, Any]) -> Iterator[Any]:
@@ -473,15 +475,7 @@ class PrometheusSource:
         Prometheus still overlap; decoding is bound by the interpreter's lock anyway."""
         body = self._fetch(endpoint, params)
         with _DECODING:
-            yield self._decoded(body)
-
-    def _decoded(self, body: bytes) -> Any:
-        try:
-            return self._result(body)
-        except (RecursionError, MemoryError) as exc:  # a backstop behind the parse limits
-            raise QueryError(
-                f"Prometheus at {self.url} answered what cannot be read: {type(exc).__name__}"
-            ) from None
+            yield self._result(body)
 
     def _fetch(self, endpoint: str, params: Mapping[str, Any]) -> bytes:
         """The body of Prometheus' answer at ``/api/v1/<endpoint>``, or QueryError."""
@@ -515,6 +509,13 @@ class PrometheusSource:
             raise QueryError(
                 f"Prometheus at {self.url}: {one_line(str(exc), ERROR_LIMIT)}"
             ) from None
+        except MemoryError as exc:  # a backstop behind the size limit
+            raise self._unreadable(exc) from None
+
+    def _unreadable(self, exc: BaseException) -> QueryError:
+        return QueryError(
+            f"Prometheus at {self.url} answered what cannot be read: {type(exc).__name__}"
+        )
 
 
 def _plain_labels(item: Any, service_label: str, label: str) -> tuple[str, str]:
