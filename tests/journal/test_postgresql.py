@@ -225,3 +225,13 @@ def test_a_delivery_postgresql_refuses_fails_alone_and_its_batch_is_kept(
     assert {a.fingerprint for a in journal.firing_alerts(T0)} == {"b1", "b2"}
     assert journal.deliveries() == 3  # the batch-filling delivery of one_batch, and these two
     journal.close()
+
+
+def test_fingerprints_an_array_literal_would_misread_are_found_again(postgres_url: str) -> None:
+    """A quote, a backslash or the word NULL in a fingerprint: the retry is a duplicate."""
+    journal = PostgresJournal(postgres_url)
+    odd = delivery(alert('q"1'), alert("b\\2"), alert("NULL"))
+    assert journal.record_delivery(T0, odd, "first") == (3, 0)
+    assert journal.record_delivery(T0, odd, "retry") == (0, 3)
+    assert sorted(a.fingerprint for a in journal.firing_alerts(T0)) == ["NULL", "b\\2", 'q"1']
+    journal.close()

@@ -1,10 +1,10 @@
 """The alert store in PostgreSQL: webhook deliveries and the alerts they carry, group-committed.
 
 As in SQLite (:mod:`rollbackd.journal.sqlite.writer`): each delivery is queued to one
-writer thread, which writes every delivery waiting at that moment in one transaction, each
-inside a savepoint of its own, commits once, and only then answers each of them. The
-webhook handler never waits on the network in the event loop, and one round trip to
-PostgreSQL is paid per batch, not per delivery. Alerts are keyed by (fingerprint, startsAt):
+writer thread, which writes every delivery waiting at that moment in one transaction,
+commits once, and only then answers each of them. The webhook handler never waits on the
+network in the event loop, and a few round trips to PostgreSQL are paid per batch, not per
+delivery (see :meth:`PostgresAlerts._write_batch`). Alerts are keyed by (fingerprint, startsAt):
 a retried delivery changes nothing, and a resolved alert never goes back to firing.
 """
 
@@ -116,11 +116,12 @@ class PostgresAlerts(PostgresStore):
     def _write_batch(self, batch: Sequence[Queued]) -> None:
         """One transaction, one commit; then each delivery's request is answered.
 
-        The whole batch is written by four statements (its alerts read and locked, their
-        inserts and updates, its deliveries), whatever its size: PostgreSQL is a round trip
-        away, and one per delivery would cap the journal far below what Alertmanager can
-        send. If PostgreSQL refuses the batch for what it holds, it is written again one
-        delivery at a time, each in a savepoint, so that the delivery at fault fails alone.
+        The whole batch is written by two statements besides BEGIN and COMMIT (its alerts
+        read and locked; then its alerts and deliveries written), whatever its size:
+        PostgreSQL is a round trip away, and one per delivery would cap the journal far
+        below what Alertmanager can send. If PostgreSQL refuses the batch for what it
+        holds, it is written again one delivery at a time, each in a savepoint, so that
+        the delivery at fault fails alone.
         If the transaction cannot be committed, every delivery of the batch fails, and none
         of them is in the journal.
         """
@@ -143,16 +144,7 @@ class PostgresAlerts(PostgresStore):
             outcomes = [exc] * len(batch)
         except JournalError as exc:
             if len(batch) == 1 and isinstance(exc.__cause__, THE_WRITE_ITSELF):
-                log.error(
-                    "a webhook delivery could not be journaled",
-                    group_key=batch[0].delivery.group_key,
-                    alerts=len(batch[0].delivery.alerts),
-                    reason=str(exc),
-                )
-                exc = JournalError(
-                    f"the journal {self.location} could not record this delivery: "
-                    f"{self._database.reason(exc.__cause__)}"
-                )
+                exc = self._refused(batch[0], exc.__cause__)
             outcomes = [exc] * len(batch)
         for item, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, JournalError):
@@ -169,19 +161,19 @@ class PostgresAlerts(PostgresStore):
                     with db.transaction():  # a savepoint
                         outcomes.extend(_write_deliveries(db, [item]))
                 except THE_WRITE_ITSELF as exc:
-                    log.error(
-                        "a webhook delivery could not be journaled",
-                        group_key=item.delivery.group_key,
-                        alerts=len(item.delivery.alerts),
-                        reason=self._database.reason(exc),
-                    )
-                    outcomes.append(
-                        JournalError(
-                            f"the journal {self.location} could not record this delivery: "
-                            f"{self._database.reason(exc)}"
-                        )
-                    )
+                    outcomes.append(self._refused(item, exc))
         return outcomes
+
+    def _refused(self, item: Queued, exc: BaseException) -> JournalError:
+        """The error of a delivery PostgreSQL refused for what it holds; said in the log."""
+        reason = self._database.reason(exc)
+        log.error(
+            "a webhook delivery could not be journaled",
+            group_key=item.delivery.group_key,
+            alerts=len(item.delivery.alerts),
+            reason=reason,
+        )
+        return JournalError(f"the journal {self.location} could not record this delivery: {reason}")
 
     def firing_alerts(
         self,

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
-from psycopg.types.string import StrBinaryDumper, StrDumper
+from psycopg.types.string import StrDumper
 
 from rollbackd.errors import JournalError, JournalUnavailable, NotLeader
 from rollbackd.journal.codec import encode_json
@@ -166,14 +166,6 @@ class _Text(StrDumper):
         return kept_text(obj)
 
 
-class _BinaryText(StrBinaryDumper):
-    """A text parameter in the binary format (``%b``), as :func:`kept_text` says: arrays
-    of text are sent this way, ten times faster than psycopg builds their text form."""
-
-    def dump(self, obj: str) -> bytes:
-        return kept_text(obj)
-
-
 class Database:
     """One PostgreSQL journal, open for reading and writing; safe to share between threads.
 
@@ -244,8 +236,7 @@ class Database:
             tcp_user_timeout=max(ms, 1000) * 2,
             **extra,
         )
-        connection.adapters.register_dumper(str, _BinaryText)
-        connection.adapters.register_dumper(str, _Text)  # the one %s takes
+        connection.adapters.register_dumper(str, _Text)
         return connection
 
     def reason(self, exc: BaseException, connection: Connection | None = None) -> str:
