@@ -21,6 +21,7 @@ from rollbackd import __version__
 from rollbackd.api import errors
 from rollbackd.api.auth import ANY_ROLE, Auth
 from rollbackd.api.limits import BodyLimit
+from rollbackd.api.webhooks import ROLES as WEBHOOK_ROLES
 from rollbackd.api.webhooks import WebhookFastPath
 from rollbackd.config import Config
 from rollbackd.core.durations import format_instant
@@ -133,7 +134,7 @@ def create_app(runtime: Served) -> FastAPI:  # noqa: PLR0915 -- the routes read 
         }
     }
 
-    may_post_alerts = requires("alertmanager")
+    may_post_alerts = requires(*WEBHOOK_ROLES)
 
     @app.post(
         "/webhooks/alertmanager",

@@ -13,24 +13,21 @@ body it read replayed, so every error is the application's: the same status, the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from typing import Any
 
 import orjson
 
-from rollbackd.api.auth import Auth
+from rollbackd.api.auth import Auth, permits
 from rollbackd.api.errors import mapped_response
+from rollbackd.api.limits import Message, Receive, Scope, Send
 from rollbackd.errors import JournalError
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PATH = "/webhooks/alertmanager"
-ROLES = ("alertmanager", "admin")
+ROLES = ("alertmanager",)
+"""Who may post it (as the route's ``requires("alertmanager")``)."""
 
 
 class WebhookFastPath:
@@ -116,7 +113,7 @@ class WebhookFastPath:
         if declared > min(self.largest, self.limit()):
             return None
         caller = self.auth.caller_of(authorization or "")
-        if caller is None or caller.role not in ROLES:
+        if caller is None or not permits(caller, ROLES):
             return None
         return declared
 
