@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import secrets
 import signal
@@ -48,6 +47,7 @@ from bench.common import (
     workdir,
 )
 from bench.ingest import ALERTS_PER_PAYLOAD, RULES, TARGET_P99_MS, TARGET_RATE
+from bench.ingest import config_text as ingest_config
 
 LEASE = 5.0
 POLL = 1.0
@@ -56,36 +56,16 @@ CONCURRENCY = 16
 
 
 def config_text(root: Path, name: str, port: int, url: str, token: str) -> str:
-    digest = hashlib.sha256(token.encode()).hexdigest()
-    return f"""
-[daemon]
-listen = "127.0.0.1:{port}"
-state_dir = "{root / f"state-{name}"}"
-poll_interval = "{POLL:g}s"
-rules = ["rules/*.toml"]
-log_format = "json"
-
-[prometheus]
-url = "http://127.0.0.1:{free_port()}"
-timeout = "1s"
-
-[[services]]
-name = "web"
-executor = "command"
-command = ["true"]
-
-[journal]
-url = "{url}"
-
-[cluster]
-replica_name = "{name}"
-lease = "{LEASE:g}s"
-
-[[tokens]]
-name = "alertmanager"
-sha256 = "{digest}"
-role = "alertmanager"
-"""
+    """bench/ingest's config, as replica ``name`` of a cluster on ``url``."""
+    return ingest_config(
+        root,
+        port,
+        token,
+        state=f"state-{name}",
+        daemon=f'poll_interval = "{POLL:g}s"',
+        more=f'\n[journal]\nurl = "{url}"\n\n[cluster]\nreplica_name = "{name}"\n'
+        f'lease = "{LEASE:g}s"\n',
+    )
 
 
 class Replica:

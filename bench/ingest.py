@@ -194,14 +194,19 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
     return status, keep
 
 
-def config_text(root: Path, port: int, token: str) -> str:
+def config_text(
+    root: Path, port: int, token: str, *, state: str = "state", daemon: str = "", more: str = ""
+) -> str:
+    """The benchmark daemon's config: one service, no Prometheus, Alertmanager's token.
+    ``daemon`` adds lines to ``[daemon]``, ``more`` whole tables (bench/failover's)."""
     digest = hashlib.sha256(token.encode()).hexdigest()
     return f"""
 [daemon]
 listen = "127.0.0.1:{port}"
-state_dir = "{root / "state"}"
+state_dir = "{root / state}"
 rules = ["rules/*.toml"]
 log_format = "json"
+{daemon}
 
 [prometheus]
 url = "http://127.0.0.1:{free_port()}"
@@ -216,7 +221,7 @@ command = ["true"]
 name = "alertmanager"
 sha256 = "{digest}"
 role = "alertmanager"
-"""
+{more}"""
 
 
 RULES = """
