@@ -235,3 +235,34 @@ def test_fingerprints_an_array_literal_would_misread_are_found_again(postgres_ur
     assert journal.record_delivery(T0, odd, "retry") == (0, 3)
     assert sorted(a.fingerprint for a in journal.firing_alerts(T0)) == ["NULL", "b\\2", 'q"1']
     journal.close()
+
+
+def test_a_late_firing_retry_racing_a_resolve_on_another_replica_never_reopens_it(
+    postgres_url: str,
+) -> None:
+    """Two replicas journal one new alert at once: a resolve, and a late retry of its firing.
+    The retry, which looked before the resolve was committed, still leaves it resolved."""
+    resolving, retrying = PostgresJournal(postgres_url), PostgresJournal(postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(
+            "CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF NEW.status = 'resolved' THEN PERFORM pg_sleep(1.5); END IF; RETURN NEW; END $$"
+        )
+        admin.execute(  # once the resolved alert is inserted, its transaction waits
+            "CREATE TRIGGER stall AFTER INSERT ON alerts FOR EACH ROW EXECUTE FUNCTION stall()"
+        )
+        ended = T0 + timedelta(minutes=5)
+        resolve = delivery(alert("r1", status="resolved", ends_at=ended))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            resolved = pool.submit(resolving.record_delivery, ended, resolve, "resolved")
+            while not admin.execute(  # its alert is written, not committed: it sleeps
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+            ).fetchone():
+                pass
+            late = retrying.record_delivery(ended, delivery(alert("r1")), "late firing retry")
+            assert resolved.result(30) == (1, 0)
+    assert late == (1, 0)
+    assert retrying.firing_alerts(ended) == []
+    assert resolving.firing_alerts(ended) == []
+    resolving.close()
+    retrying.close()

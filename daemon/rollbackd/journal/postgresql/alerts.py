@@ -303,9 +303,12 @@ written AS (
     SELECT x->>0, (x->>1)::timestamptz, x->>2, (x->>3)::timestamptz, x->>4, x->>5,
            (x->>6)::json, (x->>7)::json, (x->>8)::timestamptz, (x->>9)::timestamptz
     FROM batch, jsonb_array_elements(doc->0) AS x
-    ON CONFLICT (fingerprint, starts_at) DO UPDATE SET status = excluded.status,
-        ends_at = excluded.ends_at, labels = excluded.labels,
-        annotations = excluded.annotations, last_received = excluded.last_received
+    ON CONFLICT (fingerprint, starts_at) DO UPDATE SET
+        status = CASE WHEN alerts.status = 'resolved' THEN 'resolved' ELSE excluded.status END,
+        ends_at = CASE WHEN alerts.status = 'resolved'
+                       THEN coalesce(alerts.ends_at, excluded.ends_at) ELSE excluded.ends_at END,
+        labels = excluded.labels, annotations = excluded.annotations,
+        last_received = excluded.last_received
 ),
 seen AS (
     UPDATE alerts SET last_received = (x->>2)::timestamptz
@@ -319,7 +322,9 @@ ORDER BY o
 """
 """A batch in one statement, from one JSON document: its alerts written (inserted, or
 changed in place), those received again unchanged touched, and its deliveries in order.
-The two sets of alerts never share a row (one statement cannot change a row twice)."""
+The two sets of alerts never share a row (one statement cannot change a row twice).
+A resolved alert stays resolved here too, not only in the lookup before: another replica
+may insert it resolved after that lookup, and a late firing retry then meets it here."""
 
 _TEXT_FIELDS = ((0, (0, 2, 4, 5)), (1, (0,)), (2, (1, 2, 3, 6)))
 """The fields of the batch document that become text: in its alerts, touched alerts and
