@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rollbackd.sources.prometheus import MAX_POINTS, PrometheusSource, QueryError, chunks
 from tests.reliability.support import Reply, StubServer
@@ -301,3 +304,69 @@ def test_one_look_at_the_versions_skips_only_the_odd_series(stub: StubServer) ->
     url = answering(stub, Reply(200, VECTOR_HEAD + b",".join(series) + b"]}}"))
     seen = source(url).labels_over_time("v", "version", AT, AT, timedelta(seconds=15))
     assert seen == {"web": {"v2": [AT]}, "wéb": {"v1": [AT]}, "api": {"a7": [AT], "a8": [AT]}}
+
+
+_LABELS = st.one_of(
+    st.none(), st.sampled_from(["web", "api", "", "w\u00e9b", "q\ud800", 7]), st.text(max_size=3)
+)
+_VALUES = st.one_of(
+    st.sampled_from(["0.5", "1e+06", "-0", "NaN", "+Inf", "-Inf", "x", "", "1_0"]),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    series=st.lists(
+        st.tuples(
+            _LABELS, st.dictionaries(st.sampled_from(["pod", "le", "job"]), st.text()), _VALUES
+        ),
+        max_size=8,
+    )
+)
+def test_any_vector_answer_reads_as_each_series_says(
+    url: str, series: list[tuple[object, dict[str, object], object]]
+) -> None:
+    """Whatever the labels and values, a service with one series and a finite number has it,
+    and each other service the answer names has a reason; nothing else has a value."""
+    body = vector()
+    for label, extra, value in series:
+        metric: dict[str, object] = dict(extra)
+        if label is not None:
+            metric["service"] = label
+        body["data"]["result"].append({"metric": metric, "value": [1.5, value]})
+    query = f"property-{next(_PROPERTY)}"
+    _Handler.answers[query] = json.dumps(body)
+    result = source(url).instant(query, AT)
+    named = [s for s, _, _ in series if _usable(s)]
+    expected: dict[str, float] = {}
+    for service, _, value in series:
+        number = _finite(value)
+        if named.count(service) == 1 and number is not None:
+            expected[str(service)] = number
+    assert result.numbers == expected
+    assert set(result.problems) == set(named) - set(expected)
+    assert (result.error is not None) == (bool(series) and not named)
+
+
+_PROPERTY = itertools.count()
+
+
+def _usable(label: object) -> bool:
+    """A service label: a non-empty string that is valid Unicode."""
+    if not isinstance(label, str) or not label:
+        return False
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _finite(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -13,22 +13,26 @@ sending without end — and reads at most ``max_response_bytes`` of answer (see
 :mod:`rollbackd.bounded`).
 
 The three calls go to ``/api/v1/query`` and ``/api/v1/query_range`` directly,
-on requests with the deadline session below, and each answer is decoded once,
-by orjson. prometheus-api-client did this before: all it added was the URL and
+on requests with the deadline session below. Each answer is first read the
+quick way, by msgspec into what rollbackd reads of it and nothing else (see
+:func:`_quick_decoder`); any surprise, and it is decoded whole by orjson and read
+the careful way. prometheus-api-client did this before: all it added was the URL and
 ``response.json()``, the standard library's decoder, with no way to hand it
 another, and at 10,000 services that decoding was most of a cycle's own CPU
 (~285 of 357 ms). These three calls are all rollbackd asks of Prometheus, so
 the client had no part left and is no longer used.
 
-orjson parses no JSON deeper than 1,024 levels (in Rust: no Python recursion),
-reads every number as a float (no giant Python integers) and refuses invalid
-UTF-8, bare NaN and Infinity. It runs first: :func:`~rollbackd.bounded.json_problem`
-(nesting beyond :data:`~rollbackd.bounded.MAX_JSON_DEPTH` levels, numbers longer
-than :data:`~rollbackd.bounded.MAX_NUMBER_LENGTH` characters) only says why an
-answer it refused is refused, so that the common answer is read once. The one
-answer decoded twice is valid JSON that orjson refuses: a label with a lone
-surrogate (``"\\ud800"``), which no Prometheus writes; the standard library reads
-it, after :func:`~rollbackd.bounded.json_problem`, and that series names no service.
+msgspec skips what it is not asked for, and raises RecursionError on deep
+nesting: that answer goes to orjson, which parses no JSON deeper than 1,024
+levels (in Rust: no Python recursion), reads every number as a float (no giant
+Python integers) and refuses invalid UTF-8, bare NaN and Infinity. Only then
+:func:`~rollbackd.bounded.json_problem` (nesting beyond
+:data:`~rollbackd.bounded.MAX_JSON_DEPTH` levels, numbers longer than
+:data:`~rollbackd.bounded.MAX_NUMBER_LENGTH` characters) says why an answer
+orjson refused is refused, so that the common answer is read once. Valid JSON
+that orjson refuses is a label with a lone surrogate (``"\\ud800"``), which no
+Prometheus writes; the standard library reads it, after
+:func:`~rollbackd.bounded.json_problem`, and that series names no service.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import orjson
 import requests
 import urllib3
@@ -264,6 +269,9 @@ class PrometheusSource:
             session.proxies = {"http": proxy_url, "https": proxy_url}
         session.mount(self.url, _WatchedAdapter(tls))
         self._session = session
+        self._quick_vector = _quick_decoder((service_label,), "value", tuple[float, float])
+        self._quick_range = _quick_decoder((service_label,), "values", list[tuple[float, float]])
+        self._quick_labels: dict[str, msgspec.json.Decoder[Any]] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> PrometheusSource:
@@ -289,30 +297,28 @@ class PrometheusSource:
     def instant(self, query: str, at: datetime) -> Vector:
         """Evaluate ``query`` at ``at``; one value per service (or why there is none)."""
         try:
-            with self._answer("query", {"query": query, "time": at.timestamp()}) as result:
+            with self._body("query", {"query": query, "time": at.timestamp()}) as body:
+                try:
+                    return self._vector(self._quick_vector.decode(body).data.result)
+                except _NOT_QUICK:
+                    pass
+                result = self._result(body)
                 if not isinstance(result, list):
                     return Vector(error="the query does not return an instant vector")
-                try:
-                    return self._vector(result)
-                except (KeyError, IndexError, TypeError, ValueError):
-                    return self._vector_carefully(result)
+                return self._vector_carefully(result)
         except QueryError as exc:
             return Vector(error=str(exc))
 
     def _vector(self, result: list[Any]) -> Vector:
-        """The answer read as Prometheus writes it; any surprise raises, for the careful reader.
-
-        At ten thousand services this loop is a large part of a cycle's own cost.
-        """
-        label = self.service_label
-        numbers = {item["metric"][label]: float(item["value"][1]) for item in result}
+        """The answer read as Prometheus writes it (see :func:`_quick_decoder`); any surprise
+        raises, for the careful reader."""
+        numbers = {item.metric.l0: item.value[1] for item in result}
         if len(numbers) != len(result):
             raise ValueError("two series for one service: read carefully")
-        # Each check once over all of them, in C: a label that is not a string fails the
-        # join; NaN or ±Inf anywhere makes the sum NaN or ±Inf (as does an overflowing sum
-        # of finite values, read carefully too).
-        if "" in numbers or not "".join(numbers).isascii():
-            raise ValueError("an empty label, or one that may not be valid Unicode: read carefully")
+        # Each check once over all of them, in C: NaN or ±Inf anywhere makes the sum NaN or
+        # ±Inf (as does an overflowing sum of finite values, read carefully too).
+        if "" in numbers:
+            raise ValueError("an empty label: read carefully")
         total = sum(numbers.values())
         if total - total != 0.0:
             raise ValueError("NaN or ±Inf: read carefully")
@@ -355,30 +361,50 @@ class PrometheusSource:
         ambiguous: dict[str, str] = {}
         for chunk_start, chunk_end in chunks(start, end, step):
             try:
-                result = self._call("query_range", _range(query, chunk_start, chunk_end, step))
+                with self._body("query_range", _range(query, chunk_start, chunk_end, step)) as body:
+                    read = self._chunk(body)
             except QueryError as exc:
                 return Matrix(error=str(exc))
-            if not isinstance(result, list) or any(
-                not isinstance(item, dict) or "values" not in item for item in result
-            ):
+            if read is None:
                 return Matrix(error="the query does not return a range vector")
             counts: dict[str, int] = {}
-            for item in result:
-                service = _label(item, self.service_label)
-                if service is None:
-                    continue
+            for service, points in read:
                 counts[service] = counts.get(service, 0) + 1
-                points = series.setdefault(service, {})
-                try:
-                    values = item["values"]
-                    times = [round(t * 1000) for t, _ in values]
-                    points.update(zip(times, map(float, [v for _, v in values]), strict=True))
-                except (TypeError, ValueError, OverflowError):
-                    points.update(p for p in map(_point, item["values"] or ()) if p is not None)
+                series.setdefault(service, {}).update(points)
             for service, count in counts.items():
                 if count > 1:
                     ambiguous[service] = self._ambiguous(count)
         return Matrix(series, ambiguous=ambiguous)
+
+    def _chunk(self, body: bytes) -> list[tuple[str, dict[int, float]]] | None:
+        """A range answer's series, each as its service and its points (unix ms: value);
+        None if it is not a range vector. A series naming no service is left out."""
+        try:
+            quick = self._quick_range.decode(body).data.result
+        except _NOT_QUICK:
+            quick = None
+        if quick is not None and all(item.metric.l0 for item in quick):
+            return [
+                (item.metric.l0, {round(t * 1000): v for t, v in item.values}) for item in quick
+            ]
+        result = self._result(body)
+        if not isinstance(result, list) or any(
+            not isinstance(item, dict) or "values" not in item for item in result
+        ):
+            return None
+        read = []
+        for item in result:
+            service = _label(item, self.service_label)
+            if service is None:
+                continue
+            try:
+                values = item["values"]
+                times = [round(t * 1000) for t, _ in values]
+                points = dict(zip(times, map(float, [v for _, v in values]), strict=True))
+            except (TypeError, ValueError, OverflowError):
+                points = dict(p for p in map(_point, item["values"] or ()) if p is not None)
+            read.append((service, points))
+        return read
 
     def labels_over_time(
         self, query: str, label: str, start: datetime, end: datetime, step: timedelta
@@ -416,7 +442,21 @@ class PrometheusSource:
         so the quick way first, as for a range; a series with any surprise the careful way."""
         seen: dict[str, dict[str, list[datetime]]] = {}
         service_label = self.service_label
-        with self._answer("query", {"query": query, "time": at.timestamp()}) as result:
+        quick = self._quick_labels.get(label)
+        if quick is None:
+            quick = self._quick_labels[label] = _quick_decoder((service_label, label))
+        with self._body("query", {"query": query, "time": at.timestamp()}) as body:
+            try:
+                pairs = [
+                    (item.metric.l0, item.metric.l1) for item in quick.decode(body).data.result
+                ]
+            except _NOT_QUICK:
+                pairs = None
+            if pairs is not None and all(service and value for service, value in pairs):
+                for service, value in pairs:
+                    seen.setdefault(service, {}).setdefault(value, []).append(at)
+                return seen
+            result = self._result(body)
             for item in result if isinstance(result, list) else []:
                 try:
                     service, value = _plain_labels(item, service_label, label)
@@ -469,13 +509,19 @@ class PrometheusSource:
 
     @contextmanager
     def _answer(self, endpoint: str, params: Mapping[str, Any]) -> Iterator[Any]:
-        """:meth:`_call`, its answer read within the block while no other thread decodes
-        one: at 10,000 services a decoded answer is tens of MiB of Python objects, and eight
-        reading threads holding one each made the daemon's peak memory. The waits for
-        Prometheus still overlap; decoding is bound by the interpreter's lock anyway."""
+        """:meth:`_call`, its answer read within the block (see :meth:`_body`)."""
+        with self._body(endpoint, params) as body:
+            yield self._result(body)
+
+    @contextmanager
+    def _body(self, endpoint: str, params: Mapping[str, Any]) -> Iterator[bytes]:
+        """The answer's body, to be decoded and read within the block while no other thread
+        decodes one: at 10,000 services a decoded answer is tens of MiB of Python objects,
+        and eight reading threads holding one each made the daemon's peak memory. The waits
+        for Prometheus still overlap; decoding is bound by the interpreter's lock anyway."""
         body = self._fetch(endpoint, params)
         with _DECODING:
-            yield self._result(body)
+            yield body
 
     def _fetch(self, endpoint: str, params: Mapping[str, Any]) -> bytes:
         """The body of Prometheus' answer at ``/api/v1/<endpoint>``, or QueryError."""
@@ -516,6 +562,48 @@ class PrometheusSource:
         return QueryError(
             f"Prometheus at {self.url} answered what cannot be read: {type(exc).__name__}"
         )
+
+
+def _quick_decoder(
+    labels: tuple[str, ...], field: str | None = None, kind: Any = None
+) -> msgspec.json.Decoder[Any]:
+    """A decoder of an answer's ``data.result`` that keeps only what rollbackd reads: of each
+    series, the ``labels`` of its metric (as ``metric.l0``, ``metric.l1``…) and ``field``
+    (``value`` or ``values``) as ``kind``, its numbers' strings read as floats.
+
+    At 10,000 services, orjson's whole tree of dicts, lists and strings, and reading one
+    number per service out of it, were most of a cycle's own CPU; this builds no dict and
+    converts in C. Any surprise (a label missing or not a string, a field of another
+    shape, ``+Inf``, invalid UTF-8 or a lone surrogate, nesting beyond the recursion
+    limit) raises, and the answer is read the careful way, as are empty labels, found
+    after. Unknown fields and labels are skipped; every string read is valid Unicode.
+    """
+    metric = msgspec.defstruct(
+        "Metric",
+        [(f"l{index}", str) for index in range(len(labels))],
+        rename={f"l{index}": label for index, label in enumerate(labels)},
+        gc=False,
+    )
+    fields: list[tuple[str, Any]] = [("metric", metric)]
+    if field is not None:
+        fields.append((field, kind))
+    series = msgspec.defstruct("Series", fields, gc=False)
+    data = msgspec.defstruct("Data", [("result", list[series])], gc=False)  # type: ignore[valid-type]
+    answer = msgspec.defstruct("Answer", [("data", data)], gc=False)
+    return msgspec.json.Decoder(answer, strict=False)
+
+
+_NOT_QUICK = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RecursionError,
+    MemoryError,
+)
+"""What sends an answer from the quick reading to the careful one (msgspec's errors are
+ValueErrors; a MemoryError there meets the careful reading's backstop)."""
 
 
 def _plain_labels(item: Any, service_label: str, label: str) -> tuple[str, str]:
