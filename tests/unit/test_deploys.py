@@ -100,6 +100,32 @@ def test_a_rolling_deploy_keeps_the_new_version_current() -> None:
     assert [d.version for d in history.deploys("web")] == ["v1", "v2"]
 
 
+def test_one_look_at_every_service_agrees_with_asking_each_one() -> None:
+    """A cycle's bulk reads (current deploys, services serving two versions, every
+    service's versions observed at once) say what the per-service calls say, after each
+    change: a deploy seen, an event replacing it, a rollout, a version coming back."""
+    history = DeployHistory(timedelta(minutes=30))
+    looks = [
+        {"web": ["v1"], "api": ["a1"]},
+        {"web": ["v1"], "api": ["a1"], "db": ["d1"]},
+        {"web": ["v1", "v2"], "api": ["a1"], "db": ["d1"]},
+        {"web": ["v2"], "api": ["a2"], "db": ["d1"]},
+        {"web": ["v1"], "api": ["a2"]},
+    ]
+    for minutes, running in enumerate(looks):
+        at = T0 + 10 * minutes * MIN
+        history.observe_all(running, at)
+        if minutes == 1:
+            history.record(Deploy("db", "d1", at - SEC, "event", ref="abc123"))
+        services = ["web", "api", "db", "nowhere"]
+        expected = {s: d for s in services if (d := history.current(s)) is not None}
+        assert history.currents() == expected
+        assert history.serving_several() == [s for s in services if len(history.serving(s)) > 1]
+    current = history.current("web")
+    assert current is not None and (current.version, current.time) == ("v1", T0 + 40 * MIN)
+    assert history.currents()["db"].ref == "abc123"
+
+
 def versions_and_times(history: DeployHistory) -> list[tuple[str, datetime, str]]:
     return [(d.version, d.time, d.source) for d in history.deploys("web")]
 

@@ -126,6 +126,7 @@ class DeployHistory:
         self._services: dict[str, _ServiceHistory] = {}
         self.revision = 0
         """Changes whenever a deploy is added or replaced: what depends on deploys can cache."""
+        self._currents: tuple[int, Mapping[str, Deploy]] | None = None
 
     def services(self) -> list[str]:
         return sorted(self._services)
@@ -250,6 +251,15 @@ class DeployHistory:
         if history.runs:
             history.runs[-1].ended = None
 
+    def observe_all(self, running: Mapping[str, Iterable[str]], at: datetime) -> None:
+        """:meth:`observe_versions` of the version metric for each service in ``running``:
+        one call for a cycle's every service, nearly all of them running what they ran."""
+        services = self._services
+        for service, versions in running.items():
+            history = services.get(service)
+            if history is None or history.present.get("metric") != frozenset(versions):
+                self.observe_versions(service, versions, at)
+
     def observe_versions(
         self,
         service: str,
@@ -357,6 +367,18 @@ class DeployHistory:
     def current(self, service: str) -> Deploy | None:
         run = self._current_run(service)
         return run.deploy if run else None
+
+    def currents(self) -> Mapping[str, Deploy]:
+        """Every service's current deploy (one without any is absent), as :meth:`current`
+        says: built once per :attr:`revision`, for the cycle's loops over every service."""
+        if self._currents is None or self._currents[0] != self.revision:
+            currents = {s: h.runs[-1].deploy for s, h in self._services.items() if h.runs}
+            self._currents = (self.revision, currents)
+        return self._currents[1]
+
+    def serving_several(self, source: str = "metric") -> list[str]:
+        """The services ``source`` saw running more than one version at its last look."""
+        return [s for s, h in self._services.items() if len(h.present.get(source, ())) > 1]
 
     def deploys(self, service: str) -> list[Deploy]:
         history = self._services.get(service)

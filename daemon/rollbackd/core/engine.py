@@ -308,17 +308,18 @@ class Engine:
         by_service: dict[str, list[Finding]] = {}
         for finding in notable:
             by_service.setdefault(finding.service, []).append(finding)
-        quiet: list[str] = []
         judgements = self._judgements
-        for service, evaluated in self._evaluated.items():
-            # A service without notable findings has every rule quiet and OK (if any applies).
+        # A service without notable findings has every rule quiet and OK (if any applies);
+        # at thousands of services nearly all of them, with nothing to follow.
+        quiet = [
+            service
+            for service, evaluated in self._evaluated.items()
+            if service not in by_service and (evaluated > 0 or service in inputs.quiet_alerts)
+        ]
+        busy = [s for s in self._evaluated if s in by_service or s in judgements]
+        for service in busy:
             own = by_service.get(service, [])
-            if not own:
-                if evaluated > 0 or service in inputs.quiet_alerts:
-                    quiet.append(service)
-                if service not in judgements:  # thousands of services: nothing to follow
-                    outcomes[service] = NOTHING_FIRES
-                    continue
+            evaluated = self._evaluated[service]
             firing = [f for f in own if f.firing]
             if own:
                 conclusive = len(own) < evaluated or any(
@@ -330,6 +331,9 @@ class Engine:
             if decision is not None:
                 decisions.append(decision)
         self.history.note_conclusive(quiet, now)
+        for service in explain:
+            if service in self._evaluated:
+                outcomes.setdefault(service, NOTHING_FIRES)
         return CycleReport(
             time=now,
             notable=notable,
@@ -375,12 +379,8 @@ class Engine:
 
     def _deploy_times(self) -> dict[str, datetime]:
         """Each service's current deploy time: what the evidence of its rules counts from."""
-        times = {}
-        for service in self._services:
-            current = self.history.current(service)
-            if current is not None:
-                times[service] = current.time
-        return times
+        services = self._services
+        return {s: deploy.time for s, deploy in self.history.currents().items() if s in services}
 
     def _judge(
         self,

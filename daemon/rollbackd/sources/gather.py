@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from rollbackd.config import Config
 from rollbackd.core.canary import Forms, SideBySide, Split, forms_of, instances_query, split_of
@@ -283,6 +283,16 @@ class BaselineCache:
         return adjusted
 
 
+_V = TypeVar("_V")
+
+
+def _only(mapping: Mapping[str, _V], services: Mapping[str, object]) -> Mapping[str, _V]:
+    """``mapping`` without what is not about one of ``services`` (itself, nearly always)."""
+    if mapping.keys() <= services.keys():
+        return mapping
+    return {key: value for key, value in mapping.items() if key in services}
+
+
 def _collect(
     split: dict[str, dict[str, Vector]],
     reads: Mapping[str, Future[Any]],
@@ -350,6 +360,7 @@ class Plan:
     rules: tuple[Rule, ...]
     services: Mapping[str, list[str]]
     deploys: Mapping[str, Deploy | None]
+    """Each service's current deploy (absent or None: none)."""
     revision: int
     splits: Mapping[str, Split] = field(default_factory=dict)
     """The services that served two versions at the last look: their per-version reads."""
@@ -421,17 +432,15 @@ class LiveCycle:
         history = self.engine.history
         services = self.engine.services
         splits = {}
-        for service in services:
-            serving = history.serving(service)
-            if len(serving) > 1:  # nearly never: one version, no split (and no call)
-                split = split_of(service, serving, history)
-                if split is not None:
-                    splits[service] = split
+        for service in history.serving_several():  # nearly never: one version, no split
+            split = split_of(service, history.serving(service), history)
+            if split is not None and service in services:
+                splits[service] = split
         return Plan(
             now,
             self.engine.rules,
             services,
-            {service: history.current(service) for service in services},
+            _only(history.currents(), services),
             history.revision,
             splits,
         )
@@ -610,11 +619,8 @@ class LiveCycle:
         """The engine's inputs from what was read (under the state lock: it notes versions)."""
         plan, now = measured.plan, measured.plan.time
         history = self.engine.history
-        seen: set[str] = set()
-        for service, versions in measured.running.items():
-            if service in self.engine.services:
-                history.observe_versions(service, versions, now)
-                seen.add(service)
+        seen = _only(measured.running, self.engine.services)
+        history.observe_all(seen, now)
         for service, sha in measured.heads.items():
             if service not in seen:
                 history.observe_versions(service, [sha[:12]], now, "git", {sha[:12]: sha})
