@@ -306,6 +306,18 @@ def test_one_look_at_the_versions_skips_only_the_odd_series(stub: StubServer) ->
     assert seen == {"web": {"v2": [AT]}, "wéb": {"v1": [AT]}, "api": {"a7": [AT], "a8": [AT]}}
 
 
+def test_one_look_at_the_versions_of_a_rollout_keeps_both(stub: StubServer) -> None:
+    """A well-formed answer where one service runs two versions (a rollout half done)."""
+    series = [
+        b'{"metric":{"service":"web","version":"v1","pod":"a"},"value":[1700000000,"1"]}',
+        b'{"metric":{"service":"api","version":"a1"},"value":[1700000000,"1"]}',
+        b'{"metric":{"service":"web","version":"v2"},"value":[1700000000,"1"]}',
+    ]
+    url = answering(stub, Reply(200, VECTOR_HEAD + b",".join(series) + b"]}}"))
+    seen = source(url).labels_over_time("v", "version", AT, AT, timedelta(seconds=15))
+    assert seen == {"web": {"v1": [AT], "v2": [AT]}, "api": {"a1": [AT]}}
+
+
 _LABELS = st.one_of(
     st.none(), st.sampled_from(["web", "api", "", "w\u00e9b", "q\ud800", 7]), st.text(max_size=3)
 )

@@ -447,15 +447,23 @@ class PrometheusSource:
             quick = self._quick_labels[label] = _quick_decoder((service_label, label))
         with self._body("query", {"query": query, "time": at.timestamp()}) as body:
             try:
-                pairs = [
-                    (item.metric.l0, item.metric.l1) for item in quick.decode(body).data.result
-                ]
+                metrics = [item.metric for item in quick.decode(body).data.result]
             except _NOT_QUICK:
-                pairs = None
-            if pairs is not None and all(service and value for service, value in pairs):
-                for service, value in pairs:
-                    seen.setdefault(service, {}).setdefault(value, []).append(at)
-                return seen
+                metrics = None
+            if metrics is not None:
+                services = [metric.l0 for metric in metrics]
+                values = [metric.l1 for metric in metrics]
+                if "" not in services and "" not in values:
+                    seen = {
+                        service: {value: [at]}
+                        for service, value in zip(services, values, strict=True)
+                    }
+                    if len(seen) == len(metrics):  # one version each, nearly always
+                        return seen
+                    seen = {}
+                    for service, value in zip(services, values, strict=True):
+                        seen.setdefault(service, {}).setdefault(value, []).append(at)
+                    return seen
             result = self._result(body)
             for item in result if isinstance(result, list) else []:
                 try:
