@@ -11,11 +11,13 @@ runs them live at its last step.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 
 from rollbackd.config import Config
 from rollbackd.core.canary import SideBySide, Split, instances_query, split_of
@@ -257,7 +259,7 @@ class Replay:
     def _side_by_side(
         self,
         inputs: Inputs,
-        serving: dict[str, dict[int, set[str]]],
+        serving: dict[int, dict[str, set[str]]],
         where: tuple[list[datetime], int],
         moment: datetime,
     ) -> Inputs:
@@ -266,8 +268,8 @@ class Replay:
         for windows that need them."""
         ms = round(moment.timestamp() * 1000)
         splits: dict[str, Split] = {}
-        for service, by_time in serving.items():
-            split = split_of(service, by_time.get(ms, ()), self.history)
+        for service, versions in serving.get(ms, {}).items():
+            split = split_of(service, versions, self.history)
             if split is not None:
                 splits[service] = split
         if not splits:
@@ -415,35 +417,32 @@ class Replay:
 
 def _serving(
     presence: dict[str, dict[str, list[datetime]]], services: Collection[str]
-) -> dict[str, dict[int, set[str]]]:
-    """By service (of those that ever showed two versions), the versions at each instant."""
-    serving: dict[str, dict[int, set[str]]] = {}
+) -> dict[int, dict[str, set[str]]]:
+    """By instant (unix ms) at which some service showed two versions or more, each such
+    service's versions then: a week of every service's history, nearly all of it one
+    version at a time, is looked at once (counted in C), not at every step."""
+    serving: dict[int, dict[str, set[str]]] = {}
     for service, versions in presence.items():
         if service not in services or len(versions) < 2:
             continue
-        by_time: dict[int, set[str]] = {}
+        counted = Counter(chain.from_iterable(versions.values()))
+        together = {moment for moment, count in counted.items() if count > 1}
         for version, times in versions.items():
-            for moment in times:
-                by_time.setdefault(round(moment.timestamp() * 1000), set()).add(version)
-        if any(len(each) > 1 for each in by_time.values()):
-            serving[service] = by_time
-    return serving
+            for moment in together.intersection(times):
+                at = serving.setdefault(round(moment.timestamp() * 1000), {})
+                at.setdefault(service, set()).add(version)
+    return {ms: at for ms, at in serving.items() if any(len(v) > 1 for v in at.values())}
 
 
 def _vector_at(matrix: Matrix, ms: int) -> Vector:
     """A range query's values at one instant, as the instant query would have answered."""
     if matrix.error is not None:
         return Vector(error=matrix.error)
-    numbers: dict[str, float] = {}
+    found = {s: v for s, points in matrix.series.items() if (v := points.get(ms)) is not None}
+    numbers = {s: v for s, v in found.items() if v - v == 0.0}  # finite: NaN, ±Inf give NaN
     problems: dict[str, str] = {}
-    for service, points in matrix.series.items():
-        value = points.get(ms)
-        if value is None:
-            continue
-        if value - value == 0.0:  # finite: NaN and ±Inf give NaN
-            numbers[service] = value
-        else:
-            problems[service] = Measurement.of(value).reason
+    if len(numbers) != len(found):
+        problems = {s: Measurement.of(v).reason for s, v in found.items() if s not in numbers}
     if matrix.ambiguous:
         for service, why in matrix.ambiguous.items():
             numbers.pop(service, None)
