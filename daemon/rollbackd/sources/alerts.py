@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from rollbackd.core.durations import format_instant
 from rollbackd.core.matrix import assess_severity
 from rollbackd.core.model import ALERT_RULE_PREFIX, Finding, FindingState, Severity, Trigger
@@ -123,8 +125,29 @@ def _constant(text: str) -> Any:
     raise _RefusedNumberError(f"{text} is not a JSON number")
 
 
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
+FEW_BRACKETS = 512
+"""Bodies with fewer brackets than this nest within what both JSON readers take."""
+
+
 def _json_document(body: bytes) -> Any:
-    """The body as JSON; InvalidInput for anything Python's JSON reader would fail on."""
+    """The body as JSON; InvalidInput for anything Python's JSON reader would fail on.
+
+    orjson reads it first, in a third of the time; what it refuses (NaN, lone surrogates,
+    a byte-order mark or UTF-16, malformed JSON) Python's reader reads again, to accept
+    or refuse it as it always has. It is not asked at all when the two could differ on
+    what they both take: a run of 19 digits (orjson makes a float of an integer past 64
+    bits, and takes numbers longer than :data:`MAX_NUMBER_CHARS`) or deep nesting.
+    """
+    if (
+        _LONG_DIGITS not in body.translate(_DIGITS_AS_ZERO)
+        and body.count(b"[") + body.count(b"{") < FEW_BRACKETS
+    ):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(
             body,
