@@ -220,9 +220,8 @@ class PostgresAlerts(PostgresStore):
 def _write_deliveries(db: Plain, batch: Sequence[Queued]) -> list[tuple[int, int]]:
     """Deliveries' alerts and the deliveries themselves, in the order they came; for each,
     (new or changed alerts, duplicates). Each delivery sees what those before it wrote."""
-    keyed = [
-        [(a.fingerprint, kept_time(a.starts_at)) for a in item.delivery.alerts] for item in batch
-    ]
+    kept = _KeptTimes()
+    keyed = [[(a.fingerprint, kept(a.starts_at)) for a in item.delivery.alerts] for item in batch]
     known: dict[tuple[str, datetime], tuple[str, datetime | None]] = {}
     fingerprints = sorted({fingerprint for keys in keyed for fingerprint, _ in keys})
     if fingerprints:
@@ -240,10 +239,10 @@ def _write_deliveries(db: Plain, batch: Sequence[Queued]) -> list[tuple[int, int
     """Alerts received again unchanged, and when last."""
     counts: list[tuple[int, int]] = []
     for item, keys in zip(batch, keyed, strict=True):
-        when = kept_time(item.received_at)
+        when = kept(item.received_at)
         changed = 0
         for alert, key in zip(item.delivery.alerts, keys, strict=True):
-            status, ends_at = alert.status, kept_optional_time(alert.ends_at)
+            status, ends_at = alert.status, None if alert.ends_at is None else kept(alert.ends_at)
             before = known.get(key)
             if before is not None and before[0] == "resolved":
                 status, ends_at = "resolved", before[1] or ends_at  # never back to firing
@@ -273,7 +272,7 @@ def _write_deliveries(db: Plain, batch: Sequence[Queued]) -> list[tuple[int, int
         [[*key, when] for key, when in touched.items()],
         [
             [
-                kept_time(item.received_at),
+                kept(item.received_at),
                 item.delivery.source,
                 item.delivery.group_key,
                 item.delivery.status,
@@ -350,10 +349,21 @@ _TEXT_FIELDS = ((0, (0, 2, 4, 5)), (1, (0,)), (2, (1, 2, 3, 6)))
 deliveries. Labels and annotations are JSON text in the document, kept as they came."""
 
 
+class _KeptTimes(dict[datetime, datetime]):
+    """:func:`kept_time` of each time, worked out once: a delivery's alerts mostly share
+    their times, and a batch's deliveries often do."""
+
+    def __call__(self, moment: datetime) -> datetime:
+        kept = self.get(moment)
+        if kept is None:
+            kept = self[moment] = kept_time(moment)
+        return kept
+
+
 def _json_text(value: Mapping[str, str]) -> str:
     """Labels as JSON text; a lone surrogate (which orjson refuses) escaped, as JSON allows."""
     try:
-        return orjson.dumps(dict(value)).decode()
+        return orjson.dumps(value if type(value) is dict else dict(value)).decode()
     except orjson.JSONEncodeError:
         return json.dumps(dict(value))
 
