@@ -25,6 +25,7 @@ severity) is journaled and otherwise ignored.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -277,15 +278,29 @@ def _time(raw: Any, where: str, bad: Callable[[str, str], None], required: bool)
         bad(where, "expected an RFC 3339 time")
         return None
     try:
-        moment = datetime.fromisoformat(raw)
-        if moment.tzinfo is None:
-            bad(where, "expected a time with a zone")
-            return None
-        moment = moment.astimezone(UTC)
+        moment = _instant(raw)
+    except _NoZoneError:
+        bad(where, "expected a time with a zone")
+        return None
     except (ValueError, OverflowError):
         bad(where, f"expected an RFC 3339 time in years 1-9999, got {quoted(raw, SHOWN_LIMIT)}")
         return None
     return None if moment == ZERO_TIME else moment
+
+
+class _NoZoneError(ValueError):
+    """A time without a zone."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _instant(text: str) -> datetime:
+    """The UTC instant of an RFC 3339 time, worked out once: a delivery's alerts mostly
+    share their times (every firing alert's endsAt is the zero time), and Alertmanager
+    sends the same alerts again. Only valid times, a few dozen characters, are kept."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise _NoZoneError(text)
+    return moment.astimezone(UTC)
 
 
 def classify(
