@@ -48,10 +48,12 @@ def test_postgresql_stopped_mid_run_refuses_writes_until_it_is_back(
 ) -> None:
     """PostgreSQL goes away: writes and reads are JournalUnavailable, problem() says why
     (never the password); once it is back the next write succeeds, on a journal that saw
-    the failures and on one whose sessions went stale while it was idle."""
+    the failures and on one whose sessions went stale while it was idle (deliveries too,
+    whose statements the lost session had prepared)."""
     journal = PostgresJournal(postgres_url, timeout=2)
     idle = PostgresJournal(postgres_url, timeout=2)  # its sessions go stale unnoticed
     number = incident(journal)
+    assert idle.record_delivery(T0, delivery(alert("before")), "") == (1, 0)
     postgres_server.stop()
     try:
         with pytest.raises(JournalUnavailable, match="cannot be reached") as refused:
@@ -70,8 +72,9 @@ def test_postgresql_stopped_mid_run_refuses_writes_until_it_is_back(
     assert journal.problem() is None
     [record] = journal.incidents()
     assert record.state is IncidentState.RECOVERING
-    assert [a.fingerprint for a in journal.firing_alerts(T0)] == ["kept"]
+    assert sorted(a.fingerprint for a in journal.firing_alerts(T0)) == ["before", "kept"]
     assert incident(idle) == number + 1
+    assert idle.record_delivery(T0, delivery(alert("before"), alert("after")), "") == (1, 1)
     journal.close()
     idle.close()
 

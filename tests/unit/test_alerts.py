@@ -136,13 +136,16 @@ def delivery_with(**alert: object) -> bytes:
     [
         (b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
         (b'{"version": "4", "alerts": [], "x": ' + b"9" * 5000 + b"}", "5000 characters"),
+        (b'{"version": "4", "alerts": [], "x": 0.' + b"0" * 150 + b"1}", "153 characters"),
+        (b'{"version": "4", "alerts": [], "x": ' + b"[" * 1000 + b"]" * 1000 + b"}", "too deeply"),
         (b'{"version": "4", "alerts": [], "x": 1e999}', "1e999 is out of range"),
         (b'{"version": "4", "alerts": [], "x": NaN}', "NaN is not a JSON number"),
         (b'{"version": "4", "alerts": [], "x": -Infinity}', "-Infinity is not a JSON number"),
     ],
 )
 def test_json_python_chokes_on_is_one_problem_about_the_body(body: bytes, says: str) -> None:
-    """Nesting past the recursion limit, giant or infinite numbers, NaN: refused, no crash."""
+    """Nesting past the recursion limit, giant, long or infinite numbers, NaN: refused, no
+    crash (what orjson would take too: a long number that fits a float, 1,000 levels)."""
     with pytest.raises(InvalidInput) as caught:
         parse_webhook(body)
     [problem] = caught.value.problems

@@ -25,12 +25,15 @@ severity) is journaled and otherwise ignored.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from rollbackd.core.durations import format_instant
 from rollbackd.core.matrix import assess_severity
@@ -123,8 +126,29 @@ def _constant(text: str) -> Any:
     raise _RefusedNumberError(f"{text} is not a JSON number")
 
 
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
+FEW_BRACKETS = 512
+"""Bodies with fewer brackets than this nest within what both JSON readers take."""
+
+
 def _json_document(body: bytes) -> Any:
-    """The body as JSON; InvalidInput for anything Python's JSON reader would fail on."""
+    """The body as JSON; InvalidInput for anything Python's JSON reader would fail on.
+
+    orjson reads it first, in a third of the time; what it refuses (NaN, lone surrogates,
+    a byte-order mark or UTF-16, malformed JSON) Python's reader reads again, to accept
+    or refuse it as it always has. It is not asked at all when the two could differ on
+    what they both take: a run of 19 digits (orjson makes a float of an integer past 64
+    bits, and takes numbers longer than :data:`MAX_NUMBER_CHARS`) or deep nesting.
+    """
+    if (
+        _LONG_DIGITS not in body.translate(_DIGITS_AS_ZERO)
+        and body.count(b"[") + body.count(b"{") < FEW_BRACKETS
+    ):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(
             body,
@@ -254,15 +278,29 @@ def _time(raw: Any, where: str, bad: Callable[[str, str], None], required: bool)
         bad(where, "expected an RFC 3339 time")
         return None
     try:
-        moment = datetime.fromisoformat(raw)
-        if moment.tzinfo is None:
-            bad(where, "expected a time with a zone")
-            return None
-        moment = moment.astimezone(UTC)
+        moment = _instant(raw)
+    except _NoZoneError:
+        bad(where, "expected a time with a zone")
+        return None
     except (ValueError, OverflowError):
         bad(where, f"expected an RFC 3339 time in years 1-9999, got {quoted(raw, SHOWN_LIMIT)}")
         return None
     return None if moment == ZERO_TIME else moment
+
+
+class _NoZoneError(ValueError):
+    """A time without a zone."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _instant(text: str) -> datetime:
+    """The UTC instant of an RFC 3339 time, worked out once: a delivery's alerts mostly
+    share their times (every firing alert's endsAt is the zero time), and Alertmanager
+    sends the same alerts again. Only valid times, a few dozen characters, are kept."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise _NoZoneError(text)
+    return moment.astimezone(UTC)
 
 
 def classify(

@@ -15,7 +15,7 @@ import queue
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -25,8 +25,8 @@ from rollbackd.errors import JournalError, JournalUnavailable
 from rollbackd.journal.codec import encode_time, kept_optional_time, kept_time
 from rollbackd.journal.postgresql.database import (
     THE_WRITE_ITSELF,
-    Connection,
     Database,
+    Plain,
     kept_text,
 )
 from rollbackd.journal.postgresql.incidents import PostgresStore, _optional_utc, _utc
@@ -116,18 +116,19 @@ class PostgresAlerts(PostgresStore):
     def _write_batch(self, batch: Sequence[Queued]) -> None:
         """One transaction, one commit; then each delivery's request is answered.
 
-        The whole batch is written by two statements besides BEGIN and COMMIT (its alerts
-        read and locked; then its alerts and deliveries written), whatever its size:
-        PostgreSQL is a round trip away, and one per delivery would cap the journal far
-        below what Alertmanager can send. If PostgreSQL refuses the batch for what it
-        holds, it is written again one delivery at a time, each in a savepoint, so that
-        the delivery at fault fails alone.
+        The whole batch is written by two prepared statements besides BEGIN and COMMIT (its
+        alerts read and locked; then its alerts and deliveries written), whatever its size,
+        spoken to libpq itself (:meth:`Database.plain`): PostgreSQL is a round trip away, one
+        per delivery would cap the journal far below what Alertmanager can send, and on two
+        cores shared with PostgreSQL the client's CPU per round trip counts as much.
+        If PostgreSQL refuses the batch for what it holds, it is written again one delivery
+        at a time, each in a savepoint, so that the delivery at fault fails alone.
         If the transaction cannot be committed, every delivery of the batch fails, and none
         of them is in the journal.
         """
         try:
             try:
-                with self._database.transaction(settings=_LOOKUP_BY_INDEX) as db:
+                with self._database.plain(settings=_LOOKUP_BY_INDEX) as db:
                     outcomes: list[tuple[int, int] | JournalError] = list(
                         _write_deliveries(db, batch)
                     )
@@ -155,13 +156,16 @@ class PostgresAlerts(PostgresStore):
     def _write_one_by_one(self, batch: Sequence[Queued]) -> list[tuple[int, int] | JournalError]:
         """The batch again, each delivery in a savepoint of its own (one was refused)."""
         outcomes: list[tuple[int, int] | JournalError] = []
-        with self._database.transaction(settings=_LOOKUP_BY_INDEX) as db:
+        with self._database.plain(settings=_LOOKUP_BY_INDEX) as db:
             for item in batch:
+                db.run(b"SAVEPOINT one")
                 try:
-                    with db.transaction():  # a savepoint
-                        outcomes.extend(_write_deliveries(db, [item]))
+                    outcomes.extend(_write_deliveries(db, [item]))
                 except THE_WRITE_ITSELF as exc:
+                    db.run(b"ROLLBACK TO SAVEPOINT one; RELEASE SAVEPOINT one")
                     outcomes.append(self._refused(item, exc))
+                else:
+                    db.run(b"RELEASE SAVEPOINT one")
         return outcomes
 
     def _refused(self, item: Queued, exc: BaseException) -> JournalError:
@@ -213,31 +217,32 @@ class PostgresAlerts(PostgresStore):
         return int(row[0]) if row else 0
 
 
-def _write_deliveries(db: Connection, batch: Sequence[Queued]) -> list[tuple[int, int]]:
+def _write_deliveries(db: Plain, batch: Sequence[Queued]) -> list[tuple[int, int]]:
     """Deliveries' alerts and the deliveries themselves, in the order they came; for each,
     (new or changed alerts, duplicates). Each delivery sees what those before it wrote."""
-    keyed = [
-        [(a.fingerprint, kept_time(a.starts_at)) for a in item.delivery.alerts] for item in batch
-    ]
+    kept = _KeptTimes()
+    keyed = [[(a.fingerprint, kept(a.starts_at)) for a in item.delivery.alerts] for item in batch]
     known: dict[tuple[str, datetime], tuple[str, datetime | None]] = {}
     fingerprints = sorted({fingerprint for keys in keyed for fingerprint, _ in keys})
     if fingerprints:
-        for fingerprint, starts_at, status, ends_at in db.execute(
-            "SELECT fingerprint, starts_at, status, ends_at FROM alerts"
-            " WHERE fingerprint = ANY(%s::text[]) ORDER BY fingerprint, starts_at FOR UPDATE",
-            (_text_array(fingerprints),),
+        locked = db.prepared(b"rollbackd_lock_alerts", _LOCK_ALERTS, _text_array(fingerprints))
+        for fingerprint, starts_at, status, ends_at in orjson.loads(
+            locked.get_value(0, 0) or b"[]"
         ):
-            known[(fingerprint, _utc(starts_at))] = (status, _optional_utc(ends_at))
+            known[(fingerprint, _time(starts_at))] = (
+                status,
+                None if ends_at is None else _time(ends_at),
+            )
     upserts: dict[tuple[str, datetime], list[object]] = {}
     """The row each alert written ends with (first_received: the first delivery's)."""
     touched: dict[tuple[str, datetime], datetime] = {}
     """Alerts received again unchanged, and when last."""
     counts: list[tuple[int, int]] = []
     for item, keys in zip(batch, keyed, strict=True):
-        when = kept_time(item.received_at)
+        when = kept(item.received_at)
         changed = 0
         for alert, key in zip(item.delivery.alerts, keys, strict=True):
-            status, ends_at = alert.status, kept_optional_time(alert.ends_at)
+            status, ends_at = alert.status, None if alert.ends_at is None else kept(alert.ends_at)
             before = known.get(key)
             if before is not None and before[0] == "resolved":
                 status, ends_at = "resolved", before[1] or ends_at  # never back to firing
@@ -267,7 +272,7 @@ def _write_deliveries(db: Connection, batch: Sequence[Queued]) -> list[tuple[int
         [[*key, when] for key, when in touched.items()],
         [
             [
-                kept_time(item.received_at),
+                kept(item.received_at),
                 item.delivery.source,
                 item.delivery.group_key,
                 item.delivery.status,
@@ -278,7 +283,7 @@ def _write_deliveries(db: Connection, batch: Sequence[Queued]) -> list[tuple[int
             for item, (_, duplicates) in zip(batch, counts, strict=True)
         ],
     ]
-    db.execute(_WRITE_BATCH, {"batch": _batch_json(document)})
+    db.prepared(b"rollbackd_write_batch", _WRITE_BATCH, _batch_json(document))
     return counts
 
 
@@ -287,16 +292,29 @@ _LOOKUP_BY_INDEX = "SET LOCAL enable_seqscan = off"
 planner scans it all for a batch's few fingerprints, and ingest slows as the journal grows."""
 
 
-def _text_array(texts: list[str]) -> str | list[str]:
-    """PostgreSQL's text of an array of texts, built in one join (psycopg builds it element by
-    element in Python); the list itself when one holds what the text would have to escape."""
+def _text_array(texts: list[str]) -> bytes:
+    """PostgreSQL's text of an array of texts (each quoted, so NULL is a text), as kept."""
     if any('"' in text or "\\" in text for text in texts):
-        return texts
-    return '{"' + '","'.join(texts) + '"}'
+        texts = [text.replace("\\", "\\\\").replace('"', '\\"') for text in texts]
+    return kept_text('{"' + '","'.join(texts) + '"}')
 
 
-_WRITE_BATCH = """
-WITH batch AS (SELECT %(batch)s::jsonb AS doc),
+def _time(text: str) -> datetime:
+    """A time of the JSON PostgreSQL wrote (in UTC: the session's time zone)."""
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+_LOCK_ALERTS = b"""
+SELECT coalesce(json_agg(json_build_array(fingerprint, starts_at, status, ends_at)), '[]')
+FROM (SELECT fingerprint, starts_at, status, ends_at FROM alerts
+      WHERE fingerprint = ANY($1::text[]) ORDER BY fingerprint, starts_at FOR UPDATE) AS locked
+"""
+"""The batch's alerts already journaled, locked in one order (two replicas never wait on
+each other in a circle), as one JSON document: decoded in C, not value by value."""
+
+
+_WRITE_BATCH = b"""
+WITH batch AS (SELECT $1::jsonb AS doc),
 written AS (
     INSERT INTO alerts (fingerprint, starts_at, status, ends_at, service, name, labels,
                         annotations, first_received, last_received)
@@ -331,15 +349,26 @@ _TEXT_FIELDS = ((0, (0, 2, 4, 5)), (1, (0,)), (2, (1, 2, 3, 6)))
 deliveries. Labels and annotations are JSON text in the document, kept as they came."""
 
 
+class _KeptTimes(dict[datetime, datetime]):
+    """:func:`kept_time` of each time, worked out once: a delivery's alerts mostly share
+    their times, and a batch's deliveries often do."""
+
+    def __call__(self, moment: datetime) -> datetime:
+        kept = self.get(moment)
+        if kept is None:
+            kept = self[moment] = kept_time(moment)
+        return kept
+
+
 def _json_text(value: Mapping[str, str]) -> str:
     """Labels as JSON text; a lone surrogate (which orjson refuses) escaped, as JSON allows."""
     try:
-        return orjson.dumps(dict(value)).decode()
+        return orjson.dumps(value if type(value) is dict else dict(value)).decode()
     except orjson.JSONEncodeError:
         return json.dumps(dict(value))
 
 
-def _batch_json(document: list[list[list[Any]]]) -> str:
+def _batch_json(document: list[list[list[Any]]]) -> bytes:
     """The batch document as JSON text, encoded in C: one parameter for the whole batch,
     with nothing per value in Python.
 
@@ -354,13 +383,13 @@ def _batch_json(document: list[list[list[Any]]]) -> str:
     except orjson.JSONEncodeError:
         encoded = None
     if encoded is not None and b"\\u0000" not in encoded:
-        return encoded.decode()
+        return encoded
     for part, fields in _TEXT_FIELDS:
         for row in document[part]:
             for field in fields:
                 if isinstance(row[field], str):
                     row[field] = kept_text(row[field]).decode()
-    return json.dumps(document, default=encode_time)
+    return json.dumps(document, default=encode_time).encode()
 
 
 _FIRING = (
