@@ -48,9 +48,36 @@ RULES = [
             "for": "30s",
         }
     ),
+    Rule.model_validate(
+        {
+            "name": "latency-close",
+            "trigger": "performance_degradation",
+            "query": "q",
+            "condition": "> +20%",
+            "min_change": 0.05,
+            "for": "0s",
+        }
+    ),
 ]
 KEYS: list[Key] = [(rule.name, service) for rule in RULES for service in SERVICES]
-BASELINES = {key: Measurement.of(0.2) for key in KEYS if key[0] == "latency"}
+BASELINES = {key: Measurement.of(0.2) for key in KEYS if key[0].startswith("latency")}
+# A baseline per relative (rule, service): none, missing, unusable (0, negative, NaN) or usable.
+baselines = st.fixed_dictionaries(
+    {
+        key: st.sampled_from(
+            [
+                None,
+                Measurement.missing("no value before the deploy"),
+                Measurement.of(0.0),
+                Measurement.of(-0.1),
+                Measurement.of(math.nan),
+                Measurement.of(0.2),
+                Measurement.of(1.0),
+            ]
+        )
+        for key in BASELINES
+    }
+)
 
 # A sample: a value (often one that breaks the rules), NaN/inf, or no series at all (None).
 samples = st.one_of(
@@ -250,7 +277,10 @@ def test_evaluation_follows_the_documented_state_machine(
 
 
 def reference_cycle(
-    samples_by_key: dict[Key, float | None], states: dict[Key, RuleState], now: datetime
+    samples_by_key: dict[Key, float | None],
+    states: dict[Key, RuleState],
+    now: datetime,
+    baselines: dict[Key, Measurement | None],
 ) -> tuple[dict[Key, RuleState], list[tuple[Key, FindingState, str]]]:
     """Every (rule, service) stepped in full, every state kept: the cycle without shortcuts."""
     kept: dict[Key, RuleState] = {}
@@ -265,7 +295,7 @@ def reference_cycle(
                 Measurement.of(value) if value is not None else Measurement.missing(NO_SERIES)
             )
             state, step = evaluate(
-                rule, measurement, BASELINES.get(key), states.get(key, RuleState()), now
+                rule, measurement, baselines.get(key), states.get(key, RuleState()), now
             )
             kept[key] = state
             outcomes.append((key, step.state, step.reason))
@@ -273,11 +303,15 @@ def reference_cycle(
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(cycles, min_size=1, max_size=30), st.booleans())
+@given(st.lists(cycles, min_size=1, max_size=30), st.booleans(), baselines)
 def test_skipping_quiet_rules_changes_no_finding(
-    history: list[tuple[int, dict[Key, float | None]]], as_vectors: bool
+    history: list[tuple[int, dict[Key, float | None]]],
+    as_vectors: bool,
+    drawn: dict[Key, Measurement | None],
 ) -> None:
-    """A cycle that only counts its quiet OK rules concludes what a full evaluation concludes."""
+    """A cycle that only counts its quiet OK rules concludes what a full evaluation concludes,
+    whatever the relative rules' baselines (none, missing, zero, negative, NaN, usable)."""
+    given_baselines = {key: b for key, b in drawn.items() if b is not None}
     states: dict[Key, RuleState] = {}
     reference: dict[Key, RuleState] = {}
     now = DEPLOYED
@@ -292,11 +326,19 @@ def test_skipping_quiet_rules_changes_no_finding(
                     {s: m for (name, s), m in measurements.items() if name == rule.name}
                 )
         cycle = evaluate_cycle(
-            RULES, SERVICES, measurements, BASELINES, {}, states, now, vectors or None, previously
+            RULES,
+            SERVICES,
+            measurements,
+            given_baselines,
+            {},
+            states,
+            now,
+            vectors or None,
+            previously,
         )
         states = cycle.states
         previously = Previously(now, frozenset(r.name for r in RULES), frozenset(SERVICES))
-        reference, expected = reference_cycle(samples_by_key, reference, now)
+        reference, expected = reference_cycle(samples_by_key, reference, now, drawn)
         got = [((f.rule, f.service), f.state, f.reason) for f in cycle.findings]
         assert got == expected
         assert len(cycle.notable) + sum(cycle.quiet.values()) == len(expected)

@@ -794,6 +794,28 @@ def evaluate_cycle(  # noqa: PLR0915 -- the hot loop in one piece: no call per (
             if position is None:
                 position = {service: index for index, service in enumerate(services)}
             loud, scan = sorted(in_full, key=position.__getitem__), ()
+        elif numbers is not None and rule.probe is None:
+            # The same for a relative rule: its number within a usable baseline (finite,
+            # positive), or too close to it.
+            name = rule.name
+            within = {
+                service
+                for service, number in numbers.items()
+                if (pre := baselines.get((name, service))) is not None
+                and (base := pre.value) is not None
+                and base - base == 0.0
+                and base > 0
+                and (
+                    not compare(number, base * factor)
+                    or (min_change is not None and abs(number - base) < min_change)
+                )
+            }
+            names = services.keys()
+            in_full = (names - within) | (names & stateful)
+            quiet_here = len(names) - len(in_full)
+            if position is None:
+                position = {service: index for index, service in enumerate(services)}
+            loud, scan = sorted(in_full, key=position.__getitem__), ()
         for service in scan:
             # The common case first, in as few operations as possible: a quiet rule, a
             # number, the condition does not hold. Anything else is evaluated in full.
