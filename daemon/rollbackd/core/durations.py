@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer
@@ -45,8 +46,12 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(milliseconds=total_ms)
 
 
+@lru_cache(maxsize=4096)
 def format_duration(value: timedelta) -> str:
-    """Format a duration the way it would be written in config (``1h30m``, ``0s``)."""
+    """Format a duration the way it would be written in config (``1h30m``, ``0s``).
+
+    Remembered: every inconclusive (rule, service) says how long its data has been
+    missing, each cycle, and those durations are a few multiples of the poll interval."""
     total_ms = round(value.total_seconds() * 1000)
     if total_ms == 0:
         return "0s"

@@ -327,7 +327,9 @@ class Engine:
                 )
                 started = self._doubted_from(service, firing, now)
                 self.history.note_evaluation(service, now, conclusive, started)
-            decision, outcomes[service] = self._judge(service, own, firing, now, events)
+            decision, outcomes[service] = self._judge(
+                service, own, firing, now, events, explaining=service in explain
+            )
             if decision is not None:
                 decisions.append(decision)
         self.history.note_conclusive(quiet, now)
@@ -389,6 +391,8 @@ class Engine:
         firing: list[Finding],
         now: datetime,
         events: list[IncidentEvent],
+        *,
+        explaining: bool = True,
     ) -> tuple[Decision | None, str]:
         """Follow the service's open incident, then decide on what fires, if anything is new.
 
@@ -405,8 +409,8 @@ class Engine:
                 del self._judgements[service]
                 judgement = None
                 ended_why = f"{ended.kind.value}: {ended.reason}"
-        if not firing:
-            return None, ended_why or _quiet_outcome(own, judgement)
+        if not firing:  # the why is for --explain only: thousands of services otherwise
+            return None, ended_why or (_quiet_outcome(own, judgement) if explaining else "")
         if judgement is None:
             settling = self._settling(service, firing, now)
             firing = [f for f in firing if f not in settling]
