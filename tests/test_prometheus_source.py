@@ -382,3 +382,17 @@ def _finite(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def test_a_range_sample_at_an_impossible_time_is_skipped_not_the_answer(stub: StubServer) -> None:
+    """One sample stamped past what any clock reads (1.7e308 s): the rest of it still counts."""
+    body = (
+        b'{"status":"success","data":{"resultType":"matrix","result":['
+        b'{"metric":{"service":"web"},"values":[[1700000000,"1"],[1.7e308,"2"]]},'
+        b'{"metric":{"service":"api"},"values":[[1700000000,"3"]]}]}}'
+    )
+    url = answering(stub, Reply(200, body))
+    start = datetime.fromtimestamp(1700000000, UTC)
+    matrix = source(url).range("up", start, start, timedelta(seconds=30))
+    assert matrix.error is None
+    assert matrix.series == {"web": {1700000000000: 1.0}, "api": {1700000000000: 3.0}}

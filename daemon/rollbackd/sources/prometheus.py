@@ -381,12 +381,12 @@ class PrometheusSource:
         None if it is not a range vector. A series naming no service is left out."""
         try:
             quick = self._quick_range.decode(body).data.result
-        except _NOT_QUICK:
-            quick = None
-        if quick is not None and all(item.metric.l0 for item in quick):
-            return [
-                (item.metric.l0, {round(t * 1000): v for t, v in item.values}) for item in quick
-            ]
+            if all(item.metric.l0 for item in quick):
+                return [
+                    (item.metric.l0, {round(t * 1000): v for t, v in item.values}) for item in quick
+                ]
+        except (*_NOT_QUICK, OverflowError):  # a time past what milliseconds hold, too
+            pass
         result = self._result(body)
         if not isinstance(result, list) or any(
             not isinstance(item, dict) or "values" not in item for item in result
