@@ -20,7 +20,8 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # idle; 17.5 with two, lightly loaded). Tests are handed out one by one, long ones first, except
 # a module's that share a module-scoped process (tests/conftest.py groups them).
 test: venv debian-packages lint
-	$(BIN)/pytest -n 3 --dist loadgroup
+	$(BIN)/pytest -n 3 --dist loadgroup -m "not one_process"
+	$(BIN)/pytest -m one_process  # one id per schemathesis test: xdist would run one operation
 
 unit: venv
 	$(BIN)/pytest tests/unit

@@ -128,6 +128,7 @@ def served(live_url: str) -> str:
     return live_url
 
 
+@pytest.mark.one_process
 @schema.parametrize()
 @settings(
     max_examples=EXAMPLES_PER_ENDPOINT,
@@ -143,6 +144,7 @@ def test_no_request_with_an_admin_token_gets_a_server_error(
     case.validate_response(response, checks=[not_a_server_error])
 
 
+@pytest.mark.one_process
 @schema.parametrize()
 @settings(
     max_examples=EXAMPLES_PER_ENDPOINT // 3,
