@@ -36,7 +36,7 @@ from rollbackd.testing import ScriptedMetrics
 from tests.support.processes import free_port
 
 ADMIN_TOKEN = "tok-fuzz-admin-5d41402abc4b2a76b9719d91"  # noqa: S105 -- made up for this test
-EXAMPLES_PER_ENDPOINT = 30
+EXAMPLES_PER_ENDPOINT = 12
 RULES = """
 [[rules]]
 name = "error-rate"

@@ -600,7 +600,7 @@ def test_a_deploy_time_at_the_end_of_the_calendar_is_a_clean_error(moment: str) 
 
 # -- the served API under schemathesis -------------------------------------------------------
 
-EXAMPLES_PER_OPERATION = int(os.environ.get("RELIABILITY_API_EXAMPLES", "100"))
+EXAMPLES_PER_OPERATION = int(os.environ.get("RELIABILITY_API_EXAMPLES", "50"))
 FUZZ_RULES = """
 [[rules]]
 name = "error-rate"
