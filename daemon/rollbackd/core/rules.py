@@ -784,34 +784,30 @@ def evaluate_cycle(  # noqa: PLR0915 -- the hot loop in one piece: no call per (
         quiet_here = 0
         loud: list[str] = []
         scan: Iterable[str] = targets
-        if absolute and numbers is not None and rule.probe is None:
-            # The common case for every service at once, in C: a quiet rule, a number, the
-            # condition does not hold. The others are evaluated in full, in services' order.
-            held = compress(numbers, map(compare, numbers.values(), repeat(threshold)))
+        if numbers is not None and rule.probe is None:
+            # The common case for every service at once: a quiet rule, a number, the
+            # condition does not hold (in C for an absolute rule; for a relative one, its
+            # number within a usable baseline, finite and positive, or too close to it).
+            # The others are evaluated in full, in services' order.
             names = services.keys()
-            in_full = (names - numbers.keys()) | (names & held) | (names & stateful)
-            quiet_here = len(names) - len(in_full)
-            if position is None:
-                position = {service: index for index, service in enumerate(services)}
-            loud, scan = sorted(in_full, key=position.__getitem__), ()
-        elif numbers is not None and rule.probe is None:
-            # The same for a relative rule: its number within a usable baseline (finite,
-            # positive), or too close to it.
-            name = rule.name
-            within = {
-                service
-                for service, number in numbers.items()
-                if (pre := baselines.get((name, service))) is not None
-                and (base := pre.value) is not None
-                and base - base == 0.0
-                and base > 0
-                and (
-                    not compare(number, base * factor)
-                    or (min_change is not None and abs(number - base) < min_change)
-                )
-            }
-            names = services.keys()
-            in_full = (names - within) | (names & stateful)
+            if absolute:
+                held = compress(numbers, map(compare, numbers.values(), repeat(threshold)))
+                in_full = (names - numbers.keys()) | (names & held) | (names & stateful)
+            else:
+                name = rule.name
+                within = {
+                    service
+                    for service, number in numbers.items()
+                    if (pre := baselines.get((name, service))) is not None
+                    and (base := pre.value) is not None
+                    and base - base == 0.0
+                    and base > 0
+                    and (
+                        not compare(number, base * factor)
+                        or (min_change is not None and abs(number - base) < min_change)
+                    )
+                }
+                in_full = (names - within) | (names & stateful)
             quiet_here = len(names) - len(in_full)
             if position is None:
                 position = {service: index for index, service in enumerate(services)}
