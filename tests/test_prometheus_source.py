@@ -306,6 +306,18 @@ def test_one_look_at_the_versions_skips_only_the_odd_series(stub: StubServer) ->
     assert seen == {"web": {"v2": [AT]}, "wéb": {"v1": [AT]}, "api": {"a7": [AT], "a8": [AT]}}
 
 
+def test_one_look_at_many_services_gives_each_the_version_it_runs(stub: StubServer) -> None:
+    """Services sharing a version and services on another each get their own version."""
+    runs = {f"s{index}": ("v2" if index % 3 else "v1") for index in range(30)}
+    series = [
+        f'{{"metric":{{"service":"{name}","version":"{version}"}},"value":[1700000000,"1"]}}'
+        for name, version in runs.items()
+    ]
+    url = answering(stub, Reply(200, VECTOR_HEAD + ",".join(series).encode() + b"]}}"))
+    seen = source(url).labels_over_time("v", "version", AT, AT, timedelta(seconds=15))
+    assert seen == {name: {version: [AT]} for name, version in runs.items()}
+
+
 def test_one_look_at_the_versions_of_a_rollout_keeps_both(stub: StubServer) -> None:
     """A well-formed answer where one service runs two versions (a rollout half done)."""
     series = [
