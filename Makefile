@@ -10,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager git systemd chromium fonts-dejavu-core postgresql \
-	victoria-metrics
+	victoria-metrics tinyproxy
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo lint unit bench bench-quick debian-packages demo-packages venv clean
@@ -60,6 +60,7 @@ debian-packages:
 	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	command -v victoria-metrics >/dev/null || missing="$$missing victoria-metrics"; \
+	command -v tinyproxy >/dev/null || missing="$$missing tinyproxy"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $(DEBIAN_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && \

@@ -49,7 +49,10 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmana
         am.stop()
 
 
-def config_text(root: Path, service: str, url: str, health: str | None = None) -> str:
+def config_text(
+    root: Path, service: str, url: str, health: str | None = None, keys: str = ""
+) -> str:
+    """A daemon's config watching ``service`` with ``[alertmanager] url`` (and ``keys``)."""
     probe = f'health_url = "{health}"\n' if health else ""
     return f"""
 [daemon]
@@ -75,7 +78,7 @@ timeout = "2m"
 [alertmanager]
 url = "{url}"
 timeout = "1s"
-"""
+{keys}"""
 
 
 HEALTH_RULE = """
@@ -89,7 +92,7 @@ condition = "< 1"
 
 def daemon_for(
     root: Path, service: str, url: str, versions: list[tuple[datetime, datetime | None, str]],
-    health: str | None = None,
+    health: str | None = None, keys: str = "",
 ) -> tuple[Runtime, FixedClock]:  # fmt: skip
     """An in-process daemon watching ``service`` (versions scripted), cycles run by the test."""
     start = versions[0][0]
@@ -97,7 +100,8 @@ def daemon_for(
     metrics = ScriptedMetrics([service])
     metrics.versions[service] = versions
     rules = HEALTH_RULE if health else ""
-    daemon = in_process_daemon(root, config_text(root, service, url, health), rules, clock, metrics)
+    config = config_text(root, service, url, health, keys)
+    daemon = in_process_daemon(root, config, rules, clock, metrics)
     daemon.restore()
     return daemon, clock
 

@@ -1,11 +1,15 @@
-"""rollbackd against a Prometheus behind basic auth and mutual TLS (``--web.config.file``).
+"""rollbackd against a Prometheus behind basic auth and mutual TLS (``--web.config.file``),
+and through a forward proxy.
 
 Two Prometheus servers over the same backfilled history: one plain, one that
 wants a bcrypt-checked password and a client certificate signed by a CA made in
 the test. ``backtest``, ``evaluate`` and a running daemon decide the same
 against both. A wrong password, a bearer token it does not know, an untrusted
 CA or no client certificate is a source error naming Prometheus and what to set,
-and no secret is ever in the output or the logs.
+and no secret is ever in the output or the logs. Through a real proxy
+(tinyproxy), ``evaluate`` decides as directly, over plain HTTP and over TLS in a
+``CONNECT`` tunnel; a proxy that is down or cannot reach Prometheus is a source
+error naming both.
 
 The history: web deploys v2 at 02:00 and from 02:05 one request in five fails,
 until v1 is back at 02:40; db is healthy throughout.
@@ -32,13 +36,16 @@ from tests.reliability.support import close_daemon, in_process_daemon
 from tests.support.fixtures import backfilled_prometheus
 from tests.support.pki import Pki, bcrypt_hash
 from tests.support.processes import (
+    LOOPBACK,
     Point,
     Prometheus,
     counter_points,
+    free_port,
     gauge_points,
     openmetrics_document,
     openmetrics_family,
 )
+from tests.support.tinyproxy import TinyProxy, require_tinyproxy
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +54,7 @@ STEP = 30.0
 RPS = 10.0
 PASSWORD = "pw-c0ffee-4d1e-never-shown"  # noqa: S105 -- a fake secret to look for
 TOKEN = "tok-b1a5-77e0-never-shown"  # noqa: S105 -- a fake secret to look for
+PROXY_PASSWORD = "px-5e11-9a0b-never-shown"  # noqa: S105 -- a fake secret to look for
 
 
 def at(hours: float, minutes: float = 0) -> datetime:
@@ -317,3 +325,74 @@ def test_check_config_names_what_is_set_without_the_secrets(
         "headers: X-Scope-OrgID"
     ) in result.stdout
     assert PASSWORD not in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyProxy]:
+    """A real forward proxy (tinyproxy) on loopback, shared by the module's tests."""
+    require_tinyproxy()
+    with TinyProxy(tmp_path_factory.mktemp("proxy")) as running:
+        yield running
+
+
+def test_evaluate_through_a_forward_proxy_decides_as_direct_and_goes_through_it(
+    tmp_path: Path, servers: Servers, proxy: TinyProxy
+) -> None:
+    """With [prometheus] proxy_url, evaluate at 02:10 decides as without, over plain HTTP and
+    over TLS with basic auth (CONNECT); the proxy's log holds every query it forwarded."""
+    through = f'proxy_url = "{proxy.url}"\n'
+    evaluated = {}
+    forwarded = {}
+    for name, url, keys in (
+        ("direct", servers.plain.url, ""),
+        ("proxied", servers.plain.url, through),
+        ("proxied TLS", servers.guarded.url, access(servers) + through),
+    ):
+        before = len(proxy.requests())
+        loaded = load(write_config(tmp_path / name, url, keys), env={})
+        result = evaluate_now(loaded.config, loaded.rules, at(2, 10))
+        assert not result.report.source_errors, result.report.source_errors
+        evaluated[name] = result.decisions
+        forwarded[name] = proxy.requests()[before:]
+    assert [(d.service, d.action.value) for d in evaluated["direct"]] == [
+        ("web", "request_approval")
+    ]
+    assert evaluated["proxied"] == evaluated["direct"]
+    assert evaluated["proxied TLS"] == evaluated["direct"]
+    assert forwarded["direct"] == []
+    plain_queries = f"GET {servers.plain.url}/api/v1/query"
+    assert forwarded["proxied"], "no request went through the proxy"
+    assert all(line.startswith(plain_queries) for line in forwarded["proxied"])
+    guarded = servers.guarded.url.removeprefix("https://")
+    assert forwarded["proxied TLS"], "no tunnel went through the proxy"
+    assert all(line.startswith(f"CONNECT {guarded} ") for line in forwarded["proxied TLS"])
+
+
+def test_a_proxy_down_or_refusing_the_tunnel_is_a_clear_source_error_naming_both(
+    tmp_path: Path, run_cli: RunCli, servers: Servers, proxy: TinyProxy
+) -> None:
+    """`rollbackd evaluate` through a proxy nothing listens on, or one that cannot reach
+    Prometheus, says that Prometheus is unreachable through that proxy and why; the
+    proxy's password hidden, no traceback, no action."""
+    port = free_port()
+    down = f"http://rollbackd:{PROXY_PASSWORD}@{LOOPBACK}:{port}"
+    down_shown = f"http://rollbackd:***@{LOOPBACK}:{port}"
+    refused = "cannot connect to the proxy: Connection refused"
+    no_tunnel = "it did not open a tunnel to the server: it answered 500 Unable to connect"
+    nothing_there = f"https://{LOOPBACK}:{free_port()}"
+    cases = (
+        (servers.plain.url, "", down, f"{down_shown}: {refused}"),
+        (servers.guarded.url, access(servers), down, f"{down_shown}: {refused}"),
+        (nothing_there, access(servers), proxy.url, f"{proxy.url}: {no_tunnel}"),
+    )
+    for index, (url, keys, proxy_url, why) in enumerate(cases):
+        config = write_config(tmp_path / str(index), url, keys + f'proxy_url = "{proxy_url}"\n')
+        result = run_cli("evaluate", "--config", str(config))
+        shown = result.stdout + result.stderr
+        assert (
+            f"source error: Prometheus at {url} is unreachable through proxy {why}" in result.stdout
+        ), shown
+        assert "no action" in result.stdout
+        assert "Traceback" not in shown
+        assert PROXY_PASSWORD not in shown
+        assert PASSWORD not in shown

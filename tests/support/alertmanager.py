@@ -8,6 +8,11 @@ with a bearer token and ``send_resolved: true``. The route waits 1s before
 the first notification of a group and 1s between updates, so an alert posted
 with :meth:`Alertmanager.post_alert` reaches rollbackd within a few seconds.
 
+``web_config`` is the content of a ``--web.config.file`` (``basic_auth_users``,
+``tls_server_config``), as for :class:`~tests.support.processes.Prometheus`: with
+``tls_server_config`` it serves HTTPS, and ``client`` is what this helper's own
+requests then need (httpx's ``auth``, ``verify``).
+
 Usage::
 
     am = Alertmanager(tmp_path / "am", "http://127.0.0.1:9095", token="s3cret").start()
@@ -73,8 +78,14 @@ class Alertmanager(Supervised):
         repeat_interval: str = "1h",
         binary: Path = ALERTMANAGER_BIN,
         start_timeout: float = 30.0,
+        web_config: Mapping[str, Any] | None = None,
+        client: Mapping[str, Any] | None = None,
     ) -> None:
         self.workdir = workdir.absolute()
+        self.web_config = dict(web_config) if web_config is not None else None
+        self.client = dict(client or {})
+        if self.web_config is not None and "tls_server_config" in self.web_config:
+            self.scheme = "https"
         super().__init__(
             self.workdir,
             self.workdir / "alertmanager.log",
@@ -88,7 +99,12 @@ class Alertmanager(Supervised):
         self.repeat_interval = repeat_interval
         self.binary = binary
         self.config_path = self.workdir / "alertmanager.yml"
+        self.web_config_path = self.workdir / "web.yml"
         self.storage_dir = self.workdir / "data"
+
+    def client_options(self) -> dict[str, Any]:
+        """The ``client`` options this Alertmanager was given (empty for a plain one)."""
+        return dict(self.client)
 
     def config(self) -> dict[str, Any]:
         """The configuration written to ``alertmanager.yml`` (JSON, which is YAML)."""
@@ -117,9 +133,11 @@ class Alertmanager(Supervised):
         }
 
     def write_config(self) -> None:
-        """Write ``alertmanager.yml`` from the current attributes."""
+        """Write ``alertmanager.yml`` (and ``web.yml``) from the current attributes."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
+        if self.web_config is not None:
+            self.web_config_path.write_text(json.dumps(self.web_config), encoding="utf-8")
 
     def command(self) -> list[str]:
         """The argv Alertmanager is started with."""
@@ -129,6 +147,7 @@ class Alertmanager(Supervised):
             f"--storage.path={self.storage_dir}",
             f"--web.listen-address={LOOPBACK}:{self.port}",
             "--cluster.listen-address=",
+            *([f"--web.config.file={self.web_config_path}"] if self.web_config else []),
         ]
 
     def prepare(self) -> None:
@@ -158,7 +177,9 @@ class Alertmanager(Supervised):
             alert["startsAt"] = _instant(starts_at)
         if ends_at is not None:
             alert["endsAt"] = _instant(ends_at)
-        response = httpx.post(f"{self.url}/api/v2/alerts", json=[alert], timeout=10.0)
+        response = httpx.post(
+            f"{self.url}/api/v2/alerts", json=[alert], timeout=10.0, **self.client_options()
+        )
         if response.status_code != httpx.codes.OK:
             raise ProcessError(
                 f"POST /api/v2/alerts {alert}: {response.status_code} {response.text}"
@@ -166,7 +187,7 @@ class Alertmanager(Supervised):
 
     def alerts(self) -> list[dict[str, Any]]:
         """The alerts Alertmanager holds now (``GET /api/v2/alerts``)."""
-        response = httpx.get(f"{self.url}/api/v2/alerts", timeout=10.0)
+        response = httpx.get(f"{self.url}/api/v2/alerts", timeout=10.0, **self.client_options())
         response.raise_for_status()
         result: list[dict[str, Any]] = response.json()
         return result

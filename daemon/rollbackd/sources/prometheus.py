@@ -44,6 +44,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import orjson
@@ -59,7 +60,7 @@ from rollbackd.bounded import TooLargeError, json_problem, read_capped, watch, w
 from rollbackd.config import Config
 from rollbackd.core.durations import format_duration
 from rollbackd.core.model import Matrix, Measurement, Vector
-from rollbackd.httpconfig import TLSConfig, client_options, ssl_context
+from rollbackd.httpconfig import TLSConfig, client_options, ssl_context, without_password
 from rollbackd.logs import get_logger
 from rollbackd.text import one_line
 
@@ -153,7 +154,9 @@ class _WatchedAdapter(HTTPAdapter):
 
 
 class _RefusedError(requests.RequestException):
-    """An answer over the size cap, or JSON beyond the parse limits: never parsed."""
+    """A call that ends without an answer to parse (refused credentials, an answer over the
+    size cap or beyond the JSON parse limits, a proxy that did not carry it); the message
+    reads on from the server's name."""
 
 
 class _DeadlineSession(requests.Session):
@@ -194,9 +197,23 @@ class _DeadlineSession(requests.Session):
                     raise
                 if deadline.expired or not deadline.left():
                     raise requests.Timeout(f"no whole answer within {self.total:g}s") from None
+                if isinstance(exc, requests.exceptions.ProxyError):
+                    raise _RefusedError(self._through_proxy(url, exc)) from None
                 if isinstance(exc, requests.RequestException):
                     raise
                 raise requests.ConnectionError(one_line(str(exc), ERROR_LIMIT)) from None
+
+    def _through_proxy(self, url: str | bytes, exc: requests.exceptions.ProxyError) -> str:
+        """What went wrong with the proxy, which the server's own failures must not be
+        mistaken for: the server was never asked (its password hidden)."""
+        scheme = urlsplit(url.decode() if isinstance(url, bytes) else url).scheme
+        proxy = self.proxies.get(scheme)
+        where = (
+            f"proxy {without_password(proxy)}"
+            if proxy
+            else "the proxy set in the environment (HTTP_PROXY, HTTPS_PROXY)"
+        )
+        return f"is unreachable through {where}: {_proxy_failure(exc)}"
 
     def _exchange(
         self, method: str, url: str | bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -658,6 +675,40 @@ def tls_failure(exc: BaseException, client_cert: bool, section: str = "prometheu
     if client_cert and isinstance(cause, ssl.SSLEOFError | ssl.SSLZeroReturnError):
         return f"{reason} (did it refuse rollbackd's client certificate?)"
     return reason
+
+
+def _proxy_failure(exc: BaseException) -> str:
+    """Why a proxy did not carry a request, in words: it would not open a tunnel (its
+    answer to ``CONNECT``), or it could not be reached (the system's reason: refused, TLS)."""
+    causes = _causes(exc)
+    for cause in causes:
+        text = str(cause.args[0]) if cause.args else ""
+        if type(cause) is OSError and text.startswith(_TUNNEL_FAILED):
+            answer = one_line(text.removeprefix(_TUNNEL_FAILED), ERROR_LIMIT)
+            return f"it did not open a tunnel to the server: it answered {answer}"
+    for cause in causes:
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"cannot connect to the proxy: {one_line(cause.strerror, ERROR_LIMIT)}"
+    return "cannot connect to the proxy"
+
+
+_TUNNEL_FAILED = "Tunnel connection failed: "
+"""How urllib3 words a proxy's refusal of ``CONNECT`` (an OSError with its status line)."""
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps (arguments, ``reason``, causes): a bounded search."""
+    found: list[BaseException] = []
+    pending: list[object] = [exc]
+    while pending and len(found) < 16:
+        item = pending.pop(0)
+        if not isinstance(item, BaseException) or any(item is seen for seen in found):
+            continue
+        found.append(item)
+        pending.extend(
+            (*item.args, getattr(item, "reason", None), item.__cause__, item.__context__)
+        )
+    return found
 
 
 def _ssl_error(exc: object, depth: int, seen: set[int]) -> ssl.SSLError | None:
