@@ -150,12 +150,15 @@ def check_headers(value: dict[str, str]) -> dict[str, str]:
 
 
 def check_proxy_url(value: str | None) -> str | None:
-    """``proxy_url``: an http(s):// or socks5:// URL."""
+    """``proxy_url``: an http(s):// URL. Not SOCKS: its client library is not installed,
+    and a proxy accepted here but failing every call would be found in the first incident."""
     if value is None:
         return None
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https", "socks5", "socks5h") or not parts.hostname:
-        raise ValueError("expected an http://, https:// or socks5:// proxy URL")
+    if parts.scheme.startswith("socks"):
+        raise ValueError("SOCKS proxies are not supported: use an http:// or https:// proxy")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// proxy URL")
     return value
 
 

@@ -159,8 +159,12 @@ def test_secrets_from_the_environment(tmp_path: Path) -> None:
         ),
         (
             'proxy_url = "proxy:3128"',
-            "config.toml: prometheus.proxy_url: expected an http://, https:// or socks5:// "
-            "proxy URL",
+            "config.toml: prometheus.proxy_url: expected an http:// or https:// proxy URL",
+        ),
+        (
+            'proxy_url = "socks5://proxy:1080"',
+            "config.toml: prometheus.proxy_url: SOCKS proxies are not supported: use an http:// "
+            "or https:// proxy",
         ),
     ],
 )
