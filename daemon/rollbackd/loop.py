@@ -18,7 +18,7 @@ runs as soon as it takes the lease.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 
 from rollbackd.core.durations import format_duration
@@ -60,6 +60,8 @@ class Loop:
         """The epoch this replica acts in (None: it follows, or has not started)."""
         self._terms = 0
         self._followed = False
+        self._unreadable: dict[str, str] = {}
+        """The last cycle's source errors by read (a rule, deploys, alerts…), as logged."""
 
     def start(self, now: datetime) -> None:
         """At start-up: claim the lease once, then keep renewing it in the background (while
@@ -267,6 +269,7 @@ class Loop:
             for k in report.source_errors
         }:
             self.state.metrics.source_errors.labels(source).inc()
+        self._log_source_errors(report.source_errors)
         firing = sum(1 for f in report.notable if f.firing)
         unfinished = self.state.journal.incidents(limit=None, unfinished_only=True)
         pending = len(unfinished)
@@ -279,6 +282,26 @@ class Loop:
             f"{len(report.source_errors)} source errors"
         )
         self.events.emit(CycleDone(self.status_line))
+
+    def _log_source_errors(self, errors: Mapping[str, str]) -> None:
+        """Say in the log when a read starts failing, fails otherwise, or works again: once
+        per change, not once per cycle, and one line for the reads one error stops (every
+        rule, when Prometheus is down). What they decide meanwhile is inconclusive."""
+        before = self._unreadable
+        failing: dict[str, list[str]] = {}
+        for read, error in errors.items():
+            if before.get(read) != error:
+                failing.setdefault(error, []).append(read)
+        for error, reads in failing.items():
+            log.warning(
+                "a source cannot be read: what needs it is inconclusive",
+                reads=sorted(reads),
+                error=error,
+            )
+        readable = sorted(before.keys() - errors.keys())
+        if readable:
+            log.info("a source can be read again", reads=readable)
+        self._unreadable = dict(errors)
 
     def stuck(self) -> str | None:
         """Why the evaluation loop looks stuck (no cycle completed for too long), or None."""

@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from structlog.testing import capture_logs
 
 from rollbackd.core.engine import CycleReport
 from rollbackd.core.model import FindingState
@@ -229,7 +230,8 @@ def explained(reason: str, fault: str) -> bool:
 def test_a_failing_prometheus_leads_to_no_action_and_the_daemon_recovers_by_itself(
     scenario: Scenario, fault: str
 ) -> None:
-    """Prometheus down, slow or garbled for 10 minutes: nothing acts, /readyz says so, it heals."""
+    """Prometheus down, slow or garbled for 10 minutes: nothing acts, /readyz and the log say
+    so (the log once, not every cycle, unless the error changes), it heals."""
     scenario.deploy("v1")
     for report in scenario.run_for(timedelta(minutes=2)):
         assert all(f.state is FindingState.OK for f in report.findings), report.findings
@@ -241,7 +243,8 @@ def test_a_failing_prometheus_leads_to_no_action_and_the_daemon_recovers_by_itse
         scenario.prometheus.server.stop()
     else:
         scenario.prometheus.mode = fault
-    reports = scenario.run_for(FAULT)
+    with capture_logs() as logs:
+        reports = scenario.run_for(FAULT)
     for report in reports:
         assert report.decisions == ()
         promql = [f for f in report.findings if f.rule in PROMQL_RULES]
@@ -256,13 +259,21 @@ def test_a_failing_prometheus_leads_to_no_action_and_the_daemon_recovers_by_itse
     assert all(explained(reason, fault) for reason in degraded.values()), degraded
     assert scenario.daemon.journal.incidents() == []
     assert scenario.daemon.loop.last_cycle_error is None
+    said = [e for e in logs if e["event"].startswith("a source cannot be read")]
+    assert {read for e in said for read in e["reads"]} == set(PROMQL_RULES), logs
+    assert all(explained(e["error"], fault) for e in said), said
+    if fault != "garbage":  # one error for the whole fault and both rules: one line
+        assert [e["reads"] for e in said] == [sorted(PROMQL_RULES)], said
 
     if fault == "stopped":
         scenario.prometheus = Prometheus(port)
         scenario.prometheus.server.start()
     else:
         scenario.prometheus.mode = "healthy"
-    recovered = scenario.run_for(timedelta(minutes=2))
+    with capture_logs() as logs:
+        recovered = scenario.run_for(timedelta(minutes=2))
+    again = [e for e in logs if e["event"] == "a source can be read again"]
+    assert [e["reads"] for e in again] == [sorted(PROMQL_RULES)], logs
     final = recovered[-1]
     assert final.source_errors == {}
     assert [f.state for f in final.findings] == [FindingState.OK] * len(PROMQL_RULES)
