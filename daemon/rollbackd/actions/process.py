@@ -213,6 +213,7 @@ def run(
             if not exited or _members({process.pid}, _GROUP):
                 _signal_group(process.pid, signal.SIGKILL)
                 exited = streams.pump(time.monotonic() + grace_s, linger_s)
+                _await_group_gone(process.pid, time.monotonic() + grace_s)
         left = left_running([process.pid])[process.pid] if leftovers else ()
         return Finished(
             status=process.returncode,
@@ -329,6 +330,14 @@ def _drain(file: IO[bytes]) -> None:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(OSError):  # the group is gone already
         os.killpg(pgid, sig)
+
+
+def _await_group_gone(pgid: int, until: float) -> None:
+    """Wait (until ``until``) for the members of a group just sent SIGKILL to be gone: a
+    process dies when it next runs, and on a busy machine one still listed a moment later
+    would be reported as left running by the command, though rollbackd killed it."""
+    while _members({pgid}, _GROUP) and time.monotonic() < until:
+        time.sleep(0.01)
 
 
 def left_running(leaders: Sequence[int]) -> dict[int, tuple[Leftover, ...]]:
