@@ -28,13 +28,13 @@ from tests.integration.test_alertmanager_source import (
     config_text,
     cycles,
     daemon_for,
-    post,
+    roll_back_while_it_still_fires,
 )
-from tests.reliability.support import close_daemon, finish_rollbacks
+from tests.reliability.support import close_daemon
 from tests.support.alertmanager import Alertmanager, require_alertmanager
-from tests.support.pki import Pki, bcrypt_hash
+from tests.support.pki import Pki, guarded_web_config
 from tests.support.processes import LOOPBACK, free_port
-from tests.support.tinyproxy import TinyProxy, require_tinyproxy
+from tests.support.tinyproxy import TinyProxy
 
 pytestmark = pytest.mark.integration
 
@@ -61,15 +61,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
     rogue = Pki.create(secrets / "rogue")
     password_file = secrets / "am.pass"
     password_file.write_text(PASSWORD + "\n")
-    web_config = {
-        "tls_server_config": {
-            "cert_file": str(pki.server_cert),
-            "key_file": str(pki.server_key),
-            "client_auth_type": "RequireAndVerifyClientCert",
-            "client_ca_file": str(pki.ca),
-        },
-        "basic_auth_users": {"rollbackd": bcrypt_hash(PASSWORD)},
-    }
+    web_config = guarded_web_config(pki, "rollbackd", PASSWORD)
     am = Alertmanager(
         tmp_path_factory.mktemp("am"),
         f"http://{LOOPBACK}:9",
@@ -79,14 +71,6 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
     )
     with am:
         yield Guarded(am, pki, rogue, password_file)
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyProxy]:
-    """A real forward proxy (tinyproxy) on loopback."""
-    require_tinyproxy()
-    with TinyProxy(tmp_path_factory.mktemp("proxy")) as running:
-        yield running
 
 
 def access(
@@ -160,14 +144,7 @@ def test_an_alert_still_firing_behind_tls_and_basic_auth_keeps_recovery_from_bei
             tmp_path, service, guarded.am.url, versions, f"{health}/healthy", access(guarded)
         )
         try:
-            cycles(daemon, clock, 9)  # v1 runs clean past known_good_after; v2 is seen
-            assert daemon.state.history.last_good(service)[0] == "v1"
-            post(guarded.am, service, "PayDown", v2_at + timedelta(seconds=5))
-            cycles(daemon, clock, 1)
-            assert finish_rollbacks(daemon) == 1
-            [incident] = daemon.state.journal.incidents(limit=None)
-            assert incident.state.value == "not_recovered", incident
-            assert "alert PayDown still firing" in incident.summary
+            roll_back_while_it_still_fires(daemon, clock, guarded.am, service, v2_at)
         finally:
             close_daemon(daemon)
 

@@ -146,6 +146,21 @@ def test_a_quiet_alertmanager_makes_a_version_known_good_and_a_down_one_does_not
         close_daemon(daemon)
 
 
+def roll_back_while_it_still_fires(
+    daemon: Runtime, clock: FixedClock, alertmanager: Alertmanager, service: str, v2_at: datetime
+) -> None:
+    """v1 runs clean past known_good_after, then an alert on v2 posted to ``alertmanager``
+    (no webhook) rolls it back, and the watch never declares recovery while it fires."""
+    cycles(daemon, clock, 9)
+    assert daemon.state.history.last_good(service)[0] == "v1"
+    post(alertmanager, service, "PayDown", v2_at + timedelta(seconds=5))
+    cycles(daemon, clock, 1)
+    assert finish_rollbacks(daemon) == 1
+    [incident] = daemon.state.journal.incidents(limit=None)
+    assert incident.state.value == "not_recovered", incident
+    assert "alert PayDown still firing" in incident.summary
+
+
 def test_an_alert_still_firing_in_alertmanager_keeps_recovery_from_being_declared(
     tmp_path: Path, alertmanager: Alertmanager
 ) -> None:
@@ -158,14 +173,7 @@ def test_an_alert_still_firing_in_alertmanager_keeps_recovery_from_being_declare
     health = f"{alertmanager.url}/-/healthy"  # a real endpoint answering 200
     daemon, clock = daemon_for(tmp_path, service, alertmanager.url, versions, health)
     try:
-        cycles(daemon, clock, 9)  # v1 runs clean past known_good_after; v2 is seen
-        assert daemon.state.history.last_good(service)[0] == "v1"
-        post(alertmanager, service, "PayDown", v2_at + timedelta(seconds=5))
-        cycles(daemon, clock, 1)
-        assert finish_rollbacks(daemon) == 1
-        [incident] = daemon.state.journal.incidents(limit=None)
-        assert incident.state.value == "not_recovered", incident
-        assert "alert PayDown still firing" in incident.summary
+        roll_back_while_it_still_fires(daemon, clock, alertmanager, service, v2_at)
     finally:
         close_daemon(daemon)
 

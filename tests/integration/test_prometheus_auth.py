@@ -34,7 +34,7 @@ from rollbackd.testing import FixedClock
 from tests.conftest import RunCli
 from tests.reliability.support import close_daemon, in_process_daemon
 from tests.support.fixtures import backfilled_prometheus
-from tests.support.pki import Pki, bcrypt_hash
+from tests.support.pki import Pki, guarded_web_config
 from tests.support.processes import (
     LOOPBACK,
     Point,
@@ -45,7 +45,7 @@ from tests.support.processes import (
     openmetrics_document,
     openmetrics_family,
 )
-from tests.support.tinyproxy import TinyProxy, require_tinyproxy
+from tests.support.tinyproxy import TinyProxy
 
 pytestmark = pytest.mark.integration
 
@@ -122,15 +122,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     password_file.write_text(PASSWORD + "\n")
     token_file = secrets / "prom.token"
     token_file.write_text(TOKEN)
-    web_config = {
-        "tls_server_config": {
-            "cert_file": str(pki.server_cert),
-            "key_file": str(pki.server_key),
-            "client_auth_type": "RequireAndVerifyClientCert",
-            "client_ca_file": str(pki.ca),
-        },
-        "basic_auth_users": {"rollbackd": bcrypt_hash(PASSWORD)},
-    }
+    web_config = guarded_web_config(pki, "rollbackd", PASSWORD)
     client = {"auth": ("rollbackd", PASSWORD), "verify": pki.client_context()}
     text = history()
     with (
@@ -325,14 +317,6 @@ def test_check_config_names_what_is_set_without_the_secrets(
         "headers: X-Scope-OrgID"
     ) in result.stdout
     assert PASSWORD not in result.stdout + result.stderr
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyProxy]:
-    """A real forward proxy (tinyproxy) on loopback, shared by the module's tests."""
-    require_tinyproxy()
-    with TinyProxy(tmp_path_factory.mktemp("proxy")) as running:
-        yield running
 
 
 def test_evaluate_through_a_forward_proxy_decides_as_direct_and_goes_through_it(

@@ -17,6 +17,7 @@ import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 from cryptography import x509
@@ -154,3 +155,17 @@ class Pki:
 def bcrypt_hash(password: str) -> str:
     """The bcrypt hash Prometheus' ``basic_auth_users`` takes (cost 4: quick, still bcrypt)."""
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode("ascii")
+
+
+def guarded_web_config(pki: Pki, user: str, password: str) -> dict[str, Any]:
+    """A ``--web.config.file`` (Prometheus, Alertmanager) serving HTTPS with ``pki``'s server
+    certificate, wanting a client certificate of its CA and ``user``'s password."""
+    return {
+        "tls_server_config": {
+            "cert_file": str(pki.server_cert),
+            "key_file": str(pki.server_key),
+            "client_auth_type": "RequireAndVerifyClientCert",
+            "client_ca_file": str(pki.ca),
+        },
+        "basic_auth_users": {user: bcrypt_hash(password)},
+    }
