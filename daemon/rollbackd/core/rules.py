@@ -784,11 +784,17 @@ def evaluate_cycle(  # noqa: PLR0915 -- the hot loop in one piece: no call per (
         quiet_here = 0
         loud: list[str] = []
         scan: Iterable[str] = targets
-        if numbers is not None and rule.probe is None:
+        if rule.probe is None:
             # The common case for every service at once: a quiet rule, a number, the
             # condition does not hold (in C for an absolute rule; for a relative one, its
             # number within a usable baseline, finite and positive, or too close to it).
             # The others are evaluated in full, in services' order.
+            if numbers is None:  # values given one by one: the same, once gathered
+                numbers = {
+                    service: number
+                    for service in services
+                    if (number := _number(measurements.get((rule.name, service)))) is not None
+                }
             names = services.keys()
             if absolute:
                 held = compress(numbers, map(compare, numbers.values(), repeat(threshold)))
@@ -812,33 +818,12 @@ def evaluate_cycle(  # noqa: PLR0915 -- the hot loop in one piece: no call per (
             if position is None:
                 position = {service: index for index, service in enumerate(services)}
             loud, scan = sorted(in_full, key=position.__getitem__), ()
-        for service in scan:
-            # The common case first, in as few operations as possible: a quiet rule, a
-            # number, the condition does not hold. Anything else is evaluated in full.
+        for service in scan:  # a probe's rule (absolute: relative rules are PromQL rules)
             if service not in stateful:
-                if numbers is not None:
-                    number = numbers.get(service)
-                else:
-                    number = _number(measurements.get((rule.name, service)))
-                if number is not None:
-                    if absolute:
-                        if not compare(number, threshold):
-                            quiet_here += 1
-                            continue
-                    else:  # a usable baseline, and the value is within it (or too close)
-                        pre = baselines.get((rule.name, service))
-                        base = None if pre is None else pre.value
-                        if (
-                            base is not None
-                            and base - base == 0.0  # finite
-                            and base > 0
-                            and (
-                                not compare(number, base * factor)
-                                or (min_change is not None and abs(number - base) < min_change)
-                            )
-                        ):
-                            quiet_here += 1
-                            continue
+                number = _number(measurements.get((rule.name, service)))
+                if number is not None and not compare(number, threshold):
+                    quiet_here += 1
+                    continue
             loud.append(service)
         for service in loud:
             key = (rule.name, service)
