@@ -652,7 +652,7 @@ def tls_failure(exc: BaseException, client_cert: bool, section: str = "prometheu
     requests wraps urllib3's error, which wraps the ssl module's: it is looked for
     through arguments, ``reason`` and causes (a bounded search).
     """
-    cause = _ssl_error(exc, depth=0, seen=set())
+    cause = next((c for c in _causes(exc) if isinstance(c, ssl.SSLError)), None)
     if cause is None:
         return None
     if isinstance(cause, ssl.SSLCertVerificationError):
@@ -697,10 +697,11 @@ _TUNNEL_FAILED = "Tunnel connection failed: "
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
-    """``exc`` and what it wraps (arguments, ``reason``, causes): a bounded search."""
+    """``exc`` and what it wraps (arguments, ``reason``, causes), nearest first: a bounded
+    search, since a library's errors may wrap each other in a circle."""
     found: list[BaseException] = []
     pending: list[object] = [exc]
-    while pending and len(found) < 16:
+    while pending and len(found) < 32:
         item = pending.pop(0)
         if not isinstance(item, BaseException) or any(item is seen for seen in found):
             continue
@@ -709,19 +710,6 @@ def _causes(exc: BaseException) -> list[BaseException]:
             (*item.args, getattr(item, "reason", None), item.__cause__, item.__context__)
         )
     return found
-
-
-def _ssl_error(exc: object, depth: int, seen: set[int]) -> ssl.SSLError | None:
-    if isinstance(exc, ssl.SSLError):
-        return exc
-    if not isinstance(exc, BaseException) or depth > 8 or id(exc) in seen:
-        return None
-    seen.add(id(exc))
-    for inner in (*exc.args, getattr(exc, "reason", None), exc.__cause__, exc.__context__):
-        found = _ssl_error(inner, depth + 1, seen)
-        if found is not None:
-            return found
-    return None
 
 
 def chunks(start: datetime, end: datetime, step: timedelta) -> Iterator[tuple[datetime, datetime]]:
