@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.processes import LOOPBACK, ProcessError, Supervised
+from tests.support.processes import LOOPBACK, ProcessError, WebGuarded
 
 ALERTMANAGER_BIN = Path("/usr/bin/prometheus-alertmanager")
 ALERTMANAGER_HINT = "install Debian package prometheus-alertmanager (make test does this)"
@@ -56,7 +56,7 @@ def _instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-class Alertmanager(Supervised):
+class Alertmanager(WebGuarded):
     """``prometheus-alertmanager`` on a free loopback port, webhooking to ``rollbackd_url``.
 
     Files live in ``workdir``: ``alertmanager.yml``, ``alertmanager.log`` and
@@ -82,10 +82,7 @@ class Alertmanager(Supervised):
         client: Mapping[str, Any] | None = None,
     ) -> None:
         self.workdir = workdir.absolute()
-        self.web_config = dict(web_config) if web_config is not None else None
-        self.client = dict(client or {})
-        if self.web_config is not None and "tls_server_config" in self.web_config:
-            self.scheme = "https"
+        self.guard(self.workdir, web_config, client)
         super().__init__(
             self.workdir,
             self.workdir / "alertmanager.log",
@@ -99,12 +96,7 @@ class Alertmanager(Supervised):
         self.repeat_interval = repeat_interval
         self.binary = binary
         self.config_path = self.workdir / "alertmanager.yml"
-        self.web_config_path = self.workdir / "web.yml"
         self.storage_dir = self.workdir / "data"
-
-    def client_options(self) -> dict[str, Any]:
-        """The ``client`` options this Alertmanager was given (empty for a plain one)."""
-        return dict(self.client)
 
     def config(self) -> dict[str, Any]:
         """The configuration written to ``alertmanager.yml`` (JSON, which is YAML)."""
@@ -136,8 +128,7 @@ class Alertmanager(Supervised):
         """Write ``alertmanager.yml`` (and ``web.yml``) from the current attributes."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
-        if self.web_config is not None:
-            self.web_config_path.write_text(json.dumps(self.web_config), encoding="utf-8")
+        self.write_web_config()
 
     def command(self) -> list[str]:
         """The argv Alertmanager is started with."""
@@ -147,7 +138,7 @@ class Alertmanager(Supervised):
             f"--storage.path={self.storage_dir}",
             f"--web.listen-address={LOOPBACK}:{self.port}",
             "--cluster.listen-address=",
-            *([f"--web.config.file={self.web_config_path}"] if self.web_config else []),
+            *self.web_config_args(),
         ]
 
     def prepare(self) -> None:

@@ -352,7 +352,35 @@ class DemoApp(Supervised):
         return response.text
 
 
-class Prometheus(Supervised):
+class WebGuarded(Supervised):
+    """A server of the Prometheus family that may be given a ``--web.config.file``
+    (``basic_auth_users``, ``tls_server_config``): with ``tls_server_config`` it serves
+    HTTPS, and ``client`` is what this helper's own requests then need (httpx's ``auth``,
+    ``verify``). Subclasses call :meth:`guard` before ``Supervised.__init__``."""
+
+    def guard(
+        self, workdir: Path, web_config: Mapping[str, Any] | None, client: Mapping[str, Any] | None
+    ) -> None:
+        self.web_config = dict(web_config) if web_config is not None else None
+        self.client = dict(client or {})
+        self.web_config_path = workdir / "web.yml"
+        if self.web_config is not None and "tls_server_config" in self.web_config:
+            self.scheme = "https"
+
+    def client_options(self) -> dict[str, Any]:
+        """The ``client`` options this server was given (empty for a plain one)."""
+        return dict(self.client)
+
+    def write_web_config(self) -> None:
+        if self.web_config is not None:
+            self.web_config_path.write_text(json.dumps(self.web_config), encoding="utf-8")
+
+    def web_config_args(self) -> list[str]:
+        """The flag that hands the server its web config, if it has one."""
+        return [f"--web.config.file={self.web_config_path}"] if self.web_config else []
+
+
+class Prometheus(WebGuarded):
     """``/usr/bin/prometheus`` on a free loopback port with a generated config.
 
     Files live in ``workdir``: ``prometheus.yml``, ``rules-N.yml``,
@@ -386,10 +414,7 @@ class Prometheus(Supervised):
         client: Mapping[str, Any] | None = None,
     ) -> None:
         self.workdir = workdir.absolute()
-        self.web_config = dict(web_config) if web_config is not None else None
-        self.client = dict(client or {})
-        if self.web_config is not None and "tls_server_config" in self.web_config:
-            self.scheme = "https"
+        self.guard(self.workdir, web_config, client)
         super().__init__(
             self.workdir,
             self.workdir / "prometheus.log",
@@ -404,11 +429,6 @@ class Prometheus(Supervised):
         self.extra_args = list(extra_args)
         self.binary = binary
         self.config_path = self.workdir / "prometheus.yml"
-        self.web_config_path = self.workdir / "web.yml"
-
-    def client_options(self) -> dict[str, Any]:
-        """The ``client`` options this Prometheus was given (empty for a plain one)."""
-        return dict(self.client)
 
     def config(self) -> dict[str, Any]:
         """The configuration written to ``prometheus.yml`` (JSON, which is YAML)."""
@@ -440,8 +460,7 @@ class Prometheus(Supervised):
         for index, content in enumerate(self.rule_files):
             self._rule_path(index).write_text(content, encoding="utf-8")
         self.config_path.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
-        if self.web_config is not None:
-            self.web_config_path.write_text(json.dumps(self.web_config), encoding="utf-8")
+        self.write_web_config()
 
     def command(self) -> list[str]:
         """The argv Prometheus is started with."""
@@ -452,7 +471,7 @@ class Prometheus(Supervised):
             "--storage.tsdb.retention.time=3650d",
             f"--web.listen-address={LOOPBACK}:{self.port}",
             "--web.enable-lifecycle",
-            *([f"--web.config.file={self.web_config_path}"] if self.web_config else []),
+            *self.web_config_args(),
             *self.extra_args,
         ]
 
