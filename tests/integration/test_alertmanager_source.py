@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 from rollbackd.journal import journal_path
@@ -176,6 +177,58 @@ def test_an_alert_still_firing_in_alertmanager_keeps_recovery_from_being_declare
         roll_back_while_it_still_fires(daemon, clock, alertmanager, service, v2_at)
     finally:
         close_daemon(daemon)
+
+
+class CutAfterAlert:
+    """A front to the real Alertmanager that answers 503 from the read after the first
+    answer naming ``service``: it goes down just after the alert triggered a rollback."""
+
+    def __init__(self, upstream: str, service: str) -> None:
+        self.upstream = upstream
+        self.mark = f'"service":"{service}"'.encode()
+        self.cut = threading.Event()
+
+    def __call__(self, handler: BaseHTTPRequestHandler) -> None:
+        if self.cut.is_set():
+            _body(503, b"Service Unavailable")(handler)
+            return
+        answer = httpx.get(self.upstream + handler.path, timeout=5.0)
+        if self.mark in answer.content:
+            self.cut.set()
+        _body(answer.status_code, answer.content)(handler)
+
+
+def test_alertmanager_down_after_the_rollback_never_declares_recovery_or_ok_again(
+    tmp_path: Path, alertmanager: Alertmanager
+) -> None:
+    """An alert seen only in Alertmanager rolls v2 back, then Alertmanager stops answering:
+    though the health probe passes, the watch ends unknown (not recovered), and the cycles
+    after it keep the incident open instead of calling the unseen alert OK again."""
+    service = "till"
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    v2_at = start + timedelta(minutes=2)
+    versions = [(start, v2_at, "v1"), (v2_at, None, "v2")]
+    front = CutAfterAlert(alertmanager.url, service)
+    for url in _serve(front):
+        health = f"{alertmanager.url}/-/healthy"
+        daemon, clock = daemon_for(tmp_path, service, url, versions, health)
+        try:
+            cycles(daemon, clock, 9)
+            assert daemon.state.history.last_good(service)[0] == "v1"
+            post(alertmanager, service, "TillDown", v2_at + timedelta(seconds=5))
+            cycles(daemon, clock, 1)
+            assert front.cut.is_set()
+            assert finish_rollbacks(daemon) == 1
+            [incident] = daemon.state.journal.incidents(limit=None)
+            assert incident.state.value == "escalated", incident
+            assert "recovery unknown after 2m" in incident.summary
+            assert "could not be seen resolved" in incident.summary
+            assert "alert TillDown: no data (Alertmanager at" in incident.summary
+            cycles(daemon, clock, 3)
+            [incident] = daemon.state.journal.incidents(limit=None)
+            assert not incident.state.finished, incident
+        finally:
+            close_daemon(daemon)
 
 
 def test_a_lost_resolved_webhook_is_resolved_by_what_alertmanager_says(

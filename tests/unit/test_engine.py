@@ -399,6 +399,46 @@ def test_an_alert_incident_ends_once_the_alert_stops_and_every_rule_is_quiet() -
     assert outcomes == [(1, []), (0, []), (0, ["web"]), (1, [])]
 
 
+def test_an_alert_incident_stays_open_while_alertmanager_cannot_be_read() -> None:
+    """An alert decided on that Alertmanager can no longer be asked about is not OK again:
+    the incident ends only once Alertmanager answers without it."""
+    from rollbackd.core.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
+    from rollbackd.core.engine import Engine, Inputs  # noqa: PLC0415
+    from rollbackd.core.model import Finding, Measurement, Trigger  # noqa: PLC0415
+
+    cfg = config()
+    engine = Engine(cfg.engine_settings(), rules()[:1], DeployHistory(cfg.deploys.known_good_after))
+    down = "Alertmanager at http://am:9093 is unreachable"
+    resolutions = []
+    for index, (alerting, unseen) in enumerate([(True, None), (False, down), (False, None)]):
+        now = NOON + index * STEP
+        alert = Finding(
+            rule="alert:WebDown",
+            service="web",
+            trigger=Trigger.OUTAGE,
+            state=FindingState.FIRING,
+            time=now,
+            value=None,
+            threshold=None,
+            baseline=None,
+            condition="firing",
+            severity=Severity.CRITICAL,
+            reason="Alertmanager alert WebDown firing",
+            since=now,
+            started=now,
+        )
+        quiet = {("error-rate", s): Measurement.of(0.01) for s in ("web", "api")}
+        shown = [alert] if alerting else []
+        inputs = Inputs(measurements=quiet, alerts=shown, alerts_unseen=unseen)
+        report = engine.step(now, inputs)
+        resolutions.append([(r.service, r.reason) for r in report.resolutions])
+    assert resolutions == [
+        [],
+        [],
+        [("web", "what fired is OK again: alert:WebDown OK")],
+    ]
+
+
 def test_evaluate_explains_every_step_of_a_service_ending_with_the_live_one() -> None:
     """--explain web: the replayed steps and the live step, each rule with its state and why."""
     metrics = healthy_world()

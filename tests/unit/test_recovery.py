@@ -56,7 +56,7 @@ def check(
     probes: dict[str, ProbeOutcome] = PROBES,
     rules: tuple[Rule, ...] = RULES,
     baselines: dict[str, float] | None = None,
-    alerts: dict[str, datetime | None] | None = None,
+    alerts: dict[str, datetime | str | None] | None = None,
 ) -> Check:
     kept = {"latency": 0.2} if baselines is None else baselines
     return judge(rules, values, probes, kept, CRITERIA, T0, alerts)
@@ -170,6 +170,49 @@ def test_an_alert_that_triggered_the_rollback_and_still_fires_fails_recovery() -
     assert not result.held
     assert result.failures == ("alert HighErrorRate still firing (since 2026-05-01T11:40:00Z)",)
     assert "alert WebDown resolved" in result.passes
+
+
+UNREADABLE = "Alertmanager at http://am:9093 is unreachable"
+
+
+def test_an_alert_whose_state_cannot_be_read_keeps_the_check_from_holding() -> None:
+    """Healthy metrics and probes do not declare recovery while the alert that asked for
+    the rollback cannot be seen resolved (Alertmanager down): no failure, but no hold."""
+    result = check(alerts={"alert:HighErrorRate": UNREADABLE})
+    assert not result.held
+    assert result.failures == ()
+    assert result.missing == (
+        f"alert HighErrorRate: no data ({UNREADABLE})",
+        "recovery waits for the alerts that triggered the rollback to be seen resolved",
+    )
+
+
+def test_alerts_unreadable_for_the_whole_watch_end_it_unknown_saying_why() -> None:
+    """Alertmanager down through the watch: at the timeout recovery is unknown (a person
+    looks), never recovered, and the verdict says the alert could not be seen resolved."""
+    checks = [
+        judge(
+            RULES,
+            HEALTHY,
+            PROBES,
+            {"latency": 0.2},
+            CRITERIA,
+            T0 + timedelta(minutes=minute),
+            {"alert:HighErrorRate": UNREADABLE},
+        )
+        for minute in range(31)
+    ]
+    verdict = watch(checks)
+    assert not verdict.recovered
+    assert verdict.unknown
+    assert verdict.reason.startswith(
+        "recovery unknown after 30m: no criterion fails, but the alerts that triggered the "
+        "rollback could not be seen resolved: error rate (error-rate) 0.002 < 0.01; "
+    )
+    assert verdict.reason.endswith(
+        f"alert HighErrorRate: no data ({UNREADABLE}); "
+        "recovery waits for the alerts that triggered the rollback to be seen resolved"
+    )
 
 
 def test_an_alert_name_with_control_characters_is_shown_escaped() -> None:

@@ -52,6 +52,7 @@ from rollbackd.core.canary import (
 from rollbackd.core.deploys import Deploy, DeployHistory
 from rollbackd.core.durations import format_duration, format_instant
 from rollbackd.core.model import (
+    ALERT_RULE_PREFIX,
     Action,
     Decision,
     Finding,
@@ -222,6 +223,10 @@ class Inputs:
     quiet_alerts: set[str] = field(default_factory=set)
     """Services Alertmanager's API answered for with no alert: real data for a service
     no rule watches, so that its version can become known good."""
+    alerts_unseen: str | None = None
+    """Why Alertmanager's API, which is read, could not be this cycle (None: it answered,
+    or is not read): an alert an open incident tracks and no finding shows may still
+    fire, so it is not OK again."""
 
 
 @dataclass(frozen=True)
@@ -328,7 +333,13 @@ class Engine:
                 started = self._doubted_from(service, firing, now)
                 self.history.note_evaluation(service, now, conclusive, started)
             decision, outcomes[service] = self._judge(
-                service, own, firing, now, events, explaining=service in explain
+                service,
+                own,
+                firing,
+                now,
+                events,
+                explaining=service in explain,
+                alerts_unseen=inputs.alerts_unseen,
             )
             if decision is not None:
                 decisions.append(decision)
@@ -393,6 +404,7 @@ class Engine:
         events: list[IncidentEvent],
         *,
         explaining: bool = True,
+        alerts_unseen: str | None = None,
     ) -> tuple[Decision | None, str]:
         """Follow the service's open incident, then decide on what fires, if anything is new.
 
@@ -403,7 +415,7 @@ class Engine:
             return None, NOTHING_FIRES  # the common case, at thousands of services: no work
         ended_why = ""
         if judgement is not None:
-            ended = self._follow(service, judgement, own, now)
+            ended = self._follow(service, judgement, own, now, alerts_unseen)
             if ended is not None:
                 events.append(ended)
                 del self._judgements[service]
@@ -510,9 +522,18 @@ class Engine:
         )
 
     def _follow(
-        self, service: str, judgement: Judgement, own: list[Finding], now: datetime
+        self,
+        service: str,
+        judgement: Judgement,
+        own: list[Finding],
+        now: datetime,
+        alerts_unseen: str | None = None,
     ) -> IncidentEvent | None:
-        """Track an open judgement one cycle; the event that ends it, if it ends now."""
+        """Track an open judgement one cycle; the event that ends it, if it ends now.
+
+        ``alerts_unseen``: why Alertmanager could not be read; a tracked alert without a
+        finding is then unknown, not OK (its webhook may be all that was lost).
+        """
         current = self.history.current(service)
         if not judgement.covers(current, self._earlier(service, judgement)):
             assert current is not None  # noqa: S101 -- covers() is True without a deploy
@@ -532,7 +553,12 @@ class Engine:
         not_ok = sorted(
             r for r in judgement.rules if r in by_rule and by_rule[r].state is not FindingState.OK
         )
-        if judgement.recovered or (not holding and not not_ok):
+        unseen = sorted(
+            r
+            for r in judgement.rules
+            if alerts_unseen is not None and r.startswith(ALERT_RULE_PREFIX) and r not in by_rule
+        )
+        if judgement.recovered or (not holding and not not_ok and not unseen):
             ok_again = ", ".join(_ok_again(r, by_rule.get(r)) for r in sorted(judgement.rules))
             why = f"what fired is OK again: {ok_again}"
             if judgement.recovered:
@@ -550,7 +576,12 @@ class Engine:
             )
         if judgement.idle_since is not None and now - judgement.idle_since >= self._expire_after:
             waiting = (
-                ", ".join(f"{r} {by_rule[r].state.value}" for r in not_ok if r in by_rule)
+                ", ".join(
+                    [
+                        *(f"{r} {by_rule[r].state.value}" for r in not_ok if r in by_rule),
+                        *(f"{r} unseen ({alerts_unseen})" for r in unseen),
+                    ]
+                )
                 or "nothing measured"
             )
             return IncidentEvent(
@@ -563,7 +594,7 @@ class Engine:
                 f"{format_duration(self._expire_after)}) and what fired is not all OK again "
                 f"({waiting}): it ends; what fires from now on is decided anew",
                 judgement.incident,
-                tuple(not_ok),
+                tuple(sorted({*not_ok, *unseen})),
             )
         return None
 

@@ -12,7 +12,11 @@ below the limit, latency within its baseline, or a passing probe (a resolved
 alert or a quiet critical rule is welcome but proves nothing: an alert also
 resolves when its series vanish). Missing data proves nothing, and never
 fails a check by itself: an app restarted by the rollback has no 5xx series
-until its first error, and that must not read as "not recovered".
+until its first error, and that must not read as "not recovered". One
+exception: an alert that triggered the rollback and cannot be seen
+(Alertmanager did not answer) keeps the check from holding, though it fails
+nothing: it may still fire, and recovery is never declared over an alert
+nobody could see resolved.
 
 The criteria must hold, at every check, for ``window`` (15m). If they have not
 by ``timeout``, the verdict is *not recovered* when the service measurably
@@ -43,6 +47,8 @@ LAZY_SERIES_HINT = (
     "write the rule as (errors or total * 0) / total"
 )
 """Said with an error-rate rule that has no series: the usual cause, and the fix."""
+ALERTS_UNSEEN = "recovery waits for the alerts that triggered the rollback to be seen resolved"
+"""Said when only an alert that could not be read keeps a check from holding."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +86,9 @@ class Check:
     """One look at the criteria: did they hold, and each criterion with its value.
 
     ``failures`` failed; ``passes`` passed; ``missing`` had no data (they
-    neither fail the check nor prove anything). ``held``: nothing failed and
-    something proved health.
+    neither fail the check nor prove anything). ``held``: nothing failed,
+    something proved health, and every alert that triggered the rollback was
+    seen. ``proven``: something proved health (held or not).
     """
 
     time: datetime
@@ -90,6 +97,7 @@ class Check:
     passes: tuple[str, ...] = ()
     values: Mapping[str, float] = field(default_factory=dict)
     missing: tuple[str, ...] = ()
+    proven: bool = False
 
     @property
     def criteria(self) -> str:
@@ -192,9 +200,13 @@ def judge(
     passes = tuple(text for result, text in judged if result in (_Result.PASSES, _Result.PROVES))
     missing = tuple(text for result, text in judged if result is _Result.NO_DATA)
     proven = any(result is _Result.PROVES for result, _ in judged)
+    unseen = any(isinstance(since, str) for since in (alerts or {}).values())
     if not failures and not proven:
         missing += ("nothing proves recovery: no error-rate, latency or probe criterion has data",)
-    return Check(now, not failures and proven, failures, passes, samples, missing)
+    elif not failures and unseen:
+        missing += (ALERTS_UNSEEN,)
+    held = not failures and proven and not unseen
+    return Check(now, held, failures, passes, samples, missing, proven)
 
 
 def _error_rate(rule: Rule, measurement: Measurement, criteria: Criteria) -> tuple[_Result, str]:
@@ -299,11 +311,11 @@ def _timed_out(state: WatchState, check: Check, criteria: Criteria) -> Verdict:
                 f"{format_instant(failed.time)}: {failed.criteria}",
                 state.checks,
             )
-        before = state.last_unproven.criteria if state.last_unproven else check.criteria
+        before = state.last_unproven or check
+        unproven = _unproven(before, past=True)
         return Verdict(
             False,
-            f"recovery unknown after {elapsed}: {held}; before that nothing proved health: "
-            f"{before}",
+            f"recovery unknown after {elapsed}: {held}; before that {unproven}: {before.criteria}",
             state.checks,
             unknown=True,
         )
@@ -316,11 +328,18 @@ def _timed_out(state: WatchState, check: Check, criteria: Criteria) -> Verdict:
         )
     return Verdict(
         False,
-        f"recovery unknown after {elapsed}: no criterion fails, but nothing proves health: "
+        f"recovery unknown after {elapsed}: no criterion fails, but {_unproven(check)}: "
         f"{check.criteria}",
         state.checks,
         unknown=True,
     )
+
+
+def _unproven(check: Check, *, past: bool = False) -> str:
+    """Why ``check`` neither failed nor held, in a few words."""
+    if check.proven:  # only an alert that could not be read held it back
+        return "the alerts that triggered the rollback could not be seen resolved"
+    return "nothing proved health" if past else "nothing proves health"
 
 
 def watched(rule: Rule) -> bool:

@@ -632,10 +632,14 @@ class LiveCycle:
                 if split is not None and service in plan.services:
                     splits[service] = split
             side_by_side = replace(side_by_side, splits=splits)
+        unseen = None
+        if self.alertmanager is not None and measured.alertmanager is None:
+            unseen = measured.source_errors.get("alertmanager", "Alertmanager was not read")
         inputs = Inputs(
             source_errors=dict(measured.source_errors),
             counts=dict(measured.counts),
             side_by_side=side_by_side,
+            alerts_unseen=unseen,
         )
         if history.revision == plan.revision:
             inputs.baselines.update(measured.baselines)
