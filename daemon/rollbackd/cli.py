@@ -688,7 +688,7 @@ def _manual_request(
     """The request as the daemon would build it: deploy events from the journal, the rest
     from monitoring (see :func:`rollbackd.manual.manual_request`)."""
     cfg = loaded.config
-    history = DeployHistory(cfg.deploys.known_good_after)
+    history = DeployHistory(cfg.deploys.known_good_after, cfg.daemon.poll_interval)
     for deploy in journal.deploys():
         history.record(deploy)
     evaluation = evaluate_now(cfg, loaded.rules, now_utc(), history=history)

@@ -173,7 +173,7 @@ class Replay:
         self.config = config
         self.prometheus = prometheus
         self.step = step
-        self.history = history or DeployHistory(config.deploys.known_good_after)
+        self.history = history or DeployHistory(config.deploys.known_good_after, step)
         self.engine = Engine(config.engine_settings(), rules, self.history, armed=armed)
         self.explain = tuple(explain)
         self.deadline = deadline

@@ -95,7 +95,7 @@ class State:
     def _build(self, loaded: Loaded, history: DeployHistory | None = None) -> None:
         config = loaded.config
         if history is None:
-            history = DeployHistory(config.deploys.known_good_after)
+            history = DeployHistory(config.deploys.known_good_after, config.daemon.poll_interval)
             journaled = self.journal.deploys()
             for deploy in journaled:
                 history.record(deploy)

@@ -55,6 +55,53 @@ def test_missing_data_never_makes_a_version_known_good() -> None:
     )
 
 
+def test_a_long_break_in_the_data_restarts_the_count() -> None:
+    """One good look, an hour without data (the app crashed, its metrics gone), one good look
+    again: v1 never ran 30 minutes shown healthy, so it is not known good."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.record(Deploy("web", "v1", T0, "event"))
+    history.note_evaluation("web", T0, conclusive=True, trouble_started=None)
+    for i in range(1, 60):
+        history.note_evaluation("web", T0 + i * MIN, conclusive=False, trouble_started=None)
+    history.note_conclusive(["web"], T0 + 60 * MIN)
+    assert history.last_good("web")[0] is None
+    ran_clean(history, "web", T0 + 60 * MIN, 29)
+    assert history.last_good("web")[0] is None
+    ran_clean(history, "web", T0 + 89 * MIN, 1)
+    good, why = history.last_good("web")
+    assert good == "v1"
+    assert "ran 30m on real data without a finding" in why
+
+
+def test_a_short_break_in_the_data_does_not_restart_the_count() -> None:
+    """A lost look or two (a scrape missed, a rate over too few samples) is not a break."""
+    history = DeployHistory(timedelta(minutes=30))
+    history.record(Deploy("web", "v1", T0, "event"))
+    ran_clean(history, "web", T0, 10)
+    history.note_evaluation("web", T0 + 11 * MIN, conclusive=False, trouble_started=None)
+    ran_clean(history, "web", T0 + 13 * MIN, 17)
+    assert history.last_good("web")[0] == "v1"
+
+
+def test_the_longest_break_that_keeps_the_count_is_a_tenth_of_known_good_after() -> None:
+    """Two hours to be known good: a break of 12 minutes keeps the count, 13 restart it."""
+    for gap, good in ((12, "v1"), (13, None)):
+        history = DeployHistory(timedelta(hours=2))
+        history.record(Deploy("web", "v1", T0, "event"))
+        ran_clean(history, "web", T0, 60)
+        ran_clean(history, "web", T0 + (60 + gap) * MIN, 60)
+        assert history.last_good("web")[0] == good, gap
+
+
+def test_looks_far_apart_are_no_break_in_the_data() -> None:
+    """A backtest stepping every 5 minutes still finds a version known good after 30."""
+    history = DeployHistory(timedelta(minutes=30), look_every=5 * MIN)
+    history.record(Deploy("web", "v1", T0, "event"))
+    for look in range(7):
+        history.note_conclusive(["web"], T0 + look * 5 * MIN)
+    assert history.last_good("web")[0] == "v1"
+
+
 def test_a_finding_early_in_a_run_spoils_it() -> None:
     """A version with a finding 10 minutes after its deploy is not known good."""
     history = DeployHistory(timedelta(minutes=30))

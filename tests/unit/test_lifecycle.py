@@ -282,8 +282,8 @@ def test_the_deploy_a_rollback_made_stays_in_its_incident() -> None:
     history = engine.history
     history.record(Deploy("web", "v1", DAY, "event", ref="aaa"))
     history.record(Deploy("web", "v2", NOON, "event", ref="bbb"))
-    history.note_conclusive(["web"], DAY + timedelta(seconds=1))
-    history.note_conclusive(["web"], DAY + timedelta(hours=1))
+    for minute in range(61):  # v1 ran an hour shown healthy
+        history.note_conclusive(["web"], DAY + timedelta(minutes=minute, seconds=1))
     events: list[IncidentEvent] = []
     decisions: list[Decision] = []
     now = NOON + timedelta(minutes=5)
@@ -333,8 +333,8 @@ def test_a_version_seen_while_its_rollback_is_under_way_is_the_rollbacks_doing()
     engine = Replay(cfg, rules(), world(), STEP).engine
     history = engine.history
     history.record(Deploy("web", "v1", DAY, "event", ref="a" * 40))
-    history.note_conclusive(["web"], DAY + timedelta(seconds=1))
-    history.note_conclusive(["web"], DAY + timedelta(hours=1))
+    for minute in range(61):  # v1 ran an hour shown healthy
+        history.note_conclusive(["web"], DAY + timedelta(minutes=minute, seconds=1))
     history.record(Deploy("web", "v2", NOON, "event", ref="b" * 40))
     outage = {OUTAGE: 1.0}
     now = NOON + timedelta(minutes=5)

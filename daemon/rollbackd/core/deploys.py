@@ -14,7 +14,9 @@ reappears after being gone (a rollback, a redeploy) is a new deploy of that
 version.
 
 A deploy is *known good* once it ran ``known_good_after`` with rules evaluated
-on real data and no finding starting in that time. The last known good
+on real data and no finding starting in that time, the data unbroken: a break
+longer than a tenth of ``known_good_after`` (2 minutes and 3 looks at least)
+starts the count again, as the app may have been down unseen. The last known good
 version is the newest known-good deploy's version. Everything here is pure:
 times are passed in.
 """
@@ -86,6 +88,11 @@ class _ServiceHistory:
 
 SIGHTINGS = ("metric", "git")
 """The sources that see what runs, the more trusted first; every other source is an event."""
+MIN_GAP = timedelta(minutes=2)
+"""A break in the data this short is a lost look or two, never a restart of the count."""
+LOOKS_LOST = 3
+"""Looks in a row that may lack real data (a missed scrape, a rate over too few samples)
+without a restart of the count, however far apart the looks are."""
 SAME_DEPLOY = timedelta(minutes=10)
 """A deploy event and a sighting of its version this close in time are one deploy."""
 SHA_PREFIX = re.compile(r"^[0-9a-f]{7,40}$")
@@ -121,8 +128,13 @@ def _names(told: Deploy, seen: Deploy) -> bool:
 class DeployHistory:
     """Per service, the deploys in time order and what was observed during each."""
 
-    def __init__(self, known_good_after: timedelta) -> None:
+    def __init__(self, known_good_after: timedelta, look_every: timedelta = timedelta(0)) -> None:
+        """``look_every``: how often the rules are evaluated (the poll interval, a replay's
+        step), so that the looks' own spacing never reads as a break in the data."""
         self.known_good_after = known_good_after
+        self.max_gap = max(known_good_after / 10, MIN_GAP, LOOKS_LOST * look_every)
+        """The longest break in a run's real data that keeps its clean stretch: a longer
+        one (the app down, its metrics gone; Prometheus unreachable) starts it again."""
         self._services: dict[str, _ServiceHistory] = {}
         self.revision = 0
         """Changes whenever a deploy is added or replaced: what depends on deploys can cache."""
@@ -341,8 +353,7 @@ class DeployHistory:
         if run is None:
             return
         if conclusive:
-            run.first_conclusive = min(run.first_conclusive or at, at)
-            run.last_conclusive = max(run.last_conclusive or at, at)
+            self._real_data(run, at)
         if trouble_started is not None:
             start = max(trouble_started, run.deploy.time)
             if run.trouble_at is None or start < run.trouble_at:
@@ -357,12 +368,19 @@ class DeployHistory:
             run: _Run | None = history.runs[-1]
             if run is not None and run.deploy.time > at:
                 run = self._run_at(service, at)
-            if run is None:
-                continue
-            if run.first_conclusive is None or at < run.first_conclusive:
-                run.first_conclusive = at
-            if run.last_conclusive is None or at > run.last_conclusive:
-                run.last_conclusive = at
+            if run is not None:
+                self._real_data(run, at)
+
+    def _real_data(self, run: _Run, at: datetime) -> None:
+        """One look with real data for ``run``: its clean stretch grows to ``at``, or starts
+        again at ``at`` after a break in the data longer than :attr:`max_gap`."""
+        first, last = run.first_conclusive, run.last_conclusive
+        if first is None or last is None or at - last > self.max_gap:
+            run.first_conclusive = run.last_conclusive = at
+        elif at < first:
+            run.first_conclusive = at
+        elif at > last:
+            run.last_conclusive = at
 
     def current(self, service: str) -> Deploy | None:
         run = self._current_run(service)
