@@ -33,6 +33,9 @@ MAX_SECRET_BYTES = 64 << 10
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 """An HTTP token (RFC 9110): a header's name, an authorization scheme."""
 
+_HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]{0,4096}$")
+"""A header value every client sends as written: printable ASCII (and tabs), one line."""
+
 RESERVED_HEADERS = frozenset(
     {
         "authorization",
@@ -78,6 +81,19 @@ class TLSConfig(_Table):
         return self
 
 
+def check_secret(value: SecretStr | None) -> SecretStr | None:
+    """A secret from the environment, held to a secret file's rules: white space around it
+    removed, not empty, one line (a line break would be a header of its own)."""
+    if value is None:
+        return None
+    text = value.get_secret_value().strip()
+    if not text:
+        raise ValueError("the secret is empty")
+    if any(c in text for c in "\r\n\x00"):
+        raise ValueError("the secret holds more than one line")
+    return SecretStr(text)
+
+
 class BasicAuthConfig(_Table):
     """``basic_auth``: a user name, and its password from a file or the environment."""
 
@@ -85,6 +101,8 @@ class BasicAuthConfig(_Table):
     password_file: Path | None = None
     password: SecretStr | None = None
     """From ``ROLLBACKD_…__BASIC_AUTH__PASSWORD``, or read from ``password_file`` at load."""
+
+    _password = field_validator("password")(check_secret)
 
     @model_validator(mode="after")
     def _one_source(self) -> BasicAuthConfig:
@@ -107,6 +125,8 @@ class AuthorizationConfig(_Table):
     credentials_file: Path | None = None
     credentials: SecretStr | None = None
     """From ``ROLLBACKD_…__AUTHORIZATION__CREDENTIALS``, or read from ``credentials_file``."""
+
+    _credentials = field_validator("credentials")(check_secret)
 
     @field_validator("type")
     @classmethod
@@ -144,8 +164,11 @@ def check_headers(value: dict[str, str]) -> dict[str, str]:
         if name.lower() in seen:
             raise ValueError(f"{name!r} is set twice")
         seen.add(name.lower())
-        if any(c in header for c in "\r\n\x00") or len(header) > 4096:
-            raise ValueError(f"the value of {name!r} must be one line of at most 4096 characters")
+        if not _HEADER_VALUE.match(header):
+            raise ValueError(
+                f"the value of {name!r} must be one line of printable ASCII, at most 4096 "
+                "characters: other characters are sent differently by each HTTP client"
+            )
     return value
 
 
@@ -159,6 +182,12 @@ def check_proxy_url(value: str | None) -> str | None:
         raise ValueError("SOCKS proxies are not supported: use an http:// or https:// proxy")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an http:// or https:// proxy URL")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("the port must be a number from 1 to 65535")
     return value
 
 
