@@ -9,8 +9,8 @@ the TLS context (:func:`ssl_context`) and the sentence ``check-config`` prints
 (:func:`describe`).
 
 Secrets come only from files (``password_file``, ``credentials_file``, read at
-load and at every reload, so a rotated secret applies on SIGHUP) or from the
-environment (``ROLLBACKD_PROMETHEUS__BASIC_AUTH__PASSWORD``,
+load and every reload, and by the sources again whenever the file changes, see
+:class:`LiveAuthorization`) or from the environment (``ROLLBACKD_PROMETHEUS__BASIC_AUTH__PASSWORD``,
 ``ROLLBACKD_PROMETHEUS__AUTHORIZATION__CREDENTIALS``), never from the config
 file itself. They are held as :class:`~pydantic.SecretStr`, whose ``repr`` and
 ``str`` are stars, and no message built here contains one.
@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import re
 import ssl
+import threading
 from base64 import b64encode
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from rollbackd.logs import get_logger
+
+log = get_logger("rollbackd")
 
 MAX_SECRET_BYTES = 64 << 10
 """A secret file longer than this is refused: it is not a password or a token."""
@@ -323,6 +329,86 @@ def request_headers(
             f"{authorization.type} {authorization.credentials.get_secret_value()}"
         )
     return built
+
+
+class LiveAuthorization:
+    """The ``Authorization`` value ``basic_auth`` or ``authorization`` gives, its file read
+    again whenever it changes, as Prometheus reads it on every request.
+
+    A password rotated in place (a Kubernetes secret volume, Vault agent) then applies
+    from the next call, without a reload. Each call costs one ``stat``; the file is
+    read only when its size, modification time or inode changed. A file that cannot
+    be used any more (removed, emptied mid-write) keeps the last value, is read again
+    on the next call, and is logged once per reason, never with what it holds.
+    """
+
+    def __init__(
+        self, where: str, path: Path, loaded: SecretStr, build: Callable[[str], str]
+    ) -> None:
+        """``loaded`` is the secret read at load: sent until the file is read again."""
+        self._where = where
+        self._path = path
+        self._build = build
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._value = build(loaded.get_secret_value())
+        self._problem: str | None = None
+
+    def __call__(self) -> str:
+        """The value to send now."""
+        with self._lock:
+            try:
+                status = self._path.stat()
+                stamp = (status.st_size, status.st_mtime_ns, status.st_ino)
+            except OSError as exc:
+                self._refused(f"cannot read {self._path}: {exc.strerror or type(exc).__name__}")
+                return self._value
+            if stamp != self._stamp:
+                try:
+                    value = self._build(read_secret(self._path).get_secret_value())
+                except SecretFileError as exc:
+                    self._refused(str(exc))
+                    return self._value
+                if value != self._value:
+                    log.info("secret file changed: the new value is sent", key=self._where)
+                self._value, self._stamp, self._problem = value, stamp, None
+            return self._value
+
+    def _refused(self, problem: str) -> None:
+        if problem != self._problem:
+            self._problem = problem
+            log.warning(
+                "secret file unusable: the last value read is sent",
+                key=self._where,
+                why=problem,
+            )
+
+
+def live_authorization(section_name: str, section: ServerSection) -> LiveAuthorization | None:
+    """The ``Authorization`` of a section whose secret is in a file, read again as it changes;
+    None when there is none, or when it comes from the environment (fixed until a restart)."""
+    basic_auth, authorization = section.basic_auth, section.authorization
+    if basic_auth is not None and basic_auth.password_file is not None:
+        if basic_auth.password is None:
+            raise RuntimeError("basic_auth.password_file was not read: load the config first")
+        username = basic_auth.username
+        return LiveAuthorization(
+            f"{section_name}.basic_auth.password_file",
+            basic_auth.password_file,
+            basic_auth.password,
+            lambda password: basic_credentials(username, password),
+        )
+    if authorization is not None and authorization.credentials_file is not None:
+        if authorization.credentials is None:
+            raise RuntimeError("authorization.credentials_file was not read: load the config first")
+        kind = authorization.type
+        return LiveAuthorization(
+            f"{section_name}.authorization.credentials_file",
+            authorization.credentials_file,
+            authorization.credentials,
+            lambda credentials: f"{kind} {credentials}",
+        )
+    return None
 
 
 def without_password(url: str) -> str:

@@ -6,10 +6,17 @@ from base64 import b64decode
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from rollbackd.config import load_config, parse_config
 from rollbackd.errors import InvalidInput
-from rollbackd.httpconfig import describe, request_headers, without_password
+from rollbackd.httpconfig import (
+    basic_credentials,
+    describe,
+    live_authorization,
+    request_headers,
+    without_password,
+)
 from rollbackd.loader import load
 from tests.support.pki import Pki
 
@@ -302,3 +309,31 @@ def test_without_password_hides_only_the_password() -> None:
     """A proxy URL keeps its user, host and port; its password is stars."""
     assert without_password("http://u:p@[::1]:3128/x") == "http://u:***@[::1]:3128/x"
     assert without_password("http://proxy:3128") == "http://proxy:3128"
+
+
+def test_a_secret_file_removed_mid_rotation_keeps_the_last_password_and_says_so_once(
+    tmp_path: Path,
+) -> None:
+    """A file gone or emptied between two writes keeps the last password; a new one applies."""
+    secret = tmp_path / "prom.pass"
+    secret.write_text("old-password\n")
+    path = write(tmp_path, 'basic_auth = { username = "rb", password_file = "prom.pass" }')
+    live = live_authorization("prometheus", load_config(path, env={}).prometheus)
+    assert live is not None
+    old = basic_credentials("rb", "old-password")
+    secret.unlink()
+    with capture_logs() as logs:
+        assert [live(), live()] == [old, old]
+        secret.write_text("")
+        assert live() == old
+        secret.write_text("new-password\n")
+        assert live() == basic_credentials("rb", "new-password")
+    assert [(e["event"], e.get("why", "")) for e in logs] == [
+        (
+            "secret file unusable: the last value read is sent",
+            f"cannot read {secret}: No such file or directory",
+        ),
+        ("secret file unusable: the last value read is sent", f"{secret} is empty"),
+        ("secret file changed: the new value is sent", ""),
+    ]
+    assert "-password" not in str(logs)
