@@ -685,7 +685,8 @@ def parse_config(text: str, source: str, env: Mapping[str, str] | None = None) -
     try:
         return Config(**_merge(data, overrides))
     except ValidationError as exc:
-        raise InvalidInput(_locate(problems_from(exc, source), overrides)) from None
+        problems = problems_from(exc, source, hidden=SECRET_HOLDERS)
+        raise InvalidInput(_locate(problems, overrides)) from None
 
 
 SECRET_KEYS = {
@@ -693,6 +694,8 @@ SECRET_KEYS = {
     "authorization": ("credentials", "credentials_file"),
 }
 """The secrets of ``[prometheus]`` and ``[alertmanager]``, each with the key naming its file."""
+SECRET_HOLDERS = frozenset({"basic_auth", "authorization", "headers", "routing_key"})
+"""Keys whose values are or may hold a secret: a mistyped value of theirs is never shown."""
 SECRET_SECTIONS = ("prometheus", "alertmanager")
 """The sections that take ``basic_auth`` and ``authorization``."""
 

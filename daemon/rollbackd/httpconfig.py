@@ -9,8 +9,8 @@ the TLS context (:func:`ssl_context`) and the sentence ``check-config`` prints
 (:func:`describe`).
 
 Secrets come only from files (``password_file``, ``credentials_file``, read at
-load and at every reload, so a rotated secret applies on SIGHUP) or from the
-environment (``ROLLBACKD_PROMETHEUS__BASIC_AUTH__PASSWORD``,
+load and every reload, and by the sources again whenever the file changes, see
+:class:`LiveAuthorization`) or from the environment (``ROLLBACKD_PROMETHEUS__BASIC_AUTH__PASSWORD``,
 ``ROLLBACKD_PROMETHEUS__AUTHORIZATION__CREDENTIALS``), never from the config
 file itself. They are held as :class:`~pydantic.SecretStr`, whose ``repr`` and
 ``str`` are stars, and no message built here contains one.
@@ -20,18 +20,27 @@ from __future__ import annotations
 
 import re
 import ssl
+import threading
 from base64 import b64encode
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from rollbackd.logs import get_logger
+
+log = get_logger("rollbackd")
+
 MAX_SECRET_BYTES = 64 << 10
 """A secret file longer than this is refused: it is not a password or a token."""
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 """An HTTP token (RFC 9110): a header's name, an authorization scheme."""
+
+_HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]{0,4096}$")
+"""A header value every client sends as written: printable ASCII (and tabs), one line."""
 
 RESERVED_HEADERS = frozenset(
     {
@@ -78,6 +87,19 @@ class TLSConfig(_Table):
         return self
 
 
+def check_secret(value: SecretStr | None) -> SecretStr | None:
+    """A secret from the environment, held to a secret file's rules: white space around it
+    removed, not empty, one line (a line break would be a header of its own)."""
+    if value is None:
+        return None
+    text = value.get_secret_value().strip()
+    if not text:
+        raise ValueError("the secret is empty")
+    if any(c in text for c in "\r\n\x00"):
+        raise ValueError("the secret holds more than one line")
+    return SecretStr(text)
+
+
 class BasicAuthConfig(_Table):
     """``basic_auth``: a user name, and its password from a file or the environment."""
 
@@ -85,6 +107,8 @@ class BasicAuthConfig(_Table):
     password_file: Path | None = None
     password: SecretStr | None = None
     """From ``ROLLBACKD_…__BASIC_AUTH__PASSWORD``, or read from ``password_file`` at load."""
+
+    _password = field_validator("password")(check_secret)
 
     @model_validator(mode="after")
     def _one_source(self) -> BasicAuthConfig:
@@ -107,6 +131,8 @@ class AuthorizationConfig(_Table):
     credentials_file: Path | None = None
     credentials: SecretStr | None = None
     """From ``ROLLBACKD_…__AUTHORIZATION__CREDENTIALS``, or read from ``credentials_file``."""
+
+    _credentials = field_validator("credentials")(check_secret)
 
     @field_validator("type")
     @classmethod
@@ -144,8 +170,11 @@ def check_headers(value: dict[str, str]) -> dict[str, str]:
         if name.lower() in seen:
             raise ValueError(f"{name!r} is set twice")
         seen.add(name.lower())
-        if any(c in header for c in "\r\n\x00") or len(header) > 4096:
-            raise ValueError(f"the value of {name!r} must be one line of at most 4096 characters")
+        if not _HEADER_VALUE.match(header):
+            raise ValueError(
+                f"the value of {name!r} must be one line of printable ASCII, at most 4096 "
+                "characters: other characters are sent differently by each HTTP client"
+            )
     return value
 
 
@@ -159,6 +188,12 @@ def check_proxy_url(value: str | None) -> str | None:
         raise ValueError("SOCKS proxies are not supported: use an http:// or https:// proxy")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an http:// or https:// proxy URL")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("the port must be a number from 1 to 65535")
     return value
 
 
@@ -294,6 +329,86 @@ def request_headers(
             f"{authorization.type} {authorization.credentials.get_secret_value()}"
         )
     return built
+
+
+class LiveAuthorization:
+    """The ``Authorization`` value ``basic_auth`` or ``authorization`` gives, its file read
+    again whenever it changes, as Prometheus reads it on every request.
+
+    A password rotated in place (a Kubernetes secret volume, Vault agent) then applies
+    from the next call, without a reload. Each call costs one ``stat``; the file is
+    read only when its size, modification time or inode changed. A file that cannot
+    be used any more (removed, emptied mid-write) keeps the last value, is read again
+    on the next call, and is logged once per reason, never with what it holds.
+    """
+
+    def __init__(
+        self, where: str, path: Path, loaded: SecretStr, build: Callable[[str], str]
+    ) -> None:
+        """``loaded`` is the secret read at load: sent until the file is read again."""
+        self._where = where
+        self._path = path
+        self._build = build
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._value = build(loaded.get_secret_value())
+        self._problem: str | None = None
+
+    def __call__(self) -> str:
+        """The value to send now."""
+        with self._lock:
+            try:
+                status = self._path.stat()
+                stamp = (status.st_size, status.st_mtime_ns, status.st_ino)
+            except OSError as exc:
+                self._refused(f"cannot read {self._path}: {exc.strerror or type(exc).__name__}")
+                return self._value
+            if stamp != self._stamp:
+                try:
+                    value = self._build(read_secret(self._path).get_secret_value())
+                except SecretFileError as exc:
+                    self._refused(str(exc))
+                    return self._value
+                if value != self._value:
+                    log.info("secret file changed: the new value is sent", key=self._where)
+                self._value, self._stamp, self._problem = value, stamp, None
+            return self._value
+
+    def _refused(self, problem: str) -> None:
+        if problem != self._problem:
+            self._problem = problem
+            log.warning(
+                "secret file unusable: the last value read is sent",
+                key=self._where,
+                why=problem,
+            )
+
+
+def live_authorization(section_name: str, section: ServerSection) -> LiveAuthorization | None:
+    """The ``Authorization`` of a section whose secret is in a file, read again as it changes;
+    None when there is none, or when it comes from the environment (fixed until a restart)."""
+    basic_auth, authorization = section.basic_auth, section.authorization
+    if basic_auth is not None and basic_auth.password_file is not None:
+        if basic_auth.password is None:
+            raise RuntimeError("basic_auth.password_file was not read: load the config first")
+        username = basic_auth.username
+        return LiveAuthorization(
+            f"{section_name}.basic_auth.password_file",
+            basic_auth.password_file,
+            basic_auth.password,
+            lambda password: basic_credentials(username, password),
+        )
+    if authorization is not None and authorization.credentials_file is not None:
+        if authorization.credentials is None:
+            raise RuntimeError("authorization.credentials_file was not read: load the config first")
+        kind = authorization.type
+        return LiveAuthorization(
+            f"{section_name}.authorization.credentials_file",
+            authorization.credentials_file,
+            authorization.credentials,
+            lambda credentials: f"{kind} {credentials}",
+        )
+    return None
 
 
 def without_password(url: str) -> str:

@@ -30,6 +30,7 @@ from structlog.testing import capture_logs
 from rollbackd.core.model import Decision
 from rollbackd.evaluation import evaluate_now
 from rollbackd.loader import load
+from rollbackd.sources.prometheus import PrometheusSource
 from rollbackd.testing import FixedClock
 from tests.conftest import RunCli
 from tests.reliability.support import close_daemon, in_process_daemon
@@ -301,6 +302,25 @@ def test_refused_access_is_a_clear_source_error_naming_prometheus_and_no_secret(
     assert "no action" in result.stdout
     assert PASSWORD not in shown
     assert TOKEN not in shown
+
+
+def test_a_password_rotated_in_its_file_applies_from_the_next_query_without_a_reload(
+    tmp_path: Path, servers: Servers
+) -> None:
+    """As in Prometheus, password_file is read again once it changes: no SIGHUP needed."""
+    password_file = tmp_path / "rotating.pass"
+    password_file.write_text("not-" + PASSWORD + "\n")
+    keys = access(servers, password_file=password_file)
+    source = PrometheusSource.from_config(
+        load(write_config(tmp_path, servers.guarded.url, keys)).config
+    )
+    query = "sum by (service) (app_build_info)"
+    before = source.instant(query, at(1))
+    assert before.error is not None and "401 Unauthorized" in before.error
+    password_file.write_text(PASSWORD + "\n")
+    after = source.instant(query, at(1))
+    assert after.error is None
+    assert after.numbers == {"web": 1.0, "db": 1.0}
 
 
 def test_check_config_names_what_is_set_without_the_secrets(

@@ -6,10 +6,17 @@ from base64 import b64decode
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from rollbackd.config import load_config, parse_config
 from rollbackd.errors import InvalidInput
-from rollbackd.httpconfig import describe, request_headers, without_password
+from rollbackd.httpconfig import (
+    basic_credentials,
+    describe,
+    live_authorization,
+    request_headers,
+    without_password,
+)
 from rollbackd.loader import load
 from tests.support.pki import Pki
 
@@ -125,6 +132,56 @@ def test_secrets_from_the_environment(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", "the secret is empty"),
+        (" \n", "the secret is empty"),
+        (f"{TOKEN}\nX-Injected: 1", "the secret holds more than one line"),
+    ],
+)
+def test_a_secret_from_the_environment_is_held_to_the_rules_of_a_secret_file(
+    tmp_path: Path, value: str, expected: str
+) -> None:
+    """An empty or multi-line variable is refused at load, naming it, as its file would be."""
+    path = write(tmp_path, "[prometheus.authorization]")
+    env = {"ROLLBACKD_PROMETHEUS__AUTHORIZATION__CREDENTIALS": value}
+    assert load_problems(path, env) == [
+        f"environment ROLLBACKD_PROMETHEUS__AUTHORIZATION__CREDENTIALS: {expected}"
+    ]
+
+
+def test_a_secret_from_the_environment_loses_its_trailing_newline_as_a_file_does(
+    tmp_path: Path,
+) -> None:
+    """``export X=$(cat token)`` and ``X="$(cat token)\n"`` send the same credentials."""
+    path = write(tmp_path, "[prometheus.authorization]")
+    env = {"ROLLBACKD_PROMETHEUS__AUTHORIZATION__CREDENTIALS": TOKEN + "\n"}
+    config = load_config(path, env=env)
+    headers = request_headers({}, None, config.prometheus.authorization)
+    assert headers == {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("ROLLBACKD_PROMETHEUS__BASIC_AUTH", f'{{"username": "rb", "password": "{PASSWORD}"'),
+        ("ROLLBACKD_PROMETHEUS__BASIC_AUTH", '{"username": "rb", "password": 73914682}'),
+        ("ROLLBACKD_ALERTMANAGER__AUTHORIZATION", f'"{TOKEN}"'),
+        ("ROLLBACKD_PROMETHEUS__HEADERS", '{"X-Api-Key": 73914682}'),
+    ],
+)
+def test_a_mistyped_secret_in_the_environment_is_refused_without_echoing_it(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    """A variable that is no table, or a password that is no string, is named, never shown."""
+    path = write(tmp_path, "", '[alertmanager]\nurl = "http://am.internal:9093"')
+    shown = "\n".join(load_problems(path, {variable: value}))
+    assert variable in shown
+    for secret in (PASSWORD, TOKEN, "73914682"):
+        assert secret not in shown
+
+
+@pytest.mark.parametrize(
     ("table", "expected"),
     [
         (
@@ -160,6 +217,20 @@ def test_secrets_from_the_environment(tmp_path: Path) -> None:
         (
             'proxy_url = "proxy:3128"',
             "config.toml: prometheus.proxy_url: expected an http:// or https:// proxy URL",
+        ),
+        (
+            'headers = { "X-Scope-OrgID" = "équipe" }',
+            "config.toml: prometheus.headers: the value of 'X-Scope-OrgID' must be one line of "
+            "printable ASCII, at most 4096 characters: other characters are sent differently "
+            "by each HTTP client",
+        ),
+        (
+            'proxy_url = "http://user:pw@proxy:99999"',
+            "config.toml: prometheus.proxy_url: the port must be a number from 1 to 65535",
+        ),
+        (
+            'proxy_url = "http://proxy:abc"',
+            "config.toml: prometheus.proxy_url: the port must be a number from 1 to 65535",
         ),
         (
             'proxy_url = "socks5://proxy:1080"',
@@ -238,3 +309,31 @@ def test_without_password_hides_only_the_password() -> None:
     """A proxy URL keeps its user, host and port; its password is stars."""
     assert without_password("http://u:p@[::1]:3128/x") == "http://u:***@[::1]:3128/x"
     assert without_password("http://proxy:3128") == "http://proxy:3128"
+
+
+def test_a_secret_file_removed_mid_rotation_keeps_the_last_password_and_says_so_once(
+    tmp_path: Path,
+) -> None:
+    """A file gone or emptied between two writes keeps the last password; a new one applies."""
+    secret = tmp_path / "prom.pass"
+    secret.write_text("old-password\n")
+    path = write(tmp_path, 'basic_auth = { username = "rb", password_file = "prom.pass" }')
+    live = live_authorization("prometheus", load_config(path, env={}).prometheus)
+    assert live is not None
+    old = basic_credentials("rb", "old-password")
+    secret.unlink()
+    with capture_logs() as logs:
+        assert [live(), live()] == [old, old]
+        secret.write_text("")
+        assert live() == old
+        secret.write_text("new-password\n")
+        assert live() == basic_credentials("rb", "new-password")
+    assert [(e["event"], e.get("why", "")) for e in logs] == [
+        (
+            "secret file unusable: the last value read is sent",
+            f"cannot read {secret}: No such file or directory",
+        ),
+        ("secret file unusable: the last value read is sent", f"{secret} is empty"),
+        ("secret file changed: the new value is sent", ""),
+    ]
+    assert "-password" not in str(logs)

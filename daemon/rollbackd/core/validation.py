@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from pydantic import ValidationError
 
@@ -28,8 +28,14 @@ def location(parts: Iterable[int | str]) -> str:
     return text
 
 
-def problems_from(error: ValidationError, source: str, prefix: str = "") -> list[Problem]:
-    """One Problem per pydantic error, located by key path and worded for people."""
+def problems_from(
+    error: ValidationError, source: str, prefix: str = "", hidden: Collection[str] = ()
+) -> list[Problem]:
+    """One Problem per pydantic error, located by key path and worded for people.
+
+    The value at fault is shown (``got 'x'``) unless a key of its path is in
+    ``hidden``: the tables that hold secrets, whose values may be one.
+    """
     problems = []
     for item in error.errors(include_url=False):
         where = location(p for p in item["loc"] if not _is_union_tag(p))
@@ -40,7 +46,13 @@ def problems_from(error: ValidationError, source: str, prefix: str = "") -> list
             message = message.removeprefix("Value error, ")
         elif message.startswith("Assertion failed, "):
             message = message.removeprefix("Assertion failed, ")
-        if item["type"] not in _MESSAGES and item["type"] != "value_error" and "input" in item:
+        shown_input = not any(part in hidden for part in item["loc"])
+        if (
+            shown_input
+            and item["type"] not in _MESSAGES
+            and item["type"] != "value_error"
+            and "input" in item
+        ):
             shown = repr(item["input"])
             if len(shown) <= 80 and not isinstance(item["input"], dict | list):
                 message = f"{message}, got {shown}"

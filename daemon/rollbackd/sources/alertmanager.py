@@ -35,7 +35,7 @@ alert is resolved, no service is quiet.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,12 +46,13 @@ import urllib3
 from rollbackd.config import Config
 from rollbackd.core.durations import format_duration, format_instant
 from rollbackd.errors import InvalidInput
-from rollbackd.httpconfig import TLSConfig, client_options
+from rollbackd.httpconfig import TLSConfig, client_options, live_authorization
 from rollbackd.journal import AlertRecord, Delivery
 from rollbackd.logs import get_logger
 from rollbackd.sources.alerts import _alert, _json_document, _may_hold_surrogates, _Problems
 from rollbackd.sources.prometheus import (
     ERROR_LIMIT,
+    LiveAuth,
     _DeadlineSession,
     _RefusedError,
     _WatchedAdapter,
@@ -164,6 +165,7 @@ class AlertmanagerSource:
         tls: TLSConfig | None = None,
         proxy_url: str | None = None,
         authenticated: bool = False,
+        authorization: Callable[[], str] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
@@ -178,6 +180,8 @@ class AlertmanagerSource:
             timeout.total_seconds(), max_bytes, hint, "[alertmanager] max_response_bytes"
         )
         self._session.headers.update(headers or {})
+        if authorization is not None:
+            self._session.auth = LiveAuth(authorization)
         if proxy_url is not None:
             self._session.proxies = {"http": proxy_url, "https": proxy_url}
         self._session.mount(self.url, _WatchedAdapter(tls))
@@ -203,6 +207,7 @@ class AlertmanagerSource:
             config.alerts.service_label,
             section.max_response_bytes,
             **client_options(section),
+            authorization=live_authorization("alertmanager", section),
         )
 
     def active(self) -> ActiveAlerts:

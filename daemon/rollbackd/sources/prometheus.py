@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import ssl
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,7 +60,13 @@ from rollbackd.bounded import TooLargeError, json_problem, read_capped, watch, w
 from rollbackd.config import Config
 from rollbackd.core.durations import format_duration
 from rollbackd.core.model import Matrix, Measurement, Vector
-from rollbackd.httpconfig import TLSConfig, client_options, ssl_context, without_password
+from rollbackd.httpconfig import (
+    TLSConfig,
+    client_options,
+    live_authorization,
+    ssl_context,
+    without_password,
+)
 from rollbackd.logs import get_logger
 from rollbackd.text import one_line
 
@@ -151,6 +157,17 @@ class _WatchedAdapter(HTTPAdapter):
         if not proxy.lower().startswith("socks"):
             manager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
         return manager
+
+
+class LiveAuth(requests.auth.AuthBase):
+    """Sets each request's ``Authorization`` to what ``current`` gives at that moment."""
+
+    def __init__(self, current: Callable[[], str]) -> None:
+        self.current = current
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self.current()
+        return request
 
 
 class _RefusedError(requests.RequestException):
@@ -267,10 +284,13 @@ class PrometheusSource:
         tls: TLSConfig | None = None,
         proxy_url: str | None = None,
         authenticated: bool = False,
+        authorization: Callable[[], str] | None = None,
     ) -> None:
         """``headers`` go with every call (the ``Authorization`` one too, see
         :func:`~rollbackd.httpconfig.request_headers`); ``tls`` and ``proxy_url`` as in
-        ``[prometheus]``; ``authenticated`` says whether those headers carry credentials."""
+        ``[prometheus]``; ``authenticated`` says whether those headers carry credentials;
+        ``authorization``, when given, gives the ``Authorization`` of each call instead
+        (a secret file read again as it changes)."""
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.service_label = service_label
@@ -282,6 +302,8 @@ class PrometheusSource:
         )
         session = _DeadlineSession(timeout.total_seconds(), max_bytes, hint, check_json=False)
         session.headers.update(headers or {})
+        if authorization is not None:
+            session.auth = LiveAuth(authorization)
         if proxy_url is not None:
             session.proxies = {"http": proxy_url, "https": proxy_url}
         session.mount(self.url, _WatchedAdapter(tls))
@@ -309,6 +331,7 @@ class PrometheusSource:
             config.alerts.service_label,
             prometheus.max_response_bytes,
             **client_options(prometheus),
+            authorization=live_authorization("prometheus", prometheus),
         )
 
     def instant(self, query: str, at: datetime) -> Vector:
