@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -408,3 +409,66 @@ def test_a_range_sample_at_an_impossible_time_is_skipped_not_the_answer(stub: St
     matrix = source(url).range("up", start, start, timedelta(seconds=30))
     assert matrix.error is None
     assert matrix.series == {"web": {1700000000000: 1.0}, "api": {1700000000000: 3.0}}
+
+
+PARTIAL_ANSWERS = [
+    pytest.param(
+        {"warnings": ["No StoreAPIs matched for this query", "store 10.0.0.7:10901 timed out"]},
+        "answered with warnings, so its values are not trusted: "
+        "No StoreAPIs matched for this query; store 10.0.0.7:10901 timed out",
+        id="thanos-partial-response",
+    ),
+    pytest.param(
+        {"isPartial": True},
+        "answered only in part (isPartial: some of its storage did not answer)",
+        id="victoriametrics-cluster",
+    ),
+    pytest.param(
+        {"warnings": "one\nstring\x1b[31m"},
+        "answered with warnings, so its values are not trusted: one string [31m",
+        id="odd-warnings",
+    ),
+]
+
+
+@pytest.mark.parametrize(("extra", "said"), PARTIAL_ANSWERS)
+def test_an_answer_that_says_it_is_partial_is_no_data_for_every_kind_of_query(
+    stub: StubServer, extra: dict[str, Any], said: str
+) -> None:
+    """A store or storage node that did not answer (Thanos, VictoriaMetrics cluster): the
+    values that did come are a part read as if whole, so every kind of query has no data."""
+    answer = vector(({"service": "web", "version": "v1"}, "0.01")) | extra
+    url = answering(stub, Reply(200, json.dumps(answer).encode()))
+    why = f"Prometheus at {url} {said}"
+    prometheus = source(url)
+    assert prometheus.instant("up", AT).error == why
+    ranged = {"status": "success", "data": {"resultType": "matrix", "result": []}} | extra
+    url = answering(stub, Reply(200, json.dumps(ranged).encode()))
+    assert prometheus.range("up", AT, AT + timedelta(minutes=1), timedelta(seconds=30)).error == why
+    url = answering(stub, Reply(200, json.dumps(answer).encode()))
+    with pytest.raises(QueryError, match=re.escape(why)):
+        prometheus.labels_over_time("up", "version", AT, AT, timedelta(seconds=30))
+    with pytest.raises(QueryError, match=re.escape(why)):
+        prometheus.labels_over_time("up", "version", AT, AT + timedelta(minutes=1), timedelta(30))
+
+
+def test_a_partial_answer_with_a_value_read_the_careful_way_is_no_data(stub: StubServer) -> None:
+    """NaN sends an answer to the careful reading: its warnings are read there too."""
+    answer = vector(({"service": "web"}, "NaN")) | {"warnings": ["store down"]}
+    url = answering(stub, Reply(200, json.dumps(answer).encode()))
+    assert source(url).instant("up", AT).error == (
+        f"Prometheus at {url} answered with warnings, so its values are not trusted: store down"
+    )
+
+
+def test_a_whole_answer_and_promql_infos_leave_the_values_counted(stub: StubServer) -> None:
+    """Thanos sends an empty list with complete answers; Prometheus 2.46-2.53 sent PromQL's
+    infos (a counter not named _total, deliberately) among its warnings: the values count."""
+    info = (
+        "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/"
+        '_bucket: "requests" (1:6)'
+    )
+    for extra in ({"warnings": [], "isPartial": False}, {"warnings": [info]}):
+        answer = vector(({"service": "web"}, "0.5")) | extra
+        url = answering(stub, Reply(200, json.dumps(answer).encode()))
+        assert source(url).instant("up", AT).numbers == {"web": 0.5}, extra

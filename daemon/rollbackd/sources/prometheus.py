@@ -4,7 +4,7 @@ One instant query per rule per cycle whatever the number of services: the
 result is a vector keyed by its ``service`` label. Anything that is not a
 usable number for a service (no series, NaN, ±Inf, a scalar instead of a
 vector, two series for one service, Prometheus down, slow or answering
-garbage) becomes a *missing* measurement with the reason, never a healthy
+garbage, an answer that says it is partial or warns) becomes a *missing* measurement with the reason, never a healthy
 value and never a crash. Errors are translated here, at the boundary.
 
 Every call (instant, range, label history) ends within ``[prometheus] timeout``
@@ -339,9 +339,15 @@ class PrometheusSource:
         try:
             with self._body("query", {"query": query, "time": at.timestamp()}) as body:
                 try:
-                    return self._vector(self._quick_vector.decode(body).data.result)
+                    answer = self._quick_vector.decode(body)
                 except _NOT_QUICK:
                     pass
+                else:
+                    self._whole(answer.warnings, answer.isPartial)
+                    try:
+                        return self._vector(answer.data.result)
+                    except _NOT_QUICK:
+                        pass
                 result = self._result(body)
                 if not isinstance(result, list):
                     return Vector(error="the query does not return an instant vector")
@@ -420,7 +426,9 @@ class PrometheusSource:
         """A range answer's series, each as its service and its points (unix ms: value);
         None if it is not a range vector. A series naming no service is left out."""
         try:
-            quick = self._quick_range.decode(body).data.result
+            answer = self._quick_range.decode(body)
+            self._whole(answer.warnings, answer.isPartial)
+            quick = answer.data.result
             if all(item.metric.l0 for item in quick):
                 return [
                     (item.metric.l0, {round(t * 1000): v for t, v in item.values}) for item in quick
@@ -489,9 +497,12 @@ class PrometheusSource:
             quick = self._quick_labels[label] = _quick_decoder((service_label, label))
         with self._body("query", {"query": query, "time": at.timestamp()}) as body:
             try:
-                metrics = [item.metric for item in quick.decode(body).data.result]
+                answer = quick.decode(body)
             except _NOT_QUICK:
                 metrics = None
+            else:
+                self._whole(answer.warnings, answer.isPartial)
+                metrics = [item.metric for item in answer.data.result]
             if metrics is not None:
                 services = [metric.l0 for metric in metrics]
                 values = [metric.l1 for metric in metrics]
@@ -529,10 +540,35 @@ class PrometheusSource:
                 document = self._refused(body, exc)
         except (RecursionError, MemoryError) as exc:  # a backstop behind the parse limits
             raise self._unreadable(exc) from None
+        if isinstance(document, dict):
+            self._whole(document.get("warnings"), document.get("isPartial"))
         try:
             return document["data"]["result"]
         except (KeyError, TypeError, IndexError):
             raise self._not_its_api("no data.result in it") from None
+
+    def _whole(self, warnings: Any, partial: Any) -> None:
+        """QueryError if the answer says it lacks data or may be wrong: a store, storage
+        node or remote read that did not answer (Thanos' partial responses and remote
+        reads give ``warnings``, VictoriaMetrics cluster ``isPartial``), or a PromQL
+        warning (its engine saw data it could not use). Its values would be read as if
+        whole, and what it left out as no data or, worse, as healthy. PromQL's infos
+        (``PromQL info: …``, sent among the warnings before Prometheus 2.54 gave them
+        ``infos``) may be deliberate, and are no reason."""
+        if partial is True:
+            raise QueryError(
+                f"Prometheus at {self.url} answered only in part "
+                "(isPartial: some of its storage did not answer)"
+            )
+        if not warnings:
+            return
+        said = warnings if isinstance(warnings, list) else [warnings]
+        real = [str(w) for w in said if not str(w).startswith("PromQL info:")]
+        if real:
+            raise QueryError(
+                f"Prometheus at {self.url} answered with warnings, so its values are not "
+                f"trusted: {one_line('; '.join(real), ERROR_LIMIT)}"
+            )
 
     def _refused(self, body: bytes, exc: orjson.JSONDecodeError) -> Any:
         """Why orjson refused ``body``; or, for a lone surrogate, the standard library's
@@ -639,7 +675,11 @@ def _quick_decoder(
         fields.append((field, kind))
     series = msgspec.defstruct("Series", fields, gc=False)
     data = msgspec.defstruct("Data", [("result", list[series])], gc=False)  # type: ignore[valid-type]
-    answer = msgspec.defstruct("Answer", [("data", data)], gc=False)
+    answer = msgspec.defstruct(
+        "Answer",
+        [("data", data), ("warnings", list[str] | None, None), ("isPartial", bool | None, None)],
+        gc=False,
+    )
     return msgspec.json.Decoder(answer, strict=False)
 
 
