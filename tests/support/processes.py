@@ -556,19 +556,29 @@ class VictoriaMetrics(Supervised):
     """``/usr/bin/victoria-metrics`` (single node) on a free loopback port, its data in
     ``workdir/data``, answering PromQL (MetricsQL) at ``/api/v1/query`` as Prometheus does.
 
-    It scrapes nothing: :meth:`import_history` loads the same OpenMetrics text the
-    Prometheus tests backfill with promtool. Retention is 100 years, as it refuses
-    samples older than its retention; the response cache is off, so history imported
-    after a query is seen by the next one. Otherwise it runs as installed: in
-    particular it hides its newest 30 s (``-search.latencyOffset``) from queries near
-    its clock, as rollbackd meets it in production.
+    Given ``targets``, it scrapes them every ``scrape_interval`` itself
+    (``-promscrape.config``, ``workdir/scrape.yml``, labelled as :class:`Prometheus`
+    labels them); otherwise it scrapes nothing, and :meth:`import_history` loads the
+    same OpenMetrics text the Prometheus tests backfill with promtool. Retention is 100
+    years, as it refuses samples older than its retention; the response cache is off,
+    so history imported after a query is seen by the next one. Otherwise it runs as
+    installed unless ``extra_args`` say more: in particular it hides its newest 30 s
+    (``-search.latencyOffset``) from queries near its clock, as rollbackd meets it in
+    production.
     """
 
     label = "VictoriaMetrics"
     ready_path = "/health"
 
     def __init__(
-        self, workdir: Path, *, port: int | None = None, start_timeout: float = 30.0
+        self,
+        workdir: Path,
+        targets: Sequence[Target] = (),
+        *,
+        scrape_interval: str = "1s",
+        extra_args: Sequence[str] = (),
+        port: int | None = None,
+        start_timeout: float = 30.0,
     ) -> None:
         self.workdir = workdir.absolute()
         super().__init__(
@@ -578,9 +588,14 @@ class VictoriaMetrics(Supervised):
             start_timeout=start_timeout,
         )
         self.storage_dir = self.workdir / "data"
+        self.targets: list[Target] = list(targets)
+        self.scrape_interval = scrape_interval
+        self.extra_args = list(extra_args)
+        self.scrape_config_path = self.workdir / "scrape.yml"
 
     def command(self) -> list[str]:
         """The argv VictoriaMetrics is started with."""
+        scraping = [f"-promscrape.config={self.scrape_config_path}"] if self.targets else []
         return [
             str(VICTORIAMETRICS_BIN),
             f"-storageDataPath={self.storage_dir}",
@@ -588,13 +603,37 @@ class VictoriaMetrics(Supervised):
             "-retentionPeriod=100y",
             "-search.disableCache",
             "-loggerLevel=WARN",
+            *scraping,
+            *self.extra_args,
         ]
 
+    def scrape_config(self) -> dict[str, Any]:
+        """The ``-promscrape.config`` written to ``scrape.yml`` (JSON, which is YAML): the
+        targets as :meth:`Prometheus.config` has them, without what only Prometheus reads
+        (VictoriaMetrics refuses unknown keys)."""
+        jobs: dict[str, list[dict[str, Any]]] = {}
+        for job, address, labels in self.targets:
+            jobs.setdefault(job, []).append({"targets": [address], "labels": dict(labels)})
+        return {
+            "global": {
+                "scrape_interval": self.scrape_interval,
+                "scrape_timeout": self.scrape_interval,
+            },
+            "scrape_configs": [
+                {"job_name": job, "honor_labels": True, "static_configs": groups}
+                for job, groups in jobs.items()
+            ],
+        }
+
     def prepare(self) -> None:
-        """Check the binary, then create the storage directory."""
+        """Check the binary, then create the storage directory and the scrape config."""
         if not VICTORIAMETRICS_BIN.exists():
             raise ProcessError(f"{VICTORIAMETRICS_BIN} is missing: {VICTORIAMETRICS_HINT}")
         self.storage_dir.mkdir(parents=True, exist_ok=True)
+        if self.targets:
+            self.scrape_config_path.write_text(
+                json.dumps(self.scrape_config(), indent=2), encoding="utf-8"
+            )
 
     def import_history(self, openmetrics_text: str) -> None:
         """Load ``openmetrics_text`` (as :func:`backfill` takes it: timestamps in seconds)
