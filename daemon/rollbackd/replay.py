@@ -11,6 +11,7 @@ runs them live at its last step.
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +19,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain
+from typing import Any, TypeVar, overload
 
 from rollbackd.config import Config
 from rollbackd.core.canary import SideBySide, Split, instances_query, split_of
@@ -31,6 +33,7 @@ from rollbackd.sources import MetricSource, guarded_range
 from rollbackd.sources.deploys import git_deploys
 from rollbackd.sources.gather import (
     BaselineCache,
+    Failed,
     around_query,
     side_by_side_forms,
     split_labels,
@@ -38,6 +41,8 @@ from rollbackd.sources.gather import (
 )
 from rollbackd.sources.prometheus import QueryError
 from rollbackd.text import one_line
+
+_T = TypeVar("_T")
 
 DEPLOY_LOOKBACK = timedelta(hours=24)
 """How far before a replay's start deploys are looked for, to date the running version."""
@@ -194,17 +199,15 @@ class Replay:
         windows = [times[i : i + WINDOW_STEPS] for i in range(0, len(times), WINDOW_STEPS)]
         # While the engine steps through one window, the next ones are fetched: Prometheus
         # answers on its own core, and the replay takes little longer than the queries.
-        fetcher = ThreadPoolExecutor(max_workers=AHEAD, thread_name_prefix="replay-fetch")
+        relative = [rule for rule in self.engine.rules if rule.relative]
+        ahead = _Ahead(
+            windows,
+            self._fetch,
+            lambda times: self.baselines.read_ahead(relative, times),
+            self._in_time,
+        )
         try:
-            fetches: dict[int, Future[_Window]] = {}
-
-            def fetch_ahead(index: int) -> None:
-                for ahead in range(index, min(index + AHEAD, len(windows))):
-                    if ahead not in fetches:
-                        window = windows[ahead]
-                        fetches[ahead] = fetcher.submit(self._fetch, window[0], window[-1])
-
-            fetch_ahead(0)  # fetched while deploys are looked for
+            ahead.start(0)  # fetched while deploys are looked for
             found = find_deploys(self.config, self.prometheus, start, end, self.step)
             self._in_time()
             deploys, self.deploy_error = found.deploys, found.error
@@ -214,15 +217,17 @@ class Replay:
                 for service, (first, versions) in found.first_seen.items()
                 if service in services
             )
+            if relative:
+                deployed_at = {d.time for d in deploys if d.service in services}
+                ahead.baselines_for(deployed_at | {look[0] for look in looks})
             probe_missing = self._probes_missing()
             serving = _serving(found.presence, services)
             pending = list(deploys)
             current: _Current = ({}, {})
             done = 0
             for index, window in enumerate(windows):
-                fetch_ahead(index)
-                fetched = self._in_time(fetches.pop(index))
-                fetch_ahead(index + 1)
+                fetched, read = ahead.take(index)
+                self.baselines.seed(read)
                 for moment in window:
                     done += 1
                     deployed = False
@@ -254,7 +259,7 @@ class Replay:
                             self.history.set_present(service, versions)
                     yield report
         finally:  # out of time: the reads still in flight end with their own deadlines
-            fetcher.shutdown(wait=self.deadline is None, cancel_futures=True)
+            ahead.close(wait=self.deadline is None)
 
     def _side_by_side(
         self,
@@ -326,13 +331,17 @@ class Replay:
                 missing.update({(rule.name, s): why for s in self.engine.services})
         return missing
 
-    def _in_time(self, fetch: Future[_Window] | None = None) -> _Window:
-        """``fetch``'s window, waited for no longer than the deadline; OutOfTime after it."""
+    @overload
+    def _in_time(self) -> None: ...
+    @overload
+    def _in_time(self, fetch: Future[_T]) -> _T: ...
+    def _in_time(self, fetch: Future[_T] | None = None) -> _T | None:
+        """What ``fetch`` read, waited for no longer than the deadline; OutOfTime after it."""
         left = None if self.deadline is None else self.deadline - time.monotonic()
         if left is not None and left <= 0:
             raise OutOfTime("the replay ran out of its time")
         if fetch is None:
-            return _Window({}, {}, {})
+            return None
         try:
             return fetch.result(timeout=left)
         except FutureTimeout:
@@ -432,6 +441,64 @@ def _serving(
                 at = serving.setdefault(round(moment.timestamp() * 1000), {})
                 at.setdefault(service, set()).add(version)
     return {ms: at for ms, at in serving.items() if any(len(v) > 1 for v in at.values())}
+
+
+class _Ahead:
+    """What a replay reads on other threads ahead of its stepping, :data:`AHEAD` windows
+    ahead: each window's samples, and the baselines of the deploys each window reaches,
+    so that the stepping never waits for Prometheus."""
+
+    def __init__(
+        self,
+        windows: list[list[datetime]],
+        fetch: Callable[[datetime, datetime], _Window],
+        read: Callable[[list[datetime]], Failed],
+        wait: Callable[[Future[Any]], Any],
+    ) -> None:
+        """``fetch`` reads a window's samples, ``read`` the baselines of deploys at some
+        times; ``wait`` waits for either within the replay's deadline."""
+        self._windows = windows
+        self._fetch, self._read, self._wait = fetch, read, wait
+        self._pool = ThreadPoolExecutor(max_workers=AHEAD, thread_name_prefix="replay-fetch")
+        self._fetches: dict[int, Future[_Window]] = {}
+        self._reads: dict[int, Future[Failed]] = {}
+        self._due: list[list[datetime]] = []
+
+    def start(self, index: int) -> None:
+        """Start the reads of window ``index`` and the ones after it, where not started."""
+        for ahead in range(index, min(index + AHEAD, len(self._windows))):
+            if ahead not in self._fetches:
+                window = self._windows[ahead]
+                self._fetches[ahead] = self._pool.submit(self._fetch, window[0], window[-1])
+            if self._due and self._due[ahead] and ahead not in self._reads:
+                self._reads[ahead] = self._pool.submit(self._read, self._due[ahead])
+
+    def baselines_for(self, times: Collection[datetime]) -> None:
+        """Deploy times whose baselines are read with the window whose steps reach them."""
+        self._due = _by_window(sorted(times), self._windows)
+
+    def take(self, index: int) -> tuple[_Window, Failed]:
+        """Window ``index``'s samples and its deploys' baselines; the next ones started."""
+        self.start(index)
+        window: _Window = self._wait(self._fetches.pop(index))
+        read: Failed = self._wait(self._reads.pop(index)) if index in self._reads else {}
+        self.start(index + 1)
+        return window, read
+
+    def close(self, *, wait: bool) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def _by_window(times: list[datetime], windows: list[list[datetime]]) -> list[list[datetime]]:
+    """The sorted ``times`` by the window whose steps first reach each one (the last window's
+    steps end the replay: later times are in none)."""
+    found: list[list[datetime]] = []
+    low = 0
+    for window in windows:
+        high = bisect_right(times, window[-1], lo=low)
+        found.append(times[low:high])
+        low = high
+    return found
 
 
 def _vector_at(matrix: Matrix, ms: int) -> Vector:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from rollbackd.config import parse_config
@@ -11,6 +12,7 @@ from rollbackd.core.deploys import DeployHistory
 from rollbackd.core.engine import Engine
 from rollbackd.core.model import Vector
 from rollbackd.core.rules import parse_rules
+from rollbackd.replay import Replay
 from rollbackd.sources.gather import LiveCycle
 from rollbackd.testing import ScriptedMetrics, constant
 
@@ -96,3 +98,41 @@ def test_a_failed_baseline_read_is_tried_once_per_cycle_not_once_per_service() -
     live.gather(NOON + timedelta(seconds=30))
     assert baseline_reads(metrics) == 2  # once a cycle
     live.close()
+
+
+@dataclass
+class ThreadRecording(ScriptedMetrics):
+    """Records which thread read each baseline."""
+
+    readers: list[str] = field(default_factory=list)
+
+    def instant(self, query: str, at: datetime) -> Vector:
+        if query.startswith("avg_over_time("):
+            self.readers.append(threading.current_thread().name)
+        return super().instant(query, at)
+
+
+def test_a_replay_reads_every_deploy_s_baseline_ahead_of_its_stepping() -> None:
+    """A backtest never waits for a baseline: each deploy's is read once, by the threads
+    that fetch history ahead, before the engine steps to the deploy."""
+    services = SERVICES[:20]
+    metrics = ThreadRecording(services)
+    metrics.set("latency", constant(0.2))
+    for index, name in enumerate(services):
+        metrics.deploy(name, "v1", NOON - timedelta(days=1))
+        metrics.deploy(name, "v2", NOON + index * timedelta(minutes=7))
+    tables = "".join(
+        f'[[services]]\nname = "{name}"\nexecutor = "command"\ncommand = ["true"]\n'
+        for name in services
+    )
+    config = parse_config(
+        f'[deploys]\nversion_metric = "app_build_info"\nknown_good_after = "30m"\n{tables}',
+        "config.toml",
+    )
+    replay = Replay(config, tuple(parse_rules(RULES, "rules.toml")), metrics, timedelta(minutes=1))
+    reports = list(replay.run(NOON - timedelta(hours=1), NOON + timedelta(hours=3)))
+    assert len(reports) == 4 * 60 + 1
+    assert len(metrics.readers) == len(services) + 1  # each v2, and the v1s seen first
+    assert all(reader.startswith("replay-fetch") for reader in metrics.readers), metrics.readers
+    current = replay.baselines.current(replay.engine.rules, services, replay.history)
+    assert {m.value for m in current[0].values()} == {0.2}

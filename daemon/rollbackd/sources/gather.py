@@ -206,6 +206,34 @@ class BaselineCache:
             for offset in rule.seasonality if rule.seasonal else ():
                 self.past(rule, deploy, offset, failed)
 
+    def read_ahead(self, rules: Iterable[Rule], times: Iterable[datetime]) -> Failed:
+        """The reads :meth:`get` and :meth:`past` would make for deploys at ``times``, made
+        now, for :meth:`seed` (a replay reads them on another thread while it steps through
+        history: nothing here changes). By (rule name, deploy time, offset; 0 for the
+        deploy's own baseline)."""
+        read: Failed = {}
+        for rule in rules:
+            if not rule.relative:
+                continue
+            offsets = (timedelta(0), *(rule.seasonality if rule.seasonal else ()))
+            query = baseline_query(rule)
+            for at in times:
+                for offset in offsets:
+                    edge = at - BASELINE_EDGE - offset
+                    read[(rule.name, at, offset)] = guarded_instant(self._source, query, edge)
+        return read
+
+    def seed(self, read: Failed) -> None:
+        """Answers :meth:`read_ahead` read: :meth:`get` and :meth:`past` use them instead of
+        reading; a failed one is read again there, as any failed read is."""
+        for (name, at, offset), vector in read.items():
+            if vector.error is not None:
+                continue
+            if offset:
+                self._past_vectors.setdefault((name, at, offset), vector)
+            else:
+                self._cache.setdefault((name, at), vector)
+
     def known(self, rule: Rule, deploy: Deploy) -> bool:
         """Whether the baseline was read for good (a value, or a clear 'none')."""
         return (rule.name, deploy.service, deploy.time) in self._measurements

@@ -4,8 +4,9 @@ One instant query per rule per cycle whatever the number of services: the
 result is a vector keyed by its ``service`` label. Anything that is not a
 usable number for a service (no series, NaN, ±Inf, a scalar instead of a
 vector, two series for one service, Prometheus down, slow or answering
-garbage, an answer that says it is partial or warns) becomes a *missing* measurement with the reason, never a healthy
-value and never a crash. Errors are translated here, at the boundary.
+garbage, an answer that says it is partial or warns) becomes a *missing*
+measurement with the reason, never a healthy value and never a crash. Errors
+are translated here, at the boundary.
 
 Every call (instant, range, label history) ends within ``[prometheus] timeout``
 whatever the server does — never answering, trickling its headers or its body,
