@@ -472,3 +472,56 @@ def test_a_whole_answer_and_promql_infos_leave_the_values_counted(stub: StubServ
         answer = vector(({"service": "web"}, "0.5")) | extra
         url = answering(stub, Reply(200, json.dumps(answer).encode()))
         assert source(url).instant("up", AT).numbers == {"web": 0.5}, extra
+
+
+_TIMES = st.one_of(
+    st.integers(1_600_000_000, 1_900_000_000),
+    st.floats(1.6e9, 1.9e9),
+    st.sampled_from([1.7e308, -1e20, "1700000000", "x", None]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    series=st.lists(
+        st.tuples(_LABELS, _LABELS, st.lists(_TIMES, max_size=4)),
+        max_size=6,
+    )
+)
+def test_any_version_history_reads_as_each_series_says(
+    url: str, series: list[tuple[object, object, list[object]]]
+) -> None:
+    """Whatever the labels and sample times, a week of the version metric gives each series
+    with a usable service and version the times it was present at, and nothing else."""
+    result = [
+        {
+            "metric": {
+                **({"service": service} if service is not None else {}),
+                **({"version": version} if version is not None else {}),
+            },
+            "values": [[time_, "1"] for time_ in times],
+        }
+        for service, version, times in series
+    ]
+    query = f"property-{next(_PROPERTY)}"
+    _Handler.answers[query] = json.dumps(
+        {"status": "success", "data": {"resultType": "matrix", "result": result}}
+    )
+    seen = source(url).labels_over_time(query, "version", AT, AT + timedelta(hours=1), _MINUTE)
+    expected: dict[str, dict[str, list[datetime]]] = {}
+    for service, version, times in series:
+        if not (_usable(service) and _usable(version)):
+            continue
+        present = expected.setdefault(str(service), {}).setdefault(str(version), [])
+        present.extend(moment for moment in map(_moment, times) if moment is not None)
+    assert seen == expected
+
+
+_MINUTE = timedelta(minutes=1)
+
+
+def _moment(raw: object) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(float(raw), UTC)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
