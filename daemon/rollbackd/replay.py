@@ -186,6 +186,7 @@ class Replay:
         self.deploy_error: str | None = None
         self.simulate_rollbacks = simulate_rollbacks
         self._split_window: tuple[int, dict[str, Matrix]] | None = None
+        self._steps = _Steps([])
 
     def run(
         self,
@@ -228,6 +229,7 @@ class Replay:
             for index, window in enumerate(windows):
                 fetched, read = ahead.take(index)
                 self.baselines.seed(read)
+                self._steps = _Steps(window)
                 for moment in window:
                     done += 1
                     deployed = False
@@ -283,9 +285,10 @@ class Replay:
         if self._split_window is None or self._split_window[0] != index:
             self._split_window = (index, self._fetch_split(window[0], window[-1]))
         matrices = self._split_window[1]
-        vectors = {name: _vector_at(m, ms) for name, m in matrices.items() if ":" not in name}
+        at = self._steps.at
+        vectors = {name: at(m, ms) for name, m in matrices.items() if ":" not in name}
         counts = {
-            name.removeprefix("events:"): (_vector_at(m, ms), _vector_at(matrices[volume], ms))
+            name.removeprefix("events:"): (at(m, ms), at(matrices[volume], ms))
             for name, m in matrices.items()
             if name.startswith("events:")
             and (volume := "volume:" + name.removeprefix("events:")) in matrices
@@ -295,7 +298,7 @@ class Replay:
             splits,
             vectors,
             counts,
-            _vector_at(instances, ms) if instances is not None else None,
+            at(instances, ms) if instances is not None else None,
         )
         return replace(inputs, side_by_side=looked)
 
@@ -387,21 +390,22 @@ class Replay:
         """The engine's inputs at ``moment``: the fetched values there, the baselines
         (seasonal rules' adjusted by earlier days at ``moment``)."""
         ms = round(moment.timestamp() * 1000)
-        vectors = {name: _vector_at(m, ms) for name, m in fetched.values.items()}
+        at = self._steps.at
+        vectors = {name: at(m, ms) for name, m in fetched.values.items()}
         baselines, deploys = current
         if fetched.arounds:
-            arounds = {key: _vector_at(matrix, ms) for key, matrix in fetched.arounds.items()}
+            arounds = {key: at(matrix, ms) for key, matrix in fetched.arounds.items()}
             baselines = self.baselines.seasonal(
                 self.engine.rules, baselines, deploys, arounds, moment, vectors
             )
         return Inputs(
             measurements=probe_missing,
             baselines=baselines,
-            impacts=_impacts_at(fetched.impacts, ms),
+            impacts=_impacts_at(fetched.impacts, ms, at),
             source_errors=fetched.errors,
             vectors=vectors,
             counts={
-                name: (_vector_at(events, ms), _vector_at(volume, ms))
+                name: (at(events, ms), at(volume, ms))
                 for name, (events, volume) in fetched.counts.items()
             },
         )
@@ -501,6 +505,45 @@ def _by_window(times: list[datetime], windows: list[list[datetime]]) -> list[lis
     return found
 
 
+def _ms(moment: datetime) -> int:
+    return round(moment.timestamp() * 1000)
+
+
+class _Steps:
+    """A window's matrices read at its steps: each matrix's values gathered step by step in
+    C, once per window; a step whose values are all finite, with no service ambiguous (the
+    common case), is a vector made in C. Read service by service at every step, a week of
+    100 services was most of a backtest's stepping."""
+
+    def __init__(self, window: list[datetime]) -> None:
+        self._ms = [_ms(moment) for moment in window]
+        self._columns: dict[int, tuple[Matrix, tuple[str, ...], dict[int, tuple[Any, ...]]]] = {}
+
+    def at(self, matrix: Matrix, ms: int) -> Vector:
+        """The matrix's values at ``ms``, as :func:`_vector_at` reads them."""
+        if matrix.error is not None or matrix.ambiguous:
+            return _vector_at(matrix, ms)
+        seen = self._columns.get(id(matrix))
+        if seen is None:  # the matrix is kept with its columns: its id is not reused
+            rows = [list(map(points.get, self._ms)) for points in matrix.series.values()]
+            columns = dict(zip(self._ms, zip(*rows, strict=True), strict=True)) if rows else {}
+            seen = self._columns[id(matrix)] = (matrix, tuple(matrix.series), columns)
+        _, names, columns = seen
+        column = columns.get(ms)
+        if column is None:
+            return _vector_at(matrix, ms)
+        if None in column:
+            found = {
+                name: value for name, value in zip(names, column, strict=True) if value is not None
+            }
+        else:
+            found = dict(zip(names, column, strict=True))
+        total = sum(found.values())
+        if total - total == 0.0:  # NaN or ±Inf anywhere (or an overflowing sum): carefully
+            return Vector(found)
+        return _vector_at(matrix, ms)
+
+
 def _vector_at(matrix: Matrix, ms: int) -> Vector:
     """A range query's values at one instant, as the instant query would have answered."""
     if matrix.error is not None:
@@ -517,9 +560,11 @@ def _vector_at(matrix: Matrix, ms: int) -> Vector:
     return Vector(numbers, problems)
 
 
-def _impacts_at(impacts: dict[str, Matrix], ms: int) -> dict[Key, Measurement]:
+def _impacts_at(
+    impacts: dict[str, Matrix], ms: int, at: Callable[[Matrix, int], Vector]
+) -> dict[Key, Measurement]:
     out: dict[Key, Measurement] = {}
     for name, matrix in impacts.items():
-        for service, number in _vector_at(matrix, ms).numbers.items():
+        for service, number in at(matrix, ms).numbers.items():
             out[(name, service)] = Measurement(number)
     return out

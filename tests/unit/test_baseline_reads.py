@@ -1,4 +1,5 @@
-"""Baselines of many services deployed at once: one read per rule, also when it fails."""
+"""Baselines of many services deployed at once: one read per rule, also when it fails; a
+replay's reads of history ahead of its stepping."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from rollbackd.config import parse_config
 from rollbackd.core.deploys import DeployHistory
 from rollbackd.core.engine import Engine
-from rollbackd.core.model import Vector
+from rollbackd.core.model import Matrix, Vector
 from rollbackd.core.rules import parse_rules
-from rollbackd.replay import Replay
+from rollbackd.replay import Replay, _Steps, _vector_at
 from rollbackd.sources.gather import LiveCycle
 from rollbackd.testing import ScriptedMetrics, constant
 
@@ -136,3 +140,38 @@ def test_a_replay_reads_every_deploy_s_baseline_ahead_of_its_stepping() -> None:
     assert all(reader.startswith("replay-fetch") for reader in metrics.readers), metrics.readers
     current = replay.baselines.current(replay.engine.rules, services, replay.history)
     assert {m.value for m in current[0].values()} == {0.2}
+
+
+_STEP_VALUES = st.one_of(
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, 1.5, 1e308, -1e308]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    series=st.dictionaries(
+        st.sampled_from(["web", "api", "db", "queue"]),
+        st.lists(_STEP_VALUES, min_size=4, max_size=4),
+        max_size=4,
+    ),
+    ambiguous=st.sets(st.sampled_from(["web", "api"])),
+    failed=st.booleans(),
+)
+def test_a_replay_reads_each_step_of_a_window_as_one_step_at_a_time(
+    series: dict[str, list[float | None]], ambiguous: set[str], failed: bool
+) -> None:
+    """Gathered step by step once per window, a matrix gives at each step what reading that
+    step alone gives: the same numbers, problems and error, gaps and NaN included."""
+    window = [NOON + index * timedelta(seconds=30) for index in range(4)]
+    stamps = [round(moment.timestamp() * 1000) for moment in window]
+    matrix = Matrix(
+        {s: {ms: v for ms, v in zip(stamps, values, strict=True) if v is not None}
+         for s, values in series.items()},
+        error="Prometheus at http://p:9090 is unreachable" if failed else None,
+        ambiguous={s: "2 series for this service" for s in ambiguous},
+    )  # fmt: skip
+    steps = _Steps(window)
+    for ms in [*stamps, stamps[-1] + 30_000]:
+        assert steps.at(matrix, ms) == _vector_at(matrix, ms)
