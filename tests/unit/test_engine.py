@@ -9,7 +9,16 @@ import pytest
 from rollbackd.config import Config, parse_config
 from rollbackd.core.deploys import Deploy, DeployHistory
 from rollbackd.core.engine import CycleReport, Engine
-from rollbackd.core.model import Action, Decision, FindingState, Matrix, Severity, Vector
+from rollbackd.core.model import (
+    Action,
+    Decision,
+    Finding,
+    FindingState,
+    Matrix,
+    Severity,
+    Trigger,
+    Vector,
+)
 from rollbackd.core.rules import Rule, parse_rules
 from rollbackd.evaluation import evaluate_now
 from rollbackd.replay import Replay
@@ -367,32 +376,36 @@ def test_an_incident_ends_when_every_rule_is_ok_and_a_new_fault_is_decided_again
     assert outcomes[6][1] == [("web", "what fired is OK again: error-rate 0.01, not > 0.05")]
 
 
+def web_down(now: datetime) -> Finding:
+    """Alertmanager's alert WebDown for web, firing since ``now``."""
+    return Finding(
+        rule="alert:WebDown",
+        service="web",
+        trigger=Trigger.OUTAGE,
+        state=FindingState.FIRING,
+        time=now,
+        value=None,
+        threshold=None,
+        baseline=None,
+        condition="firing",
+        severity=Severity.CRITICAL,
+        reason="Alertmanager alert WebDown firing",
+        since=now,
+        started=now,
+    )
+
+
 def test_an_alert_incident_ends_once_the_alert_stops_and_every_rule_is_quiet() -> None:
     """An alert decided on, then gone with every rule quiet: the incident ends; a new one is new."""
-    from rollbackd.core.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
-    from rollbackd.core.engine import Engine, Inputs  # noqa: PLC0415
-    from rollbackd.core.model import Finding, Measurement, Trigger  # noqa: PLC0415
+    from rollbackd.core.engine import Inputs  # noqa: PLC0415 -- this test alone
+    from rollbackd.core.model import Measurement  # noqa: PLC0415
 
     cfg = config()
     engine = Engine(cfg.engine_settings(), rules()[:1], DeployHistory(cfg.deploys.known_good_after))
     outcomes = []
     for index, alerting in enumerate([True, True, False, True]):
         now = NOON + index * STEP
-        alert = Finding(
-            rule="alert:WebDown",
-            service="web",
-            trigger=Trigger.OUTAGE,
-            state=FindingState.FIRING,
-            time=now,
-            value=None,
-            threshold=None,
-            baseline=None,
-            condition="firing",
-            severity=Severity.CRITICAL,
-            reason="Alertmanager alert WebDown firing",
-            since=now,
-            started=now,
-        )
+        alert = web_down(now)
         quiet = {("error-rate", s): Measurement.of(0.01) for s in ("web", "api")}
         report = engine.step(now, Inputs(measurements=quiet, alerts=[alert] if alerting else []))
         outcomes.append((len(report.decisions), [r.service for r in report.resolutions]))
@@ -402,9 +415,8 @@ def test_an_alert_incident_ends_once_the_alert_stops_and_every_rule_is_quiet() -
 def test_an_alert_incident_stays_open_while_alertmanager_cannot_be_read() -> None:
     """An alert decided on that Alertmanager can no longer be asked about is not OK again:
     the incident ends only once Alertmanager answers without it."""
-    from rollbackd.core.deploys import DeployHistory  # noqa: PLC0415 -- this test alone
-    from rollbackd.core.engine import Engine, Inputs  # noqa: PLC0415
-    from rollbackd.core.model import Finding, Measurement, Trigger  # noqa: PLC0415
+    from rollbackd.core.engine import Inputs  # noqa: PLC0415 -- this test alone
+    from rollbackd.core.model import Measurement  # noqa: PLC0415
 
     cfg = config()
     engine = Engine(cfg.engine_settings(), rules()[:1], DeployHistory(cfg.deploys.known_good_after))
@@ -412,21 +424,7 @@ def test_an_alert_incident_stays_open_while_alertmanager_cannot_be_read() -> Non
     resolutions = []
     for index, (alerting, unseen) in enumerate([(True, None), (False, down), (False, None)]):
         now = NOON + index * STEP
-        alert = Finding(
-            rule="alert:WebDown",
-            service="web",
-            trigger=Trigger.OUTAGE,
-            state=FindingState.FIRING,
-            time=now,
-            value=None,
-            threshold=None,
-            baseline=None,
-            condition="firing",
-            severity=Severity.CRITICAL,
-            reason="Alertmanager alert WebDown firing",
-            since=now,
-            started=now,
-        )
+        alert = web_down(now)
         quiet = {("error-rate", s): Measurement.of(0.01) for s in ("web", "api")}
         shown = [alert] if alerting else []
         inputs = Inputs(measurements=quiet, alerts=shown, alerts_unseen=unseen)
