@@ -23,6 +23,7 @@ import ssl
 import threading
 from base64 import b64encode
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypedDict
 from urllib.parse import urlsplit, urlunsplit
@@ -87,16 +88,26 @@ class TLSConfig(_Table):
         return self
 
 
+def _secret_problem(text: str) -> str | None:
+    """What makes ``text`` (white space around it removed) no secret, in a few words: a
+    secret file's and an environment secret's one rule (a line break would be a header of
+    its own); None if it is one."""
+    if not text:
+        return "is empty"
+    if any(c in text for c in "\r\n\x00"):
+        return "holds more than one line"
+    return None
+
+
 def check_secret(value: SecretStr | None) -> SecretStr | None:
     """A secret from the environment, held to a secret file's rules: white space around it
-    removed, not empty, one line (a line break would be a header of its own)."""
+    removed, not empty, one line."""
     if value is None:
         return None
     text = value.get_secret_value().strip()
-    if not text:
-        raise ValueError("the secret is empty")
-    if any(c in text for c in "\r\n\x00"):
-        raise ValueError("the secret holds more than one line")
+    problem = _secret_problem(text)
+    if problem is not None:
+        raise ValueError(f"the secret {problem}")
     return SecretStr(text)
 
 
@@ -214,10 +225,9 @@ def read_secret(path: Path) -> SecretStr:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise SecretFileError(f"{path} is not UTF-8 text") from None
-    if not text:
-        raise SecretFileError(f"{path} is empty")
-    if any(c in text for c in "\r\n\x00"):
-        raise SecretFileError(f"{path} holds more than one line")
+    problem = _secret_problem(text)
+    if problem is not None:
+        raise SecretFileError(f"{path} {problem}")
     return SecretStr(text)
 
 
@@ -316,19 +326,48 @@ def request_headers(
     rather than send a request without the credentials the config asks for.
     """
     built = dict(headers)
+    credentials = _credentials(basic_auth, authorization)
+    if credentials is not None:
+        built["Authorization"] = credentials.value(credentials.secret.get_secret_value())
+    return built
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    """What ``basic_auth`` or ``authorization`` sends: the secret, the file it was read from
+    (None: the environment), its key for messages, and the ``Authorization`` it makes."""
+
+    key: str
+    file: Path | None
+    secret: SecretStr
+    value: Callable[[str], str]
+
+
+def _credentials(
+    basic_auth: BasicAuthConfig | None, authorization: AuthorizationConfig | None
+) -> _Credentials | None:
+    """The credentials a section sets (at most one of the two: the config checks it)."""
     if basic_auth is not None:
         if basic_auth.password is None:
             raise RuntimeError("basic_auth.password_file was not read: load the config first")
-        built["Authorization"] = basic_credentials(
-            basic_auth.username, basic_auth.password.get_secret_value()
+        username = basic_auth.username
+        return _Credentials(
+            "basic_auth.password_file",
+            basic_auth.password_file,
+            basic_auth.password,
+            lambda password: basic_credentials(username, password),
         )
-    elif authorization is not None:
+    if authorization is not None:
         if authorization.credentials is None:
             raise RuntimeError("authorization.credentials_file was not read: load the config first")
-        built["Authorization"] = (
-            f"{authorization.type} {authorization.credentials.get_secret_value()}"
+        kind = authorization.type
+        return _Credentials(
+            "authorization.credentials_file",
+            authorization.credentials_file,
+            authorization.credentials,
+            lambda credentials: f"{kind} {credentials}",
         )
-    return built
+    return None
 
 
 class LiveAuthorization:
@@ -387,28 +426,15 @@ class LiveAuthorization:
 def live_authorization(section_name: str, section: ServerSection) -> LiveAuthorization | None:
     """The ``Authorization`` of a section whose secret is in a file, read again as it changes;
     None when there is none, or when it comes from the environment (fixed until a restart)."""
-    basic_auth, authorization = section.basic_auth, section.authorization
-    if basic_auth is not None and basic_auth.password_file is not None:
-        if basic_auth.password is None:
-            raise RuntimeError("basic_auth.password_file was not read: load the config first")
-        username = basic_auth.username
-        return LiveAuthorization(
-            f"{section_name}.basic_auth.password_file",
-            basic_auth.password_file,
-            basic_auth.password,
-            lambda password: basic_credentials(username, password),
-        )
-    if authorization is not None and authorization.credentials_file is not None:
-        if authorization.credentials is None:
-            raise RuntimeError("authorization.credentials_file was not read: load the config first")
-        kind = authorization.type
-        return LiveAuthorization(
-            f"{section_name}.authorization.credentials_file",
-            authorization.credentials_file,
-            authorization.credentials,
-            lambda credentials: f"{kind} {credentials}",
-        )
-    return None
+    credentials = _credentials(section.basic_auth, section.authorization)
+    if credentials is None or credentials.file is None:
+        return None
+    return LiveAuthorization(
+        f"{section_name}.{credentials.key}",
+        credentials.file,
+        credentials.secret,
+        credentials.value,
+    )
 
 
 def without_password(url: str) -> str:
