@@ -311,8 +311,7 @@ class PrometheusSource:
         self._session = session
         self._quick_vector = _quick_decoder((service_label,), "value", tuple[float, float])
         self._quick_range = _quick_decoder((service_label,), "values", list[tuple[float, float]])
-        self._quick_labels: dict[str, msgspec.json.Decoder[Any]] = {}
-        self._quick_history: dict[str, msgspec.json.Decoder[Any]] = {}
+        self._quick_labels: dict[tuple[str, bool], msgspec.json.Decoder[Any]] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> PrometheusSource:
@@ -340,12 +339,8 @@ class PrometheusSource:
         """Evaluate ``query`` at ``at``; one value per service (or why there is none)."""
         try:
             with self._body("query", {"query": query, "time": at.timestamp()}) as body:
-                try:
-                    answer = self._quick_vector.decode(body)
-                except _NOT_QUICK:
-                    pass
-                else:
-                    self._whole(answer.warnings, answer.isPartial)
+                answer = self._quickly(self._quick_vector, body)
+                if answer is not None:
                     try:
                         return self._vector(answer.data.result)
                     except _NOT_QUICK:
@@ -427,16 +422,15 @@ class PrometheusSource:
     def _chunk(self, body: bytes) -> list[tuple[str, dict[int, float]]] | None:
         """A range answer's series, each as its service and its points (unix ms: value);
         None if it is not a range vector. A series naming no service is left out."""
-        try:
-            answer = self._quick_range.decode(body)
-            self._whole(answer.warnings, answer.isPartial)
-            quick = answer.data.result
-            if all(item.metric.l0 for item in quick):
+        answer = self._quickly(self._quick_range, body)
+        if answer is not None and all(item.metric.l0 for item in answer.data.result):
+            try:
                 return [
-                    (item.metric.l0, {round(t * 1000): v for t, v in item.values}) for item in quick
+                    (item.metric.l0, {round(t * 1000): v for t, v in item.values})
+                    for item in answer.data.result
                 ]
-        except (*_NOT_QUICK, OverflowError):  # a time past what milliseconds hold, too
-            pass
+            except (*_NOT_QUICK, OverflowError):  # a time past what milliseconds hold, too
+                pass
         result = self._result(body)
         if not isinstance(result, list) or any(
             not isinstance(item, dict) or "values" not in item for item in result
@@ -500,15 +494,9 @@ class PrometheusSource:
 
         A week of the version metric is millions of samples: orjson made a list, an int
         and a string of each, most of the time before a backtest's first step."""
-        decoder = self._quick_history.get(label)
-        if decoder is None:
-            decoder = _quick_decoder((self.service_label, label), "values", list[_Moment])  # type: ignore[valid-type]
-            self._quick_history[label] = decoder
-        try:
-            answer = decoder.decode(body)
-        except _NOT_QUICK:
+        answer = self._quickly(self._labels_decoder(label, history=True), body)
+        if answer is None:
             return None
-        self._whole(answer.warnings, answer.isPartial)
         read = []
         for item in answer.data.result:
             service, value = item.metric.l0, item.metric.l1
@@ -533,17 +521,10 @@ class PrometheusSource:
         so the quick way first, as for a range; a series with any surprise the careful way."""
         seen: dict[str, dict[str, list[datetime]]] = {}
         service_label = self.service_label
-        quick = self._quick_labels.get(label)
-        if quick is None:
-            quick = self._quick_labels[label] = _quick_decoder((service_label, label))
+        quick = self._labels_decoder(label, history=False)
         with self._body("query", {"query": query, "time": at.timestamp()}) as body:
-            try:
-                answer = quick.decode(body)
-            except _NOT_QUICK:
-                metrics = None
-            else:
-                self._whole(answer.warnings, answer.isPartial)
-                metrics = [item.metric for item in answer.data.result]
+            answer = self._quickly(quick, body)
+            metrics = None if answer is None else [item.metric for item in answer.data.result]
             if metrics is not None:
                 services = [metric.l0 for metric in metrics]
                 values = [metric.l1 for metric in metrics]
@@ -587,6 +568,30 @@ class PrometheusSource:
             return document["data"]["result"]
         except (KeyError, TypeError, IndexError):
             raise self._not_its_api("no data.result in it") from None
+
+    def _labels_decoder(self, label: str, *, history: bool) -> msgspec.json.Decoder[Any]:
+        """The quick decoder of the service label and ``label``: of a history, each sample's
+        time too (its value skipped); of one look, nothing else."""
+        decoder = self._quick_labels.get((label, history))
+        if decoder is None:
+            labels = (self.service_label, label)
+            decoder = (
+                _quick_decoder(labels, "values", list[_Moment])  # type: ignore[valid-type]
+                if history
+                else _quick_decoder(labels)
+            )
+            self._quick_labels[(label, history)] = decoder
+        return decoder
+
+    def _quickly(self, decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+        """``body`` read by a quick ``decoder`` (see :func:`_quick_decoder`); None on any
+        surprise, for the careful reading. QueryError if it says it is not whole."""
+        try:
+            answer = decoder.decode(body)
+        except _NOT_QUICK:
+            return None
+        self._whole(answer.warnings, answer.isPartial)
+        return answer
 
     def _whole(self, warnings: Any, partial: Any) -> None:
         """QueryError if the answer says it lacks data or may be wrong: a store, storage
