@@ -135,9 +135,7 @@ class BaselineCache:
         if vector is None and failed is not None:
             vector = failed.get(shared)
         if vector is None:
-            vector = guarded_instant(
-                self._source, baseline_query(rule), deploy.time - BASELINE_EDGE - offset
-            )
+            vector = self._read(rule, deploy.time, offset)
             if vector.error is None:
                 self._past_vectors[shared] = vector
             elif failed is not None:
@@ -179,9 +177,7 @@ class BaselineCache:
         if vector is None and failed is not None:
             vector = failed.get((*key, timedelta(0)))
         if vector is None:
-            vector = guarded_instant(
-                self._source, baseline_query(rule), deploy.time - BASELINE_EDGE
-            )
+            vector = self._read(rule, deploy.time, timedelta(0))
             if vector.error is None:
                 self._cache[key] = vector
             elif failed is not None:
@@ -216,12 +212,17 @@ class BaselineCache:
             if not rule.relative:
                 continue
             offsets = (timedelta(0), *(rule.seasonality if rule.seasonal else ()))
-            query = baseline_query(rule)
             for at in times:
                 for offset in offsets:
-                    edge = at - BASELINE_EDGE - offset
-                    read[(rule.name, at, offset)] = guarded_instant(self._source, query, edge)
+                    read[(rule.name, at, offset)] = self._read(rule, at, offset)
         return read
+
+    def _read(self, rule: Rule, deployed: datetime, offset: timedelta) -> Vector:
+        """The rule's average over its window before a deploy at ``deployed``, ``offset``
+        earlier (0: the deploy's own baseline), for every service."""
+        return guarded_instant(
+            self._source, baseline_query(rule), deployed - BASELINE_EDGE - offset
+        )
 
     def seed(self, read: Failed) -> None:
         """Answers :meth:`read_ahead` read: :meth:`get` and :meth:`past` use them instead of
