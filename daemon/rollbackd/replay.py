@@ -273,7 +273,7 @@ class Replay:
         """``inputs`` with the per-version answers at ``moment`` while some service serves two
         versions (the version metric's history says which); fetched once per window, and only
         for windows that need them."""
-        ms = round(moment.timestamp() * 1000)
+        ms = _ms(moment)
         splits: dict[str, Split] = {}
         for service, versions in serving.get(ms, {}).items():
             split = split_of(service, versions, self.history)
@@ -389,7 +389,7 @@ class Replay:
     ) -> Inputs:
         """The engine's inputs at ``moment``: the fetched values there, the baselines
         (seasonal rules' adjusted by earlier days at ``moment``)."""
-        ms = round(moment.timestamp() * 1000)
+        ms = _ms(moment)
         at = self._steps.at
         vectors = {name: at(m, ms) for name, m in fetched.values.items()}
         baselines, deploys = current
@@ -442,7 +442,7 @@ def _serving(
         together = {moment for moment, count in counted.items() if count > 1}
         for version, times in versions.items():
             for moment in together.intersection(times):
-                at = serving.setdefault(round(moment.timestamp() * 1000), {})
+                at = serving.setdefault(_ms(moment), {})
                 at.setdefault(service, set()).add(version)
     return {ms: at for ms, at in serving.items() if any(len(v) > 1 for v in at.values())}
 
@@ -506,6 +506,7 @@ def _by_window(times: list[datetime], windows: list[list[datetime]]) -> list[lis
 
 
 def _ms(moment: datetime) -> int:
+    """``moment`` in unix milliseconds, as matrices key their samples."""
     return round(moment.timestamp() * 1000)
 
 
