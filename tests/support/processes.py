@@ -55,6 +55,24 @@ QueryResult = list[dict[str, Any]]
 """The ``data.result`` of a Prometheus query: vectors, or matrices for range queries."""
 
 
+def scrape_config(targets: Iterable[Target], interval: str) -> dict[str, Any]:
+    """What Prometheus and VictoriaMetrics both read to scrape ``targets`` every ``interval``.
+
+    honor_labels: the demo app labels its series by service itself, so a service target
+    label (for ``up``) leaves them as they are instead of adding exported_service.
+    """
+    jobs: dict[str, list[dict[str, Any]]] = {}
+    for job, address, labels in targets:
+        jobs.setdefault(job, []).append({"targets": [address], "labels": dict(labels)})
+    return {
+        "global": {"scrape_interval": interval, "scrape_timeout": interval},
+        "scrape_configs": [
+            {"job_name": job, "honor_labels": True, "static_configs": groups}
+            for job, groups in jobs.items()
+        ],
+    }
+
+
 class ProcessError(RuntimeError):
     """A helper process did not start, did not become ready, or failed."""
 
@@ -432,24 +450,10 @@ class Prometheus(WebGuarded):
 
     def config(self) -> dict[str, Any]:
         """The configuration written to ``prometheus.yml`` (JSON, which is YAML)."""
-        jobs: dict[str, list[dict[str, Any]]] = {}
-        for job, address, labels in self.targets:
-            jobs.setdefault(job, []).append({"targets": [address], "labels": dict(labels)})
-        # honor_labels: the demo app labels its series by service itself, so a
-        # service target label (for `up`) leaves them as they are instead of
-        # adding exported_service.
-        return {
-            "global": {
-                "scrape_interval": self.scrape_interval,
-                "scrape_timeout": self.scrape_interval,
-                "evaluation_interval": self.evaluation_interval,
-            },
-            "rule_files": [str(self._rule_path(i)) for i in range(len(self.rule_files))],
-            "scrape_configs": [
-                {"job_name": job, "honor_labels": True, "static_configs": groups}
-                for job, groups in jobs.items()
-            ],
-        }
+        config = scrape_config(self.targets, self.scrape_interval)
+        config["global"]["evaluation_interval"] = self.evaluation_interval
+        config["rule_files"] = [str(self._rule_path(i)) for i in range(len(self.rule_files))]
+        return config
 
     def _rule_path(self, index: int) -> Path:
         return self.workdir / f"rules-{index}.yml"
@@ -611,19 +615,7 @@ class VictoriaMetrics(Supervised):
         """The ``-promscrape.config`` written to ``scrape.yml`` (JSON, which is YAML): the
         targets as :meth:`Prometheus.config` has them, without what only Prometheus reads
         (VictoriaMetrics refuses unknown keys)."""
-        jobs: dict[str, list[dict[str, Any]]] = {}
-        for job, address, labels in self.targets:
-            jobs.setdefault(job, []).append({"targets": [address], "labels": dict(labels)})
-        return {
-            "global": {
-                "scrape_interval": self.scrape_interval,
-                "scrape_timeout": self.scrape_interval,
-            },
-            "scrape_configs": [
-                {"job_name": job, "honor_labels": True, "static_configs": groups}
-                for job, groups in jobs.items()
-            ],
-        }
+        return scrape_config(self.targets, self.scrape_interval)
 
     def prepare(self) -> None:
         """Check the binary, then create the storage directory and the scrape config."""
