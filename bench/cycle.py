@@ -17,6 +17,11 @@ them, i.e. the time spent waiting for Prometheus; and Prometheus' own CPU from
 rule costs one query per cycle whatever the number of services. 1% of the
 services have a 20% error rate and 1% lose data, so some rules are pending or
 firing and the engine decides something.
+
+Next to it, the reading floor: what fetching the cycle's answers and decoding them
+into bare (service, value) pairs costs with nothing else done, once in the fresh
+process and once after its cycles (whose heap makes the same decoding slower). It
+says how much of a cycle any Python reader of Prometheus' JSON must spend.
 """
 
 from __future__ import annotations
@@ -342,7 +347,11 @@ def child(  # noqa: PLR0915 -- one cycle measured reads as one story
     from rollbackd.core.model import FindingState  # noqa: PLC0415
     from rollbackd.loader import load  # noqa: PLC0415
     from rollbackd.runtime import settle_heap  # noqa: PLC0415
-    from rollbackd.sources.gather import MEASURE_WORKERS, LiveCycle  # noqa: PLC0415
+    from rollbackd.sources.gather import (  # noqa: PLC0415
+        MEASURE_WORKERS,
+        LiveCycle,
+        version_query,
+    )
     from rollbackd.sources.prometheus import PrometheusSource  # noqa: PLC0415
 
     loaded = load(config_path)
@@ -359,6 +368,9 @@ def child(  # noqa: PLR0915 -- one cycle measured reads as one story
     live._pool = pool
     rule_queries = {r.query: r.name for r in loaded.rules if r.query}
     settle_heap()  # as `rollbackd run` does once it has started
+    version = version_query(config)
+    queries = [*rule_queries, *([version] if version else [])]
+    floors = [reading_floor(config.prometheus.url, queries, at)]
     rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     results = []
     collections = Collections()
@@ -415,9 +427,12 @@ def child(  # noqa: PLR0915 -- one cycle measured reads as one story
     if profiler is not None and profile is not None:
         profiler.disable()
         pstats.Stats(profiler, *(pool.profiles or [])).dump_stats(profile)
+    floors.append(reading_floor(config.prometheus.url, queries, at))
     print(
         json.dumps(
             {
+                "floor_fresh": floors[0],
+                "floor_after": floors[1],
                 "rss_start_kib": rss_start,
                 "rss_ready_kib": rss_ready,
                 "rss_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -427,6 +442,43 @@ def child(  # noqa: PLR0915 -- one cycle measured reads as one story
             }
         )
     )
+
+
+FLOOR_TRIALS = 5
+
+
+def reading_floor(url: str, queries: list[str], at: float) -> dict[str, float]:
+    """What any Python reader of a cycle's answers spends doing nothing else: the CPU (median
+    of :data:`FLOOR_TRIALS`) to fetch each answer as rollbackd does (requests, gzip), and to
+    decode it with msgspec into each series' ``service`` and value, keeping nothing.
+    Rule work, checks and the engine come on top of it."""
+    import msgspec  # noqa: PLC0415 -- imports are measured
+    import requests  # noqa: PLC0415
+
+    metric = msgspec.defstruct("Metric", [("service", str)], gc=False)
+    series = msgspec.defstruct(
+        "Series", [("metric", metric), ("value", tuple[float, float])], gc=False
+    )
+    data = msgspec.defstruct("Data", [("result", list[series])], gc=False)  # type: ignore[valid-type]
+    decoder = msgspec.json.Decoder(msgspec.defstruct("Answer", [("data", data)]), strict=False)
+    session = requests.Session()
+    when = at + POLL.total_seconds()
+    fetching: list[float] = []
+    decoding: list[float] = []
+    for _ in range(FLOOR_TRIALS):
+        cpu = time.process_time()
+        bodies = [
+            session.get(
+                f"{url}/api/v1/query", params={"query": query, "time": when}, timeout=60
+            ).content
+            for query in queries
+        ]
+        fetching.append(time.process_time() - cpu)
+        cpu = time.process_time()
+        for body in bodies:
+            decoder.decode(body)
+        decoding.append(time.process_time() - cpu)
+    return {"fetch": median(fetching) or 0.0, "decode": median(decoding) or 0.0}
 
 
 # --- the parent -----------------------------------------------------------------------------
@@ -564,11 +616,23 @@ def main() -> None:  # noqa: PLR0915 -- one benchmark reads as one story
             note=f"{full_passes:g} full passes per cycle (median); wall time of the passes",
         )
         report.figure(
-            f"n={size}   of which decoding answers",
+            f"n={size}   of which reading answers",
             client * 1000,
             "ms",
-            note="CPU inside the source calls",
+            note="CPU inside the source calls: fetching and decoding",
         )
+        for key, when in (
+            ("floor_fresh", "in a fresh process"),
+            ("floor_after", "after the cycles"),
+        ):
+            floor = result[key]
+            report.figure(
+                f"n={size}   reading floor {when}",
+                (floor["fetch"] + floor["decode"]) * 1000,
+                "ms",
+                note=f"fetch {floor['fetch'] * 1000:.0f} + bare msgspec decode"
+                f" {floor['decode'] * 1000:.0f} ms of the cycle's answers, nothing else",
+            )
         report.figure(
             f"n={size} waiting for Prometheus per cycle",
             waiting * 1000,
