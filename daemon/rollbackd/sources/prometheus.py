@@ -290,8 +290,8 @@ def _elsewhere(response: requests.Response, section: str) -> str | None:
     HTML page (a login proxy in front); None if it may be the API's answer.
 
     A redirect is never followed: requests would carry the tenant and other headers to
-    whatever host it names (it drops only ``Authorization``), without the section's TLS
-    settings or the call's deadline, every cycle; the location is named instead.
+    whatever host it names (it drops only ``Authorization``), on a connection without the
+    section's TLS settings or the call's deadline. The error names the location instead.
     """
     asked = urlsplit(response.url).path
     if response.is_redirect:
@@ -301,8 +301,8 @@ def _elsewhere(response: requests.Response, section: str) -> str | None:
         except ValueError:
             return f"{said} to an invalid location: [{section}] url must reach the API itself"
         api = asked[asked.rfind("/api/") :]
-        where = urlunsplit(target._replace(netloc=target.netloc.rpartition("@")[2], query=""))
-        where = where.partition("#")[0]
+        netloc = target.netloc.rpartition("@")[2]
+        where = urlunsplit(target._replace(netloc=netloc, query="", fragment=""))
         said += f" to {one_line(where, ERROR_LIMIT)}"
         if target.scheme in ("http", "https") and "/api/" in asked and where.endswith(api):
             base = one_line(where.removesuffix(api), ERROR_LIMIT)
