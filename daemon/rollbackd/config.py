@@ -43,6 +43,7 @@ from rollbackd.httpconfig import (
     TLSFileError,
     check_headers,
     check_proxy_url,
+    check_server_url,
     read_secret,
     ssl_context,
 )
@@ -146,7 +147,7 @@ class PrometheusConfig(_Section):
     ``check-config`` would not show but which sit in the config file."""
     proxy_url: str | None = None
 
-    _url = field_validator("url")(_http_url)
+    _url = field_validator("url")(check_server_url)
     _headers = field_validator("headers")(check_headers)
     _proxy_url = field_validator("proxy_url")(check_proxy_url)
 
@@ -193,7 +194,7 @@ class AlertmanagerConfig(_Section):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        return None if value is None else _http_url(value)
+        return None if value is None else check_server_url(value)
 
     @field_validator("timeout")
     @classmethod

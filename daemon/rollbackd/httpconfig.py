@@ -208,6 +208,35 @@ def check_proxy_url(value: str | None) -> str | None:
     return value
 
 
+def check_server_url(value: str) -> str:
+    """``url`` of ``[prometheus]`` and ``[alertmanager]``: the base the API's paths go after.
+
+    A user name and password in it would be sent, and shown wherever the URL is (messages,
+    logs, the journal): ``basic_auth`` takes them, the password from a file. A query or
+    fragment would end up before the API's path, and a port that is none (an IPv6
+    address without brackets) would fail every call instead of ``check-config``.
+    """
+    parts = urlsplit(value)
+    if "@" in parts.netloc:
+        raise ValueError(
+            "a user name or password in the URL would be shown in messages and logs: "
+            "set basic_auth instead (its password in password_file)"
+        )
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    if parts.netloc.count(":") > 1 and not parts.netloc.startswith("["):
+        raise ValueError("an IPv6 address goes in brackets: http://[::1]:9090")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or not parts.hostname:
+        raise ValueError("expected a host, and a port from 1 to 65535 if any")
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ValueError("a query or fragment cannot be in it: the API's paths go after the URL")
+    return value
+
+
 class SecretFileError(ValueError):
     """A secret file that cannot be used; the message says why, never what it holds."""
 

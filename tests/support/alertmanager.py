@@ -80,9 +80,10 @@ class Alertmanager(WebGuarded):
         start_timeout: float = 30.0,
         web_config: Mapping[str, Any] | None = None,
         client: Mapping[str, Any] | None = None,
+        route_prefix: str = "",
     ) -> None:
         self.workdir = workdir.absolute()
-        self.guard(self.workdir, web_config, client)
+        self.guard(self.workdir, web_config, client, route_prefix)
         super().__init__(
             self.workdir,
             self.workdir / "alertmanager.log",
@@ -139,6 +140,7 @@ class Alertmanager(WebGuarded):
             f"--web.listen-address={LOOPBACK}:{self.port}",
             "--cluster.listen-address=",
             *self.web_config_args(),
+            *self.route_prefix_args(),
         ]
 
     def prepare(self) -> None:

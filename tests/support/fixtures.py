@@ -78,15 +78,21 @@ def backfilled_prometheus(
     *,
     web_config: Mapping[str, Any] | None = None,
     client: Mapping[str, Any] | None = None,
+    route_prefix: str = "",
 ) -> Iterator[Prometheus]:
     """A Prometheus over ``openmetrics_text`` backfilled with promtool, stopped at the end
     (for a module-scoped fixture that shares one history between a module's tests);
-    ``web_config`` and ``client`` as for :class:`~tests.support.processes.Prometheus`."""
+    ``web_config``, ``client`` and ``route_prefix`` as for
+    :class:`~tests.support.processes.Prometheus`."""
     require_prometheus()
     root = tmp_path_factory.mktemp(name)
     backfill(openmetrics_text, root / "data")
     prometheus = Prometheus(
-        root / "prometheus", storage_dir=root / "data", web_config=web_config, client=client
+        root / "prometheus",
+        storage_dir=root / "data",
+        web_config=web_config,
+        client=client,
+        route_prefix=route_prefix,
     )
     prometheus.start()
     try:

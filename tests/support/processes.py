@@ -374,16 +374,30 @@ class WebGuarded(Supervised):
     """A server of the Prometheus family that may be given a ``--web.config.file``
     (``basic_auth_users``, ``tls_server_config``): with ``tls_server_config`` it serves
     HTTPS, and ``client`` is what this helper's own requests then need (httpx's ``auth``,
-    ``verify``). Subclasses call :meth:`guard` before ``Supervised.__init__``."""
+    ``verify``). With a ``route_prefix`` (``/prom``) it serves under that path, as behind a
+    reverse proxy (``--web.route-prefix``, ``--web.external-url``), and :attr:`url` ends with
+    it. Subclasses call :meth:`guard` before ``Supervised.__init__``."""
+
+    route_prefix = ""
 
     def guard(
-        self, workdir: Path, web_config: Mapping[str, Any] | None, client: Mapping[str, Any] | None
+        self,
+        workdir: Path,
+        web_config: Mapping[str, Any] | None,
+        client: Mapping[str, Any] | None,
+        route_prefix: str = "",
     ) -> None:
         self.web_config = dict(web_config) if web_config is not None else None
         self.client = dict(client or {})
         self.web_config_path = workdir / "web.yml"
+        self.route_prefix = route_prefix
         if self.web_config is not None and "tls_server_config" in self.web_config:
             self.scheme = "https"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` and the route prefix, without a trailing slash."""
+        return super().url + self.route_prefix
 
     def client_options(self) -> dict[str, Any]:
         """The ``client`` options this server was given (empty for a plain one)."""
@@ -396,6 +410,12 @@ class WebGuarded(Supervised):
     def web_config_args(self) -> list[str]:
         """The flag that hands the server its web config, if it has one."""
         return [f"--web.config.file={self.web_config_path}"] if self.web_config else []
+
+    def route_prefix_args(self) -> list[str]:
+        """The flags that make the server serve under its route prefix, if it has one."""
+        if not self.route_prefix:
+            return []
+        return [f"--web.route-prefix={self.route_prefix}", f"--web.external-url={self.url}"]
 
 
 class Prometheus(WebGuarded):
@@ -430,9 +450,10 @@ class Prometheus(WebGuarded):
         start_timeout: float = 60.0,  # longer than the warm-up budget (30s) on a busy machine
         web_config: Mapping[str, Any] | None = None,
         client: Mapping[str, Any] | None = None,
+        route_prefix: str = "",
     ) -> None:
         self.workdir = workdir.absolute()
-        self.guard(self.workdir, web_config, client)
+        self.guard(self.workdir, web_config, client, route_prefix)
         super().__init__(
             self.workdir,
             self.workdir / "prometheus.log",
@@ -476,6 +497,7 @@ class Prometheus(WebGuarded):
             f"--web.listen-address={LOOPBACK}:{self.port}",
             "--web.enable-lifecycle",
             *self.web_config_args(),
+            *self.route_prefix_args(),
             *self.extra_args,
         ]
 

@@ -246,6 +246,39 @@ def test_invalid_http_config_is_refused_naming_the_key(table: str, expected: str
     assert [str(p) for p in caught.value.problems] == [expected]
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            f"https://rollbackd:{PASSWORD}@prom.internal:9090",
+            "a user name or password in the URL would be shown in messages and logs: set "
+            "basic_auth instead (its password in password_file)",
+        ),
+        (
+            f"ftp://rollbackd:{PASSWORD}@prom.internal",
+            "a user name or password in the URL would be shown in messages and logs: set "
+            "basic_auth instead (its password in password_file)",
+        ),
+        ("http://::1:9090", "an IPv6 address goes in brackets: http://[::1]:9090"),
+        ("http://prom.internal:99999", "expected a host, and a port from 1 to 65535 if any"),
+        (
+            "http://prom.internal:9090/prom?tenant=a",
+            "a query or fragment cannot be in it: the API's paths go after the URL",
+        ),
+    ],
+)
+@pytest.mark.parametrize("section", ["prometheus", "alertmanager"])
+def test_a_server_url_that_is_no_base_for_the_api_is_refused_without_its_password(
+    section: str, url: str, expected: str
+) -> None:
+    """check-config refuses a password in the URL (pointing to basic_auth), never showing it,
+    and a URL the API's paths cannot follow; an IPv6 literal with a path prefix is fine."""
+    with pytest.raises(InvalidInput) as caught:
+        parse_config(f'[{section}]\nurl = "{url}"\n', "config.toml", {})
+    assert [str(p) for p in caught.value.problems] == [f"config.toml: {section}.url: {expected}"]
+    parse_config(f'[{section}]\nurl = "http://[::1]:9090/prom/"\n', "config.toml", {})
+
+
 def test_tls_files_are_checked_at_load_for_prometheus_probes_and_notifiers(
     tmp_path: Path, pki: Pki
 ) -> None:

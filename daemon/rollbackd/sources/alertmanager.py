@@ -177,7 +177,11 @@ class AlertmanagerSource:
             else "it wants credentials: set [alertmanager] basic_auth or authorization"
         )
         self._session = _DeadlineSession(
-            timeout.total_seconds(), max_bytes, hint, "[alertmanager] max_response_bytes"
+            timeout.total_seconds(),
+            max_bytes,
+            hint,
+            "[alertmanager] max_response_bytes",
+            section="alertmanager",
         )
         self._session.headers.update(headers or {})
         if authorization is not None:

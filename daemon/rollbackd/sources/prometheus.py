@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import msgspec
 import orjson
@@ -197,6 +197,7 @@ class _DeadlineSession(requests.Session):
         limit_key: str = "[prometheus] max_response_bytes",
         *,
         check_json: bool = True,
+        section: str = "prometheus",
     ) -> None:
         super().__init__()
         self.total = total
@@ -204,9 +205,11 @@ class _DeadlineSession(requests.Session):
         self.refused_hint = refused_hint
         self.limit_key = limit_key
         self.check_json = check_json
+        self.section = section
 
     def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs["stream"] = True
+        kwargs["allow_redirects"] = False  # a redirect is an error naming it: see _elsewhere
         with within(self.total) as deadline:
             try:
                 return self._exchange(method, url, args, kwargs)
@@ -233,15 +236,32 @@ class _DeadlineSession(requests.Session):
         )
         return f"is unreachable through {where}: {_proxy_failure(exc)}"
 
+    def _tenant_hint(self, response: requests.Response) -> str | None:
+        """What to set if a refusal is Mimir's or Cortex's for want of a tenant, whatever
+        credentials were sent: their answer is ``no org id``. Only that many bytes of it
+        are read, and never shown."""
+        try:
+            if next(response.iter_content(len(_NO_TENANT)), b"") != _NO_TENANT:
+                return None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+            return None
+        tenant = '{ "X-Scope-OrgID" = "<tenant>" }'
+        return (
+            f"no org id: it wants a tenant (Mimir, Cortex): set [{self.section}] headers = {tenant}"
+        )
+
     def _exchange(
         self, method: str, url: str | bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> requests.Response:
         response = super().request(method, url, *args, **kwargs)
         if response.status_code in (401, 403):
-            response.close()  # the body is not read: a proxy's error page may echo the request
-            raise _RefusedError(
-                f"answered {response.status_code} {response.reason}: {self.refused_hint}"
-            )
+            hint = self._tenant_hint(response) or self.refused_hint
+            response.close()  # the rest is not read: a proxy's error page may echo the request
+            raise _RefusedError(f"answered {response.status_code} {response.reason}: {hint}")
+        elsewhere = _elsewhere(response, self.section)
+        if elsewhere is not None:
+            response.close()
+            raise _RefusedError(elsewhere)
         try:
             body = read_capped(
                 response.iter_content(_READ_SIZE),
@@ -261,6 +281,53 @@ class _DeadlineSession(requests.Session):
 
 
 _READ_SIZE = 1 << 16
+_NO_TENANT = b"no org id"
+
+
+def _elsewhere(response: requests.Response, section: str) -> str | None:
+    """Why ``response`` comes from something other than the API ``[section] url`` should
+    reach, and what to set: a redirect, a 404 (a path prefix missing from ``url``) or an
+    HTML page (a login proxy in front); None if it may be the API's answer.
+
+    A redirect is never followed: requests would carry the tenant and other headers to
+    whatever host it names (it drops only ``Authorization``), on a connection without the
+    section's TLS settings or the call's deadline. The error names the location instead.
+    """
+    asked = urlsplit(response.url).path
+    if response.is_redirect:
+        said = f"redirected ({response.status_code} {one_line(response.reason, 40)})"
+        try:
+            target = urlsplit(urljoin(response.url, response.headers["Location"]))
+        except ValueError:
+            return f"{said} to an invalid location: [{section}] url must reach the API itself"
+        api = asked[asked.rfind("/api/") :]
+        netloc = target.netloc.rpartition("@")[2]
+        where = urlunsplit(target._replace(netloc=netloc, query="", fragment=""))
+        said += f" to {one_line(where, ERROR_LIMIT)}"
+        if target.scheme in ("http", "https") and "/api/" in asked and where.endswith(api):
+            base = one_line(where.removesuffix(api), ERROR_LIMIT)
+            return (
+                f'{said}: set [{section}] url = "{base}" (rollbackd follows no redirect: it '
+                "would send the credentials and headers somewhere the config does not name)"
+            )
+        return (
+            f"{said}, not to its API: is a login proxy (SSO) in front of it? rollbackd "
+            f"follows no redirect: [{section}] url must reach the API itself"
+        )
+    if response.status_code == 404:
+        return (
+            f"answered 404 Not Found for {one_line(asked, ERROR_LIMIT)}: its API is not at "
+            f"this URL; if it serves under a path prefix (--web.route-prefix, Mimir's "
+            f"/{section}), [{section}] url must end with it"
+        )
+    kind = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    if response.status_code == 200 and kind in ("text/html", "application/xhtml+xml"):
+        return (
+            f"answered something that is not its API: an HTML page ({kind}): is a login "
+            f"proxy (SSO) in front of it? [{section}] url must reach the API itself, with "
+            "the credentials it takes (basic_auth, authorization, headers)"
+        )
+    return None
 
 
 class QueryError(Exception):
