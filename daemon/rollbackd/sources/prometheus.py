@@ -64,7 +64,11 @@ from rollbackd.core.model import Matrix, Measurement, Vector
 from rollbackd.httpconfig import (
     TLSConfig,
     client_options,
+    hide_in_logs,
     live_authorization,
+    redact,
+    redacted_line,
+    secrets_sent,
     ssl_context,
     without_password,
 )
@@ -82,6 +86,9 @@ MAX_RESPONSE_BYTES = 64 << 20
 """The default cap on one answer (``[prometheus] max_response_bytes``)."""
 ERROR_LIMIT = 200
 """Characters kept of a failed call's error (a proxy's error page can be long)."""
+_SHOWN_BYTES = 4 * ERROR_LIMIT
+"""Of a refusal's body, the bytes its error is made from (redacted, then clipped to
+:data:`ERROR_LIMIT` characters)."""
 
 
 class _WatchedHTTPConnection(HTTPConnection):
@@ -161,13 +168,15 @@ class _WatchedAdapter(HTTPAdapter):
 
 
 class LiveAuth(requests.auth.AuthBase):
-    """Sets each request's ``Authorization`` to what ``current`` gives at that moment."""
+    """Sets each request's ``Authorization`` to what ``current`` gives at that moment;
+    ``sent`` is the last one set (see :meth:`_DeadlineSession.secrets`)."""
 
     def __init__(self, current: Callable[[], str]) -> None:
         self.current = current
+        self.sent: str | None = None
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = self.current()
+        self.sent = request.headers["Authorization"] = self.current()
         return request
 
 
@@ -187,6 +196,10 @@ class _DeadlineSession(requests.Session):
     passes. The body is read as it arrives, up to ``max_bytes``, and checked
     against the JSON parse limits before it is parsed (unless ``check_json`` is
     False: the caller parses with orjson, see the module's docstring).
+
+    What the server or a proxy says goes into an error only through :meth:`said`,
+    which takes out every secret the session sends: a refusal may echo the request.
+    ``url``, the server's, is for that alone: a password in it is sent as basic auth.
     """
 
     def __init__(
@@ -197,6 +210,7 @@ class _DeadlineSession(requests.Session):
         limit_key: str = "[prometheus] max_response_bytes",
         *,
         check_json: bool = True,
+        url: str | None = None,
     ) -> None:
         super().__init__()
         self.total = total
@@ -204,6 +218,30 @@ class _DeadlineSession(requests.Session):
         self.refused_hint = refused_hint
         self.limit_key = limit_key
         self.check_json = check_json
+        self.server_url = url
+
+    def secrets(self) -> list[str]:
+        """What the session's requests carry and no message may show (see
+        :func:`~rollbackd.httpconfig.secrets_sent`): the values of the headers set on it
+        (not requests' own, such as ``Accept: */*``), the ``Authorization`` of its
+        ``auth`` (the last one sent and the current one: its file may have been rotated
+        since), and the passwords in the server's and the proxy's URLs."""
+        own = requests.utils.default_headers()
+        headers = {
+            name: value if isinstance(value, str) else value.decode("latin-1")
+            for name, value in self.headers.items()
+            if value != own.get(name)
+        }
+        sent = []
+        if isinstance(self.auth, LiveAuth):
+            sent = [value for value in (self.auth.sent, self.auth.current()) if value]
+        urls = [self.server_url, *self.proxies.values()]
+        return secrets_sent(headers, urls, authorization=sent)
+
+    def said(self, text: str, limit: int = ERROR_LIMIT) -> str:
+        """What the server, a proxy, or the HTTP library quoting them said, fit for an
+        error: one line of at most ``limit`` characters, without a secret of :meth:`secrets`."""
+        return redacted_line(text, self.secrets(), limit)
 
     def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs["stream"] = True
@@ -219,7 +257,7 @@ class _DeadlineSession(requests.Session):
                     raise _RefusedError(self._through_proxy(url, exc)) from None
                 if isinstance(exc, requests.RequestException):
                     raise
-                raise requests.ConnectionError(one_line(str(exc), ERROR_LIMIT)) from None
+                raise requests.ConnectionError(self.said(str(exc))) from None
 
     def _through_proxy(self, url: str | bytes, exc: requests.exceptions.ProxyError) -> str:
         """What went wrong with the proxy, which the server's own failures must not be
@@ -231,7 +269,7 @@ class _DeadlineSession(requests.Session):
             if proxy
             else "the proxy set in the environment (HTTP_PROXY, HTTPS_PROXY)"
         )
-        return f"is unreachable through {where}: {_proxy_failure(exc)}"
+        return f"is unreachable through {where}: {_proxy_failure(exc, self.secrets())}"
 
     def _exchange(
         self, method: str, url: str | bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -239,9 +277,8 @@ class _DeadlineSession(requests.Session):
         response = super().request(method, url, *args, **kwargs)
         if response.status_code in (401, 403):
             response.close()  # the body is not read: a proxy's error page may echo the request
-            raise _RefusedError(
-                f"answered {response.status_code} {response.reason}: {self.refused_hint}"
-            )
+            answered = f"answered {response.status_code} {self.said(response.reason or '')}"
+            raise _RefusedError(f"{answered.rstrip()}: {self.refused_hint}")
         try:
             body = read_capped(
                 response.iter_content(_READ_SIZE),
@@ -301,13 +338,16 @@ class PrometheusSource:
             if authenticated
             else "it wants credentials: set [prometheus] basic_auth or authorization"
         )
-        session = _DeadlineSession(timeout.total_seconds(), max_bytes, hint, check_json=False)
+        session = _DeadlineSession(
+            timeout.total_seconds(), max_bytes, hint, check_json=False, url=self.url
+        )
         session.headers.update(headers or {})
         if authorization is not None:
             session.auth = LiveAuth(authorization)
         if proxy_url is not None:
             session.proxies = {"http": proxy_url, "https": proxy_url}
         session.mount(self.url, _WatchedAdapter(tls))
+        hide_in_logs(session.secrets())
         self._session = session
         self._quick_vector = _quick_decoder((service_label,), "value", tuple[float, float])
         self._quick_range = _quick_decoder((service_label,), "values", list[tuple[float, float]])
@@ -613,7 +653,7 @@ class PrometheusSource:
         if real:
             raise QueryError(
                 f"Prometheus at {self.url} answered with warnings, so its values are not "
-                f"trusted: {one_line('; '.join(real), ERROR_LIMIT)}"
+                f"trusted: {self._session.said('; '.join(real))}"
             )
 
     def _refused(self, body: bytes, exc: orjson.JSONDecodeError) -> Any:
@@ -664,12 +704,15 @@ class PrometheusSource:
                 timeout=self.timeout.total_seconds(),
             )
             if response.status_code != 200:
+                content = response.content
+                body = redact(
+                    content[:_SHOWN_BYTES].decode("utf-8", "surrogateescape"),
+                    self._session.secrets(),
+                    cut=len(content) > _SHOWN_BYTES,
+                ).encode("utf-8", "surrogateescape")
                 raise QueryError(
                     f"Prometheus at {self.url} refused the query: "
-                    + one_line(
-                        f"HTTP Status Code {response.status_code} ({response.content!r})",
-                        ERROR_LIMIT,
-                    )
+                    + one_line(f"HTTP Status Code {response.status_code} ({body!r})", ERROR_LIMIT)
                 )
             return response.content
         except _RefusedError as exc:
@@ -684,9 +727,7 @@ class PrometheusSource:
                 raise QueryError(f"Prometheus at {self.url}: TLS failed: {tls}") from None
             raise QueryError(f"Prometheus at {self.url} is unreachable") from None
         except requests.RequestException as exc:
-            raise QueryError(
-                f"Prometheus at {self.url}: {one_line(str(exc), ERROR_LIMIT)}"
-            ) from None
+            raise QueryError(f"Prometheus at {self.url}: {self._session.said(str(exc))}") from None
         except MemoryError as exc:  # a backstop behind the size limit
             raise self._unreadable(exc) from None
 
@@ -789,14 +830,15 @@ def tls_failure(exc: BaseException, client_cert: bool, section: str = "prometheu
     return reason
 
 
-def _proxy_failure(exc: BaseException) -> str:
+def _proxy_failure(exc: BaseException, secrets: list[str]) -> str:
     """Why a proxy did not carry a request, in words: it would not open a tunnel (its
-    answer to ``CONNECT``), or it could not be reached (the system's reason: refused, TLS)."""
+    answer to ``CONNECT``, without ``secrets``), or it could not be reached (the system's
+    reason: refused, TLS)."""
     causes = _causes(exc)
     for cause in causes:
         text = str(cause.args[0]) if cause.args else ""
         if type(cause) is OSError and text.startswith(_TUNNEL_FAILED):
-            answer = one_line(text.removeprefix(_TUNNEL_FAILED), ERROR_LIMIT)
+            answer = redacted_line(text.removeprefix(_TUNNEL_FAILED), secrets, ERROR_LIMIT)
             return f"it did not open a tunnel to the server: it answered {answer}"
     for cause in causes:
         if isinstance(cause, OSError) and cause.strerror:
