@@ -32,7 +32,7 @@ from rollbackd.notify import Message
 from rollbackd.notify.message import compose
 from rollbackd.notify.retry import Background, Fanout, Retrying, build_notifier
 from rollbackd.notify.slack import SlackSender
-from rollbackd.notify.webhook import DeliveryError
+from rollbackd.notify.webhook import BODY_HEAD, DeliveryError
 from tests.reliability.support import Reply as StubReply
 from tests.reliability.support import StubServer
 from tests.support.pki import Pki
@@ -769,6 +769,27 @@ def test_secrets_never_appear_in_results_or_logs(
     for secret in (ROUTING_KEY, SLACK_SECRET_PATH, "s3cr3tS1ackT0ken", *(c.url for c in configs)):
         for text in every_text:
             assert secret not in text
+
+
+def test_a_refusal_whose_kept_head_ends_inside_a_secret_header_shows_none_of_it(
+    receivers: Callable[..., Receiver], build: Build
+) -> None:
+    """A receiver refusing with a body whose kept head ends inside the value of a configured
+    header (an API key, echoed) shows [redacted] there, not the key's first characters."""
+    key = "hdr-k3y-0123456789-never-shown"
+    receiver = receivers()
+    receiver.replies.append(Reply(400, b"x" * (BODY_HEAD - 10) + key.encode() + b" and more"))
+    config = notifier_config("webhook", receiver.url()).model_copy(
+        update={"headers": {"X-Api-Key": key}}
+    )
+
+    result = build([config]).notify(approval_message())
+
+    assert not result.ok
+    assert receiver.requests[0].headers["X-Api-Key"] == key
+    assert "HTTP 400 Bad Request: xxx" in result.summary
+    assert result.summary.endswith("x[redacted]")
+    assert key[:10] not in result.summary + result.output
 
 
 def test_slack_sender_alone_raises_a_one_line_reason_without_the_url() -> None:

@@ -8,6 +8,15 @@ notifiers): the ``Authorization`` and other headers (:func:`request_headers`),
 the TLS context (:func:`ssl_context`) and the sentence ``check-config`` prints
 (:func:`describe`).
 
+What a request carries is also what a peer can send back: a gateway or proxy that
+echoes the request ("invalid token …", a debugging echo server, or a hostile one on
+purpose) would have rollbackd repeat it in its logs, status and notifications. So
+every message built from what a peer said (a refusal's body or reason phrase, an
+HTTP library's error quoting what it could not parse) goes through :func:`redact`
+or :func:`redacted_line` with :func:`secrets_sent`, and the HTTP libraries' own log
+records through :func:`hide_in_logs`: each secret, in each form an echo may take
+(:func:`echoed_forms`), becomes ``[redacted]``.
+
 Secrets come only from files (``password_file``, ``credentials_file``, read at
 load and every reload, and by the sources again whenever the file changes, see
 :class:`LiveAuthorization`) or from the environment (``ROLLBACKD_PROMETHEUS__BASIC_AUTH__PASSWORD``,
@@ -18,24 +27,31 @@ file itself. They are held as :class:`~pydantic.SecretStr`, whose ``repr`` and
 
 from __future__ import annotations
 
+import html
+import json
+import logging
 import re
 import ssl
 import threading
-from base64 import b64encode
-from collections.abc import Callable
+from base64 import b64decode, b64encode
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypedDict
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from rollbackd.logs import get_logger
+from rollbackd.text import clip, one_line
 
 log = get_logger("rollbackd")
 
 MAX_SECRET_BYTES = 64 << 10
 """A secret file longer than this is refused: it is not a password or a token."""
+MIN_SECRET = 4
+"""Shorter strings are not redacted: replacing them everywhere would garble every reason."""
+REDACTED = "[redacted]"
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 """An HTTP token (RFC 9110): a header's name, an authorization scheme."""
@@ -438,6 +454,7 @@ class LiveAuthorization:
                     self._refused(str(exc))
                     return self._value
                 if value != self._value:
+                    hide_in_logs(secrets_sent({}, authorization=[value]))
                     log.info("secret file changed: the new value is sent", key=self._where)
                 self._value, self._stamp, self._problem = value, stamp, None
             return self._value
@@ -476,6 +493,184 @@ def without_password(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def echoed_forms(secret: str) -> set[str]:
+    """``secret`` as a peer that echoes it may write it: as sent, in a JSON string (``/``
+    as it is or as ``\\/``), in HTML, and in a Python bytes literal (how h11's and
+    urllib3's errors quote a line they could not parse)."""
+    in_json = json.dumps(secret)[1:-1]
+    return {
+        secret,
+        in_json,
+        in_json.replace("/", "\\/"),
+        html.escape(secret),
+        repr(secret.encode("utf-8", "surrogateescape"))[2:-1],
+    }
+
+
+def hidden(secrets: Iterable[str | None]) -> list[str]:
+    """The strings to redact for ``secrets``: each in every :func:`echoed_forms`, those of
+    fewer than :data:`MIN_SECRET` characters left out, longest first (so that a secret
+    holding another is redacted whole)."""
+    forms = {
+        form
+        for secret in secrets
+        if secret and len(secret) >= MIN_SECRET
+        for form in echoed_forms(secret)
+    }
+    return sorted(forms, key=len, reverse=True)
+
+
+def authorization_secrets(value: str) -> list[str]:
+    """What an ``Authorization`` value gives away: the value, its credentials and, of basic
+    auth, the ``user:password`` they encode and the password."""
+    found = [value]
+    scheme, _, credentials = value.strip().partition(" ")
+    credentials = credentials.strip()
+    if not credentials:
+        return found
+    found.append(credentials)
+    if scheme.lower() == "basic":
+        try:
+            pair = b64decode(credentials, validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return found
+        _, colon, password = pair.partition(":")
+        if colon:
+            found += [pair, password]
+    return found
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """What a URL's password gives away (a proxy's, or a server's): the password as written
+    and decoded, and the basic auth a client makes of it (requests encodes it in Latin-1,
+    httpx in UTF-8)."""
+    parts = urlsplit(url or "")
+    if parts.password is None:
+        return []
+    username, password = unquote(parts.username or ""), unquote(parts.password)
+    found = [parts.password, password]
+    for encoding in ("utf-8", "latin-1"):
+        try:
+            pair = f"{username}:{password}".encode(encoding)
+        except UnicodeEncodeError:
+            continue
+        found += authorization_secrets("Basic " + b64encode(pair).decode("ascii"))
+    return found
+
+
+def secrets_sent(
+    headers: Mapping[str, str],
+    urls: Iterable[str | None] = (),
+    *,
+    authorization: Iterable[str] = (),
+) -> list[str]:
+    """Every secret that requests with ``headers``, to or through ``urls``, carry, as
+    :func:`hidden` lists them: the value of every header (a tenant's too: better hidden
+    than shown), what an ``Authorization`` gives away (those of ``authorization`` too: a
+    secret file's current one) and the password of each URL."""
+    found: list[str] = []
+    for name, value in headers.items():
+        if name.lower() in ("authorization", "proxy-authorization"):
+            found += authorization_secrets(value)
+        else:
+            found.append(value)
+    for value in authorization:
+        found += authorization_secrets(value)
+    for url in urls:
+        found += url_secrets(url)
+    return hidden(found)
+
+
+def redact(text: str, secrets: Iterable[str], *, cut: bool = False) -> str:
+    """``text`` with every secret (longest first) replaced by ``[redacted]``; with ``cut``
+    (``text`` is the head of something longer), also the head of one it ends with."""
+    ordered = sorted(secrets, key=len, reverse=True)
+    for secret in ordered:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    if not cut:
+        return text
+    earliest = len(text)  # where the longest head of a secret at the end begins
+    for secret in ordered:
+        start = text.find(secret[:1], max(len(text) - len(secret) + 1, 0))
+        while -1 < start < earliest:
+            if secret.startswith(text[start:]):
+                earliest = start
+                break
+            start = text.find(secret[:1], start + 1)
+    return text if earliest == len(text) else text[:earliest] + REDACTED
+
+
+def redacted_line(text: str, secrets: Iterable[str], limit: int, *, cut: bool = False) -> str:
+    """What a peer said (or an HTTP library quoting it), fit for a message: one line of at
+    most ``limit`` characters (:func:`~rollbackd.text.one_line`) without a secret in it
+    (:func:`redact`), redacted before it is clipped, so that no secret is cut in two."""
+    listed = list(secrets)
+    clean = redact(text, listed, cut=cut)
+    line = one_line(clean, len(clean))
+    return clip(redact(line, listed), limit)  # folded white space could join one again
+
+
+class _HideSecrets(logging.Filter):
+    """Rewrites log records that mention a registered secret: their message (httpx logs
+    request URLs and reason phrases, urllib3 the header lines it could not parse) and the
+    traceback they carry (urllib3's holds those lines again)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._secrets: set[str] = set()
+
+    def add(self, secrets: Iterable[str]) -> None:
+        with self._lock:
+            self._secrets.update(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with self._lock:
+            secrets = list(self._secrets)
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        clean = redact(text, secrets)
+        if clean != text:
+            record.msg = clip(clean, 10_000)
+            record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:  # what a formatter shows of the exception, once set
+            record.exc_text = redact(record.exc_text, secrets)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info, secrets)
+        return True
+
+
+_HIDER = _HideSecrets()
+_HIDDEN_IN = ("httpx", "httpcore", "requests", "urllib3")
+"""The HTTP libraries whose loggers get the filter. A logger's filters do not see its
+children's records, so each of their loggers gets it (``httpcore.http11``,
+``urllib3.connectionpool``…)."""
+_FILTERED: set[str] = set()
+
+
+def hide_in_logs(secrets: Iterable[str]) -> None:
+    """Keep ``secrets`` out of the HTTP libraries' own log records (idempotent).
+
+    rollbackd configures no handler for them: urllib3 and requests log to a
+    ``NullHandler``, and httpx and httpcore below WARNING, so nothing of theirs reaches
+    its log; this holds when an operator, or a test, shows them all the same.
+    """
+    _HIDER.add(secrets)
+    names = [
+        name
+        for name in (*_HIDDEN_IN, *list(logging.Logger.manager.loggerDict))
+        if name.partition(".")[0] in _HIDDEN_IN and name not in _FILTERED
+    ]
+    for name in names:
+        logging.getLogger(name).addFilter(_HIDER)
+        _FILTERED.add(name)
 
 
 def describe(

@@ -301,3 +301,29 @@ def test_a_login_proxy_in_front_is_an_error_saying_so_never_no_data(
     assert str(caught.value).startswith(
         f"Alertmanager at {url}" + expected.format(section="alertmanager")
     )
+
+
+def test_a_redirect_that_repeats_the_token_in_its_location_shows_it_redacted(
+    tmp_path: Path, prom: Prometheus
+) -> None:
+    """A front redirecting to a location that holds the token it was sent (in the path,
+    which the error shows) has it named as [redacted], never the token."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    keys = f'authorization = {{ credentials_file = "{token_file}" }}\n'
+
+    def echoing(handler: BaseHTTPRequestHandler) -> None:
+        token = handler.headers.get("Authorization", "").partition(" ")[2]
+        handler.send_response(302, f"Found {token}")
+        handler.send_header("Location", f"/{token}/api/v1/query")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    with serving(echoing) as front:
+        path = write_config(tmp_path / "echo", f"{front}/prom", keys)
+        vector = PrometheusSource.from_config(load(path, env={}).config).instant("up", at(2, 10))
+    assert vector.error is not None
+    assert TOKEN not in vector.error
+    assert f"redirected (302 Found [redacted]) to {front}/[redacted]/api/v1/query: set" in (
+        vector.error
+    )

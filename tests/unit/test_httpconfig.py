@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import html
+import json
 from base64 import b64decode
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from structlog.testing import capture_logs
@@ -14,7 +17,10 @@ from rollbackd.httpconfig import (
     basic_credentials,
     describe,
     live_authorization,
+    redact,
+    redacted_line,
     request_headers,
+    secrets_sent,
     without_password,
 )
 from rollbackd.loader import load
@@ -370,3 +376,42 @@ def test_a_secret_file_removed_mid_rotation_keeps_the_last_password_and_says_so_
         ("secret file changed: the new value is sent", ""),
     ]
     assert "-password" not in str(logs)
+
+
+def test_every_form_an_echo_may_give_a_sent_secret_is_redacted() -> None:
+    """Basic auth's value, its base64, user:password and password, a header's value, and a
+    proxy's password (as written, decoded, and as basic auth) become [redacted], also as JSON
+    or HTML write them; a value too short to redact stays, as does a user name."""
+    password, proxy_password = "pa/ss&w0rd", "p@ss-w0rd"
+    secrets = secrets_sent(
+        {"Authorization": basic_credentials("rb", password), "X-Api-Key": "k3y-value", "X": "abc"},
+        [f"http://px:{quote(proxy_password, safe='')}@proxy:3128"],
+    )
+    echoed = [
+        basic_credentials("rb", password),
+        basic_credentials("rb", password).removeprefix("Basic "),
+        f"rb:{password}",
+        password,
+        json.dumps(password)[1:-1].replace("/", "\\/"),
+        html.escape(password),
+        "k3y-value",
+        proxy_password,
+        quote(proxy_password, safe=""),
+        basic_credentials("px", proxy_password).removeprefix("Basic "),
+    ]
+    for text in echoed:
+        assert redact(f"refused {text}!", secrets) == "refused [redacted]!", text
+    assert redact("user rb of team abc", secrets) == "user rb of team abc"
+    bearer = secrets_sent({}, authorization=["Bearer t0ken-value"])
+    assert redact("invalid token t0ken-value", bearer) == "invalid token [redacted]"
+
+
+def test_a_secret_cut_in_two_shows_none_of_its_head() -> None:
+    """A head of an answer ending inside a secret ends with [redacted]; a line clipped to a
+    limit is redacted before it is clipped, so the clip never leaves part of a secret."""
+    secrets = secrets_sent({"X-Api-Key": "k3y-0123456789"})
+    assert redact("denied for k3y-012", secrets, cut=True) == "denied for [redacted]"
+    assert redact("denied for k3y-012", secrets) == "denied for k3y-012"  # whole: no secret
+    line = redacted_line("x" * 195 + " k3y-0123456789", secrets, 200)
+    assert len(line) == 200
+    assert "k3y" not in line

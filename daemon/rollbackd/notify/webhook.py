@@ -10,10 +10,12 @@ place that does, the way Alertmanager's integrations report "retryable or not"
 and leave the loop to a single retry stage.
 
 Secrets stay out of every reason: a Slack or webhook URL often *is* the
-credential, and a PagerDuty routing key is one. Reasons are built from the
-status and a short, redacted head of the body — never from the URL — and the
-``httpx`` logger, which logs each request's URL at INFO, gets a filter that
-replaces every registered secret with ``[redacted]``.
+credential, a PagerDuty routing key is one, and a header may carry one (an API
+key). Reasons are built from the status, the reason phrase and a short head of
+the body, all redacted (:func:`~rollbackd.httpconfig.redacted_line`) — never from
+the URL — and the ``httpx`` logger, which logs each request's URL at INFO, gets a
+filter that replaces every registered secret with ``[redacted]``
+(:func:`~rollbackd.httpconfig.hide_in_logs`).
 
 The generic format (``kind = "webhook"``)::
 
@@ -23,8 +25,6 @@ The generic format (``kind = "webhook"``)::
 
 from __future__ import annotations
 
-import logging
-import threading
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
@@ -33,16 +33,13 @@ import httpx
 from rollbackd.bounded import watch_httpx, within
 from rollbackd.config import NotifierConfig
 from rollbackd.core.durations import format_duration
+from rollbackd.httpconfig import hidden, hide_in_logs, redacted_line, secrets_sent
 from rollbackd.notify import Message
-from rollbackd.text import clip, one_line
 
 FORMAT_VERSION = "1"
 """``version`` of the generic webhook's JSON; a change that breaks receivers bumps it."""
 BODY_HEAD = 300
 """Bytes of a refusing receiver's body kept in the reason (Slack says e.g. ``invalid_payload``)."""
-MIN_SECRET = 4
-"""Shorter strings are not redacted: replacing them everywhere would garble every reason."""
-REDACTED = "[redacted]"
 
 
 class DeliveryError(Exception):
@@ -136,8 +133,10 @@ def post_json(
                 status = response.status_code
                 if 200 <= status < 300:
                     return
-                head = redact(one_line(_head(response), BODY_HEAD), secrets)
-                answer = f"HTTP {status} {response.reason_phrase}".rstrip()
+                body, cut = _head(response)
+                head = redacted_line(body, secrets, BODY_HEAD, cut=cut)
+                phrase = redacted_line(response.reason_phrase, secrets, BODY_HEAD)
+                answer = f"HTTP {status} {phrase}".rstrip()
                 if head:
                     answer = f"{answer}: {head}"
                 if status == 429 or status >= 500:
@@ -157,10 +156,10 @@ def post_json(
             if deadline.expired or not deadline.left():  # cut off at the deadline
                 limit = format_duration(config.timeout)
                 raise DeliveryError(f"no answer within {limit}", retryable=True) from None
-            detail = redact(one_line(str(exc), 200), secrets) or type(exc).__name__
+            detail = redacted_line(str(exc), secrets, 200) or type(exc).__name__
             raise DeliveryError(f"cannot reach the receiver: {detail}", retryable=True) from None
         except httpx.HTTPError as exc:
-            detail = redact(one_line(str(exc), 200), secrets) or type(exc).__name__
+            detail = redacted_line(str(exc), secrets, 200) or type(exc).__name__
             raise DeliveryError(f"{type(exc).__name__}: {detail}", retryable=False) from None
         except httpx.InvalidURL:
             raise DeliveryError("the configured URL is not valid", retryable=False) from None
@@ -177,13 +176,14 @@ def _timed_out(exc: httpx.TimeoutException, config: NotifierConfig) -> str:
     return f"no answer within {limit}"
 
 
-def _head(response: httpx.Response) -> str:
+def _head(response: httpx.Response) -> tuple[str, bool]:
+    """The first :data:`BODY_HEAD` bytes of the body, and whether it may go on beyond them."""
     data = b""
     for chunk in response.iter_bytes():
         data += chunk
         if len(data) >= BODY_HEAD:
             break
-    return data[:BODY_HEAD].decode("utf-8", "replace")
+    return data[:BODY_HEAD].decode("utf-8", "replace"), len(data) >= BODY_HEAD
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -195,56 +195,12 @@ def _retry_after(value: str | None) -> float | None:
 
 def secrets_of(config: NotifierConfig) -> list[str]:
     """What must never be shown of a notifier's config: its URL (whole, its path, query and
-    password) and its routing key — longest first, so that redaction removes whole secrets."""
+    password), its routing key and its headers' values (see
+    :func:`~rollbackd.httpconfig.secrets_sent`) — longest first, so that redaction removes
+    whole secrets."""
     parts = urlsplit(config.url)
-    found = {config.url, parts.path, parts.query, parts.password, config.routing_key}
+    found = {config.url, parts.path, parts.query, config.routing_key}
     if parts.query:
         found.add(f"{parts.path}?{parts.query}")
-    return sorted({s for s in found if s and len(s) >= MIN_SECRET}, key=len, reverse=True)
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """``text`` with every secret (longest first) replaced by ``[redacted]``."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
-class _HideSecrets(logging.Filter):
-    """Rewrites log records that mention a registered secret (httpx logs request URLs)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._secrets: set[str] = set()
-
-    def add(self, secrets: list[str]) -> None:
-        with self._lock:
-            self._secrets.update(secrets)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        with self._lock:
-            secrets = list(self._secrets)
-        try:
-            text = record.getMessage()
-        except (TypeError, ValueError):
-            return True
-        clean = redact(text, secrets)
-        if clean != text:
-            record.msg = clip(clean, 10_000)
-            record.args = None
-        return True
-
-
-_HIDER = _HideSecrets()
-_HIDDEN_IN = ("httpx", "httpcore")
-
-
-def hide_in_logs(secrets: list[str]) -> None:
-    """Keep ``secrets`` out of the HTTP libraries' own log records (idempotent)."""
-    _HIDER.add(secrets)
-    for name in _HIDDEN_IN:
-        logger = logging.getLogger(name)
-        if _HIDER not in logger.filters:
-            logger.addFilter(_HIDER)
+    listed = set(hidden(found)) | set(secrets_sent(config.headers, [config.url]))
+    return sorted(listed, key=len, reverse=True)

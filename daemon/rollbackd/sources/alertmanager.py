@@ -46,19 +46,17 @@ import urllib3
 from rollbackd.config import Config
 from rollbackd.core.durations import format_duration, format_instant
 from rollbackd.errors import InvalidInput
-from rollbackd.httpconfig import TLSConfig, client_options, live_authorization
+from rollbackd.httpconfig import TLSConfig, client_options, hide_in_logs, live_authorization
 from rollbackd.journal import AlertRecord, Delivery
 from rollbackd.logs import get_logger
 from rollbackd.sources.alerts import _alert, _json_document, _may_hold_surrogates, _Problems
 from rollbackd.sources.prometheus import (
-    ERROR_LIMIT,
     LiveAuth,
     _DeadlineSession,
     _RefusedError,
     _WatchedAdapter,
     tls_failure,
 )
-from rollbackd.text import one_line
 
 log = get_logger("rollbackd")
 
@@ -182,6 +180,7 @@ class AlertmanagerSource:
             hint,
             "[alertmanager] max_response_bytes",
             section="alertmanager",
+            url=self.url,
         )
         self._session.headers.update(headers or {})
         if authorization is not None:
@@ -189,6 +188,7 @@ class AlertmanagerSource:
         if proxy_url is not None:
             self._session.proxies = {"http": proxy_url, "https": proxy_url}
         self._session.mount(self.url, _WatchedAdapter(tls))
+        hide_in_logs(self._session.secrets())
 
     @classmethod
     def from_config(cls, config: Config) -> AlertmanagerSource | None:
@@ -239,7 +239,8 @@ class AlertmanagerSource:
             raise AlertmanagerError(f"{where} is unreachable") from None
         if response.status_code != requests.codes.ok:
             raise AlertmanagerError(
-                f"{where} answered {response.status_code} {one_line(response.reason or '', 80)}"
+                f"{where} answered {response.status_code} "
+                + self._session.said(response.reason or "", 80)
             )
         try:
             return self._parse(response.content)
@@ -247,7 +248,7 @@ class AlertmanagerSource:
             first = exc.problems[0]
             detail = f"{first.location}: {first.message}" if first.location else first.message
             raise AlertmanagerError(
-                f"{where} answered something that is not its API: {one_line(detail, ERROR_LIMIT)}"
+                f"{where} answered something that is not its API: {self._session.said(detail)}"
             ) from None
         except (RecursionError, MemoryError) as exc:  # a backstop behind the parse limits
             raise AlertmanagerError(

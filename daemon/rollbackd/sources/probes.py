@@ -20,6 +20,9 @@ see :mod:`rollbackd.bounded`) and reads at most :data:`BODY_LIMIT` of the body.
 
 A probe sends its ``headers`` and speaks TLS as its ``tls`` says (see
 :mod:`rollbackd.httpconfig`): probes with the same ``tls`` share one client.
+A reason that quotes what the service sent (h11 quotes a status or header line it
+cannot parse) never shows the probe's headers' values or its URL's password: a
+service may echo them.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import httpx
 from rollbackd.bounded import Deadline, format_size, watch_httpx, within
 from rollbackd.config import ProbeConfig, ServiceConfig
 from rollbackd.core.durations import format_duration
-from rollbackd.httpconfig import TLSConfig, ssl_context
+from rollbackd.httpconfig import TLSConfig, hide_in_logs, redact, secrets_sent, ssl_context
 from rollbackd.logs import get_logger
 
 log = get_logger("rollbackd")
@@ -106,6 +109,7 @@ class Prober:
         self._client = self._new_client(None)
         self._lock = threading.Lock()
         self._tls_clients: dict[TLSConfig, httpx.Client] = {}
+        self._secrets: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
 
     def _new_client(self, tls: TLSConfig | None) -> httpx.Client:
         return httpx.Client(
@@ -146,20 +150,33 @@ class Prober:
         for client in clients:
             client.close()
 
+    def secrets(self, probe: ProbeConfig) -> list[str]:
+        """What ``probe`` sends that no reason may show (see
+        :func:`~rollbackd.httpconfig.secrets_sent`), kept out of the HTTP libraries' logs
+        from its first use."""
+        key = (probe.url, tuple(probe.headers.items()))
+        found = self._secrets.get(key)
+        if found is None:
+            found = self._secrets[key] = secrets_sent(probe.headers, [probe.url])
+            hide_in_logs(found)
+        return found
+
     def probe(self, service: str, probe: ProbeConfig) -> ProbeResult:
         """Run one probe now; never raises for anything the network, server or daemon does."""
+        secrets = self.secrets(probe)
         try:
-            return self._probe(service, probe)
+            return self._probe(service, probe, secrets)
         except Exception as exc:  # noqa: BLE001 -- a probe's own bug must not stop the cycle
             return ProbeResult(
                 service,
                 probe.name,
                 False,
-                f"{probe.method} {probe.url} could not be probed: {type(exc).__name__}: {exc}",
+                f"{probe.method} {probe.url} could not be probed: {type(exc).__name__}: "
+                + redact(str(exc), secrets),
                 measured=False,
             )
 
-    def _probe(self, service: str, probe: ProbeConfig) -> ProbeResult:
+    def _probe(self, service: str, probe: ProbeConfig, secrets: list[str]) -> ProbeResult:
         seconds = probe.timeout.total_seconds()
         where = f"{probe.method} {probe.url}"
         started = time.monotonic()
@@ -174,7 +191,7 @@ class Prober:
                 ) as response:
                     body = _head(response, BODY_LIMIT)
             except (httpx.HTTPError, OSError) as exc:
-                return _failure(service, probe, exc, deadline)
+                return _failure(service, probe, exc, deadline, secrets)
         latency = time.monotonic() - started
         if response.status_code not in probe.expect_status:
             expected = " or ".join(str(c) for c in probe.expect_status)
@@ -244,9 +261,13 @@ def _head(response: httpx.Response, limit: int) -> bytes:
     return b"".join(parts)[:limit]
 
 
-def _failure(service: str, probe: ProbeConfig, exc: Exception, deadline: Deadline) -> ProbeResult:
-    """The verdict on a probe that got no whole answer: failing, or not tried at all."""
+def _failure(
+    service: str, probe: ProbeConfig, exc: Exception, deadline: Deadline, secrets: list[str]
+) -> ProbeResult:
+    """The verdict on a probe that got no whole answer: failing, or not tried at all; what
+    the error quotes without ``secrets``."""
     where = f"{probe.method} {probe.url}"
+    said = redact(str(exc), secrets)
 
     def failing(reason: str) -> ProbeResult:
         return ProbeResult(service, probe.name, False, reason)
@@ -269,17 +290,17 @@ def _failure(service: str, probe: ProbeConfig, exc: Exception, deadline: Deadlin
         return failing(timed_out)
     cause = _os_error(exc)
     if isinstance(cause, ssl.SSLError):
-        return failing(f"{where} failed: TLS: {cause}")
+        return failing(f"{where} failed: TLS: {redact(str(cause), secrets)}")
     if isinstance(cause, socket.gaierror):
         return not_tried(f"cannot resolve its host ({cause.strerror or cause})")
     if cause is not None and cause.errno in SERVICE_ERRNOS:
-        return failing(f"{where} failed: {type(exc).__name__}: {cause.strerror or exc}")
+        return failing(f"{where} failed: {type(exc).__name__}: {cause.strerror or said}")
     if cause is not None and cause.errno is not None:
         name = errno.errorcode.get(cause.errno, str(cause.errno))
         return not_tried(f"{cause.strerror or cause} ({name})")
     if isinstance(exc, httpx.RemoteProtocolError | httpx.DecodingError):
-        return failing(f"{where} failed: {type(exc).__name__}: {exc}")
-    return not_tried(f"{type(exc).__name__}: {exc}")
+        return failing(f"{where} failed: {type(exc).__name__}: {said}")
+    return not_tried(f"{type(exc).__name__}: {said}")
 
 
 def _os_error(exc: BaseException) -> OSError | None:

@@ -64,7 +64,11 @@ from rollbackd.core.model import Matrix, Measurement, Vector
 from rollbackd.httpconfig import (
     TLSConfig,
     client_options,
+    hide_in_logs,
     live_authorization,
+    redact,
+    redacted_line,
+    secrets_sent,
     ssl_context,
     without_password,
 )
@@ -82,6 +86,9 @@ MAX_RESPONSE_BYTES = 64 << 20
 """The default cap on one answer (``[prometheus] max_response_bytes``)."""
 ERROR_LIMIT = 200
 """Characters kept of a failed call's error (a proxy's error page can be long)."""
+_SHOWN_BYTES = 4 * ERROR_LIMIT
+"""Of a refusal's body, the bytes its error is made from (redacted, then clipped to
+:data:`ERROR_LIMIT` characters)."""
 
 
 class _WatchedHTTPConnection(HTTPConnection):
@@ -161,13 +168,15 @@ class _WatchedAdapter(HTTPAdapter):
 
 
 class LiveAuth(requests.auth.AuthBase):
-    """Sets each request's ``Authorization`` to what ``current`` gives at that moment."""
+    """Sets each request's ``Authorization`` to what ``current`` gives at that moment;
+    ``sent`` is the last one set (see :meth:`_DeadlineSession.secrets`)."""
 
     def __init__(self, current: Callable[[], str]) -> None:
         self.current = current
+        self.sent: str | None = None
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = self.current()
+        self.sent = request.headers["Authorization"] = self.current()
         return request
 
 
@@ -187,6 +196,10 @@ class _DeadlineSession(requests.Session):
     passes. The body is read as it arrives, up to ``max_bytes``, and checked
     against the JSON parse limits before it is parsed (unless ``check_json`` is
     False: the caller parses with orjson, see the module's docstring).
+
+    What the server or a proxy says goes into an error only through :meth:`said`,
+    which takes out every secret the session sends: a refusal may echo the request.
+    ``url``, the server's, is for that alone: a password in it is sent as basic auth.
     """
 
     def __init__(
@@ -198,6 +211,7 @@ class _DeadlineSession(requests.Session):
         *,
         check_json: bool = True,
         section: str = "prometheus",
+        url: str | None = None,
     ) -> None:
         super().__init__()
         self.total = total
@@ -206,6 +220,30 @@ class _DeadlineSession(requests.Session):
         self.limit_key = limit_key
         self.check_json = check_json
         self.section = section
+        self.server_url = url
+
+    def secrets(self) -> list[str]:
+        """What the session's requests carry and no message may show (see
+        :func:`~rollbackd.httpconfig.secrets_sent`): the values of the headers set on it
+        (not requests' own, such as ``Accept: */*``), the ``Authorization`` of its
+        ``auth`` (the last one sent and the current one: its file may have been rotated
+        since), and the passwords in the server's and the proxy's URLs."""
+        own = requests.utils.default_headers()
+        headers = {
+            name: value if isinstance(value, str) else value.decode("latin-1")
+            for name, value in self.headers.items()
+            if value != own.get(name)
+        }
+        sent = []
+        if isinstance(self.auth, LiveAuth):
+            sent = [value for value in (self.auth.sent, self.auth.current()) if value]
+        urls = [self.server_url, *self.proxies.values()]
+        return secrets_sent(headers, urls, authorization=sent)
+
+    def said(self, text: str, limit: int = ERROR_LIMIT) -> str:
+        """What the server, a proxy, or the HTTP library quoting them said, fit for an
+        error: one line of at most ``limit`` characters, without a secret of :meth:`secrets`."""
+        return redacted_line(text, self.secrets(), limit)
 
     def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs["stream"] = True
@@ -222,7 +260,7 @@ class _DeadlineSession(requests.Session):
                     raise _RefusedError(self._through_proxy(url, exc)) from None
                 if isinstance(exc, requests.RequestException):
                     raise
-                raise requests.ConnectionError(one_line(str(exc), ERROR_LIMIT)) from None
+                raise requests.ConnectionError(self.said(str(exc))) from None
 
     def _through_proxy(self, url: str | bytes, exc: requests.exceptions.ProxyError) -> str:
         """What went wrong with the proxy, which the server's own failures must not be
@@ -234,7 +272,7 @@ class _DeadlineSession(requests.Session):
             if proxy
             else "the proxy set in the environment (HTTP_PROXY, HTTPS_PROXY)"
         )
-        return f"is unreachable through {where}: {_proxy_failure(exc)}"
+        return f"is unreachable through {where}: {_proxy_failure(exc, self.secrets())}"
 
     def _tenant_hint(self, response: requests.Response) -> str | None:
         """What to set if a refusal is Mimir's or Cortex's for want of a tenant, whatever
@@ -257,8 +295,9 @@ class _DeadlineSession(requests.Session):
         if response.status_code in (401, 403):
             hint = self._tenant_hint(response) or self.refused_hint
             response.close()  # the rest is not read: a proxy's error page may echo the request
-            raise _RefusedError(f"answered {response.status_code} {response.reason}: {hint}")
-        elsewhere = _elsewhere(response, self.section)
+            answered = f"answered {response.status_code} {self.said(response.reason or '')}"
+            raise _RefusedError(f"{answered.rstrip()}: {hint}")
+        elsewhere = _elsewhere(response, self.section, self.said)
         if elsewhere is not None:
             response.close()
             raise _RefusedError(elsewhere)
@@ -284,7 +323,9 @@ _READ_SIZE = 1 << 16
 _NO_TENANT = b"no org id"
 
 
-def _elsewhere(response: requests.Response, section: str) -> str | None:
+def _elsewhere(
+    response: requests.Response, section: str, said: Callable[[str, int], str]
+) -> str | None:
     """Why ``response`` comes from something other than the API ``[section] url`` should
     reach, and what to set: a redirect, a 404 (a path prefix missing from ``url``) or an
     HTML page (a login proxy in front); None if it may be the API's answer.
@@ -292,26 +333,28 @@ def _elsewhere(response: requests.Response, section: str) -> str | None:
     A redirect is never followed: requests would carry the tenant and other headers to
     whatever host it names (it drops only ``Authorization``), on a connection without the
     section's TLS settings or the call's deadline. The error names the location instead.
+    What the peer said (its reason phrase, the location) goes through ``said``, which
+    takes out the secrets the request carried.
     """
     asked = urlsplit(response.url).path
     if response.is_redirect:
-        said = f"redirected ({response.status_code} {one_line(response.reason, 40)})"
+        told = f"redirected ({response.status_code} {said(response.reason or '', 40)})"
         try:
             target = urlsplit(urljoin(response.url, response.headers["Location"]))
         except ValueError:
-            return f"{said} to an invalid location: [{section}] url must reach the API itself"
+            return f"{told} to an invalid location: [{section}] url must reach the API itself"
         api = asked[asked.rfind("/api/") :]
         netloc = target.netloc.rpartition("@")[2]
         where = urlunsplit(target._replace(netloc=netloc, query="", fragment=""))
-        said += f" to {one_line(where, ERROR_LIMIT)}"
+        told += f" to {said(where, ERROR_LIMIT)}"
         if target.scheme in ("http", "https") and "/api/" in asked and where.endswith(api):
-            base = one_line(where.removesuffix(api), ERROR_LIMIT)
+            base = said(where.removesuffix(api), ERROR_LIMIT)
             return (
-                f'{said}: set [{section}] url = "{base}" (rollbackd follows no redirect: it '
+                f'{told}: set [{section}] url = "{base}" (rollbackd follows no redirect: it '
                 "would send the credentials and headers somewhere the config does not name)"
             )
         return (
-            f"{said}, not to its API: is a login proxy (SSO) in front of it? rollbackd "
+            f"{told}, not to its API: is a login proxy (SSO) in front of it? rollbackd "
             f"follows no redirect: [{section}] url must reach the API itself"
         )
     if response.status_code == 404:
@@ -368,13 +411,16 @@ class PrometheusSource:
             if authenticated
             else "it wants credentials: set [prometheus] basic_auth or authorization"
         )
-        session = _DeadlineSession(timeout.total_seconds(), max_bytes, hint, check_json=False)
+        session = _DeadlineSession(
+            timeout.total_seconds(), max_bytes, hint, check_json=False, url=self.url
+        )
         session.headers.update(headers or {})
         if authorization is not None:
             session.auth = LiveAuth(authorization)
         if proxy_url is not None:
             session.proxies = {"http": proxy_url, "https": proxy_url}
         session.mount(self.url, _WatchedAdapter(tls))
+        hide_in_logs(session.secrets())
         self._session = session
         self._quick_vector = _quick_decoder((service_label,), "value", tuple[float, float])
         self._quick_range = _quick_decoder((service_label,), "values", list[tuple[float, float]])
@@ -680,7 +726,7 @@ class PrometheusSource:
         if real:
             raise QueryError(
                 f"Prometheus at {self.url} answered with warnings, so its values are not "
-                f"trusted: {one_line('; '.join(real), ERROR_LIMIT)}"
+                f"trusted: {self._session.said('; '.join(real))}"
             )
 
     def _refused(self, body: bytes, exc: orjson.JSONDecodeError) -> Any:
@@ -731,12 +777,15 @@ class PrometheusSource:
                 timeout=self.timeout.total_seconds(),
             )
             if response.status_code != 200:
+                content = response.content
+                body = redact(
+                    content[:_SHOWN_BYTES].decode("utf-8", "surrogateescape"),
+                    self._session.secrets(),
+                    cut=len(content) > _SHOWN_BYTES,
+                ).encode("utf-8", "surrogateescape")
                 raise QueryError(
                     f"Prometheus at {self.url} refused the query: "
-                    + one_line(
-                        f"HTTP Status Code {response.status_code} ({response.content!r})",
-                        ERROR_LIMIT,
-                    )
+                    + one_line(f"HTTP Status Code {response.status_code} ({body!r})", ERROR_LIMIT)
                 )
             return response.content
         except _RefusedError as exc:
@@ -751,9 +800,7 @@ class PrometheusSource:
                 raise QueryError(f"Prometheus at {self.url}: TLS failed: {tls}") from None
             raise QueryError(f"Prometheus at {self.url} is unreachable") from None
         except requests.RequestException as exc:
-            raise QueryError(
-                f"Prometheus at {self.url}: {one_line(str(exc), ERROR_LIMIT)}"
-            ) from None
+            raise QueryError(f"Prometheus at {self.url}: {self._session.said(str(exc))}") from None
         except MemoryError as exc:  # a backstop behind the size limit
             raise self._unreadable(exc) from None
 
@@ -856,14 +903,15 @@ def tls_failure(exc: BaseException, client_cert: bool, section: str = "prometheu
     return reason
 
 
-def _proxy_failure(exc: BaseException) -> str:
+def _proxy_failure(exc: BaseException, secrets: list[str]) -> str:
     """Why a proxy did not carry a request, in words: it would not open a tunnel (its
-    answer to ``CONNECT``), or it could not be reached (the system's reason: refused, TLS)."""
+    answer to ``CONNECT``, without ``secrets``), or it could not be reached (the system's
+    reason: refused, TLS)."""
     causes = _causes(exc)
     for cause in causes:
         text = str(cause.args[0]) if cause.args else ""
         if type(cause) is OSError and text.startswith(_TUNNEL_FAILED):
-            answer = one_line(text.removeprefix(_TUNNEL_FAILED), ERROR_LIMIT)
+            answer = redacted_line(text.removeprefix(_TUNNEL_FAILED), secrets, ERROR_LIMIT)
             return f"it did not open a tunnel to the server: it answered {answer}"
     for cause in causes:
         if isinstance(cause, OSError) and cause.strerror:
