@@ -384,3 +384,40 @@ def test_rollback_with_a_daemon_at_public_url_and_no_token_refuses(
     assert not (tmp_path / "target").exists()
     with sqlite3.connect(tmp_path / "state" / "journal.sqlite3") as db:
         assert db.execute("SELECT count(*) FROM incidents").fetchone() == (0,)
+
+
+def test_evaluate_with_prometheus_unreachable_counts_nothing_ok(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Prometheus never reachable: evaluate counts no finding as ok, shows each rule
+    inconclusive with the error, and says what could not be read is unknown."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.toml").write_text(
+        '[[rules]]\nname = "errors"\ntrigger = "high_error_rate"\n'
+        "query = 'sum by (service) (rate(http_requests_total[1m]))'\n"
+        'condition = "> 1"\n'
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[daemon]
+state_dir = "{tmp_path / "state"}"
+rules = ["rules/*.toml"]
+[prometheus]
+url = "http://127.0.0.1:{free_port()}"
+timeout = "1s"
+[[services]]
+name = "web"
+executor = "command"
+command = ["true"]
+"""
+    )
+    result = run_cli("evaluate", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.endswith(": 1 finding (0 ok)") for line in lines), result.stdout
+    assert any("inconclusive web/errors" in line and "is unreachable" in line for line in lines), (
+        result.stdout
+    )
+    assert "export the metrics" not in result.stdout
+    assert lines[-1] == "no action: nothing is firing, but what could not be read is unknown"

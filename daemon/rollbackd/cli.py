@@ -1024,11 +1024,11 @@ def _print_evaluation(result: Evaluation, as_json: bool) -> None:
         typer.echo(f"source error: {error} (rules: {', '.join(rules)})")
     if result.deploy_error is not None:
         typer.echo(f"deploys: {result.deploy_error}")
-    total = len(result.report.notable) + sum(result.report.quiet.values())
-    typer.echo(
-        f"{format_instant(result.report.time)}: {_count(total, 'finding')} "
-        f"({total - len(findings)} ok)"
+    ok = sum(result.report.quiet.values()) + sum(
+        f.state is FindingState.OK for f in result.report.notable
     )
+    total = len(result.report.notable) + sum(result.report.quiet.values())
+    typer.echo(f"{format_instant(result.report.time)}: {_count(total, 'finding')} ({ok} ok)")
     for finding in sorted(findings, key=lambda f: (f.state.value, f.service, f.rule)):
         typer.echo(finding_line(finding))
     by_service: dict[str, list[Finding]] = {}
@@ -1039,7 +1039,11 @@ def _print_evaluation(result: Evaluation, as_json: bool) -> None:
         if note is not None:
             typer.echo(f"{service}: {note}")
     if not result.decisions:
-        typer.echo("no action: nothing is firing")
+        typer.echo(
+            "no action: nothing is firing, but what could not be read is unknown"
+            if result.report.source_errors
+            else "no action: nothing is firing"
+        )
     for decision in result.decisions:
         typer.echo(decision_line(decision))
 

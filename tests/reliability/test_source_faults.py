@@ -289,6 +289,24 @@ def test_a_failing_prometheus_leads_to_no_action_and_the_daemon_recovers_by_itse
     figures.count(SECTION, "actions taken during faults", 0)
 
 
+def test_a_prometheus_down_from_the_start_reads_inconclusive_never_ok(
+    scenario: Scenario,
+) -> None:
+    """Prometheus unreachable before the first cycle: every PromQL rule is an inconclusive
+    finding with the error, and the service's state is inconclusive, never a quiet "ok"
+    (as for a metric the service does not export)."""
+    scenario.prometheus.server.stop()
+    scenario.deploy("v1")
+    reports = scenario.run_for(timedelta(minutes=1))
+    assert all(r.decisions == () for r in reports)
+    [web] = scenario.daemon.views.services()
+    assert web["state"] == "inconclusive", web
+    assert web["unmeasured"] == [], web
+    shown = {f["rule"]: f for f in web["findings"]}
+    assert set(shown) == set(PROMQL_RULES), web
+    assert all(explained(f["reason"], "stopped") for f in shown.values()), web
+
+
 def test_a_prometheus_answer_trickling_in_is_cut_off_at_the_timeout(scenario: Scenario) -> None:
     """A proxy that drips its answer slower than the timeout makes the rule inconclusive."""
     scenario.prometheus.mode = "trickle"

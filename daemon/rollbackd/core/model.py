@@ -218,6 +218,9 @@ class Finding:
     volume: float | None = None
     bound: float | None = None
     confidence: float | None = None
+    no_series: bool = False
+    """Its value is missing because the answer had no series for the service, rather than
+    because the read failed (a source error) or the value was unusable."""
 
     @property
     def firing(self) -> bool:
@@ -230,10 +233,13 @@ class Finding:
 
     @property
     def unmeasured(self) -> bool:
-        """Never had a value since rollbackd began looking (a metric the service does not
-        export): inconclusive, but nothing went missing; shown once, quietly."""
+        """Never had a value since rollbackd began looking, for want of a series (a metric
+        the service does not export): inconclusive, but nothing went missing; shown once,
+        quietly. A read that fails (Prometheus down, refusing, garbled) is no such thing:
+        it stays an inconclusive finding with its error, never a quiet "ok"."""
         return (
             self.state is FindingState.INCONCLUSIVE
+            and self.no_series
             and self.last_seen is None
             and self.started is None
         )

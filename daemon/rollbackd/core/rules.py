@@ -1033,6 +1033,7 @@ def _evaluate_finding(
         volume=None if verdict is None else verdict.volume,
         bound=None if verdict is None else verdict.bound,
         confidence=rule.confidence if rule.weighs_evidence else None,
+        no_series=measurement.reason == NO_SERIES,
     )
 
 
