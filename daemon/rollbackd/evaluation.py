@@ -20,6 +20,7 @@ from rollbackd.core.model import Decision
 from rollbackd.core.rules import Rule
 from rollbackd.replay import Replay
 from rollbackd.sources import MetricSource
+from rollbackd.sources.alertmanager import AlertmanagerSource
 from rollbackd.sources.gather import LiveCycle
 from rollbackd.sources.probes import Prober
 from rollbackd.sources.prometheus import PrometheusSource
@@ -63,7 +64,8 @@ def evaluate_now(
     explain: Collection[str] = (),
     history: DeployHistory | None = None,
 ) -> Evaluation:
-    """Replay the recent past, then evaluate once at ``now`` with live sources.
+    """Replay the recent past, then evaluate once at ``now`` with live sources (with
+    ``[alertmanager] url``, its active alerts too, as the daemon reads them each cycle).
 
     ``history`` holds deploys known already (the journal's deploy events);
     those found in Prometheus or git are added to it.
@@ -79,7 +81,9 @@ def evaluate_now(
     own_prober = prober is None
     prober = prober or Prober()
     try:
-        live = LiveCycle(replay.engine, config, prometheus, prober)
+        live = LiveCycle(
+            replay.engine, config, prometheus, prober, AlertmanagerSource.from_config(config)
+        )
         live.baselines = replay.baselines
         report = replay.engine.step(now, live.gather(now), explain)
         explained.extend(report.explanations.values())

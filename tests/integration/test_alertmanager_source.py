@@ -23,7 +23,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rollbackd.core.model import FindingState
+from rollbackd.evaluation import evaluate_now
 from rollbackd.journal import journal_path
+from rollbackd.loader import load
 from rollbackd.runtime import Runtime
 from rollbackd.sources.alertmanager import SOURCE, AlertmanagerError, AlertmanagerSource
 from rollbackd.sources.alerts import parse_webhook
@@ -346,3 +349,31 @@ def test_an_alertmanager_answering_garbage_or_slowly_is_a_source_error(kind: str
         assert time.monotonic() - started < 1.9
         assert str(raised.value).startswith(f"Alertmanager at {url}")
         assert expected in str(raised.value)
+
+
+def test_evaluate_reads_alertmanagers_active_alerts_as_the_daemon_does(
+    tmp_path: Path, alertmanager: Alertmanager
+) -> None:
+    """``evaluate`` sees an alert firing in Alertmanager (its webhook lost) as the daemon's
+    cycle does, and an Alertmanager it cannot reach is a source error, not quiet."""
+    service = "evaluated"
+    now = datetime.now(UTC)
+    post(alertmanager, service, "EvaluatedDown", now - timedelta(minutes=1))
+    source = AlertmanagerSource(alertmanager.url, timedelta(seconds=2))
+    assert eventually(lambda: any(a.service == service for a in source.active().firing))
+    metrics = ScriptedMetrics([service])
+    metrics.versions[service] = [(now - timedelta(hours=3), None, "v1")]
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "none.toml").write_text("")  # watched only through alerts
+    for url, name in ((alertmanager.url, "up"), (f"http://{LOOPBACK}:{free_port()}", "down")):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(config_text(tmp_path, service, url))
+        loaded = load(path)
+        result = evaluate_now(loaded.config, loaded.rules, now, prometheus=metrics)
+        alerts = [f for f in result.report.notable if f.rule == "alert:EvaluatedDown"]
+        if name == "up":
+            assert [f.state for f in alerts] == [FindingState.FIRING], result.report.notable
+            assert "alertmanager" not in result.report.source_errors
+        else:
+            assert alerts == []
+            assert "Alertmanager" in result.report.source_errors["alertmanager"]

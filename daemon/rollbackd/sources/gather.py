@@ -32,7 +32,13 @@ from rollbackd.core.promql_split import Labels
 from rollbackd.core.rules import Key, Rule, applies_to
 from rollbackd.core.seasonal import SLACK, SLACK_RESOLUTION, PastDay, seasonal_baseline
 from rollbackd.sources import MetricSource, guarded_instant
-from rollbackd.sources.alertmanager import ActiveAlerts, AlertmanagerError, AlertmanagerSource
+from rollbackd.sources.alertmanager import (
+    ActiveAlerts,
+    AlertmanagerError,
+    AlertmanagerSource,
+    merge,
+)
+from rollbackd.sources.alerts import alert_findings
 from rollbackd.sources.deploys import git_head
 from rollbackd.sources.probes import Prober, probes_of
 from rollbackd.sources.prometheus import QueryError
@@ -697,9 +703,22 @@ class LiveCycle:
 
         As the daemon's loop does, it looks for unread baselines only when a deploy
         changed while reading: otherwise :meth:`measure` read them for the plan's deploys.
+        Alertmanager's active alerts, if it is a source, are findings as the loop makes
+        them, from its answer alone (the loop merges them with the journal's).
         """
         plan = self.plan(now)
-        inputs = self.apply(self.measure(plan))
+        measured = self.measure(plan)
+        inputs = self.apply(measured)
+        if measured.alertmanager is not None:
+            services = self.engine.services
+            merged = merge([], measured.alertmanager, services)
+            inputs.quiet_alerts.update(merged.quiet)
+            alerts, ignored = alert_findings(
+                merged.firing, services, self.config.alerts.trigger_label, now
+            )
+            inputs.alerts.extend(alerts)
+            for line in ignored:
+                inputs.source_errors.setdefault("alerts", line)
         moved = self.engine.history.revision != plan.revision
         unread = self.unread_baselines() if moved else []
         if unread:
