@@ -525,3 +525,20 @@ def _moment(raw: object) -> datetime | None:
         return datetime.fromtimestamp(float(raw), UTC)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError, OSError):
         return None
+
+
+@pytest.mark.parametrize("configured", [None, "Bearer configured-token"])
+def test_a_netrc_entry_for_the_host_is_never_sent(
+    stub: StubServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, configured: str | None
+) -> None:
+    """A ~/.netrc (or $NETRC) naming Prometheus' host adds no credentials the config does
+    not name, and does not replace the Authorization the config sets."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password from-netrc\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    url = answering(stub, Reply(200, json.dumps(vector()).encode()))
+    headers = {"Authorization": configured} if configured else None
+    PrometheusSource(url, timedelta(seconds=5), headers=headers).instant("up", AT)
+    [received] = stub.received
+    assert received.headers.get("Authorization") == configured

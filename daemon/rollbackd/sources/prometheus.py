@@ -180,6 +180,15 @@ class LiveAuth(requests.auth.AuthBase):
         return request
 
 
+class _NoNetrc(requests.auth.AuthBase):
+    """The auth of a session without credentials of its own: it adds nothing, and being set
+    keeps requests from taking ``~/.netrc``'s (or ``$NETRC``'s) for the host, which would be
+    sent without the config naming them, and in place of the ``Authorization`` it sets."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
 class _RefusedError(requests.RequestException):
     """A call that ends without an answer to parse (refused credentials, an answer over the
     size cap or beyond the JSON parse limits, a proxy that did not carry it); the message
@@ -214,6 +223,7 @@ class _DeadlineSession(requests.Session):
         url: str | None = None,
     ) -> None:
         super().__init__()
+        self.auth = _NoNetrc()
         self.total = total
         self.max_bytes = max_bytes
         self.refused_hint = refused_hint
