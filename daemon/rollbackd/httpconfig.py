@@ -300,8 +300,8 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
             if isinstance(exc, ssl.SSLError):
                 raise TLSFileError(
                     "cert_file",
-                    f"{tls.cert_file} with key_file {tls.key_file}: not a certificate and its "
-                    f"key ({exc.reason or exc})",
+                    f"{tls.cert_file} with key_file {tls.key_file}: "
+                    + _pair_problem(tls.cert_file, tls.key_file, exc),
                 ) from None
             key = "cert_file" if not tls.cert_file.is_file() else "key_file"
             raise TLSFileError(key, _tls_file_reason(getattr(tls, key), exc)) from None
@@ -309,6 +309,33 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _pem_blocks(path: Path) -> set[str]:
+    """The kinds of PEM block in ``path`` (``CERTIFICATE``, ``PRIVATE KEY``…), read only
+    to say what is wrong with it: none if it cannot be read."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(MAX_SECRET_BYTES)
+    except OSError:
+        return set()
+    return set(_PEM_BEGIN.findall(head.decode("ascii", "replace")))
+
+
+_PEM_BEGIN = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----")
+
+
+def _pair_problem(cert_file: Path, key_file: Path, exc: ssl.SSLError) -> str:
+    """Why a certificate and key cannot be used together, in words."""
+    in_cert, in_key = _pem_blocks(cert_file), _pem_blocks(key_file)
+    if "CERTIFICATE" not in in_cert and "CERTIFICATE" in in_key:
+        return (
+            "cert_file and key_file look swapped: cert_file holds no certificate, "
+            "key_file holds one"
+        )
+    if exc.reason == "KEY_VALUES_MISMATCH":
+        return "the key is not the certificate's (they do not belong together)"
+    return f"not a certificate and its key ({exc.reason or exc})"
 
 
 def _tls_file_reason(path: Path | None, exc: Exception) -> str:

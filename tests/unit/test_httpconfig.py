@@ -308,6 +308,31 @@ def test_tls_files_are_checked_at_load_for_prometheus_probes_and_notifiers(
     assert f"cannot read {tmp_path / 'absent.pem'}: No such file or directory" in found[1]
 
 
+@pytest.mark.parametrize(
+    ("pair", "expected"),
+    [
+        (
+            "swapped",
+            "cert_file and key_file look swapped: cert_file holds no certificate, "
+            "key_file holds one",
+        ),
+        ("mismatched", "the key is not the certificate's (they do not belong together)"),
+    ],
+)
+def test_a_client_certificate_and_key_that_do_not_go_together_say_why(
+    tmp_path: Path, pki: Pki, pair: str, expected: str
+) -> None:
+    """cert_file and key_file swapped, or a key of another certificate: the config error
+    says which, not only OpenSSL's "PEM lib" or "key values mismatch"."""
+    cert, key = {
+        "swapped": (pki.client_key, pki.client_cert),
+        "mismatched": (pki.client_cert, pki.server_key),
+    }[pair]
+    path = write(tmp_path, f'tls = {{ cert_file = "{cert}", key_file = "{key}" }}')
+    [problem] = load_problems(path)
+    assert problem == f"{path}: prometheus.tls.cert_file: {cert} with key_file {key}: {expected}"
+
+
 def test_check_config_says_what_is_set_and_where_secrets_come_from_never_them(
     tmp_path: Path, pki: Pki
 ) -> None:
