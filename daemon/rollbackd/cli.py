@@ -316,7 +316,9 @@ def evaluate(
     """One evaluation now against live sources; print findings and the actions it would take."""
     loaded = _load(config)
     explained = _explained(loaded, explain)
-    now = datetime.now(UTC)
+    # The whole second, as its lines print it: durations counted from the replay's looks
+    # (every poll_interval before it) then read 2h32m18s, not 2h32m18s17ms.
+    now = datetime.now(UTC).replace(microsecond=0)
     result = evaluate_now(loaded.config, loaded.rules, now, explain=explained)
     if explained:
         _print_explained(result.explained, json)
