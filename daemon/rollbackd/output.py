@@ -124,8 +124,8 @@ def unmeasured_note(findings: Iterable[Finding]) -> str | None:
 class Coverage:
     """How much of a backtest's range the PromQL rules had data for.
 
-    A replayed step where every PromQL finding is inconclusive (nothing stored there, or
-    Prometheus could not be read) decides nothing, and its "0 actions" is no verdict: the
+    A replayed step where no PromQL rule had data (nothing stored there, or Prometheus
+    could not be read) decides nothing, and its "0 actions" is no verdict: the
     summary says how many steps were so, and the errors behind them, never letting a range
     without data read as a healthy one. Probe rules have no history and are not counted.
     """
@@ -140,11 +140,14 @@ class Coverage:
         measured = sum(count for rule, count in report.quiet.items() if rule in self.rules)
         missing = 0
         for finding in report.notable:
-            if finding.rule in self.rules:
-                if finding.state is FindingState.INCONCLUSIVE:
-                    missing += 1
-                else:
-                    measured += 1
+            if finding.rule not in self.rules:
+                continue
+            if finding.state is FindingState.INCONCLUSIVE and (
+                finding.no_series or finding.rule in report.source_errors
+            ):
+                missing += 1
+            else:  # judged, or inconclusive with data (no baseline yet)
+                measured += 1
         if measured or missing:
             self.steps += 1
             self.without += missing > 0 and not measured
