@@ -558,10 +558,14 @@ def test_a_recovery_that_could_not_be_proven_says_which_criteria_had_no_data(
             ],
         },
     )
+    journal.add_samples(incident, [(at(6), "errors", 0.0), (at(36), "errors", 0.0)])
     journal.set_state(incident, IncidentState.ESCALATED, f"check the service: {unknown}", at(36))
     record = journal.incident(incident)
     assert record is not None
-    recovery = section(render_report(record, "markdown"), "Recovery")
+    text = render_report(record, "markdown")
+    assert "- recovery unknown at 2026-01-01T12:36:00Z" in text  # the charts' marker
+    assert "not recovered" not in text
+    recovery = section(text, "Recovery")
     assert f"**Verdict:** {unknown}\n" in recovery
     assert (
         "- **Criteria held since:** they did not hold at the last check: the criteria do not "

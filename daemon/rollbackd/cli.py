@@ -58,6 +58,7 @@ from rollbackd.manual import manual_request
 from rollbackd.notify import Notifier
 from rollbackd.notify.retry import Background
 from rollbackd.output import (
+    Coverage,
     ExplainWriter,
     decision_line,
     decision_record,
@@ -358,6 +359,7 @@ def backtest(
     total = len(step_times(start_at, end_at, step_every))
     actions = 0
     writer = ExplainWriter()
+    coverage = Coverage({rule.name for rule in loaded.rules if rule.query is not None})
     quiet = bool(explained) or not err.is_terminal or total < 200
     with Progress(console=err, transient=True, disable=quiet) as bar:
         task = bar.add_task("replaying", total=total)
@@ -367,8 +369,17 @@ def backtest(
             for line in _replay_lines(report, json, bool(explained), dry_run, writer):
                 typer.echo(line)
             actions += len(report.decisions)
+            coverage.add(report)
     for line in writer.close():
         typer.echo(line)
+    if json:  # one action per line stays so: what had no data is said on stderr
+        for line in coverage.error_lines():
+            typer.echo(f"note: {line}", err=True)
+        if (note := coverage.note()) is not None:
+            typer.echo(f"note: {note}", err=True)
+    else:
+        for line in coverage.error_lines():
+            typer.echo(line)
     if dry_run:
         err.print(
             "note: this config has dry_run = true: the actions above are what the daemon would "
@@ -382,6 +393,7 @@ def backtest(
             f"{_count(actions, 'action')} from {format_instant(start_at)} to "
             f"{format_instant(end_at)} every {format_duration(step_every)} "
             f"({_count(total, 'evaluation')}, {_count(found, 'deploy')} found)"
+            + ("" if (note := coverage.note()) is None else f"; {note}")
         )
 
 

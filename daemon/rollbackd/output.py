@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from rollbackd.core.durations import format_duration, format_instant
-from rollbackd.core.engine import Explanation, IncidentEvent
-from rollbackd.core.model import Decision, Finding
+from rollbackd.core.engine import CycleReport, Explanation, IncidentEvent
+from rollbackd.core.model import Decision, Finding, FindingState
 from rollbackd.journal import IncidentRecord
 
 
@@ -117,6 +118,64 @@ def unmeasured_note(findings: Iterable[Finding]) -> str | None:
         f"not measured{span}: {names} (no data: export the metrics these rules read, "
         "or remove the rules)"
     )
+
+
+@dataclass
+class Coverage:
+    """How much of a backtest's range the PromQL rules had data for.
+
+    A replayed step where no PromQL rule had data (nothing stored there, or Prometheus
+    could not be read) decides nothing, and its "0 actions" is no verdict: the
+    summary says how many steps were so, and the errors behind them, never letting a range
+    without data read as a healthy one. Probe rules have no history and are not counted.
+    """
+
+    rules: Collection[str]
+    steps: int = 0
+    without: int = 0
+    partly: int = 0
+    errors: dict[str, set[str]] = field(default_factory=dict)
+
+    def add(self, report: CycleReport) -> None:
+        measured = sum(count for rule, count in report.quiet.items() if rule in self.rules)
+        missing = 0
+        for finding in report.notable:
+            if finding.rule not in self.rules:
+                continue
+            if finding.state is FindingState.INCONCLUSIVE and (
+                finding.no_series or finding.rule in report.source_errors
+            ):
+                missing += 1
+            else:  # judged, or inconclusive with data (no baseline yet)
+                measured += 1
+        if measured or missing:
+            self.steps += 1
+            self.without += missing > 0 and not measured
+            self.partly += missing > 0 and measured > 0
+        for rule, error in report.source_errors.items():
+            self.errors.setdefault(error, set()).add(rule)
+
+    def error_lines(self) -> list[str]:
+        """Each distinct source error once, with the rules it hid."""
+        return [
+            f"source error: {error} (rules: {', '.join(sorted(rules))})"
+            for error, rules in self.errors.items()
+        ]
+
+    def note(self) -> str | None:
+        """How many steps had no data or only part of it (None: every step had it all)."""
+        if not self.without and not self.partly:
+            return None
+        parts = []
+        if self.without:
+            parts.append(f"no data for {self.without} of the {self.steps} evaluations")
+        if self.partly:
+            parts.append(
+                f"only part of it for {self.partly}"
+                if self.without
+                else (f"only part of the data for {self.partly} of the {self.steps} evaluations")
+            )
+        return f"{', '.join(parts)}: inconclusive there, not healthy"
 
 
 def explanation_record(explanation: Explanation) -> dict[str, Any]:

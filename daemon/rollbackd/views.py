@@ -30,6 +30,9 @@ class Views:
             measured = by_service.get(service.name, [])
             own = [f for f in measured if not f.unmeasured]
             states = {f.state for f in own}
+            # The rules without a notable finding were quiet and OK: measured. A service whose
+            # every rule is unmeasured (no series) has had nothing measured: unknown, not ok.
+            quiet_ok = self.state.engine.rule_count(service.name) > len(measured) - len(own)
             state = (
                 "firing"
                 if FindingState.FIRING in states
@@ -38,7 +41,7 @@ class Views:
                 else "inconclusive"
                 if FindingState.INCONCLUSIVE in states
                 else "ok"
-                if own or (report is not None and self.state.engine.rule_count(service.name))
+                if own or (report is not None and quiet_ok)
                 else "unknown"
             )
             out.append(

@@ -19,9 +19,11 @@ import pytest
 from tests.conftest import RunCli
 from tests.support.fixtures import PrometheusFactory
 from tests.support.processes import (
+    LOOPBACK,
     Point,
     backfill,
     counter_points,
+    free_port,
     gauge_points,
     openmetrics_document,
     openmetrics_family,
@@ -241,3 +243,42 @@ def test_backtest_of_a_dry_run_config_shows_what_the_armed_daemon_would_do(
     assert "dry_run = true" in result.stderr
     human = run_cli("backtest", "--config", str(config), *window)
     assert "ACTION REQUEST_APPROVAL (dry run: the daemon would record this only)" in human.stdout
+
+
+def test_backtest_over_a_range_partly_before_the_data_counts_what_had_none(
+    tmp_path: Path, run_cli: RunCli, prometheus_factory: PrometheusFactory, storage: Path
+) -> None:
+    """An hour before the stored history and an hour of it: no action, but the summary says
+    how many evaluations had no data, so the empty hour never reads as a healthy one."""
+    prometheus = prometheus_factory(storage_dir=storage)
+    config = write_config(tmp_path, prometheus.url)
+    window = ["--start", "2026-09-30T23:00:00Z", "--end", "2026-10-01T01:00:00Z"]
+    result = run_cli("backtest", "--config", str(config), *window)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].endswith(
+        "(241 evaluations, 3 deploys found); no data for 121 of the 241 evaluations: "
+        "inconclusive there, not healthy"
+    ), result.stdout
+    as_json = run_cli("backtest", "--config", str(config), *window, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert as_json.stdout == ""
+    assert "note: no data for 121 of the 241 evaluations" in as_json.stderr
+
+
+def test_backtest_with_prometheus_unreachable_says_nothing_was_read(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    """Prometheus down for the whole backtest: the error is shown and every evaluation is
+    counted as without data, never a quiet "0 actions" over a range that looks healthy."""
+    config = write_config(tmp_path, f"http://{LOOPBACK}:{free_port()}")
+    window = ["--start", "2026-10-01T11:00:00Z", "--end", "2026-10-01T11:10:00Z"]
+    result = run_cli("backtest", "--config", str(config), *window)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(
+        line.startswith("source error: Prometheus at") and "unreachable (rules: error-rate)" in line
+        for line in lines
+    ), result.stdout
+    assert lines[-1].endswith(
+        "; no data for 21 of the 21 evaluations: inconclusive there, not healthy"
+    )

@@ -116,6 +116,8 @@ class Prometheus:
         query = parse_qs(urlsplit(request.path).query).get("query", [""])[0]
         if self.mode == "healthy":
             return healthy(query)
+        if self.mode == "no series":
+            return json_reply({"status": "success", "data": {"resultType": "vector", "result": []}})
         self.faults += 1
         if self.mode == "slow":
             return Reply(200, healthy(query).body, delay=10.0)
@@ -305,6 +307,20 @@ def test_a_prometheus_down_from_the_start_reads_inconclusive_never_ok(
     shown = {f["rule"]: f for f in web["findings"]}
     assert set(shown) == set(PROMQL_RULES), web
     assert all(explained(f["reason"], "stopped") for f in shown.values()), web
+
+
+def test_a_service_without_any_series_is_unknown_never_ok(scenario: Scenario) -> None:
+    """Prometheus answers, but no rule has a series for the service (nothing exported or
+    scraped) and it has no probe: nothing was measured, so its state is unknown, not "ok"."""
+    scenario.prometheus.mode = "no series"
+    scenario.deploy("v1")
+    scenario.run_for(timedelta(minutes=1))
+    [web] = scenario.daemon.views.services()
+    assert web["unmeasured"] == sorted(PROMQL_RULES), web
+    assert web["state"] == "unknown", web
+    page = scenario.api.get("/", role="viewer")
+    assert page.status_code == 200, page.text
+    assert '<span class="state unknown">unknown</span>' in page.text
 
 
 def test_a_prometheus_answer_trickling_in_is_cut_off_at_the_timeout(scenario: Scenario) -> None:

@@ -10,6 +10,7 @@ from rollbackd.core.deploys import Deploy
 from rollbackd.core.engine import CycleReport, Engine, IncidentEvent, Outcome
 from rollbackd.core.model import Action, Decision, FindingState
 from rollbackd.core.rules import Rule, parse_rules
+from rollbackd.output import Coverage
 from rollbackd.replay import Replay
 from rollbackd.testing import ScriptedMetrics, constant, switch
 
@@ -324,6 +325,32 @@ def test_a_metric_never_exported_is_reported_as_not_measured_for_as_long_as_look
     assert auth.reason.startswith("not measured in the 1h looked at: no data")
     [errors] = [f for f in reports[-1].findings if f.rule == "error-rate"]
     assert not errors.unmeasured
+
+
+def backtest_note(metrics: ScriptedMetrics, replayed: tuple[Rule, ...]) -> str | None:
+    """What backtest's summary says of an hour's data (None: every step had it all)."""
+    coverage = Coverage({rule.name for rule in replayed})
+    for report in Replay(config(), replayed, metrics, STEP).run(NOON, NOON + timedelta(hours=1)):
+        coverage.add(report)
+    return coverage.note()
+
+
+def test_a_backtest_counts_the_steps_where_a_rule_had_no_data() -> None:
+    """The auth metric is never exported: every step had only part of the data, said so."""
+    assert backtest_note(world(), rules()) == (
+        "only part of the data for 121 of the 121 evaluations: inconclusive there, not healthy"
+    )
+
+
+def test_a_backtest_does_not_count_a_missing_baseline_as_missing_data() -> None:
+    """No deploy, so the latency rule has no baseline and is inconclusive, but it had data."""
+    metrics = world()
+    metrics.versions.clear()
+    exported = tuple(rule for rule in rules() if rule.name != "auth-failures")
+    [*_, last] = Replay(config(), exported, metrics, STEP).run(NOON, NOON + timedelta(minutes=5))
+    [latency] = [f for f in last.findings if f.rule == "latency-regression"]
+    assert latency.state is FindingState.INCONCLUSIVE, latency
+    assert backtest_note(metrics, exported) is None
 
 
 def test_a_version_seen_while_its_rollback_is_under_way_is_the_rollbacks_doing() -> None:

@@ -170,7 +170,10 @@ def markers(incident: IncidentRecord, deploys: Sequence[Deploy]) -> list[tuple[d
         marks.append((execute.started_at, label, "rollback"))
     recovery = incident.step(RECOVERY_STEP)
     if recovery is not None and recovery.finished_at is not None:
-        word = "recovered" if recovery.outcome is Outcome.OK else "not recovered"
+        outcome = recovery.outcome or Outcome.UNKNOWN  # unproven is not "not recovered"
+        word = {Outcome.OK: "recovered", Outcome.FAILED: "not recovered"}.get(
+            outcome, f"recovery {outcome.value}"
+        )
         marks.append((recovery.finished_at, word, "recovery"))
     return sorted(marks, key=lambda m: m[0])
 
