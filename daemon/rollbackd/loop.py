@@ -32,7 +32,6 @@ from rollbackd.journal import AlertRecord, IncidentState, JournalUnavailable
 from rollbackd.logs import get_logger
 from rollbackd.sources import guarded_instant
 from rollbackd.sources.alertmanager import ActiveAlerts, merge, resolved_delivery
-from rollbackd.sources.alerts import alert_findings
 from rollbackd.state import State
 
 log = get_logger("rollbackd")
@@ -208,12 +207,7 @@ class Loop:
             firing = self._firing_alerts(now, self.state.engine.services)
             if measured.alertmanager is not None:
                 firing = self._with_alertmanager(firing, measured.alertmanager, now, inputs)
-            alerts, ignored = alert_findings(
-                firing, self.state.engine.services, self.state.config.alerts.trigger_label, now
-            )
-            inputs.alerts.extend(alerts)
-            for line in ignored:
-                inputs.source_errors.setdefault("alerts", line)
+            live.add_alerts(inputs, firing, now)
             unwritable = self.state.journal.problem()
             if unwritable is not None:  # nothing decided can be kept: decide once it can
                 raise JournalUnavailable(f"{unwritable}; decisions wait until it can")

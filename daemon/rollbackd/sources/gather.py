@@ -31,6 +31,7 @@ from rollbackd.core.model import (
 from rollbackd.core.promql_split import Labels
 from rollbackd.core.rules import Key, Rule, applies_to
 from rollbackd.core.seasonal import SLACK, SLACK_RESOLUTION, PastDay, seasonal_baseline
+from rollbackd.journal import AlertRecord
 from rollbackd.sources import MetricSource, guarded_instant
 from rollbackd.sources.alertmanager import (
     ActiveAlerts,
@@ -710,21 +711,26 @@ class LiveCycle:
         measured = self.measure(plan)
         inputs = self.apply(measured)
         if measured.alertmanager is not None:
-            services = self.engine.services
-            merged = merge([], measured.alertmanager, services)
+            merged = merge([], measured.alertmanager, self.engine.services)
             inputs.quiet_alerts.update(merged.quiet)
-            alerts, ignored = alert_findings(
-                merged.firing, services, self.config.alerts.trigger_label, now
-            )
-            inputs.alerts.extend(alerts)
-            for line in ignored:
-                inputs.source_errors.setdefault("alerts", line)
+            self.add_alerts(inputs, merged.firing, now)
         moved = self.engine.history.revision != plan.revision
         unread = self.unread_baselines() if moved else []
         if unread:
             self.read_baselines(unread)
             inputs.baselines.update(self.known_baselines())
         return inputs
+
+    def add_alerts(self, inputs: Inputs, firing: Iterable[AlertRecord], now: datetime) -> None:
+        """The ``firing`` alerts of watched services as findings in ``inputs``; those that
+        cannot be one (no trigger class, no watched service) said as the ``alerts`` source
+        error."""
+        alerts, ignored = alert_findings(
+            firing, self.engine.services, self.config.alerts.trigger_label, now
+        )
+        inputs.alerts.extend(alerts)
+        for line in ignored:
+            inputs.source_errors.setdefault("alerts", line)
 
     def unread_baselines(self) -> list[tuple[Rule, Deploy]]:
         """Baselines the current deploys need and nobody has read yet (a deploy just seen)."""
