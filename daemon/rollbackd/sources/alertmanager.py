@@ -46,15 +46,13 @@ import urllib3
 from rollbackd.config import Config
 from rollbackd.core.durations import format_duration, format_instant
 from rollbackd.errors import InvalidInput
-from rollbackd.httpconfig import TLSConfig, client_options, hide_in_logs, live_authorization
+from rollbackd.httpconfig import TLSConfig, client_options, live_authorization
 from rollbackd.journal import AlertRecord, Delivery
 from rollbackd.logs import get_logger
 from rollbackd.sources.alerts import _alert, _json_document, _may_hold_surrogates, _Problems
 from rollbackd.sources.prometheus import (
-    LiveAuth,
     _DeadlineSession,
     _RefusedError,
-    _WatchedAdapter,
     tls_failure,
 )
 
@@ -169,26 +167,17 @@ class AlertmanagerSource:
         self.timeout = timeout
         self.service_label = service_label
         self.client_cert = tls is not None and tls.cert_file is not None
-        hint = (
-            "it refused rollbackd's credentials ([alertmanager] basic_auth or authorization)"
-            if authenticated
-            else "it wants credentials: set [alertmanager] basic_auth or authorization"
-        )
         self._session = _DeadlineSession(
+            self.url,
+            "alertmanager",
             timeout.total_seconds(),
             max_bytes,
-            hint,
-            "[alertmanager] max_response_bytes",
-            section="alertmanager",
-            url=self.url,
+            headers=headers,
+            tls=tls,
+            proxy_url=proxy_url,
+            authenticated=authenticated,
+            authorization=authorization,
         )
-        self._session.headers.update(headers or {})
-        if authorization is not None:
-            self._session.auth = LiveAuth(authorization)
-        if proxy_url is not None:
-            self._session.proxies = {"http": proxy_url, "https": proxy_url}
-        self._session.mount(self.url, _WatchedAdapter(tls))
-        hide_in_logs(self._session.secrets())
 
     @classmethod
     def from_config(cls, config: Config) -> AlertmanagerSource | None:

@@ -213,24 +213,40 @@ class _DeadlineSession(requests.Session):
 
     def __init__(
         self,
+        url: str,
+        section: str,
         total: float,
         max_bytes: int,
-        refused_hint: str,
-        limit_key: str = "[prometheus] max_response_bytes",
         *,
         check_json: bool = True,
-        section: str = "prometheus",
-        url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        tls: TLSConfig | None = None,
+        proxy_url: str | None = None,
+        authenticated: bool = False,
+        authorization: Callable[[], str] | None = None,
     ) -> None:
+        """A session to the server at ``url`` as ``[section]`` describes it: ``headers``
+        with every request, ``authorization`` (when given) giving each one's
+        ``Authorization``, ``tls`` and ``proxy_url``; ``authenticated`` says whether the
+        headers carry credentials, for the hint of a refusal."""
         super().__init__()
-        self.auth = _NoNetrc()
         self.total = total
         self.max_bytes = max_bytes
-        self.refused_hint = refused_hint
-        self.limit_key = limit_key
+        self.refused_hint = (
+            f"it refused rollbackd's credentials ([{section}] basic_auth or authorization)"
+            if authenticated
+            else f"it wants credentials: set [{section}] basic_auth or authorization"
+        )
+        self.limit_key = f"[{section}] max_response_bytes"
         self.check_json = check_json
         self.section = section
         self.server_url = url
+        self.headers.update(headers or {})
+        self.auth = _NoNetrc() if authorization is None else LiveAuth(authorization)
+        if proxy_url is not None:
+            self.proxies = {"http": proxy_url, "https": proxy_url}
+        self.mount(url, _WatchedAdapter(tls))
+        hide_in_logs(self.secrets())
 
     def secrets(self) -> list[str]:
         """What the session's requests carry and no message may show (see
@@ -416,22 +432,18 @@ class PrometheusSource:
         self.timeout = timeout
         self.service_label = service_label
         self.client_cert = tls is not None and tls.cert_file is not None
-        hint = (
-            "it refused rollbackd's credentials ([prometheus] basic_auth or authorization)"
-            if authenticated
-            else "it wants credentials: set [prometheus] basic_auth or authorization"
+        self._session = _DeadlineSession(
+            self.url,
+            "prometheus",
+            timeout.total_seconds(),
+            max_bytes,
+            check_json=False,
+            headers=headers,
+            tls=tls,
+            proxy_url=proxy_url,
+            authenticated=authenticated,
+            authorization=authorization,
         )
-        session = _DeadlineSession(
-            timeout.total_seconds(), max_bytes, hint, check_json=False, url=self.url
-        )
-        session.headers.update(headers or {})
-        if authorization is not None:
-            session.auth = LiveAuth(authorization)
-        if proxy_url is not None:
-            session.proxies = {"http": proxy_url, "https": proxy_url}
-        session.mount(self.url, _WatchedAdapter(tls))
-        hide_in_logs(session.secrets())
-        self._session = session
         self._quick_vector = _quick_decoder((service_label,), "value", tuple[float, float])
         self._quick_range = _quick_decoder((service_label,), "values", list[tuple[float, float]])
         self._quick_labels: dict[tuple[str, bool], msgspec.json.Decoder[Any]] = {}
