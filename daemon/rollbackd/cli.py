@@ -69,6 +69,7 @@ from rollbackd.output import (
     finding_record,
     incident_record,
     json_line,
+    source_error_lines,
     unmeasured_note,
 )
 from rollbackd.replay import Replay, step_times
@@ -1034,8 +1035,8 @@ def _print_evaluation(result: Evaluation, as_json: bool) -> None:
     by_error: dict[str, list[str]] = {}
     for rule, error in sorted(result.report.source_errors.items()):
         by_error.setdefault(error, []).append(rule)
-    for error, rules in by_error.items():
-        typer.echo(f"source error: {error} (rules: {', '.join(rules)})")
+    for line in source_error_lines(by_error):
+        typer.echo(line)
     if result.deploy_error is not None:
         typer.echo(f"deploys: {result.deploy_error}")
     ok = sum(result.report.quiet.values()) + sum(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -120,6 +120,14 @@ def unmeasured_note(findings: Iterable[Finding]) -> str | None:
     )
 
 
+def source_error_lines(errors: Mapping[str, Collection[str]]) -> list[str]:
+    """One line per source error, naming the rules (or other reads) it left without data."""
+    return [
+        f"source error: {error} (rules: {', '.join(sorted(rules))})"
+        for error, rules in errors.items()
+    ]
+
+
 @dataclass
 class Coverage:
     """How much of a backtest's range the PromQL rules had data for.
@@ -157,10 +165,7 @@ class Coverage:
 
     def error_lines(self) -> list[str]:
         """Each distinct source error once, with the rules it hid."""
-        return [
-            f"source error: {error} (rules: {', '.join(sorted(rules))})"
-            for error, rules in self.errors.items()
-        ]
+        return source_error_lines(self.errors)
 
     def note(self) -> str | None:
         """How many steps had no data or only part of it (None: every step had it all)."""
