@@ -24,7 +24,6 @@ from structlog.testing import capture_logs
 from tests.conftest import RunCli
 from tests.integration.test_alertmanager_source import (
     _body,
-    _serve,
     config_text,
     cycles,
     daemon_for,
@@ -33,7 +32,7 @@ from tests.integration.test_alertmanager_source import (
 from tests.reliability.support import close_daemon
 from tests.support.alertmanager import Alertmanager, require_alertmanager
 from tests.support.pki import Pki, guarded_web_config
-from tests.support.processes import LOOPBACK, free_port
+from tests.support.processes import LOOPBACK, free_port, serving
 from tests.support.tinyproxy import TinyProxy
 
 pytestmark = pytest.mark.integration
@@ -139,7 +138,7 @@ def test_an_alert_still_firing_behind_tls_and_basic_auth_keeps_recovery_from_bei
     start = datetime.now(UTC) - timedelta(minutes=10)
     v2_at = start + timedelta(minutes=2)
     versions = [(start, v2_at, "v1"), (v2_at, None, "v2")]
-    for health in _serve(_body(200, b"ok")):
+    with serving(_body(200, b"ok")) as health:
         daemon, clock = daemon_for(
             tmp_path, service, guarded.am.url, versions, f"{health}/healthy", access(guarded)
         )

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -33,7 +33,7 @@ from rollbackd.sources.alerts import parse_webhook
 from rollbackd.testing import FixedClock, ScriptedMetrics
 from tests.reliability.support import close_daemon, finish_rollbacks, in_process_daemon
 from tests.support.alertmanager import Alertmanager, require_alertmanager
-from tests.support.processes import LOOPBACK, free_port
+from tests.support.processes import LOOPBACK, free_port, serving
 
 pytestmark = pytest.mark.integration
 
@@ -212,7 +212,7 @@ def test_alertmanager_down_after_the_rollback_never_declares_recovery_or_ok_agai
     v2_at = start + timedelta(minutes=2)
     versions = [(start, v2_at, "v1"), (v2_at, None, "v2")]
     front = CutAfterAlert(alertmanager.url, service)
-    for url in _serve(front):
+    with serving(front) as url:
         health = f"{alertmanager.url}/-/healthy"
         daemon, clock = daemon_for(tmp_path, service, url, versions, health)
         try:
@@ -291,25 +291,6 @@ def eventually(holds: Callable[[], bool], timeout: float = 5.0) -> bool:
     return True
 
 
-def _serve(answer: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            answer(self)
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{LOOPBACK}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def _body(status: int, body: bytes, delay: float = 0.0) -> Callable[[BaseHTTPRequestHandler], None]:
     def answer(handler: BaseHTTPRequestHandler) -> None:
         time.sleep(delay)
@@ -341,7 +322,7 @@ BAD_ANSWERS = {
 def test_an_alertmanager_answering_garbage_or_slowly_is_a_source_error(kind: str) -> None:
     """Garbage, an error or an answer too slow is an error naming Alertmanager, never 'quiet'."""
     answer, expected = BAD_ANSWERS[kind]
-    for url in _serve(answer):
+    with serving(answer) as url:
         source = AlertmanagerSource(url, timedelta(seconds=1))
         started = time.monotonic()
         with pytest.raises(AlertmanagerError) as raised:

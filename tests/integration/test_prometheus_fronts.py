@@ -14,9 +14,8 @@ server and what to set, never a traceback, never healthy.
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -35,7 +34,7 @@ from tests.integration.test_prometheus_auth import (
 )
 from tests.support.alertmanager import Alertmanager, require_alertmanager
 from tests.support.fixtures import backfilled_prometheus
-from tests.support.processes import LOOPBACK, Prometheus
+from tests.support.processes import LOOPBACK, Answer, Prometheus, serving
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +43,6 @@ OTHER_HOST = "127.0.0.2"
 """Another host on loopback: a redirect there leaves the configured one."""
 APPROVAL = [("web", "request_approval")]
 """What every way of reading the history decides at 02:10 (as in test_prometheus_auth)."""
-
-Answer = Callable[[BaseHTTPRequestHandler], None]
 
 
 @pytest.fixture(scope="module")
@@ -71,28 +68,6 @@ def am(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmanager]:
 def root(server: Prometheus | Alertmanager) -> str:
     """The server's URL without its route prefix: what a user who forgot it writes."""
     return server.url.removesuffix(server.route_prefix)
-
-
-@contextlib.contextmanager
-def serving(answer: Answer, host: str = LOOPBACK) -> Iterator[str]:
-    """``answer`` to every GET on ``host``, on a free port: its ``http://`` URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            answer(self)
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer((host, 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://{host}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, kind: str) -> None:
